@@ -1,0 +1,127 @@
+"""Engine benchmark: forward, click-to-mask and adapter-step times, adapter sizes; all side by side.
+
+Targets (2-core CPU, default 2D model, 256x256): click-to-mask p95 <= 100 ms and <= 1.2x the bare
+forward; a `norm` step <= 1.0x a `full` step; `norm` bytes <= 1% and `lora` bytes <= 5% of the
+full model. The result says which held.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import numpy as np
+import torch
+
+from fedpoint.shared.adapters import ADAPTER_KINDS, make_adapter
+from fedpoint.shared.clicks import Click
+from fedpoint.shared.config import AdaptationConfig, ModelConfig
+
+
+def _percentiles(samples_ms: list[float]) -> dict[str, float]:
+    return {"p50": round(float(np.percentile(samples_ms, 50)), 3), "p95": round(float(np.percentile(samples_ms, 95)), 3)}
+
+
+def _timed(fn, repeats: int, warmup: int = 3, sync=lambda: None) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def _base(spatial_dims: int, device: str):
+    from fedpoint.shared.model import build_model, load_base
+
+    if spatial_dims == 2:
+        try:
+            net, cfg, card = load_base(None, device)
+            return net, cfg, "packaged base2d"
+        except FileNotFoundError:
+            pass
+    cfg = ModelConfig(spatial_dims=spatial_dims)
+    torch.manual_seed(0)
+    return build_model(cfg).to(device).eval(), cfg, "untrained default architecture"
+
+
+def _test_image(size: int, dims: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    rng = np.random.default_rng(0)
+    shape = (size,) * dims
+    grid = np.indices(shape).astype(np.float32) - size / 2
+    blob = (np.sqrt((grid ** 2).sum(0)) < size / 5).astype(np.float32)
+    return (0.3 + 0.5 * blob + 0.05 * rng.standard_normal(shape)).astype(np.float32)[None], tuple(s // 2 for s in shape)
+
+
+def run(size: int = 256, repeats: int = 30, spatial_dims: int = 2, device: str = "cpu") -> dict:
+    from fedpoint.client.engine import SiteEngine
+    from fedpoint.client.model import SiteModel
+    from fedpoint.client.online import mid_interaction_update
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    net, cfg, base_name = _base(spatial_dims, device)
+    image, centre = _test_image(size, spatial_dims)
+    x = torch.zeros((1, cfg.in_channels, *image.shape[1:]), device=device)
+    x[:, : cfg.image_channels] = torch.from_numpy(image).to(device)
+
+    def forward():
+        with torch.no_grad():
+            net(x)
+
+    forward_ms = _timed(forward, repeats, sync=sync)
+
+    frozen = SiteEngine(SiteModel(make_adapter(net, "norm"), cfg, AdaptationConfig(mode="frozen"), device))
+    session = frozen.open(image, "bench")
+    offsets = np.random.default_rng(1).integers(-size // 8, size // 8, size=(repeats + 10, spatial_dims))
+    points = iter([tuple(int(c + o) for c, o in zip(centre, off)) for off in offsets])
+
+    def click():
+        nonlocal session
+        if len(session.steps) >= 10:  # a new image every ten clicks, as a user would
+            session = frozen.open(image, "bench")
+        session.click(next(points), True)
+
+    click_ms = _timed(click, repeats, sync=sync)
+
+    full_params = sum(p.numel() for p in net.parameters())
+    full_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+    steps, params, nbytes = {}, {}, {}
+    image_t = torch.from_numpy(image).to(device)[None]
+    target = (image_t[:, :1] > 0.55).float()
+    prev = torch.zeros_like(target)
+    clicks = [Click(centre, True)]
+    for kind in ADAPTER_KINDS:
+        adapter = make_adapter(net, kind)
+        model = SiteModel(adapter, cfg, AdaptationConfig(mode="mid"), device)
+        steps[kind] = _timed(lambda: mid_interaction_update(model, image_t, clicks, prev, clicks[0], target),
+                             max(5, repeats // 3), warmup=2, sync=sync)
+        params[kind], nbytes[kind] = adapter.num_trainable(), adapter.nbytes()
+
+    step_p50 = {k: float(np.percentile(v, 50)) for k, v in steps.items()}
+    click_p = _percentiles(click_ms)
+    fwd_p = _percentiles(forward_ms)
+    result = {
+        "device": device if device != "cpu" else f"cpu ({torch.get_num_threads()} threads, {platform.machine()})",
+        "model": {"base": base_name, "spatial_dims": spatial_dims, "input": list(image.shape[1:]),
+                  "parameters": full_params, "bytes": full_bytes},
+        "forward_ms": fwd_p,
+        "click_to_mask_ms": click_p,
+        "click_to_forward_ratio": {"p50": round(click_p["p50"] / fwd_p["p50"], 3), "p95": round(click_p["p95"] / fwd_p["p95"], 3)},
+        "step_ms": {k: round(v, 3) for k, v in step_p50.items()},
+        "step_ratio_vs_full": {k: round(v / step_p50["full"], 3) for k, v in step_p50.items()},
+        "trainable_parameters": params,
+        "bytes": nbytes,
+        "bytes_ratio_vs_full": {k: round(v / full_bytes, 5) for k, v in nbytes.items()},
+    }
+    result["targets"] = {
+        "click_to_mask_p95_le_100ms": click_p["p95"] <= 100.0,
+        "click_to_mask_p95_le_1.2x_forward": click_p["p95"] <= 1.2 * fwd_p["p95"],
+        "norm_step_le_full_step": result["step_ratio_vs_full"]["norm"] <= 1.0,
+        "norm_bytes_le_1pct": result["bytes_ratio_vs_full"]["norm"] <= 0.01,
+        "lora_bytes_le_5pct": result["bytes_ratio_vs_full"]["lora"] <= 0.05,
+    }
+    return result

@@ -1,0 +1,48 @@
+"""`fedpoint bench ...`: benchmarks that print measured ratios (implementations in fedpoint.benchmarks)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _emit(result: dict, as_json: bool) -> None:
+    from rich.console import Console
+
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        Console().print_json(json.dumps(result))
+
+
+@app.command()
+def engine(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+    size: int = typer.Option(256, help="Side of the 2D input."),
+    repeats: int = typer.Option(30, min=5, help="Timed repetitions per measurement."),
+    spatial_dims: int = typer.Option(2, min=2, max=3, help="3 measures a 3D model on a size^3 volume."),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+) -> None:
+    """Forward and click-to-mask latency, adapter step times and sizes against the full model."""
+    from fedpoint.benchmarks.engine import run
+
+    _emit(run(size=size, repeats=repeats, spatial_dims=spatial_dims, device=device), as_json)
+
+
+@app.command()
+def federation(as_json: bool = typer.Option(False, "--json", help="Print JSON only.")) -> None:
+    """Bytes per round per adapter kind against full FedAvg, and aggregation time/memory by reply count."""
+    from fedpoint.benchmarks.federation import run
+
+    _emit(run(), as_json)
+
+
+@app.command()
+def service(as_json: bool = typer.Option(False, "--json", help="Print JSON only.")) -> None:
+    """Click round trip over HTTP against the in-process click latency."""
+    from fedpoint.benchmarks.service import run
+
+    _emit(run(), as_json)

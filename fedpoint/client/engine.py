@@ -1,0 +1,86 @@
+"""A site's engine: its model, its store, its episode scheduler and its regression guard, together.
+
+The annotation service, the Flower ClientApp and `fedpoint evaluate` all annotate through this.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedpoint.client.episodes import EpisodeScheduler, RegressionGuard
+from fedpoint.client.model import SiteModel
+from fedpoint.client.session import AnnotationSession
+from fedpoint.client.store import SiteStore
+from fedpoint.shared.adapters import Adapter, State, make_adapter
+from fedpoint.shared.config import AdaptationConfig, AdapterConfig
+from fedpoint.shared.model import load_base
+
+
+class SiteEngine:
+    def __init__(self, model: SiteModel, store: SiteStore | None = None, campaign_size: int | None = None,
+                 background_episodes: bool = True):
+        self.model = model
+        self.store = store
+        self.guard = RegressionGuard(clicks=model.adapt_cfg.episode_val_clicks)
+        self.scheduler = None
+        if model.adapt_cfg.uses_episodes:
+            if store is None:
+                raise ValueError(f"mode {model.adapt_cfg.mode!r} trains on the annotation cache: give the engine a site store")
+            self.scheduler = EpisodeScheduler(model, store, campaign_size, background_episodes, self.guard)
+        self._opened = 0
+
+    @classmethod
+    def create(cls, base: str | Path | None = None, adapter: AdapterConfig | str = "norm",
+               adaptation: AdaptationConfig | None = None, store: SiteStore | str | Path | None = None,
+               device: str = "cpu", campaign_size: int | None = None, background_episodes: bool = True,
+               adapter_dir: str | Path | None = None) -> "SiteEngine":
+        """Load the base, open the adapter kind and (optionally) resume the store's current adapter."""
+        net, model_cfg, _card = load_base(base, device)
+        adapt = make_adapter(net, adapter)
+        if isinstance(store, (str, Path)):
+            store = SiteStore(store)
+        resume = adapter_dir or (store.current_adapter() if store is not None else None)
+        if resume is not None:
+            adapt.load(resume)
+        model = SiteModel(adapt, model_cfg, adaptation or AdaptationConfig(), device)
+        return cls(model, store, campaign_size, background_episodes)
+
+    @property
+    def adapter(self) -> Adapter:
+        return self.model.adapter
+
+    def open(self, image: np.ndarray, case_id: str | None = None, seed: int | None = None) -> AnnotationSession:
+        self._opened += 1
+        return AnnotationSession(self.model, image, case_id or f"case-{self._opened:05d}", self._accepted,
+                                 seed=self._opened if seed is None else seed)
+
+    def _accepted(self, session: AnnotationSession, mask: np.ndarray) -> None:
+        if self.store is None:
+            return
+        self.store.add_case(session.case_id, session.image, mask, {"clicks": len(session.steps)})
+        if self.scheduler is not None:
+            self.scheduler.notify()
+
+    def held_out(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self.store is None:
+            return []
+        return [self.store.load_case(i)[:2] for i in self.store.splits()["val"]]
+
+    def offer(self, state: State, source: str) -> bool:
+        """An adapter offered from outside (a federation bank): swap it in if the guard passes it."""
+        ok, _, _ = self.guard.review(self.model, state, self.held_out(), source, self.store)
+        if ok:
+            self.model.swap_state(state)
+        return ok
+
+    def wait(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.wait()
+
+
+def set_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(n)

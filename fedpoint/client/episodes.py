@@ -1,0 +1,202 @@
+"""CLoPA-style training episodes on the growing annotation cache, and the regression guard.
+
+An episode starts when the accepted cases not yet used reach a fraction of the campaign size (or a
+count). New cases are split 80/20 into cumulative train and validation sets. An episode is
+E epochs x I iterations of simulated-click training (a first click, then up to N corrections, each
+step's Dice+CE averaged); after each epoch the validation Dice-AUC over clicks (EMA-smoothed) picks
+the best epoch. The next episode starts from it. The live model keeps serving clicks meanwhile:
+training runs on a copy, and the result is swapped in atomically only if the regression guard
+passes it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedpoint.client.model import SiteModel
+from fedpoint.client.store import SiteStore
+from fedpoint.shared.adapters import State
+from fedpoint.shared.clicker import Clicker
+from fedpoint.shared.losses import dice_ce
+from fedpoint.shared.metrics import dice, dice_auc
+
+
+def simulated_dice_auc(model: SiteModel, samples: list[tuple[np.ndarray, np.ndarray]], clicks: int) -> float:
+    """Mean over samples of the Dice-AUC of a deterministic simulated user, no updates."""
+    if not samples:
+        return float("nan")
+    scores = []
+    for image, mask in samples:
+        image_t = model.image_tensor(image)
+        clicker, prev, dices, chosen = Clicker(mask), None, [], []
+        for _ in range(clicks):
+            click = clicker.next_click(None if prev is None else prev[0, 0].bool().cpu().numpy())
+            if click is None:
+                dices += [1.0] * (clicks - len(dices))
+                break
+            chosen.append(click)
+            prev = model.predict(image_t, chosen, prev)
+            dices.append(dice(prev[0, 0].bool().cpu().numpy(), mask))
+        scores.append(dice_auc(dices))
+    return float(np.mean(scores))
+
+
+def train_iteration(model: SiteModel, image: np.ndarray, mask: np.ndarray, max_edits: int, rng: np.random.Generator) -> float:
+    """One simulated interaction on one case: a step per click, losses averaged, one optimizer step."""
+    image_t = model.image_tensor(image)
+    target = torch.as_tensor(mask, dtype=torch.float32, device=model.device)[None, None]
+    clicker = Clicker(mask, mode="random", seed=int(rng.integers(2**31)))
+    clicks, prev, losses = [], None, []
+    model.optimizer.zero_grad(set_to_none=True)
+    for _ in range(1 + max_edits):
+        click = clicker.next_click(None if prev is None else prev[0, 0].bool().cpu().numpy())
+        if click is None:
+            break
+        clicks.append(click)
+        logits = model.logits(image_t, clicks, prev, grad=True)
+        loss = dice_ce(logits, target) / (1 + max_edits)
+        loss.backward()
+        losses.append(loss.item())
+        prev = (logits.detach() > 0).float()
+    model.optimizer.step()
+    return float(np.sum(losses))
+
+
+@dataclass
+class EpisodeResult:
+    episode: int
+    train_cases: int
+    val_cases: int
+    best_epoch: int
+    val_scores: list[float]
+    baseline: float
+    accepted: bool
+    seconds: float
+    version: int | None = None
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RegressionGuard:
+    """Rejects an adapter that scores worse than the current one on the held-out cache."""
+
+    clicks: int = 5
+    tolerance: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+    def review(self, model: SiteModel, candidate: State, val: list[tuple[np.ndarray, np.ndarray]], source: str,
+               store: SiteStore | None = None, candidate_score: float | None = None) -> tuple[bool, float, float]:
+        current = simulated_dice_auc(model, val, self.clicks)
+        if candidate_score is None:
+            trial = _copy_model(model)
+            trial.adapter.load_state(candidate)
+            candidate_score = simulated_dice_auc(trial, val, self.clicks)
+        ok = not val or candidate_score >= current - self.tolerance
+        entry = {"source": source, "accepted": ok, "candidate": candidate_score, "current": current, "val_cases": len(val)}
+        self.history.append(entry)
+        if store is not None:
+            store.log("guard", **entry)
+        return ok, candidate_score, current
+
+
+def _copy_model(model: SiteModel, lr: float | None = None) -> SiteModel:
+    with model.lock:
+        adapter = copy.deepcopy(model.adapter)
+    cfg = model.adapt_cfg if lr is None else model.adapt_cfg.model_copy(update={"lr": lr})
+    return SiteModel(adapter, model.model_cfg, cfg, model.device)
+
+
+class EpisodeScheduler:
+    """Decides when an episode runs, runs it (in the background by default) and swaps the result in."""
+
+    def __init__(self, model: SiteModel, store: SiteStore, campaign_size: int | None = None,
+                 background: bool = True, guard: RegressionGuard | None = None):
+        self.model, self.store = model, store
+        self.cfg = model.adapt_cfg
+        self.campaign_size = campaign_size
+        self.background = background
+        self.guard = guard or RegressionGuard(clicks=self.cfg.episode_val_clicks)
+        self.results: list[EpisodeResult] = []
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._rng = np.random.default_rng(self.cfg.seed)
+
+    @property
+    def threshold(self) -> int:
+        by_fraction = math.floor(self.cfg.episode_fraction * self.campaign_size) if self.campaign_size else 0
+        return max(self.cfg.episode_min_cases, by_fraction)
+
+    def new_cases(self) -> list[str]:
+        splits = self.store.splits()
+        assigned = set(splits["train"]) | set(splits["val"])
+        return [c for c in self.store.case_ids() if c not in assigned]
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def notify(self) -> bool:
+        """Call after each accept; starts an episode when enough new cases have arrived."""
+        with self._lock:
+            if self.running or len(self.new_cases()) < self.threshold:
+                return False
+            if not self.background:
+                self.run_episode()
+                return True
+            self._thread = threading.Thread(target=self.run_episode, name="fedpoint-episode", daemon=True)
+            self._thread.start()
+            return True
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _assign_split(self) -> dict[str, list[str]]:
+        new = self.new_cases()
+        # rounding favours train, as CLoPA does, but validation keeps at least one case
+        n_train = min(math.ceil(0.8 * len(new)), len(new) - 1)
+        order = self._rng.permutation(len(new))
+        splits = self.store.splits()
+        splits["train"] += [new[i] for i in sorted(order[:n_train])]
+        splits["val"] += [new[i] for i in sorted(order[n_train:])]
+        self.store.save_splits(splits)
+        return splits
+
+    def _load(self, ids: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [self.store.load_case(i)[:2] for i in ids]
+
+    def run_episode(self) -> EpisodeResult:
+        t0 = time.perf_counter()
+        splits = self._assign_split()
+        train, val = self._load(splits["train"]), self._load(splits["val"])
+        trainer = _copy_model(self.model, self.cfg.episode_lr)
+        baseline = simulated_dice_auc(trainer, val, self.cfg.episode_val_clicks)
+        best_state, best_score, best_epoch, ema, scores = trainer.adapter.state(), baseline, 0, None, []
+        for epoch in range(1, self.cfg.episode_epochs + 1):
+            for _ in range(self.cfg.episode_iters):
+                image, mask = train[int(self._rng.integers(len(train)))]
+                train_iteration(trainer, image, mask, self.cfg.episode_max_edits, self._rng)
+            score = simulated_dice_auc(trainer, val, self.cfg.episode_val_clicks)
+            ema = score if ema is None else 0.9 * score + 0.1 * ema
+            scores.append(round(ema, 4))
+            if ema > best_score:
+                best_state, best_score, best_epoch = trainer.adapter.state(), ema, epoch
+        accepted = bool(best_epoch) and self.guard.review(self.model, best_state, val, "episode", self.store)[0]
+        version = None
+        if accepted and best_epoch:
+            self.model.swap_state(best_state)
+            version = self.store.save_adapter(self.model.adapter, {"source": "episode", "val_dice_auc": best_score})
+        result = EpisodeResult(len(self.results) + 1, len(train), len(val), best_epoch, scores, baseline,
+                               bool(accepted and best_epoch), time.perf_counter() - t0, version)
+        self.results.append(result)
+        self.store.log("episode", **{k: v for k, v in result.as_dict().items() if k != "val_scores"})
+        return result

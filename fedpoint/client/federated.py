@@ -1,0 +1,213 @@
+"""A site's part of one federation round, free of Flower types (the ClientApp wraps it).
+
+The site loads its frozen base (and refuses a bank made on another base), keeps the received bank
+in its store for the annotation service, trains from the bank, and answers with the adapter delta,
+its weight (accepted cases) and a few numeric means. Training is what the site would do anyway:
+
+- deployment (node config names a site store): one CLoPA episode on the site's annotation cache;
+- simulation (Flower gives a partition id): the site annotates the next images of its stream with
+  the simulated user, with mid- and post-interaction updates, through the same engine a real site
+  uses. The stream position lives in the site store, so the next round continues where this one
+  stopped.
+
+`check_egress` runs on the reply before it is returned: adapter parameters of the expected names,
+shapes and dtypes and allowed numeric metrics, nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedpoint.client.store import SiteStore, check_id, write_json_atomic
+from fedpoint.shared import protocol as P
+from fedpoint.shared.config import AdaptationConfig
+from fedpoint.shared.payload import check_egress, from_numpy, to_numpy
+
+STREAM_FILE = "federation-stream.json"
+MIN_EPISODE_CASES = 2  # an episode needs one training and one validation case
+
+
+@dataclass(frozen=True)
+class SiteIdentity:
+    site_id: str
+    modality: str
+    store: Path
+    partition: int | None = None  # simulation only
+
+    @property
+    def simulated(self) -> bool:
+        return self.partition is not None
+
+
+@dataclass
+class SiteReply:
+    arrays: dict[str, np.ndarray]  # the delta, in the order the bank arrived
+    metrics: dict[str, float]
+    config: dict[str, str | int]
+
+
+# ------------------------------------------------------------------------------ who am I
+def identify(node_config: Mapping, fed: P.FederationConfig) -> SiteIdentity:
+    """Deployment: site id, modality and store from the node config. Simulation: the site of the
+    sites config that Flower's partition id points at."""
+    if P.NODE_SITE_ID in node_config:
+        missing = [k for k in (P.NODE_MODALITY, P.NODE_SITE_STORE) if not node_config.get(k)]
+        if missing:
+            raise ValueError(f"node config of site {node_config[P.NODE_SITE_ID]!r} lacks {', '.join(missing)}")
+        site_id = check_id(str(node_config[P.NODE_SITE_ID]), "site id")
+        store = Path(str(node_config[P.NODE_SITE_STORE])).expanduser()
+        return SiteIdentity(site_id, str(node_config[P.NODE_MODALITY]), store)
+    if P.PARTITION_ID in node_config:
+        partition = int(node_config[P.PARTITION_ID])
+        site = simulated_site(fed.sites_config, partition, fed.size)
+        return SiteIdentity(site.name, site.modality, fed.simulated_site_store(site.name), partition)
+    raise ValueError(f"node config needs {P.NODE_SITE_ID!r}, {P.NODE_MODALITY!r} and {P.NODE_SITE_STORE!r} "
+                     f"(deployment) or Flower's {P.PARTITION_ID!r} (simulation); got {sorted(node_config)}")
+
+
+@functools.lru_cache(maxsize=8)
+def simulated_site(sites_config: str, partition: int, size: int):
+    """The `partition`-th site of a sites config, built once per process (Ray actors are reused)."""
+    from fedpoint.configs import resolve_config
+    from fedpoint.data import build_site, load_site_specs
+
+    specs = load_site_specs(resolve_config(sites_config))
+    if not 0 <= partition < len(specs):
+        raise ValueError(f"partition {partition} has no site: {sites_config} defines {len(specs)} sites "
+                         f"({', '.join(s.name for s in specs)}); run at most that many simulated nodes")
+    site = build_site(specs[partition], spatial_dims=2, size=(size, size))
+    if not site.samples:
+        raise ValueError(f"site {site.name}: its data gives no sample to annotate")
+    return site
+
+
+# ------------------------------------------------------------------------------ the base
+@functools.lru_cache(maxsize=2)
+def _load_base(spec: str, mtime: float):
+    from fedpoint.shared.model import base_fingerprint, load_base
+
+    net, cfg, card = load_base(spec)
+    return net, cfg, base_fingerprint(net)
+
+
+def load_site_base(spec: str | Path):
+    """(frozen base, model config, fingerprint), cached per process while the file is unchanged."""
+    path = P.locate_base(spec)
+    return _load_base(str(path), path.with_suffix(".safetensors").stat().st_mtime)
+
+
+# ------------------------------------------------------------------------------ one round
+def train_round(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstruction, site: SiteIdentity,
+                fed: P.FederationConfig) -> SiteReply:
+    """Start from the bank, train, and return the checked reply."""
+    from fedpoint.client.model import SiteModel
+    from fedpoint.shared.adapters import AdapterMismatchError, make_adapter
+
+    t0 = time.perf_counter()
+    base, model_cfg, fingerprint = load_site_base(fed.base)
+    if fingerprint != instruction.base_fingerprint:
+        raise AdapterMismatchError(f"site {site.site_id} has base {fingerprint}, but bank {instruction.bank} "
+                                   f"was made on base {instruction.base_fingerprint}: refusing to train on it")
+    adapter = make_adapter(base, instruction.adapter, fingerprint)
+    bank_state = from_numpy(bank_arrays)
+    adapter.load_state(bank_state)  # raises AdapterMismatchError on foreign names or shapes
+    store = SiteStore(site.store)
+    store.receive_bank(instruction.bank, instruction.bank_version, adapter, {"round": instruction.server_round})
+
+    adaptation = AdaptationConfig(mode=instruction.mode, lr=instruction.lr, seed=instruction.seed)
+    if site.simulated:
+        model = SiteModel(adapter, model_cfg, adaptation)
+        weight, metrics = annotate_next(model, store, site, instruction, fed)
+    else:
+        model = SiteModel(adapter, model_cfg, adaptation.with_mode("mid+post+episodes"))
+        weight, metrics = episode_on_cache(model, store)
+    metrics = {P.NUM_EXAMPLES: weight, **metrics, "seconds": round(time.perf_counter() - t0, 3),
+               "bank-version": instruction.bank_version}
+    reply = make_reply(adapter, bank_state, list(bank_arrays), metrics, site, instruction)
+    store.log("federation-round", round=instruction.server_round, bank=instruction.bank,
+              bank_version=instruction.bank_version, weight=weight)
+    return reply
+
+
+def make_reply(adapter, bank_state, order: list[str], metrics: dict, site: SiteIdentity,
+               instruction: P.RoundInstruction) -> SiteReply:
+    """The delta against the bank (in the bank's key order), checked before it may leave."""
+    delta = to_numpy(adapter.delta(bank_state))
+    arrays = {name: delta[name] for name in order}
+    config = {P.SITE_ID: site.site_id, P.MODALITY: site.modality, P.BANK: instruction.bank,
+              P.BANK_VERSION: instruction.bank_version, P.BASE_FINGERPRINT: adapter.base_fingerprint}
+    check_reply(arrays, adapter.schema(), metrics, config)
+    return SiteReply(arrays, metrics, config)
+
+
+def check_reply(arrays: Mapping, schema: Mapping, metrics: Mapping, config: Mapping) -> None:
+    """The egress check: raises EgressError, and then nothing is sent."""
+    check_egress(arrays, schema, metrics)
+    P.check_reply_config(config)
+
+
+# ------------------------------------------------------------------------------ simulation
+def annotate_next(model, store: SiteStore, site: SiteIdentity, instruction: P.RoundInstruction,
+                  fed: P.FederationConfig) -> tuple[int, dict]:
+    """Annotate the next images of the site's stream with the simulated user."""
+    from fedpoint.client.engine import SiteEngine
+    from fedpoint.client.evaluate import run_stream
+
+    stream = simulated_site(fed.sites_config, site.partition, instruction.size).samples
+    start = stream_position(store)
+    samples = [stream[(start + i) % len(stream)] for i in range(instruction.images)]
+    engine = SiteEngine(model, store, background_episodes=False)
+    records = run_stream(engine, samples, instruction.clicks)
+    for i, record in enumerate(records):
+        record["index"] = start + i  # position in the whole stream, across rounds
+    write_json_atomic(store.root / STREAM_FILE, {"site": site.site_id, "next": start + len(samples)})
+    if fed.output_path is not None:
+        write_json_atomic(fed.output_path / "records" / site.site_id / f"round-{instruction.server_round:04d}.json",
+                          {"site": site.site_id, "modality": site.modality, "round": instruction.server_round,
+                           "bank": instruction.bank, "bank_version": instruction.bank_version, "records": records})
+    return sum(bool(r["accepted"]) for r in records), stream_metrics(records)
+
+
+def stream_position(store: SiteStore) -> int:
+    path = store.root / STREAM_FILE
+    return int(json.loads(path.read_text())["next"]) if path.exists() else 0
+
+
+def stream_metrics(records: list[dict]) -> dict[str, float]:
+    """Round means of the per-image click metrics (never per-image values)."""
+    from fedpoint.shared.metrics import dice_auc
+
+    def mean(key):
+        return float(np.mean([r[key] for r in records]))
+
+    out = {k: mean(k) for k in ("dice1", "dice3", "dice5", "dice10", "noc85", "noc90", "nof", "clicks")}
+    out |= {"predict-ms": mean("predict_ms"), "update-ms": mean("update_ms"), "post-ms": mean("post_ms")}
+    out["dice-auc"] = float(np.mean([dice_auc(r["dices"]) for r in records]))
+    out["images"] = len(records)
+    return out
+
+
+# ------------------------------------------------------------------------------ deployment
+def episode_on_cache(model, store: SiteStore) -> tuple[int, dict]:
+    """One CLoPA episode on the annotation cache (regression-guarded); weight = training cases."""
+    from fedpoint.client.episodes import EpisodeScheduler
+
+    cases = store.case_ids()
+    if len(cases) < MIN_EPISODE_CASES:
+        store.log("federation-skip", reason=f"{len(cases)} accepted case(s); an episode needs {MIN_EPISODE_CASES}")
+        return 0, {"images": len(cases), "episodes": 0}
+    result = EpisodeScheduler(model, store, background=False).run_episode()
+    return result.train_cases, {
+        "images": result.train_cases + result.val_cases,
+        "episodes": 1,
+        "episode-accepted": int(result.accepted),
+        "episode-rejected": int(not result.accepted),
+        "guard-score": float(max([result.baseline, *result.val_scores])),
+    }

@@ -1,0 +1,98 @@
+"""Picking up a bank the federation delivered, while the service runs.
+
+The ClientApp (another process) writes a received bank into the site store and points
+`banks/latest.json` at it. The watcher polls that pointer; a new bank is loaded into a copy of the
+live adapter and offered to the engine, whose regression guard swaps it in only if it scores at
+least as well as the current adapter on the held-out cache. Every review is logged
+(`bank-review`), so a restarted service does not review the same bank again.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from pathlib import Path
+
+from fedpoint.client.engine import SiteEngine
+from fedpoint.shared.adapters import AdapterMismatchError, read_manifest
+
+log = logging.getLogger("fedpoint.service")
+
+
+class BankWatcher:
+    def __init__(self, engine: SiteEngine, poll_s: float = 10.0):
+        self.engine, self.store, self.poll_s = engine, engine.store, poll_s
+        self.events: list[dict] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seen = self._reviewed_latest()
+
+    def _relative(self, path: Path) -> str:
+        return str(path.relative_to(self.store.root))
+
+    def _reviewed_latest(self) -> Path | None:
+        latest = self.store.latest_bank()
+        if latest is None:
+            return None
+        reviewed = {e.get("path") for e in self.store.read_log() if e.get("event") == "bank-review"}
+        return latest if self._relative(latest) in reviewed else None
+
+    # ---------------------------------------------------------------------------------- polling
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="fedpoint-banks", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.check()
+            except Exception:  # a broken bank folder must not stop the watcher; the log says why
+                log.exception("reviewing a received bank failed")
+
+    def check(self) -> dict | None:
+        """Review the latest bank if it is new; returns the review, or None when nothing is new."""
+        with self._lock:
+            latest = self.store.latest_bank()
+            if latest is None or latest == self._seen:
+                return None
+            self._seen = latest
+            event = self._review(latest)
+            self.events.append(event)
+            return event
+
+    # ---------------------------------------------------------------------------------- review
+    def _review(self, path: Path) -> dict:
+        event = {"time": time.time(), "path": self._relative(path), "bank": None, "version": None, "accepted": False}
+        try:
+            manifest = read_manifest(path)
+            event.update(bank=manifest.get("bank"), version=manifest.get("version"))
+            with self.engine.model.lock:
+                candidate = copy.deepcopy(self.engine.adapter)
+            candidate.load(path)
+            state = candidate.state()
+        except (AdapterMismatchError, FileNotFoundError, OSError, ValueError, KeyError) as err:
+            event["reason"] = f"{type(err).__name__}: {err}"
+        else:
+            source = f"bank:{event['bank']}/v{event['version']}"
+            event["accepted"] = self.engine.offer(state, source)
+            review = self.engine.guard.history[-1] if self.engine.guard.history else {}
+            event.update(candidate=review.get("candidate"), current=review.get("current"), val_cases=review.get("val_cases"))
+            if event["accepted"]:
+                with self.engine.model.lock:
+                    event["adapter_version"] = self.store.save_adapter(self.engine.adapter, {"source": source})
+        self.store.log("bank-review", **{k: v for k, v in event.items() if isinstance(v, (int, float, str, bool))})
+        log.info("bank %s v%s: %s", event["bank"], event["version"], "swapped in" if event["accepted"] else "refused")
+        return event
+
+    @property
+    def last(self) -> dict | None:
+        return self.events[-1] if self.events else None

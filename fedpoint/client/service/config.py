@@ -1,0 +1,156 @@
+"""The site service's configuration (`site.toml`), validated by pydantic.
+
+Every error names its field ("port: Input should be less than or equal to 65535"). Relative paths
+in a TOML file are read relative to that file's folder, so a site folder can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedpoint.client.store import check_id
+from fedpoint.shared.config import AdaptationConfig, AdapterConfig
+
+MIN_TOKEN_LENGTH = 16
+
+
+class ServiceConfigError(ValueError):
+    """A site.toml that cannot run; the message lists every offending field."""
+
+
+class SiteServiceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    site: str = Field(description="the site's name (letters, digits, '.', '_', '-')")
+    modality: str = Field("unknown", description="CT, MR, microscopy, ...: picks the intensity normalisation")
+    store: Path = Field(description="the site store folder (annotation cache, adapter versions, received banks)")
+    images: Path = Field(description="folder of images to annotate: NIfTI, NRRD, PNG or NPY, 2D or 3D")
+    base: str | None = Field(None, description="base checkpoint: a packaged name or a path; default the packaged 2D base")
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig, description='adapter kind ("norm", ...) or a table')
+    mode: str = Field("mid+post+episodes", description="adaptation mode (see AdaptationConfig)")
+    adaptation: dict[str, Any] = Field(default_factory=dict, description="further AdaptationConfig settings (not mode)")
+    campaign_size: int | None = Field(None, ge=1, description="expected cases: episodes start at a fraction of it")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    token: str | None = Field(None, description="the bearer token itself (prefer token_env or token_file)")
+    token_env: str | None = Field(None, description="name of an environment variable holding the token")
+    token_file: Path | None = Field(None, description="file holding the token")
+    token_in_path: bool = Field(False, description="also accept /t/<token>/... for clients that cannot send headers")
+    device: str = "cpu"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads")
+    label: str = Field("object", description="name of the structure annotated, shown to MONAI Label clients")
+    max_upload_mb: float = Field(64.0, gt=0, le=4096)
+    max_points: int = Field(64, ge=1, le=10_000, description="most clicks one request or one session may carry")
+    max_sessions: int = Field(64, ge=1, description="open annotation sessions kept in memory (oldest idle dropped)")
+    session_ttl_s: float = Field(3600.0, gt=0, description="an idle session is dropped after this")
+    cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed to call the API; none by default")
+    bank_poll_s: float = Field(10.0, gt=0, description="how often to look for a bank the federation delivered")
+    save_adapter_every: int = Field(1, ge=0, description="write an adapter version every N accepts (0: never)")
+    max_label_slices: int = Field(8, ge=1, description="3D label on a 2D model: most slices one saved label adds")
+    al_candidates: int = Field(32, ge=1, description="images the 'uncertain' strategy scores per request")
+    ct_window: tuple[float, float] | str | None = Field(None, description="CT normalisation window (HU) or a name")
+    image_cache: int = Field(8, ge=1, description="images kept decoded in memory")
+
+    # ------------------------------------------------------------------------------- checks
+    @field_validator("site")
+    @classmethod
+    def _safe_site(cls, site: str) -> str:
+        return check_id(site, "site name")
+
+    @field_validator("adapter", mode="before")
+    @classmethod
+    def _adapter_kind(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, mode: str) -> str:
+        return AdaptationConfig(mode=mode).mode
+
+    @field_validator("adaptation")
+    @classmethod
+    def _adaptation_fields(cls, values: dict[str, Any]) -> dict[str, Any]:
+        if "mode" in values:
+            raise ValueError("set the mode at the top level (mode = ...), not in [adaptation]")
+        AdaptationConfig(**values)  # every field named and checked now, not at the first click
+        return values
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard(cls, origins: list[str]) -> list[str]:
+        if "*" in origins:
+            raise ValueError("'*' would let any web page use the token a browser holds; list the origins")
+        return origins
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> "SiteServiceConfig":
+        given = [name for name in ("token", "token_env", "token_file") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of token, token_env, token_file (got {', '.join(given) or 'none'})")
+        return self
+
+    # ------------------------------------------------------------------------------- derived
+    def adaptation_config(self) -> AdaptationConfig:
+        return AdaptationConfig(**{**self.adaptation, "mode": self.mode})
+
+    def resolve_token(self) -> str:
+        """The token's value, read now (a rotated token file takes effect at the next start)."""
+        if self.token:
+            value, source = self.token, "token"
+        elif self.token_env:
+            value, source = os.environ.get(self.token_env, ""), f"token_env ${self.token_env}"
+        else:
+            path = Path(self.token_file)
+            if not path.is_file():
+                raise ServiceConfigError(f"token_file: {path} does not exist")
+            value, source = path.read_text().strip(), f"token_file {path}"
+        if len(value.strip()) < MIN_TOKEN_LENGTH:
+            raise ServiceConfigError(f"{source}: the token must have at least {MIN_TOKEN_LENGTH} characters")
+        return value.strip()
+
+
+def _resolve_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    out = dict(data)
+    for key in ("store", "images", "token_file"):
+        if isinstance(out.get(key), str) and not Path(out[key]).expanduser().is_absolute():
+            out[key] = str(folder / out[key])
+        elif isinstance(out.get(key), str):
+            out[key] = str(Path(out[key]).expanduser())
+    base = out.get("base")
+    if isinstance(base, str) and ("/" in base or base.endswith((".safetensors", ".json"))) and not Path(base).is_absolute():
+        out["base"] = str(folder / base)
+    return out
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for problem in err.errors():
+        field = ".".join(str(p) for p in problem["loc"]) or "(config)"
+        lines.append(f"{source}: {field}: {problem['msg']}")
+    return "\n".join(lines)
+
+
+def make_service_config(data: dict[str, Any], source: str = "config") -> SiteServiceConfig:
+    try:
+        return SiteServiceConfig(**data)
+    except ValidationError as err:
+        raise ServiceConfigError(format_validation_error(err, source)) from None
+
+
+def load_service_config(path: str | Path, **overrides: Any) -> SiteServiceConfig:
+    """Read a site.toml; keyword overrides (e.g. host, port from the command line) win."""
+    path = Path(path)
+    if not path.is_file():
+        raise ServiceConfigError(f"{path}: no such config file")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ServiceConfigError(f"{path}: not valid TOML ({err})") from None
+    data = _resolve_paths(data, path.resolve().parent)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return make_service_config(data, str(path))

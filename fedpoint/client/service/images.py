@@ -1,0 +1,263 @@
+"""The folder of images a site annotates: ids, decoding, normalisation for the model, label files.
+
+An image's id is its file name without the suffix (`chest-01.nii.gz` -> `chest-01`). Ids are
+looked up in a listing of the folder, never joined into a path from what a client sent, so no id
+can reach outside the folder. Arrays keep the file's index order (x, y[, z]), as everywhere in
+fedpoint: a point [x, y, z] from a MONAI Label client (image index space, IJK in 3D Slicer) is an
+array index as it stands.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedpoint.client.store import check_id
+from fedpoint.data.normalize import CT_WINDOW_DEFAULT, CT_WINDOWS, PERCENTILES, PERCENTILES_OTHER, canonical_modality, normalize
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".png", ".npy")
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".png", ".npy")
+CT_PRESETS = {"lung": CT_WINDOWS["lung"], "soft tissue": CT_WINDOWS["soft-tissue"], "bone": CT_WINDOWS["bone"],
+              "wide": CT_WINDOW_DEFAULT}
+
+
+class ImageError(ValueError):
+    """An image or label that cannot be used; the message names it and says why."""
+
+
+def split_suffix(name: str, suffixes=IMAGE_SUFFIXES) -> tuple[str, str] | None:
+    lower = name.lower()
+    for suffix in suffixes:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], suffix
+    return None
+
+
+# ------------------------------------------------------------------------------------ reading
+def read_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(C, *spatial) float32 array and a 4x4 affine (index -> RAS mm; identity where unknown)."""
+    suffix = split_suffix(path.name, IMAGE_SUFFIXES)
+    if suffix and suffix[1] == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise ImageError(f"{path.name}: cannot be read as .npy ({err})") from None
+        return _channel_first_npy(array, path.name), np.eye(4)
+    from monai.transforms import LoadImage  # seconds to import: only when an image is first opened
+
+    try:
+        loaded = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+    except Exception as err:  # a truncated gzip, a bad header...: say which file
+        raise ImageError(f"{path.name}: cannot be read ({type(err).__name__}: {err})") from None
+    array = np.asarray(loaded.detach().cpu().numpy(), dtype=np.float32)
+    affine = np.asarray(loaded.affine, dtype=float)
+    if affine.shape != (4, 4):  # MONAI gives 2D images a 3x3 affine
+        full = np.eye(4)
+        full[:2, :2], full[:2, 3] = affine[:2, :2], affine[:2, 2]
+        affine = full
+    return array, affine
+
+
+def _channel_first_npy(array: np.ndarray, name: str) -> np.ndarray:
+    """.npy: (x, y), (C, x, y) with C <= 4, (x, y, z) or (C, x, y, z)."""
+    if not np.issubdtype(array.dtype, np.number):
+        raise ImageError(f"{name}: holds {array.dtype}, not numbers")
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[0] > 4):
+        array = array[None]
+    if array.ndim not in (3, 4):
+        raise ImageError(f"{name}: shape {array.shape} is neither 2D nor 3D")
+    return array.astype(np.float32)
+
+
+def read_label(data: bytes, filename: str, shape: tuple[int, ...]) -> np.ndarray:
+    """An uploaded label file as an integer array of the image's spatial `shape`."""
+    parts = split_suffix(filename or "label.nii.gz", LABEL_SUFFIXES)
+    if parts is None:
+        raise ImageError(f"label file {filename!r}: use one of {', '.join(LABEL_SUFFIXES)}")
+    fd, tmp = tempfile.mkstemp(suffix=parts[1], prefix="fedpoint-label-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        array, _ = read_array(Path(tmp))
+    finally:
+        os.unlink(tmp)
+    label = array[0] if array.shape[0] == 1 else array
+    while label.ndim > len(shape) and label.shape[-1] == 1:  # a 2D label saved with a z of 1
+        label = label[..., 0]
+    if tuple(label.shape) != tuple(shape):
+        raise ImageError(f"label shape {tuple(label.shape)} does not match the image's spatial shape {tuple(shape)}")
+    if not np.all(np.isfinite(label)) or np.any(label < 0) or np.any(label != np.round(label)):
+        raise ImageError("label values must be non-negative integers")
+    return label.astype(np.int32)
+
+
+def nifti_bytes(mask: np.ndarray, affine: np.ndarray) -> bytes:
+    """A uint8 label as gzipped NIfTI bytes, on the image's grid (same affine)."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.asarray(mask, dtype=np.uint8), np.asarray(affine, dtype=float))
+    image.header.set_xyzt_units("mm")
+    return gzip.compress(image.to_bytes(), compresslevel=1)
+
+
+# ------------------------------------------------------------------------------------ one image
+@dataclass
+class LoadedImage:
+    id: str
+    path: Path
+    display: np.ndarray  # (*spatial) float32, raw intensities (channel mean), for the viewer
+    model_input: np.ndarray  # (C, *spatial) float32 in [0, 1], what the model sees
+    affine: np.ndarray  # 4x4
+    window: tuple[float, float]  # the default display window (raw units)
+    modality: str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.display.shape)
+
+    @property
+    def ndim(self) -> int:
+        return self.display.ndim
+
+    @property
+    def slices(self) -> int:
+        return self.shape[-1] if self.ndim == 3 else 1
+
+    @property
+    def flip_y(self) -> bool:
+        """Show y upward when it runs toward anterior/superior (a medical volume), downward otherwise."""
+        return self.path.name.lower().endswith((".nii", ".nii.gz", ".nrrd")) and self.affine[1, 1] > 0
+
+    def meta(self) -> dict:
+        presets = CT_PRESETS if canonical_modality(self.modality) == "CT" else {}
+        finite = self.display[np.isfinite(self.display)]
+        return {
+            "id": self.id,
+            "shape": list(self.shape),
+            "slices": self.slices,
+            "default_slice": self.slices // 2,
+            "window": [float(self.window[0]), float(self.window[1])],
+            "range": [float(finite.min()), float(finite.max())] if finite.size else [0.0, 1.0],
+            "presets": {k: list(v) for k, v in presets.items()},
+            "modality": self.modality,
+            "flip_y": bool(self.flip_y),
+            "file": self.path.name,
+        }
+
+
+def ct_window_values(window) -> tuple[float, float]:
+    if window is None:
+        return CT_WINDOW_DEFAULT
+    if isinstance(window, str):
+        if window not in CT_WINDOWS:
+            raise ImageError(f"unknown CT window {window!r}; known: {', '.join(sorted(CT_WINDOWS))}")
+        return CT_WINDOWS[window]
+    return float(window[0]), float(window[1])
+
+
+def default_window(display: np.ndarray, modality: str, ct_window) -> tuple[float, float]:
+    if canonical_modality(modality) == "CT":
+        return ct_window_values(ct_window)
+    pct = PERCENTILES.get(canonical_modality(modality), PERCENTILES_OTHER)
+    flat = display.ravel()[:: max(1, display.size // 2_000_000)]
+    low, high = np.percentile(flat, pct)
+    return (float(low), float(high)) if high > low else (float(flat.min()), float(flat.max()) + 1e-6)
+
+
+def prepare(image_id: str, path: Path, modality: str, model_channels: int, ct_window) -> LoadedImage:
+    raw, affine = read_array(path)
+    if raw.shape[0] != model_channels:
+        if model_channels != 1:
+            raise ImageError(f"{path.name}: has {raw.shape[0]} channels, the model takes {model_channels}")
+        raw = raw.mean(axis=0, keepdims=True)  # an RGB picture for a grey-scale model
+    if not np.isfinite(raw).all():
+        raise ImageError(f"{path.name}: contains NaN or infinite values")
+    display = raw.mean(axis=0) if raw.shape[0] > 1 else raw[0]
+    window = ct_window if canonical_modality(modality) == "CT" else None
+    model_input = normalize(raw, modality, window=window)
+    return LoadedImage(image_id, path, display, model_input, affine, default_window(display, modality, ct_window), modality)
+
+
+# ------------------------------------------------------------------------------------ the folder
+class ImageFolder:
+    """The listing of a folder of images, and a small cache of decoded ones."""
+
+    def __init__(self, root: Path, modality: str, model_channels: int, ct_window=None, cache_size: int = 8):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ImageError(f"images folder {self.root} does not exist")
+        self.modality, self.model_channels, self.ct_window = modality, model_channels, ct_window
+        self.cache_size = cache_size
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, LoadedImage] = OrderedDict()
+        self._listing: dict[str, Path] = {}
+        self.skipped: list[tuple[str, str]] = []
+        self._stamp: tuple[float, int] | None = None
+
+    def _rescan(self) -> None:
+        stat = self.root.stat()
+        stamp = (stat.st_mtime, stat.st_nlink)
+        if stamp == self._stamp:
+            return
+        listing, skipped = {}, []
+        for path in sorted(self.root.iterdir()):
+            parts = split_suffix(path.name)
+            if not path.is_file() or path.name.startswith(".") or parts is None:
+                continue
+            try:
+                image_id = check_id(parts[0], "image id")
+            except ValueError as err:
+                skipped.append((path.name, str(err)))
+                continue
+            if image_id in listing:
+                skipped.append((path.name, f"another file already has the id {image_id!r} ({listing[image_id].name})"))
+                continue
+            listing[image_id] = path
+        self._listing, self.skipped, self._stamp = listing, skipped, stamp
+        for gone in set(self._cache) - set(listing):
+            self._cache.pop(gone, None)
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            self._rescan()
+            return list(self._listing)
+
+    def path(self, image_id: str) -> Path:
+        check_id(image_id, "image id")
+        with self._lock:
+            self._rescan()
+            if image_id not in self._listing:
+                raise KeyError(f"no image {image_id!r} in the site's images folder")
+            return self._listing[image_id]
+
+    def load(self, image_id: str) -> LoadedImage:
+        path = self.path(image_id)
+        with self._lock:
+            if image_id in self._cache:
+                self._cache.move_to_end(image_id)
+                return self._cache[image_id]
+        loaded = prepare(image_id, path, self.modality, self.model_channels, self.ct_window)
+        with self._lock:
+            self._cache[image_id] = loaded
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return loaded
+
+
+def file_response_bytes(loaded: LoadedImage) -> tuple[bytes, str]:
+    """The image as a client can open it: the original NIfTI/NRRD file, or a NIfTI made from it."""
+    name = loaded.path.name
+    if name.lower().endswith((".nii", ".nii.gz", ".nrrd")):
+        return loaded.path.read_bytes(), name
+    import nibabel as nib
+
+    buffer = io.BytesIO(gzip.compress(nib.Nifti1Image(loaded.display, loaded.affine).to_bytes(), compresslevel=1))
+    return buffer.getvalue(), f"{loaded.id}.nii.gz"

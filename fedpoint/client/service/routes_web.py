@@ -1,0 +1,151 @@
+"""The annotation page and its JSON API (`/api/...`).
+
+Pixels travel as raw float32 slices (the page applies window/level itself, so a CT keeps its HU),
+masks as bit-packed rows (base64): a 512 x 512 mask is 32 KiB before base64. The user is named in
+the `X-Fedpoint-User` header; each user has their own sessions.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, Field
+
+from fedpoint.client.service.security import valid_id
+from fedpoint.client.service.state import ServiceState
+
+WEB = Path(__file__).resolve().parent / "web"
+DEFAULT_USER = "web"
+
+
+class ClickBody(BaseModel):
+    point: list[float] = Field(min_length=2, max_length=3, description="[x, y] or [x, y, z], image index space")
+    positive: bool = True
+
+
+class SliceBody(BaseModel):
+    slice: int | None = None
+
+
+def mask_payload(mask: np.ndarray) -> dict:
+    """A 2D mask (x, y) as rows of bits, top row first, as the page draws it."""
+    rows = np.ascontiguousarray(np.asarray(mask, dtype=bool).T)
+    return {"width": int(mask.shape[0]), "height": int(mask.shape[1]), "area": int(rows.sum()),
+            "bits": base64.b64encode(np.packbits(rows.ravel()).tobytes()).decode()}
+
+
+def user_of(x_fedpoint_user: str | None = Header(None)) -> str:
+    return valid_id(x_fedpoint_user or DEFAULT_USER, "user name")
+
+
+def page_router() -> APIRouter:
+    """The page itself: static code, no site data, so no token (the page asks for it)."""
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(WEB / "index.html", media_type="text/html")
+
+    @router.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> FileResponse:
+        files = {p.name: p for p in WEB.iterdir() if p.is_file()}  # a fixed listing: no path is built from the URL
+        if name not in files:
+            return Response(status_code=404)
+        return FileResponse(files[name])
+
+    return router
+
+
+def api_router(state: ServiceState, require) -> APIRouter:
+    router = APIRouter(prefix="/api", dependencies=[Depends(require)])
+
+    def clicks_of(entry, z) -> list[dict]:
+        if entry is None:
+            return []
+        out = []
+        for click in entry.session.clicks:
+            point = list(click.point) + ([z] if z is not None else [])
+            out.append({"point": point, "positive": click.positive})
+        return out
+
+    @router.get("/status")
+    def status() -> dict:
+        return state.status()
+
+    @router.get("/images")
+    def images() -> dict:
+        ids = state.images.ids()
+        return {"images": [{"id": i, "labelled": i in state.cases_by_image} for i in ids],
+                "skipped": [{"file": f, "reason": r} for f, r in state.images.skipped]}
+
+    @router.get("/images/{image_id}")
+    def image_meta(image_id: str) -> dict:
+        loaded = state.load(valid_id(image_id))
+        return {**loaded.meta(), "per_slice": state.sliced(loaded), "labelled": image_id in state.cases_by_image}
+
+    @router.get("/images/{image_id}/slice/{z}")
+    def image_slice(image_id: str, z: int) -> Response:
+        loaded = state.load(valid_id(image_id))
+        if not 0 <= z < loaded.slices:
+            raise LookupError(f"{image_id} has {loaded.slices} slice(s); there is no slice {z}")
+        plane = loaded.display if loaded.ndim == 2 else loaded.display[..., z]
+        rows = np.ascontiguousarray(plane.T, dtype="<f4")
+        return Response(rows.tobytes(), media_type="application/octet-stream",
+                        headers={"x-width": str(plane.shape[0]), "x-height": str(plane.shape[1])})
+
+    @router.get("/next")
+    def next_image(after: str | None = Query(None)) -> dict:
+        todo = sorted(state.unlabelled())
+        later = [i for i in todo if after is None or i > after]
+        return {"id": (later or todo or [None])[0], "remaining": len(todo)}
+
+    @router.get("/sessions/{image_id}")
+    def session_view(image_id: str, slice: int = Query(0), user: str = Depends(user_of)) -> dict:
+        loaded = state.load(valid_id(image_id))
+        z = slice if state.sliced(loaded) else None
+        entry = state.sessions.get((loaded.id, user, z))
+        if entry is None:
+            mask = np.zeros(loaded.shape[:2], dtype=bool)
+        else:
+            mask = state.slice_of(loaded, entry.session.mask, slice)
+        return {"mask": mask_payload(mask), "clicks": clicks_of(entry, z), "slice": slice}
+
+    @router.post("/sessions/{image_id}/click")
+    def click(image_id: str, body: ClickBody, user: str = Depends(user_of)) -> dict:
+        result = state.click(valid_id(image_id), user, body.point, body.positive)
+        loaded = state.load(image_id)
+        shown = result.slice if result.slice is not None else (int(round(body.point[2])) if loaded.ndim == 3 else 0)
+        entry = state.sessions.get((image_id, user, result.slice))
+        return {"mask": mask_payload(state.slice_of(loaded, result.mask, shown)), "slice": shown,
+                "clicks": clicks_of(entry, result.slice), "server_ms": round(result.seconds * 1e3, 2),
+                "predict_ms": round(result.predict_ms, 2), "update_ms": round(result.update_ms, 2)}
+
+    @router.post("/sessions/{image_id}/undo")
+    def undo(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:
+        loaded = state.load(valid_id(image_id))
+        z = body.slice if state.sliced(loaded) else None
+        mask, _ = state.undo(image_id, user, z)
+        entry = state.sessions.get((image_id, user, z))
+        return {"mask": mask_payload(state.slice_of(loaded, mask, body.slice or 0)), "clicks": clicks_of(entry, z)}
+
+    @router.post("/sessions/{image_id}/accept")
+    def accept(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:
+        loaded = state.load(valid_id(image_id))
+        return state.accept_current(image_id, user, body.slice if state.sliced(loaded) else None)
+
+    @router.post("/sessions/{image_id}/discard")
+    def discard(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:
+        loaded = state.load(valid_id(image_id))
+        state.discard(image_id, user, body.slice if state.sliced(loaded) else None)
+        return {"discarded": True}
+
+    @router.post("/banks/check")
+    def check_banks(request: Request) -> dict:
+        """Look for a delivered bank now instead of at the next poll."""
+        return {"review": state.banks.check(), "last": state.banks.last}
+
+    return router

@@ -1,0 +1,328 @@
+"""Everything the service keeps warm, and the operations its routers call.
+
+One `SiteEngine` (base + adapter + optimizer, its store, episode scheduler and regression guard)
+serves every clinician. Sessions are per (image, user, slice): a 3D volume on a 2D model is
+annotated slice by slice (a click's z picks the slice, and an accepted slice becomes one 2D case
+in the cache, which is what a 2D model trains on); a 3D model annotates the whole volume.
+
+Accepts from several people at once all land: each runs its post-interaction update under the
+model's lock, then `SiteStore.add_case` writes under the store's file lock and never overwrites
+(a second accept of the same case id is kept beside the first, suffixed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedpoint.client.engine import SiteEngine, set_threads
+from fedpoint.client.service.banks import BankWatcher
+from fedpoint.client.service.config import SiteServiceConfig
+from fedpoint.client.service.images import ImageError, ImageFolder, LoadedImage
+from fedpoint.client.service.sessions import OpenSession, SessionRegistry
+from fedpoint.client.service.strategies import choose, flip_uncertainty
+from fedpoint.client.service.training import Training
+from fedpoint.client.session import AnnotationSession, InputError
+from fedpoint.client.store import SiteStore
+from fedpoint.shared.clicker import deepest_point
+from fedpoint.shared.clicks import Click, check_point
+
+log = logging.getLogger("fedpoint.service")
+
+
+@dataclass
+class ClickResult:
+    mask: np.ndarray  # the session's mask (2D, or 3D for a 3D model)
+    slice: int | None
+    clicks: int
+    seconds: float
+    predict_ms: float
+    update_ms: float
+
+
+class ServiceState:
+    def __init__(self, config: SiteServiceConfig, engine: SiteEngine | None = None):
+        self.config = config
+        set_threads(config.threads)
+        self.engine = engine or SiteEngine.create(
+            base=config.base, adapter=config.adapter, adaptation=config.adaptation_config(),
+            store=SiteStore(config.store), device=config.device, campaign_size=config.campaign_size,
+            background_episodes=True)
+        if self.engine.store is None:
+            raise ValueError("the service needs an engine with a site store")
+        self.store: SiteStore = self.engine.store
+        self.store.wipe_staging()
+        self.model_cfg = self.engine.model.model_cfg
+        self.images = ImageFolder(config.images, config.modality, self.model_cfg.image_channels,
+                                  config.ct_window, config.image_cache)
+        self.sessions = SessionRegistry(config.max_sessions, config.session_ttl_s)
+        self.training = Training(self.engine)
+        self.banks = BankWatcher(self.engine, config.bank_poll_s)
+        self.cases_by_image = self._index_cache()
+        self.accepts = 0
+        self.last_click_ms: float | None = None
+        self._lock = threading.Lock()
+        self._scores: dict[tuple[str, int], float] = {}
+
+    def start(self) -> None:
+        self.banks.start()
+
+    def stop(self) -> None:
+        self.banks.stop()
+
+    def _index_cache(self) -> dict[str, list[str]]:
+        index: dict[str, list[str]] = {}
+        for case_id in self.store.case_ids():
+            meta = _read_meta(self.store, case_id)
+            index.setdefault(str(meta.get("image", case_id)), []).append(case_id)
+        return index
+
+    # ---------------------------------------------------------------------------------- geometry
+    def sliced(self, loaded: LoadedImage) -> bool:
+        """A volume on a 2D model: annotated one slice (last axis) at a time."""
+        return self.model_cfg.spatial_dims == 2 and loaded.ndim == 3
+
+    def load(self, image_id: str) -> LoadedImage:
+        loaded = self.images.load(image_id)
+        if self.model_cfg.spatial_dims == 3 and loaded.ndim == 2:
+            raise ImageError(f"{image_id} is a 2D image; this site's model is 3D")
+        return loaded
+
+    def locate(self, loaded: LoadedImage, point, slice_index: int | None = None) -> tuple[int | None, tuple[int, ...]]:
+        """(slice or None, the point in the session's image), refusing points outside the image."""
+        point = list(point)
+        if self.sliced(loaded) and len(point) == 2 and slice_index is not None:
+            point.append(slice_index)
+        try:
+            index = check_point(point, loaded.shape)
+        except ValueError as err:
+            raise InputError(f"{err} (points are [x, y] or [x, y, z] in image index space)") from None
+        return (index[-1], index[:-1]) if self.sliced(loaded) else (None, index)
+
+    def session_image(self, loaded: LoadedImage, slice_index: int | None) -> np.ndarray:
+        if slice_index is None:
+            return loaded.model_input
+        return np.ascontiguousarray(loaded.model_input[..., slice_index])
+
+    def slice_of(self, loaded: LoadedImage, mask: np.ndarray, slice_index: int) -> np.ndarray:
+        """The 2D mask shown for a slice: the session's own mask, or a slice of a 3D one."""
+        return mask if mask.ndim == 2 else mask[..., slice_index]
+
+    # ---------------------------------------------------------------------------------- sessions
+    def session(self, loaded: LoadedImage, user: str, slice_index: int | None) -> OpenSession:
+        key = (loaded.id, user, slice_index)
+        case = loaded.id if slice_index is None else f"{loaded.id}.z{slice_index:04d}"
+        return self.sessions.get_or_open(
+            key, lambda: AnnotationSession(self.engine.model, self.session_image(loaded, slice_index), case,
+                                           seed=zlib.crc32(repr(key).encode())))
+
+    def click(self, image_id: str, user: str, point, positive: bool, slice_index: int | None = None) -> ClickResult:
+        loaded = self.load(image_id)
+        z, local = self.locate(loaded, point, slice_index)
+        entry = self.session(loaded, user, z)
+        with entry.lock:
+            if len(entry.session.steps) >= self.config.max_points:
+                raise InputError(f"a session takes at most {self.config.max_points} clicks; accept or undo")
+            t0 = time.perf_counter()
+            mask = entry.session.click(local, positive)
+            seconds = time.perf_counter() - t0
+            step = entry.session.steps[-1]
+            result = ClickResult(mask, z, len(entry.session.steps), seconds, step.predict_ms, step.update_ms)
+        self.last_click_ms = seconds * 1e3
+        return result
+
+    def existing(self, image_id: str, user: str, slice_index: int | None) -> OpenSession:
+        entry = self.sessions.get((image_id, user, slice_index))
+        if entry is None:
+            raise LookupError(f"no open annotation of {image_id}" + (f" slice {slice_index}" if slice_index is not None else "")
+                              + f" by {user!r}: click first")
+        return entry
+
+    def undo(self, image_id: str, user: str, slice_index: int | None) -> tuple[np.ndarray, int]:
+        entry = self.existing(image_id, user, slice_index)
+        with entry.lock:
+            mask = entry.session.undo()
+            return mask, len(entry.session.steps)
+
+    def discard(self, image_id: str, user: str, slice_index: int | None) -> None:
+        entry = self.sessions.get((image_id, user, slice_index))
+        if entry is not None:
+            self.sessions.close(entry)
+
+    def accept(self, entry: OpenSession, mask: np.ndarray | None = None) -> dict:
+        """Post-interaction update, then into the cache; the session closes."""
+        with entry.lock:
+            final = entry.session.accept(mask)
+            self.sessions.close(entry)
+            name = self._store_case(entry, final)
+        return {"case": name, "image": entry.image_id, "slice": entry.slice, "post_ms": round(entry.session.post_ms, 1),
+                "cache_size": self.cache_size()}
+
+    def accept_current(self, image_id: str, user: str, slice_index: int | None) -> dict:
+        return self.accept(self.existing(image_id, user, slice_index))
+
+    def _store_case(self, entry: OpenSession, final: np.ndarray) -> str:
+        session = entry.session
+        meta = {"image": entry.image_id, "slice": entry.slice, "user": entry.user, "clicks": len(session.steps),
+                "post_ms": round(session.post_ms, 1), "site": self.config.site}
+        target = self.store.add_case(session.case_id, session.image, final, meta)
+        with self._lock:
+            self.cases_by_image.setdefault(entry.image_id, []).append(target.name)
+            self.accepts += 1
+            save = self.config.save_adapter_every and self.accepts % self.config.save_adapter_every == 0
+        if save:
+            with self.engine.model.lock:
+                self.store.save_adapter(self.engine.adapter, {"source": "online", "case": target.name})
+        self.training.after_accept()
+        return target.name
+
+    # ---------------------------------------------------------------------------------- MONAI Label
+    def infer(self, image_id: str, user: str, foreground: list, background: list) -> tuple[np.ndarray, dict]:
+        """Bring the user's sessions on this image to exactly these points; returns (label volume, params).
+
+        Clients send every point each time. Points the session already has are kept (no repeated
+        update); a point that disappeared undoes back to before it; new points are clicked in order.
+        """
+        loaded = self.load(image_id)
+        if len(foreground) + len(background) == 0:
+            raise InputError("give at least one foreground or background point")
+        if len(foreground) + len(background) > self.config.max_points:
+            raise InputError(f"{len(foreground) + len(background)} points; at most {self.config.max_points} are accepted")
+        groups: dict[int | None, list[Click]] = {}
+        for points, positive in ((foreground, True), (background, False)):
+            for point in points:
+                z, local = self.locate(loaded, point)
+                groups.setdefault(z, []).append(Click(local, positive))
+        t0 = time.perf_counter()
+        for z, wanted in groups.items():
+            self._sync(self.session(loaded, user, z), wanted)
+        label = self.label_volume(loaded, user)
+        params = {"label_names": {self.config.label: 1}, "latencies": {"total": round(time.perf_counter() - t0, 4)},
+                  "slices": [z for z in groups if z is not None], "adapter_version": self.engine.model.version}
+        return label, params
+
+    def _sync(self, entry: OpenSession, wanted: list[Click]) -> None:
+        with entry.lock:
+            session = entry.session
+            remaining = Counter(wanted)
+            keep = 0
+            for click in session.clicks:
+                if remaining[click] <= 0:
+                    break
+                remaining[click] -= 1
+                keep += 1
+            for _ in range(len(session.steps) - keep):
+                session.undo()
+            for click in wanted:
+                if remaining[click] > 0:
+                    remaining[click] -= 1
+                    session.click(click.point, click.positive)
+
+    def label_volume(self, loaded: LoadedImage, user: str) -> np.ndarray:
+        label = np.zeros(loaded.shape, dtype=np.uint8)
+        for entry in self.sessions.of_user(loaded.id, user):
+            mask = entry.session.mask
+            if entry.slice is None:
+                label[mask] = 1
+            else:
+                label[..., entry.slice][mask] = 1
+        return label
+
+    def save_label(self, image_id: str, user: str, label: np.ndarray, label_index: int | None) -> dict:
+        """A final label from a client: each annotated part into the cache through a session accept.
+
+        The user's open session supplies the first click for the post-interaction update; a label
+        made without clicks here gets a first click at its deepest point. A volume on a 2D model
+        adds the slices this user clicked on, then the largest others, up to `max_label_slices`.
+        """
+        loaded = self.load(image_id)
+        mask = label == label_index if label_index is not None else label > 0
+        if not mask.any():
+            raise InputError("the label is empty: nothing to save")
+        if not self.sliced(loaded):
+            return {"cases": [self._accept_label(loaded, user, None, mask)["case"]]}
+        area = mask.reshape(-1, mask.shape[-1]).sum(axis=0)
+        clicked = [e.slice for e in self.sessions.of_user(image_id, user) if area[e.slice] > 0]
+        largest = [int(z) for z in np.argsort(-area, kind="stable") if area[z] > 0 and int(z) not in clicked]
+        chosen = (clicked + largest)[: self.config.max_label_slices]
+        for entry in self.sessions.of_user(image_id, user):
+            if entry.slice not in chosen:
+                self.sessions.close(entry)
+        return {"cases": [self._accept_label(loaded, user, z, mask[..., z])["case"] for z in sorted(chosen)]}
+
+    def _accept_label(self, loaded: LoadedImage, user: str, z: int | None, mask: np.ndarray) -> dict:
+        entry = self.session(loaded, user, z)
+        with entry.lock:
+            if not entry.session.steps:
+                entry.session.click(deepest_point(mask), True)
+        return self.accept(entry, mask)
+
+    def stored_label(self, loaded: LoadedImage) -> np.ndarray | None:
+        """The accepted label of an image, assembled from its cached cases (latest wins)."""
+        names = self.cases_by_image.get(loaded.id, [])
+        if not names:
+            return None
+        label = np.zeros(loaded.shape, dtype=np.uint8)
+        for name in names:
+            _, mask, meta = self.store.load_case(name)
+            if meta.get("slice") is None:
+                label[...] = mask
+            else:
+                label[..., int(meta["slice"])] = mask
+        return label
+
+    # ---------------------------------------------------------------------------------- next image
+    def unlabelled(self) -> list[str]:
+        return [i for i in self.images.ids() if i not in self.cases_by_image]
+
+    def next_image(self, strategy: str, params: dict | None = None) -> tuple[str | None, dict]:
+        return choose(strategy, self.unlabelled(), params or {}, self.uncertainty, self.config.al_candidates)
+
+    def uncertainty(self, image_id: str) -> float:
+        key = (image_id, self.engine.model.version)
+        if key not in self._scores:
+            loaded = self.load(image_id)
+            z = loaded.slices // 2 if self.sliced(loaded) else None
+            self._scores[key] = flip_uncertainty(self.engine.model, self.session_image(loaded, z))
+        return self._scores[key]
+
+    # ---------------------------------------------------------------------------------- status
+    def cache_size(self) -> int:
+        with self._lock:
+            return sum(len(v) for v in self.cases_by_image.values())
+
+    def adapter_status(self) -> dict:
+        model = self.engine.model
+        current = self.store.current_adapter()
+        return {"kind": self.engine.adapter.kind, "saved_version": int(current.name[1:]) if current else 0,
+                "swaps": model.version, "online_steps": model.steps, "parameters": self.engine.adapter.num_trainable()}
+
+    def status(self) -> dict:
+        ids = self.images.ids()
+        return {
+            "site": self.config.site,
+            "modality": self.config.modality,
+            "label": self.config.label,
+            "mode": self.config.mode,
+            "model": {"spatial_dims": self.model_cfg.spatial_dims, "channels": self.model_cfg.image_channels},
+            "adapter": self.adapter_status(),
+            "cache": {"cases": self.cache_size(), "images_labelled": sum(1 for i in ids if i in self.cases_by_image)},
+            "images": {"total": len(ids), "skipped": [{"file": f, "reason": r} for f, r in self.images.skipped]},
+            "sessions": len(self.sessions),
+            "training": self.training.status(),
+            "last_episode": self.training.last_result(),
+            "last_bank": self.banks.last,
+            "last_click_ms": None if self.last_click_ms is None else round(self.last_click_ms, 1),
+        }
+
+
+def _read_meta(store: SiteStore, case_id: str) -> dict:
+    """A cached case's meta.json alone (load_case would read its arrays too)."""
+    return json.loads((store.root / "cache" / case_id / "meta.json").read_text())

@@ -1,0 +1,25 @@
+"""`load_dataset`: one entry point for built-in names and for folders in the user's own formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedpoint.data.builtin import BUILTIN_DATASETS, load_builtin
+from fedpoint.data.types import DataError, Dataset
+
+
+def load_dataset(spec: str | Path, *, data_dir: Path | None = None, strict: bool = False) -> Dataset:
+    """A built-in dataset by name (prepared on first use), or a folder: a Medical Segmentation
+    Decathlon task, an nnU-Net v2 raw dataset, or a folder of image/label pairs.
+
+    Non-strict: cases with problems are skipped and listed in `Dataset.skipped` as (file, reason).
+    Strict: the first problem raises `DataError`.
+    """
+    if isinstance(spec, str) and spec in BUILTIN_DATASETS:
+        return load_builtin(spec, data_dir)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(path, f"no such folder, and not a built-in dataset ({', '.join(BUILTIN_DATASETS)})")
+    from fedpoint.data.readers import read_folder
+
+    return read_folder(path, strict=strict)

@@ -1,0 +1,95 @@
+"""The coordinator's Flower ServerApp: `app` for `flwr run`, `build_server_app` for in-process
+simulations (whose run config is empty, so the defaults are given here).
+
+It loads the frozen base (only to pin its fingerprint and build the starting adapter), opens the
+bank store (creating the general bank from the base adapter when the store is empty, resuming
+from the latest versions otherwise), and runs the bank strategy for `num-server-rounds` rounds,
+wrapped in Flower's client-side fixed-clipping DP when `dp-noise-multiplier` > 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
+
+from fedpoint.server.banks import BankStore
+from fedpoint.server.routing import GENERAL
+from fedpoint.shared import protocol as P
+
+SUMMARY_FILE = "federation.json"
+
+
+def build_server_app(defaults: Mapping | None = None) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_coordinator(grid, P.FederationConfig.from_run_config(context.run_config, defaults))
+
+    return app
+
+
+def run_coordinator(grid: Grid, fed: P.FederationConfig) -> list[dict]:
+    """Run the federation's rounds; returns the per-round summary (also in output-dir)."""
+    from logging import INFO
+
+    from fedpoint.server.strategy import BankStrategy, PrivateBankStrategy
+
+    adapter = base_adapter(fed)
+    store = BankStore(fed.bank_store_path)
+    last_round = open_banks(store, adapter)
+    log(INFO, "bank store %s: banks %s, resuming after round %d", store.root, ", ".join(store.banks()), last_round)
+    strategy = BankStrategy(
+        store, fingerprint=adapter.base_fingerprint, schema=adapter.schema(), settings=P.instruction_settings(fed),
+        bank_strategy=fed.bank_strategy, norm_factor=fed.norm_factor, clip_norm=fed.clip_norm, round_offset=last_round,
+        fraction_train=fed.fraction_train, min_train_nodes=fed.min_train_nodes,
+        query_timeout=min(fed.round_timeout, 300.0),
+        summary_path=fed.output_path / SUMMARY_FILE if fed.output_path else None,
+    )
+    runner = strategy
+    if fed.dp:
+        runner = PrivateBankStrategy(strategy, fed.dp_noise_multiplier, fed.dp_clipping_norm, fed.min_train_nodes)
+        log(INFO, "central DP on: noise multiplier %g, client-side clipping norm %g", fed.dp_noise_multiplier,
+            fed.dp_clipping_norm)
+    general = store.latest(GENERAL).state
+    initial = ArrayRecord(array_dict={k: Array(general[k]) for k in adapter.schema()})
+    runner.start(grid, initial, num_rounds=fed.num_server_rounds, timeout=fed.round_timeout, train_config=ConfigRecord())
+    return strategy.history
+
+
+def base_adapter(fed: P.FederationConfig):
+    """The run's adapter kind opened on the frozen base: its fingerprint, schema and start state."""
+    from fedpoint.shared.adapters import make_adapter
+    from fedpoint.shared.model import load_base
+
+    net, _cfg, _card = load_base(P.locate_base(fed.base))
+    return make_adapter(net, fed.adapter_config())
+
+
+def open_banks(store: BankStore, adapter) -> int:
+    """Create the general bank from the base adapter in an empty store; otherwise check that the
+    store was made for this base and adapter config. Returns the last aggregated round."""
+    if not store.banks():
+        store.init_bank(GENERAL, adapter.state(), adapter.base_fingerprint, adapter.kind, adapter.cfg,
+                        {"source": "base adapter (untrained)"})
+        return 0
+    rounds = []
+    for bank in store.banks():
+        manifest = store.latest(bank).manifest
+        if manifest["base_fingerprint"] != adapter.base_fingerprint:
+            raise ValueError(f"bank store {store.root}: bank {bank} was made on base {manifest['base_fingerprint']}, "
+                             f"this run's base is {adapter.base_fingerprint}; use another bank-store")
+        if manifest["config"] != adapter.cfg.model_dump(mode="json"):
+            raise ValueError(f"bank store {store.root}: bank {bank} holds a {manifest['kind']} adapter configured "
+                             f"{manifest['config']}, this run asks for {adapter.cfg.model_dump(mode='json')}; "
+                             "use another bank-store")
+        rounds.append(int(manifest.get("round") or 0))
+    if GENERAL not in store.banks():
+        raise ValueError(f"bank store {store.root} has no {GENERAL!r} bank")
+    return max(rounds)
+
+
+app = build_server_app()

@@ -1,0 +1,57 @@
+"""Clicks and their encoding as Gaussian maps, in 2D or 3D."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Click:
+    """A click at a voxel index (array axis order, no channel axis); positive = inside the object."""
+
+    point: tuple[int, ...]
+    positive: bool
+
+    def as_dict(self) -> dict:
+        return {"point": list(self.point), "positive": self.positive}
+
+
+def check_point(point: Sequence[float], shape: Sequence[int]) -> tuple[int, ...]:
+    """Round a point to a voxel index and refuse one outside the image."""
+    if len(point) != len(shape):
+        raise ValueError(f"click {tuple(point)} has {len(point)} coordinates; the image has {len(shape)} spatial axes {tuple(shape)}")
+    index = tuple(int(round(float(p))) for p in point)
+    if any(not np.isfinite(float(p)) for p in point) or any(i < 0 or i >= n for i, n in zip(index, shape)):
+        raise ValueError(f"click {tuple(point)} lies outside the image of spatial shape {tuple(shape)}")
+    return index
+
+
+def gaussian_window(point: Sequence[int], shape: Sequence[int], sigma: float, truncate: float = 3.0):
+    """The slices of a box of radius `truncate * sigma` around `point`, clipped to the image, and the
+    (unnormalised, peak 1) Gaussian values inside it."""
+    radius = max(1, int(np.ceil(truncate * sigma)))
+    slices, axes = [], []
+    for p, n in zip(point, shape):
+        lo, hi = max(0, p - radius), min(n, p + radius + 1)
+        slices.append(slice(lo, hi))
+        axes.append((np.arange(lo, hi, dtype=np.float32) - p) ** 2)
+    sq = axes[0]
+    for a in axes[1:]:
+        sq = sq[..., None] + a  # broadcasting builds the squared distance on the box only
+    values = np.exp(-sq / (2.0 * sigma * sigma)).astype(np.float32)
+    values[sq > (truncate * sigma) ** 2] = 0.0
+    return tuple(slices), values
+
+
+def encode_clicks(clicks: Sequence[Click], shape: Sequence[int], sigma: float = 3.0) -> np.ndarray:
+    """Two float32 maps (positive, negative) of shape (2, *shape): per click a Gaussian of peak 1,
+    truncated at 3 sigma, combined by maximum so that nearby clicks do not exceed 1."""
+    maps = np.zeros((2, *shape), dtype=np.float32)
+    for click in clicks:
+        slices, values = gaussian_window(click.point, shape, sigma)
+        channel = maps[0 if click.positive else 1]
+        np.maximum(channel[slices], values, out=channel[slices])
+    return maps

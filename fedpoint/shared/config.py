@@ -1,0 +1,110 @@
+"""Validated configuration for the model, the adapter and online adaptation.
+
+pydantic names the offending field in every error, so a bad TOML value reads as
+"adaptation.lr: Input should be greater than 0" rather than a stack trace from deep in torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ADAPTATION_MODES = ("frozen", "mid", "post", "mid+post", "episodes", "mid+post+episodes")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """The interactive network: image channels + positive clicks + negative clicks + previous mask."""
+
+    spatial_dims: Literal[2, 3] = 2
+    image_channels: int = Field(1, ge=1, le=8)
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = Field(1, ge=0, le=4)
+    click_sigma: float = Field(3.0, gt=0, description="Gaussian click-map sigma, in voxels")
+
+    @field_validator("strides")
+    @classmethod
+    def _one_stride_per_level(cls, strides: tuple[int, ...], info) -> tuple[int, ...]:
+        channels = info.data.get("channels", ())
+        if channels and len(strides) != len(channels) - 1:
+            raise ValueError(f"needs len(channels) - 1 = {len(channels) - 1} strides, got {len(strides)}")
+        return strides
+
+    @property
+    def in_channels(self) -> int:
+        return self.image_channels + 3
+
+    @property
+    def size_multiple(self) -> int:
+        """Spatial sizes must be multiples of this for the encoder/decoder to line up."""
+        m = 1
+        for s in self.strides:
+            m *= s
+        return m
+
+
+class AdapterConfig(_Strict):
+    """Which parameters a site tunes; see `fedpoint.shared.adapters` for the kinds."""
+
+    kind: str = "norm"
+    lora_rank: int = Field(4, ge=1, le=64)
+    lora_alpha: float = Field(8.0, gt=0)
+    lora_freeze_a: bool = Field(True, description="Keep LoRA A fixed (seeded) so federated averages of B are exact")
+    lora_seed: int = 0
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        from fedpoint.shared.adapters import ADAPTER_KINDS
+
+        if kind not in ADAPTER_KINDS:
+            raise ValueError(f"unknown adapter kind {kind!r}; known: {', '.join(ADAPTER_KINDS)}")
+        return kind
+
+
+class AdaptationConfig(_Strict):
+    """Online adaptation at a site: mid- and post-interaction updates and CLoPA-style episodes."""
+
+    mode: str = "mid+post"
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    mid_steps: int = Field(1, ge=0, le=20)
+    post_steps: int = Field(1, ge=0, le=20)
+    post_clicks: int = Field(10, ge=0, le=100, description="artificial clicks in stage 2, largest error components")
+    ccg_beta: float = Field(200.0, ge=0)
+    ccg_sigma: float = Field(3.0, gt=0)
+    # CLoPA episodes on the annotation cache
+    episode_fraction: float = Field(0.25, gt=0, le=1.0)
+    episode_min_cases: int = Field(5, ge=2)
+    episode_epochs: int = Field(4, ge=1)
+    episode_iters: int = Field(10, ge=1)
+    episode_max_edits: int = Field(5, ge=0)
+    episode_val_clicks: int = Field(5, ge=1)
+    episode_lr: float | None = Field(None, gt=0, description="defaults to lr")
+    seed: int = 0
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, mode: str) -> str:
+        if mode not in ADAPTATION_MODES:
+            raise ValueError(f"unknown mode {mode!r}; known: {', '.join(ADAPTATION_MODES)}")
+        return mode
+
+    @property
+    def uses_mid(self) -> bool:
+        return "mid" in self.mode
+
+    @property
+    def uses_post(self) -> bool:
+        return "post" in self.mode
+
+    @property
+    def uses_episodes(self) -> bool:
+        return "episodes" in self.mode
+
+    def with_mode(self, mode: str) -> "AdaptationConfig":
+        return AdaptationConfig(**{**self.model_dump(), "mode": mode})

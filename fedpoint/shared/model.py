@@ -1,0 +1,89 @@
+"""The interactive segmentation network and the fingerprint that pins its frozen weights.
+
+A MONAI UNet (2D or 3D) with affine instance norm. Input channels: the image, a positive- and a
+negative-click map, and the previous mask; output: one logit map for the object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fedpoint.shared.config import ModelConfig
+
+PACKAGED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+DEFAULT_BASE = "base2d"
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    from monai.networks.nets import UNet  # monai costs seconds to import: only when a model is built
+
+    return UNet(
+        spatial_dims=cfg.spatial_dims,
+        in_channels=cfg.in_channels,
+        out_channels=1,
+        channels=cfg.channels,
+        strides=cfg.strides,
+        num_res_units=cfg.num_res_units,
+        # MONAI's "instance" norm has no parameters; CLoPA-style adaptation needs the affine ones.
+        norm=("instance", {"affine": True}),
+        act="PRELU",
+    )
+
+
+def base_fingerprint(model: nn.Module) -> str:
+    """sha256 over the names, shapes and bytes of every base weight, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(name.encode())
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def save_base(model: nn.Module, cfg: ModelConfig, path: Path, meta: dict | None = None) -> Path:
+    """Write `<path>.safetensors` and `<path>.json` (config, fingerprint, provenance, metrics)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path.with_suffix(".safetensors")))
+    card = {"model": cfg.model_dump(mode="json"), "fingerprint": base_fingerprint(model), **(meta or {})}
+    path.with_suffix(".json").write_text(json.dumps(card, indent=2))
+    return path
+
+
+def resolve_base(spec: str | Path | None) -> Path:
+    """A packaged checkpoint name (default `base2d`) or a path, without suffix or with one."""
+    spec = spec or DEFAULT_BASE
+    candidate = Path(spec)
+    if candidate.suffix in {".safetensors", ".json"}:
+        candidate = candidate.with_suffix("")
+    if candidate.with_suffix(".safetensors").exists():
+        return candidate
+    packaged = PACKAGED_CHECKPOINTS / str(spec)
+    if packaged.with_suffix(".safetensors").exists():
+        return packaged
+    raise FileNotFoundError(
+        f"no base checkpoint {spec!r}: expected {candidate}.safetensors or a packaged name "
+        f"({', '.join(sorted(p.stem for p in PACKAGED_CHECKPOINTS.glob('*.safetensors'))) or 'none'})"
+    )
+
+
+def load_base(spec: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig, dict]:
+    """Load a frozen base model; returns (model, config, model card)."""
+    from safetensors.torch import load_file
+
+    path = resolve_base(spec)
+    card = json.loads(path.with_suffix(".json").read_text())
+    cfg = ModelConfig(**card["model"])
+    model = build_model(cfg)
+    model.load_state_dict(load_file(str(path.with_suffix(".safetensors"))))
+    model.to(device).eval()
+    return model, cfg, card

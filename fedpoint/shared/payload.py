@@ -1,0 +1,120 @@
+"""What crosses the wire between a site and the coordinator, defined once for both sides.
+
+A site's reply holds adapter arrays (the delta of its trainable parameters against the bank it
+received) and a few numeric metrics. Nothing else may leave a site: `check_egress` refuses any
+array that is not an adapter parameter of the expected name, shape and dtype, and any metric that
+is not a finite number under an allowed name. The coordinator runs the same checks on arrival
+(`fedpoint.server.checks`), so a misbehaving site is caught on both ends.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+Schema = Mapping[str, tuple[tuple[int, ...], str]]
+
+# Numeric, aggregate-only metrics a site may send. Counts and means over a round, never per-image
+# values or identifiers. Add a name here (and only here) to let a new metric leave a site.
+ALLOWED_METRICS: frozenset[str] = frozenset(
+    {
+        "num-examples",  # weight of the reply: accepted cases used in the round (Flower's FedAvg key)
+        "images",
+        "clicks",
+        "seconds",
+        "dice1",
+        "dice3",
+        "dice5",
+        "dice10",
+        "dice-auc",
+        "noc85",
+        "noc90",
+        "nof",
+        "predict-ms",
+        "update-ms",
+        "post-ms",
+        "bytes-up",
+        "episodes",
+        "episode-accepted",
+        "episode-rejected",
+        "guard-score",
+        "loss",
+        "adapter-version",
+        "bank-version",
+    }
+)
+
+
+class EgressError(RuntimeError):
+    """Something other than adapter parameters and allowed metrics was about to leave a site."""
+
+
+def to_numpy(state: Mapping) -> dict[str, np.ndarray]:
+    """Tensors (or arrays) to contiguous CPU numpy arrays, keeping names and dtypes."""
+    out = {}
+    for name, value in state.items():
+        if hasattr(value, "detach"):  # a torch tensor; torch itself is not imported here
+            value = value.detach().to("cpu").numpy()
+        out[name] = np.ascontiguousarray(value)
+    return out
+
+
+def from_numpy(arrays: Mapping[str, np.ndarray]) -> dict:
+    """Numpy arrays to torch tensors (copies, so the tensors do not alias a received buffer)."""
+    import torch
+
+    return {name: torch.from_numpy(np.array(value, copy=True)) for name, value in arrays.items()}
+
+
+def state_schema(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The schema (`{name: (shape, dtype)}`, like `Adapter.schema()`) of a state held as arrays."""
+    return {name: (tuple(np.shape(a)), np.asarray(a).dtype.name) for name, a in arrays.items()}
+
+
+def is_number(value) -> bool:
+    """A real int or float (numpy scalars included). bool is refused: True is not a measurement."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    return isinstance(value, (int, float, np.integer, np.floating))
+
+
+def check_metrics(metrics: Mapping) -> None:
+    for key, value in metrics.items():
+        if key not in ALLOWED_METRICS:
+            raise EgressError(f"metric {key!r} is not allowed to leave a site (allowed: {', '.join(sorted(ALLOWED_METRICS))})")
+        if not is_number(value):
+            raise EgressError(f"metric {key!r} must be an int or float, got {type(value).__name__}")
+        if not math.isfinite(float(value)):
+            raise EgressError(f"metric {key!r} is not finite ({value})")
+
+
+def check_arrays(arrays: Mapping, schema: Schema) -> None:
+    missing = sorted(set(schema) - set(arrays))
+    if missing:
+        raise EgressError(f"adapter parameter {missing[0]!r} is missing from the payload ({len(missing)} missing)")
+    for name, value in arrays.items():
+        if name not in schema:
+            raise EgressError(f"array {name!r} is not an adapter parameter: refusing to send it")
+        if not isinstance(value, np.ndarray):
+            raise EgressError(f"array {name!r} is a {type(value).__name__}, not a numpy array")
+        shape, dtype = schema[name]
+        if tuple(value.shape) != tuple(shape):
+            raise EgressError(f"array {name!r} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+        if value.dtype.name != dtype:
+            raise EgressError(f"array {name!r} has dtype {value.dtype.name}, expected {dtype}")
+        if not np.isfinite(value).all():
+            raise EgressError(f"array {name!r} holds non-finite values")
+
+
+def check_egress(arrays: Mapping, schema: Schema, metrics: Mapping | None = None) -> None:
+    """Raise EgressError (naming the offending key) unless this payload is exactly adapter
+    parameters of the expected names, shapes and dtypes plus allowed finite numeric metrics."""
+    check_arrays(arrays, schema)
+    check_metrics(metrics or {})
+
+
+def payload_nbytes(arrays: Mapping[str, np.ndarray]) -> int:
+    """Bytes of array data in a payload (what dominates a reply on the wire)."""
+    return int(sum(np.asarray(a).nbytes for a in arrays.values()))

@@ -1,0 +1,253 @@
+"""What the coordinator and a site say to each other in a Flower round, defined once for both.
+
+An instruction (coordinator -> site) is a Flower `RecordDict`:
+
+    "arrays"  ArrayRecord   the bank adapter's trainable parameters, keyed by parameter name
+    "config"  ConfigRecord  a `RoundInstruction` (round, bank, bank version, base fingerprint,
+                            adapter config, how many images/clicks, adaptation mode, ...)
+
+A reply (site -> coordinator):
+
+    "arrays"  ArrayRecord   the adapter delta against the bank it received, same names and order
+    "metrics" MetricRecord  "num-examples" (accepted cases, the aggregation weight) and a few
+                            numeric means from `fedpoint.shared.payload.ALLOWED_METRICS`
+    "config"  ConfigRecord  who answered: site id, modality, the bank it trained from, its base
+
+A query (coordinator -> site, once per node and run) asks only who the site is, so the
+coordinator can route it to its modality bank; the answer is that "config" record alone.
+
+The run config (`[tool.flwr.app.config]` in pyproject.toml, plus `--run-config` overrides) is
+parsed into `FederationConfig`; the apps merge their built-in defaults under it because
+`flwr.simulation.run_simulation` hands them an empty run config.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fedpoint.shared.config import ADAPTATION_MODES, AdapterConfig
+
+# ------------------------------------------------------------------------------ record keys
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+
+# instruction config keys
+SERVER_ROUND = "server-round"  # FedAvg injects this one itself
+BANK = "bank"
+BANK_VERSION = "bank-version"
+BASE_FINGERPRINT = "base-fingerprint"
+ADAPTER_KIND = "adapter-kind"
+ADAPTER_CONFIG = "adapter-config"  # AdapterConfig as JSON
+IMAGES = "images"
+CLICKS = "clicks"
+MODE = "mode"
+LR = "lr"
+SIZE = "size"
+SEED = "seed"
+CLIPPING_NORM = "clipping_norm"  # Flower's key, set by its client-side DP wrapper
+
+# reply config keys (who answered)
+SITE_ID = "site-id"
+MODALITY = "modality"
+REPLY_CONFIG_KEYS = frozenset({SITE_ID, MODALITY, BANK, BANK_VERSION, BASE_FINGERPRINT})
+MAX_REPLY_STRING = 128  # a site id or modality; longer strings have no business leaving a site
+
+# reply metric keys
+NUM_EXAMPLES = "num-examples"
+
+# node config keys: deployment (flower-supernode --node-config) and simulation (set by Flower)
+NODE_SITE_ID = "site-id"
+NODE_MODALITY = "modality"
+NODE_SITE_STORE = "site-store"
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
+
+# the Flower message type of the "who are you" query
+QUERY_IDENTITY = "query"
+
+
+# ------------------------------------------------------------------------------ run config
+class FederationConfig(BaseModel):
+    """The run config of a federation, with typed defaults (kebab-case keys, as in pyproject)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              alias_generator=lambda name: name.replace("_", "-"))
+
+    num_server_rounds: int = Field(2, ge=1)
+    fraction_train: float = Field(1.0, gt=0, le=1.0)
+    min_train_nodes: int = Field(2, ge=1)
+    adapter_kind: str = "norm"
+    lora_rank: int = Field(4, ge=1, le=64)
+    lora_freeze_a: bool = True
+    images_per_round: int = Field(3, ge=1, description="simulation: images each site annotates per round")
+    clicks: int = Field(5, ge=1, le=50)
+    mode: str = "mid+post"
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    sites_config: str = "federation"
+    size: int = Field(96, ge=16, description="simulation: sample size in pixels")
+    base: str = ""
+    bank_store: str = ""
+    bank_strategy: Literal["banks", "general"] = "banks"
+    output_dir: str = "~/.cache/fedpoint/federation"
+    clip_norm: float = Field(0.0, ge=0, description="> 0: the coordinator clips each delta to this L2 norm")
+    dp_noise_multiplier: float = Field(0.0, ge=0, description="> 0: Flower's central DP, client-side fixed clipping")
+    dp_clipping_norm: float = Field(1.0, gt=0)
+    norm_factor: float = Field(5.0, gt=1)
+    round_timeout: float = Field(600.0, gt=0)
+    seed: int = 0
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, mode: str) -> str:
+        if mode not in ADAPTATION_MODES:
+            raise ValueError(f"unknown mode {mode!r}; known: {', '.join(ADAPTATION_MODES)}")
+        return mode
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping | None, defaults: Mapping | None = None) -> "FederationConfig":
+        """Defaults, then the run config on top; errors name the run-config key."""
+        merged = {**(defaults or {}), **dict(run_config or {})}
+        try:
+            return cls(**merged)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+            raise ValueError(f"bad federation run config: {problems}") from None
+
+    def adapter_config(self) -> AdapterConfig:
+        return AdapterConfig(kind=self.adapter_kind, lora_rank=self.lora_rank, lora_freeze_a=self.lora_freeze_a)
+
+    @property
+    def dp(self) -> bool:
+        return self.dp_noise_multiplier > 0
+
+    @property
+    def output_path(self) -> Path | None:
+        return Path(self.output_dir).expanduser() if self.output_dir else None
+
+    @property
+    def bank_store_path(self) -> Path:
+        if self.bank_store:
+            return Path(self.bank_store).expanduser()
+        if self.output_path is None:
+            raise ValueError("set bank-store (or output-dir, whose banks/ folder is then used)")
+        return self.output_path / "banks"
+
+    def simulated_site_store(self, site: str) -> Path:
+        if self.output_path is None:
+            raise ValueError("a simulated site keeps its store under output-dir: set output-dir")
+        return self.output_path / "sites" / site
+
+    def to_run_config(self) -> dict:
+        """Kebab-case plain values, as Flower's run config holds them."""
+        return self.model_dump(by_alias=True)
+
+
+# ------------------------------------------------------------------------------ instruction
+class RoundInstruction(BaseModel):
+    """What a site is asked to do in one round (the "config" record of a train message)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    server_round: int = Field(ge=1)
+    bank: str
+    bank_version: int = Field(ge=0)
+    base_fingerprint: str
+    adapter: AdapterConfig
+    images: int = Field(ge=1)
+    clicks: int = Field(ge=1)
+    mode: str
+    lr: float = Field(gt=0)
+    size: int = Field(ge=16)
+    seed: int = 0
+    clipping_norm: float | None = None
+
+    def to_config(self) -> dict:
+        return {
+            SERVER_ROUND: self.server_round,
+            BANK: self.bank,
+            BANK_VERSION: self.bank_version,
+            BASE_FINGERPRINT: self.base_fingerprint,
+            ADAPTER_KIND: self.adapter.kind,
+            ADAPTER_CONFIG: json.dumps(self.adapter.model_dump(mode="json"), sort_keys=True),
+            IMAGES: self.images,
+            CLICKS: self.clicks,
+            MODE: self.mode,
+            LR: self.lr,
+            SIZE: self.size,
+            SEED: self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> "RoundInstruction":
+        missing = [k for k in (SERVER_ROUND, BANK, BANK_VERSION, BASE_FINGERPRINT, ADAPTER_CONFIG) if k not in config]
+        if missing:
+            raise ValueError(f"the coordinator's instruction lacks {', '.join(missing)}")
+        adapter = AdapterConfig(**json.loads(str(config[ADAPTER_CONFIG])))
+        if config.get(ADAPTER_KIND, adapter.kind) != adapter.kind:
+            raise ValueError(f"instruction names adapter kind {config[ADAPTER_KIND]!r} but sends a {adapter.kind!r} config")
+        return cls(
+            server_round=config[SERVER_ROUND], bank=config[BANK], bank_version=config[BANK_VERSION],
+            base_fingerprint=config[BASE_FINGERPRINT], adapter=adapter,
+            images=config.get(IMAGES, 1), clicks=config.get(CLICKS, 5), mode=config.get(MODE, "mid+post"),
+            lr=config.get(LR, 1e-3), size=config.get(SIZE, 96), seed=config.get(SEED, 0),
+            clipping_norm=config.get(CLIPPING_NORM),
+        )
+
+
+def instruction_settings(fed: FederationConfig) -> dict:
+    """The run-config settings every instruction carries (the coordinator is their authority)."""
+    return {"adapter": fed.adapter_config(), "images": fed.images_per_round, "clicks": fed.clicks,
+            "mode": fed.mode, "lr": fed.lr, "size": fed.size, "seed": fed.seed}
+
+
+def check_reply_config(config: Mapping) -> None:
+    """A reply's "config" record may only say who answered: known keys, short strings or ints."""
+    from fedpoint.shared.payload import EgressError, is_number
+
+    for key, value in config.items():
+        if key not in REPLY_CONFIG_KEYS:
+            raise EgressError(f"reply field {key!r} is not allowed to leave a site")
+        if isinstance(value, str):
+            if len(value) > MAX_REPLY_STRING:
+                raise EgressError(f"reply field {key!r} is {len(value)} characters long (at most {MAX_REPLY_STRING})")
+        elif not is_number(value):
+            raise EgressError(f"reply field {key!r} must be a short string or a number, got {type(value).__name__}")
+
+
+# ------------------------------------------------------------------------------ the base
+def locate_base(spec: str | Path | None) -> Path:
+    """`fedpoint.shared.model.resolve_base`, which also works from a Flower app bundle.
+
+    `flwr run` ships the code as a FAB that holds no weight files, and its copy of fedpoint comes
+    first on sys.path; a packaged checkpoint name is then looked up in the installed fedpoint.
+    """
+    from fedpoint.shared.model import resolve_base
+
+    try:
+        return resolve_base(spec or None)
+    except FileNotFoundError:
+        name = str(spec or "base2d")
+        for folder in _installed_checkpoint_dirs():
+            if (folder / f"{name}.safetensors").exists():
+                return folder / name
+        raise
+
+
+def _installed_checkpoint_dirs() -> list[Path]:
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution("fedpoint")
+    except PackageNotFoundError:
+        return []
+    folders = [Path(str(dist.locate_file("fedpoint/checkpoints")))]
+    direct = json.loads(dist.read_text("direct_url.json") or "{}")  # an editable install points at its source
+    if str(direct.get("url", "")).startswith("file://"):
+        folders.append(Path(direct["url"][len("file://"):]) / "fedpoint" / "checkpoints")
+    return folders

@@ -1,0 +1,107 @@
+"""`fedpoint evaluate`: one dataset stream, one adapter kind, one adaptation mode."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fedpoint.shared.config import ADAPTATION_MODES, AdaptationConfig, AdapterConfig
+
+SUMMARY_COLUMNS = ("dice1", "dice3", "dice5", "dice10", "noc85", "noc90", "nof", "predict_ms", "update_ms")
+
+
+class EvaluationSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: str
+    mode: str = "mid+post"
+    adapter: str = "norm"
+    base: Optional[str] = None
+    clicks: int = Field(10, ge=1, le=50)
+    images: Optional[int] = Field(None, ge=1)
+    shift: str = "none"
+    size: int = Field(128, ge=16)
+    lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+    strict: bool = False
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, mode: str) -> str:
+        if mode not in ADAPTATION_MODES:
+            raise ValueError(f"mode: unknown {mode!r}; known: {', '.join(ADAPTATION_MODES)}")
+        return mode
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter(cls, kind: str) -> str:
+        AdapterConfig(kind=kind)
+        return kind
+
+
+def load_stream(spec: EvaluationSpec, data_dir: Path | None = None):
+    """Samples of a dataset in a fixed shuffled order, shifted if asked; plus what was skipped."""
+    import numpy as np
+
+    from fedpoint.data import apply_shift, load_dataset, make_samples
+
+    dataset = load_dataset(spec.data, data_dir=data_dir, strict=spec.strict)
+    samples = make_samples(dataset, spatial_dims=2, size=(spec.size, spec.size), seed=spec.seed)
+    if not samples:
+        raise ValueError(f"{spec.data}: no object large enough to annotate")
+    order = np.random.default_rng(spec.seed).permutation(len(samples))
+    samples = [samples[i] for i in order][: spec.images]
+    if spec.shift != "none":
+        for i, s in enumerate(samples):
+            s.image = apply_shift(s.image, spec.shift, spec.seed * 100003 + i)
+    return samples, dataset.skipped
+
+
+def run_evaluation(spec: EvaluationSpec, store: Path, data_dir: Path | None = None, adapter_dir: Path | None = None,
+                   progress: bool = False) -> dict:
+    from fedpoint.client.engine import SiteEngine
+    from fedpoint.client.evaluate import run_stream, summarize
+
+    samples, skipped = load_stream(spec, data_dir)
+    adaptation = AdaptationConfig(mode=spec.mode, lr=spec.lr, seed=spec.seed)
+    engine = SiteEngine.create(spec.base, AdapterConfig(kind=spec.adapter), adaptation, store,
+                               campaign_size=len(samples), background_episodes=False, adapter_dir=adapter_dir)
+    t0 = time.perf_counter()
+    if progress:
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        with Progress(TextColumn(f"{spec.mode}"), BarColumn(), TextColumn("{task.completed}/{task.total} Dice@3 {task.fields[d3]:.3f}")) as bar:
+            task = bar.add_task("images", total=len(samples), d3=0.0)
+            done: list[float] = []
+
+            def tick(i: int, rec: dict) -> None:
+                done.append(rec["dice3"])
+                bar.update(task, completed=i + 1, d3=sum(done) / len(done))
+
+            records = run_stream(engine, samples, spec.clicks, on_image=tick)
+    else:
+        records = run_stream(engine, samples, spec.clicks)
+    episodes = [r.as_dict() for r in engine.scheduler.results] if engine.scheduler else []
+    return {
+        "spec": spec.model_dump(),
+        "summary": summarize(records),
+        "images": records,
+        "episodes": episodes,
+        "skipped": [list(s) for s in skipped],
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def summary_table(summaries: dict[str, dict], title: str = ""):
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("mode")
+    for col in SUMMARY_COLUMNS:
+        table.add_column(col, justify="right")
+    for name, s in summaries.items():
+        table.add_row(name, *(f"{s[c]:.3f}" if c.startswith("dice") or c == "nof" else f"{s[c]:.1f}" for c in SUMMARY_COLUMNS))
+    return table

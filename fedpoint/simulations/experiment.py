@@ -1,0 +1,186 @@
+"""An experiment: sites, rounds, the simulated user's budget, the adapter kind, seeds and the
+strategies to compare, read from TOML and validated by pydantic.
+
+    name = "demo"
+    rounds = 3
+    images_per_round = 3
+    clicks = 10
+    size = 96
+    adapter = "norm"
+    seeds = [0]
+    strategies = ["frozen", "local-online", "fed-banks"]   # default: all seven
+    lr = 0.001
+    [adaptation]          # optional AdaptationConfig fields (not mode, lr or seed)
+    episode_epochs = 3
+    [full]                # optional overrides used by `--full`
+    seeds = [0, 1, 2]
+    [[sites]]             # fedpoint.data.SiteSpec tables
+    name = "ct-a"
+    dataset = "pyradiomics-lung"
+    shift = "scanner-b"
+
+Every error names the file and the field, e.g. `demo.toml: rounds: Input should be greater than 0`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedpoint.data import SiteSpec
+from fedpoint.shared.config import AdaptationConfig, AdapterConfig
+from fedpoint.simulations.strategies import STRATEGY_NAMES
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+# Keys `--full` may override; the sites stay as declared (their stream lengths follow the rounds).
+FULL_OVERRIDABLE = ("rounds", "images_per_round", "clicks", "size", "seeds", "strategies", "adaptation", "lr")
+
+
+class ExperimentError(ValueError):
+    """A config that cannot run; the message names the file and the field."""
+
+
+class ExperimentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "experiment"
+    description: str = ""
+    rounds: int = Field(3, ge=1, le=100)
+    images_per_round: int = Field(3, ge=1, le=1000)
+    clicks: int = Field(10, ge=1, le=50, description="simulated clicks per image")
+    size: int = Field(96, ge=16, le=1024, description="side of the 2D samples, in pixels")
+    adapter: str = Field("norm", description="adapter kind of the local and banked strategies (fed-full is always full)")
+    lr: float = Field(1e-3, gt=0, le=1.0, description="learning rate of the online updates")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    strategies: list[str] = Field(default_factory=lambda: list(STRATEGY_NAMES), min_length=1)
+    base: str | None = Field(None, description="base checkpoint name or path; default: the packaged base2d")
+    threads: int | None = Field(None, ge=1, le=256, description="torch threads in the runner process")
+    adaptation: dict[str, Any] = Field(default_factory=dict, description="AdaptationConfig fields except mode")
+    sites: list[SiteSpec] = Field(min_length=2)
+
+    @field_validator("adapter")
+    @classmethod
+    def _known_adapter(cls, kind: str) -> str:
+        AdapterConfig(kind=kind)
+        return kind
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise ValueError("seeds must be distinct and >= 0")
+        return seeds
+
+    @field_validator("strategies")
+    @classmethod
+    def _known_strategies(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in STRATEGY_NAMES]
+        if unknown:
+            raise ValueError(f"unknown {', '.join(unknown)}; known: {', '.join(STRATEGY_NAMES)}")
+        if len(set(names)) != len(names):
+            raise ValueError("each strategy may appear once")
+        return [n for n in STRATEGY_NAMES if n in names]  # the canonical order, for tables and plots
+
+    @field_validator("adaptation")
+    @classmethod
+    def _valid_adaptation(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        for key, why in (("mode", "each strategy sets it"), ("lr", "use the top-level lr"), ("seed", "seeds come from `seeds`")):
+            if key in fields:
+                raise ValueError(f"{key}: leave it out ({why})")
+        try:
+            AdaptationConfig(**fields)
+        except ValidationError as err:
+            raise ValueError(describe_errors(err)) from None
+        return fields
+
+    @model_validator(mode="after")
+    def _sites_fit_the_rounds(self) -> "ExperimentConfig":
+        names = [s.name for s in self.sites]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"sites: names must be unique; repeated: {', '.join(repeated)}")
+        for i, site in enumerate(self.sites):
+            if site.join_round >= self.rounds:
+                raise ValueError(f"sites.{i}.join_round: {site.join_round} is not before the last round "
+                                 f"(rounds = {self.rounds}, counted from 0)")
+        if sum(s.join_round == 0 for s in self.sites) < 2:
+            raise ValueError("sites: at least two sites must take part from round 0 (join_round = 0)")
+        return self
+
+    # -------------------------------------------------------------------------------- derived
+    def adaptation_config(self, mode: str, seed: int) -> AdaptationConfig:
+        return AdaptationConfig(**{**self.adaptation, "mode": mode, "lr": self.lr, "seed": seed})
+
+    def site_rounds(self, site: SiteSpec) -> int:
+        """Rounds a site takes part in: `join_round = j` misses the first j of them."""
+        return self.rounds - site.join_round
+
+    def stream_length(self, site: SiteSpec) -> int:
+        """Images a site annotates over the experiment: its rounds times images per round, or fewer
+        if the site caps its stream."""
+        wanted = self.site_rounds(site) * self.images_per_round
+        return wanted if site.stream_length is None else min(wanted, site.stream_length)
+
+    def sites_for_seed(self, seed: int) -> list[SiteSpec]:
+        """The sites of one experiment seed: stream order and shift realisation follow the seed, the
+        stream is cut to what the rounds use. Every strategy of that seed sees exactly these."""
+        return [s.model_copy(update={"seed": site_seed(s.seed, seed), "stream_length": self.stream_length(s)})
+                for s in self.sites]
+
+    @property
+    def late_sites(self) -> list[SiteSpec]:
+        return [s for s in self.sites if s.join_round > 0]
+
+    @property
+    def modalities(self) -> list[str]:
+        return sorted({s.modality or s.dataset for s in self.sites})
+
+
+def site_seed(site_seed_value: int, experiment_seed: int) -> int:
+    return site_seed_value + 7919 * experiment_seed
+
+
+def load_experiment(name_or_path: str | Path, full: bool = False, **overrides: Any) -> ExperimentConfig:
+    """A packaged config (`demo`, `tiny`) or a TOML path; `full` applies its `[full]` table; keyword
+    overrides (e.g. `seeds=[0, 1]`, `strategies=[...]`) win over both."""
+    from fedpoint.configs import resolve_config
+
+    path = resolve_config(name_or_path)
+    try:
+        table = tomllib.loads(Path(path).read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ExperimentError(f"{path.name}: not valid TOML ({err})") from err
+    return experiment_from_dict(table, full=full, source=path.name, **overrides)
+
+
+def experiment_from_dict(table: dict[str, Any], full: bool = False, source: str = "config", **overrides: Any) -> ExperimentConfig:
+    table = dict(table)
+    full_table = table.pop("full", {}) or {}
+    if not isinstance(full_table, dict):
+        raise ExperimentError(f"{source}: full: must be a table of overrides")
+    bad = sorted(set(full_table) - set(FULL_OVERRIDABLE))
+    if bad:
+        raise ExperimentError(f"{source}: full.{bad[0]}: cannot be overridden; allowed: {', '.join(FULL_OVERRIDABLE)}")
+    if full:
+        table.update(full_table)
+    table.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ExperimentConfig(**table)
+    except ValidationError as err:
+        raise ExperimentError(f"{source}: {describe_errors(err)}") from err
+
+
+def describe_errors(err: ValidationError) -> str:
+    """`field.sub: message` for each problem, joined by `; `."""
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        message = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)

@@ -1,0 +1,213 @@
+"""Run an experiment: every strategy, every seed, the same streams; then results.json, plots, report.md.
+
+Output folder:
+    results.json        everything measured (docs/results-schema.md)
+    report.md           headline table, targets, plots, per-site tables, data, timings
+    *.png               the plots
+    work/seed-<s>/<strategy>/...   site stores, bank stores and Flower records of each run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from fedpoint.simulations.experiment import ExperimentConfig, ExperimentError
+from fedpoint.simulations.plots import write_plots
+from fedpoint.simulations.report import compute_headline, evaluate_targets, write_report
+from fedpoint.simulations.strategies import STRATEGIES, run_federated, run_local
+
+SCHEMA = "fedpoint.results/1"
+
+
+def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool = True,
+                   data_dir: str | Path | None = None) -> dict:
+    """Run all strategies of `config` on all seeds; write results.json, the plots and report.md into
+    `out_dir` and return the results dict."""
+    import torch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    started = time.perf_counter()
+    images: list[dict] = []
+    rounds: list[dict] = []
+    episodes: list[dict] = []
+    federation: list[dict] = []
+    strategy_seconds: dict[str, float] = defaultdict(float)
+    data = None
+    with _progress(progress, config) as (on_image, start_strategy):
+        for seed in config.seeds:
+            sites, seed_data = build_experiment_sites(config, seed, data_dir)
+            data = data or seed_data
+            for name in config.strategies:
+                strategy = STRATEGIES[name]
+                work = out_dir / "work" / f"seed-{seed}" / name
+                start_strategy(name, seed)
+                t0 = time.perf_counter()
+                if strategy.federated:
+                    part = run_federated(strategy, config, seed, sites, work, on_image=on_image)
+                else:
+                    part = run_local(strategy, config, seed, sites, work, on_image=on_image)
+                strategy_seconds[name] += time.perf_counter() - t0
+                images += part["images"]
+                rounds += part["rounds"]
+                episodes += part.get("episodes", [])
+                if "federation" in part:
+                    federation.append({"strategy": name, "seed": seed, **part["federation"]})
+    results = assemble(config, images, rounds, episodes, federation, data, dict(strategy_seconds),
+                       time.perf_counter() - started)
+    write_outputs(results, out_dir)
+    return results
+
+
+def assemble(config: ExperimentConfig, images, rounds, episodes, federation, data, strategy_seconds, seconds) -> dict:
+    headline = compute_headline(images, rounds, config.images_per_round)
+    return {
+        "schema": SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(seconds, 1),
+        "experiment": config.model_dump(mode="json"),
+        "environment": environment(config),
+        "data": data,
+        "headline": headline,
+        "targets": evaluate_targets(headline),
+        "images": images,
+        "rounds": rounds,
+        "episodes": episodes,
+        "federation": federation,
+        "strategy_seconds": {k: round(v, 1) for k, v in strategy_seconds.items()},
+    }
+
+
+def write_outputs(results: dict, out_dir: Path) -> None:
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    plots = write_plots(results, out_dir)
+    write_report(results, out_dir / "report.md", plots)
+
+
+def _json_default(value):
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+# ------------------------------------------------------------------------------------ sites
+def build_experiment_sites(config: ExperimentConfig, seed: int, data_dir=None) -> tuple[list, dict]:
+    """The sites of one seed (each dataset loaded once) and the data section of the results."""
+    from fedpoint.data import build_site, load_dataset
+
+    specs = config.sites_for_seed(seed)
+    datasets = {}
+    for spec in specs:
+        if spec.dataset not in datasets:
+            datasets[spec.dataset] = load_dataset(spec.dataset, data_dir=data_dir)
+    sites = [build_site(spec, size=(config.size, config.size), dataset=datasets[spec.dataset]) for spec in specs]
+    for site, spec in zip(sites, specs):
+        if len(site.samples) < spec.stream_length:
+            raise ExperimentError(
+                f"sites.{site.name}: only {len(site.samples)} images, but {config.site_rounds(spec)} rounds of "
+                f"{config.images_per_round} need {spec.stream_length}; lower images_per_round or rounds, or widen "
+                f"the site's objects/cases")
+    return sites, describe_data(sites, datasets, data_dir)
+
+
+def describe_data(sites: list, datasets: dict, data_dir=None) -> dict:
+    from fedpoint.data import list_datasets
+
+    infos = {i.name: i for i in list_datasets(data_dir)}
+    described = []
+    for name, dataset in datasets.items():
+        info = infos.get(name)
+        objects = [o for c in dataset.cases for o in c.objects]
+        described.append({
+            "name": name,
+            "modality": dataset.modality,
+            "subjects": info.subjects if info else len(dataset.cases),
+            "cases": len(dataset.cases),
+            "labels": dataset.labels,
+            "derived_objects": collapse_names(o.name for o in objects if o.derived),
+            "source": info.source if info else dataset.source,
+            "licence": info.licence if info else dataset.licence,
+            "notes": info.notes if info else "",
+        })
+    return {
+        "datasets": described,
+        "modalities": sorted({s.modality for s in sites}),
+        "sites": [{"name": s.name, "dataset": s.spec.dataset, "modality": s.modality, "shift": s.shift,
+                   "join_round": s.spec.join_round, "images": len(s.samples),
+                   "cases": s.case_ids, "objects": collapse_names(x.object_name for x in s.samples)} for s in sites],
+    }
+
+
+def collapse_names(names) -> list[str]:
+    """Distinct object names, numbered families folded: nucleus-3, nucleus-17 -> "nucleus-* (2)"."""
+    distinct = sorted({n.split("#")[0] for n in names})
+    families: dict[str, list[str]] = defaultdict(list)
+    for n in distinct:
+        families[re.sub(r"-\d+$", "-*", n)].append(n)
+    return [f"{k} ({len(v)})" if k.endswith("*") else k for k, v in families.items()]
+
+
+def environment(config: ExperimentConfig) -> dict:
+    import torch
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), "gpu": torch.cuda.is_available()}
+    try:
+        from importlib.metadata import version
+
+        env["flwr"] = version("flwr")
+        env["fedpoint"] = version("fedpoint")
+    except Exception:  # not installed as a distribution: leave the versions out
+        pass
+    env["machine"] = f"{env['cpus']} CPU cores" + (", a GPU" if env["gpu"] else ", no GPU")
+    try:
+        from fedpoint.shared.model import resolve_base
+
+        card = json.loads(resolve_base(config.base).with_suffix(".json").read_text())
+        env["base"] = {"spec": config.base or "base2d", "fingerprint": card.get("fingerprint"),
+                       "provenance": card.get("provenance", {}), "validation": card.get("validation", {})}
+    except (FileNotFoundError, json.JSONDecodeError) as err:
+        env["base"] = {"spec": config.base, "error": str(err)}
+    return env
+
+
+# ------------------------------------------------------------------------------------ progress
+@contextmanager
+def _progress(enabled: bool, config: ExperimentConfig) -> Iterator[tuple[Callable[[dict], None], Callable[[str, int], None]]]:
+    """Yields (on_image, start_strategy): one bar per strategy, with its running Dice@3."""
+    if not enabled:
+        yield (lambda rec: None), (lambda name, seed: None)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    per_seed = sum(config.stream_length(s) for s in config.sites)
+    columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("Dice@3 {task.fields[d3]}"), TimeElapsedColumn())
+    with Progress(*columns) as bar:
+        tasks = {n: bar.add_task(n, total=per_seed * len(config.seeds), d3="  –  ", start=False)
+                 for n in config.strategies}
+        dice3: dict[str, list[float]] = defaultdict(list)
+
+        def on_image(rec: dict) -> None:
+            name = rec["strategy"]
+            dice3[name].append(rec["dice3"])
+            values = dice3[name]
+            bar.update(tasks[name], advance=1, d3=f"{sum(values) / len(values):.3f}")
+
+        def start_strategy(name: str, seed: int) -> None:
+            bar.start_task(tasks[name])
+            bar.update(tasks[name], description=f"{name} (seed {seed})")
+
+        yield on_image, start_strategy

@@ -1,0 +1,294 @@
+"""The seven strategies an experiment compares, and how each one runs.
+
+Local strategies run the site code directly (`SiteEngine` + `run_stream`), one engine and one
+site store per site; federated ones run the Flower ServerApp and ClientApp on Flower's simulation
+engine (`fedpoint.simulations.federation`). All of them annotate the same streams with the same
+simulated user, so their per-image records line up by (seed, site, index).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+# Every image record carries these keys (see docs/results-schema.md).
+IMAGE_KEYS = ("strategy", "seed", "site", "modality", "shift", "shifted", "late", "join_round", "round", "index",
+              "case_id", "object", "dices", "dice1", "dice3", "dice5", "dice10", "noc85", "noc90", "nof", "clicks",
+              "predict_ms", "update_ms", "post_ms", "seconds")
+ROUND_KEYS = ("strategy", "seed", "round", "site", "bytes_up", "bytes_down", "images", "seconds")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    kind: Literal["local", "federated"]
+    mode: str  # the adaptation mode at every site
+    summary: str
+    adapter: str | None = None  # None: the experiment's adapter kind
+    bank_strategy: str | None = None  # federated: "general" (one bank) or "banks" (general + modality banks)
+
+    @property
+    def federated(self) -> bool:
+        return self.kind == "federated"
+
+    def adapter_kind(self, default: str) -> str:
+        return self.adapter or default
+
+
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
+    Strategy("frozen", "local", "frozen", "the base model, no adaptation"),
+    Strategy("local-online", "local", "mid+post", "mid- and post-interaction updates at each site, alone"),
+    Strategy("local-episodes", "local", "episodes", "training episodes on each site's annotation cache (CLoPA)"),
+    Strategy("local-online+episodes", "local", "mid+post+episodes", "online updates and episodes, alone"),
+    Strategy("fed-general", "federated", "mid+post", "online updates, federated into one site-general bank",
+             bank_strategy="general"),
+    Strategy("fed-banks", "federated", "mid+post", "online updates, federated into general + modality banks "
+             "(fedpoint's default)", bank_strategy="banks"),
+    Strategy("fed-full", "federated", "mid+post", "online updates of every weight, full-model FedAvg (reference)",
+             adapter="full", bank_strategy="general"),
+)}
+STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
+DEFAULT_STRATEGY = "fed-banks"  # fedpoint's default: the one the headline targets are about
+
+
+def image_record(raw: dict, *, strategy: str, seed: int, site, round_: int) -> dict:
+    """One annotated image in the results' flat form (a `run_stream`/ClientApp record plus where it ran).
+    `site` is a `fedpoint.data.Site`."""
+    record = {
+        "strategy": strategy,
+        "seed": seed,
+        "site": site.name,
+        "modality": site.modality,
+        "shift": site.shift,
+        "shifted": site.shift != "none",
+        "late": site.spec.join_round > 0,
+        "join_round": site.spec.join_round,
+        "round": int(round_),
+        "index": int(raw["index"]),
+        "case_id": raw.get("case_id", ""),
+        "object": raw.get("object", ""),
+        "dices": [float(d) for d in raw["dices"]],
+    }
+    for key in ("dice1", "dice3", "dice5", "dice10", "nof", "predict_ms", "update_ms", "post_ms", "seconds"):
+        record[key] = float(raw.get(key, 0.0))
+    for key in ("noc85", "noc90", "clicks"):
+        record[key] = int(raw[key])
+    return record
+
+
+def run_local(strategy: Strategy, experiment, seed: int, sites: list, work, on_image: Callable[[dict], None] | None = None) -> dict:
+    """Annotate every site's stream with its own engine and store; no bytes leave a site.
+    Returns {"images": [...], "rounds": [...], "episodes": [...]}."""
+    from pathlib import Path
+
+    from fedpoint.client.engine import SiteEngine
+    from fedpoint.client.evaluate import run_stream
+
+    images, rounds, episodes = [], [], []
+    for site in sites:
+        engine = SiteEngine.create(
+            experiment.base, strategy.adapter_kind(experiment.adapter), experiment.adaptation_config(strategy.mode, seed),
+            store=Path(work) / site.name, campaign_size=len(site.samples), background_episodes=False)
+
+        def tick(i: int, raw: dict, site=site) -> None:
+            rec = image_record(raw, strategy=strategy.name, seed=seed, site=site,
+                               round_=local_round(site, i, experiment.images_per_round))
+            images.append(rec)
+            if on_image is not None:
+                on_image(rec)
+
+        run_stream(engine, site.samples, experiment.clicks, on_image=tick)
+        if engine.scheduler is not None:
+            episodes += [{"strategy": strategy.name, "seed": seed, "site": site.name, **r.as_dict()}
+                         for r in engine.scheduler.results]
+        rounds += local_rounds(strategy.name, seed, site.name, [r for r in images if r["site"] == site.name])
+    return {"images": images, "rounds": rounds, "episodes": episodes}
+
+
+def local_round(site, index: int, images_per_round: int) -> int:
+    """The round (counted from 1, as Flower does) in which a site annotates its `index`-th image:
+    a site with `join_round = j` misses the first j rounds."""
+    return site.spec.join_round + index // images_per_round + 1
+
+
+def local_rounds(strategy: str, seed: int, site: str, records: list[dict]) -> list[dict]:
+    """Round rows of a local strategy: the images of each round, nothing sent or received."""
+    by_round: dict[int, list[dict]] = {}
+    for rec in records:
+        by_round.setdefault(rec["round"], []).append(rec)
+    return [{"strategy": strategy, "seed": seed, "round": r, "site": site, "bytes_up": 0, "bytes_down": 0,
+             "images": len(recs), "seconds": round(sum(x["seconds"] for x in recs), 3)}
+            for r, recs in sorted(by_round.items())]
+
+
+# ------------------------------------------------------------------------------------ federated
+def run_federated(strategy: Strategy, experiment, seed: int, sites: list, work,
+                  on_image: Callable[[dict], None] | None = None) -> dict:
+    """Run the Flower ServerApp and ClientApp on Flower's simulation engine, one virtual node per
+    site, and read back what the sites annotated. Returns {"images", "rounds", "federation"}."""
+    from pathlib import Path
+
+    from fedpoint.simulations.federated import run_federation
+
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    regular = [s for s in sites if s.spec.join_round == 0]
+    late = [s for s in sites if s.spec.join_round > 0]
+    sites_toml = write_sites_toml([s.spec for s in regular], work / "sites.toml")
+    run_config = federation_run_config(strategy, experiment, seed, sites_toml, work)
+    by_name = {s.name: s for s in regular}
+    with watch_records(work / "records", lambda raw, name, r: on_image and on_image(
+            image_record(raw, strategy=strategy.name, seed=seed, site=by_name[name], round_=r))):
+        outcome = run_federation(run_config, num_sites=len(regular))
+    images = read_records(work / "records", strategy.name, seed, by_name)
+    rounds = federation_rounds(outcome, strategy.name, seed, images)
+    joined = run_late_joiners(strategy, experiment, seed, late, work, on_image)
+    return {"images": images + joined["images"], "rounds": rounds + joined["rounds"],
+            "federation": {**{k: v for k, v in outcome.items() if k != "rounds"}, "late": joined["banks"]}}
+
+
+def run_late_joiners(strategy: Strategy, experiment, seed: int, late: list, work,
+                     on_image: Callable[[dict], None] | None = None) -> dict:
+    """Late joiners after the federation: each receives the bank that fits it (exported from the
+    bank store, as `fedpoint bank export` would) and annotates its stream from there with online
+    updates. Their first images measure cold start; they send nothing back."""
+    from pathlib import Path
+
+    from fedpoint.client.engine import SiteEngine
+    from fedpoint.client.evaluate import run_stream
+    from fedpoint.server.banks import BankStore
+    from fedpoint.server.routing import bank_for_site
+    from fedpoint.shared.payload import payload_nbytes
+
+    images, rounds, banks = [], [], []
+    if not late:
+        return {"images": images, "rounds": rounds, "banks": banks}
+    store = BankStore(Path(work) / "banks", create=False)
+    for site in late:
+        bank = bank_for_site(site.modality, strategy.bank_strategy, store.banks())
+        received = store.latest(bank)
+        folder = store.export(bank, received.version, Path(work) / "late" / site.name / "bank", base=experiment.base,
+                              overwrite=True)
+        engine = SiteEngine.create(
+            experiment.base, strategy.adapter_kind(experiment.adapter), experiment.adaptation_config(strategy.mode, seed),
+            store=Path(work) / "late" / site.name / "store", campaign_size=len(site.samples),
+            background_episodes=False, adapter_dir=folder)
+        mine: list[dict] = []
+
+        def tick(i: int, raw: dict, site=site, mine=mine) -> None:
+            rec = image_record(raw, strategy=strategy.name, seed=seed, site=site,
+                               round_=local_round(site, i, experiment.images_per_round))
+            mine.append(rec)
+            if on_image is not None:
+                on_image(rec)
+
+        run_stream(engine, site.samples, experiment.clicks, on_image=tick)
+        site_rounds = local_rounds(strategy.name, seed, site.name, mine)
+        site_rounds[0]["bytes_down"] = payload_nbytes(received.state)  # the bank it received on joining
+        images += mine
+        rounds += site_rounds
+        banks.append({"site": site.name, "bank": bank, "version": received.version})
+    return {"images": images, "rounds": rounds, "banks": banks}
+
+
+def federation_run_config(strategy: Strategy, experiment, seed: int, sites_toml, work) -> dict:
+    """The Flower run config (kebab-case keys) of one federated strategy and seed."""
+    return {
+        "num-server-rounds": experiment.rounds,
+        "adapter-kind": strategy.adapter_kind(experiment.adapter),
+        "images-per-round": experiment.images_per_round,
+        "clicks": experiment.clicks,
+        "mode": strategy.mode,
+        "lr": experiment.lr,
+        "sites-config": str(sites_toml),
+        "size": experiment.size,
+        "base": experiment.base or "",
+        "bank-store": str(work / "banks"),
+        "bank-strategy": strategy.bank_strategy,
+        "output-dir": str(work),
+        "seed": seed,
+    }
+
+
+def write_sites_toml(specs: list, path) -> "Path":
+    """The `[[sites]]` of one seed, exactly as built here, for the simulated ClientApps to rebuild."""
+    from pathlib import Path
+
+    import tomli_w
+
+    tables = [s.model_dump(mode="json", exclude_none=True) for s in specs]
+    path = Path(path)
+    path.write_text(tomli_w.dumps({"sites": tables}))
+    return path
+
+
+def read_records(records_dir, strategy: str, seed: int, sites: dict) -> list[dict]:
+    """The per-image records the ClientApps wrote: `<records>/<site>/round-<r>.json`."""
+    import json
+    from pathlib import Path
+
+    images = []
+    for path in sorted(Path(records_dir).glob("*/round-*.json")):
+        payload = json.loads(path.read_text())
+        site = sites[payload["site"]]
+        images += [image_record(raw, strategy=strategy, seed=seed, site=site, round_=payload["round"])
+                   for raw in payload["records"]]
+    return sorted(images, key=lambda r: (r["site"], r["index"]))
+
+
+def federation_rounds(outcome: dict, strategy: str, seed: int, images: list[dict]) -> list[dict]:
+    """Round rows from what run_federation measured (bytes per site and round), with each site's
+    annotation seconds of that round."""
+    seconds: dict[tuple, float] = {}
+    counts: dict[tuple, int] = {}
+    for rec in images:
+        key = (rec["round"], rec["site"])
+        seconds[key] = seconds.get(key, 0.0) + rec["seconds"]
+        counts[key] = counts.get(key, 0) + 1
+    rows = []
+    for row in outcome.get("rounds", []):
+        key = (int(row["round"]), row["site"])
+        rows.append({"strategy": strategy, "seed": seed, "round": key[0], "site": key[1],
+                     "bytes_up": int(row["bytes_up"]), "bytes_down": int(row["bytes_down"]),
+                     "images": counts.get(key, 0), "seconds": round(seconds.get(key, 0.0), 3)})
+    return rows
+
+
+class watch_records:
+    """While a federation runs in other processes, report each new record file's images."""
+
+    def __init__(self, folder, on_record: Callable[[dict, str, int], None], every: float = 1.0):
+        self.folder, self.on_record, self.every = folder, on_record, every
+        self.seen: set = set()
+
+    def _scan(self) -> None:
+        import json
+        from pathlib import Path
+
+        for path in sorted(Path(self.folder).glob("*/round-*.json")):
+            if path in self.seen:
+                continue
+            try:
+                payload = json.loads(path.read_text())
+            except (OSError, ValueError):  # written atomically, but be lenient about a race
+                continue
+            self.seen.add(path)
+            for raw in payload["records"]:
+                self.on_record(raw, payload["site"], int(payload["round"]))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._scan()
+
+    def __enter__(self):
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="fedpoint-records", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._scan()

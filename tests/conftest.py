@@ -1,0 +1,51 @@
+"""Shared fixtures: small real models on disk, so tests stay fast on a 2-core CPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+
+def _tiny_base(path: Path, spatial_dims: int) -> Path:
+    import torch
+
+    from fedpoint.shared.config import ModelConfig
+    from fedpoint.shared.model import build_model, save_base
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(spatial_dims=spatial_dims, channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
+    return save_base(build_model(cfg), cfg, path, {"provenance": {"note": "random weights, for tests"}})
+
+
+@pytest.fixture(scope="session")
+def tiny_base_2d(tmp_path_factory) -> Path:
+    """A small random 2D base checkpoint (path without suffix)."""
+    return _tiny_base(tmp_path_factory.mktemp("base2d") / "tiny2d", 2)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_3d(tmp_path_factory) -> Path:
+    return _tiny_base(tmp_path_factory.mktemp("base3d") / "tiny3d", 3)
+
+
+def blob_image(shape=(48, 48), seed: int = 0, contrast: float = 1.0):
+    """A noisy image with one bright ellipse-like object and its mask (2D or 3D)."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape).astype(np.float32)
+    centre = np.array(shape, dtype=np.float32) / 2 + rng.uniform(-3, 3, len(shape))
+    radii = np.array(shape, dtype=np.float32) / rng.uniform(4, 6, len(shape))
+    mask = (((grid - centre.reshape(-1, *[1] * len(shape))) / radii.reshape(-1, *[1] * len(shape))) ** 2).sum(0) <= 1
+    image = 0.2 + 0.1 * rng.standard_normal(shape).astype(np.float32) + contrast * 0.5 * mask
+    return image[None].astype(np.float32), mask
+
+
+@pytest.fixture
+def blob():
+    return blob_image

@@ -1,0 +1,86 @@
+"""The egress check: only adapter parameters and allowed finite metrics may leave a site."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedpoint.shared.payload import ALLOWED_METRICS, EgressError, check_egress, from_numpy, payload_nbytes, to_numpy
+
+
+@pytest.fixture
+def payload(adapter_state):
+    adapter, state, _ = adapter_state("norm")
+    return adapter.schema(), state
+
+
+def test_codec_round_trip_keeps_names_values_and_dtypes(adapter_state):
+    adapter, _, _ = adapter_state("norm")
+    state = adapter.state()
+    arrays = to_numpy(state)
+    assert all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in arrays.values())
+    back = from_numpy(arrays)
+    assert set(back) == set(state)
+    assert all(torch.equal(back[k], state[k]) for k in state)
+    back[next(iter(back))] += 1  # no aliasing of the received buffer
+    assert np.array_equal(arrays[next(iter(arrays))], to_numpy(state)[next(iter(state))])
+
+
+def test_a_real_adapter_payload_passes_and_counts_its_bytes(payload, adapter_state):
+    schema, arrays = payload
+    check_egress(arrays, schema, {"num-examples": 3, "dice1": 0.71, "seconds": np.float32(2.5)})
+    assert payload_nbytes(arrays) == adapter_state("norm")[0].nbytes()
+
+
+def test_refuses_a_tensor_that_is_not_an_adapter_parameter(payload):
+    schema, arrays = payload
+    leaked = {**arrays, "image": np.zeros((1, 48, 48), np.float32)}
+    with pytest.raises(EgressError, match="'image' is not an adapter parameter"):
+        check_egress(leaked, schema)
+
+
+def test_refuses_a_missing_parameter(payload):
+    schema, arrays = payload
+    name = sorted(arrays)[0]
+    with pytest.raises(EgressError, match="missing"):
+        check_egress({k: v for k, v in arrays.items() if k != name}, schema)
+
+
+def test_refuses_wrong_shape_and_dtype(payload):
+    schema, arrays = payload
+    name = sorted(arrays)[0]
+    with pytest.raises(EgressError, match=f"{name}.*shape"):
+        check_egress({**arrays, name: np.zeros(arrays[name].size + 1, np.float32)}, schema)
+    with pytest.raises(EgressError, match=f"{name}.*dtype float64"):
+        check_egress({**arrays, name: arrays[name].astype(np.float64)}, schema)
+
+
+def test_refuses_non_finite_arrays(payload):
+    schema, arrays = payload
+    name = sorted(arrays)[-1]
+    bad = arrays[name].copy()
+    bad.flat[0] = np.inf
+    with pytest.raises(EgressError, match="non-finite"):
+        check_egress({**arrays, name: bad}, schema)
+
+
+@pytest.mark.parametrize(
+    "metrics, offending",
+    [
+        ({"case-id": 3}, "case-id"),
+        ({"dice1": float("nan")}, "dice1"),
+        ({"seconds": float("inf")}, "seconds"),
+        ({"dice3": "0.9"}, "dice3"),
+        ({"clicks": True}, "clicks"),
+        ({"dice5": [0.1, 0.2]}, "dice5"),
+    ],
+)
+def test_refuses_a_metric_that_is_not_an_allowed_finite_number(payload, metrics, offending):
+    schema, arrays = payload
+    with pytest.raises(EgressError, match=offending):
+        check_egress(arrays, schema, metrics)
+
+
+def test_allowed_metrics_cover_what_evaluation_reports():
+    assert {"num-examples", "dice1", "dice10", "noc90", "nof", "predict-ms", "bytes-up", "episode-accepted"} <= ALLOWED_METRICS
