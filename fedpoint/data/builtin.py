@@ -22,6 +22,8 @@ from fedpoint.data.types import DataError, Dataset, DatasetInfo
 BUILTIN_DATASETS: tuple[str, ...] = tuple(SOURCES)
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
+# Bump when a builder's output changes (new objects, other masks): older entries are rebuilt.
+BUILD_REVISION = 2
 
 
 def default_data_dir() -> Path:
@@ -106,11 +108,15 @@ def prepare(
                     continue
                 raise DataError(colin27_root or "colin27-aal", COLIN27_HINT)
             entry = manifest["datasets"].get(name)
-            if entry and not verify(data_dir, entry):
+            stale = entry is not None and entry.get("revision") != BUILD_REVISION
+            bad = verify(data_dir, entry) if entry and not stale else []
+            if entry and not stale and not bad:
                 say(f"[green]ok[/green]       {name} (checksums verified)")
                 continue
-            if entry:
-                say(f"[yellow]rebuild[/yellow]  {name}: {', '.join(verify(data_dir, entry))} missing or changed")
+            if stale:
+                say(f"[yellow]rebuild[/yellow]  {name}: prepared by an older fedpoint")
+            elif entry:
+                say(f"[yellow]rebuild[/yellow]  {name}: {', '.join(bad)} missing or changed")
             started = time.perf_counter()
             manifest["datasets"][name] = _build(data_dir, name, colin27_root)
             _write_manifest(data_dir, manifest)
@@ -144,7 +150,13 @@ def _build(data_dir: Path, name: str, colin27_root: Path | None) -> dict:
     )
     archive = find_download(downloads, source.download) if source.download else None
     downloaded = {archive.name: sha256_file(archive)} if archive else {}
-    return {"info": info.model_dump(), "files": files, "downloads": downloaded, "built": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {
+        "info": info.model_dump(),
+        "files": files,
+        "downloads": downloaded,
+        "revision": BUILD_REVISION,
+        "built": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def _object_name_summary(summaries: list[dict]) -> list[str]:
@@ -195,7 +207,8 @@ def load_builtin(name: str, data_dir: Path | None = None) -> Dataset:
     """A prepared built-in dataset, preparing it first if it is not there yet."""
     data_dir = resolve_data_dir(data_dir)
     entry = read_manifest(data_dir)["datasets"].get(name)
-    if entry is None or any(not (data_dir / rel).is_file() for rel in entry["files"]):
+    missing = entry is None or any(not (data_dir / rel).is_file() for rel in entry["files"])
+    if missing or entry.get("revision") != BUILD_REVISION:
         prepare(data_dir, progress=False, names=[name])
         entry = read_manifest(data_dir)["datasets"][name]
     info = DatasetInfo(**entry["info"])

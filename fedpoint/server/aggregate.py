@@ -19,6 +19,7 @@ possible under secure aggregation.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -148,7 +149,22 @@ def _orthonormal_complement(rows: np.ndarray, d: int, count: int) -> np.ndarray:
     return extra
 
 
+def _single_threaded_blas():
+    """Small SVDs gain nothing from BLAS threads, and OpenBLAS's spinning threads make them 10-100x
+    slower on a loaded machine; threadpoolctl (optional) limits them for the duration."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
 def _aggregate_free_lora(bank_state, replies, fractions: np.ndarray, rank: int) -> dict[str, np.ndarray]:
+    with _single_threaded_blas():
+        return _aggregate_free_lora_factors(bank_state, replies, fractions, rank)
+
+
+def _aggregate_free_lora_factors(bank_state, replies, fractions: np.ndarray, rank: int) -> dict[str, np.ndarray]:
     new = {}
     paired = set()
     for a_name, b_name in lora_pairs(bank_state):

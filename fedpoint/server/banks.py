@@ -169,23 +169,23 @@ class BankStore:
         return version
 
     def _manifest(self, bank: str, version: int, state: dict, identity: dict, fields: dict, parent: int | None) -> dict:
-        fields = dict(fields)
-        sites = fields.pop("sites", [])
+        extra = dict(fields)
+        round_, sites, counts, metrics = (extra.pop(k, d) for k, d in (("round", None), ("sites", []), ("counts", {}), ("metrics", {})))
         return {
+            **extra,  # extra fields first: the store's own fields below always win
             **identity,
             "parameters": int(sum(v.size for v in state.values())),
             "nbytes": payload_nbytes(state),
             "bank": bank,
             "version": version,
             "parent": parent,
-            "round": fields.pop("round", None),
+            "round": round_,
             "sites": sorted({self.site_hash(s) for s in sites}),
-            "counts": fields.pop("counts", {}),
-            "metrics": fields.pop("metrics", {}),
+            "counts": counts,
+            "metrics": metrics,
             "aggregation": aggregation_rule(identity["kind"], identity["config"]),
             "exact_under_secure_aggregation": EXACT_UNDER_SECAGG[kind_variant(identity["kind"], identity["config"])],
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **fields,
         }
 
     # --- export --------------------------------------------------------------------------------

@@ -54,6 +54,15 @@ class SiteInfo:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """What became of one node's reply: accepted, rejected (with why), failed, no reply, skipped."""
+
+    status: str
+    reason: str | None = None
+    reply: Reply | None = None
+
+
+@dataclass(frozen=True)
 class Sent:
     """What one node was sent this round."""
 
@@ -147,23 +156,30 @@ class BankStrategy(FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         valid, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
-        parsed, rejected = [], []
+        outcomes = {m.metadata.src_node_id: Outcome("failed", m.error.reason) for m in errors}
+        parsed: dict[int, Reply] = {}
         for msg in valid:
             try:
-                parsed.append(self.to_reply(msg))
+                parsed[msg.metadata.src_node_id] = self.to_reply(msg)
             except (KeyError, TypeError, ValueError) as err:
-                rejected.append((self._site_name(msg.metadata.src_node_id), f"unreadable reply: {err}"))
-        accepted, screened_out = screen_replies(parsed, self.schema, self.fingerprint, self.norm_factor)
-        rejected += [(r.site_id, reason) for r, reason in screened_out]
-        for site, reason in rejected:
-            log(WARNING, "round %d: rejected the reply of site %s: %s", self.federation_round(server_round), site, reason)
+                outcomes[msg.metadata.src_node_id] = Outcome("rejected", f"unreadable reply: {err}")
+        node_of = {id(r): node for node, r in parsed.items()}
+        accepted, screened_out = screen_replies(list(parsed.values()), self.schema, self.fingerprint, self.norm_factor)
+        for r, reason in screened_out:
+            outcomes[node_of[id(r)]] = Outcome("rejected", reason)
         if self.clip_norm > 0:
-            accepted = [replace(r, delta=clip_delta(r.delta, self.clip_norm)[0]) for r in accepted]
+            clipped = [replace(r, delta=clip_delta(r.delta, self.clip_norm)[0]) for r in accepted]
+            node_of |= {id(c): node_of[id(r)] for r, c in zip(accepted, clipped)}
+            accepted = clipped
+        for r in accepted:
+            outcomes[node_of[id(r)]] = Outcome("accepted", None, r)
+        for node, outcome in outcomes.items():
+            if outcome.status == "rejected":
+                log(WARNING, "round %d: rejected the reply of site %s: %s", self.federation_round(server_round),
+                    self._site_name(node), outcome.reason)
         updates, bases = self.bank_updates(accepted)
-        self._pending = {"round": server_round, "accepted": accepted, "rejected": rejected, "bases": bases,
-                         "errors": [(self._site_name(m.metadata.src_node_id), m.error.reason) for m in errors],
-                         "answered": {m.metadata.src_node_id for m in replies}}
-        metrics = self.round_metrics(accepted, rejected, errors)
+        self._pending = {"round": server_round, "accepted": accepted, "bases": bases, "outcomes": outcomes}
+        metrics = self.round_metrics(accepted, outcomes)
         if not updates:
             if self.commit_updates:
                 self.commit(server_round, None)
@@ -184,10 +200,12 @@ class BankStrategy(FedAvg):
         arrays = msg.content.array_records.get(P.ARRAYS)
         if arrays is None:
             raise ValueError("no adapter arrays in the reply")
-        site_id = str(config.get(P.SITE_ID) or self._site_name(node))
+        claimed = str(config.get(P.SITE_ID, ""))
         if node not in self.sites:  # a site that did not answer the query but trained
-            self.sites[node] = SiteInfo(site_id, str(config.get(P.MODALITY, "")))
-        return Reply(site_id=site_id, bank=sent.bank, bank_version=sent.version,
+            self.sites[node] = SiteInfo(claimed or f"node-{node}", str(config.get(P.MODALITY, "")))
+        if claimed and claimed != self.sites[node].site_id:
+            raise ValueError(f"reply claims to come from site {claimed!r}, but node {node} is site {self.sites[node].site_id!r}")
+        return Reply(site_id=self.sites[node].site_id, bank=sent.bank, bank_version=sent.version,
                      delta={k: v.numpy() for k, v in arrays.items()}, weight=metrics.pop(P.NUM_EXAMPLES, 0),
                      fingerprint=str(config.get(P.BASE_FINGERPRINT, "")), metrics=metrics)
 
@@ -222,12 +240,13 @@ class BankStrategy(FedAvg):
         delta = {k: (start[k].astype(np.float64) + reply.delta[k] - target_state[k]).astype(np.float32) for k in self.schema}
         return replace(reply, delta=delta)
 
-    def round_metrics(self, accepted: list[Reply], rejected: list, errors: list) -> MetricRecord:
+    def round_metrics(self, accepted: list[Reply], outcomes: Mapping[int, "Outcome"]) -> MetricRecord:
         from fedpoint.server.aggregate import weighted_metrics
 
         metrics = {k: float(v) for k, v in weighted_metrics(accepted).items() if math.isfinite(float(v))}
-        metrics |= {P.NUM_EXAMPLES: float(sum(float(r.weight) for r in accepted)), "replies-accepted": len(accepted),
-                    "replies-rejected": len(rejected), "replies-failed": len(errors)}
+        count = {status: sum(o.status == status for o in outcomes.values()) for status in ("accepted", "rejected", "failed")}
+        metrics |= {P.NUM_EXAMPLES: float(sum(float(r.weight) for r in accepted)),
+                    **{f"replies-{status}": n for status, n in count.items()}}
         return MetricRecord(metrics)
 
     # ------------------------------------------------------------------------ commit
@@ -242,7 +261,8 @@ class BankStrategy(FedAvg):
             base = self.store.get(base_bank, base_version).state
             state = {k: (base[k].astype(np.float64) + update[k]).astype(np.float32) for k in self.schema}
             group = [r for r in accepted if bank in self._targets(r)]
-            fields = round_record(fed_round, group, [] if bank != GENERAL else pending["rejected"])
+            rejected = [o for o in pending["outcomes"].values() if o.status == "rejected"] if bank == GENERAL else []
+            fields = round_record(fed_round, group, rejected)
             fields["sources"] = sorted({f"{r.bank}@v{r.bank_version}" for r in group})
             if self.clip_norm > 0:
                 fields["clip_norm"] = self.clip_norm
@@ -265,21 +285,17 @@ class BankStrategy(FedAvg):
         return banks_to_update(modality, self.bank_strategy)
 
     def _record_round(self, server_round: int, pending: dict | None, versions: dict, dp: Mapping | None) -> None:
-        accepted = {r.site_id: r for r in (pending["accepted"] if pending else [])}
-        rejected = dict(pending["rejected"]) if pending else {}
-        errors = dict(pending["errors"]) if pending else {}
-        answered = pending["answered"] if pending else set()
+        outcomes = pending["outcomes"] if pending else {}
         sites = {}
         for node, sent in self.sent.items():
-            name = self._site_name(node)
-            reply = accepted.get(name)
-            status = ("accepted" if reply else "rejected" if name in rejected else "failed" if name in errors
-                      else "no reply" if node not in answered else "rejected")
-            sites[name] = {"node": node, "modality": self.sites[node].modality if node in self.sites else "",
-                           "bank": sent.bank, "bank_version": sent.version, "bytes_down": sent.nbytes,
-                           "bytes_up": payload_nbytes(reply.delta) if reply else 0,
-                           "weight": float(reply.weight) if reply else 0.0, "status": status,
-                           "reason": rejected.get(name) or errors.get(name), "metrics": reply.metrics if reply else {}}
+            outcome = outcomes.get(node, Outcome("no reply" if pending else "skipped"))
+            reply = outcome.reply
+            sites[self._site_name(node)] = {
+                "node": node, "modality": self.sites[node].modality if node in self.sites else "",
+                "bank": sent.bank, "bank_version": sent.version, "bytes_down": sent.nbytes,
+                "bytes_up": payload_nbytes(reply.delta) if reply else 0, "weight": float(reply.weight) if reply else 0.0,
+                "status": outcome.status, "reason": outcome.reason, "metrics": reply.metrics if reply else {},
+            }
         entry = {"round": self.federation_round(server_round), "time": round(time.time(), 3), "sites": sites,
                  "versions": versions, "dp": dict(dp) if dp else None}
         self.history.append(entry)

@@ -15,7 +15,7 @@ import platform
 import re
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -54,7 +54,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool
                 start_strategy(name, seed)
                 t0 = time.perf_counter()
                 if strategy.federated:
-                    part = run_federated(strategy, config, seed, sites, work, on_image=on_image)
+                    with flower_output_to(work / "flower.log"):
+                        part = run_federated(strategy, config, seed, sites, work, on_image=on_image)
                 else:
                     part = run_local(strategy, config, seed, sites, work, on_image=on_image)
                 strategy_seconds[name] += time.perf_counter() - t0
@@ -185,6 +186,47 @@ def environment(config: ExperimentConfig) -> dict:
 
 # ------------------------------------------------------------------------------------ progress
 @contextmanager
+def flower_output_to(log_path: Path) -> Iterator[None]:
+    """Send everything written to this process's stdout and stderr, and so the Flower and Ray
+    processes it starts, to `log_path` (the progress bars write to a copy of the terminal). On a
+    failure, the log's tail goes into the error."""
+    import sys
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    failure = None
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except Exception as err:
+            failure = err
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, original in zip((1, 2), saved):
+                os.dup2(original, fd)
+                os.close(original)
+    if failure is not None:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+        raise RuntimeError(f"{failure}\n--- last lines of {log_path} ---\n{tail}") from failure
+
+
+def _terminal_copy():
+    """A file on a duplicate of the terminal's stdout, unaffected by `flower_output_to`."""
+    import sys
+
+    sys.stdout.flush()
+    try:
+        return os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    except (AttributeError, OSError, ValueError):  # not a real file (a test runner's capture): use it as is
+        return nullcontext(sys.stdout)
+
+
+@contextmanager
 def _progress(enabled: bool, config: ExperimentConfig) -> Iterator[tuple[Callable[[dict], None], Callable[[str, int], None]]]:
     """Yields (on_image, start_strategy): one bar per strategy, with its running Dice@3."""
     if not enabled:
@@ -195,7 +237,9 @@ def _progress(enabled: bool, config: ExperimentConfig) -> Iterator[tuple[Callabl
     per_seed = sum(config.stream_length(s) for s in config.sites)
     columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("Dice@3 {task.fields[d3]}"), TimeElapsedColumn())
-    with Progress(*columns) as bar:
+    from rich.console import Console
+
+    with _terminal_copy() as terminal, Progress(*columns, console=Console(file=terminal)) as bar:
         tasks = {n: bar.add_task(n, total=per_seed * len(config.seeds), d3="  –  ", start=False)
                  for n in config.strategies}
         dice3: dict[str, list[float]] = defaultdict(list)

@@ -135,16 +135,16 @@ def run_federated(strategy: Strategy, experiment, seed: int, sites: list, work,
     regular = [s for s in sites if s.spec.join_round == 0]
     late = [s for s in sites if s.spec.join_round > 0]
     sites_toml = write_sites_toml([s.spec for s in regular], work / "sites.toml")
-    run_config = federation_run_config(strategy, experiment, seed, sites_toml, work)
+    run_config = federation_run_config(strategy, experiment, seed, sites_toml, work) | {"min-train-nodes": len(regular)}
     by_name = {s.name: s for s in regular}
     with watch_records(work / "records", lambda raw, name, r: on_image and on_image(
             image_record(raw, strategy=strategy.name, seed=seed, site=by_name[name], round_=r))):
         outcome = run_federation(run_config, num_sites=len(regular))
     images = read_records(work / "records", strategy.name, seed, by_name)
-    rounds = federation_rounds(outcome, strategy.name, seed, images)
+    rounds = federation_rounds(work, strategy.name, seed, images)
     joined = run_late_joiners(strategy, experiment, seed, late, work, on_image)
     return {"images": images + joined["images"], "rounds": rounds + joined["rounds"],
-            "federation": {**{k: v for k, v in outcome.items() if k != "rounds"}, "late": joined["banks"]}}
+            "federation": {"outcome": _plain(outcome), "late": joined["banks"]}}
 
 
 def run_late_joiners(strategy: Strategy, experiment, seed: int, late: list, work,
@@ -236,21 +236,28 @@ def read_records(records_dir, strategy: str, seed: int, sites: dict) -> list[dic
     return sorted(images, key=lambda r: (r["site"], r["index"]))
 
 
-def federation_rounds(outcome: dict, strategy: str, seed: int, images: list[dict]) -> list[dict]:
-    """Round rows from what run_federation measured (bytes per site and round), with each site's
-    annotation seconds of that round."""
+def federation_rounds(work, strategy: str, seed: int, images: list[dict]) -> list[dict]:
+    """Round rows from the coordinator's round summary (`<output-dir>/federation.json`: bytes sent
+    to and received from each site), with each site's annotation seconds of that round."""
+    import json
+    from pathlib import Path
+
     seconds: dict[tuple, float] = {}
     counts: dict[tuple, int] = {}
     for rec in images:
         key = (rec["round"], rec["site"])
         seconds[key] = seconds.get(key, 0.0) + rec["seconds"]
         counts[key] = counts.get(key, 0) + 1
+    summary = Path(work) / "federation.json"
+    history = json.loads(summary.read_text())["rounds"] if summary.exists() else []
     rows = []
-    for row in outcome.get("rounds", []):
-        key = (int(row["round"]), row["site"])
-        rows.append({"strategy": strategy, "seed": seed, "round": key[0], "site": key[1],
-                     "bytes_up": int(row["bytes_up"]), "bytes_down": int(row["bytes_down"]),
-                     "images": counts.get(key, 0), "seconds": round(seconds.get(key, 0.0), 3)})
+    for entry in history:
+        for site, info in sorted(entry["sites"].items()):
+            key = (int(entry["round"]), site)
+            rows.append({"strategy": strategy, "seed": seed, "round": key[0], "site": site,
+                         "bytes_up": int(info["bytes_up"]), "bytes_down": int(info["bytes_down"]),
+                         "images": counts.get(key, 0), "seconds": round(seconds.get(key, 0.0), 3),
+                         "status": info.get("status", ""), "bank": info.get("bank", "")})
     return rows
 
 
@@ -292,3 +299,14 @@ class watch_records:
         self._stop.set()
         self._thread.join()
         self._scan()
+
+
+def _plain(value):
+    """What run_federation returned, reduced to JSON-able values (for the results' `federation`)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

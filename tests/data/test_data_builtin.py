@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from fedpoint.cli.data import app
 from fedpoint.data import BUILTIN_DATASETS, DataError, default_data_dir, list_datasets, load_dataset, prepare
-from fedpoint.data.builtin import read_manifest
+from fedpoint.data.builtin import BUILD_REVISION, read_manifest
 from fedpoint.data.sources import _pyradiomics_case, build_stardist
 from fedpoint.data.store import read_case
 
@@ -54,6 +54,18 @@ def test_rerun_verifies_and_a_changed_file_is_rebuilt(mni_dir):
     path.write_bytes(good[:-100] + b"x" * 100)
     prepare(mni_dir, progress=False, names=["mni152"])
     assert path.read_bytes() == good  # rebuilt, bit for bit
+
+
+def test_entry_from_an_older_build_revision_is_rebuilt(mni_dir):
+    manifest_path = mni_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["datasets"]["mni152"]["revision"] = 1
+    manifest_path.write_text(json.dumps(manifest))
+    path = mni_dir / "mni152" / "mni152.npz"
+    stamp = path.stat().st_mtime_ns
+    load_dataset("mni152", data_dir=mni_dir)
+    assert path.stat().st_mtime_ns != stamp
+    assert read_manifest(mni_dir)["datasets"]["mni152"]["revision"] == BUILD_REVISION
 
 
 def test_loading_a_prepared_dataset_is_fast_and_complete(mni_dir):

@@ -41,6 +41,18 @@ def test_nnunet_folder_stacks_channels(tmp_path):
     assert [o.name for o in data.cases[0].objects] == ["box", "sphere"]
 
 
+def test_msd_multichannel_4d_image_becomes_channels_first(tmp_path):
+    folder = msd_folder(tmp_path / "Task", n_cases=1, spacing=(1.0, 1.0, 1.0))
+    image, _ = phantom(seed=0)
+    nifti(folder / "imagesTr" / "case_000.nii.gz", np.stack([image, image * 2], axis=-1))
+    meta = json.loads((folder / "dataset.json").read_text())
+    meta["modality"] = {"0": "FLAIR", "1": "T1w"}
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    data = load_dataset(folder, strict=True)
+    assert data.modality == "MR" and data.cases[0].image.shape == (2, 24, 20, 12)
+    assert np.array_equal(data.cases[0].image[1], 2 * image.astype(np.float32))
+
+
 def test_pairs_folder_png_and_nrrd(tmp_path):
     folder = tmp_path / "pairs"
     folder.mkdir()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -143,3 +142,18 @@ def test_bank_folders_use_the_adapter_file_names():
 
     assert banks.MANIFEST == adapters.MANIFEST
     assert banks.WEIGHTS == "adapter.safetensors"
+
+
+def test_extra_manifest_fields_are_kept_but_cannot_override_the_store(store_with_rounds):
+    store, state, _ = store_with_rounds
+    version = store.write("general", state, {"round": 3, "sources": ["general@v3"], "version": 99, "bank": "evil", "parent": 0})
+    manifest = store.latest("general").manifest
+    assert manifest["sources"] == ["general@v3"]
+    assert (manifest["version"], manifest["bank"], manifest["parent"]) == (version, "general", 3)
+
+
+def test_a_committed_version_counts_even_if_the_pointer_was_not_updated(store_with_rounds):
+    """Killed between the rename (the commit) and rewriting latest.json."""
+    store, _, _ = store_with_rounds
+    (store.root / "general" / "latest.json").write_text(json.dumps({"version": 2}))
+    assert BankStore(store.root).latest("general").version == 3

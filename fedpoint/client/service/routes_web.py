@@ -11,7 +11,7 @@ import base64
 from pathlib import Path
 
 import numpy as np
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
@@ -144,7 +144,7 @@ def api_router(state: ServiceState, require) -> APIRouter:
         return {"discarded": True}
 
     @router.post("/banks/check")
-    def check_banks(request: Request) -> dict:
+    def check_banks() -> dict:
         """Look for a delivered bank now instead of at the next poll."""
         return {"review": state.banks.check(), "last": state.banks.last}
 

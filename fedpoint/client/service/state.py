@@ -74,8 +74,10 @@ class ServiceState:
     def start(self) -> None:
         self.banks.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 120.0) -> None:
+        """Stop watching for banks and let a running episode finish (it is on a copy of the model)."""
         self.banks.stop()
+        self.training.wait(timeout)
 
     def _index_cache(self) -> dict[str, list[str]]:
         index: dict[str, list[str]] = {}

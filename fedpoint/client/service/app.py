@@ -1,0 +1,95 @@
+"""`create_app(config) -> FastAPI`: the site service, thin routers over one `ServiceState`."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from fedpoint.client.service import monailabel, routes_web
+from fedpoint.client.service.config import SiteServiceConfig
+from fedpoint.client.service.images import ImageError
+from fedpoint.client.service.security import (
+    BodyLimitMiddleware,
+    InvalidId,
+    PathTokenMiddleware,
+    SecurityHeadersMiddleware,
+    TokenGuard,
+)
+from fedpoint.client.service.state import ServiceState
+from fedpoint.client.service.training import NotEnoughCases, TrainingBusy
+from fedpoint.client.session import InputError
+from fedpoint.shared.adapters import AdapterMismatchError
+
+log = logging.getLogger("fedpoint.service")
+
+# Each error a client can cause has its status; the message is the exception's own, written for people.
+ERROR_STATUS: list[tuple[type[BaseException], int]] = [
+    (InvalidId, 400),
+    (InputError, 422),
+    (ImageError, 422),
+    (AdapterMismatchError, 422),
+    (LookupError, 404),
+    (TrainingBusy, 409),
+    (NotEnoughCases, 409),
+]
+
+
+def _handler(status: int):
+    async def handle(_request: Request, exc: BaseException) -> JSONResponse:
+        detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    return handle
+
+
+def create_app(config: SiteServiceConfig, state: ServiceState | None = None) -> FastAPI:
+    """Loads the model now (a broken config fails at start, not at the first click)."""
+    guard = TokenGuard(config.resolve_token())
+    state = state or ServiceState(config)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        state.start()
+        try:
+            yield
+        finally:
+            state.stop()
+
+    app = FastAPI(title=f"fedpoint site {config.site}", lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = state
+    for exc_type, status in ERROR_STATUS:
+        app.add_exception_handler(exc_type, _handler(status))
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> dict:
+        return {"status": "ok"}
+
+    app.include_router(routes_web.page_router())
+    app.include_router(routes_web.api_router(state, guard.require))
+    app.include_router(monailabel.router(state, guard.require))
+
+    # Middleware added last runs first: path token -> body limit -> CORS (only if configured).
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_credentials=False,
+                           allow_methods=["GET", "POST", "PUT", "DELETE"],
+                           allow_headers=["authorization", "content-type", "x-fedpoint-user"])
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=int(config.max_upload_mb * 2**20))
+    if config.token_in_path:
+        app.add_middleware(PathTokenMiddleware, guard=guard)
+    return app
+
+
+def serve(config: SiteServiceConfig, app: FastAPI | None = None) -> None:
+    """Run the service in the foreground (uvicorn) until interrupted."""
+    import uvicorn
+
+    app = app or create_app(config)
+    # With tokens in paths the access log would write them to disk: keep it off then.
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info", ws="none",
+                access_log=not config.token_in_path)

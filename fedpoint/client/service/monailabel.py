@@ -1,0 +1,217 @@
+"""The MONAI Label REST subset that 3D Slicer's and OHIF's plugins and `MONAILabelClient` use.
+
+Supported: `GET /info/`, `POST /infer/{model}` (points in `params`; reply multipart params + NIfTI
+label, or `output=image|json`), `GET /datastore/?output=stats|all|train`, `GET /datastore/image`,
+`GET /datastore/label`, `PUT /datastore/label` (a final label: into the cache through the session
+accept, so the post-interaction update runs), `POST /activelearning/{first|random|uncertain}`,
+`POST /train/`, `POST /train/{model}`, `GET /train/` (with `check_if_running`).
+Not supported (answered with a clear 4xx/501): uploading images (`PUT /datastore/`), sessions
+(`/session/`), `file`/`label` uploads to infer (scribbles), stopping training, model download,
+DICOMweb, scoring. Points are image index space: [x, y(, z)] as 3D Slicer sends (IJK).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+from fastapi import APIRouter, Body, Depends, File, Form, HTTPException, Query, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+import fedpoint
+from fedpoint.client.service.images import file_response_bytes, nifti_bytes, read_label
+from fedpoint.client.service.security import valid_id
+from fedpoint.client.service.state import ServiceState
+from fedpoint.client.service.strategies import STRATEGIES
+from fedpoint.client.session import InputError
+
+MODEL_NAME = "fedpoint"
+DEFAULT_CLIENT = "monailabel"
+NIFTI_TYPE = "application/gzip"
+
+
+def _params(text: str | None) -> dict:
+    try:
+        params = json.loads(text or "{}")
+    except json.JSONDecodeError as err:
+        raise InputError(f"params is not valid JSON ({err})") from None
+    if not isinstance(params, dict):
+        raise InputError("params must be a JSON object")
+    return params
+
+
+def _points(params: dict, key: str) -> list:
+    points = params.get(key) or []
+    if not isinstance(points, list) or not all(isinstance(p, (list, tuple)) and len(p) in (2, 3) for p in points):
+        raise InputError(f"params.{key} must be a list of [x, y] or [x, y, z] points")
+    return points
+
+
+def _client(params: dict | None) -> str:
+    return valid_id(str((params or {}).get("client_id") or DEFAULT_CLIENT), "client_id")
+
+
+def multipart(params: dict, data: bytes, filename: str) -> Response:
+    """MONAI Label's infer reply: a `params` JSON part and the label file part."""
+    boundary = secrets.token_hex(16)
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n'
+            f"Content-Type: application/json\r\n\r\n{json.dumps(params)}\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+            f"Content-Type: {NIFTI_TYPE}\r\n\r\n").encode()
+    return Response(head + data + f"\r\n--{boundary}--\r\n".encode(), media_type=f"multipart/form-data; boundary={boundary}")
+
+
+def file_reply(data: bytes, filename: str) -> Response:
+    return Response(data, media_type=NIFTI_TYPE, headers={"content-disposition": f'attachment; filename="{filename}"'})
+
+
+def info(state: ServiceState) -> dict:
+    config, dims = state.config, state.model_cfg.spatial_dims
+    ids = state.images.ids()
+    return {
+        "name": f"fedpoint site {config.site}",
+        "description": "fedpoint interactive segmentation with online adapter updates (MONAI Label subset)",
+        "version": fedpoint.__version__,
+        "labels": [config.label],
+        "models": {MODEL_NAME: {
+            "type": "deepgrow",
+            "labels": [config.label],
+            "dimension": dims,
+            "description": f"{dims}D click model, adapter {state.engine.adapter.kind}, mode {config.mode}"
+                           + ("; a volume is annotated slice by slice (last axis)" if dims == 2 else ""),
+        }},
+        "trainers": {MODEL_NAME: {"description": "a training episode on the site's annotation cache"}},
+        "strategies": {name: {"description": text} for name, text in STRATEGIES.items()},
+        "scoring": {},
+        "train_stats": {MODEL_NAME: state.training.last_result() or {}},
+        "datastore": datastore_stats(state, ids),
+    }
+
+
+def datastore_stats(state: ServiceState, ids: list[str] | None = None) -> dict:
+    ids = state.images.ids() if ids is None else ids
+    completed = sum(1 for i in ids if i in state.cases_by_image)
+    return {"total": len(ids), "completed": completed, "label_tags": {"final": completed}, "train": state.cache_size()}
+
+
+def datastore_all(state: ServiceState) -> dict:
+    objects = {}
+    for image_id in state.images.ids():
+        entry = {"image": {"ext": "".join(state.images.path(image_id).suffixes), "info": {"name": image_id}}, "labels": {}}
+        if image_id in state.cases_by_image:
+            entry["labels"]["final"] = {"ext": ".nii.gz", "info": {"cases": state.cases_by_image[image_id]}}
+        objects[image_id] = entry
+    return {"name": state.config.site, "description": "fedpoint site images and annotation cache", "objects": objects}
+
+
+def router(state: ServiceState, require) -> APIRouter:
+    api = APIRouter(dependencies=[Depends(require)])
+
+    def check_model(model: str) -> None:
+        if model != MODEL_NAME:
+            raise HTTPException(404, f"unknown model {model!r}; this site serves {MODEL_NAME!r}")
+
+    @api.get("/info/")
+    def get_info() -> dict:
+        return info(state)
+
+    @api.post("/infer/{model}")
+    def infer(model: str, image: str = Query(""), output: str | None = Query(None), session_id: str = Query(""),
+              params: str = Form("{}"), file: UploadFile | None = File(None), label: UploadFile | None = File(None)):
+        check_model(model)
+        if file is not None or label is not None or session_id:
+            raise InputError("uploaded images, scribble labels and sessions are not supported: infer on an image of the site")
+        if not image:
+            raise InputError("give ?image=<id> of an image in the site's datastore")
+        if output not in (None, "all", "image", "json"):
+            raise InputError(f"output {output!r} is not supported; use image, json or all")
+        request = _params(params)
+        label_volume, reply = state.infer(valid_id(image), _client(request),
+                                          _points(request, "foreground"), _points(request, "background"))
+        if output == "json":
+            return reply
+        data = nifti_bytes(label_volume, state.load(image).affine)
+        name = f"label_{image}.nii.gz"
+        return file_reply(data, name) if output == "image" else multipart(reply, data, name)
+
+    @api.get("/datastore/")
+    def datastore(output: str = Query("stats")) -> dict | list:
+        if output == "all":
+            return datastore_all(state)
+        if output == "train":
+            return [{"image": i, "label": i} for i in state.images.ids() if i in state.cases_by_image]
+        if output != "stats":
+            raise InputError(f"output {output!r} is not supported; use stats, all or train")
+        return datastore_stats(state)
+
+    @api.get("/datastore/image")
+    def download_image(image: str = Query(...)) -> Response:
+        data, name = file_response_bytes(state.load(valid_id(image)))
+        return file_reply(data, name)
+
+    @api.get("/datastore/label")
+    def download_label(label: str = Query(...), tag: str = Query("final")) -> Response:
+        if tag != "final":
+            raise LookupError(f"only final labels are kept (tag {tag!r} asked)")
+        loaded = state.load(valid_id(label))
+        volume = state.stored_label(loaded)
+        if volume is None:
+            raise LookupError(f"{label} has no accepted label yet")
+        return file_reply(nifti_bytes(volume, loaded.affine), f"{label}.nii.gz")
+
+    @api.put("/datastore/label")
+    def save_label(image: str = Query(...), tag: str = Query("final"), params: str = Form("{}"),
+                   label: UploadFile = File(...)) -> dict:
+        if tag not in ("", "final"):
+            raise InputError(f"only final labels go into the annotation cache (tag {tag!r} given)")
+        request = _params(params)
+        loaded = state.load(valid_id(image))
+        data = label.file.read(int(state.config.max_upload_mb * 2**20) + 1)
+        if len(data) > state.config.max_upload_mb * 2**20:
+            raise HTTPException(413, "label file larger than max_upload_mb")
+        array = read_label(data, label.filename or "label.nii.gz", loaded.shape)
+        result = state.save_label(image, _client(request), array, _label_index(request, state.config.label))
+        return {"image": image, "label": image, **result}
+
+    @api.post("/activelearning/{strategy}")
+    def next_sample(strategy: str, params: dict | None = Body(None)) -> dict:
+        if strategy not in STRATEGIES:
+            raise HTTPException(404, f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+        image_id, details = state.next_image(strategy, params)
+        if image_id is None:
+            return {}
+        return {"id": image_id, "name": state.images.path(image_id).name, "strategy": strategy, **details}
+
+    def start_training() -> dict:
+        return state.training.start()
+
+    @api.post("/train/")
+    def train(params: dict | None = Body(None)) -> dict:
+        return start_training()
+
+    @api.post("/train/{model}")
+    def train_model(model: str, params: dict | None = Body(None)) -> dict:
+        check_model(model)
+        return start_training()
+
+    @api.get("/train/")
+    def train_status(check_if_running: bool = Query(False), all: bool = Query(False)):
+        status = state.training.status()
+        if check_if_running and status["status"] != "RUNNING":
+            return JSONResponse({"detail": "no training task is running"}, status_code=404)
+        return status
+
+    @api.delete("/train/")
+    def train_stop():
+        return JSONResponse({"detail": "stopping an episode is not supported; it ends after its configured epochs"},
+                            status_code=501)
+
+    return api
+
+
+def _label_index(params: dict, name: str) -> int | None:
+    """The label value of our structure in a multi-label map (Slicer's label_info), if named."""
+    for item in params.get("label_info") or []:
+        if isinstance(item, dict) and item.get("name") == name and isinstance(item.get("idx"), int):
+            return item["idx"]
+    return None

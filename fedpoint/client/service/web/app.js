@@ -1,0 +1,540 @@
+// fedpoint annotation page: plain JavaScript, canvas rendering, nothing loaded from elsewhere.
+// Image pixels arrive as float32 rows (window/level is applied here, so CT keeps its HU);
+// masks arrive as bit-packed rows. Points sent to the service are image indices [x, y(, z)].
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const viewer = $("viewer");
+const canvas = $("canvas");
+const ctx = canvas.getContext("2d");
+const USER_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+const S = {
+  token: null,
+  user: "web",
+  images: [],
+  meta: null,          // the open image: id, shape, slices, window, range, presets, flip_y, per_slice
+  slice: 0,
+  pixels: new Map(),   // slice -> Float32Array (rows top first)
+  mask: null,          // Uint8Array, width * height
+  area: 0,
+  clicks: [],          // [{point: [x, y(, z)], positive}]
+  width: 0, height: 0,
+  win: 1, lev: 0.5,
+  opacity: 0.45, overlayOn: true,
+  view: { s: 1, ox: 0, oy: 0 },
+  queue: Promise.resolve(),
+  pending: 0,
+  accepted: 0,
+};
+const imageLayer = document.createElement("canvas");
+const maskLayer = document.createElement("canvas");
+
+// ------------------------------------------------------------------------------------- API
+async function api(path, { method = "GET", json, raw = false } = {}) {
+  const headers = { Authorization: `Bearer ${S.token}`, "X-Fedpoint-User": S.user };
+  const init = { method, headers };
+  if (json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(json);
+  }
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch (err) {
+    setConnection(false);
+    throw new Error("The service cannot be reached");
+  }
+  setConnection(true);
+  if (res.status === 401) {
+    askToken("The access token was refused.");
+    throw new Error("The access token was refused");
+  }
+  if (!res.ok) {
+    let detail = `${res.status} ${res.statusText}`;
+    try { detail = (await res.json()).detail || detail; } catch (_) { /* not JSON */ }
+    throw new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
+  }
+  return raw ? res : res.json();
+}
+
+function setConnection(ok) {
+  $("conn-dot").className = "dot " + (ok ? "ok" : "down");
+}
+
+// ------------------------------------------------------------------------------------- feedback
+let toastTimer = null;
+function toast(text, isError = false) {
+  const el = $("toast");
+  el.textContent = text;
+  el.className = "toast" + (isError ? " error" : "");
+  el.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { el.hidden = true; }, isError ? 5000 : 2500);
+}
+
+function logLine(html) {
+  const li = document.createElement("li");
+  const time = new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  li.innerHTML = `<span class="mono">${time}</span> ${html}`;
+  const log = $("log");
+  log.prepend(li);
+  while (log.children.length > 6) log.lastChild.remove();
+}
+
+function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}
+
+// ------------------------------------------------------------------------------------- token
+function askToken(message = "") {
+  $("token-error").textContent = message;
+  const dialog = $("token-dialog");
+  if (!dialog.open) dialog.showModal();
+}
+
+$("token-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  S.token = $("token-input").value.trim();
+  try {
+    await api("/api/status");
+    sessionStorage.setItem("fedpoint.token", S.token);
+    $("token-dialog").close();
+    start();
+  } catch (err) {
+    $("token-error").textContent = err.message;
+  }
+});
+
+function readToken() {
+  const match = location.hash.match(/token=([^&]+)/);
+  if (match) {
+    sessionStorage.setItem("fedpoint.token", decodeURIComponent(match[1]));
+    history.replaceState(null, "", location.pathname);  // keep the token out of the address bar
+  }
+  return sessionStorage.getItem("fedpoint.token");
+}
+
+// ------------------------------------------------------------------------------------- status
+async function refreshStatus() {
+  let st;
+  try { st = await api("/api/status"); } catch (_) { return; }
+  $("site-name").textContent = st.site;
+  $("site-modality").textContent = st.modality;
+  document.title = `fedpoint · ${st.site}`;
+  const a = st.adapter;
+  $("st-adapter").textContent = `${a.kind} v${a.saved_version} · ${a.online_steps} steps`;
+  $("st-cache").textContent = `${st.cache.cases} case${st.cache.cases === 1 ? "" : "s"}`;
+  const ep = $("st-episode");
+  const last = st.last_episode;
+  if (st.training.status === "RUNNING") {
+    ep.textContent = "running…"; ep.className = "chip-value";
+  } else if (last) {
+    const best = last.val_scores && last.val_scores.length ? Math.max(...last.val_scores) : last.baseline;
+    ep.textContent = `#${last.episode} ${last.accepted ? "swapped in" : "kept current"} · ${best.toFixed(3)}`;
+    ep.className = "chip-value " + (last.accepted ? "good" : "bad");
+  }
+  const bank = st.last_bank;
+  if (bank) {
+    const b = $("st-bank");
+    b.textContent = `${bank.bank} v${bank.version} ${bank.accepted ? "in use" : "refused"}`;
+    b.className = "chip-value " + (bank.accepted ? "good" : "bad");
+  }
+}
+
+// ------------------------------------------------------------------------------------- images
+async function refreshImages() {
+  const data = await api("/api/images");
+  S.images = data.images;
+  const list = $("image-list");
+  list.replaceChildren(...S.images.map((img) => {
+    const li = document.createElement("li");
+    li.dataset.id = img.id;
+    li.className = (img.labelled ? "labelled" : "") + (S.meta && S.meta.id === img.id ? " current" : "");
+    li.innerHTML = `<span class="state"></span><span>${escapeHtml(img.id)}</span>`;
+    li.title = img.labelled ? "labelled" : "not labelled yet";
+    li.addEventListener("click", () => openImage(img.id));
+    return li;
+  }));
+  const done = S.images.filter((i) => i.labelled).length;
+  $("progress").textContent = `${done} / ${S.images.length}`;
+}
+
+async function openImage(id) {
+  const meta = await api(`/api/images/${encodeURIComponent(id)}`);
+  S.meta = meta;
+  S.pixels = new Map();
+  S.slice = meta.default_slice;
+  S.win = Math.max(meta.window[1] - meta.window[0], 1e-6);
+  S.lev = (meta.window[0] + meta.window[1]) / 2;
+  viewer.dataset.image = id;
+  viewer.classList.add("has-image");
+  $("hud-image").textContent = `${meta.id} · ${meta.shape.join(" × ")}`;
+  const volume = meta.shape.length === 3;
+  $("slice-bar").hidden = !volume;
+  $("slice").max = String(meta.slices - 1);
+  $("slice").value = String(S.slice);
+  buildPresets(meta);
+  syncWindowSliders();
+  document.querySelectorAll("#image-list li").forEach((li) => li.classList.toggle("current", li.dataset.id === id));
+  await showSlice(S.slice);
+}
+
+async function showSlice(z) {
+  if (!S.meta) return;
+  S.slice = z;
+  $("slice-value").textContent = `${z + 1} / ${S.meta.slices}`;
+  if (!S.pixels.has(z)) {
+    const res = await api(`/api/images/${encodeURIComponent(S.meta.id)}/slice/${z}`, { raw: true });
+    S.width = Number(res.headers.get("x-width"));
+    S.height = Number(res.headers.get("x-height"));
+    S.pixels.set(z, new Float32Array(await res.arrayBuffer()));
+  }
+  const session = await api(`/api/sessions/${encodeURIComponent(S.meta.id)}?slice=${z}`);
+  applySession(session);
+  drawImageLayer();
+  render();
+}
+
+// ------------------------------------------------------------------------------------- masks
+function unpackMask(m) {
+  const bytes = Uint8Array.from(atob(m.bits), (c) => c.charCodeAt(0));
+  const out = new Uint8Array(m.width * m.height);
+  for (let i = 0; i < out.length; i++) out[i] = (bytes[i >> 3] >> (7 - (i & 7))) & 1;
+  return out;
+}
+
+function applySession(r) {
+  S.mask = unpackMask(r.mask);
+  S.area = r.mask.area;
+  S.clicks = r.clicks || [];
+  viewer.dataset.maskArea = String(S.area);
+  viewer.dataset.clicks = String(S.clicks.length);
+  $("mask-area").textContent = `${S.area.toLocaleString()} px`;
+  $("n-pos").textContent = S.clicks.filter((c) => c.positive).length;
+  $("n-neg").textContent = S.clicks.filter((c) => !c.positive).length;
+  drawMaskLayer();
+}
+
+// ------------------------------------------------------------------------------------- drawing
+function drawImageLayer() {
+  const px = S.pixels.get(S.slice);
+  if (!px) return;
+  imageLayer.width = S.width;
+  imageLayer.height = S.height;
+  const lctx = imageLayer.getContext("2d");
+  const img = lctx.createImageData(S.width, S.height);
+  const lo = S.lev - S.win / 2;
+  const scale = 255 / S.win;
+  for (let i = 0; i < px.length; i++) {
+    let v = (px[i] - lo) * scale;
+    v = v < 0 ? 0 : v > 255 ? 255 : v;
+    const j = i * 4;
+    img.data[j] = img.data[j + 1] = img.data[j + 2] = v;
+    img.data[j + 3] = 255;
+  }
+  lctx.putImageData(img, 0, 0);
+  const wl = `W ${fmt(S.win)}  L ${fmt(S.lev)}`;
+  $("hud-wl").textContent = S.meta.shape.length === 3 ? `slice ${S.slice + 1}/${S.meta.slices} · ${wl}` : wl;
+}
+
+function drawMaskLayer() {
+  const w = S.width, h = S.height;
+  maskLayer.width = w;
+  maskLayer.height = h;
+  if (!S.mask || S.mask.length !== w * h) return;
+  const mctx = maskLayer.getContext("2d");
+  const img = mctx.createImageData(w, h);
+  const fill = Math.round(255 * S.opacity);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const i = y * w + x;
+      if (!S.mask[i]) continue;
+      const edge = x === 0 || y === 0 || x === w - 1 || y === h - 1 ||
+        !S.mask[i - 1] || !S.mask[i + 1] || !S.mask[i - w] || !S.mask[i + w];
+      const j = i * 4;
+      img.data[j] = 255; img.data[j + 1] = 200; img.data[j + 2] = 61;
+      img.data[j + 3] = edge ? Math.max(fill, 230) : fill;
+    }
+  }
+  mctx.putImageData(img, 0, 0);
+}
+
+function fitView() {
+  const dpr = window.devicePixelRatio || 1;
+  const cw = Math.round(viewer.clientWidth * dpr), ch = Math.round(viewer.clientHeight * dpr);
+  if (canvas.width !== cw || canvas.height !== ch) { canvas.width = cw; canvas.height = ch; }
+  const s = Math.min(cw / S.width, ch / S.height) * 0.94;
+  S.view = { s, ox: (cw - S.width * s) / 2, oy: (ch - S.height * s) / 2, dpr };
+}
+
+function render() {
+  if (!S.meta || !S.width) return;
+  fitView();
+  const { s, ox, oy } = S.view;
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.save();
+  if (S.meta.flip_y) { ctx.translate(ox, oy + S.height * s); ctx.scale(s, -s); } else { ctx.translate(ox, oy); ctx.scale(s, s); }
+  ctx.imageSmoothingEnabled = s < 4;
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(imageLayer, 0, 0);
+  if (S.overlayOn) {
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(maskLayer, 0, 0);
+  }
+  ctx.restore();
+  drawClicks();
+}
+
+function drawClicks() {
+  const r = Math.max(4, 5 * (S.view.dpr || 1));
+  for (const c of S.clicks) {
+    const [x, y, z] = c.point;
+    if (z !== undefined && z !== S.slice) continue;
+    const [sx, sy] = toScreen(x, y);
+    ctx.beginPath();
+    ctx.arc(sx, sy, r, 0, Math.PI * 2);
+    ctx.fillStyle = c.positive ? "#3fd07f" : "#ff5d6c";
+    ctx.fill();
+    ctx.lineWidth = 2 * (S.view.dpr || 1);
+    ctx.strokeStyle = "rgba(255,255,255,.9)";
+    ctx.stroke();
+  }
+}
+
+function toScreen(x, y) {
+  const { s, ox, oy } = S.view;
+  const row = S.meta.flip_y ? S.height - 1 - y : y;
+  return [ox + (x + 0.5) * s, oy + (row + 0.5) * s];
+}
+
+function toImage(ev) {
+  const rect = canvas.getBoundingClientRect();
+  const dpr = S.view.dpr || 1;
+  const px = (ev.clientX - rect.left) * dpr, py = (ev.clientY - rect.top) * dpr;
+  const x = Math.floor((px - S.view.ox) / S.view.s);
+  const row = Math.floor((py - S.view.oy) / S.view.s);
+  if (x < 0 || row < 0 || x >= S.width || row >= S.height) return null;
+  return [x, S.meta.flip_y ? S.height - 1 - row : row];
+}
+
+function fmt(v) {
+  const a = Math.abs(v);
+  return a >= 100 ? v.toFixed(0) : a >= 1 ? v.toFixed(1) : v.toFixed(3);
+}
+
+// ------------------------------------------------------------------------------------- clicks
+function setBusy(delta) {
+  S.pending += delta;
+  viewer.dataset.busy = S.pending > 0 ? "1" : "0";
+}
+
+function enqueue(task) {
+  setBusy(1);
+  S.queue = S.queue.then(task).catch((err) => toast(err.message, true)).finally(() => setBusy(-1));
+  return S.queue;
+}
+
+function clickAt(point, positive) {
+  const t0 = performance.now();
+  const id = S.meta.id;
+  const full = S.meta.shape.length === 3 ? [...point, S.slice] : point;
+  return enqueue(async () => {
+    const r = await api(`/api/sessions/${encodeURIComponent(id)}/click`, { method: "POST", json: { point: full, positive } });
+    if (!S.meta || S.meta.id !== id) return;
+    applySession(r);
+    render();
+    const total = performance.now() - t0;
+    $("hud-latency").innerHTML = `click → mask <b>${total.toFixed(0)} ms</b> · model ${r.server_ms.toFixed(0)} ms`;
+    viewer.dataset.latencyMs = total.toFixed(1);
+  });
+}
+
+function sliceBody() {
+  return { slice: S.meta && S.meta.per_slice ? S.slice : null };
+}
+
+function undo() {
+  if (!S.meta) return;
+  const id = S.meta.id;
+  enqueue(async () => {
+    const r = await api(`/api/sessions/${encodeURIComponent(id)}/undo`, { method: "POST", json: sliceBody() });
+    applySession(r);
+    render();
+  });
+}
+
+function discard() {
+  if (!S.meta) return;
+  const id = S.meta.id;
+  enqueue(async () => {
+    await api(`/api/sessions/${encodeURIComponent(id)}/discard`, { method: "POST", json: sliceBody() });
+    applySession({ mask: { width: S.width, height: S.height, bits: "", area: 0 }, clicks: [] });
+    S.mask = new Uint8Array(S.width * S.height);
+    drawMaskLayer();
+    render();
+  });
+}
+
+function accept() {
+  if (!S.meta) return;
+  const id = S.meta.id;
+  enqueue(async () => {
+    const r = await api(`/api/sessions/${encodeURIComponent(id)}/accept`, { method: "POST", json: sliceBody() });
+    S.accepted += 1;
+    viewer.dataset.accepted = String(S.accepted);
+    const where = r.slice === null || r.slice === undefined ? "" : ` slice ${r.slice + 1}`;
+    toast(`Saved ${id}${where} to the annotation cache`);
+    logLine(`accepted <b>${escapeHtml(id)}</b>${where} · update ${r.post_ms.toFixed(0)} ms`);
+    await refreshImages();
+    refreshStatus();
+    if ($("auto-next").checked && !S.meta.per_slice) {
+      await nextImage();
+    } else {
+      await showSlice(S.slice);
+    }
+  });
+}
+
+async function nextImage() {
+  const after = S.meta ? `?after=${encodeURIComponent(S.meta.id)}` : "";
+  const r = await api(`/api/next${after}`);
+  if (!r.id) { toast("Every image is labelled"); return; }
+  await openImage(r.id);
+}
+
+// ------------------------------------------------------------------------------------- window/level
+function buildPresets(meta) {
+  const box = $("presets");
+  box.replaceChildren();
+  const presets = { auto: meta.window, ...meta.presets };
+  Object.entries(presets).forEach(([name, [lo, hi]], i) => {
+    const b = document.createElement("button");
+    b.className = "btn";
+    b.textContent = name;
+    b.title = `window ${fmt(hi - lo)}, level ${fmt((lo + hi) / 2)}` + (i < 9 ? ` (${i + 1})` : "");
+    b.addEventListener("click", () => setWindow(hi - lo, (lo + hi) / 2));
+    box.append(b);
+  });
+}
+
+function rangeSpan() {
+  const [lo, hi] = S.meta.range;
+  return Math.max(hi - lo, 1e-6);
+}
+
+function syncWindowSliders() {
+  const [lo] = S.meta.range;
+  const span = rangeSpan();
+  $("window").value = String(Math.round(Math.min(1000, (S.win / (2 * span)) * 1000)));
+  $("level").value = String(Math.round(Math.min(1000, Math.max(0, ((S.lev - (lo - span / 2)) / (2 * span)) * 1000))));
+  $("window-value").textContent = fmt(S.win);
+  $("level-value").textContent = fmt(S.lev);
+}
+
+function setWindow(win, lev) {
+  S.win = Math.max(win, rangeSpan() * 1e-3);
+  S.lev = lev;
+  syncWindowSliders();
+  drawImageLayer();
+  render();
+}
+
+$("window").addEventListener("input", (e) => { if (S.meta) setWindow((Number(e.target.value) / 1000) * 2 * rangeSpan(), S.lev); });
+$("level").addEventListener("input", (e) => {
+  if (!S.meta) return;
+  const span = rangeSpan();
+  setWindow(S.win, S.meta.range[0] - span / 2 + (Number(e.target.value) / 1000) * 2 * span);
+});
+$("opacity").addEventListener("input", (e) => {
+  S.opacity = Number(e.target.value) / 100;
+  $("opacity-value").textContent = `${e.target.value}%`;
+  drawMaskLayer();
+  render();
+});
+
+// ------------------------------------------------------------------------------------- input
+let drag = null;
+canvas.addEventListener("contextmenu", (e) => e.preventDefault());
+canvas.addEventListener("mousedown", (e) => {
+  if (!S.meta) return;
+  if (e.shiftKey) { drag = { x: e.clientX, y: e.clientY, win: S.win, lev: S.lev }; return; }
+  if (e.button !== 0 && e.button !== 2) return;
+  const point = toImage(e);
+  if (point) clickAt(point, e.button === 0);
+});
+window.addEventListener("mousemove", (e) => {
+  if (!drag) return;
+  const k = rangeSpan() / 400;
+  setWindow(drag.win + (e.clientX - drag.x) * k, drag.lev + (e.clientY - drag.y) * k);
+});
+window.addEventListener("mouseup", () => { drag = null; });
+canvas.addEventListener("wheel", (e) => {
+  if (!S.meta || S.meta.slices <= 1) return;
+  e.preventDefault();
+  stepSlice(e.deltaY > 0 ? -1 : 1);
+}, { passive: false });
+
+let sliceTimer = null;
+function stepSlice(delta) {
+  const z = Math.min(S.meta.slices - 1, Math.max(0, S.slice + delta));
+  $("slice").value = String(z);
+  scheduleSlice(z);
+}
+function scheduleSlice(z) {
+  $("slice-value").textContent = `${z + 1} / ${S.meta.slices}`;
+  clearTimeout(sliceTimer);
+  sliceTimer = setTimeout(() => showSlice(z).catch((err) => toast(err.message, true)), 60);
+}
+$("slice").addEventListener("input", (e) => scheduleSlice(Number(e.target.value)));
+
+$("btn-undo").addEventListener("click", undo);
+$("btn-accept").addEventListener("click", accept);
+$("btn-discard").addEventListener("click", discard);
+$("btn-next").addEventListener("click", () => nextImage().catch((err) => toast(err.message, true)));
+
+document.addEventListener("keydown", (e) => {
+  if (e.target instanceof HTMLInputElement && e.target.type !== "range") return;
+  if ($("token-dialog").open || !S.meta) return;
+  const key = e.key.toLowerCase();
+  if (key === "z" || key === "backspace") { e.preventDefault(); undo(); }
+  else if (key === "enter" || key === "a") { e.preventDefault(); accept(); }
+  else if (key === "n") { nextImage().catch((err) => toast(err.message, true)); }
+  else if (key === "escape") { discard(); }
+  else if (key === "o") { S.overlayOn = !S.overlayOn; render(); }
+  else if (key === "arrowup" || key === "pageup") { e.preventDefault(); if (S.meta.slices > 1) stepSlice(1); }
+  else if (key === "arrowdown" || key === "pagedown") { e.preventDefault(); if (S.meta.slices > 1) stepSlice(-1); }
+  else if (/^[1-9]$/.test(key)) { const b = $("presets").children[Number(key) - 1]; if (b) b.click(); }
+});
+
+$("user-name").addEventListener("change", (e) => {
+  const name = e.target.value.trim();
+  if (!USER_PATTERN.test(name)) { toast("Use letters, digits, '.', '_' or '-' for the annotator name", true); e.target.value = S.user; return; }
+  S.user = name;
+  localStorage.setItem("fedpoint.user", name);
+  if (S.meta) showSlice(S.slice);
+});
+
+window.addEventListener("resize", render);
+
+// ------------------------------------------------------------------------------------- start
+let started = false;
+async function start() {
+  if (started) return;
+  started = true;
+  await refreshStatus();
+  await refreshImages();
+  setInterval(refreshStatus, 3000);
+  const first = S.images.find((i) => !i.labelled) || S.images[0];
+  if (first) await openImage(first.id);
+}
+
+S.user = localStorage.getItem("fedpoint.user") || "web";
+$("user-name").value = S.user;
+S.token = readToken();
+if (S.token) {
+  api("/api/status").then(start).catch((err) => { if (!$("token-dialog").open) toast(err.message, true); });
+} else {
+  askToken();
+}

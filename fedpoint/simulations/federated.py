@@ -1,0 +1,119 @@
+"""Simulated federations from Python: the same ServerApp and ClientApp as `flwr run . local`, on
+Flower's simulation engine (`flwr.simulation.run_simulation`, Ray backend, one CPU per virtual
+site).
+
+`run_simulation` hands the apps an empty run config, so the apps are built with the federation's
+config as their defaults. The simulation runs in a child process of its own process group, so a
+timeout can stop it together with its Ray workers, and two simulations never share a Ray runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from fedpoint.shared.protocol import FederationConfig
+
+SUMMARY_FILE = "federation.json"  # written by the ServerApp's strategy into output-dir
+
+
+def run_federation(config: Mapping, num_sites: int, *, timeout: float = 1800.0, verbose: bool = False) -> dict:
+    """Run a simulated federation and return its summary (rounds, per-round bytes up/down per site,
+    per-round metrics, bank versions written). `config` holds run-config keys (kebab-case)."""
+    fed = FederationConfig.from_run_config(config)
+    if fed.output_path is None:
+        raise ValueError("run_federation reads its results from output-dir: set output-dir")
+    before = len(_rounds(fed.output_path))
+    t0 = time.perf_counter()
+    _run_isolated(fed.to_run_config(), num_sites, timeout, verbose)
+    seconds = time.perf_counter() - t0
+    return summarize(fed, _rounds(fed.output_path)[before:], seconds)
+
+
+def simulate(run_config: dict, num_sites: int, verbose: bool = False) -> None:
+    """Run the simulation in this process (what the child process does)."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    from flwr.simulation import run_simulation
+
+    from fedpoint.client.client_app import build_client_app
+    from fedpoint.server.server_app import build_server_app
+
+    run_simulation(
+        server_app=build_server_app(run_config),
+        client_app=build_client_app(run_config),
+        num_supernodes=num_sites,
+        backend_name="ray",
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+        verbose_logging=verbose,
+    )
+
+
+def _child(run_config: dict, num_sites: int, verbose: bool) -> None:
+    os.setpgrp()  # Ray's processes join this group, so a timeout can stop them all
+    simulate(run_config, num_sites, verbose)
+
+
+def _run_isolated(run_config: dict, num_sites: int, timeout: float, verbose: bool) -> None:
+    process = multiprocessing.get_context("spawn").Process(target=_child, args=(run_config, num_sites, verbose),
+                                                           name="fedpoint-simulation")
+    process.start()
+    process.join(timeout)
+    if process.is_alive():
+        _stop_group(process)
+        raise TimeoutError(f"the simulated federation did not finish within {timeout:g} s")
+    if process.exitcode != 0:
+        raise RuntimeError(f"the simulated federation failed (exit code {process.exitcode}); see the log above")
+
+
+def _stop_group(process) -> None:
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        process.join(wait)
+        if not process.is_alive():
+            return
+
+
+# ------------------------------------------------------------------------------ results
+def _rounds(output: Path) -> list[dict]:
+    path = output / SUMMARY_FILE
+    return json.loads(path.read_text())["rounds"] if path.exists() else []
+
+
+def summarize(fed: FederationConfig, rounds: list[dict], seconds: float) -> dict:
+    from fedpoint.server.banks import BankStore
+
+    store = BankStore(fed.bank_store_path)
+    return {
+        "rounds": len(rounds),
+        "seconds": round(seconds, 1),
+        "round_numbers": [r["round"] for r in rounds],
+        "bytes": [{site: {"up": s["bytes_up"], "down": s["bytes_down"]} for site, s in r["sites"].items()} for r in rounds],
+        "metrics": [round_metrics(r) for r in rounds],
+        "status": [{site: s["status"] for site, s in r["sites"].items()} for r in rounds],
+        "versions_written": [r["versions"] for r in rounds],
+        "banks": {bank: store.versions(bank) for bank in store.banks()},
+        "bank_store": str(store.root),
+        "output_dir": str(fed.output_path),
+    }
+
+
+def round_metrics(entry: dict) -> dict[str, float]:
+    """Weighted (by accepted cases) means of the accepted sites' metrics in one round."""
+    sums: dict[str, float] = {}
+    total = 0.0
+    for site in entry["sites"].values():
+        if site["status"] != "accepted":
+            continue
+        total += site["weight"]
+        for key, value in site["metrics"].items():
+            sums[key] = sums.get(key, 0.0) + site["weight"] * float(value)
+    return {k: round(v / total, 4) for k, v in sorted(sums.items())} if total else {}

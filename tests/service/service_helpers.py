@@ -1,0 +1,85 @@
+"""Helpers for the service tests: a site folder, the real service on a socket, payload decoding."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def write_images(folder: Path, blob) -> dict[str, np.ndarray]:
+    """Three 2D blob images (.npy) and one 3D volume (.nii.gz); returns their ground-truth masks."""
+    import nibabel as nib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    masks = {}
+    for i in range(3):
+        image, mask = blob((48, 48), seed=i)
+        np.save(folder / f"img{i}.npy", image[0])
+        masks[f"img{i}"] = mask
+    volume, mask = blob((40, 40, 8), seed=7)
+    nib.save(nib.Nifti1Image(volume[0] * 1000.0, np.diag([0.8, 0.8, 2.5, 1.0])), str(folder / "vol.nii.gz"))
+    masks["vol"] = mask
+    return masks
+
+
+class LiveServer:
+    """The real service (uvicorn) on 127.0.0.1 at a port the OS picks, in a thread of this process."""
+
+    def __init__(self, config):
+        import uvicorn
+
+        from fedpoint.client.service import create_app
+
+        self.app = create_app(config)
+        self.state = self.app.state.service
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning",
+                                                   lifespan="on", ws="none"))
+        self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the service did not start within 30 s")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.client = httpx.Client(base_url=self.url, headers=AUTH, timeout=120)
+        self.anonymous = httpx.Client(base_url=self.url, timeout=60)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.client.close()
+        self.anonymous.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=150)
+
+
+def unpack(payload: dict) -> np.ndarray:
+    """The page's mask encoding back to a (x, y) bool array."""
+    import base64
+
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(payload["bits"]), dtype=np.uint8))
+    rows = bits[: payload["width"] * payload["height"]].reshape(payload["height"], payload["width"])
+    return rows.T.astype(bool)
+
+
+def multipart_parts(response: httpx.Response) -> dict[str, tuple[str | None, bytes]]:
+    """name -> (filename, bytes) of a multipart/form-data response, parsed by the standard library."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    raw = f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode() + response.content
+    message = BytesParser(policy=HTTP).parsebytes(raw)
+    parts = {}
+    for part in message.iter_parts():
+        parts[part.get_param("name", header="content-disposition")] = (part.get_filename(), part.get_payload(decode=True))
+    return parts
