@@ -50,7 +50,7 @@ def evaluate(
     images: Optional[int] = typer.Option(None, min=1, help="Stop after this many images."),
     shift: str = typer.Option("none", help="Acquisition shift applied to every image (see `fedpoint data sites`)."),
     size: int = typer.Option(128, min=16, help="Side of the 2D crops around each object."),
-    lr: float = typer.Option(1e-3, min=0.0, help="Adapter learning rate."),
+    lr: Optional[float] = typer.Option(None, min=0.0, help="Adapter learning rate (default: the adapter kind's)."),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="Write per-image results and the summary as JSON."),
     store: Optional[Path] = typer.Option(None, help="Site store for the annotation cache (default: a temporary folder)."),

@@ -26,7 +26,8 @@ def serve(
     except ServiceConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    from fedpoint.client.service import create_app, serve as run_service
+    from fedpoint.client.service import create_app
+    from fedpoint.client.service import serve as run_service
 
     try:
         app_ = create_app(cfg)

@@ -14,7 +14,7 @@ from fedpoint.client.episodes import EpisodeScheduler, RegressionGuard
 from fedpoint.client.model import SiteModel
 from fedpoint.client.session import AnnotationSession
 from fedpoint.client.store import SiteStore
-from fedpoint.shared.adapters import Adapter, State, make_adapter
+from fedpoint.shared.adapters import Adapter, State, load_adapter, make_adapter
 from fedpoint.shared.config import AdaptationConfig, AdapterConfig
 from fedpoint.shared.model import load_base
 
@@ -39,12 +39,11 @@ class SiteEngine:
                adapter_dir: str | Path | None = None) -> "SiteEngine":
         """Load the base, open the adapter kind and (optionally) resume the store's current adapter."""
         net, model_cfg, _card = load_base(base, device)
-        adapt = make_adapter(net, adapter)
         if isinstance(store, (str, Path)):
             store = SiteStore(store)
         resume = adapter_dir or (store.current_adapter() if store is not None else None)
-        if resume is not None:
-            adapt.load(resume)
+        # a saved adapter brings its own kind and settings (an exported bank may use LoRA rank 2, say)
+        adapt = load_adapter(net, resume) if resume is not None else make_adapter(net, adapter)
         model = SiteModel(adapt, model_cfg, adaptation or AdaptationConfig(), device)
         return cls(model, store, campaign_size, background_episodes)
 

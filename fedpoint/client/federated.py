@@ -93,7 +93,7 @@ def simulated_site(sites_config: str, partition: int, size: int):
 def _load_base(spec: str, mtime: float):
     from fedpoint.shared.model import base_fingerprint, load_base
 
-    net, cfg, card = load_base(spec)
+    net, cfg, _card = load_base(spec)
     return net, cfg, base_fingerprint(net)
 
 
@@ -126,7 +126,9 @@ def train_round(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstr
         model = SiteModel(adapter, model_cfg, adaptation)
         weight, metrics = annotate_next(model, store, site, instruction, fed)
     else:
-        model = SiteModel(adapter, model_cfg, adaptation.with_mode("mid+post+episodes"))
+        episodes = AdaptationConfig(**{**adaptation.model_dump(), "mode": "mid+post+episodes",
+                                       "episode_epochs": instruction.local_epochs})
+        model = SiteModel(adapter, model_cfg, episodes)
         weight, metrics = episode_on_cache(model, store)
     metrics = {P.NUM_EXAMPLES: weight, **metrics, "seconds": round(time.perf_counter() - t0, 3),
                "bank-version": instruction.bank_version}

@@ -28,10 +28,14 @@ class SiteModel:
         self.adapt_cfg = adapt_cfg or AdaptationConfig()
         self.device = torch.device(device)
         self.net = adapter.net.to(self.device).eval()  # instance norm: eval and train behave alike
-        self.optimizer = torch.optim.Adam(adapter.trainable_parameters(), lr=self.adapt_cfg.lr)
+        self.optimizer = torch.optim.Adam(adapter.trainable_parameters(), lr=self.lr)
         self.lock = threading.RLock()
         self.version = 0
         self.steps = 0
+
+    @property
+    def lr(self) -> float:
+        return self.adapt_cfg.lr or self.adapter.default_lr
 
     # ------------------------------------------------------------------------------ inputs
     def image_tensor(self, image: np.ndarray) -> torch.Tensor:
@@ -80,5 +84,5 @@ class SiteModel:
         with self.lock:
             self.adapter.load_state(state)
             if reset_optimizer:
-                self.optimizer = torch.optim.Adam(self.adapter.trainable_parameters(), lr=self.adapt_cfg.lr)
+                self.optimizer = torch.optim.Adam(self.adapter.trainable_parameters(), lr=self.lr)
             self.version += 1

@@ -10,6 +10,7 @@ wrapped in Flower's client-side fixed-clipping DP when `dp-noise-multiplier` > 0
 from __future__ import annotations
 
 from collections.abc import Mapping
+from logging import INFO
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
@@ -17,6 +18,7 @@ from flwr.supercore import log
 
 from fedpoint.server.banks import BankStore
 from fedpoint.server.routing import GENERAL
+from fedpoint.server.strategy import BankStrategy, PrivateBankStrategy
 from fedpoint.shared import protocol as P
 
 SUMMARY_FILE = "federation.json"
@@ -34,10 +36,6 @@ def build_server_app(defaults: Mapping | None = None) -> ServerApp:
 
 def run_coordinator(grid: Grid, fed: P.FederationConfig) -> list[dict]:
     """Run the federation's rounds; returns the per-round summary (also in output-dir)."""
-    from logging import INFO
-
-    from fedpoint.server.strategy import BankStrategy, PrivateBankStrategy
-
     adapter = base_adapter(fed)
     store = BankStore(fed.bank_store_path)
     last_round = open_banks(store, adapter)

@@ -71,7 +71,7 @@ class AdaptationConfig(_Strict):
     """Online adaptation at a site: mid- and post-interaction updates and CLoPA-style episodes."""
 
     mode: str = "mid+post"
-    lr: float = Field(1e-3, gt=0, le=1.0)
+    lr: float | None = Field(None, gt=0, le=1.0, description="None: the adapter kind's default (Adapter.default_lr)")
     mid_steps: int = Field(1, ge=0, le=20)
     post_steps: int = Field(1, ge=0, le=20)
     post_clicks: int = Field(10, ge=0, le=100, description="artificial clicks in stage 2, largest error components")

@@ -45,6 +45,7 @@ BASE_FINGERPRINT = "base-fingerprint"
 ADAPTER_KIND = "adapter-kind"
 ADAPTER_CONFIG = "adapter-config"  # AdapterConfig as JSON
 IMAGES = "images"
+LOCAL_EPOCHS = "local-epochs"
 CLICKS = "clicks"
 MODE = "mode"
 LR = "lr"
@@ -86,6 +87,7 @@ class FederationConfig(BaseModel):
     lora_rank: int = Field(4, ge=1, le=64)
     lora_freeze_a: bool = True
     images_per_round: int = Field(3, ge=1, description="simulation: images each site annotates per round")
+    local_epochs: int = Field(4, ge=1, le=100, description="deployment: epochs of the episode a site runs per round")
     clicks: int = Field(5, ge=1, le=50)
     mode: str = "mid+post"
     lr: float = Field(1e-3, gt=0, le=1.0)
@@ -160,6 +162,7 @@ class RoundInstruction(BaseModel):
     base_fingerprint: str
     adapter: AdapterConfig
     images: int = Field(ge=1)
+    local_epochs: int = Field(4, ge=1)
     clicks: int = Field(ge=1)
     mode: str
     lr: float = Field(gt=0)
@@ -176,6 +179,7 @@ class RoundInstruction(BaseModel):
             ADAPTER_KIND: self.adapter.kind,
             ADAPTER_CONFIG: json.dumps(self.adapter.model_dump(mode="json"), sort_keys=True),
             IMAGES: self.images,
+            LOCAL_EPOCHS: self.local_epochs,
             CLICKS: self.clicks,
             MODE: self.mode,
             LR: self.lr,
@@ -194,7 +198,8 @@ class RoundInstruction(BaseModel):
         return cls(
             server_round=config[SERVER_ROUND], bank=config[BANK], bank_version=config[BANK_VERSION],
             base_fingerprint=config[BASE_FINGERPRINT], adapter=adapter,
-            images=config.get(IMAGES, 1), clicks=config.get(CLICKS, 5), mode=config.get(MODE, "mid+post"),
+            images=config.get(IMAGES, 1), local_epochs=config.get(LOCAL_EPOCHS, 4), clicks=config.get(CLICKS, 5),
+            mode=config.get(MODE, "mid+post"),
             lr=config.get(LR, 1e-3), size=config.get(SIZE, 96), seed=config.get(SEED, 0),
             clipping_norm=config.get(CLIPPING_NORM),
         )
@@ -202,8 +207,8 @@ class RoundInstruction(BaseModel):
 
 def instruction_settings(fed: FederationConfig) -> dict:
     """The run-config settings every instruction carries (the coordinator is their authority)."""
-    return {"adapter": fed.adapter_config(), "images": fed.images_per_round, "clicks": fed.clicks,
-            "mode": fed.mode, "lr": fed.lr, "size": fed.size, "seed": fed.seed}
+    return {"adapter": fed.adapter_config(), "images": fed.images_per_round, "local_epochs": fed.local_epochs,
+            "clicks": fed.clicks, "mode": fed.mode, "lr": fed.lr, "size": fed.size, "seed": fed.seed}
 
 
 def check_reply_config(config: Mapping) -> None:

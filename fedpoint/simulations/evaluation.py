@@ -24,7 +24,7 @@ class EvaluationSpec(BaseModel):
     images: Optional[int] = Field(None, ge=1)
     shift: str = "none"
     size: int = Field(128, ge=16)
-    lr: float = Field(1e-3, gt=0)
+    lr: Optional[float] = Field(None, gt=0)
     seed: int = 0
     strict: bool = False
 

@@ -9,8 +9,9 @@ strategies to compare, read from TOML and validated by pydantic.
     adapter = "norm"
     seeds = [0]
     strategies = ["frozen", "local-online", "fed-banks"]   # default: all seven
-    lr = 0.001
-    [adaptation]          # optional AdaptationConfig fields (not mode, lr or seed)
+    lr = 0.01
+    full_lr = 0.001       # fed-full tunes every weight: a smaller step
+    [adaptation]          # optional episode_* fields of AdaptationConfig
     episode_epochs = 3
     [full]                # optional overrides used by `--full`
     seeds = [0, 1, 2]
@@ -39,7 +40,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 # Keys `--full` may override; the sites stay as declared (their stream lengths follow the rounds).
-FULL_OVERRIDABLE = ("rounds", "images_per_round", "clicks", "size", "seeds", "strategies", "adaptation", "lr")
+FULL_OVERRIDABLE = ("rounds", "images_per_round", "clicks", "size", "seeds", "strategies", "adaptation", "lr", "full_lr")
 
 
 class ExperimentError(ValueError):
@@ -57,6 +58,8 @@ class ExperimentConfig(BaseModel):
     size: int = Field(96, ge=16, le=1024, description="side of the 2D samples, in pixels")
     adapter: str = Field("norm", description="adapter kind of the local and banked strategies (fed-full is always full)")
     lr: float = Field(1e-3, gt=0, le=1.0, description="learning rate of the online updates")
+    full_lr: float | None = Field(None, gt=0, le=1.0, description="learning rate when every weight is tuned "
+                                  "(fed-full, or adapter = full); default: lr")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     strategies: list[str] = Field(default_factory=lambda: list(STRATEGY_NAMES), min_length=1)
     base: str | None = Field(None, description="base checkpoint name or path; default: the packaged base2d")
@@ -90,9 +93,12 @@ class ExperimentConfig(BaseModel):
     @field_validator("adaptation")
     @classmethod
     def _valid_adaptation(cls, fields: dict[str, Any]) -> dict[str, Any]:
-        for key, why in (("mode", "each strategy sets it"), ("lr", "use the top-level lr"), ("seed", "seeds come from `seeds`")):
-            if key in fields:
-                raise ValueError(f"{key}: leave it out ({why})")
+        # The federated ClientApp adapts with mode, lr and seed only (AdaptationConfig defaults for
+        # the rest), so only the episode settings, which it never uses, may differ from the defaults.
+        for key in fields:
+            if not key.startswith("episode_"):
+                raise ValueError(f"{key}: only episode_* settings may be set here (mode, lr and seed come from "
+                                 "the strategy, `lr` and `seeds`; the federated sites use the other defaults)")
         try:
             AdaptationConfig(**fields)
         except ValidationError as err:
@@ -114,8 +120,13 @@ class ExperimentConfig(BaseModel):
         return self
 
     # -------------------------------------------------------------------------------- derived
-    def adaptation_config(self, mode: str, seed: int) -> AdaptationConfig:
-        return AdaptationConfig(**{**self.adaptation, "mode": mode, "lr": self.lr, "seed": seed})
+    def lr_for(self, adapter_kind: str) -> float:
+        """Tuning every weight wants a smaller step than tuning a few norm affines."""
+        return self.full_lr if adapter_kind == "full" and self.full_lr is not None else self.lr
+
+    def adaptation_config(self, mode: str, seed: int, adapter_kind: str | None = None) -> AdaptationConfig:
+        lr = self.lr_for(adapter_kind or self.adapter)
+        return AdaptationConfig(**{**self.adaptation, "mode": mode, "lr": lr, "seed": seed})
 
     def site_rounds(self, site: SiteSpec) -> int:
         """Rounds a site takes part in: `join_round = j` misses the first j of them."""

@@ -254,7 +254,8 @@ def write_report(results: dict, path, plots: Sequence[str] = ()) -> str:
         "",
         f"{len(exp['sites'])} sites ({', '.join(results['data']['modalities'])}), {exp['rounds']} rounds of "
         f"{exp['images_per_round']} images per site, {exp['clicks']} simulated clicks per image, "
-        f"{exp['size']}×{exp['size']} px, adapter `{exp['adapter']}`, seeds {exp['seeds']}. "
+        f"{exp['size']}×{exp['size']} px, adapter `{exp['adapter']}` (lr {exp.get('lr')}"
+        + (f"; fed-full lr {exp['full_lr']}" if exp.get("full_lr") else "") + f"), seeds {exp['seeds']}. "
         f"Means over {'shifted sites' if scope == 'shifted' else 'all sites (none is shifted)'} from round 0"
         + (" and seeds, ± sd over seeds." if len(exp["seeds"]) > 1 else " (one seed: no sd)."),
         "",

@@ -2,7 +2,7 @@
 
 Local strategies run the site code directly (`SiteEngine` + `run_stream`), one engine and one
 site store per site; federated ones run the Flower ServerApp and ClientApp on Flower's simulation
-engine (`fedpoint.simulations.federation`). All of them annotate the same streams with the same
+engine (`fedpoint.simulations.federated.run_federation`). All of them annotate the same streams with the same
 simulated user, so their per-image records line up by (seed, site, index).
 """
 
@@ -81,28 +81,38 @@ def run_local(strategy: Strategy, experiment, seed: int, sites: list, work, on_i
     Returns {"images": [...], "rounds": [...], "episodes": [...]}."""
     from pathlib import Path
 
-    from fedpoint.client.engine import SiteEngine
-    from fedpoint.client.evaluate import run_stream
-
     images, rounds, episodes = [], [], []
     for site in sites:
-        engine = SiteEngine.create(
-            experiment.base, strategy.adapter_kind(experiment.adapter), experiment.adaptation_config(strategy.mode, seed),
-            store=Path(work) / site.name, campaign_size=len(site.samples), background_episodes=False)
-
-        def tick(i: int, raw: dict, site=site) -> None:
-            rec = image_record(raw, strategy=strategy.name, seed=seed, site=site,
-                               round_=local_round(site, i, experiment.images_per_round))
-            images.append(rec)
-            if on_image is not None:
-                on_image(rec)
-
-        run_stream(engine, site.samples, experiment.clicks, on_image=tick)
+        records, engine = annotate_site(strategy, experiment, seed, site, Path(work) / site.name, on_image)
         if engine.scheduler is not None:
             episodes += [{"strategy": strategy.name, "seed": seed, "site": site.name, **r.as_dict()}
                          for r in engine.scheduler.results]
-        rounds += local_rounds(strategy.name, seed, site.name, [r for r in images if r["site"] == site.name])
+        images += records
+        rounds += local_rounds(strategy.name, seed, site.name, records)
     return {"images": images, "rounds": rounds, "episodes": episodes}
+
+
+def annotate_site(strategy: Strategy, experiment, seed: int, site, store_dir, on_image=None, adapter_dir=None):
+    """One site's whole stream through its own `SiteEngine` (starting from `adapter_dir` if given);
+    returns (image records, engine)."""
+    from fedpoint.client.engine import SiteEngine
+    from fedpoint.client.evaluate import run_stream
+
+    kind = strategy.adapter_kind(experiment.adapter)
+    engine = SiteEngine.create(
+        experiment.base, kind, experiment.adaptation_config(strategy.mode, seed, kind),
+        store=store_dir, campaign_size=len(site.samples), background_episodes=False, adapter_dir=adapter_dir)
+    records: list[dict] = []
+
+    def tick(i: int, raw: dict) -> None:
+        rec = image_record(raw, strategy=strategy.name, seed=seed, site=site,
+                           round_=local_round(site, i, experiment.images_per_round))
+        records.append(rec)
+        if on_image is not None:
+            on_image(rec)
+
+    run_stream(engine, site.samples, experiment.clicks, on_image=tick)
+    return records, engine
 
 
 def local_round(site, index: int, images_per_round: int) -> int:
@@ -154,8 +164,6 @@ def run_late_joiners(strategy: Strategy, experiment, seed: int, late: list, work
     updates. Their first images measure cold start; they send nothing back."""
     from pathlib import Path
 
-    from fedpoint.client.engine import SiteEngine
-    from fedpoint.client.evaluate import run_stream
     from fedpoint.server.banks import BankStore
     from fedpoint.server.routing import bank_for_site
     from fedpoint.shared.payload import payload_nbytes
@@ -167,25 +175,12 @@ def run_late_joiners(strategy: Strategy, experiment, seed: int, late: list, work
     for site in late:
         bank = bank_for_site(site.modality, strategy.bank_strategy, store.banks())
         received = store.latest(bank)
-        folder = store.export(bank, received.version, Path(work) / "late" / site.name / "bank", base=experiment.base,
-                              overwrite=True)
-        engine = SiteEngine.create(
-            experiment.base, strategy.adapter_kind(experiment.adapter), experiment.adaptation_config(strategy.mode, seed),
-            store=Path(work) / "late" / site.name / "store", campaign_size=len(site.samples),
-            background_episodes=False, adapter_dir=folder)
-        mine: list[dict] = []
-
-        def tick(i: int, raw: dict, site=site, mine=mine) -> None:
-            rec = image_record(raw, strategy=strategy.name, seed=seed, site=site,
-                               round_=local_round(site, i, experiment.images_per_round))
-            mine.append(rec)
-            if on_image is not None:
-                on_image(rec)
-
-        run_stream(engine, site.samples, experiment.clicks, on_image=tick)
-        site_rounds = local_rounds(strategy.name, seed, site.name, mine)
+        folder = Path(work) / "late" / site.name
+        exported = store.export(bank, received.version, folder / "bank", base=experiment.base, overwrite=True)
+        records, _ = annotate_site(strategy, experiment, seed, site, folder / "store", on_image, adapter_dir=exported)
+        site_rounds = local_rounds(strategy.name, seed, site.name, records)
         site_rounds[0]["bytes_down"] = payload_nbytes(received.state)  # the bank it received on joining
-        images += mine
+        images += records
         rounds += site_rounds
         banks.append({"site": site.name, "bank": bank, "version": received.version})
     return {"images": images, "rounds": rounds, "banks": banks}
@@ -199,7 +194,7 @@ def federation_run_config(strategy: Strategy, experiment, seed: int, sites_toml,
         "images-per-round": experiment.images_per_round,
         "clicks": experiment.clicks,
         "mode": strategy.mode,
-        "lr": experiment.lr,
+        "lr": experiment.lr_for(strategy.adapter_kind(experiment.adapter)),
         "sites-config": str(sites_toml),
         "size": experiment.size,
         "base": experiment.base or "",

@@ -54,4 +54,10 @@ def fast_run_config(tiny_base_2d, blob_sites, tmp_path):
         "sites-config": str(blob_sites),
         "output-dir": str(tmp_path / "federation"),
         "round-timeout": 240.0,
+        "local-epochs": 1,
     }
+
+
+@pytest.fixture(name="write_sites_config")
+def write_sites_config_fixture():
+    return write_sites_config

@@ -8,7 +8,6 @@ import time
 
 import nibabel as nib
 import numpy as np
-
 from service_helpers import multipart_parts, unpack
 
 
@@ -174,3 +173,39 @@ def test_active_learning_strategies(live, site):
                   files={"label": ("l.nii.gz", gzip.compress(nib.Nifti1Image(vol, np.eye(4)).to_bytes()))}).json()
     assert saved["cases"] == ["vol.z0002", "vol.z0003"]
     assert c.post("/activelearning/first", json={}).json() == {}  # nothing left to label
+
+
+def test_a_3d_model_annotates_the_whole_volume(make_config, site, tiny_base_3d):
+    from service_helpers import LiveServer
+
+    with LiveServer(make_config(base=str(tiny_base_3d))) as live:
+        c = live.client
+        assert c.get("/info/").json()["models"]["fedpoint"]["dimension"] == 3
+        refused = c.post("/api/sessions/img0/click", json={"point": [24, 24]})
+        assert refused.status_code == 422 and "2D image" in refused.json()["detail"]
+        meta = c.get("/api/images/vol").json()
+        assert not meta["per_slice"]
+        r = c.post("/api/sessions/vol/click", json={"point": [20, 20, 4], "positive": True}).json()
+        assert r["slice"] == 4 and r["clicks"] == [{"point": [20, 20, 4], "positive": True}]
+        view = c.get("/api/sessions/vol", params={"slice": 5}).json()
+        assert view["clicks"] == r["clicks"]  # one session for the whole volume
+        volume = np.zeros((40, 40, 8), np.uint8)
+        volume[15:25, 15:25, 3:6] = 1
+        saved = c.put("/datastore/label", params={"image": "vol"},
+                      files={"label": ("l.nii.gz", gzip.compress(nib.Nifti1Image(volume, np.eye(4)).to_bytes()))})
+        assert saved.status_code == 200 and saved.json()["cases"] == ["vol"]
+        assert np.load(site["store"] / "cache" / "vol" / "image.npy").shape == (1, 40, 40, 8)
+
+
+def test_png_and_rgb_images_are_read(make_config, site):
+    from PIL import Image
+    from service_helpers import LiveServer
+
+    rgb = np.zeros((30, 40, 3), np.uint8)  # PIL: 30 rows, 40 columns
+    rgb[10:20, 5:15] = (200, 180, 160)
+    Image.fromarray(rgb).save(site["images"] / "photo.png")
+    with LiveServer(make_config()) as live:
+        meta = live.client.get("/api/images/photo").json()
+        assert meta["shape"] == [40, 30]  # (x, y): columns first, as fedpoint reads every file
+        r = live.client.post("/api/sessions/photo/click", json={"point": [10, 15]})
+        assert r.status_code == 200 and r.json()["mask"]["width"] == 40

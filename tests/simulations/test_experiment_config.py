@@ -60,6 +60,7 @@ def test_full_overrides_and_keyword_overrides():
     ({"lr": -1}, "lr"),
     ({"adaptation": {"episode_epochs": 0}}, "adaptation"),
     ({"adaptation": {"mode": "frozen"}}, "adaptation"),
+    ({"adaptation": {"mid_steps": 3}}, "adaptation"),
     ({"colour": "red"}, "colour"),
 ])
 def test_bad_values_name_the_field(fields, where):

@@ -7,10 +7,10 @@ in a TOML file are read relative to that file's folder, so a site folder can be 
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedpoint.client.store import check_id

@@ -111,7 +111,7 @@ def api_router(state: ServiceState, require) -> APIRouter:
         if entry is None:
             mask = np.zeros(loaded.shape[:2], dtype=bool)
         else:
-            mask = state.slice_of(loaded, entry.session.mask, slice)
+            mask = state.slice_of(entry.session.mask, slice)
         return {"mask": mask_payload(mask), "clicks": clicks_of(entry, z), "slice": slice}
 
     @router.post("/sessions/{image_id}/click")
@@ -120,7 +120,7 @@ def api_router(state: ServiceState, require) -> APIRouter:
         loaded = state.load(image_id)
         shown = result.slice if result.slice is not None else (int(round(body.point[2])) if loaded.ndim == 3 else 0)
         entry = state.sessions.get((image_id, user, result.slice))
-        return {"mask": mask_payload(state.slice_of(loaded, result.mask, shown)), "slice": shown,
+        return {"mask": mask_payload(state.slice_of(result.mask, shown)), "slice": shown,
                 "clicks": clicks_of(entry, result.slice), "server_ms": round(result.seconds * 1e3, 2),
                 "predict_ms": round(result.predict_ms, 2), "update_ms": round(result.update_ms, 2)}
 
@@ -130,7 +130,7 @@ def api_router(state: ServiceState, require) -> APIRouter:
         z = body.slice if state.sliced(loaded) else None
         mask, _ = state.undo(image_id, user, z)
         entry = state.sessions.get((image_id, user, z))
-        return {"mask": mask_payload(state.slice_of(loaded, mask, body.slice or 0)), "clicks": clicks_of(entry, z)}
+        return {"mask": mask_payload(state.slice_of(mask, body.slice or 0)), "clicks": clicks_of(entry, z)}
 
     @router.post("/sessions/{image_id}/accept")
     def accept(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:

@@ -100,6 +100,8 @@ class ServiceState:
     def locate(self, loaded: LoadedImage, point, slice_index: int | None = None) -> tuple[int | None, tuple[int, ...]]:
         """(slice or None, the point in the session's image), refusing points outside the image."""
         point = list(point)
+        if not all(isinstance(p, (int, float)) and np.isfinite(p) for p in point):
+            raise InputError(f"point {point} must hold finite numbers (image index space)")
         if self.sliced(loaded) and len(point) == 2 and slice_index is not None:
             point.append(slice_index)
         try:
@@ -113,7 +115,8 @@ class ServiceState:
             return loaded.model_input
         return np.ascontiguousarray(loaded.model_input[..., slice_index])
 
-    def slice_of(self, loaded: LoadedImage, mask: np.ndarray, slice_index: int) -> np.ndarray:
+    @staticmethod
+    def slice_of(mask: np.ndarray, slice_index: int) -> np.ndarray:
         """The 2D mask shown for a slice: the session's own mask, or a slice of a 3D one."""
         return mask if mask.ndim == 2 else mask[..., slice_index]
 

@@ -123,7 +123,7 @@ async function refreshStatus() {
   $("site-modality").textContent = st.modality;
   document.title = `fedpoint · ${st.site}`;
   const a = st.adapter;
-  $("st-adapter").textContent = `${a.kind} v${a.saved_version} · ${a.online_steps} steps`;
+  $("st-adapter").textContent = `${a.kind} v${a.saved_version} · ${a.online_steps} step${a.online_steps === 1 ? "" : "s"}`;
   $("st-cache").textContent = `${st.cache.cases} case${st.cache.cases === 1 ? "" : "s"}`;
   const ep = $("st-episode");
   const last = st.last_episode;

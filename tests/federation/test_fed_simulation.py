@@ -1,0 +1,91 @@
+"""Simulated federations on Flower's simulation engine (Ray), with the real ServerApp and ClientApp,
+the tiny base and small real image files."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from fedpoint.server.banks import BankStore
+from fedpoint.simulations.federated import run_federation
+
+pytestmark = pytest.mark.flower
+
+
+def test_simulated_federation_fills_the_bank_store_despite_a_failing_site(fast_run_config, blob_sites, tmp_path,
+                                                                      write_sites_config):
+    sites = write_sites_config(tmp_path / "sites.toml", [
+        ("mr-site", str(blob_sites.parent / "mr")),
+        ("ct-site", str(blob_sites.parent / "ct")),
+        ("broken-site", str(tmp_path / "no-such-dataset")),  # its ClientApp fails every round
+    ])
+    summary = run_federation({**fast_run_config, "sites-config": str(sites)}, num_sites=3, timeout=480)
+
+    assert summary["rounds"] == 2 and summary["round_numbers"] == [1, 2]
+    for status in summary["status"]:
+        assert status["mr-site"] == status["ct-site"] == "accepted"
+        assert [s for name, s in status.items() if name not in ("mr-site", "ct-site")] == ["failed"]
+    assert summary["banks"] == {"general": [1, 2, 3], "modality-ct": [1, 2], "modality-mr": [1, 2]}
+    for round_bytes in summary["bytes"]:
+        assert round_bytes["mr-site"]["up"] == round_bytes["mr-site"]["down"] > 0
+    assert 0 <= summary["metrics"][-1]["dice1"] <= 1
+
+    store = BankStore(summary["bank_store"])
+    assert store.latest("modality-mr").manifest["round"] == 2
+    assert len(store.latest("general").manifest["sites"]) == 2  # hashed ids of the two good sites
+    output = tmp_path / "federation"
+    assert sorted(p.name for p in (output / "records" / "mr-site").iterdir()) == ["round-0001.json", "round-0002.json"]
+    site_log = [json.loads(line)["event"] for line in (output / "sites" / "ct-site" / "log.jsonl").read_text().splitlines()]
+    assert site_log.count("federation-round") == 2 and site_log.count("bank") == 2
+
+
+@pytest.mark.slow
+def test_a_coordinator_killed_mid_federation_resumes_with_nothing_lost(fast_run_config, tmp_path):
+    config = {**fast_run_config, "num-server-rounds": 8}
+    store = BankStore(tmp_path / "federation" / "banks")
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(error=_run(config)), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and len(store.versions("general")) < 2:
+        time.sleep(1)
+    assert len(store.versions("general")) >= 2, "round 1 never finished"
+    child = next(p for p in multiprocessing.active_children() if p.name == "fedpoint-simulation")
+    os.killpg(child.pid, signal.SIGKILL)  # the coordinator (and its sites) die mid-federation
+    runner.join(60)
+    assert isinstance(outcome.get("error"), RuntimeError)
+    before = {bank: store.versions(bank) for bank in store.banks()}
+    last = store.latest("general")
+
+    summary = run_federation({**config, "num-server-rounds": 1}, num_sites=2, timeout=400)
+    resumed = store.latest("general")
+    assert summary["round_numbers"] == [last.manifest["round"] + 1]
+    assert (resumed.version, resumed.manifest["parent"]) == (last.version + 1, last.version)
+    for bank, versions in before.items():  # every version written before the kill is still there
+        assert store.versions(bank)[: len(versions)] == versions
+
+
+def _run(config):
+    try:
+        run_federation(config, num_sites=2, timeout=600)
+    except Exception as err:  # noqa: BLE001 - the test inspects it
+        return err
+    return None
+
+
+@pytest.mark.slow
+def test_central_dp_clips_at_the_sites_and_noises_the_banks(fast_run_config):
+    summary = run_federation({**fast_run_config, "dp-noise-multiplier": 0.5, "dp-clipping-norm": 0.01},
+                             num_sites=2, timeout=480)
+    assert summary["banks"] == {"general": [1, 2, 3], "modality-ct": [1, 2], "modality-mr": [1, 2]}
+    assert summary["metrics"][-1]["dice1"] >= 0
+    dp = BankStore(summary["bank_store"]).latest("general").manifest["dp"]
+    assert dp["noise_multiplier"] == 0.5 and dp["noise_stdv"] == pytest.approx(0.5 * 0.01 / 2)
+    for r in summary["bytes"]:
+        assert all(s["up"] > 0 for s in r.values())

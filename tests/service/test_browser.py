@@ -1,0 +1,87 @@
+"""The page in a real headless Chromium (Debian's package, driven by Playwright; no browser download)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from service_helpers import TOKEN, LiveServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "site-service.png"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (make setup installs it)"),
+]
+
+
+def test_click_overlay_accept_in_a_real_browser(make_config, blob, blob_base_2d, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    images = tmp_path / "ward-images"
+    images.mkdir()
+    for i in range(3):  # larger images than the API tests use, so the screenshot reads well
+        np.save(images / f"case-{i + 1:03d}.npy", blob((128, 128), seed=10 + i)[0][0])
+    store = tmp_path / "ward-store"
+    config = make_config(site="ward-3", images=str(images), store=str(store), base=str(blob_base_2d))
+    with LiveServer(config) as live, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 860}, device_scale_factor=1)
+            external = []  # every request the page makes must go to the service itself
+            page.on("request", lambda r: None if r.url.startswith((live.url, "data:")) else external.append(r.url))
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{live.url}/#token={TOKEN}")
+            viewer = page.locator("#viewer")
+            # The page's CSP forbids eval, so waits go through locator assertions, not wait_for_function.
+            expect(viewer).to_have_attribute("data-image", "case-001", timeout=60_000)
+            expect(viewer).to_have_attribute("data-busy", "0")
+            assert viewer.get_attribute("data-mask-area") == "0"
+            assert "token" not in page.url  # the token left the address bar
+
+            box = page.locator("#canvas").bounding_box()
+            page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # the image centre
+            expect(viewer).to_have_attribute("data-clicks", "1", timeout=60_000)
+            expect(viewer).not_to_have_attribute("data-mask-area", "0")  # the overlay changed
+            area = int(viewer.get_attribute("data-mask-area"))
+            page.mouse.click(box["x"] + box["width"] / 2 + 250, box["y"] + box["height"] / 2 - 250, button="right")
+            expect(viewer).to_have_attribute("data-clicks", "2", timeout=60_000)
+            expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)
+            assert "click → mask" in page.locator("#hud-latency").inner_text()
+            second = int(viewer.get_attribute("data-mask-area"))
+
+            page.keyboard.press("Enter")  # accept
+            expect(viewer).to_have_attribute("data-accepted", "1", timeout=60_000)
+            expect(viewer).to_have_attribute("data-image", "case-002", timeout=60_000)  # on to the next image
+            expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)
+            accepted = store / "cache" / "case-001"
+            assert accepted.is_dir(), "the accepted label is not in the site store's cache"
+
+            page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # the next image, one click
+            expect(viewer).to_have_attribute("data-clicks", "1", timeout=60_000)
+            expect(viewer).not_to_have_attribute("data-mask-area", "0")
+            shot = tmp_path / "site-service.png"
+            page.wait_for_timeout(3500)  # one status refresh, so the chips show live values
+            page.screenshot(path=str(shot))
+            assert shot.stat().st_size > 10_000
+            if os.environ.get("FEDPOINT_SAVE_SCREENSHOT") == "1":
+                SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(shot, SCREENSHOT)
+            assert not errors, errors
+            assert not external, external  # nothing fetched from anywhere else
+        finally:
+            browser.close()
+
+    mask = np.load(accepted / "mask.npy")
+    assert mask.shape == (128, 128) and int(mask.sum()) == second and area > 0
+    meta = json.loads((accepted / "meta.json").read_text())
+    assert meta["user"] == "web" and meta["clicks"] == 2

@@ -1,0 +1,106 @@
+"""Several clinicians at once, and banks from the federation picked up without a restart."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import numpy as np
+import torch
+from service_helpers import AUTH, LiveServer
+
+
+def test_simultaneous_accepts_all_land(live, site):
+    users = ["alice", "bob", "carol", "dave"]
+    images = ["img0", "img0", "img1", "img1"]  # two people on the same image, twice
+    for user, image in zip(users, images):
+        r = live.client.post(f"/api/sessions/{image}/click", json={"point": [24, 24]}, headers={"X-Fedpoint-User": user})
+        assert r.status_code == 200 and r.json()["mask"]["area"] > 0
+    barrier = threading.Barrier(len(users))
+    replies: dict[str, httpx.Response] = {}
+
+    def accept(user: str, image: str) -> None:
+        with httpx.Client(base_url=live.url, headers={**AUTH, "X-Fedpoint-User": user}, timeout=120) as client:
+            barrier.wait()
+            replies[user] = client.post(f"/api/sessions/{image}/accept", json={})
+
+    threads = [threading.Thread(target=accept, args=pair) for pair in zip(users, images)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    assert {u: r.status_code for u, r in replies.items()} == {u: 200 for u in users}
+    cases = sorted(p.name for p in (site["store"] / "cache").iterdir() if not p.name.startswith("."))
+    assert cases == ["img0", "img0.2", "img1", "img1.2"]
+    metas = [json.loads((site["store"] / "cache" / c / "meta.json").read_text()) for c in cases]
+    assert sorted(m["user"] for m in metas) == sorted(users)
+    assert live.client.get("/api/status").json()["cache"]["cases"] == 4
+
+
+def _bank_adapter(base_path, state):
+    from fedpoint.shared.adapters import make_adapter
+    from fedpoint.shared.model import load_base
+
+    net, _, _ = load_base(base_path)
+    adapter = make_adapter(net, "norm+stem")
+    adapter.load_state(state)
+    return adapter
+
+
+def _wait_for_review(live, count: int, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while len(live.state.banks.events) < count:
+        assert time.monotonic() < deadline, "the bank was not reviewed in time"
+        time.sleep(0.1)
+    return live.client.get("/api/status").json()["last_bank"]
+
+
+def test_banks_are_picked_up_without_restart_and_a_worse_one_is_refused(make_config, site, tiny_base_2d):
+    with LiveServer(make_config(adapter="norm+stem")) as live:
+        for image_id in ("img0", "img1"):  # a held-out set for the regression guard
+            mask = site["masks"][image_id].astype(np.uint8)
+            live.client.put("/datastore/label", params={"image": image_id}, files={"label": ("l.npy", _npy(mask))})
+        store = live.state.store
+        store.save_splits({"train": ["img0"], "val": ["img1"]})
+        engine = live.state.engine
+        swaps, versions = engine.model.version, store.adapter_versions()
+
+        current = engine.adapter.state()
+        store.receive_bank("modality-MR", 1, _bank_adapter(tiny_base_2d, current))
+        good = _wait_for_review(live, 1)
+        assert good["bank"] == "modality-MR" and good["version"] == 1 and good["accepted"], good
+        assert engine.model.version == swaps + 1 and len(store.adapter_versions()) == len(versions) + 1
+
+        worse = {k: v.clone() for k, v in engine.adapter.state().items()}
+        head_bias = [k for k in worse if k.endswith("bias") and k.startswith("model.2")][-1]
+        worse[head_bias] = torch.full_like(worse[head_bias], -1e4)  # predicts nothing anywhere
+        before = engine.adapter.state()
+        store.receive_bank("modality-MR", 2, _bank_adapter(tiny_base_2d, worse))
+        refused = _wait_for_review(live, 2)
+        assert refused["version"] == 2 and not refused["accepted"]
+        assert refused["candidate"] < refused["current"]
+        assert all(torch.equal(before[k], v) for k, v in engine.adapter.state().items())  # live adapter untouched
+        assert [e["accepted"] for e in store.read_log() if e["event"] == "bank-review"] == [True, False]
+
+
+def test_a_bank_for_another_base_is_refused_with_the_reason(make_config, tmp_path):
+    from fedpoint.shared.adapters import make_adapter
+    from fedpoint.shared.config import ModelConfig
+    from fedpoint.shared.model import build_model
+
+    with LiveServer(make_config()) as live:
+        torch.manual_seed(123)
+        other = build_model(ModelConfig(channels=(8, 16, 32), strides=(2, 2), num_res_units=1))
+        live.state.store.receive_bank("site-general", 1, make_adapter(other, "norm"))
+        review = _wait_for_review(live, 1)
+        assert not review["accepted"] and "base" in review["reason"]
+
+
+def _npy(mask: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, mask)
+    return buffer.getvalue()

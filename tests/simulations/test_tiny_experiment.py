@@ -1,0 +1,92 @@
+"""The tiny experiment end to end through `fedpoint simulate`: real data, real Flower simulation
+engine, every strategy; then the results schema, the report and the plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fedpoint.simulations.strategies import IMAGE_KEYS, ROUND_KEYS, STRATEGY_NAMES
+
+FEDPOINT = [str(Path(sys.executable).with_name("fedpoint"))]
+HEADLINE_KEYS = ("noc90", "dice3", "dice5", "bytes_per_round", "late_dice3")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_base_2d, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny-experiment")
+    env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+    done = subprocess.run([*FEDPOINT, "simulate", "--config", "tiny", "--out", str(out), "--base", str(tiny_base_2d)],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out, done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.flower
+def test_every_strategy_produces_numbers(tiny_run):
+    out, stdout = tiny_run
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema"] == "fedpoint.results/1"
+    assert list(results["headline"]) == list(STRATEGY_NAMES)
+    sites = {s["name"] for s in results["data"]["sites"]}
+    for name in STRATEGY_NAMES:
+        mine = [r for r in results["images"] if r["strategy"] == name]
+        # 2 regular sites x 2 rounds x 2 images + the late joiner's 1 round x 2 images
+        assert len(mine) == 10, name
+        assert {r["site"] for r in mine} == sites
+        assert all(set(IMAGE_KEYS) <= set(r) for r in mine)
+        assert all(0.0 <= r["dice3"] <= 1.0 and 1 <= r["noc90"] <= 20 and len(r["dices"]) == r["clicks"] for r in mine)
+        entry = results["headline"][name]
+        for key in HEADLINE_KEYS:
+            assert isinstance(entry[key], float) and math.isfinite(entry[key]), (name, key)
+        late = [r for r in mine if r["late"]]
+        assert late and all(r["round"] == 2 for r in late), "the late joiner misses round 1"
+    assert all(set(ROUND_KEYS) <= set(r) for r in results["rounds"])
+    head = results["headline"]
+    for name in ("frozen", "local-online", "local-episodes", "local-online+episodes"):
+        assert head[name]["bytes_per_round"] == 0
+    # the federated strategies measured their payloads; full-model FedAvg moves far more bytes
+    assert 0 < head["fed-general"]["bytes_per_round"] == head["fed-banks"]["bytes_per_round"]
+    assert head["fed-full"]["bytes_per_round"] > 20 * head["fed-banks"]["bytes_per_round"]
+    fed_rounds = [r for r in results["rounds"] if r["strategy"] == "fed-banks" and r["site"] != "nuclei-late"]
+    assert sorted({r["round"] for r in fed_rounds}) == [1, 2] and all(r["bytes_up"] > 0 for r in fed_rounds)
+    assert {t["name"] for t in results["targets"]} == {"noc90-reduction", "late-joiner-dice3", "bytes-vs-full"}
+    assert all(t["held"] in (True, False) for t in results["targets"])
+    assert results["episodes"], "the episode strategies ran at least one episode"
+    assert "fed-banks" in stdout and "report:" in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.flower
+def test_report_opens_with_the_table_and_plots(tiny_run):
+    out, _ = tiny_run
+    report = (out / "report.md").read_text()
+    assert report.splitlines()[0].startswith("# fedpoint experiment `tiny`")
+    assert report.index("| strategy |") < report.index("## Targets") < report.index("## Plots") < report.index("## Per site")
+    for png in ("dice_vs_images.png", "noc90.png", "clicks_saved.png", "bytes_per_round.png"):
+        assert f"]({png})" in report
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert "## Data" in report and "stardist-nuclei" in report and "subjects" in report
+
+
+def test_cli_refuses_a_bad_config_naming_the_field(tmp_path):
+    from fedpoint.cli import app
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('rounds = 0\n[[sites]]\nname = "a"\ndataset = "stardist-nuclei"\n'
+                   '[[sites]]\nname = "b"\ndataset = "stardist-nuclei"\n')
+    result = CliRunner().invoke(app, ["simulate", "--config", str(bad), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "bad.toml: rounds:" in result.output
+    result = CliRunner().invoke(app, ["simulate", "--config", "no-such-config", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "demo" in result.output
+    result = CliRunner().invoke(app, ["simulate", "--config", "tiny", "--strategies", "frozen,warp", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "strategies" in result.output and "warp" in result.output
