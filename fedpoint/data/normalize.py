@@ -49,13 +49,13 @@ def normalize(
     """
     image = np.asarray(image, dtype=np.float32)
     if canonical_modality(modality) == "CT" and percentiles is None:
-        low, high = _ct_window(window)
+        low, high = ct_window(window)
         return np.clip((image - low) / (high - low), 0.0, 1.0).astype(np.float32)
     pct = percentiles or PERCENTILES.get(canonical_modality(modality), PERCENTILES_OTHER)
     return np.stack([_scale_by_percentiles(channel, pct) for channel in image]).astype(np.float32)
 
 
-def _ct_window(window: tuple[float, float] | str | None) -> tuple[float, float]:
+def ct_window(window: tuple[float, float] | str | None) -> tuple[float, float]:
     if window is None:
         return CT_WINDOW_DEFAULT
     if isinstance(window, str):

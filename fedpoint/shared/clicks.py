@@ -23,8 +23,10 @@ def check_point(point: Sequence[float], shape: Sequence[int]) -> tuple[int, ...]
     """Round a point to a voxel index and refuse one outside the image."""
     if len(point) != len(shape):
         raise ValueError(f"click {tuple(point)} has {len(point)} coordinates; the image has {len(shape)} spatial axes {tuple(shape)}")
+    if not all(np.isfinite(float(p)) for p in point):
+        raise ValueError(f"click {tuple(point)} has a coordinate that is not a finite number")
     index = tuple(int(round(float(p))) for p in point)
-    if any(not np.isfinite(float(p)) for p in point) or any(i < 0 or i >= n for i, n in zip(index, shape)):
+    if any(i < 0 or i >= n for i, n in zip(index, shape)):
         raise ValueError(f"click {tuple(point)} lies outside the image of spatial shape {tuple(shape)}")
     return index
 

@@ -6,11 +6,21 @@ pydantic names the offending field in every error, so a bad TOML value reads as
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 ADAPTATION_MODES = ("frozen", "mid", "post", "mid+post", "episodes", "mid+post+episodes")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in ADAPTATION_MODES:
+        raise ValueError(f"unknown mode {mode!r}; known: {', '.join(ADAPTATION_MODES)}")
+    return mode
+
+
+# An adaptation mode, validated wherever a schema takes one (config, run config, CLI spec).
+AdaptationMode = Annotated[str, AfterValidator(check_mode)]
 
 
 class _Strict(BaseModel):
@@ -70,7 +80,7 @@ class AdapterConfig(_Strict):
 class AdaptationConfig(_Strict):
     """Online adaptation at a site: mid- and post-interaction updates and CLoPA-style episodes."""
 
-    mode: str = "mid+post"
+    mode: AdaptationMode = "mid+post"
     lr: float | None = Field(None, gt=0, le=1.0, description="None: the adapter kind's default (Adapter.default_lr)")
     mid_steps: int = Field(1, ge=0, le=20)
     post_steps: int = Field(1, ge=0, le=20)
@@ -86,13 +96,6 @@ class AdaptationConfig(_Strict):
     episode_val_clicks: int = Field(5, ge=1)
     episode_lr: float | None = Field(None, gt=0, description="defaults to lr")
     seed: int = 0
-
-    @field_validator("mode")
-    @classmethod
-    def _known_mode(cls, mode: str) -> str:
-        if mode not in ADAPTATION_MODES:
-            raise ValueError(f"unknown mode {mode!r}; known: {', '.join(ADAPTATION_MODES)}")
-        return mode
 
     @property
     def uses_mid(self) -> bool:

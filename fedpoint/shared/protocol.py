@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fedpoint.shared.config import ADAPTATION_MODES, AdapterConfig
+from fedpoint.shared.config import AdaptationMode, AdapterConfig
 
 # ------------------------------------------------------------------------------ record keys
 ARRAYS = "arrays"
@@ -89,7 +89,7 @@ class FederationConfig(BaseModel):
     images_per_round: int = Field(3, ge=1, description="simulation: images each site annotates per round")
     local_epochs: int = Field(4, ge=1, le=100, description="deployment: epochs of the episode a site runs per round")
     clicks: int = Field(5, ge=1, le=50)
-    mode: str = "mid+post"
+    mode: AdaptationMode = "mid+post"
     lr: float = Field(1e-3, gt=0, le=1.0)
     sites_config: str = "federation"
     size: int = Field(96, ge=16, description="simulation: sample size in pixels")
@@ -103,13 +103,6 @@ class FederationConfig(BaseModel):
     norm_factor: float = Field(5.0, gt=1)
     round_timeout: float = Field(600.0, gt=0)
     seed: int = 0
-
-    @field_validator("mode")
-    @classmethod
-    def _known_mode(cls, mode: str) -> str:
-        if mode not in ADAPTATION_MODES:
-            raise ValueError(f"unknown mode {mode!r}; known: {', '.join(ADAPTATION_MODES)}")
-        return mode
 
     @classmethod
     def from_run_config(cls, run_config: Mapping | None, defaults: Mapping | None = None) -> "FederationConfig":

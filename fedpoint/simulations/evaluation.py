@@ -8,7 +8,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fedpoint.shared.config import ADAPTATION_MODES, AdaptationConfig, AdapterConfig
+from fedpoint.shared.config import AdaptationConfig, AdaptationMode, AdapterConfig
 
 SUMMARY_COLUMNS = ("dice1", "dice3", "dice5", "dice10", "noc85", "noc90", "nof", "predict_ms", "update_ms")
 
@@ -17,7 +17,7 @@ class EvaluationSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: str
-    mode: str = "mid+post"
+    mode: AdaptationMode = "mid+post"
     adapter: str = "norm"
     base: Optional[str] = None
     clicks: int = Field(10, ge=1, le=50)
@@ -27,13 +27,6 @@ class EvaluationSpec(BaseModel):
     lr: Optional[float] = Field(None, gt=0)
     seed: int = 0
     strict: bool = False
-
-    @field_validator("mode")
-    @classmethod
-    def _mode(cls, mode: str) -> str:
-        if mode not in ADAPTATION_MODES:
-            raise ValueError(f"mode: unknown {mode!r}; known: {', '.join(ADAPTATION_MODES)}")
-        return mode
 
     @field_validator("adapter")
     @classmethod
@@ -95,13 +88,17 @@ def run_evaluation(spec: EvaluationSpec, store: Path, data_dir: Path | None = No
     }
 
 
+HEADERS = {"dice1": "Dice@1", "dice3": "Dice@3", "dice5": "Dice@5", "dice10": "Dice@10", "noc85": "NoC85",
+           "noc90": "NoC90", "nof": "NoF", "predict_ms": "ms/pred", "update_ms": "ms/upd"}
+
+
 def summary_table(summaries: dict[str, dict], title: str = ""):
     from rich.table import Table
 
     table = Table(title=title)
-    table.add_column("mode")
+    table.add_column("mode", no_wrap=True)
     for col in SUMMARY_COLUMNS:
-        table.add_column(col, justify="right")
+        table.add_column(HEADERS[col], justify="right", no_wrap=True)
     for name, s in summaries.items():
         table.add_row(name, *(f"{s[c]:.3f}" if c.startswith("dice") or c == "nof" else f"{s[c]:.1f}" for c in SUMMARY_COLUMNS))
     return table

@@ -27,6 +27,8 @@ def test_overlapping_clicks_do_not_exceed_one_and_negatives_go_to_their_channel(
 def test_click_outside_the_image_is_refused_with_the_shape_in_the_message():
     with pytest.raises(ValueError, match="outside the image"):
         check_point((40, 2), (32, 32))
+    with pytest.raises(ValueError, match="finite"):
+        check_point((float("nan"), 2), (32, 32))
     with pytest.raises(ValueError, match="coordinates"):
         check_point((4, 2, 1), (32, 32))
 

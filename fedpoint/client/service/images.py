@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from fedpoint.client.store import check_id
-from fedpoint.data.normalize import CT_WINDOW_DEFAULT, CT_WINDOWS, PERCENTILES, PERCENTILES_OTHER, canonical_modality, normalize
+from fedpoint.data.normalize import (CT_WINDOW_DEFAULT, CT_WINDOWS, PERCENTILES, PERCENTILES_OTHER, canonical_modality, ct_window,
+                                     normalize)
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".png", ".npy")
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".png", ".npy")
@@ -154,13 +155,10 @@ class LoadedImage:
 
 
 def ct_window_values(window) -> tuple[float, float]:
-    if window is None:
-        return CT_WINDOW_DEFAULT
-    if isinstance(window, str):
-        if window not in CT_WINDOWS:
-            raise ImageError(f"unknown CT window {window!r}; known: {', '.join(sorted(CT_WINDOWS))}")
-        return CT_WINDOWS[window]
-    return float(window[0]), float(window[1])
+    try:
+        return ct_window(window)
+    except ValueError as err:
+        raise ImageError(str(err)) from None
 
 
 def default_window(display: np.ndarray, modality: str, ct_window) -> tuple[float, float]:
