@@ -24,6 +24,7 @@ def pretrain(
     batch: int = typer.Option(8, min=1),
     lr: float = typer.Option(1e-3, min=0.0),
     seed: int = typer.Option(0),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (the packaged base used 1)."),
     data_dir: Optional[Path] = typer.Option(None, envvar="FEDPOINT_DATA", help="Built-in data folder."),
 ) -> None:
     """Train the base interactive model on the MNI152 template's tissue masks with simulated clicks."""
@@ -32,7 +33,7 @@ def pretrain(
 
     from fedpoint.simulations.pretrain import PretrainConfig, pretrain as run
 
-    cfg = PretrainConfig(steps=steps, size=size, batch=batch, lr=lr, seed=seed)
+    cfg = PretrainConfig(steps=steps, size=size, batch=batch, lr=lr, seed=seed, threads=threads)
     with Progress(TextColumn("pretrain"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
                   TimeRemainingColumn()) as bar:
         task = bar.add_task("train", total=steps, loss=float("nan"))

@@ -144,7 +144,8 @@ def pretrain(cfg: PretrainConfig, out: Path, model_cfg: ModelConfig | None = Non
         "training": {**cfg.__dict__, "datasets": list(cfg.datasets), "seconds": round(time.perf_counter() - t0, 1),
                      "final_loss": round(float(np.mean(losses[-50:])), 4)},
         "validation": metrics,
-        "reproduce": f"fedpoint pretrain --steps {cfg.steps} --size {cfg.size} --batch {cfg.batch} --seed {cfg.seed} --out {Path(out).name}",
+        "reproduce": f"fedpoint pretrain --steps {cfg.steps} --size {cfg.size} --batch {cfg.batch} --seed {cfg.seed}"
+                     + (f" --threads {cfg.threads}" if cfg.threads else "") + f" --out {Path(out).name}",
     }
     save_base(net, model_cfg, Path(out), card)
     return card

@@ -218,6 +218,28 @@ def timings_markdown(images: list[dict], rounds: list[dict], strategies: Sequenc
     return markdown_table(header, rows)
 
 
+def noc90_by_site_markdown(images: list[dict], strategy: str = DEFAULT_STRATEGY, reference: str = REFERENCE) -> str:
+    """Where the NoC@90 target holds or fails: each site's NoC@90 under the reference and the
+    strategy, and the reduction."""
+    rows = []
+    for (site,), recs in sorted(_group(images, "site").items()):
+        ref = [r["noc90"] for r in recs if r["strategy"] == reference]
+        ours = [r["noc90"] for r in recs if r["strategy"] == strategy]
+        if not ref or not ours:
+            continue
+        a, b = float(np.mean(ref)), float(np.mean(ours))
+        first = recs[0]
+        role = "late joiner" if first["late"] else ("shifted" if first["shifted"] else "unshifted")
+        stuck = sum(r["noc90"] >= 20 for r in recs if r["strategy"] == strategy)
+        rows.append([site, first["modality"], role, f"{a:.2f}", f"{b:.2f}",
+                     f"{100 * (1 - b / a):+.1f}%" if a else "–", f"{stuck}/{len(ours)}"])
+    if not rows:
+        return ""
+    header = ["site", "modality", "role", f"NoC@90 {reference}", f"NoC@90 {strategy}", "reduction",
+              f"never 0.90 ({strategy})"]
+    return markdown_table(header, rows)
+
+
 def targets_markdown(targets: list[dict]) -> str:
     lines = []
     for t in targets:
@@ -268,6 +290,8 @@ def write_report(results: dict, path, plots: Sequence[str] = ()) -> str:
         "## Targets",
         "",
         targets_markdown(results["targets"]),
+        "",
+        noc90_by_site_markdown(results["images"]),
         "",
     ]
     if plots:

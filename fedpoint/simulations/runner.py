@@ -50,7 +50,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool
             data = data or seed_data
             for name in config.strategies:
                 strategy = STRATEGIES[name]
-                work = out_dir / "work" / f"seed-{seed}" / name
+                work = fresh_folder(out_dir / "work" / f"seed-{seed}" / name)
                 start_strategy(name, seed)
                 t0 = time.perf_counter()
                 if strategy.federated:
@@ -68,6 +68,16 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool
                        time.perf_counter() - started)
     write_outputs(results, out_dir)
     return results
+
+
+def fresh_folder(path: Path) -> Path:
+    """An empty work folder: a rerun must not resume a previous run's site stores or bank store."""
+    import shutil
+
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
 
 
 def assemble(config: ExperimentConfig, images, rounds, episodes, federation, data, strategy_seconds, seconds) -> dict:
@@ -130,14 +140,15 @@ def describe_data(sites: list, datasets: dict, data_dir=None) -> dict:
     described = []
     for name, dataset in datasets.items():
         info = infos.get(name)
-        objects = [o for c in dataset.cases for o in c.objects]
+        used = {x.object_name.split("#")[0] for site in sites if site.spec.dataset == name for x in site.samples}
+        objects = [o for c in dataset.cases for o in c.objects if o.name in used]
         described.append({
             "name": name,
             "modality": dataset.modality,
             "subjects": info.subjects if info else len(dataset.cases),
             "cases": len(dataset.cases),
             "labels": dataset.labels,
-            "derived_objects": collapse_names(o.name for o in objects if o.derived),
+            "derived_objects": collapse_names(o.name for o in objects if o.derived),  # of the objects the sites use
             "source": info.source if info else dataset.source,
             "licence": info.licence if info else dataset.licence,
             "notes": info.notes if info else "",

@@ -2,13 +2,17 @@
 
 Local strategies run the site code directly (`SiteEngine` + `run_stream`), one engine and one
 site store per site; federated ones run the Flower ServerApp and ClientApp on Flower's simulation
-engine (`fedpoint.simulations.federated.run_federation`). All of them annotate the same streams with the same
-simulated user, so their per-image records line up by (seed, site, index).
+engine (`fedpoint.simulations.federated.run_federation`). All of them annotate the same streams
+with the same simulated user, so their per-image records line up by (seed, site, index).
+Torch, MONAI and Flower are imported inside the functions that run a strategy.
 """
 
 from __future__ import annotations
 
+import json
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Literal
 
 # Every image record carries these keys (see docs/results-schema.md).
@@ -79,8 +83,6 @@ def image_record(raw: dict, *, strategy: str, seed: int, site, round_: int) -> d
 def run_local(strategy: Strategy, experiment, seed: int, sites: list, work, on_image: Callable[[dict], None] | None = None) -> dict:
     """Annotate every site's stream with its own engine and store; no bytes leave a site.
     Returns {"images": [...], "rounds": [...], "episodes": [...]}."""
-    from pathlib import Path
-
     images, rounds, episodes = [], [], []
     for site in sites:
         records, engine = annotate_site(strategy, experiment, seed, site, Path(work) / site.name, on_image)
@@ -136,8 +138,6 @@ def run_federated(strategy: Strategy, experiment, seed: int, sites: list, work,
                   on_image: Callable[[dict], None] | None = None) -> dict:
     """Run the Flower ServerApp and ClientApp on Flower's simulation engine, one virtual node per
     site, and read back what the sites annotated. Returns {"images", "rounds", "federation"}."""
-    from pathlib import Path
-
     from fedpoint.simulations.federated import run_federation
 
     work = Path(work)
@@ -147,8 +147,12 @@ def run_federated(strategy: Strategy, experiment, seed: int, sites: list, work,
     sites_toml = write_sites_toml([s.spec for s in regular], work / "sites.toml")
     run_config = federation_run_config(strategy, experiment, seed, sites_toml, work) | {"min-train-nodes": len(regular)}
     by_name = {s.name: s for s in regular}
-    with watch_records(work / "records", lambda raw, name, r: on_image and on_image(
-            image_record(raw, strategy=strategy.name, seed=seed, site=by_name[name], round_=r))):
+
+    def progress(raw: dict, site_name: str, round_: int) -> None:
+        if on_image is not None:
+            on_image(image_record(raw, strategy=strategy.name, seed=seed, site=by_name[site_name], round_=round_))
+
+    with RecordWatcher(work / "records", progress):
         outcome = run_federation(run_config, num_sites=len(regular))
     images = read_records(work / "records", strategy.name, seed, by_name)
     rounds = federation_rounds(work, strategy.name, seed, images)
@@ -162,8 +166,6 @@ def run_late_joiners(strategy: Strategy, experiment, seed: int, late: list, work
     """Late joiners after the federation: each receives the bank that fits it (exported from the
     bank store, as `fedpoint bank export` would) and annotates its stream from there with online
     updates. Their first images measure cold start; they send nothing back."""
-    from pathlib import Path
-
     from fedpoint.server.banks import BankStore
     from fedpoint.server.routing import bank_for_site
     from fedpoint.shared.payload import payload_nbytes
@@ -205,10 +207,8 @@ def federation_run_config(strategy: Strategy, experiment, seed: int, sites_toml,
     }
 
 
-def write_sites_toml(specs: list, path) -> "Path":
+def write_sites_toml(specs: list, path) -> Path:
     """The `[[sites]]` of one seed, exactly as built here, for the simulated ClientApps to rebuild."""
-    from pathlib import Path
-
     import tomli_w
 
     tables = [s.model_dump(mode="json", exclude_none=True) for s in specs]
@@ -219,9 +219,6 @@ def write_sites_toml(specs: list, path) -> "Path":
 
 def read_records(records_dir, strategy: str, seed: int, sites: dict) -> list[dict]:
     """The per-image records the ClientApps wrote: `<records>/<site>/round-<r>.json`."""
-    import json
-    from pathlib import Path
-
     images = []
     for path in sorted(Path(records_dir).glob("*/round-*.json")):
         payload = json.loads(path.read_text())
@@ -234,9 +231,6 @@ def read_records(records_dir, strategy: str, seed: int, sites: dict) -> list[dic
 def federation_rounds(work, strategy: str, seed: int, images: list[dict]) -> list[dict]:
     """Round rows from the coordinator's round summary (`<output-dir>/federation.json`: bytes sent
     to and received from each site), with each site's annotation seconds of that round."""
-    import json
-    from pathlib import Path
-
     seconds: dict[tuple, float] = {}
     counts: dict[tuple, int] = {}
     for rec in images:
@@ -256,7 +250,7 @@ def federation_rounds(work, strategy: str, seed: int, images: list[dict]) -> lis
     return rows
 
 
-class watch_records:
+class RecordWatcher:
     """While a federation runs in other processes, report each new record file's images."""
 
     def __init__(self, folder, on_record: Callable[[dict, str, int], None], every: float = 1.0):
@@ -264,9 +258,6 @@ class watch_records:
         self.seen: set = set()
 
     def _scan(self) -> None:
-        import json
-        from pathlib import Path
-
         for path in sorted(Path(self.folder).glob("*/round-*.json")):
             if path in self.seen:
                 continue
@@ -283,8 +274,6 @@ class watch_records:
             self._scan()
 
     def __enter__(self):
-        import threading
-
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fedpoint-records", daemon=True)
         self._thread.start()

@@ -132,3 +132,5 @@ def test_report_and_plots_are_written(tmp_path):
     assert "| fed-banks | 9.50 ± 0.71 |" in text
     assert "**held**" in text and "derived labels" in text and "lung-field, body" in text
     assert all(f"]({p})" in text for p in plots)
+    # where the NoC@90 target holds: site a 10 -> 7 (-30%), site b 20 -> 12 (-40%)
+    assert "| a | CT | shifted | 10.00 | 7.00 | +30.0% | 0/8 |" in text
