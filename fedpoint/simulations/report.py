@@ -214,7 +214,7 @@ def timings_markdown(images: list[dict], rounds: list[dict], strategies: Sequenc
                      f"{np.mean([r['update_ms'] for r in mine]):.1f}", f"{np.mean([r['post_ms'] for r in mine]):.1f}",
                      f"{np.mean([r['seconds'] for r in mine]):.2f}",
                      f"{np.mean(round_seconds):.1f}" if round_seconds else "–"])
-    header = ["strategy", "predict ms/click", "update ms/click", "post ms/image", "s/image", "s/round"]
+    header = ["strategy", "predict ms/click", "update ms/click", "post ms/image", "s/image", "site s/round"]
     return markdown_table(header, rows)
 
 
@@ -299,9 +299,10 @@ def write_report(results: dict, path, plots: Sequence[str] = ()) -> str:
         for name in plots:
             parts += [f"![{name}]({name})", "", PLOT_CAPTIONS.get(name, ""), ""]
     parts += ["## Per site", "", per_site_markdown(results["images"], strategies), "",
-              "## Data", "", data_markdown(results["data"]), "",
+              "## Data", "", data_markdown(results["data"]), "", base_markdown(results["environment"].get("base", {})), "",
               "## Strategies", "", strategies_markdown(strategies), "",
               "## Timings", "", timings_markdown(results["images"], results["rounds"], strategies), "",
+              "Site s/round: the sites' annotation time in a round, all sites together. "
               f"Measured on {results['environment'].get('machine', 'this machine')}; whole run "
               f"{results['seconds']:.0f} s. Per-strategy wall time: "
               + ", ".join(f"{k} {v:.0f} s" for k, v in results["strategy_seconds"].items()) + ".", ""]
@@ -315,6 +316,21 @@ def write_report(results: dict, path, plots: Sequence[str] = ()) -> str:
 def strategies_markdown(strategies: Sequence[str]) -> str:
     return "\n".join(f"- `{n}` ({STRATEGIES[n].kind}, mode `{STRATEGIES[n].mode}`): {STRATEGIES[n].summary}."
                      for n in strategies)
+
+
+def base_markdown(base: dict) -> str:
+    """Which base model every strategy starts from, and what it was trained on."""
+    if not base or "error" in base:
+        return f"Base model: {base.get('spec') or 'packaged base2d'}."
+    note = base.get("provenance", {}).get("note", "")
+    val = base.get("validation", {})
+    text = f"Base model: `{base.get('spec')}` (fingerprint `{base.get('fingerprint')}`)."
+    if note:
+        text += f" Pre-training: {note}"
+    if val:
+        text += (f" Its own validation (in its training domain): Dice@5 {val.get('dice5', float('nan')):.3f}, "
+                 f"NoC@90 {val.get('noc90', float('nan')):.1f}.")
+    return text
 
 
 def data_markdown(data: dict) -> str:
