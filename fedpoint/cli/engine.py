@@ -19,7 +19,8 @@ def _fail(message: str) -> None:
 
 def pretrain(
     out: Path = typer.Option(Path("base2d"), help="Checkpoint path without suffix (.safetensors and .json are written)."),
-    steps: int = typer.Option(1500, min=1, help="Optimizer steps."),
+    datasets: str = typer.Option("mni152,colin27-aal", help="Built-in datasets to train on, comma-separated."),
+    steps: int = typer.Option(3000, min=1, help="Optimizer steps."),
     size: int = typer.Option(128, min=32, help="Side of the 2D training crops."),
     batch: int = typer.Option(8, min=1),
     lr: float = typer.Option(1e-3, min=0.0),
@@ -33,7 +34,7 @@ def pretrain(
 
     from fedpoint.simulations.pretrain import PretrainConfig, pretrain as run
 
-    cfg = PretrainConfig(steps=steps, size=size, batch=batch, lr=lr, seed=seed, threads=threads)
+    cfg = PretrainConfig(datasets=tuple(d.strip() for d in datasets.split(",") if d.strip()), steps=steps, size=size, batch=batch, lr=lr, seed=seed, threads=threads)
     with Progress(TextColumn("pretrain"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
                   TimeRemainingColumn()) as bar:
         task = bar.add_task("train", total=steps, loss=float("nan"))

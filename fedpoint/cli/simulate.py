@@ -19,11 +19,14 @@ def simulate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Run every strategy on the same site streams and write results.json, report.md and plots."""
+    import sys
+
     from rich.console import Console
 
     from fedpoint.simulations.experiment import ExperimentError, load_experiment
 
-    console = Console()
+    # Piped or logged output has no terminal width to measure: give the table room.
+    console = Console() if sys.stdout.isatty() else Console(width=120)
     try:
         experiment = load_experiment(
             config, full=full, base=base, seeds=list(range(seeds)) if seeds else None,

@@ -64,7 +64,7 @@ class ExperimentConfig(BaseModel):
     strategies: list[str] = Field(default_factory=lambda: list(STRATEGY_NAMES), min_length=1)
     base: str | None = Field(None, description="base checkpoint name or path; default: the packaged base2d")
     threads: int | None = Field(None, ge=1, le=256, description="torch threads in the runner process")
-    adaptation: dict[str, Any] = Field(default_factory=dict, description="AdaptationConfig fields except mode")
+    adaptation: dict[str, Any] = Field(default_factory=dict, description="episode_* fields of AdaptationConfig")
     sites: list[SiteSpec] = Field(min_length=2)
 
     @field_validator("adapter")
@@ -113,10 +113,10 @@ class ExperimentConfig(BaseModel):
             raise ValueError(f"sites: names must be unique; repeated: {', '.join(repeated)}")
         for i, site in enumerate(self.sites):
             if site.join_round >= self.rounds:
-                raise ValueError(f"sites.{i}.join_round: {site.join_round} is not before the last round "
-                                 f"(rounds = {self.rounds}, counted from 0)")
+                raise ValueError(f"sites.{i}.join_round: a site that misses {site.join_round} of {self.rounds} "
+                                 "rounds never annotates; use fewer than `rounds`")
         if sum(s.join_round == 0 for s in self.sites) < 2:
-            raise ValueError("sites: at least two sites must take part from round 0 (join_round = 0)")
+            raise ValueError("sites: at least two sites must take part from the first round (join_round = 0)")
         return self
 
     # -------------------------------------------------------------------------------- derived

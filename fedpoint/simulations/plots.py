@@ -98,7 +98,7 @@ def noc90_bars(headline: dict[str, dict], images: list[dict], path: Path) -> Pat
             per_site[r["site"]].append(r["noc90"])
         ys = [np.mean(v) for v in per_site.values()]
         ax.scatter(np.full(len(ys), i) + np.linspace(-0.2, 0.2, max(len(ys), 1))[: len(ys)], ys, s=12, color="k", zorder=3)
-        ax.text(i, means[i] + 0.2, f"{means[i]:.1f}", ha="center", va="bottom", fontsize=8)
+        ax.text(i, 0.5, f"{means[i]:.1f}", ha="center", va="bottom", fontsize=9, color="white", fontweight="bold")
     ax.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("NoC@90 (clicks, lower is better)")
     scope = next(iter(headline.values()))["scope"] if headline else ""

@@ -27,7 +27,9 @@ from fedpoint.shared.model import build_model, save_base
 
 @dataclass
 class PretrainConfig:
-    datasets: tuple[str, ...] = ("mni152",)
+    # Colin27's 116 AAL regions (Debian's mricron-data, installed by `make setup`) add many
+    # compact, varied shapes to the template's three tissue masks.
+    datasets: tuple[str, ...] = ("mni152", "colin27-aal")
     size: int = 128
     steps: int = 1500
     batch: int = 8
@@ -41,15 +43,17 @@ class PretrainConfig:
 
 
 def load_training_samples(cfg: PretrainConfig, data_dir: Path | None = None):
-    """Slices along all three axes, objects split into connected components for variety."""
+    """Slices along all three axes, objects split into connected components for variety; about
+    120 slices per dataset and axis, spread over its objects (40 each for MNI's three masks)."""
     from fedpoint.data import load_dataset, make_samples
 
     samples = []
     for name in cfg.datasets:
         dataset = load_dataset(name, data_dir=data_dir)
+        per_object = max(4, 120 // sum(len(c.objects) for c in dataset.cases))
         for axis in range(3):
             samples += make_samples(dataset, spatial_dims=2, size=(cfg.size, cfg.size), axis=axis, min_voxels=40,
-                                    split_components=True, max_per_object=40, seed=cfg.seed)
+                                    split_components=True, max_per_object=per_object, seed=cfg.seed)
     train = [s for i, s in enumerate(samples) if i % cfg.val_every]
     val = [s for i, s in enumerate(samples) if i % cfg.val_every == 0]
     return train, val
@@ -138,13 +142,15 @@ def pretrain(cfg: PretrainConfig, out: Path, model_cfg: ModelConfig | None = Non
             "datasets": list(cfg.datasets),
             "train_objects": len(train),
             "val_objects": min(len(val), 60),
-            "note": "2D slices (all three axes) of the MNI152 2009a template with brain, grey- and white-matter masks "
-                    "shipped by nilearn; objects split into connected components; every 10th sample held out.",
+            "note": "2D slices (all three axes) of the listed built-in datasets (mni152: the MNI152 2009a template's "
+                    "brain, grey- and white-matter masks shipped by nilearn; colin27-aal: the Colin27 brain with its "
+                    "116 AAL regions from Debian's mricron-data); objects split into connected components; every 10th "
+                    "sample held out for validation.",
         },
         "training": {**cfg.__dict__, "datasets": list(cfg.datasets), "seconds": round(time.perf_counter() - t0, 1),
                      "final_loss": round(float(np.mean(losses[-50:])), 4)},
         "validation": metrics,
-        "reproduce": f"fedpoint pretrain --steps {cfg.steps} --size {cfg.size} --batch {cfg.batch} --seed {cfg.seed}"
+        "reproduce": f"fedpoint pretrain --datasets {','.join(cfg.datasets)} --steps {cfg.steps} --size {cfg.size} --batch {cfg.batch} --seed {cfg.seed}"
                      + (f" --threads {cfg.threads}" if cfg.threads else "") + f" --out {Path(out).name}",
     }
     save_base(net, model_cfg, Path(out), card)

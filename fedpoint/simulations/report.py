@@ -1,7 +1,7 @@
 """From per-image and per-round records to the headline, the targets and `report.md`.
 
 Headline numbers are computed per seed, then summarised as mean and sd over seeds:
-- `noc90`, `noc85`, `dice1/3/5/10`, `nof`: mean over the shifted sites that take part from round 0
+- `noc90`, `noc85`, `dice1/3/5/10`, `nof`: mean over the shifted sites that take part from round 1
   of each site's mean over its images (every site weighs the same, however long its stream);
   all such sites when none is shifted (`scope` says which);
 - `late_dice3`, `late_noc90`: the late joiners' first round of images (the ones annotated with the
@@ -46,7 +46,7 @@ def site_means(images: list[dict], metric: str) -> dict[str, float]:
 
 
 def headline_scope(images: list[dict]) -> tuple[str, list[dict]]:
-    """The images the headline averages: shifted sites from round 0, else every site from round 0."""
+    """The images the headline averages: shifted sites present from the first round, else every such site."""
     regular = [r for r in images if not r["late"]]
     shifted = [r for r in regular if r["shifted"]]
     return ("shifted", shifted) if shifted else ("all", regular)
@@ -278,7 +278,7 @@ def write_report(results: dict, path, plots: Sequence[str] = ()) -> str:
         f"{exp['images_per_round']} images per site, {exp['clicks']} simulated clicks per image, "
         f"{exp['size']}×{exp['size']} px, adapter `{exp['adapter']}` (lr {exp.get('lr')}"
         + (f"; fed-full lr {exp['full_lr']}" if exp.get("full_lr") else "") + f"), seeds {exp['seeds']}. "
-        f"Means over {'shifted sites' if scope == 'shifted' else 'all sites (none is shifted)'} from round 0"
+        f"Means over {'shifted sites' if scope == 'shifted' else 'all sites (none is shifted)'} present from the first round"
         + (" and seeds, ± sd over seeds." if len(exp["seeds"]) > 1 else " (one seed: no sd)."),
         "",
         headline_markdown(headline),

@@ -239,30 +239,43 @@ def _terminal_copy():
 
 @contextmanager
 def _progress(enabled: bool, config: ExperimentConfig) -> Iterator[tuple[Callable[[dict], None], Callable[[str, int], None]]]:
-    """Yields (on_image, start_strategy): one bar per strategy, with its running Dice@3."""
+    """Yields (on_image, start_strategy): one bar per strategy with its running Dice@3 and the time
+    spent in it (strategies take turns, seed after seed)."""
     if not enabled:
         yield (lambda rec: None), (lambda name, seed: None)
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     per_seed = sum(config.stream_length(s) for s in config.sites)
-    columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("Dice@3 {task.fields[d3]}"), TimeElapsedColumn())
-    from rich.console import Console
-
+    columns = (TextColumn("{task.description:<30}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("Dice@3 {task.fields[d3]}"), TextColumn("{task.fields[spent]:>5.0f} s"))
     with _terminal_copy() as terminal, Progress(*columns, console=Console(file=terminal)) as bar:
-        tasks = {n: bar.add_task(n, total=per_seed * len(config.seeds), d3="  –  ", start=False)
+        tasks = {n: bar.add_task(n, total=per_seed * len(config.seeds), d3="  –  ", spent=0.0)
                  for n in config.strategies}
         dice3: dict[str, list[float]] = defaultdict(list)
+        spent: dict[str, float] = defaultdict(float)
+        current: dict = {"name": None, "since": 0.0}
+
+        def account() -> None:
+            name = current["name"]
+            if name is not None:
+                now = time.perf_counter()
+                spent[name] += now - current["since"]
+                current["since"] = now
+                bar.update(tasks[name], spent=spent[name])
 
         def on_image(rec: dict) -> None:
             name = rec["strategy"]
             dice3[name].append(rec["dice3"])
             values = dice3[name]
             bar.update(tasks[name], advance=1, d3=f"{sum(values) / len(values):.3f}")
+            account()
 
         def start_strategy(name: str, seed: int) -> None:
-            bar.start_task(tasks[name])
+            account()
+            current.update(name=name, since=time.perf_counter())
             bar.update(tasks[name], description=f"{name} (seed {seed})")
 
         yield on_image, start_strategy
+        account()
