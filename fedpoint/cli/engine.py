@@ -19,8 +19,8 @@ def _fail(message: str) -> None:
 
 def pretrain(
     out: Path = typer.Option(Path("base2d"), help="Checkpoint path without suffix (.safetensors and .json are written)."),
-    datasets: str = typer.Option("mni152,colin27-aal", help="Built-in datasets to train on, comma-separated."),
-    steps: int = typer.Option(3000, min=1, help="Optimizer steps."),
+    datasets: str = typer.Option("mni152", help="Built-in datasets to train on, comma-separated (e.g. mni152,colin27-aal)."),
+    steps: int = typer.Option(1500, min=1, help="Optimizer steps."),
     size: int = typer.Option(128, min=32, help="Side of the 2D training crops."),
     batch: int = typer.Option(8, min=1),
     lr: float = typer.Option(1e-3, min=0.0),

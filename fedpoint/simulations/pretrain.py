@@ -27,9 +27,10 @@ from fedpoint.shared.model import build_model, save_base
 
 @dataclass
 class PretrainConfig:
-    # Colin27's 116 AAL regions (Debian's mricron-data, installed by `make setup`) add many
-    # compact, varied shapes to the template's three tissue masks.
-    datasets: tuple[str, ...] = ("mni152", "colin27-aal")
+    # The packaged base uses the MNI152 template alone. Adding "colin27-aal" (116 compact AAL
+    # regions; Debian's mricron-data) gives a much stronger base, but then the norm adapter's
+    # default online lr over-corrects on mildly shifted images: see docs/engine.md.
+    datasets: tuple[str, ...] = ("mni152",)
     size: int = 128
     steps: int = 1500
     batch: int = 8
