@@ -20,16 +20,6 @@ from fedpoint.shared.payload import EgressError, to_numpy
 
 
 @pytest.fixture
-def task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
-@pytest.fixture
 def fed(fast_run_config) -> P.FederationConfig:
     return P.FederationConfig.from_run_config(fast_run_config)
 

@@ -17,17 +17,6 @@ from fedpoint.server.strategy import BankStrategy, PrivateBankStrategy, SiteInfo
 from fedpoint.shared import protocol as P
 
 
-@pytest.fixture
-def task_identity():
-    """Instruction Messages need a task identity, as inside a running ServerApp."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
 def make_coordinator(base, output, **overrides):
     fed = P.FederationConfig.from_run_config({"base": str(base), "output-dir": str(output), **overrides})
     adapter = base_adapter(fed)
