@@ -51,7 +51,6 @@ def list_(
         typer.echo(json.dumps([i.model_dump() for i in infos], indent=1))
         return
     from rich import box
-    from rich.console import Console
     from rich.table import Table
 
     from fedpoint.data.sources import COLIN27_HINT, colin27_available

@@ -1,11 +1,9 @@
 import threading
 import time
 
-import numpy as np
 import torch
 
 from fedpoint.client.engine import SiteEngine
-from fedpoint.client.episodes import RegressionGuard
 from fedpoint.client.evaluate import run_stream
 from fedpoint.shared.config import AdaptationConfig
 from types import SimpleNamespace
