@@ -38,11 +38,16 @@ def dice_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, l
     return _dice_focal(gamma, lambda_focal)(logits, target)
 
 
+@lru_cache(maxsize=1)
+def _dice_ce():
+    from monai.losses import DiceCELoss  # built once: episodes call this on every simulated click
+
+    return DiceCELoss(sigmoid=True)
+
+
 def dice_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Dice + binary cross-entropy, 1:1 (CLoPA's episode loss)."""
-    from monai.losses import DiceCELoss
-
-    return DiceCELoss(sigmoid=True)(logits, target)
+    return _dice_ce()(logits, target)
 
 
 def click_weight_map(clicks: Sequence[Click], shape: Sequence[int], sigma: float) -> tuple[np.ndarray, np.ndarray]:
