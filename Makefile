@@ -22,13 +22,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Debian's Chromium for the real-browser test (Playwright drives it; no browser download) and,
-# optionally, the Colin27 brain with its AAL atlas. Both best effort: tests say when one is missing.
+# optionally, the Colin27 brain with its AAL atlas and InVesalius's head CT (training data). All best
+# effort: tests say when one is missing.
 system-packages:
-	@if ! command -v chromium >/dev/null 2>&1 || [ ! -d /usr/share/mricron/templates ]; then \
+	@if ! command -v chromium >/dev/null 2>&1 || [ ! -d /usr/share/mricron/templates ] \
+	    || [ ! -d /usr/share/doc/invesalius-examples/examples ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq >/dev/null && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium mricron-data >/dev/null \
-	    || echo "note: could not install chromium/mricron-data from apt; the browser test and colin27 will be skipped"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium mricron-data invesalius-examples >/dev/null \
+	    || echo "note: could not install chromium/mricron-data/invesalius-examples from apt; the browser test, colin27 and the head-CT training source will be skipped"; \
 	  else echo "note: apt not available (or not root): install chromium yourself for the browser test"; fi; \
 	fi
 

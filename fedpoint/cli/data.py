@@ -17,9 +17,18 @@ DATA_DIR_HELP = "Data folder (default: $FEDPOINT_DATA, else ~/.cache/fedpoint/da
 @app.command()
 def prepare(
     data_dir: Path = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    training: bool = typer.Option(
+        False, "--training",
+        help="Build the pre-training images instead (<data folder>/training; never the evaluation datasets).",
+    ),
+    source: list[str] = typer.Option(None, "--source", help="With --training: only these training sources."),
 ) -> None:
     """Build the built-in real datasets once; reruns verify checksums and rebuild what changed."""
     from rich.console import Console
+
+    if training:
+        _prepare_training(data_dir, source or None)
+        return
 
     from fedpoint.data import DataError
     from fedpoint.data import prepare as prepare_data
@@ -38,13 +47,72 @@ def prepare(
     console.print(f"{len(infos)} datasets ready in {elapsed:.1f} s; see them with `fedpoint data list`")
 
 
+def _prepare_training(data_dir: Path | None, sources: list[str] | None) -> None:
+    from fedpoint.data import DataError
+    from fedpoint.data.builtin import resolve_data_dir
+    from fedpoint.data.training import TRAINING_DIR, prepare_training
+
+    console = _console()
+    folder = resolve_data_dir(data_dir)
+    console.print(f"training folder: {folder / TRAINING_DIR}")
+    started = time.perf_counter()
+    try:
+        with console.status("preparing training sources") as status:
+            def progress(message: str) -> None:
+                status.update(message)
+                if not message.startswith("  "):
+                    console.print(message, soft_wrap=True, markup=False)
+
+            summaries = prepare_training(folder, names=sources, progress=progress)
+    except DataError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from err
+    elapsed = time.perf_counter() - started
+    images = [s for s in summaries if s["status"] != "skipped"]
+    _training_table(console, images, f"training images ({elapsed:.1f} s)")
+    for s in summaries:
+        if s["status"] == "skipped":
+            console.print(f"[yellow]skipped[/yellow] {s['name']}: {s['reason']}", soft_wrap=True)
+    size = sum(s.get("bytes", 0) for s in images)
+    console.print(f"{len(images)} training images ready ({size / 2**20:.1f} MiB) in {elapsed:.1f} s; "
+                  "list them with `fedpoint data list --training`")
+
+
+def _training_table(console, metas: list[dict], title: str) -> None:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("name", "source", "modality", "kind", "split", "shape", "regions", "status"):
+        table.add_column(column)
+    for m in metas:
+        table.add_row(m["name"], m["source"], m["modality"], m["kind"], m["split"],
+                      "×".join(map(str, m["shape"])), str(m["regions"]), m.get("status", ""))
+    console.print(table)
+
+
 @app.command("list")
 def list_(
     data_dir: Path = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of objects instead of a table."),
+    training: bool = typer.Option(False, "--training", help="List the prepared pre-training images instead."),
 ) -> None:
     """Show each prepared dataset: modality, cases, objects, shapes, spacing, source, licence, labels."""
     from fedpoint.data import BUILTIN_DATASETS, list_datasets
+
+    if training:
+        from fedpoint.data.training import PREPARE_COMMAND, list_training
+
+        metas = list_training(data_dir)
+        if as_json:
+            typer.echo(json.dumps(metas, indent=1, default=str))
+            return
+        console = _console()
+        if not metas:
+            console.print(f"no training images prepared (run `{PREPARE_COMMAND}`)")
+            return
+        _training_table(console, metas, "fedpoint training images (pre-training only)")
+        return
 
     infos = list_datasets(data_dir)
     if as_json:

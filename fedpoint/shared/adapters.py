@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from fedpoint.shared.config import AdapterConfig
-from fedpoint.shared.model import base_fingerprint
+from fedpoint.shared.model import base_fingerprint, stem_and_head
 
 MANIFEST = "fedpoint_adapter.json"
 State = dict[str, torch.Tensor]
@@ -170,14 +170,6 @@ def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.instancenorm._InstanceNorm) and module.affine
 
 
-def _stem_and_head(net: nn.Module) -> list[nn.Module]:
-    """The first encoder block and the last decoder block of a MONAI UNet (model.0 and model.2)."""
-    body = getattr(net, "model", None)
-    if not isinstance(body, nn.Sequential) or len(body) < 3:
-        raise ValueError("norm+stem needs a MONAI UNet (a `model` Sequential of down, skip, up)")
-    return [body[0], body[-1]]
-
-
 @register
 class NormAdapter(Adapter):
     kind = "norm"
@@ -197,7 +189,7 @@ class NormStemAdapter(Adapter):
 
     def _open(self, net: nn.Module) -> nn.Module:
         NormAdapter._open(self, net)
-        for block in _stem_and_head(net):
+        for block in stem_and_head(net):
             block.requires_grad_(True)
         return net
 

@@ -28,14 +28,22 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    """The interactive network: image channels + positive clicks + negative clicks + previous mask."""
+    """The interactive network: image channels + positive clicks + negative clicks + previous mask.
 
+    `arch` names the network (see `fedpoint.shared.model.ARCHITECTURES`): ``dynunet`` (MONAI's
+    DynUNet: a full-resolution first level, plain 1x1 output convolution) is what the packaged base
+    uses; ``unet`` (MONAI's UNet, whose first convolution strides) is kept for small test nets and
+    checkpoints made before it. A card without `arch` is a ``unet`` card.
+    """
+
+    arch: Literal["unet", "dynunet"] = "unet"
     spatial_dims: Literal[2, 3] = 2
     image_channels: int = Field(1, ge=1, le=8)
     channels: tuple[int, ...] = (16, 32, 64, 128)
     strides: tuple[int, ...] = (2, 2, 2)
     num_res_units: int = Field(1, ge=0, le=4)
     click_sigma: float = Field(3.0, gt=0, description="Gaussian click-map sigma, in voxels")
+    input_size: int = Field(96, ge=16, le=1024, description="working size (voxels a side) of the focus crop the model predicts on")
 
     @field_validator("strides")
     @classmethod

@@ -20,6 +20,37 @@ DEFAULT_BASE = "base2d"
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
+    return ARCHITECTURES[cfg.arch](cfg)
+
+
+def _dynunet(cfg: ModelConfig) -> nn.Module:
+    """MONAI DynUNet: level 0 at full resolution (stride 1), `strides` between the levels, two
+    3x3 convolutions with affine instance norm per level, and a bare 1x1 output convolution (no
+    normalisation on the logits, so a click can push them anywhere)."""
+    from monai.networks.nets import DynUNet
+
+    strides = (1, *cfg.strides)
+    net = DynUNet(
+        spatial_dims=cfg.spatial_dims,
+        in_channels=cfg.in_channels,
+        out_channels=1,
+        kernel_size=[3] * len(strides),
+        strides=list(strides),
+        upsample_kernel_size=list(strides[1:]),
+        filters=list(cfg.channels),
+        norm_name=("instance", {"affine": True}),
+        act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
+        res_block=cfg.num_res_units > 0,
+    )
+    # DynUNet registers every block twice (by level and again inside its `skip_layers` chain), so
+    # its state dict names each weight twice. Keep the chain as a plain attribute: one name per
+    # weight for checkpoints, fingerprints and adapters; forward still runs through it.
+    skips = net._modules.pop("skip_layers")
+    object.__setattr__(net, "skip_layers", skips)
+    return net
+
+
+def _unet(cfg: ModelConfig) -> nn.Module:
     from monai.networks.nets import UNet  # monai costs seconds to import: only when a model is built
 
     return UNet(
@@ -33,6 +64,19 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         norm=("instance", {"affine": True}),
         act="PRELU",
     )
+
+
+ARCHITECTURES = {"unet": _unet, "dynunet": _dynunet}
+
+
+def stem_and_head(net: nn.Module) -> list[nn.Module]:
+    """The blocks the `norm+stem` adapter opens: the input stem and the output head."""
+    if hasattr(net, "input_block") and hasattr(net, "output_block"):  # DynUNet
+        return [net.input_block, net.upsamples[-1], net.output_block]
+    body = getattr(net, "model", None)  # MONAI UNet: model.0 (down), model.1 (skip), model.2 (up)
+    if isinstance(body, nn.Sequential) and len(body) >= 3:
+        return [body[0], body[-1]]
+    raise ValueError("norm+stem needs a MONAI DynUNet or UNet")
 
 
 def base_fingerprint(model: nn.Module) -> str:

@@ -1,16 +1,21 @@
 """Pre-training the base interactive model with iterative simulated clicks (RITM-style).
 
-Each step takes a batch of objects, places a first positive click, lets the model predict up to
-`max_extra_clicks` times without gradient (each time adding a random click in the largest error
-region and feeding the prediction back as the previous mask), then trains on DF + beta * CCG for
-the last state. Training with the previous mask and correction clicks is what makes the model
-answer to clicks, which online adaptation later builds on.
+Each step draws a batch of objects from the object generator (`objects.py`: atlas regions,
+threshold masks, superpixel pseudo-objects of unlabelled images, synthetic shapes; crops in the
+first-click and zoom regimes of the focus crop), predicts from one positive click with gradient,
+then lets the model answer up to `max_clicks - 1` further simulated clicks (each in the largest
+error region, the prediction fed back as the previous mask) and takes a second loss on the last
+state. Loss: Dice-Focal + beta * click-centred Gaussian, at both click steps.
+
+A run writes `<out>.ckpt` every `checkpoint_minutes` (and on Ctrl-C) holding the weights, the
+optimizer, the scheduler and every random state, so `resume=True` continues bit-identically.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,136 +28,197 @@ from fedpoint.shared.config import ModelConfig
 from fedpoint.shared.losses import interaction_loss
 from fedpoint.shared.metrics import click_metrics, dice
 from fedpoint.shared.model import build_model, save_base
+from fedpoint.simulations.objects import ObjectSampler, SamplerConfig
+from fedpoint.simulations.pretrain_config import BASE_MODEL, METRIC_KEYS, PretrainConfig
+
+def training_images(cfg: PretrainConfig, data_dir: Path | None = None, split: str = "train"):
+    from fedpoint.data.training import load_training
+
+    images = load_training(data_dir, split=split, names=cfg.sources or None)
+    if not images and split == "train":
+        raise ValueError("no training images: run `fedpoint data prepare --training` first")
+    return images
 
 
-@dataclass
-class PretrainConfig:
-    # The packaged base uses the MNI152 template alone. Adding "colin27-aal" (116 compact AAL
-    # regions; Debian's mricron-data) gives a much stronger base, but then the norm adapter's
-    # default online lr over-corrects on mildly shifted images: see docs/engine.md.
-    datasets: tuple[str, ...] = ("mni152",)
-    size: int = 128
-    steps: int = 1500
-    batch: int = 8
-    lr: float = 1e-3
-    max_extra_clicks: int = 4
-    ccg_beta: float = 200.0
-    ccg_sigma: float = 3.0
-    val_every: int = 10          # every n-th sample is held out for validation
-    seed: int = 0
-    threads: int | None = None
-
-
-def load_training_samples(cfg: PretrainConfig, data_dir: Path | None = None):
-    """Slices along all three axes, objects split into connected components for variety; about
-    120 slices per dataset and axis, spread over its objects (40 each for MNI's three masks)."""
-    from fedpoint.data import load_dataset, make_samples
-
-    samples = []
-    for name in cfg.datasets:
-        dataset = load_dataset(name, data_dir=data_dir)
-        per_object = max(4, 120 // sum(len(c.objects) for c in dataset.cases))
-        for axis in range(3):
-            samples += make_samples(dataset, spatial_dims=2, size=(cfg.size, cfg.size), axis=axis, min_voxels=40,
-                                    split_components=True, max_per_object=per_object, seed=cfg.seed)
-    train = [s for i, s in enumerate(samples) if i % cfg.val_every]
-    val = [s for i, s in enumerate(samples) if i % cfg.val_every == 0]
-    return train, val
-
-
-def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Flips, 90-degree turns and a mild gamma: the shapes vary, the modality stays MR."""
-    k = int(rng.integers(4))
-    image, mask = np.rot90(image, k, axes=(1, 2)), np.rot90(mask, k)
-    if rng.random() < 0.5:
-        image, mask = image[:, ::-1], mask[::-1]
-    image = np.clip(image, 0, None) ** float(rng.uniform(0.7, 1.4))
-    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask)
-
-
-def _inputs(images: torch.Tensor, clicks: list[list[Click]], prev: torch.Tensor, sigma: float) -> torch.Tensor:
+def _inputs(images: torch.Tensor, clicks: Sequence[Sequence[Click]], prev: torch.Tensor, sigma: float) -> torch.Tensor:
     spatial = tuple(images.shape[2:])
     maps = torch.from_numpy(np.stack([encode_clicks(c, spatial, sigma) for c in clicks]))
     return torch.cat([images, maps, prev], dim=1)
 
 
-def train_step(net, optimizer, batch, cfg: PretrainConfig, model_cfg: ModelConfig, rng: np.random.Generator) -> float:
-    images = torch.from_numpy(np.stack([b[0] for b in batch]))
-    masks = [b[1] for b in batch]
-    clickers = [Clicker(m, mode="random", seed=int(rng.integers(2**31))) for m in masks]
-    clicks = [[c.next_click(None)] for c in clickers]
-    prev = torch.zeros((len(batch), 1, *images.shape[2:]))
-    for _ in range(int(rng.integers(0, cfg.max_extra_clicks + 1))):
-        with torch.no_grad():
-            prev = (net(_inputs(images, clicks, prev, model_cfg.click_sigma)) > 0).float()
-        for i, clicker in enumerate(clickers):
-            nxt = clicker.next_click(prev[i, 0].numpy().astype(bool))
-            if nxt is not None:
-                clicks[i].append(nxt)
-    logits = net(_inputs(images, clicks, prev, model_cfg.click_sigma))
-    target = torch.from_numpy(np.stack(masks)[:, None].astype(np.float32))
-    loss = sum(interaction_loss(logits[i:i + 1], target[i:i + 1], clicks[i], cfg.ccg_beta, cfg.ccg_sigma)
-               for i in range(len(batch))) / len(batch)
+def _batch_loss(logits, target, clicks, cfg: PretrainConfig) -> torch.Tensor:
+    return sum(interaction_loss(logits[i:i + 1], target[i:i + 1], clicks[i], cfg.ccg_beta, cfg.ccg_sigma)
+               for i in range(len(clicks))) / len(clicks)
+
+
+def extra_clicks(cfg: PretrainConfig, rng: np.random.Generator) -> int:
+    p = cfg.click_decay ** np.arange(cfg.max_clicks)
+    return int(rng.choice(cfg.max_clicks, p=p / p.sum()))
+
+
+def train_step(net, optimizer, sampler: ObjectSampler, cfg: PretrainConfig, model_cfg: ModelConfig,
+               rng: np.random.Generator) -> float:
+    draws = sampler.batch(cfg.batch)
+    images = torch.from_numpy(np.stack([d.image for d in draws]))
+    target = torch.from_numpy(np.stack([d.mask for d in draws])[:, None].astype(np.float32))
+    clicks = [[Click(d.click, True)] for d in draws]
+    # Half the simulated users click the deepest point of an error, half anywhere in it.
+    clickers = [Clicker(d.mask, mode="deepest" if rng.random() < 0.5 else "random", seed=int(rng.integers(2**31)))
+                for d in draws]
+    zeros = torch.zeros_like(target)
+    logits = net(_inputs(images, clicks, zeros, model_cfg.click_sigma))
+    loss = _batch_loss(logits, target, clicks, cfg)
+    k = extra_clicks(cfg, rng)
+    if k:
+        prev = (logits.detach() > 0).float()
+        for j in range(k):
+            for i, clicker in enumerate(clickers):
+                nxt = clicker.next_click(prev[i, 0].numpy().astype(bool))
+                if nxt is not None:
+                    clicks[i].append(nxt)
+            if j < k - 1:
+                with torch.no_grad():
+                    prev = (net(_inputs(images, clicks, prev, model_cfg.click_sigma)) > 0).float()
+        logits = net(_inputs(images, clicks, prev, model_cfg.click_sigma))
+        loss = loss + _batch_loss(logits, target, clicks, cfg)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
     optimizer.step()
     return float(loss.detach())
 
 
-def validate(net, samples: Sequence, model_cfg: ModelConfig, clicks: int = 10) -> dict[str, float]:
-    """Frozen evaluation with the deterministic simulated user."""
+def validation_objects(images, size: int, count: int, seed: int = 12345):
+    """A fixed set of objects from images never trained on (the dev split), both crop regimes."""
+    if not images:
+        return []
+    sampler = ObjectSampler(images, SamplerConfig(size=size, synthetic=0.0, p_invert=0, p_bias=0, p_noise=0, p_blur=0), seed=seed)
+    return sampler.batch(count)
+
+
+def validate(net, objects, model_cfg: ModelConfig, clicks: int = 20) -> dict[str, float]:
+    """Frozen evaluation with the deterministic simulated user on working-size crops."""
     rows = []
-    for s in samples:
-        image = torch.from_numpy(s.image)[None]
-        clicker, chosen, prev, dices = Clicker(s.mask), [], torch.zeros((1, 1, *s.mask.shape)), []
-        for _ in range(clicks):
-            click = clicker.next_click(prev[0, 0].numpy().astype(bool) if chosen else None)
-            if click is None:
-                break
-            chosen.append(click)
+    net.eval()
+    for obj in objects:
+        image = torch.from_numpy(obj.image)[None]
+        clicker, chosen = Clicker(obj.mask), [Click(obj.click, True)]
+        prev = torch.zeros((1, 1, *obj.mask.shape))
+        dices = []
+        for t in range(clicks):
+            if t:
+                click = clicker.next_click(prev[0, 0].numpy().astype(bool))
+                if click is None:
+                    dices.append(1.0)
+                    continue
+                chosen.append(click)
             with torch.no_grad():
                 prev = (net(_inputs(image, [chosen], prev, model_cfg.click_sigma)) > 0).float()
-            dices.append(dice(prev[0, 0].numpy().astype(bool), s.mask))
+            dices.append(dice(prev[0, 0].numpy().astype(bool), obj.mask))
         rows.append(click_metrics(dices))
-    return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("dice1", "dice3", "dice5", "dice10", "noc85", "noc90", "nof")}
+    if not rows:
+        return {}
+    return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in METRIC_KEYS} | {"objects": len(rows)}
+
+
+# ------------------------------------------------------------------------------- checkpoints
+def checkpoint_path(out: Path) -> Path:
+    return Path(out).with_suffix(".ckpt")
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _state(step, net, optimizer, scheduler, rng, sampler, losses, seconds, cfg) -> dict:
+    return {
+        "step": step, "net": net.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "rng": rng.bit_generator.state,
+        "sampler_rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+        "losses": list(losses), "seconds": seconds, "config": asdict(cfg),
+    }
 
 
 def pretrain(cfg: PretrainConfig, out: Path, model_cfg: ModelConfig | None = None, data_dir: Path | None = None,
-             on_step: Callable[[int, float], None] | None = None) -> dict:
+             on_step: Callable[[int, float], None] | None = None, resume: bool = False,
+             images: Sequence | None = None, dev_images: Sequence | None = None) -> dict:
+    """Train and write `<out>.safetensors` + `<out>.json` (the card); returns the card."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model_cfg = model_cfg or BASE_MODEL
+    images = list(images) if images is not None else training_images(cfg, data_dir)
+    dev_images = list(dev_images) if dev_images is not None else training_images(cfg, data_dir, split="dev")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model_cfg = model_cfg or ModelConfig()
-    train, val = load_training_samples(cfg, data_dir)
-    net = build_model(model_cfg)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps, eta_min=cfg.lr * 0.05)
-    t0 = time.perf_counter()
-    losses = []
-    for step in range(1, cfg.steps + 1):
-        batch = [augment(s.image, s.mask, rng) for s in (train[int(i)] for i in rng.integers(len(train), size=cfg.batch))]
-        losses.append(train_step(net, optimizer, batch, cfg, model_cfg, rng))
-        scheduler.step()
-        if on_step is not None:
-            on_step(step, float(np.mean(losses[-20:])))
-    net.eval()
-    metrics = validate(net, val[:60], model_cfg)
+    sampler = ObjectSampler(images, SamplerConfig(size=model_cfg.input_size, synthetic=cfg.synthetic), seed=cfg.seed + 1)
+    net = build_model(model_cfg).train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(1, cfg.steps // 50)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * min(s, cfg.steps) / cfg.steps))))
+    start, losses, seconds = 1, [], 0.0
+    ckpt = checkpoint_path(out)
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["rng"]
+        sampler.rng.bit_generator.state = state["sampler_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        start, losses, seconds = state["step"] + 1, state["losses"], state["seconds"]
+    t0, last_save = time.perf_counter(), time.perf_counter()
+    step = start - 1
+
+    def snapshot() -> dict:
+        return _state(step, net, optimizer, scheduler, rng, sampler, losses, seconds + time.perf_counter() - t0, cfg)
+
+    try:
+        for step in range(start, cfg.steps + 1):
+            losses.append(train_step(net, optimizer, sampler, cfg, model_cfg, rng))
+            scheduler.step()
+            due = (cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0) or \
+                  time.perf_counter() - last_save > 60 * cfg.checkpoint_minutes
+            if due:
+                _save_checkpoint(ckpt, snapshot())
+                last_save = time.perf_counter()
+            if on_step is not None:
+                on_step(step, float(np.mean(losses[-50:])))
+    except KeyboardInterrupt:
+        _save_checkpoint(ckpt, snapshot())  # the steps done so far are kept; `--resume` continues
+        raise
+    _save_checkpoint(ckpt, snapshot())
+    train_seconds = seconds + time.perf_counter() - t0
+    val = validation_objects(dev_images, model_cfg.input_size, cfg.val_objects)
     card = {
-        "provenance": {
-            "datasets": list(cfg.datasets),
-            "train_objects": len(train),
-            "val_objects": min(len(val), 60),
-            "note": "2D slices (all three axes) of the listed built-in datasets (mni152: the MNI152 2009a template's "
-                    "brain, grey- and white-matter masks shipped by nilearn; colin27-aal: the Colin27 brain with its "
-                    "116 AAL regions from Debian's mricron-data); objects split into connected components; every 10th "
-                    "sample held out for validation.",
-        },
-        "training": {**cfg.__dict__, "datasets": list(cfg.datasets), "seconds": round(time.perf_counter() - t0, 1),
-                     "final_loss": round(float(np.mean(losses[-50:])), 4)},
-        "validation": metrics,
-        "reproduce": f"fedpoint pretrain --datasets {','.join(cfg.datasets)} --steps {cfg.steps} --size {cfg.size} --batch {cfg.batch} --seed {cfg.seed}"
-                     + (f" --threads {cfg.threads}" if cfg.threads else "") + f" --out {Path(out).name}",
+        "provenance": _provenance(images, dev_images),
+        "training": {**asdict(cfg), "seconds": round(train_seconds, 1), "threads_used": torch.get_num_threads(),
+                     "final_loss": round(float(np.mean(losses[-100:])), 4)},
+        "validation": {"dev_split_crops": validate(net, val, model_cfg, cfg.val_clicks)},
+        "reproduce": f"fedpoint data prepare --training && fedpoint pretrain --steps {cfg.steps} --batch {cfg.batch} "
+                     f"--lr {cfg.lr} --seed {cfg.seed}" + (f" --threads {cfg.threads}" if cfg.threads else "") + f" --out {out.name}",
     }
-    save_base(net, model_cfg, Path(out), card)
+    save_base(net.eval(), model_cfg, out, card)
     return card
+
+
+def _provenance(images, dev_images) -> dict:
+    try:
+        from fedpoint.data.training import TRAINING_SOURCES
+        licences = {name: {"origin": s.origin, "licence": s.licence} for name, s in TRAINING_SOURCES.items()}
+    except (ImportError, AttributeError):
+        licences = {}
+    return {
+        "train_images": sorted({im.name for im in images}),
+        "dev_images": sorted({im.name for im in dev_images}),
+        "families": sorted({im.source for im in images}),
+        "sources": licences,
+        "excluded": "pyradiomics and stardist are evaluation data and never enter pre-training",
+        "note": "objects: atlas regions, threshold masks and superpixel pseudo-objects of the listed images, "
+                "2D slices along all three axes of volumes, plus synthetic shapes; validation on the dev split "
+                "(images never trained on).",
+    }

@@ -1,0 +1,244 @@
+"""The object generator of pre-training: (image crop, object mask, first click) at the working size.
+
+One draw picks a training image (weighted by source family), a region of its label map, a 2D slice
+through it (any of the three axes of a volume) and one connected component there; or, with
+probability `synthetic`, makes a synthetic shape on a textured background. The crop then follows
+one of the two regimes a person meets at inference through the focus crop:
+
+- *context* (the first click): a square window centred on the first click, of a random side between
+  one and three working sizes, which may cut the object;
+- *zoom* (later clicks): the object's bounding box, made square and expanded 1.1-2.5x.
+
+Windows smaller than the working size are taken at native resolution (inference never upsamples);
+larger ones are resized down to it. Intensities are then augmented to span modalities: CT windows
+(for HU images), MR-like gamma and smooth bias fields, inverted contrast, noise and blur.
+Everything is drawn from one numpy Generator, so a sampler is deterministic by seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+# CT windows (level, width) drawn for HU images: wide, lung, soft tissue, bone, brain.
+CT_WINDOWS = ((-300.0, 1400.0), (-600.0, 1500.0), (40.0, 400.0), (300.0, 1500.0), (40.0, 80.0))
+
+
+@dataclass
+class ObjectDraw:
+    image: np.ndarray   # float32 (1, size, size), ~[0, 1]
+    mask: np.ndarray    # bool (size, size), never empty
+    click: tuple[int, int]  # the first positive click, inside `mask`
+    source: str
+    regime: str
+
+
+@dataclass
+class SamplerConfig:
+    size: int = 96
+    context_range: tuple[float, float] = (1.0, 3.0)   # first-click window side, in working sizes
+    zoom_range: tuple[float, float] = (1.1, 2.5)      # later-click window side, in object extents
+    p_context: float = 0.5
+    synthetic: float = 0.1
+    min_pixels: int = 12
+    p_invert: float = 0.15
+    p_bias: float = 0.3
+    p_noise: float = 0.4
+    p_blur: float = 0.2
+    # Relative draw weight per source family; a family not listed weighs 1.
+    weights: dict[str, float] = field(default_factory=lambda: {"pseudo": 2.5})
+
+
+class ObjectSampler:
+    """Draws training objects from `TrainingImage`s (see `fedpoint.data.training`)."""
+
+    def __init__(self, images: Sequence, cfg: SamplerConfig | None = None, seed: int = 0):
+        self.cfg = cfg or SamplerConfig()
+        self.rng = np.random.default_rng(seed)
+        self.images = [im for im in images if np.any(im.labels)]
+        if not self.images and self.cfg.synthetic <= 0:
+            raise ValueError("the object sampler needs at least one image with labels, or synthetic shapes")
+        families = sorted({im.source for im in self.images})
+        self.families = {f: [i for i, im in enumerate(self.images) if im.source == f] for f in families}
+        w = np.array([self.cfg.weights.get(f, 1.0) for f in families], float)
+        self.family_p = w / w.sum() if len(w) else w
+        # Per image: the present label values and their bounding boxes (one pass of find_objects).
+        self.regions = []
+        for im in self.images:
+            labels = np.asarray(im.labels)
+            boxes = ndimage.find_objects(labels.astype(np.int32))
+            self.regions.append([(v + 1, b) for v, b in enumerate(boxes) if b is not None])
+
+    # ---------------------------------------------------------------------------------- draws
+    def draw(self) -> ObjectDraw:
+        for _ in range(50):
+            if not self.images or self.rng.random() < self.cfg.synthetic:
+                image2d, mask, hu, source = synthetic_object(self.rng, 2 * self.cfg.size)
+            else:
+                found = self._labelled()
+                if found is None:
+                    continue
+                image2d, mask, hu, source = found
+            out = self._crop(image2d, mask, hu, source)
+            if out is not None:
+                return out
+        raise RuntimeError("could not draw an object in 50 tries: are the training labels all tiny?")
+
+    def batch(self, n: int) -> list[ObjectDraw]:
+        return [self.draw() for _ in range(n)]
+
+    def _labelled(self):
+        rng = self.rng
+        family = list(self.families)[int(rng.choice(len(self.families), p=self.family_p))]
+        index = self.families[family][int(rng.integers(len(self.families[family])))]
+        im = self.images[index]
+        value, box = self.regions[index][int(rng.integers(len(self.regions[index])))]
+        labels, image = np.asarray(im.labels), np.asarray(im.image)
+        if labels.ndim == 3:
+            axis = int(rng.integers(3))
+            s = box[axis]
+            k = int(rng.integers(s.start, s.stop))
+            index = tuple(k if a == axis else slice(None) for a in range(3))  # a view, no copy
+            labels, image = labels[index], image[index]
+        mask = labels == value
+        image = image.astype(np.float32)
+        parts, count = ndimage.label(mask)
+        if count == 0:
+            return None
+        sizes = np.bincount(parts.ravel())[1:]
+        ok = np.flatnonzero(sizes >= self.cfg.min_pixels)
+        if len(ok) == 0:
+            return None
+        part = int(ok[rng.integers(len(ok))]) + 1
+        return image, parts == part, im.modality == "CT", im.source
+
+    def _crop(self, image2d: np.ndarray, mask: np.ndarray, hu: bool, source: str) -> ObjectDraw | None:
+        cfg, rng = self.cfg, self.rng
+        click = _interior_point(mask, rng)
+        coords = np.argwhere(mask)
+        lo, hi = coords.min(0), coords.max(0) + 1
+        if rng.random() < cfg.p_context:
+            regime = "context"
+            side = cfg.size * float(rng.uniform(*cfg.context_range))
+            centre = np.array(click, float) + 0.5
+        else:
+            regime = "zoom"
+            side = float((hi - lo).max()) * float(rng.uniform(*cfg.zoom_range))
+            centre = (lo + hi) / 2.0 + rng.normal(0, 0.08, 2) * (hi - lo)
+        side = max(side, float(cfg.size))  # never upsample: small windows are taken at native scale
+        scale = side / cfg.size
+        start = centre - side / 2.0
+        # Work on the window's own pixels (plus a margin for the prefilter), not the whole slice.
+        lo_i = np.floor(start).astype(int) - 2
+        hi_i = np.ceil(start + side).astype(int) + 2
+        region = tuple(slice(max(0, a), min(n, b)) for a, b, n in zip(lo_i, hi_i, mask.shape))
+        offset = np.array([r.start for r in region], float)
+        img = _intensity(image2d, region, hu, rng, cfg)
+        crop = _resample(img, start - offset, scale, cfg.size, order=1)
+        crop_mask = _resample(mask[region].astype(np.float32), start - offset, scale, cfg.size, order=1) >= 0.5
+        c = tuple(int(np.clip(np.floor((p + 0.5 - s) / scale), 0, cfg.size - 1)) for p, s in zip(click, start))
+        if crop_mask.sum() < 4:
+            return None
+        if not crop_mask[c]:
+            c = _interior_point(crop_mask, rng)
+        crop, crop_mask, c = _flip_turn(crop, crop_mask, c, rng)
+        crop = _after_crop(crop, rng, cfg)
+        return ObjectDraw(crop[None].astype(np.float32), crop_mask, c, source, regime)
+
+
+# -------------------------------------------------------------------------------------- pieces
+def _interior_point(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, ...]:
+    """A random voxel of `mask`, drawn with weight on its depth (people click inside, not on edges)."""
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    sub = mask[box]
+    depth = ndimage.distance_transform_edt(np.pad(sub, 1))[tuple(slice(1, -1) for _ in sub.shape)]
+    flat = depth.ravel()
+    candidates = np.flatnonzero(flat > 0)
+    w = flat[candidates] ** 1.5
+    pick = candidates[int(rng.choice(len(candidates), p=w / w.sum()))]
+    return tuple(int(i) + b.start for i, b in zip(np.unravel_index(pick, sub.shape), box))
+
+
+def _resample(array: np.ndarray, start, scale: float, size: int, order: int) -> np.ndarray:
+    """Square window of `size * scale` native pixels from `start`, sampled at `size` points a side.
+    Downscaling prefilters with a Gaussian so thin structures do not alias."""
+    if scale > 1.5 and order > 0:
+        array = ndimage.gaussian_filter(array, sigma=0.4 * scale)
+    axes = [s + (np.arange(size) + 0.5) * scale - 0.5 for s in start]
+    grid = np.meshgrid(*axes, indexing="ij")
+    return ndimage.map_coordinates(array, grid, order=order, mode="constant", cval=0.0)
+
+
+def _intensity(image: np.ndarray, region, hu: bool, rng: np.random.Generator, cfg: SamplerConfig) -> np.ndarray:
+    """`image[region]` to [0, 1]: a random CT window for HU images, percentiles of the whole slice
+    otherwise (as inference normalises whole images); then gamma, inversion and a smooth
+    multiplicative bias field (MR-like)."""
+    if hu:
+        level, width = CT_WINDOWS[int(rng.integers(len(CT_WINDOWS)))]
+        level += rng.normal(0, 0.1 * width)
+        width *= float(rng.uniform(0.8, 1.25))
+        out = np.clip((image[region] - (level - width / 2)) / width, 0, 1)
+    else:
+        lo, hi = np.percentile(image[::3, ::3], (float(rng.uniform(0, 2)), float(rng.uniform(98, 100))))
+        out = np.clip((image[region] - lo) / max(hi - lo, 1e-6), 0, 1)
+    out = out ** float(np.exp(rng.uniform(np.log(0.6), np.log(1.7))))
+    if rng.random() < cfg.p_invert:
+        out = 1.0 - out
+    if rng.random() < cfg.p_bias:
+        coarse = rng.normal(0, 0.25, (4, 4))
+        field_ = ndimage.zoom(coarse, [n / 4 for n in out.shape], order=3)[: out.shape[0], : out.shape[1]]
+        out = np.clip(out * np.exp(field_), 0, 1)
+    return out.astype(np.float32)
+
+
+def _after_crop(crop: np.ndarray, rng: np.random.Generator, cfg: SamplerConfig) -> np.ndarray:
+    if rng.random() < cfg.p_blur:
+        crop = ndimage.gaussian_filter(crop, float(rng.uniform(0.5, 1.5)))
+    if rng.random() < cfg.p_noise:
+        crop = crop + rng.normal(0, float(rng.uniform(0.01, 0.06)), crop.shape)
+    crop = crop * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-0.08, 0.08))
+    return np.clip(crop, 0, 1).astype(np.float32)
+
+
+def _flip_turn(image, mask, click, rng):
+    k = int(rng.integers(4))
+    n = image.shape[0]
+    image, mask = np.rot90(image, k), np.rot90(mask, k)
+    y, x = click
+    for _ in range(k):  # np.rot90 maps (i, j) -> (n - 1 - j, i)
+        y, x = n - 1 - x, y
+    if rng.random() < 0.5:
+        image, mask, y = image[::-1], mask[::-1], n - 1 - y
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask), (int(y), int(x))
+
+
+def synthetic_object(rng: np.random.Generator, side: int):
+    """A random blob (smoothed noise thresholded around a seed, or an ellipse) with its own texture
+    and contrast on a textured background: shapes no atlas has."""
+    yy, xx = np.mgrid[:side, :side].astype(np.float32)
+    cy, cx = rng.uniform(0.3, 0.7, 2) * side
+    r = rng.uniform(0.05, 0.3) * side
+    if rng.random() < 0.5:
+        a, b, t = r, r * rng.uniform(0.4, 1.0), rng.uniform(0, np.pi)
+        u = (xx - cx) * np.cos(t) + (yy - cy) * np.sin(t)
+        v = -(xx - cx) * np.sin(t) + (yy - cy) * np.cos(t)
+        mask = (u / a) ** 2 + (v / b) ** 2 <= 1
+    else:
+        noise = ndimage.gaussian_filter(rng.normal(0, 1, (side, side)), side * rng.uniform(0.03, 0.08))
+        dist = np.hypot(yy - cy, xx - cx) / r
+        mask = (noise / (noise.std() + 1e-6) * 0.5 - dist + 1.0) > 0
+        labels, n = ndimage.label(mask)
+        if n == 0:
+            mask = np.hypot(yy - cy, xx - cx) <= r
+        else:
+            mask = labels == labels[int(cy), int(cx)] if labels[int(cy), int(cx)] else labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    def texture(scale):
+        return ndimage.gaussian_filter(rng.normal(0, 1, (side, side)), scale)
+    bg = rng.uniform(0, 1) + 0.3 * texture(rng.uniform(1, 8)) / 0.1
+    fg_shift = rng.choice([-1, 1]) * rng.uniform(0.15, 0.6)
+    image = bg * 0.1 + np.where(mask, fg_shift, 0.0) + 0.05 * texture(rng.uniform(0.5, 3)) / 0.1
+    image = ndimage.gaussian_filter(image, rng.uniform(0.3, 1.5))
+    return image.astype(np.float32), mask, False, "synthetic"
