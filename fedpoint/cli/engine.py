@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from fedpoint.simulations.pretrain_config import PRETRAIN_DEFAULTS
+
 
 def _fail(message: str) -> None:
     from rich.console import Console
@@ -18,28 +20,41 @@ def _fail(message: str) -> None:
 
 
 def pretrain(
-    out: Path = typer.Option(Path("base2d"), help="Checkpoint path without suffix (.safetensors and .json are written)."),
-    datasets: str = typer.Option("mni152", help="Built-in datasets to train on, comma-separated (e.g. mni152,colin27-aal)."),
-    steps: int = typer.Option(1500, min=1, help="Optimizer steps."),
-    size: int = typer.Option(128, min=32, help="Side of the 2D training crops."),
-    batch: int = typer.Option(8, min=1),
-    lr: float = typer.Option(1e-3, min=0.0),
+    out: Path = typer.Option(Path("base2d"), help="Checkpoint path without suffix (.safetensors, .json card and .ckpt are written)."),
+    sources: str = typer.Option("", help="Training images by name, comma-separated (default: every prepared image of the train split)."),
+    steps: int = typer.Option(PRETRAIN_DEFAULTS.steps, min=1, help="Optimizer steps."),
+    batch: int = typer.Option(PRETRAIN_DEFAULTS.batch, min=1),
+    lr: float = typer.Option(PRETRAIN_DEFAULTS.lr, min=0.0),
+    max_clicks: int = typer.Option(PRETRAIN_DEFAULTS.max_clicks, min=1, max=50, help="Clicks of the longest simulated interaction."),
     seed: int = typer.Option(0),
-    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (the packaged base used 1)."),
-    data_dir: Optional[Path] = typer.Option(None, envvar="FEDPOINT_DATA", help="Built-in data folder."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (default: torch's choice)."),
+    resume: bool = typer.Option(False, help="Continue from <out>.ckpt (written every few minutes and on Ctrl-C)."),
+    checkpoint_minutes: float = typer.Option(PRETRAIN_DEFAULTS.checkpoint_minutes, min=0.1),
+    data_dir: Optional[Path] = typer.Option(None, envvar="FEDPOINT_DATA", help="Data folder (prepared with `fedpoint data prepare --training`)."),
 ) -> None:
-    """Train the base interactive model on the MNI152 template's tissue masks with simulated clicks."""
+    """Train a 2D base interactive model with iterative simulated clicks on the training sources."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from fedpoint.simulations.pretrain import PretrainConfig, pretrain as run
+    from fedpoint.simulations.pretrain import PretrainConfig, checkpoint_path, pretrain as run
 
-    cfg = PretrainConfig(datasets=tuple(d.strip() for d in datasets.split(",") if d.strip()), steps=steps, size=size, batch=batch, lr=lr, seed=seed, threads=threads)
-    with Progress(TextColumn("pretrain"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
-                  TimeRemainingColumn()) as bar:
-        task = bar.add_task("train", total=steps, loss=float("nan"))
-        card = run(cfg, out, data_dir=data_dir, on_step=lambda s, loss: bar.update(task, completed=s, loss=loss))
-    Console().print_json(json.dumps({"checkpoint": str(out), "validation": card["validation"]}))
+    cfg = PretrainConfig(sources=tuple(d.strip() for d in sources.split(",") if d.strip()), steps=steps, batch=batch, lr=lr,
+                         max_clicks=max_clicks, seed=seed, threads=threads, checkpoint_minutes=checkpoint_minutes)
+    console = Console()
+    if resume and not checkpoint_path(out).exists():
+        console.print(f"[yellow]no checkpoint at {checkpoint_path(out).name}: starting from step 1[/]")
+    try:
+        with Progress(TextColumn("pretrain"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
+                      TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()) as bar:
+            task = bar.add_task("train", total=steps, loss=float("nan"))
+            card = run(cfg, out, data_dir=data_dir, resume=resume,
+                       on_step=lambda s, loss: bar.update(task, completed=s, loss=loss))
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted: progress saved in {checkpoint_path(out)}; continue with --resume[/]")
+        raise typer.Exit(130)
+    except ValueError as err:
+        _fail(str(err))
+    console.print_json(json.dumps({"checkpoint": str(out), "validation": card["validation"], "seconds": card["training"]["seconds"]}))
 
 
 def evaluate(
@@ -58,6 +73,9 @@ def evaluate(
     store: Optional[Path] = typer.Option(None, help="Site store for the annotation cache (default: a temporary folder)."),
     data_dir: Optional[Path] = typer.Option(None, envvar="FEDPOINT_DATA"),
     strict: bool = typer.Option(False, help="Fail on the first bad file instead of skipping it."),
+    full_slice: bool = typer.Option(False, "--full-slice", help="Whole slices at native resolution (one per object "
+                                    "and slice) instead of crops around each object; the focus crop zooms."),
+    split_components: bool = typer.Option(False, help="Each connected component of an object is its own target."),
 ) -> None:
     """Annotate a stream of images with the simulated user and report Dice@k, NoC and timings."""
     from rich.console import Console
@@ -66,7 +84,8 @@ def evaluate(
 
     try:
         spec = EvaluationSpec(data=data, mode=mode, adapter=adapter, base=base, clicks=clicks, images=images, shift=shift,
-                              size=size, lr=lr, seed=seed, strict=strict)
+                              size=size, lr=lr, seed=seed, strict=strict, full_slice=full_slice,
+                              split_components=split_components)
     except ValueError as err:
         _fail(str(err))
     with tempfile.TemporaryDirectory(prefix="fedpoint-eval-") as tmp:
@@ -75,7 +94,8 @@ def evaluate(
         except (ValueError, FileNotFoundError) as err:
             _fail(str(err))
     console = Console()
-    console.print(summary_table({mode: result["summary"]}, title=f"{spec.data}: {len(result['images'])} images, {clicks} clicks"))
+    console.print(summary_table({mode: result["summary"]}, title=f"{spec.data}: {len(result['images'])} "
+                                                                  f"{'full slices' if full_slice else 'images'}, {clicks} clicks"))
     for name, reason in result.get("skipped", []):
         console.print(f"[yellow]skipped[/] {name}: {reason}")
     if out:

@@ -16,6 +16,7 @@ from fedpoint.client.session import AnnotationSession
 from fedpoint.client.store import SiteStore
 from fedpoint.shared.adapters import Adapter, State, load_adapter, make_adapter
 from fedpoint.shared.config import AdaptationConfig, AdapterConfig
+from fedpoint.shared.focus import FocusConfig
 from fedpoint.shared.model import load_base
 
 
@@ -36,7 +37,7 @@ class SiteEngine:
     def create(cls, base: str | Path | None = None, adapter: AdapterConfig | str = "norm",
                adaptation: AdaptationConfig | None = None, store: SiteStore | str | Path | None = None,
                device: str = "cpu", campaign_size: int | None = None, background_episodes: bool = True,
-               adapter_dir: str | Path | None = None) -> "SiteEngine":
+               adapter_dir: str | Path | None = None, focus: FocusConfig | None = None) -> "SiteEngine":
         """Load the base, open the adapter kind and (optionally) resume the store's current adapter."""
         net, model_cfg, _card = load_base(base, device)
         if isinstance(store, (str, Path)):
@@ -44,7 +45,7 @@ class SiteEngine:
         resume = adapter_dir or (store.current_adapter() if store is not None else None)
         # a saved adapter brings its own kind and settings (an exported bank may use LoRA rank 2, say)
         adapt = load_adapter(net, resume) if resume is not None else make_adapter(net, adapter)
-        model = SiteModel(adapt, model_cfg, adaptation or AdaptationConfig(), device)
+        model = SiteModel(adapt, model_cfg, adaptation or AdaptationConfig(), device, focus)
         return cls(model, store, campaign_size, background_episodes)
 
     @property

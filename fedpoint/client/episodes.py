@@ -7,6 +7,10 @@ step's Dice+CE averaged); after each epoch the validation Dice-AUC over clicks (
 the best epoch. The next episode starts from it. The live model keeps serving clicks meanwhile:
 training runs on a copy, and the result is swapped in atomically only if the regression guard
 passes it.
+
+Episodes see the images the way the annotation session does: every prediction in the focus
+window the session would pick (first click: context window; later: zoom window of the previous
+mask and the clicks), losses on that window's grid, masks pasted back with the click rule.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from fedpoint.client.model import SiteModel
 from fedpoint.client.store import SiteStore
 from fedpoint.shared.adapters import State
 from fedpoint.shared.clicker import Clicker
+from fedpoint.shared.focus import crop, enforce_clicks, paste
 from fedpoint.shared.losses import dice_ce
 from fedpoint.shared.metrics import dice, dice_auc
 
@@ -42,7 +47,7 @@ def simulated_dice_auc(model: SiteModel, samples: list[tuple[np.ndarray, np.ndar
                 dices += [1.0] * (clicks - len(dices))
                 break
             chosen.append(click)
-            prev = model.predict(image_t, chosen, prev)
+            prev, _ = model.predict_focused(image_t, chosen, prev)
             dices.append(dice(prev[0, 0].bool().cpu().numpy(), mask))
         scores.append(dice_auc(dices))
     return float(np.mean(scores))
@@ -51,7 +56,8 @@ def simulated_dice_auc(model: SiteModel, samples: list[tuple[np.ndarray, np.ndar
 def train_iteration(model: SiteModel, image: np.ndarray, mask: np.ndarray, max_edits: int, rng: np.random.Generator) -> float:
     """One simulated interaction on one case: a step per click, losses averaged, one optimizer step."""
     image_t = model.image_tensor(image)
-    target = torch.as_tensor(mask, dtype=torch.float32, device=model.device)[None, None]
+    target = torch.as_tensor(mask, dtype=torch.bool, device=model.device)[None, None]
+    spatial = tuple(mask.shape)
     clicker = Clicker(mask, mode="random", seed=int(rng.integers(2**31)))
     clicks, prev, losses = [], None, []
     model.optimizer.zero_grad(set_to_none=True)
@@ -60,11 +66,12 @@ def train_iteration(model: SiteModel, image: np.ndarray, mask: np.ndarray, max_e
         if click is None:
             break
         clicks.append(click)
-        logits = model.logits(image_t, clicks, prev, grad=True)
-        loss = dice_ce(logits, target) / (1 + max_edits)
+        window = model.window_for(clicks, None if prev is None else prev[0, 0] > 0, spatial)
+        logits = model.logits(image_t, clicks, prev, grad=True, window=window)
+        loss = dice_ce(logits, crop(target, window, mask=True).float()) / (1 + max_edits)
         loss.backward()
         losses.append(loss.item())
-        prev = (logits.detach() > 0).float()
+        prev = enforce_clicks(paste(logits.detach() > 0, window, spatial).float(), clicks)
     model.optimizer.step()
     return float(np.sum(losses))
 
@@ -112,7 +119,7 @@ def _copy_model(model: SiteModel, lr: float | None = None) -> SiteModel:
     with model.lock:
         adapter = copy.deepcopy(model.adapter)
     cfg = model.adapt_cfg if lr is None else model.adapt_cfg.model_copy(update={"lr": lr})
-    return SiteModel(adapter, model.model_cfg, cfg, model.device)
+    return SiteModel(adapter, model.model_cfg, cfg, model.device, model.focus)
 
 
 class EpisodeScheduler:

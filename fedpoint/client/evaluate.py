@@ -45,6 +45,7 @@ def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int 
         "post_ms": rec["post_ms"],
         "seconds": round(seconds, 3),
         "accepted": bool(final.any()),
+        "windows": rec["windows"],  # where the network looked for each click (focus crop)
     }
 
 

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from fedpoint.shared.adapters import Adapter, State
 from fedpoint.shared.clicks import Click, encode_clicks
 from fedpoint.shared.config import AdaptationConfig, ModelConfig
+from fedpoint.shared.focus import (FocusConfig, FocusWindow, crop, encode_window_clicks, enforce_clicks,
+                                   first_click_window, paste, zoom_window)
 
 
 class SiteModel:
@@ -19,13 +21,17 @@ class SiteModel:
 
     `lock` guards the weights: a prediction never sees a half-swapped adapter, and a background
     episode trains on its own copy and swaps in under the lock.
+
+    `focus` says where the network looks (`fedpoint.shared.focus`); the caller (the annotation
+    session, an episode) picks the window with `window_for` and passes it to `logits` / `predict`.
     """
 
     def __init__(self, adapter: Adapter, model_cfg: ModelConfig, adapt_cfg: AdaptationConfig | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", focus: FocusConfig | None = None):
         self.adapter = adapter
         self.model_cfg = model_cfg
         self.adapt_cfg = adapt_cfg or AdaptationConfig()
+        self.focus = (focus or FocusConfig()).resolve(model_cfg)
         self.device = torch.device(device)
         self.net = adapter.net.to(self.device).eval()  # instance norm: eval and train behave alike
         self.optimizer = torch.optim.Adam(adapter.trainable_parameters(), lr=self.lr)
@@ -41,11 +47,31 @@ class SiteModel:
     def image_tensor(self, image: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32, device=self.device)[None]
 
-    def _inputs(self, image_t: torch.Tensor, clicks: Sequence[Click], prev: torch.Tensor | None) -> torch.Tensor:
+    def _inputs(self, image_t: torch.Tensor, clicks: Sequence[Click], prev: torch.Tensor | None,
+                window: FocusWindow | None = None) -> torch.Tensor:
+        sigma = self.model_cfg.click_sigma
+        if window is not None:  # image and previous mask cut out and resampled, clicks moved into the window
+            image_t = crop(image_t, window)
+            maps = encode_window_clicks(clicks, window, sigma)
+            if prev is not None:
+                prev = crop(prev.reshape(1, 1, *prev.shape[-window.ndim:]), window, mask=True)
+        else:
+            maps = encode_clicks(clicks, tuple(image_t.shape[2:]), sigma)
         spatial = tuple(image_t.shape[2:])
-        maps = torch.from_numpy(encode_clicks(clicks, spatial, self.model_cfg.click_sigma)).to(self.device)[None]
+        maps = torch.from_numpy(maps).to(self.device)[None]
         prev = torch.zeros((1, 1, *spatial), device=self.device) if prev is None else prev.reshape(1, 1, *spatial).float()
         return torch.cat([image_t, maps, prev], dim=1)
+
+    # ------------------------------------------------------------------------------ focus
+    def window_for(self, clicks: Sequence[Click], prev_mask, image_shape: Sequence[int]) -> FocusWindow:
+        """The session's rule: no mask yet (the first click, or only background so far) -> a
+        `context` window around the clicks; else the zoom window of the mask and every click."""
+        f = self.focus
+        if prev_mask is None or not bool(prev_mask.any()):
+            if len(clicks) == 1:
+                return first_click_window(clicks[0].point, image_shape, f.context, self.model_cfg)
+            return zoom_window(None, clicks, image_shape, self.model_cfg, f.expand, f.context)
+        return zoom_window(prev_mask, clicks, image_shape, self.model_cfg, f.expand, f.min_size)
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         m = self.model_cfg.size_multiple
@@ -60,17 +86,34 @@ class SiteModel:
 
     # ------------------------------------------------------------------------------ forward
     def logits(self, image_t: torch.Tensor, clicks: Sequence[Click], prev: torch.Tensor | None = None,
-               grad: bool = False) -> torch.Tensor:
-        """Logits of shape (1, 1, *spatial) for one image tensor of shape (1, C, *spatial)."""
-        x, spatial = self._pad(self._inputs(image_t, clicks, prev))
+               grad: bool = False, window: FocusWindow | None = None) -> torch.Tensor:
+        """Logits for one image tensor of shape (1, C, *spatial); clicks and `prev` (a full-size mask)
+        in the image's coordinates. Without a window: on the whole image, shape (1, 1, *spatial).
+        With one: on the window's grid, shape (1, 1, *window.out_size) (losses are taken there;
+        `fedpoint.shared.focus.paste` maps them back)."""
+        x, spatial = self._pad(self._inputs(image_t, clicks, prev, window))
         with torch.set_grad_enabled(grad):
             out = self.net(x)
         return out[(slice(None), slice(None), *(slice(0, n) for n in spatial))]
 
-    def predict(self, image_t: torch.Tensor, clicks: Sequence[Click], prev: torch.Tensor | None = None) -> torch.Tensor:
-        """A binary mask (float 0/1 tensor, shape (1, 1, *spatial)), no gradient."""
+    def predict(self, image_t: torch.Tensor, clicks: Sequence[Click], prev: torch.Tensor | None = None,
+                window: FocusWindow | None = None) -> torch.Tensor:
+        """A binary mask (float 0/1 tensor, shape (1, 1, *spatial) of the whole image), no gradient;
+        with a window, predicted in it and pasted back (background outside)."""
         with self.lock, torch.no_grad():
-            return (self.logits(image_t, clicks, prev) > 0).float()
+            out = self.logits(image_t, clicks, prev, window=window) > 0
+        if window is not None:
+            out = paste(out, window, tuple(image_t.shape[2:]))
+        return out.float()
+
+    def predict_focused(self, image_t: torch.Tensor, clicks: Sequence[Click],
+                        prev: torch.Tensor | None = None) -> tuple[torch.Tensor, FocusWindow]:
+        """What a session shows for `clicks`, without updates: the window `window_for` picks, the
+        prediction in it pasted back, and the click rule. Returns (mask (1, 1, *spatial), window)."""
+        spatial = tuple(image_t.shape[2:])
+        window = self.window_for(clicks, None if prev is None else prev[0, 0] > 0, spatial)
+        mask = self.predict(image_t, clicks, prev, window)
+        return enforce_clicks(mask, clicks), window
 
     # ------------------------------------------------------------------------------ updates
     def step(self, loss: torch.Tensor) -> None:

@@ -1,4 +1,10 @@
-"""One image (or volume) being annotated by one person: click, undo, accept."""
+"""One image (or volume) being annotated by one person: click, undo, accept.
+
+Every prediction runs in a focus window (`fedpoint.shared.focus`): the first click in a context
+window centred on it, later clicks in the zoom window of the previous mask and every click. The
+window's prediction is pasted back onto the whole image, and the click rule holds: the mask shown
+contains every positive click's voxel and none of the negative ones.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import torch
 from fedpoint.client.model import SiteModel
 from fedpoint.client.online import mid_interaction_update, post_interaction_update
 from fedpoint.shared.clicks import Click, check_point
+from fedpoint.shared.focus import FocusWindow, crop, enforce_clicks, paste, zoom_window
 
 
 class InputError(ValueError):
@@ -53,11 +60,17 @@ class Step:
     input_mask: torch.Tensor | None  # the previous mask the model saw when predicting it
     predict_ms: float
     update_ms: float
+    window: FocusWindow | None = None  # where the network looked for this click
 
 
 @dataclass
 class AnnotationSession:
-    """Interactive annotation of one image with optional online updates on each click and on accept."""
+    """Interactive annotation of one image with optional online updates on each click and on accept.
+
+    With a mid-interaction update, the mask shown for a click is the prediction made before the
+    update (the pseudo-label the update learns from); the update benefits later clicks. Set
+    `repredict=True` to predict again after the update instead (one more forward per click).
+    """
 
     model: SiteModel
     image: np.ndarray
@@ -67,6 +80,8 @@ class AnnotationSession:
     steps: list[Step] = field(default_factory=list)
     accepted: np.ndarray | None = None
     post_ms: float = 0.0
+    repredict: bool = False
+    post_window: FocusWindow | None = None
 
     def __post_init__(self) -> None:
         cfg = self.model.model_cfg
@@ -90,19 +105,35 @@ class AnnotationSession:
         if self.accepted is not None:
             raise InputError("this annotation was already accepted")
         click = Click(check_point(point, self.spatial_shape), bool(positive))
+        model, shape = self.model, self.spatial_shape
         before = self.clicks
         prev = self.steps[-1].mask if self.steps else None
         clicks = [*before, click]
+        t0 = time.perf_counter()
+        window = model.window_for(clicks, None if prev is None else prev[0, 0] > 0, shape)
+        image_c = crop(self._image_t, window)
+        prev_c = None if prev is None else crop(prev, window, mask=True).float()
+        local = window.clicks(clicks)
+        with model.lock, torch.no_grad():
+            pred_c = model.logits(image_c, local, prev_c) > 0
+        mask = enforce_clicks(paste(pred_c, window, shape).float(), clicks)
+        predict_ms = (time.perf_counter() - t0) * 1e3
         update_ms = 0.0
-        if self.model.adapt_cfg.uses_mid and self.steps and self.model.adapt_cfg.mid_steps:
-            pseudo = self.model.predict(self._image_t, clicks, prev)
+        if model.adapt_cfg.uses_mid and self.steps and model.adapt_cfg.mid_steps:
+            # the model that made the previous mask steps toward this click's prediction, on this crop
             t1 = time.perf_counter()
-            mid_interaction_update(self.model, self._image_t, before, self.steps[-1].input_mask, click, pseudo)
+            pseudo = enforce_clicks(pred_c.float(), local)
+            seen = self.steps[-1].input_mask
+            seen_c = None if seen is None else crop(seen, window, mask=True).float()
+            mid_interaction_update(model, image_c, local[:-1], seen_c, local[-1], pseudo)
             update_ms = (time.perf_counter() - t1) * 1e3
-        t2 = time.perf_counter()
-        mask = self.model.predict(self._image_t, clicks, prev)
-        predict_ms = (time.perf_counter() - t2) * 1e3
-        self.steps.append(Step(click, mask, prev, predict_ms, update_ms))
+            if self.repredict:
+                t2 = time.perf_counter()
+                with model.lock, torch.no_grad():
+                    pred_c = model.logits(image_c, local, prev_c) > 0
+                mask = enforce_clicks(paste(pred_c, window, shape).float(), clicks)
+                predict_ms += (time.perf_counter() - t2) * 1e3
+        self.steps.append(Step(click, mask, prev, predict_ms, update_ms, window))
         return self.mask
 
     def undo(self) -> np.ndarray:
@@ -122,7 +153,18 @@ class AnnotationSession:
         cfg = self.model.adapt_cfg
         if cfg.uses_post and self.steps and cfg.post_steps:
             t0 = time.perf_counter()
-            post_interaction_update(self.model, self._image_t, self.steps[0].click, final, np.random.default_rng(self.seed))
+            first = self.steps[0].click
+            # The first click's own window: stage 1 teaches exactly the prediction a person sees
+            # after one click, so it trains in the window that prediction is made in.
+            window = self.steps[0].window or zoom_window(final, [first], self.spatial_shape, self.model.model_cfg,
+                                                         self.model.focus.expand, self.model.focus.min_size)
+            target = crop(final, window, mask=True)
+            first_c = window.clicks([first])[0]
+            if first.positive and not target.any():  # an object thinner than a voxel of the window
+                target[first_c.point] = True
+            post_interaction_update(self.model, crop(self._image_t, window), first_c, target,
+                                    np.random.default_rng(self.seed))
+            self.post_window = window
             self.post_ms = (time.perf_counter() - t0) * 1e3
         self.accepted = final
         if self.on_accept is not None:
@@ -137,4 +179,10 @@ class AnnotationSession:
             "predict_ms": [round(s.predict_ms, 3) for s in self.steps],
             "update_ms": [round(s.update_ms, 3) for s in self.steps],
             "post_ms": round(self.post_ms, 3),
+            "windows": [_window_record(s.window) for s in self.steps],
+            "post_window": _window_record(self.post_window),
         }
+
+
+def _window_record(window: FocusWindow | None) -> dict | None:
+    return None if window is None else {"start": list(window.start), "size": list(window.size)}

@@ -9,7 +9,7 @@ from fedpoint.data.builtin import BUILTIN_DATASETS, default_data_dir, list_datas
 from fedpoint.data.contact_sheet import contact_sheet
 from fedpoint.data.load import load_dataset
 from fedpoint.data.normalize import CT_WINDOWS, normalize
-from fedpoint.data.samples import CropInfo, Sample, make_samples, uncrop
+from fedpoint.data.samples import CropInfo, Sample, full_slice_samples, make_samples, uncrop
 from fedpoint.data.shifts import SHIFTS, apply_shift
 from fedpoint.data.sites import Site, SiteSpec, build_site, build_sites, load_site_specs
 from fedpoint.data.types import Case, DataError, Dataset, DatasetInfo, LabelledObject
@@ -35,6 +35,7 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "load_site_specs",
+    "full_slice_samples",
     "make_samples",
     "normalize",
     "prepare",

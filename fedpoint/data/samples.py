@@ -97,6 +97,48 @@ def _case_samples(case, spatial_dims, size, axis, min_voxels, split_components, 
     return out
 
 
+def full_slice_samples(
+    data: Dataset | list[Case],
+    *,
+    spatial_dims: int = 2,
+    axis: int = -1,
+    min_voxels: int = 20,
+    split_components: bool = False,
+    max_per_object: int | None = None,
+) -> list[Sample]:
+    """Like `make_samples`, with the same (case, object, slice) selection, but nothing is cut out:
+    each sample is the whole slice (or the whole 2D/3D case) at native resolution, and the object's
+    mask on it is the target. `crop` is then the identity (`uncrop` returns the mask unchanged)."""
+    cases = data.cases if isinstance(data, Dataset) else list(data)
+    out: list[Sample] = []
+    for case in cases:
+        if case.ndim not in (spatial_dims, spatial_dims + 1):
+            raise ValueError(f"case {case.case_id} is {case.ndim}D; cannot make {spatial_dims}D full-slice samples")
+        image = normalize(case.image, case.modality)
+        sliced = case.ndim > spatial_dims
+        ax = axis % case.ndim
+        if sliced:
+            image = np.ascontiguousarray(np.moveaxis(image, ax + 1, 0))
+        for obj in _objects(case, split_components):
+            mask = obj.mask
+            if not sliced:
+                if mask.sum() >= min_voxels:
+                    out.append(_whole(image, mask, case, obj.name, None, None))
+                continue
+            mask = np.ascontiguousarray(np.moveaxis(mask, ax, 0))
+            counts = mask.reshape(mask.shape[0], -1).sum(axis=1)
+            for index in _pick_slices(np.flatnonzero(counts >= min_voxels), max_per_object):
+                out.append(_whole(image[index], mask[index], case, obj.name, ax, int(index)))
+    return out
+
+
+def _whole(image, mask, case, name, axis, index) -> Sample:
+    shape = tuple(mask.shape)
+    crop = CropInfo(shape, (0.0,) * len(shape), 1.0, shape, case.spatial_shape, axis, index)
+    return Sample(np.ascontiguousarray(image, dtype=np.float32), mask.astype(bool), case.case_id, name,
+                  case.modality, crop)
+
+
 def _objects(case: Case, split_components: bool) -> list[LabelledObject]:
     if not split_components:
         return list(case.objects)

@@ -37,7 +37,8 @@ def gaussian_window(point: Sequence[int], shape: Sequence[int], sigma: float, tr
     radius = max(1, int(np.ceil(truncate * sigma)))
     slices, axes = [], []
     for p, n in zip(point, shape):
-        lo, hi = max(0, p - radius), min(n, p + radius + 1)
+        lo = min(n, max(0, p - radius))
+        hi = max(lo, min(n, p + radius + 1))  # a click off the grid: its tail only, or nothing
         slices.append(slice(lo, hi))
         axes.append((np.arange(lo, hi, dtype=np.float32) - p) ** 2)
     sq = axes[0]

@@ -1,4 +1,8 @@
-"""`fedpoint evaluate`: one dataset stream, one adapter kind, one adaptation mode."""
+"""`fedpoint evaluate`: one dataset stream, one adapter kind, one adaptation mode.
+
+Samples are object crops of `size` (the default) or, with `full_slice`, whole slices at native
+resolution (the same objects and slices), where the session's focus crop does the zooming.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ class EvaluationSpec(BaseModel):
     lr: Optional[float] = Field(None, gt=0)
     seed: int = 0
     strict: bool = False
+    full_slice: bool = Field(False, description="whole slices at native resolution instead of object crops")
+    split_components: bool = Field(False, description="each connected component of an object is its own target")
 
     @field_validator("adapter")
     @classmethod
@@ -39,10 +45,14 @@ def load_stream(spec: EvaluationSpec, data_dir: Path | None = None):
     """Samples of a dataset in a fixed shuffled order, shifted if asked; plus what was skipped."""
     import numpy as np
 
-    from fedpoint.data import apply_shift, load_dataset, make_samples
+    from fedpoint.data import apply_shift, full_slice_samples, load_dataset, make_samples
 
     dataset = load_dataset(spec.data, data_dir=data_dir, strict=spec.strict)
-    samples = make_samples(dataset, spatial_dims=2, size=(spec.size, spec.size), seed=spec.seed)
+    if spec.full_slice:  # the same objects and slices, not cropped: the session's focus crop does the zooming
+        samples = full_slice_samples(dataset, spatial_dims=2, split_components=spec.split_components)
+    else:
+        samples = make_samples(dataset, spatial_dims=2, size=(spec.size, spec.size), seed=spec.seed,
+                               split_components=spec.split_components)
     if not samples:
         raise ValueError(f"{spec.data}: no object large enough to annotate")
     order = np.random.default_rng(spec.seed).permutation(len(samples))

@@ -11,10 +11,11 @@ def test_engine_bench_json_schema():
     result = CliRunner().invoke(app, ["bench", "engine", "--json", "--size", "64", "--repeats", "5"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    for key in ("forward_ms", "click_to_mask_ms"):
+    for key in ("forward_ms", "click_to_mask_ms", "click_to_mask_512_ms"):
         assert set(data[key]) == {"p50", "p95"} and data[key]["p95"] >= data[key]["p50"] > 0
     kinds = {"norm", "norm+stem", "lora", "full"}
     assert set(data["step_ratio_vs_full"]) == kinds and data["step_ratio_vs_full"]["full"] == 1.0
     assert set(data["bytes_ratio_vs_full"]) == kinds and data["bytes_ratio_vs_full"]["full"] == 1.0
     assert data["bytes_ratio_vs_full"]["norm"] < data["bytes_ratio_vs_full"]["norm+stem"] < 1.0
     assert isinstance(data["targets"]["norm_bytes_le_1pct"], bool)
+    assert data["click_to_mask_512"]["clicks"] >= 20 and data["click_to_mask_512"]["mode"] == "mid+post"

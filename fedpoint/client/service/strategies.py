@@ -4,8 +4,8 @@
 - ``random``: a random unlabelled image (``params.seed`` makes it repeatable).
 - ``uncertain``: the unlabelled image the current model is least sure about. For each candidate
   (at most ``al_candidates``, drawn at random), the model predicts from one positive click at the
-  image centre (the middle slice of a volume on a 2D model) on the image and on its mirror image
-  (first axis flipped, click mirrored). The two foreground probability maps are averaged, and the
+  image centre (the middle slice of a volume on a 2D model), in that click's focus window, on the
+  image and on its mirror image (first axis flipped, click mirrored). The two foreground probability maps are averaged, and the
   score is the mean binary entropy (bits) of that average over the pixels it gives at least 10%
   foreground probability: high where the model hesitates or where the two views disagree. An
   image where the click finds nothing at all scores 1 (the maximum): the model has no idea there.
@@ -22,6 +22,7 @@ import torch
 
 from fedpoint.client.model import SiteModel
 from fedpoint.shared.clicks import Click
+from fedpoint.shared.focus import paste
 
 STRATEGIES = {
     "first": "the first unlabelled image, in id order",
@@ -38,15 +39,24 @@ def flip_uncertainty(model: SiteModel, image: np.ndarray) -> float:
     centre = tuple(n // 2 for n in spatial)
     mirrored = (spatial[0] - 1 - centre[0], *centre[1:])
     image_t = model.image_tensor(image)
-    with model.lock, torch.no_grad():
-        p = torch.sigmoid(model.logits(image_t, [Click(centre, True)]))
-        q = torch.sigmoid(model.logits(torch.flip(image_t, dims=[2]), [Click(mirrored, True)]))
+    p = _focused_probability(model, image_t, Click(centre, True))
+    q = _focused_probability(model, torch.flip(image_t, dims=[2]), Click(mirrored, True))
     mean = (p + torch.flip(q, dims=[2])) / 2
     region = mean[mean > FOREGROUND_FLOOR].clamp(1e-6, 1 - 1e-6)
     if region.numel() == 0:
         return 1.0
     entropy = -(region * torch.log2(region) + (1 - region) * torch.log2(1 - region))
     return float(entropy.mean())
+
+
+def _focused_probability(model: SiteModel, image_t: torch.Tensor, click: Click) -> torch.Tensor:
+    """Foreground probability of a first click, predicted in its focus window like a session does;
+    zero outside the window."""
+    spatial = tuple(image_t.shape[2:])
+    window = model.window_for([click], None, spatial)
+    with model.lock, torch.no_grad():
+        p = torch.sigmoid(model.logits(image_t, [click], window=window))
+    return paste(p, window, spatial, fill=0.0)
 
 
 def choose(strategy: str, unlabelled: list[str], params: dict, score: Callable[[str], float],

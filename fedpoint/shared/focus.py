@@ -1,0 +1,269 @@
+"""The focus crop ("zoom-in", as in RITM): the network predicts in a window, never on a whole image.
+
+The base network was trained on crops of `ModelConfig.input_size` voxels a side, with click
+Gaussians of `click_sigma` voxels at that size. A whole 512 x 512 slice is a regime it never saw,
+so every prediction runs in a `FocusWindow`:
+
+- the **first click** looks at a square (cubic) window of `context` native voxels centred on it
+  (default `CONTEXT_FACTOR` x input_size), shifted to lie inside the image and clipped to it where
+  the image is smaller;
+- **later clicks** look at the bounding box of the current mask and every click, expanded by
+  `expand` (1.4) and to at least `min_size` (input_size // 2), made square, inside the image.
+
+A window is resampled to the working size keeping its aspect (one scale for every axis), with each
+side rounded up to a multiple of the network's `size_multiple`. Nothing is ever upsampled: a window
+that fits in `input_size` is taken at native resolution, grown to the next multiple (with more
+image, or zero padding past the image's edge), exactly the old whole-image behaviour for small
+images. `paste` maps a window's prediction back onto the whole image; outside the window it is
+background.
+
+Click maps are encoded in the window's coordinates at the working size, with the model's sigma, so
+a click's Gaussian has the size the network was trained with.
+
+Resampling is linear (bilinear / trilinear, voxel centres aligned, `align_corners=False`), the same
+sampling `fedpoint.data.samples` cuts training and evaluation crops with. Dimension-agnostic: 2D
+and 3D, numpy or torch in, the same kind out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedpoint.shared.clicks import Click, encode_clicks
+from fedpoint.shared.config import ModelConfig
+
+CONTEXT_FACTOR = 2          # first-click window side = CONTEXT_FACTOR * input_size native voxels
+ZOOM_EXPAND = 1.4           # later clicks: the mask + clicks box, expanded this much
+MIN_SIZE_FACTOR = 0.5       # ... and at least this share of input_size a side
+BACKGROUND_LOGIT = -1.0e4   # what `paste` puts outside the window for logits
+
+
+@dataclass(frozen=True)
+class FocusConfig:
+    """Where the network looks. `None` means "derive from the model's input_size" (see module doc)."""
+
+    context: int | None = None     # first-click window side, native voxels (default 2 * input_size)
+    expand: float = ZOOM_EXPAND     # zoom window: expansion of the mask + clicks bounding box
+    min_size: int | None = None    # zoom window: smallest side, native voxels (default input_size // 2)
+
+    def __post_init__(self) -> None:
+        if self.context is not None and self.context < 1:
+            raise ValueError(f"focus context must be at least 1 voxel, got {self.context}")
+        if not self.expand >= 1.0:
+            raise ValueError(f"focus expand must be >= 1 (the window must hold the mask), got {self.expand}")
+        if self.min_size is not None and self.min_size < 1:
+            raise ValueError(f"focus min_size must be at least 1 voxel, got {self.min_size}")
+
+    def resolve(self, cfg: ModelConfig) -> "FocusConfig":
+        """The same config with its defaults filled in for this model."""
+        return FocusConfig(
+            context=self.context or CONTEXT_FACTOR * cfg.input_size,
+            expand=self.expand,
+            min_size=self.min_size or max(1, int(cfg.input_size * MIN_SIZE_FACTOR)),
+        )
+
+
+@dataclass(frozen=True)
+class FocusWindow:
+    """A box of the image (`start` may be negative and `start + size` may pass the edge: zero padding)
+    and the grid the network sees it on (`out_size`, multiples of the model's size_multiple)."""
+
+    start: tuple[int, ...]
+    size: tuple[int, ...]
+    out_size: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.start)
+
+    @property
+    def stop(self) -> tuple[int, ...]:
+        return tuple(s + n for s, n in zip(self.start, self.size))
+
+    @property
+    def scale(self) -> tuple[float, ...]:
+        """Model voxels per native voxel, per axis (<= 1: never upsampled)."""
+        return tuple(o / n for o, n in zip(self.out_size, self.size))
+
+    @property
+    def native(self) -> bool:
+        return tuple(self.size) == tuple(self.out_size)
+
+    def contains(self, point: Sequence[int]) -> bool:
+        return all(s <= p < e for p, s, e in zip(point, self.start, self.stop))
+
+    def to_window(self, point: Sequence[float]) -> tuple[int, ...]:
+        """A native voxel index -> the nearest voxel of the window's grid (may lie outside it)."""
+        return tuple(int(math.floor((p - s + 0.5) * k)) for p, s, k in zip(point, self.start, self.scale))
+
+    def to_image(self, point: Sequence[float]) -> tuple[int, ...]:
+        """A voxel of the window's grid -> the native voxel under its centre."""
+        return tuple(int(math.floor(s + (q + 0.5) / k)) for q, s, k in zip(point, self.start, self.scale))
+
+    def clicks(self, clicks: Sequence[Click]) -> list[Click]:
+        """Clicks in the window's coordinates (a click outside keeps its coordinates outside)."""
+        return [Click(self.to_window(c.point), c.positive) for c in clicks]
+
+    def as_dict(self) -> dict:
+        return {"start": list(self.start), "size": list(self.size), "out_size": list(self.out_size)}
+
+
+# ---------------------------------------------------------------------------------- windows
+def fit_window(start: Sequence[int], size: Sequence[int], image_shape: Sequence[int], cfg: ModelConfig) -> FocusWindow:
+    """The window for a native box: native resolution if it fits in input_size, else resized down
+    to it with one scale; sides rounded up to size_multiple (the box grows to match, centred, or at
+    its end at native resolution, shifted back into the image where the image allows)."""
+    m, work = cfg.size_multiple, cfg.input_size
+    start = [int(s) for s in start]
+    size = [max(1, int(n)) for n in size]
+    if max(size) <= work:
+        out = [max(m, math.ceil(n / m) * m) for n in size]
+        start = [st - min(max(0, st + o - n_img), max(0, st)) for st, o, n_img in zip(start, out, image_shape)]
+        return FocusWindow(tuple(start), tuple(out), tuple(out))
+    scale = work / max(size)
+    out = [max(m, math.ceil(n * scale / m - 1e-9) * m) for n in size]
+    new = [max(n, int(round(o / scale))) for n, o in zip(size, out)]  # grows only: the box stays inside
+    start = [st - (nn - n) // 2 for st, n, nn in zip(start, size, new)]
+    return FocusWindow(tuple(start), tuple(new), tuple(out))
+
+
+def _box_inside(centre: Sequence[float], side: int, image_shape: Sequence[int]) -> tuple[list[int], list[int]]:
+    """A box of `side` a side centred at `centre`, clipped to the image's extent, shifted inside it."""
+    starts, sizes = [], []
+    for c, n in zip(centre, image_shape):
+        s = min(side, n)
+        starts.append(int(min(max(math.floor(c - s / 2), 0), n - s)))
+        sizes.append(s)
+    return starts, sizes
+
+
+def first_click_window(point: Sequence[int], image_shape: Sequence[int], context: int, cfg: ModelConfig) -> FocusWindow:
+    """A square (cubic) window of `context` native voxels centred on the first click, shifted to lie
+    inside the image; an axis shorter than `context` is taken whole."""
+    starts, sizes = _box_inside([p + 0.5 for p in point], int(context), image_shape)
+    return fit_window(starts, sizes, image_shape, cfg)
+
+
+def zoom_window(mask: np.ndarray | torch.Tensor | None, clicks: Sequence[Click], image_shape: Sequence[int],
+                cfg: ModelConfig, expand: float = ZOOM_EXPAND, min_size: int | None = None) -> FocusWindow:
+    """RITM's ZoomIn: the bounding box of the mask and every click, expanded by `expand` and to at
+    least `min_size`, made square (cubic), inside the image (clipped to it where it is smaller)."""
+    if min_size is None:
+        min_size = max(1, int(cfg.input_size * MIN_SIZE_FACTOR))
+    points = [np.asarray(c.point, dtype=np.int64)[None] for c in clicks]
+    if mask is not None:
+        m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        m = m.reshape(m.shape[-len(image_shape):]).astype(bool)
+        if m.any():
+            idx = np.nonzero(m)
+            points.append(np.stack([np.array([i.min() for i in idx]), np.array([i.max() for i in idx])]))
+    if not points:
+        raise ValueError("a zoom window needs a non-empty mask or at least one click")
+    pts = np.concatenate(points)
+    lo, hi = pts.min(0), pts.max(0) + 1
+    side = max(int(math.ceil(float((hi - lo).max()) * expand)), int(min_size))
+    starts, sizes = _box_inside((lo + hi) / 2, side, image_shape)
+    return fit_window(starts, sizes, image_shape, cfg)
+
+
+# ---------------------------------------------------------------------------------- crop / paste
+def _as_tensor(x) -> tuple[torch.Tensor, bool]:
+    if isinstance(x, torch.Tensor):
+        return x, False
+    return torch.as_tensor(np.ascontiguousarray(x)), True
+
+
+def _overlap(window: FocusWindow, image_shape: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """Slices of the image and of the (native) window that overlap, or None."""
+    src, dst = [], []
+    for st, n, n_img in zip(window.start, window.size, image_shape):
+        lo, hi = max(0, st), min(n_img, st + n)
+        if hi <= lo:
+            return None
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - st, hi - st))
+    return tuple(src), tuple(dst)
+
+
+def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(N, C, *spatial) float -> (N, C, *size), linear, voxel centres aligned."""
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+
+
+def crop(x, window: FocusWindow, mask: bool = False):
+    """Cut `window` out of `x` (shape (*lead, *spatial), e.g. (1, C, *spatial)) and resample it to
+    `window.out_size`: linear for images and click maps; with `mask=True` (or a bool input) linear
+    and thresholded at one half, returned as bool. Zero / False past the image's edge."""
+    t, was_numpy = _as_tensor(x)
+    nd = window.ndim
+    lead, spatial = tuple(t.shape[:-nd]), tuple(t.shape[-nd:])
+    is_mask = mask or t.dtype == torch.bool
+    flat = t.reshape(1, -1, *spatial)
+    src = flat.float() if is_mask or not flat.is_floating_point() else flat
+    region = torch.zeros((1, flat.shape[1], *window.size), dtype=src.dtype, device=src.device)
+    ov = _overlap(window, spatial)
+    if ov is not None:
+        region[(slice(None), slice(None), *ov[1])] = src[(slice(None), slice(None), *ov[0])]
+    if not window.native:
+        region = _resize(region, window.out_size)
+    if is_mask:
+        region = region >= 0.5
+    out = region.reshape(*lead, *window.out_size)
+    return out.cpu().numpy() if was_numpy else out
+
+
+def paste(x, window: FocusWindow, image_shape: Sequence[int], fill: float | bool | None = None):
+    """Map a window's logits or mask (shape (*lead, *window.out_size)) back onto the whole image
+    (shape (*lead, *image_shape)) at native resolution. Outside the window: `fill`, by default
+    background (False for a bool mask, `BACKGROUND_LOGIT` for logits). Logits are resampled
+    linearly; a bool mask is resampled linearly and thresholded at one half."""
+    t, was_numpy = _as_tensor(x)
+    nd = window.ndim
+    image_shape = tuple(int(n) for n in image_shape)
+    if tuple(t.shape[-nd:]) != tuple(window.out_size):
+        raise ValueError(f"paste: shape {tuple(t.shape)} does not end with the window's size {window.out_size}")
+    lead = tuple(t.shape[:-nd])
+    is_mask = t.dtype == torch.bool
+    flat = t.reshape(1, -1, *window.out_size)
+    region = flat.float() if is_mask or not flat.is_floating_point() else flat
+    if not window.native:
+        region = _resize(region, window.size)
+    if is_mask:
+        region = region >= 0.5
+        background = bool(fill) if fill is not None else False
+    else:
+        background = BACKGROUND_LOGIT if fill is None else float(fill)
+    out = torch.full((1, flat.shape[1], *image_shape), background, dtype=region.dtype, device=region.device)
+    ov = _overlap(window, image_shape)
+    if ov is not None:
+        out[(slice(None), slice(None), *ov[0])] = region[(slice(None), slice(None), *ov[1])]
+    out = out.reshape(*lead, *image_shape)
+    return out.cpu().numpy() if was_numpy else out
+
+
+def encode_window_clicks(clicks: Sequence[Click], window: FocusWindow, sigma: float) -> np.ndarray:
+    """(2, *window.out_size) click maps, the clicks moved into the window's grid, Gaussians of
+    `sigma` voxels of that grid (the working size), so they look the way they did in training."""
+    return encode_clicks(window.clicks(clicks), window.out_size, sigma)
+
+
+def enforce_clicks(mask, clicks: Sequence[Click]):
+    """The click rule: the mask holds every positive click's voxel and none of the negative ones
+    (in click order, so a later click on the same voxel wins). Works in place on a numpy array or a
+    tensor of shape (*lead, *spatial) and returns it; clicks outside the mask's grid are skipped."""
+    if not clicks:
+        return mask
+    nd = len(clicks[0].point)
+    spatial = tuple(mask.shape[-nd:])
+    is_bool = mask.dtype in (bool, np.bool_, torch.bool)
+    for c in clicks:
+        if all(0 <= p < n for p, n in zip(c.point, spatial)):
+            mask[(..., *c.point)] = bool(c.positive) if is_bool else float(c.positive)
+    return mask
