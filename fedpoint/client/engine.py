@@ -46,7 +46,14 @@ class SiteEngine:
         # a saved adapter brings its own kind and settings (an exported bank may use LoRA rank 2, say)
         adapt = load_adapter(net, resume) if resume is not None else make_adapter(net, adapter)
         model = SiteModel(adapt, model_cfg, adaptation or AdaptationConfig(), device, focus)
+        if store is not None and adapter_dir is None:  # the site's Adam state continues with its adapter
+            model.load_optimizer_state(store.latest_optimizer_state(adapt.kind))
         return cls(model, store, campaign_size, background_episodes)
+
+    def save_version(self, meta: dict, make_current: bool = True) -> int:
+        """Write the live adapter, with its optimizer state, as a new store version."""
+        with self.model.lock:
+            return self.store.save_adapter(self.adapter, meta, make_current, self.model.optimizer.state_dict())
 
     @property
     def adapter(self) -> Adapter:
@@ -65,15 +72,19 @@ class SiteEngine:
             self.scheduler.notify()
 
     def held_out(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Cached cases no episode trains on (selection and judgement sets)."""
         if self.store is None:
             return []
-        return [self.store.load_case(i)[:2] for i in self.store.splits()["val"]]
+        splits = self.store.splits()
+        return [self.store.load_case(i)[:2] for i in splits["val"] + splits["judge"]]
 
     def offer(self, state: State, source: str) -> bool:
-        """An adapter offered from outside (a federation bank): swap it in if the guard passes it."""
-        ok, _, _ = self.guard.review(self.model, state, self.held_out(), source, self.store)
+        """An adapter offered from outside (a federation bank): swap it in if the guard passes it.
+        A site with no held-out case yet takes it unvalidated (said so in the log): it has nothing
+        better to start from."""
+        ok, _, _ = self.guard.review(self.model, state, self.held_out(), source, self.store, unvalidated_pass=True)
         if ok:
-            self.model.swap_state(state)
+            self.model.swap_state(state, reset_optimizer=False)
         return ok
 
     def wait(self) -> None:

@@ -1,12 +1,13 @@
 """CLoPA-style training episodes on the growing annotation cache, and the regression guard.
 
 An episode starts when the accepted cases not yet used reach a fraction of the campaign size (or a
-count). New cases are split 80/20 into cumulative train and validation sets. An episode is
+count). New cases are split 60/20/20 into cumulative train, validation (picks the best epoch) and
+judgement (the guard's verdict) sets, under the store's lock (`split_rule`). An episode is
 E epochs x I iterations of simulated-click training (a first click, then up to N corrections, each
 step's Dice+CE averaged); after each epoch the validation Dice-AUC over clicks (EMA-smoothed) picks
-the best epoch. The next episode starts from it. The live model keeps serving clicks meanwhile:
-training runs on a copy, and the result is swapped in atomically only if the regression guard
-passes it.
+the best epoch. The live model keeps serving clicks meanwhile: training runs on a copy, and what
+the best epoch changed is re-based onto the live adapter (so online updates made meanwhile stay)
+and swapped in atomically only if the regression guard passes it on the judgement cases.
 
 Episodes see the images the way the annotation session does: every prediction in the focus
 window the session would pick (first click: context window; later: zoom window of the previous
@@ -87,6 +88,7 @@ class EpisodeResult:
     accepted: bool
     seconds: float
     version: int | None = None
+    judge_cases: int = 0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -94,21 +96,42 @@ class EpisodeResult:
 
 @dataclass
 class RegressionGuard:
-    """Rejects an adapter that scores worse than the current one on the held-out cache."""
+    """Rejects an adapter that scores worse than the current one on held-out cached cases.
+
+    With fewer than `require_cases` cases nothing can be judged: the review says so
+    (`unvalidated`) and passes or refuses by `unvalidated_pass` (banks: pass, so a new site starts
+    from the federation; episodes: refuse, since nothing checked what they learned)."""
 
     clicks: int = 5
     tolerance: float = 0.0
+    min_cases: int = 1
     history: list[dict] = field(default_factory=list)
 
     def review(self, model: SiteModel, candidate: State, val: list[tuple[np.ndarray, np.ndarray]], source: str,
-               store: SiteStore | None = None, candidate_score: float | None = None) -> tuple[bool, float, float]:
+               store: SiteStore | None = None, candidate_score: float | None = None,
+               require_cases: int = 0, unvalidated_pass: bool = False) -> tuple[bool, float, float]:
+        if len(val) < max(require_cases, 1):
+            entry = {"source": source, "accepted": unvalidated_pass, "unvalidated": True, "val_cases": len(val),
+                     "reason": f"{len(val)} held-out case(s), {max(require_cases, 1)} needed: "
+                               + ("passed unvalidated" if unvalidated_pass else "refused unvalidated")}
+            self.history.append(entry)
+            if store is not None:
+                store.log("guard", **entry)
+            return unvalidated_pass, float("nan"), float("nan")
+        bad = [k for k, v in candidate.items() if not torch.isfinite(torch.as_tensor(v)).all()]
         current = simulated_dice_auc(model, val, self.clicks)
-        if candidate_score is None:
-            trial = _copy_model(model)
-            trial.adapter.load_state(candidate)
-            candidate_score = simulated_dice_auc(trial, val, self.clicks)
-        ok = not val or candidate_score >= current - self.tolerance
-        entry = {"source": source, "accepted": ok, "candidate": candidate_score, "current": current, "val_cases": len(val)}
+        if bad:
+            candidate_score = float("nan")
+            ok, reason = False, f"non-finite values in {bad[0]}"
+        else:
+            if candidate_score is None:
+                trial = _copy_model(model)
+                trial.adapter.load_state(candidate)
+                candidate_score = simulated_dice_auc(trial, val, self.clicks)
+            ok = candidate_score >= current - self.tolerance
+            reason = "" if ok else f"Dice-AUC {candidate_score:.4f} < current {current:.4f} on {len(val)} held-out case(s)"
+        entry = {"source": source, "accepted": ok, "unvalidated": False, "candidate": candidate_score, "current": current,
+                 "val_cases": len(val), "reason": reason}
         self.history.append(entry)
         if store is not None:
             store.log("guard", **entry)
@@ -126,8 +149,9 @@ class EpisodeScheduler:
     """Decides when an episode runs, runs it (in the background by default) and swaps the result in."""
 
     def __init__(self, model: SiteModel, store: SiteStore, campaign_size: int | None = None,
-                 background: bool = True, guard: RegressionGuard | None = None):
+                 background: bool = True, guard: RegressionGuard | None = None, make_current: bool = True):
         self.model, self.store = model, store
+        self.make_current = make_current  # False in the ClientApp: the service's guard decides
         self.cfg = model.adapt_cfg
         self.campaign_size = campaign_size
         self.background = background
@@ -144,7 +168,7 @@ class EpisodeScheduler:
 
     def new_cases(self) -> list[str]:
         splits = self.store.splits()
-        assigned = set(splits["train"]) | set(splits["val"])
+        assigned = {c for ids in splits.values() for c in ids}
         return [c for c in self.store.case_ids() if c not in assigned]
 
     @property
@@ -168,26 +192,22 @@ class EpisodeScheduler:
             self._thread.join(timeout)
 
     def _assign_split(self) -> dict[str, list[str]]:
-        new = self.new_cases()
-        # rounding favours train, as CLoPA does, but validation keeps at least one case
-        n_train = min(math.ceil(0.8 * len(new)), len(new) - 1)
-        order = self._rng.permutation(len(new))
-        splits = self.store.splits()
-        splits["train"] += [new[i] for i in sorted(order[:n_train])]
-        splits["val"] += [new[i] for i in sorted(order[n_train:])]
-        self.store.save_splits(splits)
-        return splits
+        return self.store.assign_new_cases(lambda new: split_rule(new, self._rng))
 
     def _load(self, ids: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         return [self.store.load_case(i)[:2] for i in ids]
 
     def run_episode(self) -> EpisodeResult:
+        """Train a copy on the cache, pick its best epoch on `val`, re-base that epoch's change onto
+        the live adapter (online updates made meanwhile are kept) and let the guard judge the
+        result on `judge`, cases the selection never saw."""
         t0 = time.perf_counter()
         splits = self._assign_split()
-        train, val = self._load(splits["train"]), self._load(splits["val"])
+        train, val, judge = self._load(splits["train"]), self._load(splits["val"]), self._load(splits["judge"])
         trainer = _copy_model(self.model, self.cfg.episode_lr)
+        start_state = trainer.adapter.state()
         baseline = simulated_dice_auc(trainer, val, self.cfg.episode_val_clicks)
-        best_state, best_score, best_epoch, ema, scores = trainer.adapter.state(), baseline, 0, None, []
+        best_state, best_score, best_epoch, ema, scores = start_state, baseline, 0, None, []
         for epoch in range(1, self.cfg.episode_epochs + 1):
             for _ in range(self.cfg.episode_iters):
                 image, mask = train[int(self._rng.integers(len(train)))]
@@ -197,13 +217,36 @@ class EpisodeScheduler:
             scores.append(round(ema, 4))
             if ema > best_score:
                 best_state, best_score, best_epoch = trainer.adapter.state(), ema, epoch
-        accepted = bool(best_epoch) and self.guard.review(self.model, best_state, val, "episode", self.store)[0]
-        version = None
-        if accepted and best_epoch:
-            self.model.swap_state(best_state)
-            version = self.store.save_adapter(self.model.adapter, {"source": "episode", "val_dice_auc": best_score})
+        accepted, version, rebased = False, None, None
+        if best_epoch:
+            rebased = rebase(best_state, start_state, self.model.adapter.state())
+            accepted = self.guard.review(self.model, rebased, judge, "episode", self.store,
+                                         require_cases=self.guard.min_cases)[0]
+        if accepted:
+            self.model.swap_state(rebased, reset_optimizer=False)
+            version = self.store.save_adapter(self.model.adapter, {"source": "episode", "val_dice_auc": best_score},
+                                              make_current=self.make_current,
+                                              optimizer=self.model.optimizer.state_dict())
         result = EpisodeResult(len(self.results) + 1, len(train), len(val), best_epoch, scores, baseline,
-                               bool(accepted and best_epoch), time.perf_counter() - t0, version)
+                               bool(accepted), time.perf_counter() - t0, version, len(judge))
         self.results.append(result)
         self.store.log("episode", **{k: v for k, v in result.as_dict().items() if k != "val_scores"})
         return result
+
+
+def split_rule(new: list[str], rng: np.random.Generator) -> dict[str, list[str]]:
+    """New cases -> train / val (selects the best epoch) / judge (the guard's verdict): 60/20/20,
+    rounding toward train, with val and judge one case each as soon as there are three."""
+    order = [new[i] for i in rng.permutation(len(new))]
+    n = len(order)
+    n_judge = max(1, round(0.2 * n)) if n >= 3 else 0
+    n_val = max(1, round(0.2 * n)) if n >= 2 else 0
+    n_train = n - n_val - n_judge
+    return {"train": sorted(order[:n_train]), "val": sorted(order[n_train:n_train + n_val]),
+            "judge": sorted(order[n_train + n_val:])}
+
+
+def rebase(best: State, start: State, live: State) -> State:
+    """The live adapter plus what the episode changed (best - start): updates the live model made
+    while the episode trained on its copy survive the swap."""
+    return {k: live[k] + (best[k] - start[k]) for k in live}

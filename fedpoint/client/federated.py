@@ -124,7 +124,12 @@ def train_round(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstr
     adaptation = AdaptationConfig(mode=instruction.mode, lr=instruction.lr, seed=instruction.seed)
     if site.simulated:
         model = SiteModel(adapter, model_cfg, adaptation)
+        # The site's Adam state continues across rounds, as a local stream's does: the arms then
+        # differ in what they are named for (where the weights come from), not in optimizer resets.
+        model.load_optimizer_state(store.latest_optimizer_state(adapter.kind))
         weight, metrics = annotate_next(model, store, site, instruction, fed)
+        store.save_adapter(adapter, {"source": "federation-round", "round": instruction.server_round},
+                           make_current=False, optimizer=model.optimizer.state_dict())
     else:
         episodes = AdaptationConfig(**{**adaptation.model_dump(), "mode": "mid+post+episodes",
                                        "episode_epochs": instruction.local_epochs})
@@ -205,7 +210,9 @@ def episode_on_cache(model, store: SiteStore) -> tuple[int, dict]:
     if len(cases) < MIN_EPISODE_CASES:
         store.log("federation-skip", reason=f"{len(cases)} accepted case(s); an episode needs {MIN_EPISODE_CASES}")
         return 0, {"images": len(cases), "episodes": 0}
-    result = EpisodeScheduler(model, store, background=False).run_episode()
+    # The version it writes is not made current: the site service (or whatever next opens the
+    # store) decides through its guard; this process only answers the round.
+    result = EpisodeScheduler(model, store, background=False, make_current=False).run_episode()
     return result.train_cases, {
         "images": result.train_cases + result.val_cases,
         "episodes": 1,

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedpoint.client.online_guard import OnlineGuard
 from fedpoint.shared.adapters import Adapter, State
 from fedpoint.shared.clicks import Click, encode_clicks
 from fedpoint.shared.config import AdaptationConfig, ModelConfig
@@ -35,6 +36,7 @@ class SiteModel:
         self.device = torch.device(device)
         self.net = adapter.net.to(self.device).eval()  # instance norm: eval and train behave alike
         self.optimizer = torch.optim.Adam(adapter.trainable_parameters(), lr=self.lr)
+        self.online_guard = OnlineGuard.from_config(self.adapt_cfg)
         self.lock = threading.RLock()
         self.version = 0
         self.steps = 0
@@ -121,6 +123,21 @@ class SiteModel:
         loss.backward()
         self.optimizer.step()
         self.steps += 1
+
+    def load_optimizer_state(self, state: dict | None) -> bool:
+        """Continue with a saved Adam state (saved with an adapter version of the same kind); a
+        state that does not fit this adapter is ignored and the optimizer starts fresh."""
+        if not state:
+            return False
+        try:
+            with self.lock:
+                self.optimizer.load_state_dict(state)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.lr  # the learning rate is configuration, not state
+        except (ValueError, KeyError, RuntimeError):
+            self.optimizer = torch.optim.Adam(self.adapter.trainable_parameters(), lr=self.lr)
+            return False
+        return True
 
     def swap_state(self, state: State, reset_optimizer: bool = True) -> None:
         """Replace the adapter weights atomically (an episode's best epoch, or a received bank)."""

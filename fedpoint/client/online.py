@@ -41,19 +41,33 @@ def artificial_clicks(pred: np.ndarray, target: np.ndarray, count: int, rng: np.
     return clicks
 
 
-def post_interaction_update(model: SiteModel, image_t: torch.Tensor, first_click: Click, accepted: np.ndarray,
-                            rng: np.random.Generator) -> list[Click]:
-    """Both stages; returns the artificial clicks of stage 2 (for the record)."""
+def post_stage1(model: SiteModel, image_t: torch.Tensor, first_click: Click, target: torch.Tensor) -> torch.Tensor:
+    """Stage 1: the first click alone should give the accepted mask. Returns the stage-1 prediction."""
     cfg = model.adapt_cfg
-    target = torch.as_tensor(accepted, dtype=torch.float32, device=model.device)[None, None]
     with model.lock:
-        for _ in range(cfg.post_steps):  # stage 1: the first click alone should give the accepted mask
+        for _ in range(cfg.post_steps):
             logits = model.logits(image_t, [first_click], None, grad=True)
             model.step(interaction_loss(logits, target, [first_click], cfg.ccg_beta, cfg.ccg_sigma))
-        stage1 = model.predict(image_t, [first_click], None)
-        extra = artificial_clicks(stage1[0, 0].bool().cpu().numpy(), accepted.astype(bool), cfg.post_clicks, rng)
-        if extra:  # stage 2: corrections where stage 1 still errs
+        return model.predict(image_t, [first_click], None)
+
+
+def post_stage2(model: SiteModel, image_t: torch.Tensor, first_click: Click, target: torch.Tensor,
+                stage1: torch.Tensor, rng: np.random.Generator) -> list[Click]:
+    """Stage 2: artificial clicks where stage 1 still errs, the stage-1 mask as the previous mask."""
+    cfg = model.adapt_cfg
+    accepted = target[0, 0].bool().cpu().numpy()
+    extra = artificial_clicks(stage1[0, 0].bool().cpu().numpy(), accepted, cfg.post_clicks, rng)
+    if extra:
+        with model.lock:
             for _ in range(cfg.post_steps):
                 logits = model.logits(image_t, [first_click, *extra], stage1, grad=True)
                 model.step(interaction_loss(logits, target, extra, cfg.ccg_beta, cfg.ccg_sigma))
     return extra
+
+
+def post_interaction_update(model: SiteModel, image_t: torch.Tensor, first_click: Click, accepted: np.ndarray,
+                            rng: np.random.Generator) -> list[Click]:
+    """Both stages; returns the artificial clicks of stage 2 (for the record)."""
+    target = torch.as_tensor(accepted, dtype=torch.float32, device=model.device)[None, None]
+    stage1 = post_stage1(model, image_t, first_click, target)
+    return post_stage2(model, image_t, first_click, target, stage1, rng)

@@ -17,6 +17,7 @@ import torch
 
 from fedpoint.client.model import SiteModel
 from fedpoint.client.online import mid_interaction_update, post_interaction_update
+from fedpoint.client.online_guard import restore, snapshot
 from fedpoint.shared.clicks import Click, check_point
 from fedpoint.shared.focus import FocusWindow, crop, enforce_clicks, paste, zoom_window
 
@@ -82,6 +83,7 @@ class AnnotationSession:
     post_ms: float = 0.0
     repredict: bool = False
     post_window: FocusWindow | None = None
+    rejected: list[dict] = field(default_factory=list)  # online updates the guard rolled back, with reasons
 
     def __post_init__(self) -> None:
         cfg = self.model.model_cfg
@@ -125,9 +127,19 @@ class AnnotationSession:
             pseudo = enforce_clicks(pred_c.float(), local)
             seen = self.steps[-1].input_mask
             seen_c = None if seen is None else crop(seen, window, mask=True).float()
+            guard = model.online_guard
+            snap = snapshot(model) if guard.enabled else None
             mid_interaction_update(model, image_c, local[:-1], seen_c, local[-1], pseudo)
+            after = None
+            if snap is not None:
+                keep, after = guard.check_mid(model, image_c, local, prev_c, pred_c.float(), self.case_id)
+                if not keep:
+                    restore(model, snap)
+                    self.rejected.append(guard.events[-1])
             update_ms = (time.perf_counter() - t1) * 1e3
-            if self.repredict:
+            if self.repredict and after is not None:  # the guard already predicted with the updated model
+                mask = enforce_clicks(paste(after.bool(), window, shape).float(), clicks)
+            elif self.repredict:
                 t2 = time.perf_counter()
                 with model.lock, torch.no_grad():
                     pred_c = model.logits(image_c, local, prev_c) > 0
@@ -162,8 +174,22 @@ class AnnotationSession:
             first_c = window.clicks([first])[0]
             if first.positive and not target.any():  # an object thinner than a voxel of the window
                 target[first_c.point] = True
-            post_interaction_update(self.model, crop(self._image_t, window), first_c, target,
-                                    np.random.default_rng(self.seed))
+            image_c = crop(self._image_t, window)
+            target_t = torch.as_tensor(target, dtype=torch.float32, device=self.model.device)
+            guard = self.model.online_guard
+            if guard.enabled:
+                snap = snapshot(self.model)
+                last = self.steps[-1]
+                own = (crop(self._image_t, last.window), last.window.clicks(self.clicks),
+                       torch.as_tensor(crop(final, last.window, mask=True), dtype=torch.float32, device=self.model.device))
+                before_own = guard.own_score(self.model, *own)
+                before_replay = guard.replay_score(self.model)
+            post_interaction_update(self.model, image_c, first_c, target, np.random.default_rng(self.seed))
+            if guard.enabled:
+                if not guard.check_post(self.model, before_replay, before_own, *own, case_id=self.case_id):
+                    restore(self.model, snap)
+                    self.rejected.append(guard.events[-1])
+                guard.remember(image_c, target_t, first_c)
             self.post_window = window
             self.post_ms = (time.perf_counter() - t0) * 1e3
         self.accepted = final
@@ -181,6 +207,8 @@ class AnnotationSession:
             "post_ms": round(self.post_ms, 3),
             "windows": [_window_record(s.window) for s in self.steps],
             "post_window": _window_record(self.post_window),
+            "guard_rejected": len(self.rejected),
+            "guard_reasons": [r["reason"] for r in self.rejected],
         }
 
 

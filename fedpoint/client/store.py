@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
+OPTIMIZER_FILE = "optimizer.pt"
+_log = logging.getLogger("fedpoint.store")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -46,19 +50,76 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def _torch_save(obj, path: Path) -> None:
+    import torch
+
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def check_npy(path: Path) -> str | None:
+    """Why a .npy file cannot be read (a bad header, or shorter than its header declares), or None."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = reader(f)
+            if dtype.hasobject:
+                return "holds Python objects"
+            need = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        size = path.stat().st_size
+    except (OSError, ValueError, SyntaxError, TypeError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None if size >= need else f"truncated ({size} bytes, its header declares {need})"
+
+
+def check_safetensors(path: Path) -> str | None:
+    """Why a .safetensors file cannot be read (header, offsets, size), or None; reads the header only."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"truncated ({size} bytes)"
+            length = int.from_bytes(head, "little")
+            if length > min(size - 8, 100 << 20):
+                return f"truncated or not safetensors (header of {length} bytes, file of {size})"
+            header = json.loads(f.read(length))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None if size >= 8 + length + end else f"truncated ({size} bytes, its header declares {8 + length + end})"
+
+
 class SiteStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._local = threading.local()
+        self._thread_lock = threading.Lock()
         for sub in ("cache", "adapters", "banks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        with open(self.root / ".lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        """The store's inter-process lock; re-entrant within a thread (a locked method may call
+        another)."""
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth += 1
             try:
                 yield
             finally:
+                self._local.depth -= 1
+            return
+        with self._thread_lock, open(self.root / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            self._local.depth = 1
+            try:
+                yield
+            finally:
+                self._local.depth = 0
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _staging(self, parent: Path) -> Path:
@@ -86,32 +147,141 @@ class SiteStore:
         return target
 
     def case_ids(self) -> list[str]:
-        """Accepted cases in the order they were accepted."""
-        cases = [p for p in (self.root / "cache").iterdir() if p.is_dir() and not p.name.startswith(".")]
-        return [p.name for p in sorted(cases, key=lambda p: (json.loads((p / "meta.json").read_text())["accepted_at"], p.name))]
+        """Accepted cases in the order they were accepted (a case whose meta.json cannot be read is
+        quarantined, with a logged reason naming the file, and left out)."""
+        order = []
+        for p in (self.root / "cache").iterdir():
+            if not p.is_dir() or p.name.startswith("."):
+                continue
+            try:
+                meta = json.loads((p / "meta.json").read_text())
+                order.append((float(meta["accepted_at"]), p.name))
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                self.quarantine_case(p.name, f"cache/{p.name}/meta.json: {type(err).__name__}: {err}")
+        return [name for _, name in sorted(order)]
 
     def load_case(self, case_id: str) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(image, mask, meta); a case that cannot be read is quarantined and KeyError names the file."""
         folder = self.root / "cache" / check_id(case_id, "case id")
         if not folder.is_dir():
-            raise KeyError(f"no accepted case {case_id!r} in {self.root}")
-        return np.load(folder / "image.npy"), np.load(folder / "mask.npy"), json.loads((folder / "meta.json").read_text())
+            raise KeyError(f"no accepted case {case_id!r} in the site store's cache")
+        current = "image.npy"
+        try:
+            image = np.load(folder / current, allow_pickle=False)
+            current = "mask.npy"
+            mask = np.load(folder / current, allow_pickle=False)
+            current = "meta.json"
+            meta = json.loads((folder / current).read_text())
+        except (OSError, ValueError, EOFError) as err:
+            reason = f"cache/{case_id}/{current}: {type(err).__name__}: {err}"
+            self.quarantine_case(case_id, reason)
+            raise KeyError(f"case {case_id!r} could not be read ({reason}); it was quarantined") from None
+        return image, mask, meta
+
+    # ------------------------------------------------------------------------ checks (read side)
+    def check_case(self, case_id: str) -> str | None:
+        """Why a cached case cannot be used (naming the file), or None; reads headers, not voxels."""
+        folder = self.root / "cache" / case_id
+        for name in ("image.npy", "mask.npy"):
+            reason = check_npy(folder / name)
+            if reason:
+                return f"cache/{case_id}/{name}: {reason}"
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            float(meta["accepted_at"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            return f"cache/{case_id}/meta.json: {type(err).__name__}: {err}"
+        return None
+
+    def quarantine_case(self, case_id: str, reason: str) -> Path | None:
+        """Move a case that cannot be read out of the cache into `quarantine/` (kept, not deleted)."""
+        folder = self.root / "cache" / case_id
+        if not folder.is_dir():
+            return None
+        with self.locked():
+            target_root = self.root / "quarantine"
+            target_root.mkdir(exist_ok=True)
+            target, n = target_root / case_id, 1
+            while target.exists():
+                n += 1
+                target = target_root / f"{case_id}.{n}"
+            os.rename(folder, target)
+            (target / "QUARANTINED.txt").write_text(reason + "\n")
+        self.log("quarantine", case=case_id, moved_to=f"quarantine/{target.name}", reason=reason)
+        _log.warning("site store: quarantined case %s: %s", case_id, reason)
+        return target
+
+    def quarantine_corrupt_cases(self) -> list[tuple[str, str]]:
+        """Check every cached case's files (headers and sizes) and quarantine those that fail."""
+        bad = []
+        for case_id in self.case_ids():
+            reason = self.check_case(case_id)
+            if reason:
+                self.quarantine_case(case_id, reason)
+                bad.append((case_id, reason))
+        return bad
+
+    def quarantined(self) -> list[tuple[str, str]]:
+        """(folder name, reason) of every quarantined case."""
+        folder = self.root / "quarantine"
+        if not folder.is_dir():
+            return []
+        out = []
+        for p in sorted(folder.iterdir()):
+            try:
+                out.append((p.name, (p / "QUARANTINED.txt").read_text().strip()))
+            except OSError:
+                out.append((p.name, "(no reason recorded)"))
+        return out
 
     # ------------------------------------------------------------------------ adapter versions
     def _versions(self, folder: Path) -> list[int]:
         return sorted(int(p.name[1:]) for p in folder.glob("v[0-9]*") if p.is_dir())
 
-    def save_adapter(self, adapter, meta: dict | None = None, make_current: bool = True) -> int:
-        """Write a new adapter version; returns its number."""
+    def save_adapter(self, adapter, meta: dict | None = None, make_current: bool = True,
+                     optimizer: dict | None = None) -> int:
+        """Write a new adapter version (with its optimizer state, when given); returns its number.
+        Only the guard's owner (the service, an engine) makes a version current; the ClientApp
+        writes with `make_current=False`."""
         folder = self.root / "adapters"
         with self.locked():
             version = (self._versions(folder) or [0])[-1] + 1
             staging = self._staging(folder)
             adapter.save(staging, extra={"version": version, "saved_at": time.time(), **(meta or {})})
+            if optimizer is not None:
+                _torch_save(optimizer, staging / OPTIMIZER_FILE)
             os.rename(staging, folder / f"v{version:04d}")
             if make_current:
                 write_json_atomic(folder / "current.json", {"version": version})
-        self.log("adapter", version=version, **{k: v for k, v in (meta or {}).items() if isinstance(v, (int, float, str))})
+        self.log("adapter", version=version, current=bool(make_current),
+                 **{k: v for k, v in (meta or {}).items() if isinstance(v, (int, float, str))})
         return version
+
+    def set_current(self, version: int, reason: str) -> None:
+        """Make an existing version current (the guard decided); logged with the reason."""
+        with self.locked():
+            if not (self.root / "adapters" / f"v{version:04d}").is_dir():
+                raise KeyError(f"no adapter version {version} in {self.root.name}")
+            write_json_atomic(self.root / "adapters" / "current.json", {"version": version})
+        self.log("adapter-current", version=version, reason=reason)
+
+    def latest_optimizer_state(self, kind: str) -> dict | None:
+        """The Adam state saved with the newest adapter version of `kind` that has one."""
+        folder = self.root / "adapters"
+        for version in reversed(self._versions(folder)):
+            path = folder / f"v{version:04d}"
+            try:
+                manifest = json.loads((path / "fedpoint_adapter.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if manifest.get("kind") == kind and (path / OPTIMIZER_FILE).is_file():
+                import torch
+
+                try:
+                    return torch.load(path / OPTIMIZER_FILE, weights_only=True)
+                except Exception:  # a truncated file: look further back
+                    continue
+        return None
 
     def current_adapter(self) -> Path | None:
         pointer = self.root / "adapters" / "current.json"
@@ -121,6 +291,50 @@ class SiteStore:
 
     def adapter_versions(self) -> list[int]:
         return self._versions(self.root / "adapters")
+
+    def check_adapter(self, version: int) -> str | None:
+        """Why an adapter version cannot be loaded (naming the file), or None; no torch needed."""
+        folder = self.root / "adapters" / f"v{version:04d}"
+        try:
+            manifest = json.loads((folder / "fedpoint_adapter.json").read_text())
+            if not isinstance(manifest, dict) or "config" not in manifest:
+                return f"adapters/{folder.name}/fedpoint_adapter.json: no adapter config in it"
+        except (OSError, ValueError) as err:
+            return f"adapters/{folder.name}/fedpoint_adapter.json: {type(err).__name__}: {err}"
+        tensors = sorted(folder.glob("*.safetensors"))
+        if not tensors:
+            return f"adapters/{folder.name}: no .safetensors file"
+        for path in tensors:
+            reason = check_safetensors(path)
+            if reason:
+                return f"adapters/{folder.name}/{path.name}: {reason}"
+        return None
+
+    def usable_adapter(self, skip: tuple[int, ...] = ()) -> Path | None:
+        """The current adapter version if it can be loaded, else the newest older one that can (each
+        skipped version is logged with the reason, naming its file); None if there is none.
+
+        A `current.json` that cannot be read counts as pointing at the newest version."""
+        versions = self.adapter_versions()
+        try:
+            current = self.current_adapter()
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            self.log("adapter-skipped", file="adapters/current.json", reason=f"{type(err).__name__}: {err}")
+            _log.warning("site store: adapters/current.json cannot be read (%s); using the newest valid version", err)
+            current = self.root / "adapters" / f"v{versions[-1]:04d}" if versions else None
+        if current is None:
+            return None
+        try:
+            start = int(current.name[1:])
+        except ValueError:
+            return None
+        for version in reversed([v for v in versions if v <= start]):
+            reason = "skipped by the caller" if version in skip else self.check_adapter(version)
+            if reason is None:
+                return self.root / "adapters" / f"v{version:04d}"
+            self.log("adapter-skipped", version=version, reason=reason)
+            _log.warning("site store: adapter version %d skipped: %s", version, reason)
+        return None
 
     # ------------------------------------------------------------------------ received banks
     def receive_bank(self, bank: str, version: int, adapter, meta: dict | None = None) -> Path:
@@ -144,10 +358,26 @@ class SiteStore:
     # ------------------------------------------------------------------------ splits and log
     def splits(self) -> dict[str, list[str]]:
         path = self.root / "splits.json"
-        return json.loads(path.read_text()) if path.exists() else {"train": [], "val": []}
+        splits = json.loads(path.read_text()) if path.exists() else {}
+        return {"train": [], "val": [], "judge": [], **splits}
 
     def save_splits(self, splits: dict[str, list[str]]) -> None:
-        write_json_atomic(self.root / "splits.json", splits)
+        with self.locked():
+            write_json_atomic(self.root / "splits.json", splits)
+
+    def assign_new_cases(self, split: Callable[[list[str]], dict[str, list[str]]]) -> dict[str, list[str]]:
+        """Read the splits, give the cases no split holds yet to `split` (new ids -> {name: ids}),
+        and write the result, all under the store lock: two processes assigning at once never put
+        a case in two splits. Returns the updated splits."""
+        with self.locked():
+            splits = self.splits()
+            assigned = {c for ids in splits.values() for c in ids}
+            new = [c for c in self.case_ids() if c not in assigned]
+            if new:
+                for name, ids in split(new).items():
+                    splits.setdefault(name, []).extend(ids)
+                write_json_atomic(self.root / "splits.json", splits)
+            return splits
 
     def log(self, event: str, **fields) -> None:
         line = json.dumps({"time": round(time.time(), 3), "event": event, **fields})

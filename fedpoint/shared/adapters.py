@@ -25,7 +25,7 @@ from typing import Callable, ClassVar
 import torch
 from torch import nn
 
-from fedpoint.shared.config import AdapterConfig
+from fedpoint.shared.config import AdapterConfig, default_lr
 from fedpoint.shared.model import base_fingerprint, stem_and_head
 
 MANIFEST = "fedpoint_adapter.json"
@@ -40,10 +40,11 @@ class Adapter:
     """A base model with one kind of trainable parameters opened; `net` is what you call."""
 
     kind: ClassVar[str] = ""
-    # Online-update learning rate that worked best for this kind (Adam, one step per click) on
-    # shifted real images (stardist nuclei under scanner-b, 96 px, 16 images): few parameters
-    # tolerate large steps; every weight at 1e-2 collapses.
-    default_lr: ClassVar[float] = 1e-3
+
+    @property
+    def default_lr(self) -> float:
+        """The kind's online-update learning rate (`fedpoint.shared.config.KIND_DEFAULTS`)."""
+        return default_lr(self.kind)
 
     def __init__(self, base: nn.Module, cfg: AdapterConfig | None = None, fingerprint: str | None = None):
         self.cfg = cfg or AdapterConfig(kind=self.kind)
@@ -173,7 +174,6 @@ def _is_norm(module: nn.Module) -> bool:
 @register
 class NormAdapter(Adapter):
     kind = "norm"
-    default_lr = 1e-2
 
     def _open(self, net: nn.Module) -> nn.Module:
         for module in net.modules():
@@ -185,7 +185,6 @@ class NormAdapter(Adapter):
 @register
 class NormStemAdapter(Adapter):
     kind = "norm+stem"
-    default_lr = 5e-3
 
     def _open(self, net: nn.Module) -> nn.Module:
         NormAdapter._open(self, net)
@@ -207,14 +206,21 @@ def conv_module_names(net: nn.Module) -> list[str]:
     return [n for n, m in net.named_modules() if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d)]
 
 
+def _peft():
+    """peft, or MissingExtraError (an ImportError) naming the `lora` extra that installs it."""
+    from fedpoint.extras import require
+
+    return require("peft", feature="the 'lora' adapter kind")
+
+
 @register
 class LoraAdapter(Adapter):
     """peft LoRA on every plain convolution; saved in peft's own format."""
 
     kind = "lora"
-    default_lr = 3e-3
 
     def _open(self, net: nn.Module) -> nn.Module:
+        _peft()  # a clear "install fedpoint[lora]" error when peft is missing
         from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(
@@ -240,6 +246,7 @@ class LoraAdapter(Adapter):
         return directory
 
     def load(self, directory: str | Path) -> dict:
+        _peft()
         from peft import set_peft_model_state_dict
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import load_file

@@ -85,11 +85,40 @@ class AdapterConfig(_Strict):
         return kind
 
 
+# The one default per adapter kind of the online updates (Adam, `mid_steps`/`post_steps` steps per
+# click/accept): used by the site service, `fedpoint evaluate`, `fedpoint simulate` and `flwr run`
+# alike, overridden only explicitly. Chosen on the dev split of the base's training sources with the
+# demo's shifts applied, never on an evaluation dataset (docs/engine.md, "Choosing the defaults").
+KIND_DEFAULTS: dict[str, dict[str, float]] = {
+    "norm": {"lr": 1e-3},
+    "norm+stem": {"lr": 1e-3},
+    "lora": {"lr": 1e-3},
+    "full": {"lr": 1e-4},
+}
+
+
+def default_lr(kind: str) -> float:
+    if kind not in KIND_DEFAULTS:
+        raise ValueError(f"unknown adapter kind {kind!r}; known: {', '.join(KIND_DEFAULTS)}")
+    return KIND_DEFAULTS[kind]["lr"]
+
+
 class AdaptationConfig(_Strict):
-    """Online adaptation at a site: mid- and post-interaction updates and CLoPA-style episodes."""
+    """Online adaptation at a site: mid- and post-interaction updates and CLoPA-style episodes.
+
+    The online guard (`guard`) keeps an update only when it does not hurt: a mid-interaction step
+    is rolled back when the updated model no longer gives (Dice >= `guard_consistency`) the mask it
+    just showed for the same clicks, or drops a click; a post-interaction update is rolled back when
+    it lowers the one-click Dice on the last `guard_replay` accepted cases (or, before there are
+    any, the Dice of the accepted image with its own clicks) by more than `guard_tolerance`.
+    """
 
     mode: AdaptationMode = "mid+post"
-    lr: float | None = Field(None, gt=0, le=1.0, description="None: the adapter kind's default (Adapter.default_lr)")
+    lr: float | None = Field(None, gt=0, le=1.0, description="None: the adapter kind's default (KIND_DEFAULTS)")
+    guard: bool = Field(True, description="keep an online update only when it passes the online guard")
+    guard_consistency: float = Field(0.9, ge=0, le=1.0)
+    guard_replay: int = Field(4, ge=0, le=64)
+    guard_tolerance: float = Field(0.02, ge=0, le=1.0)
     mid_steps: int = Field(1, ge=0, le=20)
     post_steps: int = Field(1, ge=0, le=20)
     post_clicks: int = Field(10, ge=0, le=100, description="artificial clicks in stage 2, largest error components")

@@ -19,22 +19,23 @@ def _episodes_engine(base, store, background, campaign=8):
     return SiteEngine.create(base, "norm", cfg, store, campaign_size=campaign, background_episodes=background)
 
 
-def test_episode_starts_at_the_threshold_and_splits_80_20(tiny_base_2d, tmp_path, blob):
+def test_episode_starts_at_the_threshold_and_splits_60_20_20(tiny_base_2d, tmp_path, blob):
     engine = _episodes_engine(tiny_base_2d, tmp_path, background=False, campaign=8)  # 25% of 8 = 2 -> min 5 cases
     run_stream(engine, _samples(blob, 4), clicks=2)
     assert engine.scheduler.results == []
     run_stream(engine, _samples(blob, 1), clicks=2)
     assert len(engine.scheduler.results) == 1
     splits = engine.store.splits()
-    assert len(splits["train"]) == 4 and len(splits["val"]) == 1
+    assert len(splits["train"]) == 3 and len(splits["val"]) == 1 and len(splits["judge"]) == 1
+    assert not set(splits["train"]) & set(splits["val"] + splits["judge"]) and not set(splits["val"]) & set(splits["judge"])
     result = engine.scheduler.results[0]
-    assert len(result.val_scores) == 2 and result.train_cases == 4
+    assert len(result.val_scores) == 2 and result.train_cases == 3 and result.judge_cases == 1
     events = [e["event"] for e in engine.store.read_log()]
     assert "episode" in events and "guard" in events or not result.best_epoch
     # the next episode only counts new cases, and keeps the earlier splits
     run_stream(engine, _samples(blob, 5), clicks=2)
     later = engine.store.splits()
-    assert later["train"][:4] == splits["train"] and len(later["train"]) + len(later["val"]) == 10
+    assert later["train"][:3] == splits["train"] and sum(len(v) for v in later.values()) == 10
 
 
 def test_episodes_run_in_the_background_without_blocking_clicks(tiny_base_2d, tmp_path, blob):

@@ -120,17 +120,21 @@ def test_small_images_are_predicted_whole_at_native_resolution(tiny_base_2d, blo
 def test_repredict_after_the_mid_update_is_optional(tiny_base_2d, large_2d):
     image, mask = large_2d
     counts = {}
-    for repredict in (False, True):
-        engine = _engine(tiny_base_2d, "mid")
-        shapes: list = []
-        hook = _record_inputs(engine.model.net, shapes)
-        session = engine.open(image)
-        session.repredict = repredict
-        session.click((332, 132), True)
-        session.click((300, 100), False)
-        hook.remove()
-        counts[repredict] = len(shapes)
-    assert counts == {False: 3, True: 4}  # predict, update (forward+backward), [predict again]
+    for guard in (False, True):
+        for repredict in (False, True):
+            engine = _engine(tiny_base_2d, "mid")
+            engine.model.online_guard.enabled = guard
+            shapes: list = []
+            hook = _record_inputs(engine.model.net, shapes)
+            session = engine.open(image)
+            session.repredict = repredict
+            session.click((332, 132), True)
+            session.click((300, 100), False)
+            hook.remove()
+            counts[guard, repredict] = len(shapes)
+    # predict, predict, update (forward+backward), [predict again]; the guard's check is that
+    # prediction again, so with the guard on repredicting costs nothing more
+    assert counts == {(False, False): 3, (False, True): 4, (True, False): 4, (True, True): 4}
 
 
 def test_episodes_train_and_score_in_focus_windows(tiny_base_2d, large_2d):

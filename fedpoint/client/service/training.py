@@ -4,12 +4,13 @@ client asks for (`POST /train/`). One at a time; the live model keeps serving cl
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 
+import numpy as np
+
 from fedpoint.client.engine import SiteEngine
-from fedpoint.client.episodes import EpisodeScheduler
+from fedpoint.client.episodes import EpisodeScheduler, split_rule
 
 
 class TrainingBusy(RuntimeError):
@@ -45,12 +46,13 @@ class Training:
 
     def _missing_cases(self) -> str | None:
         store = self.engine.store
-        splits, new = store.splits(), len(self.scheduler.new_cases())
-        to_train = min(math.ceil(0.8 * new), new - 1) if new else 0  # the scheduler's own split rule
-        train, val = len(splits["train"]) + to_train, len(splits["val"]) + new - to_train
-        if train < 1 or val < 1:
-            return (f"an episode needs an accepted case to train on and one to validate on; "
-                    f"the cache holds {len(store.case_ids())} (accept at least 2 annotations first)")
+        splits = store.splits()
+        planned = split_rule(self.scheduler.new_cases(), np.random.default_rng(0))  # the scheduler's own rule
+        train, judge = len(splits["train"]) + len(planned["train"]), len(splits["judge"]) + len(planned["judge"])
+        val = len(splits["val"]) + len(planned["val"])
+        if train < 1 or val < 1 or judge < 1:
+            return (f"an episode needs an accepted case to train on, one to pick its best epoch and one to judge it; "
+                    f"the cache holds {len(store.case_ids())} (accept at least 3 annotations first)")
         return None
 
     def start(self) -> dict:

@@ -1,0 +1,147 @@
+"""The online guard: a mid- or post-interaction update is kept only when it does not hurt.
+
+Every update is a trial: the adapter weights and the optimizer state are snapshotted, the step is
+taken, and a cheap check decides whether it stays or is rolled back (weights and Adam moments both,
+so a rejected step leaves no trace).
+
+- Mid-interaction (one forward, per click): the updated model, given the same clicks, the same
+  previous mask and the same window, must still give the mask the person was just shown (Dice at
+  least `guard_consistency`) and keep every click on its side. An update that makes the model
+  contradict what it showed a moment ago has moved too far; this is what catches a learning rate
+  that collapses the model.
+- Post-interaction (on accept): the one-click Dice of the last `guard_replay` accepted cases, each
+  in the window its first click was predicted in, must not fall by more than `guard_tolerance`;
+  and on the accepted image itself, the mask for the person's clicks must not get worse. The
+  replay cases live in memory only (the store keeps the cache).
+
+Each decision is counted (`counts`) and each rejection keeps its reason (`events`); sessions put
+them in `record()`, the service in its activity log, experiments in results.json.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from fedpoint.shared.clicks import Click
+
+
+@dataclass
+class Snapshot:
+    state: dict[str, torch.Tensor]
+    optimizer: dict
+
+
+def snapshot(model) -> Snapshot:
+    return Snapshot(model.adapter.state(), copy.deepcopy(model.optimizer.state_dict()))
+
+
+def restore(model, snap: Snapshot) -> None:
+    with model.lock:
+        model.adapter.load_state(snap.state)
+        model.optimizer.load_state_dict(snap.optimizer)
+
+
+def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.bool(), b.bool()
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def clicks_kept(mask: torch.Tensor, clicks: Sequence[Click]) -> int:
+    """How many clicks the raw prediction puts on their own side (positive inside, negative outside)."""
+    m = mask.reshape(mask.shape[-len(clicks[0].point):]) if clicks else mask
+    return sum(bool(m[c.point]) == c.positive for c in clicks)
+
+
+@dataclass
+class ReplayCase:
+    image: torch.Tensor        # (1, C, *window) the first click's window of an accepted image
+    target: torch.Tensor       # (1, 1, *window) its accepted mask there
+    click: Click               # the first click, in window coordinates
+
+
+@dataclass
+class OnlineGuard:
+    consistency: float = 0.9
+    replay: int = 4
+    tolerance: float = 0.02
+    enabled: bool = True
+    counts: dict[str, int] = field(default_factory=lambda: {"mid_kept": 0, "mid_rejected": 0,
+                                                            "post_kept": 0, "post_rejected": 0})
+    events: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.cases: deque[ReplayCase] = deque(maxlen=max(self.replay, 1))
+
+    @classmethod
+    def from_config(cls, cfg) -> "OnlineGuard":
+        return cls(cfg.guard_consistency, cfg.guard_replay, cfg.guard_tolerance, cfg.guard)
+
+    def _decide(self, stage: str, ok: bool, reason: str, case_id: str, **figures) -> bool:
+        self.counts[f"{stage}_{'kept' if ok else 'rejected'}"] += 1
+        if not ok:
+            self.events.append({"stage": stage, "case": case_id, "reason": reason,
+                                **{k: round(float(v), 4) for k, v in figures.items()}})
+        return ok
+
+    # ------------------------------------------------------------------------------ mid
+    def check_mid(self, model, image_c, clicks_c, prev_c, shown_c: torch.Tensor, case_id: str = "") -> tuple[bool, torch.Tensor | None]:
+        """After a mid step: returns (keep, the updated model's raw mask on the window)."""
+        with model.lock, torch.no_grad():
+            after = (model.logits(image_c, clicks_c, prev_c) > 0).float()
+        params_ok = all(torch.isfinite(p).all() for p in model.adapter.trainable_parameters())
+        agree = _dice(after[0, 0], shown_c.reshape(after.shape)[0, 0])
+        kept_before = clicks_kept(shown_c.reshape(after.shape)[0, 0], clicks_c)
+        kept_after = clicks_kept(after[0, 0], clicks_c)
+        if not params_ok:
+            return self._decide("mid", False, "non-finite adapter weights", case_id), None
+        if agree < self.consistency:
+            return self._decide("mid", False, f"the updated model contradicts the mask it showed (Dice {agree:.3f} < "
+                                f"{self.consistency})", case_id, agreement=agree), None
+        if kept_after < kept_before:
+            return self._decide("mid", False, f"the updated model drops a click ({kept_after} < {kept_before} on their side)",
+                                case_id, agreement=agree), None
+        return self._decide("mid", True, "", case_id), after
+
+    # ------------------------------------------------------------------------------ post
+    def replay_score(self, model) -> float | None:
+        if not self.cases:
+            return None
+        scores = []
+        with model.lock, torch.no_grad():
+            for case in self.cases:
+                pred = model.logits(case.image, [case.click], None) > 0
+                scores.append(_dice(pred[0, 0], case.target[0, 0]))
+        return float(np.mean(scores))
+
+    def own_score(self, model, image_c, clicks_c: Sequence[Click], target_c: torch.Tensor) -> float:
+        with model.lock, torch.no_grad():
+            pred = model.logits(image_c, clicks_c, None) > 0
+        return _dice(pred[0, 0], target_c.reshape(pred.shape)[0, 0])
+
+    def check_post(self, model, before_replay: float | None, before_own: float, image_c, clicks_c, target_c,
+                   case_id: str = "") -> bool:
+        params_ok = all(torch.isfinite(p).all() for p in model.adapter.trainable_parameters())
+        if not params_ok:
+            return self._decide("post", False, "non-finite adapter weights", case_id)
+        after_own = self.own_score(model, image_c, clicks_c, target_c)
+        if after_own < before_own - self.tolerance:
+            return self._decide("post", False, f"the accepted image got worse with its own clicks (Dice {before_own:.3f} -> "
+                                f"{after_own:.3f})", case_id, before=before_own, after=after_own)
+        if before_replay is not None:
+            after_replay = self.replay_score(model)
+            if after_replay < before_replay - self.tolerance:
+                return self._decide("post", False, f"one-click Dice on the last {len(self.cases)} accepted cases fell "
+                                    f"({before_replay:.3f} -> {after_replay:.3f})", case_id,
+                                    before=before_replay, after=after_replay)
+        return self._decide("post", True, "", case_id)
+
+    def remember(self, image_c: torch.Tensor, target_c: torch.Tensor, click_c: Click) -> None:
+        if self.replay:
+            self.cases.append(ReplayCase(image_c.detach(), target_c.detach().reshape(1, 1, *image_c.shape[2:]).float(), click_c))
