@@ -121,7 +121,7 @@ def train_round(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstr
     store = SiteStore(site.store)
     store.receive_bank(instruction.bank, instruction.bank_version, adapter, {"round": instruction.server_round})
 
-    adaptation = AdaptationConfig(mode=instruction.mode, lr=instruction.lr, seed=instruction.seed)
+    adaptation = AdaptationConfig(mode=instruction.mode, lr=instruction.lr or None, seed=instruction.seed)
     if site.simulated:
         model = SiteModel(adapter, model_cfg, adaptation)
         # The site's Adam state continues across rounds, as a local stream's does: the arms then

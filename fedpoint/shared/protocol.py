@@ -24,6 +24,8 @@ parsed into `FederationConfig`; the apps merge their built-in defaults under it 
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -72,6 +74,65 @@ NUM_PARTITIONS = "num-partitions"
 # the Flower message type of the "who are you" query
 QUERY_IDENTITY = "query"
 
+# every key a coordinator's instruction may hold; a site refuses any other
+INSTRUCTION_CONFIG_KEYS = frozenset({SERVER_ROUND, BANK, BANK_VERSION, BASE_FINGERPRINT, ADAPTER_KIND, ADAPTER_CONFIG,
+                                     IMAGES, LOCAL_EPOCHS, CLICKS, MODE, LR, SIZE, SEED, CLIPPING_NORM})
+INSTRUCTION_RECORDS = frozenset({ARRAYS, CONFIG})
+MAX_INSTRUCTION_STRING = 4096  # the adapter config JSON is the longest honest value
+
+# Fixed error codes a site replies with instead of exception text (which stays in the site's log).
+# Flower carries them as the error's code and reason; nothing else of the failure leaves the site.
+SITE_ERROR_BASE = 7000
+SITE_ERRORS: dict[str, int] = {
+    "train-failed": SITE_ERROR_BASE + 1,
+    "query-failed": SITE_ERROR_BASE + 2,
+    "instruction-refused": SITE_ERROR_BASE + 3,
+    "egress-refused": SITE_ERROR_BASE + 4,
+    "adapter-mismatch": SITE_ERROR_BASE + 5,
+}
+SITE_ERROR_NAMES = {code: name for name, code in SITE_ERRORS.items()}
+
+
+# ------------------------------------------------------------------------------ names
+_SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_MODALITY = 64
+_MODALITY_PUNCTUATION = frozenset(" -_.+/")
+
+
+def check_site_id(value) -> str:
+    """A site id: ASCII letters, digits, '.', '_' and '-', 1..128 characters, no '..'."""
+    if not isinstance(value, str) or not _SITE_ID.match(value) or ".." in value:
+        raise ValueError(f"invalid site id {printable(value)}: use letters, digits, '.', '_' or '-' (at most 128)")
+    return value
+
+
+def check_modality(value) -> str:
+    """A modality: letters and digits of any script (so 'МРТ' and '超音波' are fine), spaces and
+    '-_.+/', 1..64 characters after NFC normalisation; control characters and other symbols are
+    refused. Returns the NFC form."""
+    if not isinstance(value, str):
+        raise ValueError(f"invalid modality {printable(value)}: not a string")
+    norm = unicodedata.normalize("NFC", value)
+    if not 1 <= len(norm) <= MAX_MODALITY:
+        raise ValueError(f"invalid modality {printable(value)}: 1 to {MAX_MODALITY} characters")
+    if not any(c.isalnum() for c in norm) or any(not (c.isalnum() or c in _MODALITY_PUNCTUATION) for c in norm):
+        raise ValueError(f"invalid modality {printable(value)}: use letters, digits, spaces and '-_.+/'")
+    return norm
+
+
+def printable(value, limit: int = 80) -> str:
+    """A client-supplied value as it may appear in a log line: quoted, every non-printable or
+    line-breaking character escaped, cut to `limit` characters. Never lets a newline through."""
+    text = value if isinstance(value, str) else repr(value)
+    out = "".join(_escape(c) for c in text[:limit])
+    return f"'{out}'" + (f"...(+{len(text) - limit} chars)" if len(text) > limit else "")
+
+
+def _escape(char: str) -> str:
+    if char in "\\'":
+        return "\\" + char
+    return char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+
 
 # ------------------------------------------------------------------------------ run config
 class FederationConfig(BaseModel):
@@ -90,7 +151,7 @@ class FederationConfig(BaseModel):
     local_epochs: int = Field(4, ge=1, le=100, description="deployment: epochs of the episode a site runs per round")
     clicks: int = Field(5, ge=1, le=50)
     mode: AdaptationMode = "mid+post"
-    lr: float = Field(1e-3, gt=0, le=1.0)
+    lr: float = Field(0.0, ge=0, le=1.0, description="0: the adapter kind's default (shared.config.KIND_DEFAULTS)")
     sites_config: str = "federation"
     size: int = Field(96, ge=16, description="simulation: sample size in pixels")
     base: str = ""
@@ -101,6 +162,14 @@ class FederationConfig(BaseModel):
     dp_noise_multiplier: float = Field(0.0, ge=0, description="> 0: Flower's central DP, client-side fixed clipping")
     dp_clipping_norm: float = Field(1.0, gt=0)
     norm_factor: float = Field(5.0, gt=1)
+    aggregation_rule: Literal["weighted-mean", "trimmed-mean", "median"] = "weighted-mean"
+    trim_fraction: float = Field(0.2, ge=0, lt=0.5, description="trimmed-mean: fraction cut at each end per coordinate")
+    weight_cap_factor: float = Field(4.0, ge=1, description="a weight is clipped to this x the median of the others")
+    norm_cap_rms: float = Field(0.0, ge=0, description="absolute bound on a delta's RMS per value; 0: the kind's default")
+    history_factor: float = Field(10.0, gt=1, description="a delta may be at most this x the largest one a bank took")
+    drift_window: int = Field(3, ge=0, description="rounds of outsized, opposed updates before a site is refused; 0: off")
+    drift_ratio: float = Field(2.0, gt=1)
+    site_registry: str = Field("", description="deployment: JSON registry node -> site id, modality (register-sites.sh)")
     round_timeout: float = Field(600.0, gt=0)
     seed: int = 0
 
@@ -158,7 +227,7 @@ class RoundInstruction(BaseModel):
     local_epochs: int = Field(4, ge=1)
     clicks: int = Field(ge=1)
     mode: str
-    lr: float = Field(gt=0)
+    lr: float = Field(ge=0, description="0: the adapter kind's default")
     size: int = Field(ge=16)
     seed: int = 0
     clipping_norm: float | None = None
@@ -193,7 +262,7 @@ class RoundInstruction(BaseModel):
             base_fingerprint=config[BASE_FINGERPRINT], adapter=adapter,
             images=config.get(IMAGES, 1), local_epochs=config.get(LOCAL_EPOCHS, 4), clicks=config.get(CLICKS, 5),
             mode=config.get(MODE, "mid+post"),
-            lr=config.get(LR, 1e-3), size=config.get(SIZE, 96), seed=config.get(SEED, 0),
+            lr=config.get(LR, 0.0), size=config.get(SIZE, 96), seed=config.get(SEED, 0),
             clipping_norm=config.get(CLIPPING_NORM),
         )
 

@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedpoint.data import SiteSpec
-from fedpoint.shared.config import AdaptationConfig, AdapterConfig
+from fedpoint.shared.config import AdaptationConfig, AdapterConfig, default_lr
 from fedpoint.simulations.strategies import STRATEGY_NAMES
 
 try:
@@ -57,9 +57,10 @@ class ExperimentConfig(BaseModel):
     clicks: int = Field(10, ge=1, le=50, description="simulated clicks per image")
     size: int = Field(96, ge=16, le=1024, description="side of the 2D samples, in pixels")
     adapter: str = Field("norm", description="adapter kind of the local and banked strategies (fed-full is always full)")
-    lr: float = Field(1e-3, gt=0, le=1.0, description="learning rate of the online updates")
+    lr: float | None = Field(None, gt=0, le=1.0, description="learning rate of the online updates; "
+                             "default: the adapter kind's (shared.config.KIND_DEFAULTS)")
     full_lr: float | None = Field(None, gt=0, le=1.0, description="learning rate when every weight is tuned "
-                                  "(fed-full, or adapter = full); default: lr")
+                                  "(fed-full, local-full, or adapter = full); default: the full kind's")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     strategies: list[str] = Field(default_factory=lambda: list(STRATEGY_NAMES), min_length=1)
     base: str | None = Field(None, description="base checkpoint name or path; default: the packaged base2d")
@@ -121,8 +122,11 @@ class ExperimentConfig(BaseModel):
 
     # -------------------------------------------------------------------------------- derived
     def lr_for(self, adapter_kind: str) -> float:
-        """Tuning every weight wants a smaller step than tuning a few norm affines."""
-        return self.full_lr if adapter_kind == "full" and self.full_lr is not None else self.lr
+        """An explicit override, else the kind's one default (tuning every weight wants a smaller
+        step than tuning a few norm affines)."""
+        if adapter_kind == "full":
+            return self.full_lr or default_lr("full")
+        return self.lr or default_lr(adapter_kind)
 
     def adaptation_config(self, mode: str, seed: int, adapter_kind: str | None = None) -> AdaptationConfig:
         lr = self.lr_for(adapter_kind or self.adapter)
