@@ -46,6 +46,8 @@ def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int 
         "seconds": round(seconds, 3),
         "accepted": bool(final.any()),
         "windows": rec["windows"],  # where the network looked for each click (focus crop)
+        "guard_rejected": rec["guard_rejected"],  # online updates the guard rolled back on this image
+        "guard_reasons": rec["guard_reasons"],
     }
 
 
@@ -72,4 +74,5 @@ def _case_id(sample, index: int) -> str:
 def summarize(records: Iterable[dict]) -> dict[str, float]:
     records = list(records)
     keys = ("dice1", "dice3", "dice5", "dice10", "noc85", "noc90", "nof", "predict_ms", "update_ms", "post_ms")
-    return {k: float(np.mean([r[k] for r in records])) for k in keys} | {"images": len(records)}
+    return {k: float(np.mean([r[k] for r in records])) for k in keys} | {
+        "images": len(records), "guard_rejected": int(sum(r.get("guard_rejected", 0) for r in records))}

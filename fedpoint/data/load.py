@@ -9,7 +9,8 @@ from fedpoint.data.types import DataError, Dataset
 
 
 def load_dataset(spec: str | Path, *, data_dir: Path | None = None, strict: bool = False) -> Dataset:
-    """A built-in dataset by name (prepared on first use), or a folder: a Medical Segmentation
+    """A built-in dataset by name (prepared on first use), `dev-split` (the held-out images of the
+    pre-training sources, for choosing defaults), or a folder: a Medical Segmentation
     Decathlon task, an nnU-Net v2 raw dataset, or a folder of image/label pairs.
 
     Non-strict: cases with problems are skipped and listed in `Dataset.skipped` as (file, reason).
@@ -17,6 +18,10 @@ def load_dataset(spec: str | Path, *, data_dir: Path | None = None, strict: bool
     """
     if isinstance(spec, str) and spec in BUILTIN_DATASETS:
         return load_builtin(spec, data_dir)
+    if isinstance(spec, str) and spec == "dev-split":  # the pre-training sources' held-out images
+        from fedpoint.data.training import dev_dataset
+
+        return dev_dataset(data_dir)
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(path, f"no such folder, and not a built-in dataset ({', '.join(BUILTIN_DATASETS)})")

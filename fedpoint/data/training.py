@@ -685,3 +685,37 @@ def list_training(data_dir: Path | None = None) -> list[dict]:
         meta["bytes"] = path.stat().st_size
         metas.append(meta)
     return metas
+
+
+# ------------------------------------------------------------------------------ the dev split as a dataset
+DEV_DATASET = "dev-split"
+
+
+def dev_dataset(data_dir: Path | None = None, slices_per_volume: int = 4, min_pixels: int = 30):
+    """The dev images as an evaluation `Dataset` (2D cases), for choosing defaults with the one
+    evaluation entry point (`fedpoint evaluate --data dev-split`). Volumes give
+    `slices_per_volume` evenly spaced slices along their last axis through the labelled extent;
+    every label value with at least `min_pixels` on a case is an object. Never an evaluation
+    dataset's data: `load_training` refuses those."""
+    from fedpoint.data.types import Case, Dataset, LabelledObject
+
+    cases = []
+    for item in load_training(data_dir, split="dev"):
+        planes = [(item.image, item.labels, "")]
+        if item.labels.ndim == 3:
+            zs = np.flatnonzero(item.labels.reshape(-1, item.labels.shape[-1]).any(0))
+            picks = np.unique(np.linspace(zs[0], zs[-1], slices_per_volume + 2).round().astype(int)[1:-1])
+            planes = [(item.image[..., z], item.labels[..., z], f"-z{z:03d}") for z in picks]
+        for image, labels, suffix in planes:
+            labels = np.ascontiguousarray(labels)
+            counts = np.bincount(labels.ravel())
+            values = [int(v) for v in np.flatnonzero(counts >= min_pixels) if v > 0]
+            objects = [LabelledObject(f"region-{v}", v, label_map=labels) for v in values]
+            if objects:
+                spacing = tuple(item.spacing[:2]) if item.spacing else (1.0, 1.0)
+                cases.append(Case(item.name + suffix, np.ascontiguousarray(image, dtype=np.float32)[None], spacing,
+                                  item.modality, objects, source=item.meta.get("origin", item.source)))
+    if not cases:
+        raise DataError(_training_dir(data_dir), f"no dev image is prepared; run `{PREPARE_COMMAND}`")
+    return Dataset(DEV_DATASET, "mixed", cases, source="dev split of the pre-training sources (DEV_IMAGES)",
+                   labels="mixed")

@@ -33,6 +33,8 @@ class EvaluationSpec(BaseModel):
     strict: bool = False
     full_slice: bool = Field(False, description="whole slices at native resolution instead of object crops")
     split_components: bool = Field(False, description="each connected component of an object is its own target")
+    context: Optional[int] = Field(None, ge=16, description="first-click window side in voxels (default: the focus crop's)")
+    guard: bool = Field(True, description="the online guard (off only to measure what it prevents)")
 
     @field_validator("adapter")
     @classmethod
@@ -69,9 +71,12 @@ def run_evaluation(spec: EvaluationSpec, store: Path, data_dir: Path | None = No
     from fedpoint.client.evaluate import run_stream, summarize
 
     samples, skipped = load_stream(spec, data_dir)
-    adaptation = AdaptationConfig(mode=spec.mode, lr=spec.lr, seed=spec.seed)
+    from fedpoint.shared.focus import FocusConfig
+
+    adaptation = AdaptationConfig(mode=spec.mode, lr=spec.lr, seed=spec.seed, guard=spec.guard)
     engine = SiteEngine.create(spec.base, AdapterConfig(kind=spec.adapter), adaptation, store,
-                               campaign_size=len(samples), background_episodes=False, adapter_dir=adapter_dir)
+                               campaign_size=len(samples), background_episodes=False, adapter_dir=adapter_dir,
+                               focus=FocusConfig(context=spec.context))
     t0 = time.perf_counter()
     if progress:
         from rich.progress import BarColumn, Progress, TextColumn

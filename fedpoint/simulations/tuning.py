@@ -1,0 +1,109 @@
+"""Choosing defaults on the dev split, never on evaluation data.
+
+`python -m fedpoint.simulations.tuning lr` sweeps the online-update learning rate per adapter kind;
+`... context` sweeps the focus crop's first-click window. Both run the one evaluation entry point
+(`run_evaluation`) on `dev-split` (the held-out images of the pre-training sources, see
+`fedpoint.data.training.DEV_IMAGES`), full slices through the focus crop, with the demo's
+acquisition shifts applied, and print a table plus the choice by the stated rule. The figures in
+docs/engine.md ("Choosing the defaults") come from these commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from fedpoint.simulations.evaluation import EvaluationSpec, run_evaluation
+
+DEMO_SHIFTS = ("scanner-b", "gamma-high", "noise", "bias", "blur", "scanner-c")
+
+
+def _run(**spec) -> dict:
+    with tempfile.TemporaryDirectory(prefix="fedpoint-tune-") as tmp:
+        return run_evaluation(EvaluationSpec(data="dev-split", full_slice=True, split_components=True, **spec), Path(tmp))["summary"]
+
+
+def sweep_lr(kinds, lrs, shifts, images: int, clicks: int, seeds, base: str | None = None) -> dict:
+    """Per kind and lr: mid+post minus frozen (Dice@3, NoC@90), over shifts x seeds."""
+    rows = {}
+    for shift in shifts:
+        for seed in seeds:
+            common = dict(shift=shift, seed=seed, images=images, clicks=clicks, base=base)
+            frozen = _run(mode="frozen", **common)
+            for kind in kinds:
+                for lr in lrs:
+                    s = _run(mode="mid+post", adapter=kind, lr=lr, **common)
+                    row = rows.setdefault(f"{kind}@{lr:g}", {"kind": kind, "lr": lr, "d_dice3": [], "d_noc90": [],
+                                                              "rejected": 0, "frozen_noc90": []})
+                    row["d_dice3"].append(s["dice3"] - frozen["dice3"])
+                    row["d_noc90"].append(s["noc90"] - frozen["noc90"])
+                    row["frozen_noc90"].append(frozen["noc90"])
+                    row["rejected"] += s["guard_rejected"]
+                    print(f"{shift:11s} seed {seed} {kind:9s} lr {lr:<7g} dDice@3 {row['d_dice3'][-1]:+.4f} "
+                          f"dNoC90 {row['d_noc90'][-1]:+.3f} rejected {s['guard_rejected']}", flush=True)
+    return rows
+
+
+def choose_lr(rows: dict) -> dict[str, float]:
+    """Per kind: the lr with the lowest mean NoC@90 among those never worse than frozen by more
+    than 1 Dice@3 point on any shift x seed (the adaptation issue's bar); else the smallest lr."""
+    out = {}
+    for kind in sorted({r["kind"] for r in rows.values()}):
+        mine = [r for r in rows.values() if r["kind"] == kind]
+        safe = [r for r in mine if min(r["d_dice3"]) >= -0.01]
+        pick = min(safe, key=lambda r: np.mean(r["d_noc90"])) if safe else min(mine, key=lambda r: r["lr"])
+        out[kind] = pick["lr"]
+    return out
+
+
+def sweep_context(contexts, images: int, clicks: int, seeds, base: str | None = None) -> dict:
+    rows = {}
+    for context in contexts:
+        for seed in seeds:
+            s = _run(mode="frozen", context=context, seed=seed, images=images, clicks=clicks, base=base)
+            row = rows.setdefault(context, {k: [] for k in ("dice1", "dice3", "noc85", "noc90")})
+            for k in row:
+                row[k].append(s[k])
+            print(f"context {context:4d} seed {seed} Dice@1 {s['dice1']:.3f} Dice@3 {s['dice3']:.3f} "
+                  f"NoC85 {s['noc85']:.2f} NoC90 {s['noc90']:.2f}", flush=True)
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("lr", "context"))
+    parser.add_argument("--kinds", default="norm,norm+stem,lora,full")
+    parser.add_argument("--lrs", default="1e-4,3e-4,1e-3,3e-3,1e-2")
+    parser.add_argument("--shifts", default=",".join(DEMO_SHIFTS[:3]))
+    parser.add_argument("--contexts", default="96,144,192,288")
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--clicks", type=int, default=10)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--base", default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.what == "lr":
+        rows = sweep_lr(args.kinds.split(","), [float(x) for x in args.lrs.split(",")], args.shifts.split(","),
+                        args.images, args.clicks, seeds, args.base)
+        result = {"rows": rows, "choice": choose_lr(rows)}
+        print("\nkind@lr        mean dDice@3  worst dDice@3  mean dNoC90  rejected")
+        for name, r in rows.items():
+            print(f"{name:14s} {np.mean(r['d_dice3']):+.4f}      {min(r['d_dice3']):+.4f}        "
+                  f"{np.mean(r['d_noc90']):+.3f}      {r['rejected']}")
+        print("choice:", result["choice"])
+    else:
+        rows = sweep_context([int(c) for c in args.contexts.split(",")], args.images, args.clicks, seeds, args.base)
+        result = {"rows": {str(k): v for k, v in rows.items()}}
+        for c, r in rows.items():
+            print(f"context {c}: Dice@1 {np.mean(r['dice1']):.3f} NoC85 {np.mean(r['noc85']):.2f} NoC90 {np.mean(r['noc90']):.2f}")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
