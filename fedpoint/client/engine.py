@@ -25,6 +25,8 @@ class SiteEngine:
                  background_episodes: bool = True):
         self.model = model
         self.store = store
+        if store is not None:  # every rolled-back online update lands in the site's log, with its reason
+            model.online_guard.listener = lambda event: store.log("online-guard-rejected", **event)
         self.guard = RegressionGuard(clicks=model.adapt_cfg.episode_val_clicks)
         self.scheduler = None
         if model.adapt_cfg.uses_episodes:

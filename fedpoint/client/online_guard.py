@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -75,6 +75,7 @@ class OnlineGuard:
     counts: dict[str, int] = field(default_factory=lambda: {"mid_kept": 0, "mid_rejected": 0,
                                                             "post_kept": 0, "post_rejected": 0})
     events: list[dict] = field(default_factory=list)
+    listener: Callable[[dict], None] | None = None  # e.g. the site store's log (SiteEngine sets it)
 
     def __post_init__(self) -> None:
         self.cases: deque[ReplayCase] = deque(maxlen=max(self.replay, 1))
@@ -86,8 +87,11 @@ class OnlineGuard:
     def _decide(self, stage: str, ok: bool, reason: str, case_id: str, **figures) -> bool:
         self.counts[f"{stage}_{'kept' if ok else 'rejected'}"] += 1
         if not ok:
-            self.events.append({"stage": stage, "case": case_id, "reason": reason,
-                                **{k: round(float(v), 4) for k, v in figures.items()}})
+            event = {"stage": stage, "case": case_id, "reason": reason,
+                     **{k: round(float(v), 4) for k, v in figures.items()}}
+            self.events.append(event)
+            if self.listener is not None:
+                self.listener(event)
         return ok
 
     # ------------------------------------------------------------------------------ mid

@@ -256,3 +256,13 @@ def test_adam_state_is_saved_with_the_adapter_and_continues(tiny_base_2d, tmp_pa
     for k in saved:
         torch.testing.assert_close(saved[k]["exp_avg"], loaded[k]["exp_avg"])
         assert int(saved[k]["step"]) == int(loaded[k]["step"])
+
+
+def test_rejections_land_in_the_site_log_with_their_reason(tiny_base_2d, tmp_path, blob):
+    image, _ = blob((32, 32), seed=1)
+    engine = _engine(tiny_base_2d, "mid", tmp_path, lr=1.0)
+    session = engine.open(image, "c1")
+    session.click((16, 16), True)
+    session.click((2, 2), False)
+    logged = [e for e in engine.store.read_log() if e["event"] == "online-guard-rejected"]
+    assert len(logged) == 1 and logged[0]["stage"] == "mid" and logged[0]["case"] == "c1" and logged[0]["reason"]

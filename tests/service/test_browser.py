@@ -85,3 +85,67 @@ def test_click_overlay_accept_in_a_real_browser(make_config, blob, blob_base_2d,
     assert mask.shape == (128, 128) and int(mask.sum()) == second and area > 0
     meta = json.loads((accepted / "meta.json").read_text())
     assert meta["user"] == "web" and meta["clicks"] == 2
+
+
+def _deep_point(region: np.ndarray) -> tuple[int, int]:
+    from scipy import ndimage
+
+    depth = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(depth)), region.shape))
+
+
+def test_two_clicks_in_the_lungs_of_the_example_site_segment_the_lung_field(make_config, tmp_path):
+    """The `site init` example with the packaged base, as a new user meets it: two left clicks,
+    one inside each lung of `lung2-lung-field-z034`, must give a mask that holds both clicked
+    points and lies on the known lung field (precision and Dice at least one half)."""
+    import httpx
+    from playwright.sync_api import expect, sync_playwright
+    from scipy import ndimage
+
+    from fedpoint.client.service.example import write_example_site
+    from fedpoint.data import load_dataset
+
+    folder = tmp_path / "ward"
+    write_example_site(folder, "ward", ["pyradiomics-lung"], volume=False)
+    image_id = "lung2-lung-field-z034"
+    assert (folder / "images" / f"{image_id}.nii.gz").exists()
+    case = load_dataset("pyradiomics-lung").case("lung2")
+    lung = next(o for o in case.objects if o.name == "lung-field").mask[..., 34]
+    parts, n = ndimage.label(lung)
+    sizes = np.bincount(parts.ravel())[1:]
+    lungs = [parts == i + 1 for i in np.argsort(-sizes)[:2]]
+    points = [_deep_point(region) for region in lungs]
+    store = tmp_path / "ward-store"
+    config = make_config(site="ward", modality="CT", images=str(folder / "images"), store=str(store), base="base2d",
+                         mode="mid+post")
+    with LiveServer(config) as live, sync_playwright() as pw:
+        meta = httpx.get(f"{live.url}/api/images/{image_id}", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 860}, device_scale_factor=1)
+            page.goto(f"{live.url}/#token={TOKEN}")
+            viewer = page.locator("#viewer")
+            expect(viewer).not_to_have_attribute("data-image", "", timeout=60_000)
+            page.locator(f'#image-list li[data-id="{image_id}"]').click()
+            expect(viewer).to_have_attribute("data-image", image_id, timeout=60_000)
+            expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)
+            box = page.locator("#canvas").bounding_box()
+            width, height = lung.shape  # arrays are (x, y)
+            s = min(box["width"] / width, box["height"] / height) * 0.94  # the page's fitView
+            ox, oy = (box["width"] - width * s) / 2, (box["height"] - height * s) / 2
+            for k, (x, y) in enumerate(points, start=1):
+                row = height - 1 - y if meta.get("flip_y") else y
+                page.mouse.click(box["x"] + ox + (x + 0.5) * s, box["y"] + oy + (row + 0.5) * s)
+                expect(viewer).to_have_attribute("data-clicks", str(k), timeout=60_000)
+                expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)
+            page.keyboard.press("Enter")
+            expect(viewer).to_have_attribute("data-accepted", "1", timeout=60_000)
+        finally:
+            browser.close()
+    cases = [p for p in (store / "cache").iterdir() if p.name.startswith(image_id)]
+    mask = np.load(cases[0] / "mask.npy")
+    assert mask.shape == lung.shape
+    assert all(mask[p] for p in points), "every clicked point must be inside the mask"
+    inter = float((mask & lung).sum())
+    assert inter / mask.sum() >= 0.5, f"only {inter / mask.sum():.2f} of the mask lies on the lung field"
+    assert 2 * inter / (mask.sum() + lung.sum()) >= 0.5
