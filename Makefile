@@ -9,35 +9,47 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: setup system-packages test test-fast demo demo-full bench data clean
+.PHONY: setup system-packages system-packages-note test test-fast demo demo-full bench data dist fab clean
 
-setup: $(STAMP) system-packages
+SYSTEM_PACKAGES := chromium mricron-data invesalius-examples
 
-# torch first, pinned to the CPU build that lies on disk; then the package and its dev extras.
+# Installs the Python side only; system packages are installed by `make system-packages` (or by
+# `make test`, which needs Chromium), and `make setup` says what it would install.
+setup: $(STAMP) system-packages-note
+
+# torch first, pinned (2.13.0: on this project's package index, a CPU build; elsewhere choose the
+# CPU or CUDA build yourself, README "Installing"); then the package with every extra.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[all]"
 	touch $(STAMP)
 
 # Debian's Chromium for the real-browser test (Playwright drives it; no browser download) and,
 # optionally, the Colin27 brain with its AAL atlas and InVesalius's head CT (training data). All best
-# effort: tests say when one is missing.
+# effort: tests say when one is missing. Runs apt-get only as root on a machine with apt.
 system-packages:
 	@if ! command -v chromium >/dev/null 2>&1 || [ ! -d /usr/share/mricron/templates ] \
 	    || [ ! -d /usr/share/doc/invesalius-examples/examples ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq >/dev/null && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium mricron-data invesalius-examples >/dev/null \
-	    || echo "note: could not install chromium/mricron-data/invesalius-examples from apt; the browser test, colin27 and the head-CT training source will be skipped"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null \
+	    || echo "note: could not install $(SYSTEM_PACKAGES) from apt; the browser test, colin27 and the head-CT training source will be skipped"; \
 	  else echo "note: apt not available (or not root): install chromium yourself for the browser test"; fi; \
+	fi
+
+system-packages-note:
+	@if ! command -v chromium >/dev/null 2>&1 || [ ! -d /usr/share/mricron/templates ] \
+	    || [ ! -d /usr/share/doc/invesalius-examples/examples ]; then \
+	  echo "note: optional system packages missing: $(SYSTEM_PACKAGES) (browser test, colin27, head-CT training source)."; \
+	  echo "      \`make system-packages\` (as root, Debian/Ubuntu) would run: apt-get install $(SYSTEM_PACKAGES)"; \
 	fi
 
 data: $(STAMP)
 	$(FEDPOINT) data prepare
 
-test: setup data
+test: setup system-packages data
 	$(PY) -m pytest
 
 test-fast: setup
@@ -54,5 +66,18 @@ bench: setup
 	$(PY) bench/federation.py
 	$(PY) bench/service.py
 
+# The release: wheel + sdist (with the packaged checkpoints and web assets) and the Flower app
+# bundle (code and configs only, see fab-include in pyproject.toml), all in dist/.
+dist: $(STAMP)
+	rm -rf dist/*.whl dist/*.tar.gz build/lib
+	$(PY) -m build --no-isolation --outdir dist .
+	@ls -l dist
+
+fab: $(STAMP)
+	mkdir -p dist
+	rm -f dist/*.fab
+	cd dist && ../$(VENV)/bin/flwr build --app ..
+	@ls -l dist/*.fab
+
 clean:
-	rm -rf results .pytest_cache
+	rm -rf results .pytest_cache build dist

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from fedpoint.cli.errors import fail
+
 app = typer.Typer(no_args_is_help=True)
 
 DATA_DIR_HELP = "Data folder (default: $FEDPOINT_DATA, else ~/.cache/fedpoint/data)."
@@ -41,8 +43,7 @@ def prepare(
     try:
         infos = prepare_data(folder, progress=True)
     except DataError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(1) from err
+        fail(str(err))
     elapsed = time.perf_counter() - started
     console.print(f"{len(infos)} datasets ready in {elapsed:.1f} s; see them with `fedpoint data list`")
 
@@ -65,8 +66,7 @@ def _prepare_training(data_dir: Path | None, sources: list[str] | None) -> None:
 
             summaries = prepare_training(folder, names=sources, progress=progress)
     except DataError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(1) from err
+        fail(str(err))
     elapsed = time.perf_counter() - started
     images = [s for s in summaries if s["status"] != "skipped"]
     _training_table(console, images, f"training images ({elapsed:.1f} s)")
@@ -153,6 +153,21 @@ def list_(
 
 
 @app.command()
+def shifts(
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object name -> description instead."),
+) -> None:
+    """List the named acquisition shifts (`evaluate --shift`, `shift` in a sites config)."""
+    from fedpoint.data.shifts import SHIFTS
+
+    if as_json:
+        typer.echo(json.dumps(SHIFTS, indent=1))
+        return
+    width = max(map(len, SHIFTS))
+    for name, description in SHIFTS.items():
+        typer.echo(f"{name:<{width}}  {description}")
+
+
+@app.command()
 def sites(
     config: Path = typer.Option(..., "--config", exists=True, dir_okay=False, help="TOML file with [[sites]] tables."),
     out: Path = typer.Option(None, "--out", help="Contact sheet PNG (default: <config name>-sites.png here)."),
@@ -172,8 +187,7 @@ def sites(
         with console.status(f"building {len(specs)} sites"):
             built = build_sites(specs, data_dir=data_dir, strict=strict)
     except (DataError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(1) from err
+        fail(str(err))
     table = Table(title=f"sites in {config.name}", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("site", "dataset", "modality", "shift", "cases", "objects", "samples", "order", "joins at round"):
         table.add_column(column)

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from fedpoint.cli.choices import ADAPTER_KINDS, MODES, SHIFTS, choice
 from fedpoint.simulations.pretrain_config import PRETRAIN_DEFAULTS
 
 
@@ -59,17 +60,20 @@ def pretrain(
 
 def evaluate(
     data: str = typer.Option("pyradiomics-brain", help="Built-in dataset name or a dataset folder (MSD, nnU-Net v2, image/label pairs)."),
-    mode: str = typer.Option("mid+post", help="frozen | mid | post | mid+post | episodes | mid+post+episodes"),
-    adapter: str = typer.Option("norm", help="Adapter kind: norm | norm+stem | lora | full"),
+    mode: str = typer.Option("mid+post", click_type=choice(MODES), help="Adaptation mode."),
+    adapter: str = typer.Option("norm", click_type=choice(ADAPTER_KINDS),
+                                help="Adapter kind (lora needs the 'lora' extra)."),
     adapter_dir: Optional[Path] = typer.Option(None, help="Start from a saved adapter (e.g. an exported bank)."),
     base: Optional[str] = typer.Option(None, help="Base checkpoint (default: the packaged 2D base)."),
     clicks: int = typer.Option(10, min=1, max=50, help="Clicks per image."),
     images: Optional[int] = typer.Option(None, min=1, help="Stop after this many images."),
-    shift: str = typer.Option("none", help="Acquisition shift applied to every image (see `fedpoint data sites`)."),
+    shift: str = typer.Option("none", click_type=choice(SHIFTS),
+                              help="Acquisition shift applied to every image (described by `fedpoint data shifts`)."),
     size: int = typer.Option(128, min=16, help="Side of the 2D crops around each object."),
     lr: Optional[float] = typer.Option(None, min=0.0, help="Adapter learning rate (default: the adapter kind's)."),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="Write per-image results and the summary as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout (no table, no progress bar)."),
     store: Optional[Path] = typer.Option(None, help="Site store for the annotation cache (default: a temporary folder)."),
     data_dir: Optional[Path] = typer.Option(None, envvar="FEDPOINT_DATA"),
     strict: bool = typer.Option(False, help="Fail on the first bad file instead of skipping it."),
@@ -80,6 +84,15 @@ def evaluate(
     """Annotate a stream of images with the simulated user and report Dice@k, NoC and timings."""
     from rich.console import Console
 
+    from fedpoint.cli.errors import describe, fail
+
+    if adapter == "lora":
+        from fedpoint.extras import MissingExtraError, check_installed
+
+        try:
+            check_installed("peft", feature="--adapter lora")
+        except MissingExtraError as err:
+            fail(str(err))
     from fedpoint.simulations.evaluation import EvaluationSpec, run_evaluation, summary_table
 
     try:
@@ -87,20 +100,25 @@ def evaluate(
                               size=size, lr=lr, seed=seed, strict=strict, full_slice=full_slice,
                               split_components=split_components)
     except ValueError as err:
-        _fail(str(err))
+        fail(describe(err))
     with tempfile.TemporaryDirectory(prefix="fedpoint-eval-") as tmp:
         try:
-            result = run_evaluation(spec, store or Path(tmp), data_dir=data_dir, adapter_dir=adapter_dir, progress=True)
+            result = run_evaluation(spec, store or Path(tmp), data_dir=data_dir, adapter_dir=adapter_dir,
+                                    progress=not as_json)
         except (ValueError, FileNotFoundError) as err:
-            _fail(str(err))
+            fail(describe(err))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
     console = Console()
     console.print(summary_table({mode: result["summary"]}, title=f"{spec.data}: {len(result['images'])} "
                                                                   f"{'full slices' if full_slice else 'images'}, {clicks} clicks"))
     for name, reason in result.get("skipped", []):
         console.print(f"[yellow]skipped[/] {name}: {reason}")
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
         console.print(f"results: {out}")
 
 

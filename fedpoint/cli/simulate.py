@@ -9,19 +9,40 @@ import typer
 
 
 def simulate(
-    config: str = typer.Option("demo", "--config", "-c", help="A packaged experiment (demo, tiny, ...) or a TOML file."),
+    config: str = typer.Option("demo", "--config", "-c",
+                               help="A packaged experiment (`fedpoint simulate --list`) or an experiment TOML file."),
     out: Path = typer.Option(Path("results/demo"), "--out", "-o", help="Output folder: results.json, report.md, plots."),
-    full: bool = typer.Option(False, "--full", help="Use the config's [full] table: more seeds, longer streams."),
+    full: bool = typer.Option(False, "--full", help="Apply the config's 'full' table: more seeds, longer streams."),
     strategies: Optional[str] = typer.Option(None, help="Comma-separated subset of the strategies, e.g. frozen,fed-banks."),
     seeds: Optional[int] = typer.Option(None, min=1, help="Run seeds 0..N-1 instead of the config's seeds."),
     base: Optional[str] = typer.Option(None, help="Base checkpoint (default: the config's, else the packaged base2d)."),
     data_dir: Optional[Path] = typer.Option(None, envvar="FEDPOINT_DATA", help="Built-in data folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    list_: bool = typer.Option(False, "--list", help="List the packaged experiments and exit."),
 ) -> None:
-    """Run every strategy on the same site streams and write results.json, report.md and plots."""
+    """Run every strategy on the same site streams and write results.json, report.md and plots.
+
+    Needs the 'simulation' extra: pip install 'fedpoint[simulation]'."""
     import sys
 
     from rich.console import Console
+
+    from fedpoint.cli.errors import fail
+    from fedpoint.extras import MissingExtraError, check_installed
+
+    if list_:
+        for name, description in packaged_experiments().items():
+            typer.echo(f"{name}\t{description}")
+        return
+    if not config.endswith(".toml") and config not in packaged_experiments():
+        fail(f"--config: {config!r} is not an experiment; packaged experiments: "
+             f"{', '.join(packaged_experiments())}, or give the path of an experiment TOML file")
+    if config.endswith(".toml") and not Path(config).is_file():
+        fail(f"--config: no file {config}")
+    try:
+        check_installed("flwr", "ray", "matplotlib", feature="fedpoint simulate", extra="simulation")
+    except MissingExtraError as err:
+        fail(str(err))
 
     from fedpoint.simulations.experiment import ExperimentError, load_experiment
 
@@ -32,8 +53,7 @@ def simulate(
             config, full=full, base=base, seeds=list(range(seeds)) if seeds else None,
             strategies=[s.strip() for s in strategies.split(",") if s.strip()] if strategies else None)
     except (ExperimentError, FileNotFoundError) as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(2) from err
+        fail(f"--config: {err}")
 
     from fedpoint.simulations.runner import run_experiment
 
@@ -42,14 +62,31 @@ def simulate(
     try:
         results = run_experiment(experiment, out, progress=not quiet, data_dir=data_dir)
     except (ExperimentError, FileNotFoundError) as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(2) from err
+        fail(str(err))
     console.print(headline_table(results))
     for target in results["targets"]:
         mark = {True: "[green]held[/]", False: "[red]missed[/]", None: "[yellow]not measured[/]"}[target["held"]]
         console.print(f"  {mark}  {target['text']}")
     console.print(f"report: {Path(out) / 'report.md'}   results: {Path(out) / 'results.json'}   "
                   f"({results['seconds']:.0f} s)")
+
+
+def packaged_experiments() -> dict[str, str]:
+    """Packaged configs that are experiments (`name` + `rounds`), not plain `[[sites]]` files, with
+    their descriptions."""
+    import tomllib
+
+    from fedpoint.configs import HERE
+
+    found = {}
+    for path in sorted(HERE.glob("*.toml")):
+        try:
+            table = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError:
+            continue
+        if "rounds" in table or "strategies" in table:
+            found[path.stem] = str(table.get("description", "")).strip().splitlines()[0] if table.get("description") else ""
+    return found
 
 
 def headline_table(results: dict):

@@ -65,3 +65,42 @@ def init(
         raise typer.Exit(2) from None
     typer.echo(f"wrote {summary['images']} images from {summary['dataset']} ({summary['modality']}) into {folder / 'images'}")
     typer.echo(f"start it with: fedpoint site serve --config {folder / 'site.toml'}")
+
+
+@app.command()
+def check(
+    config: Path = typer.Option(None, "--config", "-c", help="The site's site.toml (checks its store and images)."),
+    store: Path = typer.Option(None, "--store", help="A site store folder to check (instead of --config)."),
+    images: bool = typer.Option(True, help="Also decode every file in the images folder (slower)."),
+    quarantine: bool = typer.Option(False, help="Move corrupt cases aside into quarantine/, as the service does at start."),
+) -> None:
+    """Verify a site store (cases, adapter versions, banks, splits, log) and report every bad file.
+
+    Exit status 0: nothing the service cannot use; 1: bad files found (listed); 2: usage error."""
+    from fedpoint.client.service.check import CheckReport, check_images, check_store
+
+    if (config is None) == (store is None):
+        typer.echo("error: give exactly one of --config or --store", err=True)
+        raise typer.Exit(2)
+    images_folder = None
+    if config is not None:
+        from fedpoint.client.service.config import ServiceConfigError, load_service_config
+
+        try:
+            cfg = load_service_config(config)
+        except ServiceConfigError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        store, images_folder = cfg.store, cfg.images
+    report: CheckReport = check_store(store, quarantine=quarantine)
+    if images_folder is not None:
+        check_images(images_folder, report, decode=images)
+    counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.counts.items())
+    typer.echo(f"checked {counts}; adapter in use: {report.adapter_in_use or 'none saved yet'}")
+    for finding in report.findings:
+        typer.echo(f"{finding.severity.upper():7s} {finding.file}: {finding.reason}")
+    for name, reason in report.quarantined:
+        typer.echo(f"QUARANTINED quarantine/{name}: {reason}")
+    errors = len(report.errors)
+    typer.echo(f"{errors} bad file(s), {len(report.findings) - errors} warning(s), {len(report.quarantined)} quarantined case(s)")
+    raise typer.Exit(1 if errors else 0)

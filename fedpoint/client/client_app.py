@@ -29,7 +29,7 @@ from fedpoint.shared.payload import EgressError, check_metrics, state_schema
 
 def build_client_app(defaults: Mapping | None = None) -> ClientApp:
     """A ClientApp whose run config falls back to `defaults` (then FederationConfig's own)."""
-    app = ClientApp(mods=[egress_mod])
+    app = ClientApp(mods=[error_code_mod, instruction_mod, egress_mod])
 
     @app.train(mods=[dp_clipping_mod])
     def train(msg: Message, context: Context) -> Message:
@@ -37,12 +37,14 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
 
         from fedpoint.client.federated import identify, train_round
 
-        torch.set_num_threads(1)  # simulated sites share the machine's cores
+        device = node_device(context.node_config)
+        if P.PARTITION_ID in context.node_config:
+            torch.set_num_threads(1)  # simulated sites share the machine's cores
         fed = P.FederationConfig.from_run_config(context.run_config, defaults)
         site = identify(context.node_config, fed)
         instruction = P.RoundInstruction.from_config(msg.content[P.CONFIG])
         bank = {name: array.numpy() for name, array in msg.content[P.ARRAYS].items()}
-        reply = train_round(bank, instruction, site, fed)
+        reply = train_round(bank, instruction, site, fed, **_device_argument(train_round, device))
         content = RecordDict({
             P.ARRAYS: arrays_record(reply.arrays),
             P.METRICS: MetricRecord(reply.metrics),
@@ -62,8 +64,79 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
     return app
 
 
+NODE_DEVICE = "device"  # SuperNode --node-config "device='cuda:0'": cpu, cuda, cuda:N or auto
+
+
+def node_device(node_config: Mapping) -> str:
+    """The torch device this site trains on: the node config's `device` (default `cpu`), resolved
+    (`auto` -> `cuda` when torch sees a GPU); ValueError for an unknown or absent device."""
+    from fedpoint.shared.device import resolve_device
+
+    return resolve_device(str(node_config.get(NODE_DEVICE, "cpu")))
+
+
+def _device_argument(train_round, device: str) -> dict:
+    """`device=` for train_round once it takes one; until then a GPU request is logged, not ignored silently."""
+    import inspect
+
+    if "device" in inspect.signature(train_round).parameters:
+        return {"device": device}
+    if device != "cpu":
+        from flwr.supercore import log
+        import logging
+
+        log(logging.WARNING, "node config device=%s: this fedpoint trains federation rounds on the CPU", device)
+    return {}
+
+
 def arrays_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord(array_dict={name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+
+
+# ------------------------------------------------------------------------------ errors and instructions
+def error_code_mod(msg: Message, context: Context, call_next) -> Message:
+    """Outermost: a failure leaves the site as a fixed error code and name only. The exception
+    text (which may hold a path, a case id or a patient name) stays in the site's own log."""
+    import logging
+
+    from flwr.app import Error
+
+    from fedpoint.shared.adapters import AdapterMismatchError
+
+    try:
+        reply = call_next(msg, context)
+    except Exception as err:  # every failure, whatever raised it
+        logging.getLogger("fedpoint.site").exception("%s message failed", msg.metadata.message_type)
+        name = ("egress-refused" if isinstance(err, EgressError) else "adapter-mismatch"
+                if isinstance(err, AdapterMismatchError) else "instruction-refused" if isinstance(err, InstructionError)
+                else "query-failed" if msg.metadata.message_type.startswith("query") else "train-failed")
+        return Message(Error(P.SITE_ERRORS[name], f"fedpoint site error: {name}"), reply_to=msg)
+    if reply.has_error():  # an error made further in (a Flower mod): keep only its code
+        return Message(Error(int(reply.error.code), "fedpoint site error"), reply_to=msg)
+    return reply
+
+
+class InstructionError(ValueError):
+    """The coordinator's message holds something a site does not accept."""
+
+
+def instruction_mod(msg: Message, context: Context, call_next) -> Message:
+    """Refuse incoming records and config keys that are not part of the protocol."""
+    allowed = P.INSTRUCTION_RECORDS if msg.metadata.message_type.startswith("train") else {P.CONFIG}
+    extra = sorted(set(msg.content.keys()) - set(allowed))
+    if extra:
+        raise InstructionError(f"unknown records {extra}")
+    config = msg.content.config_records.get(P.CONFIG) or {}
+    keys = P.INSTRUCTION_CONFIG_KEYS if msg.metadata.message_type.startswith("train") else frozenset()
+    unknown = sorted(set(config) - keys)
+    if unknown:
+        raise InstructionError(f"unknown config keys {unknown}")
+    for key, value in config.items():
+        if isinstance(value, (str, bytes)) and len(value) > P.MAX_INSTRUCTION_STRING:
+            raise InstructionError(f"config {key} is {len(value)} long")
+        if isinstance(value, list):
+            raise InstructionError(f"config {key} is a list")
+    return call_next(msg, context)
 
 
 # ------------------------------------------------------------------------------ egress

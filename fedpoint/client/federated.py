@@ -31,7 +31,7 @@ from fedpoint.shared.config import AdaptationConfig
 from fedpoint.shared.payload import check_egress, from_numpy, to_numpy
 
 STREAM_FILE = "federation-stream.json"
-MIN_EPISODE_CASES = 2  # an episode needs one training and one validation case
+MIN_EPISODE_CASES = 3  # an episode needs a training, a validation and a judgement case
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ from fedpoint.shared.losses import interaction_loss
 from fedpoint.shared.metrics import click_metrics, dice
 from fedpoint.shared.model import build_model, save_base
 from fedpoint.simulations.objects import ObjectSampler, SamplerConfig
-from fedpoint.simulations.pretrain_config import BASE_MODEL, METRIC_KEYS, PretrainConfig
+from fedpoint.simulations.pretrain_config import BASE_MODEL_FIELDS, METRIC_KEYS, PretrainConfig
+
+BASE_MODEL = ModelConfig(**BASE_MODEL_FIELDS)
 
 def training_images(cfg: PretrainConfig, data_dir: Path | None = None, split: str = "train"):
     from fedpoint.data.training import load_training

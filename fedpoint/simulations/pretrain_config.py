@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fedpoint.shared.config import ModelConfig
-
-# The packaged 2D base's network (see docs/engine.md for the measurement that chose it).
-BASE_MODEL = ModelConfig(arch="dynunet", channels=(8, 16, 32, 64, 128, 256), strides=(2, 2, 2, 2, 2),
+# The packaged 2D base's network (see docs/engine.md for the measurement that chose it), as
+# ModelConfig fields: `fedpoint.simulations.pretrain.BASE_MODEL` builds it (pydantic stays off
+# `fedpoint --help`).
+BASE_MODEL_FIELDS = dict(arch="dynunet", channels=(8, 16, 32, 64, 128, 256), strides=(2, 2, 2, 2, 2),
                          num_res_units=0, input_size=96)
 METRIC_KEYS = ("dice1", "dice3", "dice5", "dice10", "noc85", "noc90", "nof")
 

@@ -146,7 +146,7 @@ def test_cli_list_json_and_sites(mni_dir, tmp_path):
     assert "template" in result.output and out.read_bytes()[:4] == b"\x89PNG"
     config.write_text('[[sites]]\nname = "x"\ndataset = "mni152"\nshift = "fog"\n')
     bad = runner.invoke(app, ["sites", "--config", str(config), "--data-dir", str(mni_dir)])
-    assert bad.exit_code == 1 and "exp.toml" in bad.output and "sites[0].shift" in bad.output
+    assert bad.exit_code == 2 and "exp.toml" in bad.output and "sites[0].shift" in bad.output
 
 
 def _nrrd_bytes(tmp_path, array, spacing):

@@ -41,10 +41,12 @@ class SiteServiceConfig(BaseModel):
     token_env: str | None = Field(None, description="name of an environment variable holding the token")
     token_file: Path | None = Field(None, description="file holding the token")
     token_in_path: bool = Field(False, description="also accept /t/<token>/... for clients that cannot send headers")
-    device: str = "cpu"
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N or auto (CUDA when torch sees one)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads")
     label: str = Field("object", description="name of the structure annotated, shown to MONAI Label clients")
     max_upload_mb: float = Field(64.0, gt=0, le=4096)
+    max_decoded_mb: float = Field(1024.0, gt=0, le=65536,
+                                  description="most bytes an uploaded label may decode to (its header is checked first)")
     max_points: int = Field(64, ge=1, le=10_000, description="most clicks one request or one session may carry")
     max_sessions: int = Field(64, ge=1, description="open annotation sessions kept in memory (oldest idle dropped)")
     session_ttl_s: float = Field(3600.0, gt=0, description="an idle session is dropped after this")
@@ -61,6 +63,13 @@ class SiteServiceConfig(BaseModel):
     @classmethod
     def _safe_site(cls, site: str) -> str:
         return check_id(site, "site name")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        from fedpoint.shared.device import resolve_device
+
+        return resolve_device(device)  # `auto` becomes the device in use; a missing GPU is an error now
 
     @field_validator("adapter", mode="before")
     @classmethod

@@ -1,0 +1,21 @@
+"""The closed vocabularies the CLI offers as choices, without importing what defines them.
+
+`fedpoint --help` must not import torch, monai or numpy, so the names are repeated here; a test
+(tests/cli/test_cli_guides.py) keeps them equal to the registries they mirror.
+"""
+
+from __future__ import annotations
+
+import click
+
+# fedpoint.shared.config.ADAPTATION_MODES
+MODES: tuple[str, ...] = ("frozen", "mid", "post", "mid+post", "episodes", "mid+post+episodes")
+# fedpoint.shared.adapters.ADAPTER_KINDS (lora needs the `lora` extra)
+ADAPTER_KINDS: tuple[str, ...] = ("norm", "norm+stem", "full", "lora")
+# fedpoint.data.shifts.SHIFTS (descriptions: `fedpoint data shifts`)
+SHIFTS: tuple[str, ...] = ("none", "gamma-low", "gamma-high", "bias", "noise", "blur", "lowres", "scale",
+                           "scanner-b", "scanner-c")
+
+
+def choice(names: tuple[str, ...]) -> click.Choice:
+    return click.Choice(names, case_sensitive=True)

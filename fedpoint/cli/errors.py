@@ -1,0 +1,41 @@
+"""One error style and one exit code for every `fedpoint` command.
+
+Exit codes (documented in the README, "Commands"):
+- 0: success;
+- 2 (`USER_ERROR`): the user can fix it: a bad or missing option value, a file that is not there or
+  not valid, a feature whose extra is not installed. The message starts with `error:` and names the
+  option, field or file. Click's own usage errors (unknown option, bad choice) also exit 2;
+- 1: an unexpected failure (a bug: the traceback is printed);
+- 130: interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import typer
+
+USER_ERROR = 2
+
+
+def fail(message: str, code: int = USER_ERROR) -> NoReturn:
+    """Print `error: <message>` on stderr and exit with `code`."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(message))}")
+    raise typer.Exit(code)
+
+
+def describe(err: Exception) -> str:
+    """A pydantic ValidationError as `field: message; ...`; anything else as its text."""
+    from pydantic import ValidationError
+
+    if isinstance(err, ValidationError):
+        parts = []
+        for e in err.errors():
+            where = ".".join(str(p) for p in e["loc"])
+            message = e["msg"].removeprefix("Value error, ")
+            parts.append(f"{where}: {message}" if where else message)
+        return "; ".join(parts)
+    return str(err)
