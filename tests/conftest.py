@@ -49,3 +49,7 @@ def blob_image(shape=(48, 48), seed: int = 0, contrast: float = 1.0):
 @pytest.fixture
 def blob():
     return blob_image
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "hostile: hostile inputs and faults against the site service (run by default)")

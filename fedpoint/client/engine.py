@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedpoint.client.episodes import EpisodeScheduler, RegressionGuard
+from fedpoint.client.episodes import EpisodeScheduler, RegressionGuard, load_cases
 from fedpoint.client.model import SiteModel
 from fedpoint.client.session import AnnotationSession
 from fedpoint.client.store import SiteStore
@@ -44,7 +44,7 @@ class SiteEngine:
         net, model_cfg, _card = load_base(base, device)
         if isinstance(store, (str, Path)):
             store = SiteStore(store)
-        resume = adapter_dir or (store.current_adapter() if store is not None else None)
+        resume = adapter_dir or (store.usable_adapter() if store is not None else None)
         # a saved adapter brings its own kind and settings (an exported bank may use LoRA rank 2, say)
         adapt = load_adapter(net, resume) if resume is not None else make_adapter(net, adapter)
         model = SiteModel(adapt, model_cfg, adaptation or AdaptationConfig(), device, focus)
@@ -78,7 +78,7 @@ class SiteEngine:
         if self.store is None:
             return []
         splits = self.store.splits()
-        return [self.store.load_case(i)[:2] for i in splits["val"] + splits["judge"]]
+        return load_cases(self.store, splits["val"] + splits["judge"])
 
     def offer(self, state: State, source: str) -> bool:
         """An adapter offered from outside (a federation bank): swap it in if the guard passes it.

@@ -195,7 +195,7 @@ class EpisodeScheduler:
         return self.store.assign_new_cases(lambda new: split_rule(new, self._rng))
 
     def _load(self, ids: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [self.store.load_case(i)[:2] for i in ids]
+        return load_cases(self.store, ids)
 
     def run_episode(self) -> EpisodeResult:
         """Train a copy on the cache, pick its best epoch on `val`, re-base that epoch's change onto
@@ -232,6 +232,17 @@ class EpisodeScheduler:
         self.results.append(result)
         self.store.log("episode", **{k: v for k, v in result.as_dict().items() if k != "val_scores"})
         return result
+
+
+def load_cases(store: SiteStore, ids: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, mask) of each cached case; one the store quarantined (unreadable) is left out."""
+    out = []
+    for case_id in ids:
+        try:
+            out.append(store.load_case(case_id)[:2])
+        except (KeyError, ValueError, OSError):
+            continue
+    return out
 
 
 def split_rule(new: list[str], rng: np.random.Generator) -> dict[str, list[str]]:

@@ -109,9 +109,13 @@ def compute_headline(images: list[dict], rounds: list[dict], images_per_round: i
 
 
 # ------------------------------------------------------------------------------------ targets
-def evaluate_targets(headline: dict[str, dict]) -> list[dict]:
-    """The issue's three targets for fedpoint's default (`fed-banks`); `held` is None when a
-    strategy it needs did not run."""
+def evaluate_targets(headline: dict[str, dict], comps: list[dict] | None = None) -> list[dict]:
+    """The three targets for fedpoint's default (`fed-banks`); `held` is None when a strategy it
+    needs did not run. With paired `comps` (`statistics.comparisons`), each target is judged on its
+    95% interval instead of its mean: held only when the whole interval clears the threshold
+    (`verdict`: held / refuted / unresolved), and late joiners are compared with local-online."""
+    if comps is not None:
+        return _targets_on_intervals(headline, comps)
     ours, frozen, full = (headline.get(n) for n in (DEFAULT_STRATEGY, REFERENCE, FULL))
     targets = []
 
@@ -137,6 +141,51 @@ def evaluate_targets(headline: dict[str, dict]) -> list[dict]:
     targets.append({"name": "bytes-vs-full", "held": held, "value": value, "threshold": 50, "dice5_gap": gap,
                     "text": "fed-banks sends at most 1/50 of the bytes of fed-full, Dice@5 within 1 point of it"})
     return targets
+
+
+def _targets_on_intervals(headline: dict[str, dict], comps: list[dict]) -> list[dict]:
+    from fedpoint.simulations.statistics import find, verdict
+
+    out = []
+    c = find(comps, DEFAULT_STRATEGY, REFERENCE, "noc90", "shifted")
+    v = None if c is None else verdict(c["reduction_low"], c["reduction_high"], 0.20)
+    out.append({"name": "noc90-reduction", "verdict": v, "held": None if v is None else v == "held",
+                "value": None if c is None else c["reduction"], "ci": None if c is None else [c["reduction_low"], c["reduction_high"]],
+                "threshold": 0.20, "n": None if c is None else c["n"],
+                "text": "on shifted sites, fed-banks lowers NoC@90 by at least 20% against frozen"})
+    c = find(comps, DEFAULT_STRATEGY, "local-online", "dice3", "late")
+    v = None if c is None else verdict(c["ci_low"], c["ci_high"], 0.05)
+    out.append({"name": "late-joiner-dice3", "verdict": v, "held": None if v is None else v == "held",
+                "value": None if c is None else c["mean_diff"], "ci": None if c is None else [c["ci_low"], c["ci_high"]],
+                "threshold": 0.05, "n": None if c is None else c["n"],
+                "text": "late joiners start at least 5 Dice@3 points above local-online"})
+    ours, full = headline.get(DEFAULT_STRATEGY), headline.get(FULL)
+    c5 = find(comps, DEFAULT_STRATEGY, FULL, "dice5", "shifted")
+    c90 = find(comps, DEFAULT_STRATEGY, FULL, "noc90", "shifted")
+    v, ratio = None, None
+    if ours and full and ours["bytes_per_round"] > 0 and c5 and c90:
+        ratio = full["bytes_per_round"] / ours["bytes_per_round"]
+        parts = [verdict(c5["ci_low"], c5["ci_high"], -0.01), verdict(c90["ci_low"], c90["ci_high"], 0.5, higher_is_better=False),
+                 "held" if ratio >= 50 else "refuted"]
+        v = "refuted" if "refuted" in parts else "held" if all(p == "held" for p in parts) else "unresolved"
+    out.append({"name": "bytes-vs-full", "verdict": v, "held": None if v is None else v == "held", "value": ratio,
+                "threshold": 50, "dice5_gap": None if c5 is None else c5["mean_diff"],
+                "ci": None if c5 is None else [c5["ci_low"], c5["ci_high"]],
+                "noc90_gap_ci": None if c90 is None else [c90["ci_low"], c90["ci_high"]],
+                "text": "fed-banks sends at most 1/50 of fed-full's bytes, within 1 Dice@5 point and 0.5 NoC@90 of it"})
+    return out
+
+
+def comparisons_markdown(comps: list[dict]) -> str:
+    if not comps:
+        return "No paired comparison: a strategy it needs did not run."
+    rows = []
+    for c in comps:
+        scale = 1 if c["metric"].startswith("noc") else 100
+        unit = "" if scale == 1 else " pts"
+        rows.append([f"{c['a']} − {c['b']}", c["scope"], c["metric"], f"{scale * c['mean_diff']:+.2f}{unit}",
+                     f"[{scale * c['ci_low']:+.2f}, {scale * c['ci_high']:+.2f}]", str(c["n"])])
+    return markdown_table(["comparison", "scope", "metric", "mean difference", "95% CI", "n"], rows)
 
 
 # ------------------------------------------------------------------------------------ tables
@@ -240,16 +289,28 @@ def noc90_by_site_markdown(images: list[dict], strategy: str = DEFAULT_STRATEGY,
     return markdown_table(header, rows)
 
 
+def _ci(t: dict, scale: float, unit: str) -> str:
+    if not t.get("ci"):
+        return ""
+    low, high = t["ci"]
+    return f", 95% CI [{scale * low:+.1f}, {scale * high:+.1f}]{unit}, n = {t['n']}"
+
+
 def targets_markdown(targets: list[dict]) -> str:
     lines = []
     for t in targets:
         mark = {True: "**held**", False: "**missed**", None: "not measured"}[t["held"]]
+        if t.get("verdict") == "refuted":
+            mark = "**refuted**"
+        elif t.get("verdict") == "unresolved":
+            mark = "**not shown** (the interval straddles the threshold)"
         if t["value"] is None:
             detail = "a strategy it needs did not run"
         elif t["name"] == "noc90-reduction":
-            detail = f"NoC@90 reduction {100 * t['value']:.1f}% (needs ≥ 20%)"
+            detail = f"NoC@90 reduction {100 * t['value']:.1f}% (needs ≥ 20%)" + _ci(t, 100, "%")
         elif t["name"] == "late-joiner-dice3":
-            detail = f"late Dice@3 {100 * t['value']:+.1f} points vs frozen (needs ≥ +5)"
+            ref = "local-online" if t.get("verdict") is not None else "frozen"
+            detail = f"late Dice@3 {100 * t['value']:+.1f} points vs {ref} (needs ≥ +5)" + _ci(t, 100, " pts")
         else:
             detail = (f"fed-full sends {t['value']:.0f}× the bytes of fed-banks (needs ≥ 50×); "
                       f"Dice@5 gap {100 * t['dice5_gap']:+.1f} points (needs ≥ −1)")
@@ -290,6 +351,15 @@ def write_report(results: dict, path, plots: Sequence[str] = ()) -> str:
         "## Targets",
         "",
         targets_markdown(results["targets"]),
+        "",
+        "## Paired comparisons",
+        "",
+        "Same image, same simulated user: differences per (seed, site, image), percentile-bootstrap 95% "
+        "intervals over those units. Dice in points; NoC in clicks (negative = fewer clicks). A claim "
+        "stands only where its interval clears the threshold; where an interval contains 0, this "
+        "experiment does not show a difference.",
+        "",
+        comparisons_markdown(results.get("comparisons", [])),
         "",
         noc90_by_site_markdown(results["images"]),
         "",

@@ -81,7 +81,10 @@ def fresh_folder(path: Path) -> Path:
 
 
 def assemble(config: ExperimentConfig, images, rounds, episodes, federation, data, strategy_seconds, seconds) -> dict:
+    from fedpoint.simulations.statistics import comparisons
+
     headline = compute_headline(images, rounds, config.images_per_round)
+    comps = comparisons(images)
     return {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -90,7 +93,8 @@ def assemble(config: ExperimentConfig, images, rounds, episodes, federation, dat
         "environment": environment(config),
         "data": data,
         "headline": headline,
-        "targets": evaluate_targets(headline),
+        "targets": evaluate_targets(headline, comps),
+        "comparisons": comps,
         "images": images,
         "rounds": rounds,
         "episodes": episodes,

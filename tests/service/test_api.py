@@ -139,7 +139,7 @@ def test_training_episode_on_request(live, site):
         time.sleep(0.5)
     status = c.get("/train/").json()
     assert status["status"] == "DONE", status
-    assert status["result"]["train_cases"] + status["result"]["val_cases"] == 3
+    assert status["result"]["train_cases"] + status["result"]["val_cases"] + status["result"]["judge_cases"] == 3
     assert c.get("/api/status").json()["last_episode"]["episode"] == 1
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
@@ -19,7 +21,7 @@ from fedpoint.client.service.security import (
     SecurityHeadersMiddleware,
     TokenGuard,
 )
-from fedpoint.client.service.state import ServiceState
+from fedpoint.client.service.state import Conflict, ServiceState
 from fedpoint.client.service.training import NotEnoughCases, TrainingBusy
 from fedpoint.client.session import InputError
 from fedpoint.shared.adapters import AdapterMismatchError
@@ -35,15 +37,43 @@ ERROR_STATUS: list[tuple[type[BaseException], int]] = [
     (LookupError, 404),
     (TrainingBusy, 409),
     (NotEnoughCases, 409),
+    (Conflict, 409),
+    (MemoryError, 413),
 ]
+# An absolute path in a message (/a/b/c.nii.gz): only its last part reaches a client.
+_PATH = re.compile(r"(?<![\w.:/])(?:/[^\s/'\"(),:;]+){2,}/?")
+
+
+def public_message(text: str) -> str:
+    """A message for a client: server paths cut to their last part (the file's name)."""
+    return _PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], str(text))
 
 
 def _handler(status: int):
     async def handle(_request: Request, exc: BaseException) -> JSONResponse:
         detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        return JSONResponse({"detail": detail}, status_code=status)
+        if isinstance(exc, MemoryError):
+            detail = "the request needs more memory than the service has; send a smaller file"
+        return JSONResponse({"detail": public_message(detail)}, status_code=status)
 
     return handle
+
+
+async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's own checks (path, query, header, JSON body): a 422 naming each field, without
+    echoing the value (an echoed infinity or a huge string would break or bloat the reply)."""
+    problems = []
+    for problem in exc.errors()[:5]:
+        where = ".".join(str(p) for p in problem.get("loc", ())) or "request"
+        problems.append(f"{where}: {problem.get('msg', 'invalid')}")
+    return JSONResponse({"detail": public_message("; ".join(problems))}, status_code=422)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """The last resort: logged in full here, a short message without server detail to the client."""
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the site's log has the details"},
+                        status_code=500)
 
 
 def create_app(config: SiteServiceConfig, state: ServiceState | None = None) -> FastAPI:
@@ -64,6 +94,8 @@ def create_app(config: SiteServiceConfig, state: ServiceState | None = None) -> 
     app.state.service = state
     for exc_type, status in ERROR_STATUS:
         app.add_exception_handler(exc_type, _handler(status))
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(Exception, _unexpected)
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -78,24 +76,27 @@ def _channel_first_npy(array: np.ndarray, name: str) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def read_label(data: bytes, filename: str, shape: tuple[int, ...]) -> np.ndarray:
-    """An uploaded label file as an integer array of the image's spatial `shape`."""
+def read_label(data: bytes, filename: str, shape: tuple[int, ...], max_bytes: int = 1 << 30) -> np.ndarray:
+    """An uploaded label file as an integer array of the image's spatial `shape`.
+
+    Its header is read first: a declared shape that does not fit the image, or that would decode
+    to more than `max_bytes`, is refused before any voxel is decoded (see `uploads`)."""
+    from fedpoint.client.service.uploads import decode_label
+
     parts = split_suffix(filename or "label.nii.gz", LABEL_SUFFIXES)
     if parts is None:
         raise ImageError(f"label file {filename!r}: use one of {', '.join(LABEL_SUFFIXES)}")
-    fd, tmp = tempfile.mkstemp(suffix=parts[1], prefix="fedpoint-label-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        array, _ = read_array(Path(tmp))
-    finally:
-        os.unlink(tmp)
-    label = array[0] if array.shape[0] == 1 else array
+    name = Path(filename or "label.nii.gz").name
+    label = decode_label(data, name, parts[1], tuple(shape), max_bytes)
+    while label.ndim > len(shape) and label.shape[0] == 1:  # a channel axis of 1
+        label = label[0]
     while label.ndim > len(shape) and label.shape[-1] == 1:  # a 2D label saved with a z of 1
         label = label[..., 0]
     if tuple(label.shape) != tuple(shape):
         raise ImageError(f"label shape {tuple(label.shape)} does not match the image's spatial shape {tuple(shape)}")
-    if not np.all(np.isfinite(label)) or np.any(label < 0) or np.any(label != np.round(label)):
+    if label.dtype == np.bool_:
+        label = label.astype(np.uint8)
+    if not np.all(np.isfinite(label)) or np.any(label < 0) or np.any(label != np.round(label)) or np.any(label > 2**31 - 1):
         raise ImageError("label values must be non-negative integers")
     return label.astype(np.int32)
 
@@ -199,6 +200,41 @@ class ImageFolder:
         self._listing: dict[str, Path] = {}
         self.skipped: list[tuple[str, str]] = []
         self._stamp: tuple[float, int] | None = None
+        self._unreadable: dict[str, tuple[tuple[float, int], str]] = {}  # id -> (file stamp, reason)
+
+    def _inside(self, path: Path) -> bool:
+        """A file that really lies in the folder: a symlink leading out of it is refused."""
+        try:
+            return path.resolve(strict=True).parent == self.root.resolve(strict=True)
+        except OSError:
+            return False
+
+    @staticmethod
+    def _file_stamp(path: Path) -> tuple[float, int]:
+        stat = path.stat()
+        return (stat.st_mtime, stat.st_size)
+
+    def unreadable(self) -> dict[str, str]:
+        """Images whose file could not be decoded (id -> reason naming the file), until the file changes."""
+        with self._lock:
+            out = {}
+            for image_id, (stamp, reason) in list(self._unreadable.items()):
+                path = self._listing.get(image_id)
+                try:
+                    same = path is not None and self._file_stamp(path) == stamp
+                except OSError:
+                    same = False
+                if same:
+                    out[image_id] = reason
+                else:
+                    self._unreadable.pop(image_id, None)
+            return out
+
+    def skipped_list(self) -> list[dict]:
+        """Files not served, with why: bad names, links leaving the folder, unreadable images."""
+        self.ids()
+        marked = [(self._listing[i].name, r) for i, r in self.unreadable().items() if i in self._listing]
+        return [{"file": f, "reason": r} for f, r in [*self.skipped, *marked]]
 
     def _rescan(self) -> None:
         stat = self.root.stat()
@@ -209,6 +245,9 @@ class ImageFolder:
         for path in sorted(self.root.iterdir()):
             parts = split_suffix(path.name)
             if not path.is_file() or path.name.startswith(".") or parts is None:
+                continue
+            if path.is_symlink() and not self._inside(path):
+                skipped.append((path.name, "a link to a file outside the images folder: not served"))
                 continue
             try:
                 image_id = check_id(parts[0], "image id")
@@ -234,7 +273,10 @@ class ImageFolder:
             self._rescan()
             if image_id not in self._listing:
                 raise KeyError(f"no image {image_id!r} in the site's images folder")
-            return self._listing[image_id]
+            path = self._listing[image_id]
+        if not self._inside(path):  # replaced by a link leading out since the listing
+            raise KeyError(f"no image {image_id!r} in the site's images folder (its file is a link leading out of it)")
+        return path
 
     def load(self, image_id: str) -> LoadedImage:
         path = self.path(image_id)
@@ -242,7 +284,14 @@ class ImageFolder:
             if image_id in self._cache:
                 self._cache.move_to_end(image_id)
                 return self._cache[image_id]
-        loaded = prepare(image_id, path, self.modality, self.model_channels, self.ct_window)
+        try:
+            stamp = self._file_stamp(path)
+            loaded = prepare(image_id, path, self.modality, self.model_channels, self.ct_window)
+        except (ImageError, OSError, MemoryError) as err:
+            reason = str(err) if isinstance(err, ImageError) else f"{path.name}: cannot be read ({type(err).__name__})"
+            with self._lock:
+                self._unreadable[image_id] = (stamp if "stamp" in locals() else (0.0, -1), reason)
+            raise ImageError(reason) from None
         with self._lock:
             self._cache[image_id] = loaded
             while len(self._cache) > self.cache_size:

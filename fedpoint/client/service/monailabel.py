@@ -15,14 +15,16 @@ from __future__ import annotations
 import json
 import secrets
 
-from fastapi import APIRouter, Body, Depends, File, Form, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 import fedpoint
 from fedpoint.client.service.images import file_response_bytes, nifti_bytes, read_label
 from fedpoint.client.service.security import valid_id
 from fedpoint.client.service.state import ServiceState
 from fedpoint.client.service.strategies import STRATEGIES
+from fedpoint.client.service.validation import InferParams, SaveParams, StrategyParams, TrainParams, check, json_body, parse_json
 from fedpoint.client.session import InputError
 
 MODEL_NAME = "fedpoint"
@@ -30,25 +32,13 @@ DEFAULT_CLIENT = "monailabel"
 NIFTI_TYPE = "application/gzip"
 
 
-def _params(text: str | None) -> dict:
-    try:
-        params = json.loads(text or "{}")
-    except json.JSONDecodeError as err:
-        raise InputError(f"params is not valid JSON ({err})") from None
-    if not isinstance(params, dict):
-        raise InputError("params must be a JSON object")
-    return params
+def _params(text: str | None, model):
+    """The `params` form field, parsed and checked as `model` (a 422 naming the field otherwise)."""
+    return check(model, parse_json(text, "params"), "params")
 
 
-def _points(params: dict, key: str) -> list:
-    points = params.get(key) or []
-    if not isinstance(points, list) or not all(isinstance(p, (list, tuple)) and len(p) in (2, 3) for p in points):
-        raise InputError(f"params.{key} must be a list of [x, y] or [x, y, z] points")
-    return points
-
-
-def _client(params: dict | None) -> str:
-    return valid_id(str((params or {}).get("client_id") or DEFAULT_CLIENT), "client_id")
+def _client(params) -> str:
+    return valid_id(params.client_id or DEFAULT_CLIENT, "client_id")
 
 
 def multipart(params: dict, data: bytes, filename: str) -> Response:
@@ -125,9 +115,9 @@ def router(state: ServiceState, require) -> APIRouter:
             raise InputError("give ?image=<id> of an image in the site's datastore")
         if output not in (None, "all", "image", "json"):
             raise InputError(f"output {output!r} is not supported; use image, json or all")
-        request = _params(params)
-        label_volume, reply = state.infer(valid_id(image), _client(request),
-                                          _points(request, "foreground"), _points(request, "background"))
+        request = _params(params, InferParams)
+        label_volume, reply = state.infer(valid_id(image), _client(request), request.foreground or [],
+                                          request.background or [])
         if output == "json":
             return reply
         data = nifti_bytes(label_volume, state.load(image).affine)
@@ -164,19 +154,25 @@ def router(state: ServiceState, require) -> APIRouter:
                    label: UploadFile = File(...)) -> dict:
         if tag not in ("", "final"):
             raise InputError(f"only final labels go into the annotation cache (tag {tag!r} given)")
-        request = _params(params)
+        request = _params(params, SaveParams)
         loaded = state.load(valid_id(image))
         data = label.file.read(int(state.config.max_upload_mb * 2**20) + 1)
         if len(data) > state.config.max_upload_mb * 2**20:
             raise HTTPException(413, "label file larger than max_upload_mb")
-        array = read_label(data, label.filename or "label.nii.gz", loaded.shape)
-        result = state.save_label(image, _client(request), array, _label_index(request, state.config.label))
+        array = read_label(data, label.filename or "label.nii.gz", loaded.shape,
+                           int(state.config.max_decoded_mb * 2**20))
+        result = state.save_label(image, _client(request), array, _label_index(request, state.config.label),
+                                  request.request_id)
         return {"image": image, "label": image, **result}
 
     @api.post("/activelearning/{strategy}")
-    def next_sample(strategy: str, params: dict | None = Body(None)) -> dict:
+    async def next_sample(strategy: str, request: Request) -> dict:
         if strategy not in STRATEGIES:
             raise HTTPException(404, f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+        params = await json_body(request, StrategyParams)
+        return await run_in_threadpool(_next_sample, strategy, params.model_dump(exclude_none=True))
+
+    def _next_sample(strategy: str, params: dict) -> dict:
         image_id, details = state.next_image(strategy, params)
         if image_id is None:
             return {}
@@ -186,13 +182,15 @@ def router(state: ServiceState, require) -> APIRouter:
         return state.training.start()
 
     @api.post("/train/")
-    def train(params: dict | None = Body(None)) -> dict:
-        return start_training()
+    async def train(request: Request) -> dict:
+        await json_body(request, TrainParams)
+        return await run_in_threadpool(start_training)
 
     @api.post("/train/{model}")
-    def train_model(model: str, params: dict | None = Body(None)) -> dict:
+    async def train_model(model: str, request: Request) -> dict:
         check_model(model)
-        return start_training()
+        await json_body(request, TrainParams)
+        return await run_in_threadpool(start_training)
 
     @api.get("/train/")
     def train_status(check_if_running: bool = Query(False), all: bool = Query(False)):
@@ -209,9 +207,9 @@ def router(state: ServiceState, require) -> APIRouter:
     return api
 
 
-def _label_index(params: dict, name: str) -> int | None:
+def _label_index(params: SaveParams, name: str) -> int | None:
     """The label value of our structure in a multi-label map (Slicer's label_info), if named."""
-    for item in params.get("label_info") or []:
-        if isinstance(item, dict) and item.get("name") == name and isinstance(item.get("idx"), int):
-            return item["idx"]
+    for item in params.label_info or []:
+        if item.name == name and item.idx is not None:
+            return item.idx
     return None

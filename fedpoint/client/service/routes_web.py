@@ -13,22 +13,12 @@ from pathlib import Path
 import numpy as np
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import FileResponse, Response
-from pydantic import BaseModel, Field
-
 from fedpoint.client.service.security import valid_id
 from fedpoint.client.service.state import ServiceState
+from fedpoint.client.service.validation import ClickBody, SliceBody
 
 WEB = Path(__file__).resolve().parent / "web"
 DEFAULT_USER = "web"
-
-
-class ClickBody(BaseModel):
-    point: list[float] = Field(min_length=2, max_length=3, description="[x, y] or [x, y, z], image index space")
-    positive: bool = True
-
-
-class SliceBody(BaseModel):
-    slice: int | None = None
 
 
 def mask_payload(mask: np.ndarray) -> dict:
@@ -135,7 +125,7 @@ def api_router(state: ServiceState, require) -> APIRouter:
     @router.post("/sessions/{image_id}/accept")
     def accept(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:
         loaded = state.load(valid_id(image_id))
-        return state.accept_current(image_id, user, body.slice if state.sliced(loaded) else None)
+        return state.accept_current(image_id, user, body.slice if state.sliced(loaded) else None, body.request_id)
 
     @router.post("/sessions/{image_id}/discard")
     def discard(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:

@@ -12,6 +12,7 @@ model's lock, then `SiteStore.add_case` writes under the store's file lock and n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -26,6 +27,7 @@ from fedpoint.client.engine import SiteEngine, set_threads
 from fedpoint.client.service.banks import BankWatcher
 from fedpoint.client.service.config import SiteServiceConfig
 from fedpoint.client.service.images import ImageError, ImageFolder, LoadedImage
+from fedpoint.client.service.journal import recover, write_cases
 from fedpoint.client.service.sessions import OpenSession, SessionRegistry
 from fedpoint.client.service.strategies import choose, flip_uncertainty
 from fedpoint.client.service.training import Training
@@ -35,6 +37,12 @@ from fedpoint.shared.clicker import deepest_point
 from fedpoint.shared.clicks import Click, check_point
 
 log = logging.getLogger("fedpoint.service")
+MAX_COORDINATE = 2**31 - 1
+SAVE_WAIT_S = 60.0
+
+
+class Conflict(RuntimeError):
+    """Another request holds what this one needs (409); the message says who."""
 
 
 @dataclass
@@ -51,14 +59,13 @@ class ServiceState:
     def __init__(self, config: SiteServiceConfig, engine: SiteEngine | None = None):
         self.config = config
         set_threads(config.threads)
-        self.engine = engine or SiteEngine.create(
-            base=config.base, adapter=config.adapter, adaptation=config.adaptation_config(),
-            store=SiteStore(config.store), device=config.device, campaign_size=config.campaign_size,
-            background_episodes=True)
+        self.engine = engine or _create_engine(config)
         if self.engine.store is None:
             raise ValueError("the service needs an engine with a site store")
         self.store: SiteStore = self.engine.store
+        recover(self.store)  # a multi-slice save a crash cut: none of it stays
         self.store.wipe_staging()
+        self.quarantined_at_start = self.store.quarantine_corrupt_cases()
         self.model_cfg = self.engine.model.model_cfg
         self.images = ImageFolder(config.images, config.modality, self.model_cfg.image_channels,
                                   config.ct_window, config.image_cache)
@@ -70,6 +77,7 @@ class ServiceState:
         self.last_click_ms: float | None = None
         self._lock = threading.Lock()
         self._scores: dict[tuple[str, int], float] = {}
+        self._saving: dict[tuple[str, str], tuple[threading.Lock, list[str]]] = {}
 
     def start(self) -> None:
         self.banks.start()
@@ -81,9 +89,16 @@ class ServiceState:
 
     def _index_cache(self) -> dict[str, list[str]]:
         index: dict[str, list[str]] = {}
+        self.requests: dict[str, list[str]] = {}  # idempotency key -> the cases its request saved
         for case_id in self.store.case_ids():
-            meta = _read_meta(self.store, case_id)
+            try:
+                meta = _read_meta(self.store, case_id)
+            except (OSError, ValueError) as err:
+                self.store.quarantine_case(case_id, f"cache/{case_id}/meta.json: {type(err).__name__}: {err}")
+                continue
             index.setdefault(str(meta.get("image", case_id)), []).append(case_id)
+            if isinstance(meta.get("request"), str):
+                self.requests.setdefault(meta["request"], []).append(case_id)
         return index
 
     # ---------------------------------------------------------------------------------- geometry
@@ -100,8 +115,14 @@ class ServiceState:
     def locate(self, loaded: LoadedImage, point, slice_index: int | None = None) -> tuple[int | None, tuple[int, ...]]:
         """(slice or None, the point in the session's image), refusing points outside the image."""
         point = list(point)
-        if not all(isinstance(p, (int, float)) and np.isfinite(p) for p in point):
-            raise InputError(f"point {point} must hold finite numbers (image index space)")
+        if not all(isinstance(p, (int, float)) and not isinstance(p, bool) and abs(p) <= MAX_COORDINATE for p in point):
+            raise InputError(f"point {str(point)[:80]} must hold finite numbers within +-{MAX_COORDINATE} (image index space)")
+        if loaded.ndim == 2 and len(point) == 3:
+            # MONAI Label's client and 3D Slicer send [x, y, 0] for a 2D image
+            if point[2] != 0:
+                raise InputError(f"point {point} has z = {point[2]}, but {loaded.id} is a 2D image {loaded.shape}: "
+                                 "send [x, y] or [x, y, 0]")
+            point = point[:2]
         if self.sliced(loaded) and len(point) == 2 and slice_index is not None:
             point.append(slice_index)
         try:
@@ -161,32 +182,69 @@ class ServiceState:
         if entry is not None:
             self.sessions.close(entry)
 
-    def accept(self, entry: OpenSession, mask: np.ndarray | None = None) -> dict:
+    def accept(self, entry: OpenSession, mask: np.ndarray | None = None, request: str | None = None) -> dict:
         """Post-interaction update, then into the cache; the session closes."""
         with entry.lock:
+            if entry.session.accepted is not None:
+                raise Conflict(f"this annotation of {entry.image_id} by {entry.user!r} was already accepted by another request")
             final = entry.session.accept(mask)
             self.sessions.close(entry)
-            name = self._store_case(entry, final)
+            name = self._store_cases([(entry, final)], request)[0]
         return {"case": name, "image": entry.image_id, "slice": entry.slice, "post_ms": round(entry.session.post_ms, 1),
                 "cache_size": self.cache_size()}
 
-    def accept_current(self, image_id: str, user: str, slice_index: int | None) -> dict:
-        return self.accept(self.existing(image_id, user, slice_index))
+    def accept_current(self, image_id: str, user: str, slice_index: int | None, request_id: str | None = None) -> dict:
+        key = None if request_id is None else f"{image_id}|{user}|{request_id}"
+        with self._saving_lock(image_id, user):
+            if key is not None and key in self.requests:
+                names = self.requests[key]
+                return {"case": names[0], "image": image_id, "slice": slice_index, "duplicate": True,
+                        "cache_size": self.cache_size()}
+            return self.accept(self.existing(image_id, user, slice_index), request=key)
 
-    def _store_case(self, entry: OpenSession, final: np.ndarray) -> str:
-        session = entry.session
-        meta = {"image": entry.image_id, "slice": entry.slice, "user": entry.user, "clicks": len(session.steps),
-                "post_ms": round(session.post_ms, 1), "site": self.config.site}
-        target = self.store.add_case(session.case_id, session.image, final, meta)
+    def _saving_lock(self, image_id: str, user: str):
+        """One save (or accept) at a time per (image, user): a second waits, then sees the first's result;
+        after SAVE_WAIT_S it gets a 409 that says who holds the image."""
+        state = self
+
+        class _Held:
+            def __enter__(self_):
+                with state._lock:
+                    lock, holder = state._saving.setdefault((image_id, user), (threading.Lock(), []))
+                if not lock.acquire(timeout=SAVE_WAIT_S):
+                    raise Conflict(f"{image_id} is being saved by {user!r} in another request; retry when it finishes")
+                holder[:] = [threading.current_thread().name]
+                self_.lock = lock
+
+            def __exit__(self_, *exc):
+                self_.lock.release()
+
+        return _Held()
+
+    def _store_cases(self, parts: list[tuple[OpenSession, np.ndarray]], request: str | None) -> list[str]:
+        """Every part into the cache, all or none (see `journal`); then the index, adapter save, episodes."""
+        cases = []
+        for entry, final in parts:
+            session = entry.session
+            meta = {"image": entry.image_id, "slice": entry.slice, "user": entry.user, "clicks": len(session.steps),
+                    "post_ms": round(session.post_ms, 1), "site": self.config.site}
+            if request is not None:
+                meta["request"] = request
+            cases.append((session.case_id, session.image, final, meta))
+        names = write_cases(self.store, cases)
         with self._lock:
-            self.cases_by_image.setdefault(entry.image_id, []).append(target.name)
-            self.accepts += 1
-            save = self.config.save_adapter_every and self.accepts % self.config.save_adapter_every == 0
+            for (entry, _), name in zip(parts, names):
+                self.cases_by_image.setdefault(entry.image_id, []).append(name)
+            if request is not None:
+                self.requests[request] = list(names)
+            every = self.config.save_adapter_every
+            before, self.accepts = self.accepts, self.accepts + len(names)
+            save = bool(every) and before // every != self.accepts // every
         if save:
             with self.engine.model.lock:
-                self.store.save_adapter(self.engine.adapter, {"source": "online", "case": target.name})
+                self.store.save_adapter(self.engine.adapter, {"source": "online", "case": names[-1]})
         self.training.after_accept()
-        return target.name
+        return names
 
     # ---------------------------------------------------------------------------------- MONAI Label
     def infer(self, image_id: str, user: str, foreground: list, background: list) -> tuple[np.ndarray, dict]:
@@ -240,7 +298,21 @@ class ServiceState:
                 label[..., entry.slice][mask] = 1
         return label
 
-    def save_label(self, image_id: str, user: str, label: np.ndarray, label_index: int | None) -> dict:
+    def save_label(self, image_id: str, user: str, label: np.ndarray, label_index: int | None,
+                   request_id: str | None = None) -> dict:
+        """See `_save_label`. Idempotent: the key is the client's `request_id`, else a hash of the label;
+        a retried save returns the first one's cases (`duplicate: true`) and adds nothing."""
+        if request_id is None:
+            digest = hashlib.sha256(np.ascontiguousarray(label).tobytes())
+            digest.update(repr((label.shape, label_index)).encode())
+            request_id = "sha256-" + digest.hexdigest()[:32]
+        key = f"{image_id}|{user}|{request_id}"
+        with self._saving_lock(image_id, user):
+            if key in self.requests:
+                return {"cases": list(self.requests[key]), "duplicate": True}
+            return self._save_label(image_id, user, label, label_index, key)
+
+    def _save_label(self, image_id: str, user: str, label: np.ndarray, label_index: int | None, key: str) -> dict:
         """A final label from a client: each annotated part into the cache through a session accept.
 
         The user's open session supplies the first click for the post-interaction update; a label
@@ -252,7 +324,7 @@ class ServiceState:
         if not mask.any():
             raise InputError("the label is empty: nothing to save")
         if not self.sliced(loaded):
-            return {"cases": [self._accept_label(loaded, user, None, mask)["case"]]}
+            return {"cases": self._accept_labels(loaded, user, [(None, mask)], key)}
         area = mask.reshape(-1, mask.shape[-1]).sum(axis=0)
         clicked = [e.slice for e in self.sessions.of_user(image_id, user) if area[e.slice] > 0]
         largest = [int(z) for z in np.argsort(-area, kind="stable") if area[z] > 0 and int(z) not in clicked]
@@ -260,14 +332,22 @@ class ServiceState:
         for entry in self.sessions.of_user(image_id, user):
             if entry.slice not in chosen:
                 self.sessions.close(entry)
-        return {"cases": [self._accept_label(loaded, user, z, mask[..., z])["case"] for z in sorted(chosen)]}
+        return {"cases": self._accept_labels(loaded, user, [(z, mask[..., z]) for z in sorted(chosen)], key)}
 
-    def _accept_label(self, loaded: LoadedImage, user: str, z: int | None, mask: np.ndarray) -> dict:
-        entry = self.session(loaded, user, z)
-        with entry.lock:
-            if not entry.session.steps:
-                entry.session.click(deepest_point(mask), True)
-        return self.accept(entry, mask)
+    def _accept_labels(self, loaded: LoadedImage, user: str, parts: list[tuple[int | None, np.ndarray]], key: str) -> list[str]:
+        """Each part's session accepts its mask (post update), then all parts land in the cache at once."""
+        accepted = []
+        for z, mask in parts:
+            entry = self.session(loaded, user, z)
+            with entry.lock:
+                if entry.session.accepted is not None:
+                    raise Conflict(f"{loaded.id} by {user!r}: slice {z} was accepted by another request meanwhile")
+                if not entry.session.steps:
+                    entry.session.click(deepest_point(mask), True)
+                final = entry.session.accept(mask)
+                self.sessions.close(entry)
+            accepted.append((entry, final))
+        return self._store_cases(accepted, key)
 
     def stored_label(self, loaded: LoadedImage) -> np.ndarray | None:
         """The accepted label of an image, assembled from its cached cases (latest wins)."""
@@ -275,8 +355,15 @@ class ServiceState:
         if not names:
             return None
         label = np.zeros(loaded.shape, dtype=np.uint8)
-        for name in names:
-            _, mask, meta = self.store.load_case(name)
+        for name in list(names):
+            try:
+                _, mask, meta = self.store.load_case(name)
+            except KeyError as err:  # unreadable: the store quarantined it; the other cases still count
+                log.warning("%s", err.args[0] if err.args else err)
+                with self._lock:
+                    if name in names:
+                        names.remove(name)
+                continue
             if meta.get("slice") is None:
                 label[...] = mask
             else:
@@ -285,15 +372,21 @@ class ServiceState:
 
     # ---------------------------------------------------------------------------------- next image
     def unlabelled(self) -> list[str]:
-        return [i for i in self.images.ids() if i not in self.cases_by_image]
+        """Images still to annotate (an image known to be unreadable is skipped by every strategy)."""
+        unreadable = self.images.unreadable()
+        return [i for i in self.images.ids() if i not in self.cases_by_image and i not in unreadable]
 
     def next_image(self, strategy: str, params: dict | None = None) -> tuple[str | None, dict]:
         return choose(strategy, self.unlabelled(), params or {}, self.uncertainty, self.config.al_candidates)
 
-    def uncertainty(self, image_id: str) -> float:
+    def uncertainty(self, image_id: str) -> float | None:
+        """The `uncertain` score, or None for an image that cannot be read (marked, then skipped)."""
         key = (image_id, self.engine.model.version)
         if key not in self._scores:
-            loaded = self.load(image_id)
+            try:
+                loaded = self.load(image_id)
+            except ImageError:
+                return None
             z = loaded.slices // 2 if self.sliced(loaded) else None
             self._scores[key] = flip_uncertainty(self.engine.model, self.session_image(loaded, z))
         return self._scores[key]
@@ -305,7 +398,10 @@ class ServiceState:
 
     def adapter_status(self) -> dict:
         model = self.engine.model
-        current = self.store.current_adapter()
+        try:
+            current = self.store.current_adapter()
+        except (OSError, ValueError, KeyError, TypeError):  # an unreadable current.json (logged at start)
+            current = None
         return {"kind": self.engine.adapter.kind, "saved_version": int(current.name[1:]) if current else 0,
                 "swaps": model.version, "online_steps": model.steps, "parameters": self.engine.adapter.num_trainable()}
 
@@ -319,13 +415,46 @@ class ServiceState:
             "model": {"spatial_dims": self.model_cfg.spatial_dims, "channels": self.model_cfg.image_channels},
             "adapter": self.adapter_status(),
             "cache": {"cases": self.cache_size(), "images_labelled": sum(1 for i in ids if i in self.cases_by_image)},
-            "images": {"total": len(ids), "skipped": [{"file": f, "reason": r} for f, r in self.images.skipped]},
+            "images": {"total": len(ids), "skipped": self.images.skipped_list()},
+            "quarantined": [{"case": c, "reason": r} for c, r in self.store.quarantined()],
             "sessions": len(self.sessions),
             "training": self.training.status(),
             "last_episode": self.training.last_result(),
             "last_bank": self.banks.last,
             "last_click_ms": None if self.last_click_ms is None else round(self.last_click_ms, 1),
         }
+
+
+def _create_engine(config: SiteServiceConfig) -> SiteEngine:
+    """The engine on the store's current adapter, as `SiteEngine.create` builds it, except that a
+    version that does not load is skipped (logged, naming its file) and the previous valid one is
+    used; with none left, a fresh adapter of the configured kind."""
+    from fedpoint.shared.adapters import load_adapter, make_adapter
+    from fedpoint.shared.model import load_base
+
+    from fedpoint.client.model import SiteModel
+
+    store = SiteStore(config.store)
+    net, model_cfg, _card = load_base(config.base, config.device)
+    tried: list[int] = []
+    adapter = None
+    while adapter is None:
+        resume = store.usable_adapter(skip=tuple(tried))
+        if resume is None:
+            if tried or store.adapter_versions():
+                log.warning("no adapter version in the store loads; starting from a fresh %s adapter", config.adapter.kind)
+            adapter = make_adapter(net, config.adapter)
+            break
+        try:
+            adapter = load_adapter(net, resume)
+        except Exception as err:  # noqa: BLE001 - passed the file checks but does not load (shapes, kind...)
+            version = int(resume.name[1:])
+            store.log("adapter-skipped", version=version, reason=f"adapters/{resume.name}: {type(err).__name__}: {err}")
+            log.warning("adapter version %d (adapters/%s) does not load (%s); trying the previous one", version,
+                        resume.name, err)
+            tried.append(version)
+    model = SiteModel(adapter, model_cfg, config.adaptation_config(), config.device, None)
+    return SiteEngine(model, store, config.campaign_size, True)
 
 
 def _read_meta(store: SiteStore, case_id: str) -> dict:

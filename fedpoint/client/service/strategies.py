@@ -59,7 +59,7 @@ def _focused_probability(model: SiteModel, image_t: torch.Tensor, click: Click) 
     return paste(p, window, spatial, fill=0.0)
 
 
-def choose(strategy: str, unlabelled: list[str], params: dict, score: Callable[[str], float],
+def choose(strategy: str, unlabelled: list[str], params: dict, score: Callable[[str], float | None],
            candidates: int) -> tuple[str | None, dict]:
     """(image id or None when all are labelled, details); raises KeyError for an unknown strategy."""
     if strategy not in STRATEGIES:
@@ -75,5 +75,8 @@ def choose(strategy: str, unlabelled: list[str], params: dict, score: Callable[[
     if len(pool) > candidates:
         pool = rng.sample(pool, candidates)
     scores = {image_id: score(image_id) for image_id in pool}
-    best = max(pool, key=lambda i: (scores[i], i))
-    return best, {"score": round(scores[best], 4), "candidates": len(pool)}
+    readable = [i for i in pool if scores[i] is not None]  # None: the image cannot be read (marked, skipped)
+    if not readable:
+        return None, {}
+    best = max(readable, key=lambda i: (scores[i], i))
+    return best, {"score": round(scores[best], 4), "candidates": len(readable)}

@@ -1,0 +1,115 @@
+"""All-or-nothing writes of several cases (a multi-slice label save) into the site store's cache.
+
+`SiteStore.add_case` makes one case atomic (staged under a temporary name, renamed into place).
+A label save on a volume adds several cases; renaming N folders is not one atomic step, so:
+
+1. every case is staged first (fully written and fsynced under `.tmp-*`, invisible to readers);
+2. under the store's lock, a journal `cache/.group-<id>.json` naming the targets is written
+   atomically, the staged folders are renamed into place, and the journal is removed;
+3. at start (`recover`), a journal still present means a crash cut step 2: the cases it names that
+   carry its group id are removed, so the save has not happened at all.
+
+The reply to the client is sent only after step 2, so an acknowledged save is never rolled back.
+Each case's meta carries `group` (and the idempotency key of the request that saved it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from fedpoint.client.store import SiteStore, check_id, write_json_atomic
+
+log = logging.getLogger("fedpoint.service")
+JOURNAL_PREFIX = ".group-"
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _stage(cache: Path, case_id: str, image: np.ndarray, mask: np.ndarray, meta: dict) -> Path:
+    staging = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
+    np.save(staging / "image.npy", np.asarray(image, dtype=np.float32))
+    np.save(staging / "mask.npy", np.asarray(mask, dtype=bool))
+    (staging / "meta.json").write_text(json.dumps({"case_id": case_id, "accepted_at": time.time(), **meta}))
+    for f in staging.iterdir():
+        with open(f, "rb") as handle:
+            os.fsync(handle.fileno())
+    return staging
+
+
+def write_cases(store: SiteStore, cases: list[tuple[str, np.ndarray, np.ndarray, dict]]) -> list[str]:
+    """Add every (case_id, image, mask, meta) to the cache, or none of them; returns the folder names."""
+    if len(cases) == 1:
+        case_id, image, mask, meta = cases[0]
+        return [store.add_case(case_id, image, mask, meta).name]
+    cache = store.root / "cache"
+    group = uuid.uuid4().hex
+    staged: list[Path] = []
+    try:
+        for case_id, image, mask, meta in cases:
+            check_id(case_id, "case id")
+            staged.append(_stage(cache, case_id, image, mask, {**meta, "group": group, "group_size": len(cases)}))
+        with store.locked():
+            names, taken = [], set()
+            for case_id, *_ in cases:
+                name, n = case_id, 1
+                while (cache / name).exists() or name in taken:
+                    n += 1
+                    name = f"{case_id}.{n}"
+                taken.add(name)
+                names.append(name)
+            journal = cache / f"{JOURNAL_PREFIX}{group}.json"
+            write_json_atomic(journal, {"group": group, "cases": names})
+            for folder, name in zip(staged, names):
+                os.rename(folder, cache / name)
+            _fsync_dir(cache)
+            journal.unlink()
+            _fsync_dir(cache)
+    finally:
+        for folder in staged:
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+    for (_, _, _, meta), name in zip(cases, names):
+        store.log("accept", case=name, group=group,
+                  **{k: v for k, v in meta.items() if isinstance(v, (int, float, str)) and k not in ("case", "group")})
+    return names
+
+
+def recover(store: SiteStore) -> list[str]:
+    """Undo multi-case writes a crash cut short; returns the case folders removed."""
+    cache = store.root / "cache"
+    removed: list[str] = []
+    with store.locked():
+        for journal in sorted(cache.glob(f"{JOURNAL_PREFIX}*.json")):
+            group = journal.name[len(JOURNAL_PREFIX):-len(".json")]
+            try:
+                names = json.loads(journal.read_text())["cases"]
+            except (OSError, ValueError, KeyError, TypeError):
+                names = []  # written atomically: unreadable means it never named a rename
+            for name in names:
+                folder = cache / str(name)
+                try:
+                    same = json.loads((folder / "meta.json").read_text()).get("group") == group
+                except (OSError, ValueError, AttributeError):
+                    same = folder.is_dir()
+                if same and folder.is_dir():
+                    shutil.rmtree(folder)
+                    removed.append(folder.name)
+            journal.unlink()
+            store.log("group-rollback", group=group, removed=len(removed))
+            log.warning("rolled back an interrupted multi-slice save (group %s): removed %s", group, removed)
+    return removed

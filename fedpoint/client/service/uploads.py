@@ -1,0 +1,231 @@
+"""Bounded decoding of uploaded label files: the header is read before the data.
+
+A compressed upload is small on the wire, but what it decodes to is what takes memory: a 1 MB
+`.nii.gz` may declare 1024^3 voxels. So every format is decoded in two steps:
+
+1. Read the header alone (NIfTI-1/2, NRRD, NPY, PNG) and refuse a declared shape that does not
+   fit the image, or whose voxel count or bytes exceed the bound, before decoding any voxel.
+2. Decompress at most the bytes the header declared (plus the header itself): a stream that
+   would decode to more is refused, and decompression stops there.
+
+Every refusal is an `UploadError` (422) that names the label file (its name as uploaded, never a
+server path) and says why. Nothing here writes to disk or reads another file: an NRRD that names a
+detached data file is refused.
+"""
+
+from __future__ import annotations
+
+import bz2
+import io
+import math
+import struct
+import zlib
+
+import numpy as np
+
+from fedpoint.client.service.images import ImageError
+
+NIFTI_DTYPES = {2: np.uint8, 4: np.int16, 8: np.int32, 16: np.float32, 64: np.float64, 256: np.int8, 512: np.uint16,
+                768: np.uint32, 1024: np.int64, 1280: np.uint64}
+NRRD_TYPES = {"int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2", "int32": "i4", "uint32": "u4",
+              "int64": "i8", "uint64": "u8", "float": "f4", "double": "f8"}
+NRRD_ALIASES = {"signed char": "int8", "int8_t": "int8", "uchar": "uint8", "unsigned char": "uint8", "uint8_t": "uint8",
+                "short": "int16", "short int": "int16", "signed short": "int16", "signed short int": "int16",
+                "int16_t": "int16", "ushort": "uint16", "unsigned short": "uint16", "unsigned short int": "uint16",
+                "uint16_t": "uint16", "int": "int32", "signed int": "int32", "int32_t": "int32", "uint": "uint32",
+                "unsigned int": "uint32", "uint32_t": "uint32", "longlong": "int64", "long long": "int64",
+                "long long int": "int64", "signed long long": "int64", "signed long long int": "int64",
+                "int64_t": "int64", "ulonglong": "uint64", "unsigned long long": "uint64",
+                "unsigned long long int": "uint64", "uint64_t": "uint64"}
+MAX_HEADER = 1 << 16  # an NRRD text header or NIfTI extensions beyond 64 KiB are not a label
+
+
+class UploadError(ImageError):
+    """An uploaded file refused before or while decoding; the message names it."""
+
+
+def fits(declared: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """A declared label shape that is the image's spatial shape, give or take axes of length 1."""
+    squeezed = [n for n in declared if n != 1]
+    return squeezed == [n for n in shape if n != 1] and len(declared) <= len(shape) + 2
+
+
+def check_declared(name: str, declared: tuple[int, ...], itemsize: int, shape: tuple[int, ...], max_bytes: int) -> int:
+    """The voxel bytes a header declares, refusing a shape that does not fit or is too large."""
+    if any(n < 0 for n in declared):
+        raise UploadError(f"label file {name!r}: its header declares a negative size {declared}")
+    nbytes = math.prod(declared) * max(1, itemsize)
+    if nbytes > max_bytes:
+        raise UploadError(f"label file {name!r}: its header declares shape {declared} ({nbytes / 2**20:.1f} MiB decoded), "
+                          f"more than the service decodes ({max_bytes / 2**20:.1f} MiB, max_decoded_mb)")
+    if not fits(declared, shape):
+        raise UploadError(f"label file {name!r}: its header declares shape {declared}; "
+                          f"the image's spatial shape is {tuple(shape)}")
+    return nbytes
+
+
+def bounded_decompress(data: bytes, limit: int, name: str, kind: str = "gzip") -> bytes:
+    """Decompress at most `limit` bytes; more is refused (a decompression bomb stops here)."""
+    try:
+        if kind == "bzip2":
+            out = bytearray()
+            decoder = bz2.BZ2Decompressor()
+            chunk = decoder.decompress(data, max_length=limit + 1)
+            out += chunk
+        else:
+            decoder = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
+            out = bytearray(decoder.decompress(data, limit + 1))
+    except (OSError, EOFError, ValueError, zlib.error) as err:
+        raise UploadError(f"label file {name!r}: cannot be read (decompression failed: {err})") from None
+    if len(out) > limit:
+        raise UploadError(f"label file {name!r}: decompresses to more than its header declares "
+                          f"({limit / 2**20:.1f} MiB); refused")
+    return bytes(out)
+
+
+def _is_gzip(data: bytes) -> bool:
+    return data[:2] == b"\x1f\x8b"
+
+
+# ------------------------------------------------------------------------------------ formats
+def read_npy(data: bytes, name: str, shape: tuple[int, ...], max_bytes: int) -> np.ndarray:
+    buffer = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buffer)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        declared, fortran, dtype = reader(buffer, max_header_size=MAX_HEADER)
+    except (ValueError, OSError, SyntaxError, TypeError) as err:
+        raise UploadError(f"label file {name!r}: not a valid .npy header ({err})") from None
+    if dtype.hasobject or not np.issubdtype(dtype, np.number) and dtype != np.bool_:
+        raise UploadError(f"label file {name!r}: holds {dtype}, not numbers")
+    nbytes = check_declared(name, tuple(int(n) for n in declared), dtype.itemsize, shape, max_bytes)
+    body = data[buffer.tell():]
+    if len(body) < nbytes:
+        raise UploadError(f"label file {name!r}: truncated ({len(body)} of the {nbytes} bytes its header declares)")
+    array = np.frombuffer(body[:nbytes], dtype=dtype)
+    return array.reshape(declared, order="F" if fortran else "C")
+
+
+def read_nifti(data: bytes, name: str, shape: tuple[int, ...], max_bytes: int) -> np.ndarray:
+    import nibabel as nib
+
+    compressed = _is_gzip(data)
+    head = bounded_decompress_prefix(data, 540 + 4, name) if compressed else data[:544]
+    if len(head) < 348:
+        raise UploadError(f"label file {name!r}: cannot be read (too short for a NIfTI header)")
+    size_le, size_be = struct.unpack("<i", head[:4])[0], struct.unpack(">i", head[:4])[0]
+    if 348 in (size_le, size_be):
+        header_class, header_size = nib.Nifti1Header, 348
+    elif 540 in (size_le, size_be):
+        header_class, header_size = nib.Nifti2Header, 540
+    else:
+        raise UploadError(f"label file {name!r}: cannot be read (not a NIfTI file: header size {size_le})")
+    try:
+        header = header_class.from_fileobj(io.BytesIO(head[:header_size]), check=False)
+        declared = tuple(int(n) for n in header.get_data_shape())
+        dtype = np.dtype(header.get_data_dtype())
+        offset = int(header.get_data_offset())
+    except Exception as err:  # nibabel raises many kinds for a malformed header
+        raise UploadError(f"label file {name!r}: not a valid NIfTI header ({type(err).__name__}: {err})") from None
+    if not 0 <= offset <= MAX_HEADER + header_size:
+        raise UploadError(f"label file {name!r}: NIfTI data offset {offset} is not plausible")
+    nbytes = check_declared(name, declared, dtype.itemsize, shape, max_bytes)
+    raw = bounded_decompress(data, offset + nbytes + 64 * 1024, name) if compressed else data
+    if len(raw) < offset + nbytes:
+        raise UploadError(f"label file {name!r}: truncated ({max(0, len(raw) - offset)} of the {nbytes} voxel bytes "
+                          "its header declares)")
+    try:
+        image = header_class.from_fileobj(io.BytesIO(raw[:header_size]), check=False)
+        array = np.asarray(image.data_from_fileobj(io.BytesIO(raw)))
+    except Exception as err:
+        raise UploadError(f"label file {name!r}: cannot be decoded ({type(err).__name__}: {err})") from None
+    return array
+
+
+def bounded_decompress_prefix(data: bytes, length: int, name: str) -> bytes:
+    """The first `length` decompressed bytes (for a header), whatever the stream holds after them."""
+    try:
+        return zlib.decompressobj(wbits=47).decompress(data, length)
+    except zlib.error as err:
+        raise UploadError(f"label file {name!r}: cannot be read (decompression failed: {err})") from None
+
+
+def read_nrrd(data: bytes, name: str, shape: tuple[int, ...], max_bytes: int) -> np.ndarray:
+    end = data.find(b"\n\n", 0, MAX_HEADER)
+    cut = 2
+    if end < 0:
+        end, cut = data.find(b"\r\n\r\n", 0, MAX_HEADER), 4
+    if not data.startswith(b"NRRD") or end < 0:
+        raise UploadError(f"label file {name!r}: not an NRRD file with a header under {MAX_HEADER // 1024} KiB")
+    fields: dict[str, str] = {}
+    for line in data[:end].decode("latin-1").splitlines()[1:]:
+        if line.startswith("#") or ":=" in line or not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        if not sep:
+            raise UploadError(f"label file {name!r}: NRRD header line {line[:40]!r} is not 'field: value'")
+        fields[key.strip().lower()] = value.strip()
+    if "data file" in fields or "datafile" in fields:
+        raise UploadError(f"label file {name!r}: a detached NRRD data file is not accepted; send the data in the file")
+    kind = NRRD_ALIASES.get(fields.get("type", ""), fields.get("type", ""))
+    if kind not in NRRD_TYPES:
+        raise UploadError(f"label file {name!r}: NRRD type {fields.get('type')!r} is not supported")
+    try:
+        sizes = tuple(int(s) for s in fields["sizes"].split())
+        dimension = int(fields.get("dimension", len(sizes)))
+    except (KeyError, ValueError):
+        raise UploadError(f"label file {name!r}: NRRD sizes {fields.get('sizes')!r} are not integers") from None
+    if dimension != len(sizes) or not 1 <= dimension <= 5 or any(len(s) > 12 for s in fields["sizes"].split()):
+        raise UploadError(f"label file {name!r}: NRRD dimension {dimension} and sizes {sizes} disagree")
+    dtype = np.dtype(NRRD_TYPES[kind])
+    if dtype.itemsize > 1:
+        dtype = dtype.newbyteorder(">" if fields.get("endian", "little") == "big" else "<")
+    nbytes = check_declared(name, sizes, dtype.itemsize, shape, max_bytes)
+    body = data[end + cut:]
+    encoding = fields.get("encoding", "raw").lower()
+    if encoding in ("gz", "gzip"):
+        body = bounded_decompress(body, nbytes, name)
+    elif encoding in ("bz2", "bzip2"):
+        body = bounded_decompress(body, nbytes, name, "bzip2")
+    elif encoding in ("txt", "text", "ascii"):
+        try:
+            values = np.array(body.split(), dtype=np.float64)
+        except ValueError:
+            raise UploadError(f"label file {name!r}: NRRD text data holds something other than numbers") from None
+        if values.size != math.prod(sizes):
+            raise UploadError(f"label file {name!r}: {values.size} values, its header declares {math.prod(sizes)}")
+        return values.reshape(sizes, order="F")
+    elif encoding != "raw":
+        raise UploadError(f"label file {name!r}: NRRD encoding {encoding!r} is not supported (raw, gzip, bzip2, ascii)")
+    if len(body) < nbytes:
+        raise UploadError(f"label file {name!r}: truncated ({len(body)} of the {nbytes} bytes its header declares)")
+    return np.frombuffer(body[len(body) - nbytes:] if encoding == "raw" else body[:nbytes], dtype=dtype).reshape(sizes, order="F")
+
+
+def read_png(data: bytes, name: str, shape: tuple[int, ...], max_bytes: int) -> np.ndarray:
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR" or len(data) < 26:
+        raise UploadError(f"label file {name!r}: not a PNG file")
+    width, height = struct.unpack(">II", data[16:24])
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(data[25], 4)
+    depth = 2 if data[24] == 16 else 1
+    # fedpoint reads PNG files columns first: x = column, so the array is (width, height)
+    check_declared(name, (width, height), channels * depth, shape, max_bytes)
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            picture.load()
+            array = np.asarray(picture)
+    except Exception as err:  # PIL raises many kinds for a broken file
+        raise UploadError(f"label file {name!r}: cannot be decoded ({type(err).__name__}: {err})") from None
+    if array.ndim == 3:
+        array = array[..., 0]
+    return np.ascontiguousarray(array.T)
+
+
+READERS = {".npy": read_npy, ".nii": read_nifti, ".nii.gz": read_nifti, ".nrrd": read_nrrd, ".png": read_png}
+
+
+def decode_label(data: bytes, name: str, suffix: str, shape: tuple[int, ...], max_bytes: int) -> np.ndarray:
+    """The label's array as its file holds it (not yet squeezed or checked for values)."""
+    return READERS[suffix](data, name, tuple(shape), max_bytes)
