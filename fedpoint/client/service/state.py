@@ -240,9 +240,8 @@ class ServiceState:
             every = self.config.save_adapter_every
             before, self.accepts = self.accepts, self.accepts + len(names)
             save = bool(every) and before // every != self.accepts // every
-        if save:
-            with self.engine.model.lock:
-                self.store.save_adapter(self.engine.adapter, {"source": "online", "case": names[-1]})
+        if save:  # the version carries its Adam state, so a restart continues the same optimizer
+            self.engine.save_version({"source": "online", "case": names[-1]})
         self.training.after_accept()
         return names
 
@@ -403,7 +402,9 @@ class ServiceState:
         except (OSError, ValueError, KeyError, TypeError):  # an unreadable current.json (logged at start)
             current = None
         return {"kind": self.engine.adapter.kind, "saved_version": int(current.name[1:]) if current else 0,
-                "swaps": model.version, "online_steps": model.steps, "parameters": self.engine.adapter.num_trainable()}
+                "swaps": model.version, "online_steps": model.steps, "parameters": self.engine.adapter.num_trainable(),
+                "guard": dict(model.online_guard.counts),
+                "guard_last_rejections": model.online_guard.events[-5:]}
 
     def status(self) -> dict:
         ids = self.images.ids()
@@ -454,6 +455,7 @@ def _create_engine(config: SiteServiceConfig) -> SiteEngine:
                         resume.name, err)
             tried.append(version)
     model = SiteModel(adapter, model_cfg, config.adaptation_config(), config.device, None)
+    model.load_optimizer_state(store.latest_optimizer_state(adapter.kind))
     return SiteEngine(model, store, config.campaign_size, True)
 
 
