@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -278,5 +278,3 @@ def load_adapter(base: nn.Module, directory: str | Path, fingerprint: str | None
     adapter.load(directory)
     return adapter
 
-
-AdapterFactory = Callable[[nn.Module, AdapterConfig], Adapter]

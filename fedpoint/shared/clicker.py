@@ -52,7 +52,6 @@ class Clicker:
             raise ValueError(f"unknown clicker mode {mode!r}; use 'deepest' or 'random'")
         self.mode = mode
         self.rng = np.random.default_rng(seed)
-        self.clicks: list[Click] = []
 
     def next_click(self, pred: np.ndarray | None = None) -> Click | None:
         """The next click, or None when the prediction is already perfect."""
@@ -68,6 +67,4 @@ class Clicker:
         else:
             candidates = np.argwhere(region)
             point = tuple(int(i) for i in candidates[self.rng.integers(len(candidates))])
-        click = Click(point, positive=is_fn)
-        self.clicks.append(click)
-        return click
+        return Click(point, positive=is_fn)

@@ -145,6 +145,3 @@ class AdaptationConfig(_Strict):
     @property
     def uses_episodes(self) -> bool:
         return "episodes" in self.mode
-
-    def with_mode(self, mode: str) -> "AdaptationConfig":
-        return AdaptationConfig(**{**self.model_dump(), "mode": mode})

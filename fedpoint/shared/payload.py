@@ -47,6 +47,32 @@ ALLOWED_METRICS: frozenset[str] = frozenset(
 )
 
 
+# The range each metric must lie in (inclusive), on both ends of the wire. A Dice of 1e30 or a count
+# of -5 is not a measurement; the ranges are generous bounds, not expectations.
+_COUNT = (0.0, 1e7)
+_MS = (0.0, 1e9)
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "num-examples": _COUNT,
+    "images": _COUNT,
+    "clicks": _COUNT,
+    "seconds": (0.0, 1e7),
+    **{name: (0.0, 1.0) for name in ("dice1", "dice3", "dice5", "dice10", "dice-auc", "nof", "guard-score")},
+    "noc85": _COUNT,
+    "noc90": _COUNT,
+    "predict-ms": _MS,
+    "update-ms": _MS,
+    "post-ms": _MS,
+    "bytes-up": (0.0, 1e12),
+    "episodes": _COUNT,
+    "episode-accepted": _COUNT,
+    "episode-rejected": _COUNT,
+    "loss": (0.0, 1e6),
+    "adapter-version": (0.0, 1e9),
+    "bank-version": (0.0, 1e9),
+}
+assert set(METRIC_RANGES) == set(ALLOWED_METRICS)
+
+
 class EgressError(RuntimeError):
     """Something other than adapter parameters and allowed metrics was about to leave a site."""
 
@@ -88,6 +114,9 @@ def check_metrics(metrics: Mapping) -> None:
             raise EgressError(f"metric {key!r} must be an int or float, got {type(value).__name__}")
         if not math.isfinite(float(value)):
             raise EgressError(f"metric {key!r} is not finite ({value})")
+        low, high = METRIC_RANGES[key]
+        if not low <= float(value) <= high:
+            raise EgressError(f"metric {key!r} is {float(value):.3g}, outside its range [{low:g}, {high:g}]")
 
 
 def check_arrays(arrays: Mapping, schema: Schema) -> None:
