@@ -20,6 +20,37 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _plain_progress(console, steps: int, every: int = 100):
+    """Where there is no terminal (a background run writing to a log), a line every `every` steps
+    with the rate and the ETA; rich's bar draws nothing there."""
+    import time
+
+    start = {"t": None, "step": 0}
+
+    def line(step: int, loss: float) -> None:
+        if console.is_terminal:
+            return
+        if start["t"] is None:
+            start.update(t=time.perf_counter(), step=step)
+            return
+        if step % every == 0 or step == steps:
+            rate = (time.perf_counter() - start["t"]) / max(step - start["step"], 1)
+            print(f"pretrain step {step}/{steps} loss {loss:.4f} {rate:.2f} s/step ETA {(steps - step) * rate / 60:.1f} min",
+                  flush=True)
+
+    return line
+
+
+def _stop_on_sigterm() -> None:
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # a background job starts with SIGINT ignored
+
+
 def pretrain(
     out: Path = typer.Option(Path("base2d"), help="Checkpoint path without suffix (.safetensors, .json card and .ckpt are written)."),
     sources: str = typer.Option("", help="Training images by name, comma-separated (default: every prepared image of the train split)."),
@@ -42,14 +73,20 @@ def pretrain(
     cfg = PretrainConfig(sources=tuple(d.strip() for d in sources.split(",") if d.strip()), steps=steps, batch=batch, lr=lr,
                          max_clicks=max_clicks, seed=seed, threads=threads, checkpoint_minutes=checkpoint_minutes)
     console = Console()
+    _stop_on_sigterm()  # `kill <pid>` of a background run saves its checkpoint, like Ctrl-C
     if resume and not checkpoint_path(out).exists():
         console.print(f"[yellow]no checkpoint at {checkpoint_path(out).name}: starting from step 1[/]")
     try:
         with Progress(TextColumn("pretrain"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
                       TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()) as bar:
             task = bar.add_task("train", total=steps, loss=float("nan"))
-            card = run(cfg, out, data_dir=data_dir, resume=resume,
-                       on_step=lambda s, loss: bar.update(task, completed=s, loss=loss))
+            log_line = _plain_progress(console, steps)
+
+            def on_step(step: int, loss: float) -> None:
+                bar.update(task, completed=step, loss=loss)
+                log_line(step, loss)
+
+            card = run(cfg, out, data_dir=data_dir, resume=resume, on_step=on_step)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted: progress saved in {checkpoint_path(out)}; continue with --resume[/]")
         raise typer.Exit(130)

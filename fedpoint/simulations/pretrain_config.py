@@ -15,7 +15,7 @@ METRIC_KEYS = ("dice1", "dice3", "dice5", "dice10", "noc85", "noc90", "nof")
 @dataclass
 class PretrainConfig:
     sources: tuple[str, ...] = ()    # training images by name; () = every prepared one of the train split
-    steps: int = 6000
+    steps: int = 4500
     batch: int = 8
     lr: float = 2e-3
     weight_decay: float = 1e-5
