@@ -6,8 +6,10 @@
 #
 # CERTS_DIR holds ca.crt, superlink.pem and superlink.key (deploy/make-certs.sh).
 # STATE_DIR receives state.db and superlink.log.
-# HOST (default 0.0.0.0) and PORT (default 9093) choose where the SuperLink listens; one HTTPS port
-# serves the SuperNodes (Fleet API), the `flwr` CLI (Control API) and the ServerApp.
+# HOST (default 127.0.0.1) and PORT (default 9093) choose where the SuperLink listens; one HTTPS port
+# serves the SuperNodes (Fleet API), the `flwr` CLI (Control API) and the ServerApp. Flower 1.41
+# cannot authenticate the Control API, so keep HOST on loopback and expose only /v1/fleet/ to the
+# sites (a reverse proxy or firewall rule; see deploy/README.md, "Who can run code at a site").
 # The script `exec`s the SuperLink, so its process id is the SuperLink's.
 set -euo pipefail
 
@@ -31,6 +33,6 @@ exec flower-superlink \
   --database "$state/state.db" \
   --enable-supernode-auth \
   --disable-runtime-dependency-installation \
-  --host "${HOST:-0.0.0.0}" \
+  --host "${HOST:-127.0.0.1}" \
   --port "${PORT:-9093}" \
   --log-file "$state/superlink.log"

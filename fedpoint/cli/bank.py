@@ -61,6 +61,11 @@ def _summary(manifest: dict) -> dict:
     }
 
 
+def _health(banks, name: str) -> str:
+    bad = [r for r in banks.verify() if r["bank"] == name and not r["healthy"]]
+    return "ok" if not bad else f"{len(bad)} bad version(s): " + ", ".join(f"v{r['version']}" for r in bad)
+
+
 @app.command("list")
 def list_(
     store: Path = typer.Option(..., "--store", help=STORE_HELP),
@@ -68,19 +73,44 @@ def list_(
 ) -> None:
     """Each bank: latest version, round, adapter kind, contributing sites, accepted cases, last update."""
     banks = _open(store)
-    rows = [_summary(_history(banks, name)[-1]) for name in banks.banks()]
+    rows = [_summary(_history(banks, name)[-1]) | {"health": _health(banks, name)} for name in banks.banks()]
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
     from rich.table import Table
 
     table = Table(title=f"adapter banks in {store}")
-    for column in ("bank", "version", "round", "kind", "sites", "accepted cases", "updated"):
+    for column in ("bank", "version", "round", "kind", "sites", "accepted cases", "updated", "health"):
         table.add_column(column, justify="right" if column in ("version", "round", "sites", "accepted cases") else "left")
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
     console = _console()
     console.print(table if rows else f"no banks in {store} yet")
+
+
+@app.command()
+def verify(
+    store: Path = typer.Option(..., "--store", help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Check every version of every bank against its manifest (sha256 of weights and identity, readable,
+    finite, parameter count); exits 1 when any version is damaged (readers skip those versions)."""
+    banks = _open(store)
+    report = banks.verify()
+    if as_json:
+        typer.echo(json.dumps(report, indent=1))
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"bank versions in {store}")
+        for column in ("bank", "version", "round", "checksum", "health"):
+            table.add_column(column)
+        for row in report:
+            table.add_row(row["bank"], str(row["version"]), str(row["round"]), "sha256" if row["checksum"] else "none",
+                          "ok" if row["healthy"] else f"BAD: {row['problem']}")
+        _console().print(table if report else f"no bank versions in {store}")
+    if any(not row["healthy"] for row in report):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -15,6 +15,17 @@ formed (conv A weights (r, in, *k) reshaped to (r, in*prod(k)), B weights (out, 
 values as square roots into both factors. That is exact up to the rank-r truncation (the mean of
 n rank-r products can have rank n*r) and needs every site's individual factors, so it is NOT
 possible under secure aggregation.
+
+Robust rules (`rule=`), for the linear kinds only, on the deltas relative to the bank:
+
+- ``trimmed-mean``: per coordinate, drop the `trim` fraction of the lowest and of the highest
+  values (unweighted), average the rest;
+- ``median``: per coordinate, the (unweighted) median.
+
+Neither is the weighted mean of the site updates (so they are not exact in that sense), they ignore
+the weights by design (a weight is a claim), and they need each site's individual delta, so they
+are NOT possible under secure aggregation. With fewer than 3 replies both fall back to the plain
+mean of the deltas (nothing can be trimmed; the median of two is their mean).
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import numpy as np
 from fedpoint.shared.config import AdapterConfig
 
 LINEAR_RULE = "weighted-mean-of-deltas"
+RULES = ("weighted-mean", "trimmed-mean", "median")
 PRODUCT_RULE = "weighted-mean-of-lora-products+truncated-svd"
 
 # kind variant -> is the aggregate computable from the weighted sum alone (secure aggregation)?
@@ -60,8 +72,22 @@ def is_linear(kind: str, adapter_cfg: AdapterConfig | Mapping | None = None) -> 
     return kind_variant(kind, adapter_cfg) != "lora-free-a"
 
 
-def aggregation_rule(kind: str, adapter_cfg: AdapterConfig | Mapping | None = None) -> str:
+def check_rule(rule: str, kind: str, adapter_cfg: AdapterConfig | Mapping | None = None) -> str:
+    if rule not in RULES:
+        raise ValueError(f"unknown aggregation rule {rule!r}; known: {', '.join(RULES)}")
+    if rule != "weighted-mean" and not is_linear(kind, adapter_cfg):
+        raise ValueError(f"aggregation rule {rule!r} needs a linear adapter; LoRA with A trained is aggregated in "
+                         "product space and supports only 'weighted-mean'")
+    return rule
+
+
+def aggregation_rule(kind: str, adapter_cfg: AdapterConfig | Mapping | None = None, rule: str = "weighted-mean",
+                     trim: float = 0.2) -> str:
     """A short description of how this bank is aggregated (written into bank manifests)."""
+    if rule == "trimmed-mean":
+        return f"coordinate-trimmed-mean-{trim:g}-of-deltas"
+    if rule == "median":
+        return "coordinate-median-of-deltas"
     if is_linear(kind, adapter_cfg):
         return LINEAR_RULE
     return f"{PRODUCT_RULE}-to-rank-{_adapter_cfg(kind, adapter_cfg).lora_rank}"
@@ -88,18 +114,35 @@ def aggregate(
     replies: Sequence,
     kind: str,
     adapter_cfg: AdapterConfig | Mapping | None = None,
+    rule: str = "weighted-mean",
+    trim: float = 0.2,
 ) -> dict[str, np.ndarray]:
     """The bank's next state from screened replies whose deltas are relative to `bank_state`."""
     fractions = _weights(replies)
     for reply in replies:
         if set(reply.delta) != set(bank_state):
             raise ValueError(f"site {reply.site_id}: delta keys do not match the bank (screen replies first)")
+    if check_rule(rule, kind, adapter_cfg) != "weighted-mean":
+        return {name: (np.asarray(value, dtype=np.float64) + robust_delta(name, replies, rule, trim)).astype(np.float32)
+                for name, value in bank_state.items()}
     if is_linear(kind, adapter_cfg):
         return {
             name: (np.asarray(value, dtype=np.float64) + _weighted_mean_delta(name, replies, fractions)).astype(np.float32)
             for name, value in bank_state.items()
         }
     return _aggregate_free_lora(bank_state, replies, fractions, _adapter_cfg(kind, adapter_cfg).lora_rank)
+
+
+def robust_delta(name: str, replies: Sequence, rule: str, trim: float = 0.2) -> np.ndarray:
+    """Coordinate-wise trimmed mean or median of the replies' deltas for one parameter."""
+    stack = np.stack([np.asarray(r.delta[name], dtype=np.float64) for r in replies])
+    if len(replies) < 3:
+        return stack.mean(axis=0)
+    if rule == "median":
+        return np.median(stack, axis=0)
+    cut = int(np.floor(trim * len(replies)))
+    ordered = np.sort(stack, axis=0)
+    return ordered[cut:len(replies) - cut].mean(axis=0)
 
 
 # ----------------------------------------------------------------------- LoRA in product space

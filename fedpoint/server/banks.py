@@ -12,6 +12,17 @@ Layout (see docs/federation.md, "Bank store layout")::
 A version is staged in a temporary folder beside its final place and renamed into place in one
 `os.rename`, which is the commit: a version folder either exists complete or not at all, so a
 coordinator killed at any moment resumes from the last complete version.
+
+Integrity: each manifest holds the sha256 of its weights file and of the bank's identity (kind,
+config, base fingerprint). Every read verifies them (and that the weights load, are finite and
+match the manifest's parameters); a version that fails is skipped with a logged reason naming the
+file, and `latest` falls back to the previous valid version. `verify()` reports every version.
+
+A round's writes commit together (`commit_round`): a journal entry `journal/round-NNNN.pending.json`
+names the versions about to be written, then they are written, then the entry is renamed to
+`round-NNNN.json` (the round's commit). Versions named by a pending entry are not read, and
+`recover()` (run by the coordinator under its lock) removes them, so a round is in every bank or in
+none. `lock()` holds `root/.coordinator.lock` for a coordinator's lifetime; a second is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -42,11 +54,36 @@ MANIFEST = "fedpoint_adapter.json"
 WEIGHTS = "adapter.safetensors"
 LATEST = "latest.json"
 SALT = "salt"
+JOURNAL = "journal"
+STORE_LOCK = ".coordinator.lock"
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
+_JOURNAL_ENTRY = re.compile(r"^round-(\d{4,})(\.pending)?\.json$")
+logger = logging.getLogger("fedpoint.banks")
 
 
 class BankNotFoundError(LookupError):
     """No such bank, or no such version of a bank."""
+
+
+class BankIntegrityError(ValueError):
+    """A bank version on disk does not match its manifest (or cannot be read); names the file."""
+
+
+class StoreLockedError(RuntimeError):
+    """Another coordinator holds this bank store."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def identity_sha256(identity: Mapping) -> str:
+    canonical = {k: identity[k] for k in ("kind", "config", "base_fingerprint")}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -67,42 +104,120 @@ class BankStore:
             raise FileNotFoundError(f"{self.root} is not a bank store (no {SALT} file); has the coordinator run?")
         self.root.mkdir(parents=True, exist_ok=True)
         self._salt = self._load_or_create_salt()
+        self._lock_handle = None
+        self.problems: dict[tuple[str, int], str] = {}  # (bank, version) -> why it was skipped
 
     # --- reading -------------------------------------------------------------------------------
     def banks(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and self.versions(p.name))
+        """Banks with at least one valid version (folders with other names are ignored)."""
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                      and p.name != JOURNAL and _is_bank_name(p.name) and self.latest(p.name) is not None)
 
     def versions(self, bank: str) -> list[int]:
-        """Complete versions of a bank, oldest first."""
+        """Complete, committed versions of a bank (folder with manifest and weights, not named by
+        a pending round journal entry), oldest first. They are not verified here: see `valid_versions`."""
         folder = self.root / check_bank_name(bank)
         if not folder.is_dir():
             return []
+        pending = self._pending_versions().get(bank, set())
         found = []
         for entry in folder.iterdir():
             match = _VERSION_DIR.match(entry.name)
-            if match and (entry / MANIFEST).is_file() and (entry / WEIGHTS).is_file():
+            if match and (entry / MANIFEST).is_file() and (entry / WEIGHTS).is_file() and int(match.group(1)) not in pending:
                 found.append(int(match.group(1)))
         return sorted(found)
 
+    def valid_versions(self, bank: str) -> list[int]:
+        return [v for v in self.versions(bank) if self.check(bank, v) is None]
+
     def latest(self, bank: str) -> BankVersion | None:
-        versions = self.versions(bank)
-        return self.get(bank, versions[-1]) if versions else None
+        """The newest version that verifies; newer ones that fail are skipped, with a logged reason."""
+        for version in reversed(self.versions(bank)):
+            try:
+                return self.get(bank, version)
+            except BankIntegrityError as err:
+                self._report(bank, version, str(err))
+        return None
 
     def get(self, bank: str, version: int) -> BankVersion:
-        from safetensors.numpy import load_file
-
+        """One version, verified against its manifest (BankIntegrityError names the file)."""
         path = self._version_dir(bank, version)
         if not (path / MANIFEST).is_file():
             known = self.versions(bank)
             if not known:
                 raise BankNotFoundError(f"no bank {bank!r} in {self.root} (banks: {', '.join(self.banks()) or 'none'})")
             raise BankNotFoundError(f"bank {bank!r} has no version {version} (versions {known[0]}..{known[-1]})")
-        manifest = json.loads((path / MANIFEST).read_text())
-        return BankVersion(bank, int(version), load_file(str(path / WEIGHTS)), manifest, path)
+        return self._load_verified(bank, int(version), path)  # every read: adapters are small, sha256 is cheap
+
+    def check(self, bank: str, version: int) -> str | None:
+        """Why a version fails verification, or None when it is healthy."""
+        try:
+            self.get(bank, version)
+        except (BankIntegrityError, BankNotFoundError) as err:
+            return str(err)
+        return None
+
+    def verify(self) -> list[dict]:
+        """Health of every version of every bank folder (incomplete folders included)."""
+        report = []
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != JOURNAL):
+            pending = self._pending_versions().get(folder.name, set())
+            for entry in sorted(folder.iterdir()):
+                match = _VERSION_DIR.match(entry.name)
+                if not match:
+                    continue
+                version = int(match.group(1))
+                if version in pending:
+                    problem = f"{entry}: written by a round that did not commit (pending journal entry)"
+                elif not (entry / MANIFEST).is_file() or not (entry / WEIGHTS).is_file():
+                    problem = f"{entry}: incomplete (missing {MANIFEST if not (entry / MANIFEST).is_file() else WEIGHTS})"
+                else:
+                    problem = self.check(folder.name, version)
+                manifest = {}
+                with contextlib.suppress(Exception):
+                    manifest = json.loads((entry / MANIFEST).read_text())
+                report.append({"bank": folder.name, "version": version, "round": manifest.get("round"),
+                               "checksum": bool((manifest.get("integrity") or {}).get("weights_sha256")),
+                               "healthy": problem is None, "problem": problem})
+        return report
 
     def history(self, bank: str) -> list[dict]:
-        """Every complete version's manifest, oldest first."""
-        return [json.loads((self._version_dir(bank, v) / MANIFEST).read_text()) for v in self.versions(bank)]
+        """Every valid version's manifest, oldest first."""
+        return [self.get(bank, v).manifest for v in self.valid_versions(bank)]
+
+    def _load_verified(self, bank: str, version: int, path: Path) -> BankVersion:
+        from safetensors.numpy import load_file
+
+        manifest_path, weights_path = path / MANIFEST, path / WEIGHTS
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as err:
+            raise BankIntegrityError(f"{manifest_path}: unreadable manifest ({err})") from None
+        if not isinstance(manifest, dict):
+            raise BankIntegrityError(f"{manifest_path}: not a manifest")
+        integrity = manifest.get("integrity") or {}
+        if integrity.get("weights_sha256") and file_sha256(weights_path) != integrity["weights_sha256"]:
+            raise BankIntegrityError(f"{weights_path}: sha256 differs from the one in {MANIFEST}")
+        try:
+            if integrity.get("identity_sha256") and identity_sha256(manifest) != integrity["identity_sha256"]:
+                raise BankIntegrityError(f"{manifest_path}: kind, config or base fingerprint were changed after writing")
+        except KeyError as err:
+            raise BankIntegrityError(f"{manifest_path}: lacks {err}") from None
+        try:
+            state = load_file(str(weights_path))
+        except Exception as err:  # safetensors raises its own error types for truncated files
+            raise BankIntegrityError(f"{weights_path}: unreadable weights ({type(err).__name__})") from None
+        bad = [k for k, v in state.items() if not np.isfinite(v).all()]
+        if bad:
+            raise BankIntegrityError(f"{weights_path}: non-finite values in {bad[0]!r}")
+        if "parameters" in manifest and int(sum(v.size for v in state.values())) != int(manifest["parameters"]):
+            raise BankIntegrityError(f"{weights_path}: {sum(v.size for v in state.values())} values, the manifest says {manifest['parameters']}")
+        return BankVersion(bank, version, state, manifest, path)
+
+    def _report(self, bank: str, version: int, reason: str) -> None:
+        if self.problems.get((bank, version)) != reason:
+            self.problems[(bank, version)] = reason
+            logger.warning("bank %s v%d skipped, falling back to an earlier version: %s", bank, version, reason)
 
     def site_hash(self, site_id: str) -> str:
         """A salted hash of a site id: stable within this store, meaningless outside it."""
@@ -157,10 +272,15 @@ class BankStore:
         folder.mkdir(exist_ok=True)
         with _locked(folder / ".lock"):
             _remove_stale_staging(folder)
-            version = max(self.versions(bank), default=0) + 1
+            version = self._next_version(folder)
+            target = folder / f"v{version:04d}"
+            if target.exists():  # an incomplete folder (not from this writer): keep it aside, named
+                os.rename(target, folder / f".damaged-{target.name}-{secrets.token_hex(4)}")
             staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
             save_file(state, str(staging / WEIGHTS))
             manifest = self._manifest(bank, version, state, identity, fields, parent)
+            manifest["integrity"] = {"weights_sha256": file_sha256(staging / WEIGHTS),
+                                     "identity_sha256": identity_sha256(manifest)}
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_plain))
             _fsync_tree(staging)
             os.rename(staging, folder / f"v{version:04d}")  # the commit
@@ -171,6 +291,7 @@ class BankStore:
     def _manifest(self, bank: str, version: int, state: dict, identity: dict, fields: dict, parent: int | None) -> dict:
         extra = dict(fields)
         round_, sites, counts, metrics = (extra.pop(k, d) for k, d in (("round", None), ("sites", []), ("counts", {}), ("metrics", {})))
+        rule, trim = extra.pop("rule", "weighted-mean"), extra.pop("trim_fraction", 0.2)
         return {
             **extra,  # extra fields first: the store's own fields below always win
             **identity,
@@ -183,8 +304,8 @@ class BankStore:
             "sites": sorted({self.site_hash(s) for s in sites}),
             "counts": counts,
             "metrics": metrics,
-            "aggregation": aggregation_rule(identity["kind"], identity["config"]),
-            "exact_under_secure_aggregation": EXACT_UNDER_SECAGG[kind_variant(identity["kind"], identity["config"])],
+            "aggregation": aggregation_rule(identity["kind"], identity["config"], rule, trim),
+            "exact_under_secure_aggregation": rule == "weighted-mean" and EXACT_UNDER_SECAGG[kind_variant(identity["kind"], identity["config"])],
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
@@ -210,6 +331,118 @@ class BankStore:
         adapter = _rebuild(found, base)
         return adapter.save(out, extra=provenance)
 
+    # --- rounds: journal, recovery, lock ---------------------------------------------------------
+    def commit_round(self, server_round: int, writes: list[tuple], summary: Mapping | None = None) -> dict[str, int]:
+        """Write a round's versions so that they commit together. `writes` holds
+        ("init", bank, state, base_fingerprint, kind, adapter_cfg, fields) or ("write", bank, state, fields).
+        Returns {bank: version}. A crash before the journal entry is renamed leaves a pending entry,
+        whose versions are invisible and removed by `recover()`."""
+        journal = self.root / JOURNAL
+        journal.mkdir(exist_ok=True)
+        pending = journal / f"round-{int(server_round):04d}.pending.json"
+        planned = {}
+        for item in writes:
+            folder = self.root / check_bank_name(item[1])
+            planned[item[1]] = self._next_version(folder)
+        _write_json_atomic(pending, {"round": int(server_round), "planned": planned})
+        versions = {}
+        for item in writes:
+            if item[0] == "init":
+                _, bank, state, fingerprint, kind, cfg, fields = item
+                versions[bank] = self.init_bank(bank, state, fingerprint, kind, cfg, fields)
+            else:
+                _, bank, state, fields = item
+                versions[bank] = self.write(bank, state, fields)
+            if versions[bank] != planned[bank]:
+                raise RuntimeError(f"bank {bank!r}: wrote v{versions[bank]} but the journal planned v{planned[bank]} "
+                                   "(is another coordinator writing this store?)")
+        _write_json_atomic(pending, {"round": int(server_round), "planned": planned, "versions": versions,
+                                     "summary": dict(summary or {})})
+        os.replace(pending, journal / f"round-{int(server_round):04d}.json")  # the round's commit
+        _fsync_dir(journal)
+        return versions
+
+    def journal(self) -> list[dict]:
+        """Committed round entries, oldest first."""
+        folder = self.root / JOURNAL
+        entries = []
+        for path in sorted(folder.glob("round-*.json")) if folder.is_dir() else []:
+            match = _JOURNAL_ENTRY.match(path.name)
+            if match and not match.group(2):
+                with contextlib.suppress(OSError, ValueError):
+                    entries.append(json.loads(path.read_text()))
+        return entries
+
+    def recover(self) -> list[str]:
+        """Roll back rounds that did not commit (their versions are removed); returns what was done."""
+        done = []
+        for bank, versions in self._pending_versions().items():
+            for version in sorted(versions):
+                path = self._version_dir(bank, version)
+                if path.exists():
+                    shutil.rmtree(path)
+                    done.append(f"removed {path} (its round did not commit)")
+            folder = self.root / bank
+            valid = self.valid_versions(bank) if folder.is_dir() else []
+            if valid:
+                _write_json_atomic(folder / LATEST, {"version": valid[-1], "path": f"v{valid[-1]:04d}"})
+        for path in (self.root / JOURNAL).glob("round-*.pending.json") if (self.root / JOURNAL).is_dir() else []:
+            path.unlink()
+            done.append(f"dropped {path}")
+        for line in done:
+            logger.warning("bank store recovery: %s", line)
+        return done
+
+    def lock(self) -> "BankStore":
+        """Hold the store for this coordinator until `unlock()` (or the process ends)."""
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        if self._lock_handle is not None:
+            return self
+        handle = open(self.root / STORE_LOCK, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise StoreLockedError(f"bank store {self.root} is held by another coordinator ({holder or 'unknown'}); "
+                                   "two coordinators on one store would overwrite each other") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        self._lock_handle = handle
+        return self
+
+    def unlock(self) -> None:
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    def _pending_versions(self) -> dict[str, set[int]]:
+        folder = self.root / JOURNAL
+        out: dict[str, set[int]] = {}
+        if not folder.is_dir():
+            return out
+        for path in folder.glob("round-*.pending.json"):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                for bank, version in json.loads(path.read_text()).get("planned", {}).items():
+                    out.setdefault(bank, set()).add(int(version))
+        return out
+
+    @staticmethod
+    def _next_version(folder: Path) -> int:
+        """One past the highest complete version folder, valid or not (a damaged version keeps its
+        number; an incomplete folder in the way is moved aside by the writer)."""
+        if not folder.is_dir():
+            return 1
+        complete = [int(m.group(1)) for e in folder.iterdir() if (m := _VERSION_DIR.match(e.name))
+                    and (e / MANIFEST).is_file() and (e / WEIGHTS).is_file()]
+        return max(complete, default=0) + 1
+
     def _version_dir(self, bank: str, version: int) -> Path:
         return self.root / check_bank_name(bank) / f"v{int(version):04d}"
 
@@ -225,6 +458,14 @@ class BankStore:
 
 
 # ------------------------------------------------------------------------------------ helpers
+def _is_bank_name(name: str) -> bool:
+    try:
+        check_bank_name(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _config(kind: str, adapter_cfg: AdapterConfig | Mapping | None) -> AdapterConfig:
     if adapter_cfg is None:
         return AdapterConfig(kind=kind)

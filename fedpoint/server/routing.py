@@ -7,7 +7,9 @@ one); strategy "general" is plain federated averaging of one shared adapter.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import unicodedata
 from collections.abc import Iterable
 
 GENERAL = "general"
@@ -17,12 +19,30 @@ STRATEGIES = ("general", "banks")
 _SAFE_BANK = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
+_PLAIN_MODALITY = re.compile(r"^[A-Za-z0-9 _.+/-]+$")
+MAX_PLAIN_SLUG = 40
+HASH_CHARS = 10
+
+
 def modality_bank(modality: str) -> str:
-    """The bank name for a modality: "CT" -> "modality-ct", "MR T1" -> "modality-mr-t1"."""
-    slug = re.sub(r"[^a-z0-9]+", "-", str(modality).strip().lower()).strip("-")
-    if not slug:
-        raise ValueError(f"modality {modality!r} gives no usable bank name")
-    return check_bank_name(MODALITY_PREFIX + slug)
+    """The bank name for a modality, always a safe folder name of at most 63 characters.
+
+    A plain ASCII modality keeps its readable slug ("CT" -> "modality-ct", "MR T1" ->
+    "modality-mr-t1"), as before. Any other valid modality (another script, such as "МРТ" or
+    "超音波", or a long name) gets a stable slug: its ASCII-folded letters (at most 40) and the
+    first 10 hex digits of the sha256 of its NFC case-folded form, e.g. "modality-u-3f1c...".
+    Invalid modalities (fedpoint.shared.protocol.check_modality) raise ValueError.
+    """
+    from fedpoint.shared.protocol import check_modality
+
+    name = check_modality(modality)
+    slug = re.sub(r"[^a-z0-9]+", "-", name.strip().lower()).strip("-")
+    if _PLAIN_MODALITY.match(name) and slug and len(slug) <= MAX_PLAIN_SLUG:
+        return check_bank_name(MODALITY_PREFIX + slug)
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii").lower()
+    folded = re.sub(r"[^a-z0-9]+", "-", folded).strip("-")[:MAX_PLAIN_SLUG].strip("-") or "u"
+    digest = hashlib.sha256(name.strip().casefold().encode("utf-8")).hexdigest()[:HASH_CHARS]
+    return check_bank_name(f"{MODALITY_PREFIX}{folded}-{digest}")
 
 
 def check_bank_name(bank: str) -> str:

@@ -10,13 +10,14 @@ wrapped in Flower's client-side fixed-clipping DP when `dp-noise-multiplier` > 0
 from __future__ import annotations
 
 from collections.abc import Mapping
-from logging import INFO
+from logging import INFO, WARNING
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from fedpoint.server.banks import BankStore
+from fedpoint.server.registry import SiteRegistry
 from fedpoint.server.routing import GENERAL
 from fedpoint.server.strategy import BankStrategy, PrivateBankStrategy
 from fedpoint.shared import protocol as P
@@ -37,7 +38,47 @@ def build_server_app(defaults: Mapping | None = None) -> ServerApp:
 def run_coordinator(grid: Grid, fed: P.FederationConfig) -> list[dict]:
     """Run the federation's rounds; returns the per-round summary (also in output-dir)."""
     adapter = base_adapter(fed)
-    store = BankStore(fed.bank_store_path)
+    store = BankStore(fed.bank_store_path).lock()  # a second coordinator on this store is refused
+    try:
+        return _run(grid, fed, adapter, store)
+    finally:
+        store.unlock()
+
+
+def site_registry(fed: P.FederationConfig) -> SiteRegistry:
+    """Deployment: the registry file `site-registry` (written by deploy/register-sites.sh).
+    Simulation (no file): the sites config's names, each bound to the first node that names it."""
+    if fed.site_registry:
+        return SiteRegistry.load(fed.site_registry)
+    from fedpoint.configs import resolve_config
+    from fedpoint.data import load_site_specs
+
+    try:
+        names = [spec.name for spec in load_site_specs(resolve_config(fed.sites_config))]
+    except (OSError, ValueError) as err:  # DataError is a ValueError
+        raise ValueError(f"no site registry: set site-registry (deployment; deploy/register-sites.sh writes it) or a "
+                         f"readable sites-config (simulation): {err}") from None
+    return SiteRegistry.from_site_names(names)
+
+
+def site_join_rounds(fed: P.FederationConfig) -> dict[str, int]:
+    """Simulation (no registry file): the sites config's late joiners, site -> `join_round`, so the
+    strategy samples them only from round join_round + 1. A deployed site joins by starting its
+    SuperNode: empty there."""
+    if fed.site_registry:
+        return {}
+    from fedpoint.configs import resolve_config
+    from fedpoint.data import load_site_specs
+
+    try:
+        return {s.name: s.join_round for s in load_site_specs(resolve_config(fed.sites_config)) if s.join_round}
+    except (OSError, ValueError):  # site_registry() reports an unreadable sites config
+        return {}
+
+
+def _run(grid: Grid, fed: P.FederationConfig, adapter, store: BankStore) -> list[dict]:
+    for line in store.recover():
+        log(WARNING, "bank store: %s", line)
     last_round = open_banks(store, adapter)
     log(INFO, "bank store %s: banks %s, resuming after round %d", store.root, ", ".join(store.banks()), last_round)
     strategy = BankStrategy(
@@ -46,6 +87,9 @@ def run_coordinator(grid: Grid, fed: P.FederationConfig) -> list[dict]:
         fraction_train=fed.fraction_train, min_train_nodes=fed.min_train_nodes,
         query_timeout=min(fed.round_timeout, 300.0),
         summary_path=fed.output_path / SUMMARY_FILE if fed.output_path else None,
+        registry=site_registry(fed), aggregation_rule=fed.aggregation_rule, trim_fraction=fed.trim_fraction,
+        weight_cap_factor=fed.weight_cap_factor, norm_cap_rms=fed.norm_cap_rms, history_factor=fed.history_factor,
+        drift_window=fed.drift_window, drift_ratio=fed.drift_ratio, join_rounds=site_join_rounds(fed),
     )
     runner = strategy
     if fed.dp:
@@ -75,7 +119,7 @@ def open_banks(store: BankStore, adapter) -> int:
                         {"source": "base adapter (untrained)"})
         return 0
     rounds = []
-    for bank in store.banks():
+    for bank in store.banks():  # banks() lists only banks with a valid version; latest() skips bad ones
         manifest = store.latest(bank).manifest
         if manifest["base_fingerprint"] != adapter.base_fingerprint:
             raise ValueError(f"bank store {store.root}: bank {bank} was made on base {manifest['base_fingerprint']}, "

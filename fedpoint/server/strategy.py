@@ -37,12 +37,15 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 from flwr.supercore.differential_privacy import compute_stdv
 
-from fedpoint.server.aggregate import aggregate, round_record
+from fedpoint.server.aggregate import aggregate, check_rule, round_record
 from fedpoint.server.banks import BankStore
-from fedpoint.server.checks import Reply, clip_delta, screen_replies
+from fedpoint.server.checks import (HISTORY_VERSIONS, DriftDetector, Reply, clip_delta, clip_weights, delta_norm,
+                                    norm_bound, screen_norms, screen_replies)
+from fedpoint.server.registry import SiteRegistry
 from fedpoint.server.routing import GENERAL, bank_for_site, banks_to_update
 from fedpoint.shared import protocol as P
-from fedpoint.shared.payload import payload_nbytes
+from fedpoint.shared.payload import EgressError, payload_nbytes
+from fedpoint.shared.protocol import printable
 
 BANK_SEPARATOR = "/"  # update keys are "<bank>/<parameter name>"; parameter names never hold "/"
 
@@ -77,7 +80,11 @@ class BankStrategy(FedAvg):
     def __init__(self, store: BankStore, *, fingerprint: str, schema: Mapping, settings: Mapping,
                  bank_strategy: str = "banks", norm_factor: float = 5.0, clip_norm: float = 0.0,
                  round_offset: int = 0, fraction_train: float = 1.0, min_train_nodes: int = 2,
-                 query_timeout: float = 120.0, summary_path: str | Path | None = None):
+                 query_timeout: float = 120.0, summary_path: str | Path | None = None,
+                 registry: SiteRegistry | None = None, aggregation_rule: str = "weighted-mean",
+                 trim_fraction: float = 0.2, weight_cap_factor: float = 4.0, norm_cap_rms: float = 0.0,
+                 history_factor: float = 10.0, drift_window: int = 3, drift_ratio: float = 2.0,
+                 join_rounds: Mapping[str, int] | None = None):
         super().__init__(fraction_train=fraction_train, fraction_evaluate=0.0, min_train_nodes=min_train_nodes,
                          min_evaluate_nodes=0, min_available_nodes=min_train_nodes)
         self.store = store
@@ -95,6 +102,17 @@ class BankStrategy(FedAvg):
         self.sent: dict[int, Sent] = {}
         self.history: list[dict] = _read_history(self.summary_path)
         self._pending: dict | None = None
+        self.registry = registry
+        self.rule = check_rule(aggregation_rule, self.settings["adapter"].kind, self.settings["adapter"])
+        self.trim_fraction = trim_fraction
+        self.weight_cap_factor = weight_cap_factor
+        self.norm_cap_rms = norm_cap_rms
+        self.history_factor = history_factor
+        self.drift_ratio = drift_ratio
+        self.drift = DriftDetector(drift_window, drift_ratio)
+        self.refused_nodes: dict[int, str] = {}  # nodes whose identity was refused, with why
+        self.join_rounds = dict(join_rounds or {})  # simulation: site id -> rounds it misses before joining
+        self._reconcile_history()
 
     def summary(self) -> None:
         log(INFO, "\t├──> Adapter banks: %s (strategy %r) in %s", ", ".join(self.store.banks()) or "none",
@@ -111,10 +129,31 @@ class BankStrategy(FedAvg):
                         grid: Grid) -> Iterable[Message]:
         sample_size = max(int(len(list(grid.get_node_ids())) * self.fraction_train), self.min_train_nodes)
         node_ids, all_nodes = sample_nodes(grid, self.min_available_nodes, sample_size)
+        if self.join_rounds:  # simulation: sample only among the sites that have joined by this round
+            node_ids = self.joined_sample(grid, all_nodes, server_round)
         log(INFO, "configure_train: sampled %d sites (out of %d)", len(node_ids), len(all_nodes))
         self.identify(grid, node_ids)
         self.sent = {}
-        return [self.instruct(node, server_round, config) for node in node_ids]
+        for node in node_ids:
+            if node in self.refused_nodes:
+                log(WARNING, "round %d: not sending to node %d: %s", self.federation_round(server_round), node,
+                    self.refused_nodes[node])
+        return [self.instruct(node, server_round, config) for node in node_ids if node not in self.refused_nodes]
+
+    def joined_sample(self, grid: Grid, all_nodes: list[int], server_round: int) -> list[int]:
+        """The nodes to train this round when sites join late (simulation, `join_rounds`): a site with
+        join round j takes part from federation round j + 1, and FedAvg's fraction applies to the
+        sites that have joined. Nodes of sites without a join round count as joined."""
+        import random
+
+        self.identify(grid, all_nodes)  # who is who: an identity query trains nothing
+        fed_round = self.federation_round(server_round)
+        joined = [n for n in all_nodes if self.join_rounds.get(self._site_name(n), 0) < fed_round]
+        waiting = sorted(self._site_name(n) for n in all_nodes if n not in joined)
+        if waiting:
+            log(INFO, "round %d: not joined yet, not sampled: %s", fed_round, printable(", ".join(waiting), 400))
+        size = min(len(joined), max(int(len(joined) * self.fraction_train), self.min_train_nodes))
+        return sorted(random.sample(joined, size))
 
     def identify(self, grid: Grid, node_ids: list[int]) -> None:
         """Ask sites not met yet for their id and modality (one small query message each)."""
@@ -123,16 +162,47 @@ class BankStrategy(FedAvg):
             return
         queries = [Message(RecordDict({P.CONFIG: ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
                    for n in unknown]
+        answered = set()
         for reply in grid.send_and_receive(queries, timeout=self.query_timeout):
             node = reply.metadata.src_node_id
+            answered.add(node)
             if reply.has_error():
-                log(WARNING, "site on node %d did not say who it is: %s", node, reply.error.reason)
+                log(WARNING, "site on node %d did not say who it is: %s", node, error_text(reply.error))
                 continue
-            config = reply.content.config_records.get(P.CONFIG, {})
-            self.sites[node] = SiteInfo(str(config.get(P.SITE_ID, f"node-{node}")), str(config.get(P.MODALITY, "")))
+            try:
+                self.sites[node] = self.resolve_identity(node, reply)
+            except ValueError as err:
+                self.refused_nodes[node] = f"identity refused: {err}"
+                log(WARNING, "node %d: identity refused, the federation goes on without it: %s", node, err)
         for node in unknown:
             if node in self.sites:
-                log(INFO, "site %s (%s) is node %d", self.sites[node].site_id, self.sites[node].modality, node)
+                log(INFO, "site %s (%s) is node %d", printable(self.sites[node].site_id),
+                    printable(self.sites[node].modality), node)
+            elif node not in answered:
+                log(WARNING, "node %d did not answer the identity query in %g s", node, self.query_timeout)
+
+    def resolve_identity(self, node: int, reply: Message) -> SiteInfo:
+        """The site a node is: its claims validated, then bound by the registry (deployment) or,
+        without one, to the first node that claims that id (simulation: the partition plays the node)."""
+        unknown = sorted(set(reply.content.keys()) - {P.CONFIG})
+        if unknown:
+            raise ValueError(f"the answer holds records {printable(', '.join(unknown))} besides {P.CONFIG!r}")
+        config = reply.content.config_records.get(P.CONFIG, {})
+        extra = sorted(set(config) - {P.SITE_ID, P.MODALITY})
+        if extra:
+            raise ValueError(f"the answer holds fields {printable(', '.join(extra))} besides site id and modality")
+        site_id = P.check_site_id(config.get(P.SITE_ID))
+        modality = P.check_modality(config.get(P.MODALITY))
+        from fedpoint.server.routing import modality_bank
+
+        modality_bank(modality)  # a modality that gives no bank name is refused here, not mid-round
+        if self.registry is not None:
+            entry = self.registry.resolve(node, site_id, modality)
+            return SiteInfo(entry.site_id, entry.modality if entry.modality is not None else modality)
+        holder = next((n for n, i in self.sites.items() if i.site_id == site_id and n != node), None)
+        if holder is not None:
+            raise ValueError(f"node {node} claims site {site_id!r}, which is node {holder}")
+        return SiteInfo(site_id, modality)
 
     def bank_for(self, node_id: int) -> str:
         info = self.sites.get(node_id)
@@ -154,29 +224,62 @@ class BankStrategy(FedAvg):
 
     # ------------------------------------------------------------------------ aggregate
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        valid, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
-        outcomes = {m.metadata.src_node_id: Outcome("failed", m.error.reason) for m in errors}
+        replies = [m for m in replies if m.metadata.src_node_id in self.sent]  # only nodes asked this round
+        fed_round = self.federation_round(server_round)
+        valid = [m for m in replies if not m.has_error()]
+        outcomes = {m.metadata.src_node_id: Outcome("failed", error_text(m.error)) for m in replies if m.has_error()}
         parsed: dict[int, Reply] = {}
         for msg in valid:
             try:
                 parsed[msg.metadata.src_node_id] = self.to_reply(msg)
-            except (KeyError, TypeError, ValueError) as err:
-                outcomes[msg.metadata.src_node_id] = Outcome("rejected", f"unreadable reply: {err}")
+            except (KeyError, TypeError, ValueError, EgressError) as err:
+                outcomes[msg.metadata.src_node_id] = Outcome("rejected", f"unreadable reply: {printable(str(err), 300)}")
+        for node, reply in list(parsed.items()):
+            if reply.site_id in self.drift.refused:
+                outcomes[node] = Outcome("rejected", self.drift.refused[reply.site_id])
+                del parsed[node]
+        if self.clip_norm > 0:  # clip instead of reject: before the size screens
+            parsed = {n: replace(r, delta=clip_delta(r.delta, self.clip_norm)[0]) if _finite(r.delta) else r
+                      for n, r in parsed.items()}
         node_of = {id(r): node for node, r in parsed.items()}
-        accepted, screened_out = screen_replies(list(parsed.values()), self.schema, self.fingerprint, self.norm_factor)
-        for r, reason in screened_out:
+        by_bank: dict[str, list[Reply]] = {}
+        for r in parsed.values():
+            by_bank.setdefault(r.bank, []).append(r)
+        accepted = []
+        for bank, group in sorted(by_bank.items()):  # the absolute bound is the received bank's
+            kept, screened_out = screen_replies(group, self.schema, self.fingerprint, self.norm_factor,
+                                                norm_bound=self.bound_for(bank), drift_ratio=self.drift_ratio)
+            for r, reason in screened_out:
+                outcomes[node_of[id(r)]] = Outcome("rejected", reason)
+            accepted += kept
+        if len(by_bank) > 1:  # the relative screens across every well-formed reply of the round
+            accepted, screened_out = screen_norms(accepted, self.norm_factor, norm_bound=None, drift_ratio=self.drift_ratio)
+            for r, reason in screened_out:
+                outcomes[node_of[id(r)]] = Outcome("rejected", reason)
+        accepted = sorted(accepted, key=lambda r: node_of[id(r)])
+        self.drift.observe(accepted)
+        for r in [r for r in accepted if r.site_id in self.drift.refused]:  # refused from this round on
+            outcomes[node_of[id(r)]] = Outcome("rejected", self.drift.refused[r.site_id])
+        accepted = [r for r in accepted if r.site_id not in self.drift.refused]
+        weighed, notes = clip_weights(accepted, self.weight_cap_factor, self.registry.max_weights() if self.registry else None)
+        node_of |= {id(c): node_of[id(r)] for r, c in zip(accepted, weighed)}
+        accepted = weighed
+        for note in notes:
+            log(WARNING, "round %d: %s", fed_round, note)
+        accepted, late = self.screen_applied(accepted)
+        for r, reason in late:
             outcomes[node_of[id(r)]] = Outcome("rejected", reason)
-        if self.clip_norm > 0:
-            clipped = [replace(r, delta=clip_delta(r.delta, self.clip_norm)[0]) for r in accepted]
-            node_of |= {id(c): node_of[id(r)] for r, c in zip(accepted, clipped)}
-            accepted = clipped
         for r in accepted:
             outcomes[node_of[id(r)]] = Outcome("accepted", None, r)
-        for node, outcome in outcomes.items():
-            if outcome.status == "rejected":
-                log(WARNING, "round %d: rejected the reply of site %s: %s", self.federation_round(server_round),
-                    self._site_name(node), outcome.reason)
+        for node in self.sent:
+            if node not in outcomes:
+                log(WARNING, "round %d: site %s (node %d) sent no reply within the round timeout", fed_round,
+                    printable(self._site_name(node)), node)
+        for node, outcome in sorted(outcomes.items()):
+            if outcome.status in ("rejected", "failed"):
+                log(WARNING, "round %d: %s the reply of site %s (node %d): %s", fed_round,
+                    "rejected" if outcome.status == "rejected" else "failed:", printable(self._site_name(node)), node,
+                    printable(outcome.reason, 400))
         updates, bases = self.bank_updates(accepted)
         self._pending = {"round": server_round, "accepted": accepted, "bases": bases, "outcomes": outcomes}
         metrics = self.round_metrics(accepted, outcomes)
@@ -200,14 +303,68 @@ class BankStrategy(FedAvg):
         arrays = msg.content.array_records.get(P.ARRAYS)
         if arrays is None:
             raise ValueError("no adapter arrays in the reply")
-        claimed = str(config.get(P.SITE_ID, ""))
-        if node not in self.sites:  # a site that did not answer the query but trained
-            self.sites[node] = SiteInfo(claimed or f"node-{node}", str(config.get(P.MODALITY, "")))
+        extra = sorted(set(msg.content.keys()) - {P.ARRAYS, P.METRICS, P.CONFIG})
+        if extra:
+            raise ValueError(f"reply holds records besides arrays, metrics and config: {', '.join(extra)}")
+        if len(msg.content.array_records) != 1 or len(msg.content.metric_records) > 1 or len(msg.content.config_records) > 1:
+            raise ValueError("reply holds more than one record of a kind")
+        unknown = sorted(set(config) - P.REPLY_CONFIG_KEYS)
+        if unknown:
+            raise ValueError(f"reply config holds unknown fields {', '.join(unknown)}")
+        P.check_reply_config(config)
+        if node not in self.sites:
+            raise ValueError(f"node {node} has no identity (it did not answer the identity query)")
+        claimed = config.get(P.SITE_ID, "")
         if claimed and claimed != self.sites[node].site_id:
             raise ValueError(f"reply claims to come from site {claimed!r}, but node {node} is site {self.sites[node].site_id!r}")
+        modality = config.get(P.MODALITY, "")
+        if modality and modality != self.sites[node].modality:
+            raise ValueError(f"reply claims modality {modality!r}, but site {self.sites[node].site_id!r} is {self.sites[node].modality!r}")
+        for key, expected in ((P.BANK, sent.bank), (P.BANK_VERSION, sent.version)):
+            if key in config and config[key] != expected:
+                raise ValueError(f"reply says it trained from {key} {config[key]!r}, but {expected!r} was sent")
         return Reply(site_id=self.sites[node].site_id, bank=sent.bank, bank_version=sent.version,
                      delta={k: v.numpy() for k, v in arrays.items()}, weight=metrics.pop(P.NUM_EXAMPLES, 0),
                      fingerprint=str(config.get(P.BASE_FINGERPRINT, "")), metrics=metrics)
+
+    def bound_for(self, bank: str) -> float:
+        """The absolute L2 bound on a delta into `bank`: the kind's cap, tightened by the bank's history."""
+        n_values = int(sum(int(np.prod(shape)) for shape, _ in self.schema.values()))
+        history = []
+        for version in self.store.versions(bank)[-HISTORY_VERSIONS:]:
+            if self.store.check(bank, version) is None:
+                history.append(float((self.store.get(bank, version).manifest.get("screen") or {}).get("max_norm") or 0))
+        return norm_bound(self.settings["adapter"].kind, n_values, history, self.history_factor, self.norm_cap_rms)
+
+    def screen_applied(self, accepted: list[Reply]) -> tuple[list[Reply], list[tuple[Reply, str]]]:
+        """Screen what each reply would actually change in every bank it feeds (its rebased delta),
+        with the same bounds; a reply that fails for one bank is left out of all of them."""
+        rejected: list[tuple[Reply, str]] = []
+        for _ in range(len(accepted) + 1):
+            failed = {}
+            for target, group in self._groups(accepted).items():
+                latest = self.store.latest(target)
+                if latest is None:
+                    continue
+                rebased = [self.rebase(r, latest.state) for r in group]
+                if all(a is b for a, b in zip(rebased, group)):
+                    continue  # every delta is already relative to this bank: screened above
+                _, out = screen_norms(rebased, self.norm_factor, norm_bound=self.bound_for(target),
+                                      drift_ratio=self.drift_ratio, what=f"update of bank {target}")
+                for r, reason in out:
+                    failed.setdefault(r.site_id, reason)
+            if not failed:
+                break
+            rejected += [(r, failed[r.site_id]) for r in accepted if r.site_id in failed]
+            accepted = [r for r in accepted if r.site_id not in failed]
+        return accepted, rejected
+
+    def _groups(self, accepted: list[Reply]) -> dict[str, list[Reply]]:
+        by_target: dict[str, list[Reply]] = {}
+        for reply in accepted:
+            for target in self._targets(reply):
+                by_target.setdefault(target, []).append(reply)
+        return by_target
 
     def _site_name(self, node: int) -> str:
         return self.sites[node].site_id if node in self.sites else f"node-{node}"
@@ -216,17 +373,15 @@ class BankStrategy(FedAvg):
         """Per target bank: the aggregated update (new state - current state) and what it is relative
         to ((bank, version) of the current state; a new modality bank starts from the bank its
         first sites trained from)."""
-        by_target: dict[str, list[Reply]] = {}
-        for reply in accepted:
-            for target in self._targets(reply):
-                by_target.setdefault(target, []).append(reply)
+        by_target = self._groups(accepted)
         updates, bases = {}, {}
         for target, group in sorted(by_target.items()):
             latest = self.store.latest(target)
             base_bank, base_version = (target, latest.version) if latest else (group[0].bank, group[0].bank_version)
             base = self.store.get(base_bank, base_version).state
             rebased = [self.rebase(r, base) for r in group]
-            new = aggregate(base, rebased, self.settings["adapter"].kind, self.settings["adapter"])
+            new = aggregate(base, rebased, self.settings["adapter"].kind, self.settings["adapter"], self.rule,
+                            self.trim_fraction)
             updates[target] = {k: (new[k].astype(np.float64) - base[k]).astype(np.float32) for k in self.schema}
             bases[target] = (base_bank, base_version)
         return updates, bases
@@ -256,6 +411,7 @@ class BankStrategy(FedAvg):
         accepted = pending["accepted"] if pending else []
         versions = {}
         fed_round = self.federation_round(server_round)
+        writes = []
         for bank, update in _split_updates(updates).items():
             base_bank, base_version = pending["bases"][bank]
             base = self.store.get(base_bank, base_version).state
@@ -264,17 +420,26 @@ class BankStrategy(FedAvg):
             rejected = [o for o in pending["outcomes"].values() if o.status == "rejected"] if bank == GENERAL else []
             fields = round_record(fed_round, group, rejected)
             fields["sources"] = sorted({f"{r.bank}@v{r.bank_version}" for r in group})
+            fields["rule"], fields["trim_fraction"] = self.rule, self.trim_fraction
+            norms = [delta_norm(r.delta) for r in group] + [
+                delta_norm(self.rebase(r, base).delta) for r in group if self.store.latest(bank) is not None]
+            fields["screen"] = {"max_norm": max(norms, default=0.0), "bound": self.bound_for(bank)
+                                if self.store.latest(bank) else None}
             if self.clip_norm > 0:
                 fields["clip_norm"] = self.clip_norm
             if dp:
                 fields["dp"] = dict(dp)
             if self.store.latest(bank) is None:
                 fields["created_from"] = f"{base_bank}@v{base_version}"
-                versions[bank] = self.store.init_bank(bank, state, self.fingerprint, self.settings["adapter"].kind,
-                                                      self.settings["adapter"], fields)
+                writes.append(("init", bank, state, self.fingerprint, self.settings["adapter"].kind,
+                               self.settings["adapter"], fields))
             else:
-                versions[bank] = self.store.write(bank, state, fields)
-            log(INFO, "round %d: bank %s -> v%d (%d sites)", fed_round, bank, versions[bank], len(group))
+                writes.append(("write", bank, state, fields))
+        entry = self._round_entry(server_round, pending, {}, dp)
+        if writes:
+            versions = self.store.commit_round(fed_round, writes, {"entry": entry, "drift": self.drift.state()})
+        for bank, version in versions.items():
+            log(INFO, "round %d: bank %s -> v%d", fed_round, bank, version)
         self._record_round(server_round, pending, versions, dp)
         self._pending = None
         return versions
@@ -285,6 +450,26 @@ class BankStrategy(FedAvg):
         return banks_to_update(modality, self.bank_strategy)
 
     def _record_round(self, server_round: int, pending: dict | None, versions: dict, dp: Mapping | None) -> None:
+        entry = self._round_entry(server_round, pending, versions, dp)
+        self.history = [h for h in self.history if h.get("round") != entry["round"]] + [entry]
+        _write_history(self.summary_path, self.history)
+
+    def _reconcile_history(self) -> None:
+        """Rounds the bank store committed but federation.json missed (a crash in between) are
+        added back from the store's journal; the drift detector resumes from the last entry."""
+        journal = self.store.journal()
+        known = {h.get("round") for h in self.history}
+        added = [j["summary"]["entry"] | {"versions": j.get("versions", {})} for j in journal
+                 if j.get("summary", {}).get("entry") and j.get("round") not in known]
+        if added:
+            self.history = sorted(self.history + added, key=lambda h: h.get("round", 0))
+            _write_history(self.summary_path, self.history)
+            log(WARNING, "federation.json lacked round(s) %s; restored them from the bank store's journal",
+                ", ".join(str(h["round"]) for h in added))
+        if journal:
+            self.drift.load(journal[-1].get("summary", {}).get("drift"))
+
+    def _round_entry(self, server_round: int, pending: dict | None, versions: dict, dp: Mapping | None) -> dict:
         outcomes = pending["outcomes"] if pending else {}
         sites = {}
         for node, sent in self.sent.items():
@@ -296,10 +481,10 @@ class BankStrategy(FedAvg):
                 "bytes_up": payload_nbytes(reply.delta) if reply else 0, "weight": float(reply.weight) if reply else 0.0,
                 "status": outcome.status, "reason": outcome.reason, "metrics": reply.metrics if reply else {},
             }
-        entry = {"round": self.federation_round(server_round), "time": round(time.time(), 3), "sites": sites,
-                 "versions": versions, "dp": dict(dp) if dp else None}
-        self.history.append(entry)
-        _write_history(self.summary_path, self.history)
+        for node, reason in self.refused_nodes.items():
+            sites.setdefault(f"node-{node}", {"node": node, "status": "refused", "reason": reason})
+        return {"round": self.federation_round(server_round), "time": round(time.time(), 3), "sites": sites,
+                "versions": versions, "dp": dict(dp) if dp else None}
 
 
 class PrivateBankStrategy(DifferentialPrivacyClientSideFixedClipping):
@@ -331,6 +516,20 @@ class PrivateBankStrategy(DifferentialPrivacyClientSideFixedClipping):
 
 
 # ------------------------------------------------------------------------------ helpers
+def _finite(delta: Mapping) -> bool:
+    try:
+        return all(np.isfinite(np.asarray(v, dtype=np.float64)).all() for v in delta.values())
+    except (TypeError, ValueError):
+        return False
+
+
+def error_text(error) -> str:
+    """A site's error as the coordinator records it: the code and its fixed name only. The reason
+    text is not kept (Flower would carry exception text there; fedpoint sites send a fixed one)."""
+    code = int(getattr(error, "code", -1))
+    return f"site error {code} ({P.SITE_ERROR_NAMES.get(code, 'not a fedpoint code')})"
+
+
 def _split_updates(record: ArrayRecord | None) -> dict[str, dict[str, np.ndarray]]:
     out: dict[str, dict[str, np.ndarray]] = {}
     for key, array in (record or {}).items():

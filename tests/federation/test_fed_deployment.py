@@ -140,9 +140,9 @@ def consortium(tmp_path_factory, tiny_base_2d):
         added = subprocess.run([DEPLOY / "add-connection.sh", "consortium", f"127.0.0.1:{c.port}", root / "certs" / "ca.crt"],
                                env=env, capture_output=True, text=True, timeout=60)
         assert added.returncode == 0, added.stderr
-        registered = subprocess.run([DEPLOY / "register-sites.sh", "consortium",
-                                     *[root / "certs" / "sites" / f"{s}.pub" for s in SITES]],
-                                    env=env, capture_output=True, text=True, timeout=180)
+        registered = subprocess.run([DEPLOY / "register-sites.sh", "consortium", root / "registry.json",
+                                     *[f"{root / 'certs' / 'sites' / s}.pub={m}" for s, m in SITES.items()]],
+                                    env={**env, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=180)
         assert registered.returncode == 0, registered.stdout + registered.stderr
         for site in ("site-a", "site-b", "site-c"):
             c.start_site(site)
@@ -156,7 +156,7 @@ def consortium(tmp_path_factory, tiny_base_2d):
 
 def run_config(c: Consortium, name: str, **extra) -> dict:
     return {"num-server-rounds": 2, "min-train-nodes": 3, "local-epochs": 1, "base": str(c.base),
-            "output-dir": str(c.root / name), "round-timeout": 300.0, **extra}
+            "output-dir": str(c.root / name), "round-timeout": 300.0, "site-registry": str(c.root / "registry.json"), **extra}
 
 
 def rounds(c: Consortium, name: str) -> list[dict]:

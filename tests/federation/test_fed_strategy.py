@@ -117,7 +117,7 @@ def test_bad_replies_are_rejected_and_banks_take_only_the_good_ones(coordinator)
     assert "non-finite" in reasons["site-4"]
     assert "shape" in reasons["site-5"]
     assert "'image'" in reasons["site-6"]
-    assert "median" in reasons["site-7"]
+    assert "absolute bound" in reasons["site-7"] or "median" in reasons["site-7"]
     assert "base" in reasons["site-8"]
     assert status["site-1"]["bytes_up"] == sum(v.nbytes for v in good[1].values())
     assert status["site-1"]["bytes_down"] == sum(v.nbytes for v in bank.values())
