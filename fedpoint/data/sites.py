@@ -10,12 +10,20 @@ too; they are ignored here):
     objects = ["lesion"]             # optional; shell-style patterns such as "nucleus-*" work
     shift = "scanner-b"
     seed = 3
+    slices = [0, 30]                 # optional: only slices 0..29 on the slicing axis (3D cases)
+    box = [[0, 256], [0, 256]]       # optional: only this pixel box (x0..x1-1, y0..y1-1) of each case
+
+Regions keep sites apart: two sites that draw the same case must take slice ranges at least
+`MIN_SLICE_GAP` slices apart or disjoint pixel boxes (`check_disjoint`, which experiments run).
+A box crops the case itself (pixels outside it are never seen; crops near its edge are padded
+with zeros) and leaves out the objects it cuts, so every object a site sees is whole.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field, replace
+from itertools import combinations
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from fedpoint.data.load import load_dataset
 from fedpoint.data.samples import Sample, make_samples
 from fedpoint.data.shifts import apply_shift, check_shift
-from fedpoint.data.types import Case, DataError, Dataset
+from fedpoint.data.types import Case, DataError, Dataset, LabelledObject
 
 try:
     import tomllib
@@ -47,6 +55,24 @@ class SiteSpec(BaseModel):
     cases: list[str] | None = None  # case ids to keep
     max_per_object: int | None = None
     join_round: int = 0  # > 0: a late joiner
+    slices: tuple[int, int] | None = None  # [lo, hi): slices lo..hi-1 on the slicing axis (the last)
+    box: tuple[tuple[int, int], ...] | None = None  # [[x0, x1], [y0, y1]): a pixel box on the other axes
+
+    @field_validator("slices")
+    @classmethod
+    def _range(cls, value):
+        if value is not None and not 0 <= value[0] < value[1]:
+            raise ValueError("must be [lo, hi] with 0 <= lo < hi (slices lo..hi-1)")
+        return value
+
+    @field_validator("box")
+    @classmethod
+    def _box(cls, value):
+        if value is None:
+            return value
+        if not 1 <= len(value) <= 3 or any(not 0 <= lo < hi for lo, hi in value):
+            raise ValueError("must be [[x0, x1], [y0, y1]] with 0 <= lo < hi on each axis (pixels lo..hi-1)")
+        return value
 
     @field_validator("shift")
     @classmethod
@@ -159,6 +185,84 @@ def load_site_specs(path: Path) -> list[SiteSpec]:
     return specs
 
 
+# ------------------------------------------------------------------------------------ disjoint sites
+MIN_SLICE_GAP = 2  # slices left unused between two sites' ranges of one case
+
+
+class SiteOverlapError(ValueError):
+    """Two sites would draw the same pixels (or neighbouring slices) of one case."""
+
+
+def check_disjoint(specs: list[SiteSpec], min_gap: int = MIN_SLICE_GAP) -> None:
+    """Refuse two sites that draw the same case of the same dataset unless their slice ranges lie at
+    least `min_gap` slices apart or their pixel boxes do not intersect. No `cases` means every case,
+    no `slices` every slice, no `box` the whole image. The error names both sites and the overlap."""
+    for a, b in combinations(specs, 2):
+        if a.dataset != b.dataset:
+            continue
+        if a.cases is not None and b.cases is not None:
+            shared = sorted(set(a.cases) & set(b.cases))
+            if not shared:
+                continue
+            what = f"case{'s' if len(shared) > 1 else ''} {', '.join(shared)}"
+        else:
+            named = a.cases if a.cases is not None else b.cases
+            what = "every case" if named is None else f"case{'s' if len(named) > 1 else ''} {', '.join(named)}"
+        if _slices_apart(a.slices, b.slices, min_gap) or _boxes_apart(a.box, b.box):
+            continue
+        raise SiteOverlapError(
+            f"sites {a.name} and {b.name} overlap: both draw {what} of {a.dataset}, "
+            f"{_describe_region(a)} and {_describe_region(b)}; give sites of one case slice ranges at least "
+            f"{min_gap} slices apart (slices = [lo, hi]) or disjoint pixel boxes (box = [[x0, x1], [y0, y1]])")
+
+
+def _slices_apart(a, b, min_gap: int) -> bool:
+    if a is None or b is None:
+        return False
+    gap = max(b[0] - a[1], a[0] - b[1])  # slices strictly between the two half-open ranges
+    return gap >= min_gap
+
+
+def _boxes_apart(a, b) -> bool:
+    if a is None or b is None:
+        return False
+    return any(ha <= lb or hb <= la for (la, ha), (lb, hb) in zip(a, b))
+
+
+def _describe_region(spec: SiteSpec) -> str:
+    slices = "every slice" if spec.slices is None else f"slices {spec.slices[0]}-{spec.slices[1] - 1}"
+    box = "the whole image" if spec.box is None else "box " + " x ".join(f"{lo}-{hi - 1}" for lo, hi in spec.box)
+    return f"{spec.name}: {slices}, {box}"
+
+
+def _region(case: Case, spec: SiteSpec) -> Case:
+    """The part of a case a site may use: its slice range (masks cleared outside it) and its pixel
+    box (image and masks cropped to it; objects the box cuts are left out)."""
+    if spec.slices is None and spec.box is None:
+        return case
+    image, masks = case.image, [(o, o.mask) for o in case.objects]
+    if spec.slices is not None:
+        if case.ndim < 3:
+            raise DataError(spec.dataset, f"site {spec.name}: slices applies to volumes; case {case.case_id} is {case.ndim}D")
+        lo, hi = spec.slices
+        if lo >= case.spatial_shape[-1]:
+            raise DataError(spec.dataset, f"site {spec.name}: slices {list(spec.slices)} lie past the "
+                            f"{case.spatial_shape[-1]} slices of case {case.case_id}")
+        keep = np.zeros(case.spatial_shape[-1], bool)
+        keep[lo:hi] = True
+        masks = [(o, m & keep) for o, m in masks]
+    if spec.box is not None:
+        in_plane = case.ndim - 1 if case.ndim >= 3 else case.ndim
+        if len(spec.box) > in_plane:
+            raise DataError(spec.dataset, f"site {spec.name}: box has {len(spec.box)} axes; case {case.case_id} "
+                            f"has {in_plane} besides the slicing axis")
+        window = tuple(slice(lo, hi) for lo, hi in spec.box)
+        image = np.ascontiguousarray(image[(slice(None), *window)])
+        masks = [(o, np.ascontiguousarray(m[window])) for o, m in masks if m[window].sum() == m.sum()]
+    objects = [LabelledObject(o.name, o.label, m, o.derived) for o, m in masks if m.any()]
+    return replace(case, image=image, objects=objects)
+
+
 def _select_cases(data: Dataset, spec: SiteSpec) -> list[Case]:
     cases = data.cases
     if spec.cases is not None:
@@ -167,6 +271,11 @@ def _select_cases(data: Dataset, spec: SiteSpec) -> list[Case]:
         if missing:
             raise DataError(spec.dataset, f"site {spec.name}: no cases {missing}; cases are {sorted(known)}")
         cases = [c for c in cases if c.case_id in spec.cases]
+    if spec.slices is not None or spec.box is not None:
+        cases = [_region(c, spec) for c in cases]
+        if not any(c.objects for c in cases):
+            raise DataError(spec.dataset, f"site {spec.name}: no whole object lies within "
+                            f"{_describe_region(spec).split(': ', 1)[1]}")
     if spec.objects is not None:
         cases = [replace(c, objects=[o for o in c.objects if _wanted(o.name, spec.objects)]) for c in cases]
         if not any(c.objects for c in cases):

@@ -8,7 +8,7 @@ strategies to compare, read from TOML and validated by pydantic.
     size = 96
     adapter = "norm"
     seeds = [0]
-    strategies = ["frozen", "local-online", "fed-banks"]   # default: all seven
+    strategies = ["frozen", "local-online", "fed-banks"]   # default: the eight main arms
     lr = 0.01
     full_lr = 0.001       # fed-full tunes every weight: a smaller step
     [adaptation]          # optional episode_* fields of AdaptationConfig
@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedpoint.data import SiteSpec
 from fedpoint.shared.config import AdaptationConfig, AdapterConfig, default_lr
-from fedpoint.simulations.strategies import STRATEGY_NAMES
+from fedpoint.simulations.strategies import ABLATIONS, DEFAULT_STRATEGIES, STRATEGY_NAMES
 
 try:
     import tomllib
@@ -40,7 +40,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 # Keys `--full` may override; the sites stay as declared (their stream lengths follow the rounds).
-FULL_OVERRIDABLE = ("rounds", "images_per_round", "clicks", "size", "seeds", "strategies", "adaptation", "lr", "full_lr")
+FULL_OVERRIDABLE = ("rounds", "images_per_round", "clicks", "size", "seeds", "strategies", "adaptation", "lr", "full_lr",
+                    "ablations")
 
 
 class ExperimentError(ValueError):
@@ -62,11 +63,21 @@ class ExperimentConfig(BaseModel):
     full_lr: float | None = Field(None, gt=0, le=1.0, description="learning rate when every weight is tuned "
                                   "(fed-full, local-full, or adapter = full); default: the full kind's")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    strategies: list[str] = Field(default_factory=lambda: list(STRATEGY_NAMES), min_length=1)
+    strategies: list[str] = Field(default_factory=lambda: list(DEFAULT_STRATEGIES), min_length=1,
+                                  description="default: every strategy but the ablation arms (ABLATIONS)")
     base: str | None = Field(None, description="base checkpoint name or path; default: the packaged base2d")
     threads: int | None = Field(None, ge=1, le=256, description="torch threads in the runner process")
     adaptation: dict[str, Any] = Field(default_factory=dict, description="episode_* fields of AdaptationConfig")
+    ablations: bool = Field(False, description="also run the ablation arms (mid only, post only, CCG off) "
+                            "when `strategies` is not given")
     sites: list[SiteSpec] = Field(min_length=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _with_ablations(cls, table):
+        if isinstance(table, dict) and table.get("ablations") and "strategies" not in table:
+            table = {**table, "strategies": list(DEFAULT_STRATEGIES) + list(ABLATIONS)}
+        return table
 
     @field_validator("adapter")
     @classmethod
@@ -118,6 +129,7 @@ class ExperimentConfig(BaseModel):
                                  "rounds never annotates; use fewer than `rounds`")
         if sum(s.join_round == 0 for s in self.sites) < 2:
             raise ValueError("sites: at least two sites must take part from the first round (join_round = 0)")
+        check_sites_disjoint(self.sites)
         return self
 
     # -------------------------------------------------------------------------------- derived
@@ -155,6 +167,17 @@ class ExperimentConfig(BaseModel):
     @property
     def modalities(self) -> list[str]:
         return sorted({s.modality or s.dataset for s in self.sites})
+
+
+def check_sites_disjoint(specs) -> None:
+    """Every site's images from disjoint subjects or regions (`fedpoint.data.sites.check_disjoint`):
+    a ValueError naming both sites and the overlap otherwise."""
+    from fedpoint.data.sites import SiteOverlapError, check_disjoint
+
+    try:
+        check_disjoint(list(specs))
+    except SiteOverlapError as err:
+        raise ValueError(f"sites: {err}") from None
 
 
 def site_seed(site_seed_value: int, experiment_seed: int) -> int:

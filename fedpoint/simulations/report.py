@@ -20,7 +20,7 @@ import numpy as np
 
 from fedpoint.simulations.strategies import DEFAULT_STRATEGY, STRATEGIES
 
-SITE_METRICS = ("dice1", "dice3", "dice5", "dice10", "noc85", "noc90", "nof")
+SITE_METRICS = ("dice1", "dice3", "dice5", "dice10", "dice_auc", "noc85", "noc90", "nof")
 REFERENCE = "frozen"
 FULL = "fed-full"
 
@@ -189,7 +189,8 @@ def comparisons_markdown(comps: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------------ tables
-HEADLINE_COLUMNS = (("noc90", "NoC@90", 2), ("dice3", "Dice@3", 3), ("dice5", "Dice@5", 3),
+HEADLINE_COLUMNS = (("noc85", "NoC@85", 2), ("noc90", "NoC@90", 2), ("dice3", "Dice@3", 3), ("dice5", "Dice@5", 3),
+                    ("dice_auc", "Dice-AUC", 3),
                     ("late_dice3", "late Dice@3", 3), ("bytes_per_round", "bytes/round", 0))
 
 
@@ -246,7 +247,7 @@ def per_site_markdown(images: list[dict], strategies: Sequence[str]) -> str:
                 rows.append([name] + [f"{np.mean([r[m] for r in mine]):.3f}" if m.startswith("dice") or m == "nof"
                                       else f"{np.mean([r[m] for r in mine]):.2f}" for m in SITE_METRICS]
                             + [str(len(mine))])
-        header = ["strategy", "Dice@1", "Dice@3", "Dice@5", "Dice@10", "NoC@85", "NoC@90", "NoF", "images"]
+        header = ["strategy", "Dice@1", "Dice@3", "Dice@5", "Dice@10", "Dice-AUC", "NoC@85", "NoC@90", "NoF", "images"]
         blocks.append(title + "\n\n" + markdown_table(header, rows))
     return "\n\n".join(blocks)
 
@@ -287,6 +288,15 @@ def noc90_by_site_markdown(images: list[dict], strategy: str = DEFAULT_STRATEGY,
     header = ["site", "modality", "role", f"NoC@90 {reference}", f"NoC@90 {strategy}", "reduction",
               f"never 0.90 ({strategy})"]
     return markdown_table(header, rows)
+
+
+def _default_lr(kind: str):
+    from fedpoint.shared.config import default_lr
+
+    try:
+        return default_lr(kind)
+    except ValueError:
+        return "?"
 
 
 def _ci(t: dict, scale: float, unit: str) -> str:
@@ -337,15 +347,16 @@ def write_report(results: dict, path, plots: Sequence[str] = ()) -> str:
         "",
         f"{len(exp['sites'])} sites ({', '.join(results['data']['modalities'])}), {exp['rounds']} rounds of "
         f"{exp['images_per_round']} images per site, {exp['clicks']} simulated clicks per image, "
-        f"{exp['size']}×{exp['size']} px, adapter `{exp['adapter']}` (lr {exp.get('lr')}"
-        + (f"; fed-full lr {exp['full_lr']}" if exp.get("full_lr") else "") + f"), seeds {exp['seeds']}. "
+        f"{exp['size']}×{exp['size']} px, adapter `{exp['adapter']}` (lr {exp.get('lr') or _default_lr(exp['adapter'])}"
+        f"; every-weight arms lr {exp.get('full_lr') or _default_lr('full')}), seeds {exp['seeds']}. "
         f"Means over {'shifted sites' if scope == 'shifted' else 'all sites (none is shifted)'} present from the first round"
         + (" and seeds, ± sd over seeds." if len(exp["seeds"]) > 1 else " (one seed: no sd)."),
         "",
         headline_markdown(headline),
         "",
-        "NoC@90: clicks until Dice ≥ 0.90, counted as 20 when not reached within the clicks simulated "
-        "(lower is better). Late Dice@3: the late joiners' first round of images. Bytes/round: adapter "
+        "NoC@85/NoC@90: clicks until Dice ≥ 0.85/0.90, counted as 20 when not reached within the clicks simulated "
+        "(lower is better). Dice-AUC: the mean Dice over clicks 1..n, the area under the Dice-vs-clicks "
+        "curve. Late Dice@3: the late joiners' first round of images. Bytes/round: adapter "
         "payloads up and down, all sites, per round.",
         "",
         "## Targets",

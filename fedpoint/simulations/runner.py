@@ -121,8 +121,13 @@ def _json_default(value):
 def build_experiment_sites(config: ExperimentConfig, seed: int, data_dir=None) -> tuple[list, dict]:
     """The sites of one seed (each dataset loaded once) and the data section of the results."""
     from fedpoint.data import build_site, load_dataset
+    from fedpoint.simulations.experiment import check_sites_disjoint
 
     specs = config.sites_for_seed(seed)
+    try:
+        check_sites_disjoint(specs)  # the loader checked too; a config built in code must pass as well
+    except ValueError as err:
+        raise ExperimentError(f"{config.name}: {err}") from None
     datasets = {}
     for spec in specs:
         if spec.dataset not in datasets:

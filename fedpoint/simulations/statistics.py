@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-METRICS = ("noc90", "dice3", "dice5")
+METRICS = ("noc90", "noc85", "dice3", "dice5", "dice_auc")
 # (a, b, scope) pairs that results.json always reports when both strategies ran
 PAIRS = (
     ("fed-banks", "frozen", "shifted"),
@@ -23,6 +23,16 @@ PAIRS = (
     ("fed-banks", "local-online", "late"),
     ("fed-banks", "frozen", "late"),
     ("local-online", "frozen", "shifted"),
+    ("fed-full", "local-full", "shifted"),  # federating every weight against tuning it alone
+    ("fed-banks", "local-full", "shifted"),
+    ("fed-full", "frozen", "shifted"),
+    # scenario configs (data-poor, modalities) read these on every site, shifted or not
+    ("fed-banks", "local-online", "all"),
+    ("fed-banks", "fed-general", "all"),
+    # ablations (named arms): each against the full online update on the same streams
+    ("local-mid", "local-online", "shifted"),
+    ("local-post", "local-online", "shifted"),
+    ("local-online-noccg", "local-online", "shifted"),
 )
 
 
@@ -40,8 +50,8 @@ def in_scope(record: dict, scope: str) -> bool:
 
 def paired(images: Sequence[dict], a: str, b: str, scope: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Values of `metric` for a and b on the units both annotated within `scope` (same order)."""
-    va = {unit(r): r[metric] for r in images if r["strategy"] == a and in_scope(r, scope)}
-    vb = {unit(r): r[metric] for r in images if r["strategy"] == b and in_scope(r, scope)}
+    va = {unit(r): r[metric] for r in images if r["strategy"] == a and metric in r and in_scope(r, scope)}
+    vb = {unit(r): r[metric] for r in images if r["strategy"] == b and metric in r and in_scope(r, scope)}
     keys = sorted(set(va) & set(vb))
     return np.array([va[k] for k in keys], float), np.array([vb[k] for k in keys], float)
 

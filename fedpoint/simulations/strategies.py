@@ -1,4 +1,5 @@
-"""The seven strategies an experiment compares, and how each one runs.
+"""The strategies an experiment compares (eight by default, plus named ablation arms), and how each
+one runs.
 
 Local strategies run the site code directly (`SiteEngine` + `run_stream`), one engine and one
 site store per site; federated ones run the Flower ServerApp and ClientApp on Flower's simulation
@@ -17,7 +18,7 @@ from typing import Callable, Literal
 
 # Every image record carries these keys (see docs/results-schema.md).
 IMAGE_KEYS = ("strategy", "seed", "site", "modality", "shift", "shifted", "late", "join_round", "round", "index",
-              "case_id", "object", "dices", "dice1", "dice3", "dice5", "dice10", "noc85", "noc90", "nof", "clicks",
+              "case_id", "object", "dices", "dice1", "dice3", "dice5", "dice10", "dice_auc", "noc85", "noc90", "nof", "clicks",
               "predict_ms", "update_ms", "post_ms", "seconds")
 ROUND_KEYS = ("strategy", "seed", "round", "site", "bytes_up", "bytes_down", "images", "seconds")
 
@@ -30,6 +31,8 @@ class Strategy:
     summary: str
     adapter: str | None = None  # None: the experiment's adapter kind
     bank_strategy: str | None = None  # federated: "general" (one bank) or "banks" (general + modality banks)
+    adaptation: tuple[tuple[str, object], ...] = ()  # AdaptationConfig overrides (ablations; local only)
+    ablation: bool = False  # not run unless named (`strategies = [...]` or --strategies)
 
     @property
     def federated(self) -> bool:
@@ -42,16 +45,25 @@ class Strategy:
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("frozen", "local", "frozen", "the base model, no adaptation"),
     Strategy("local-online", "local", "mid+post", "mid- and post-interaction updates at each site, alone"),
+    Strategy("local-full", "local", "mid+post", "online updates of every weight at each site, alone (the "
+             "fine-tuning baseline)", adapter="full"),
     Strategy("local-episodes", "local", "episodes", "training episodes on each site's annotation cache (CLoPA)"),
     Strategy("local-online+episodes", "local", "mid+post+episodes", "online updates and episodes, alone"),
     Strategy("fed-general", "federated", "mid+post", "online updates, federated into one site-general bank",
              bank_strategy="general"),
     Strategy("fed-banks", "federated", "mid+post", "online updates, federated into general + modality banks "
              "(fedpoint's default)", bank_strategy="banks"),
-    Strategy("fed-full", "federated", "mid+post", "online updates of every weight, full-model FedAvg (reference)",
-             adapter="full", bank_strategy="general"),
+    Strategy("fed-full", "federated", "mid+post", "online updates of every weight, full-model FedAvg into the "
+             "same general + modality banks as fed-banks (reference)", adapter="full", bank_strategy="banks"),
+    # ablations of the seeds' claims, on the same streams (local, so only the named setting differs)
+    Strategy("local-mid", "local", "mid", "ablation: mid-interaction updates only", ablation=True),
+    Strategy("local-post", "local", "post", "ablation: post-interaction updates only", ablation=True),
+    Strategy("local-online-noccg", "local", "mid+post", "ablation: online updates with the click-consistency "
+             "guidance off (ccg_beta = 0)", adaptation=(("ccg_beta", 0.0),), ablation=True),
 )}
-STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
+STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)  # every known arm, in canonical order
+DEFAULT_STRATEGIES: tuple[str, ...] = tuple(n for n, s in STRATEGIES.items() if not s.ablation)
+ABLATIONS: tuple[str, ...] = tuple(n for n, s in STRATEGIES.items() if s.ablation)
 DEFAULT_STRATEGY = "fed-banks"  # fedpoint's default: the one the headline targets are about
 
 
@@ -75,9 +87,16 @@ def image_record(raw: dict, *, strategy: str, seed: int, site, round_: int) -> d
     }
     for key in ("dice1", "dice3", "dice5", "dice10", "nof", "predict_ms", "update_ms", "post_ms", "seconds"):
         record[key] = float(raw.get(key, 0.0))
+    record["dice_auc"] = dice_auc(record["dices"])
     for key in ("noc85", "noc90", "clicks"):
         record[key] = int(raw[key])
     return record
+
+
+def dice_auc(dices: list[float]) -> float:
+    """Area under the Dice-vs-clicks curve, normalised to [0, 1]: the mean Dice over clicks 1..n
+    (each click's Dice held until the next), so it rewards reaching a good mask early."""
+    return float(sum(dices) / len(dices)) if dices else 0.0
 
 
 def run_local(strategy: Strategy, experiment, seed: int, sites: list, work, on_image: Callable[[dict], None] | None = None) -> dict:
@@ -101,8 +120,11 @@ def annotate_site(strategy: Strategy, experiment, seed: int, site, store_dir, on
     from fedpoint.client.evaluate import run_stream
 
     kind = strategy.adapter_kind(experiment.adapter)
+    adaptation = experiment.adaptation_config(strategy.mode, seed, kind)
+    if strategy.adaptation:
+        adaptation = adaptation.model_copy(update=dict(strategy.adaptation))
     engine = SiteEngine.create(
-        experiment.base, kind, experiment.adaptation_config(strategy.mode, seed, kind),
+        experiment.base, kind, adaptation,
         store=store_dir, campaign_size=len(site.samples), background_episodes=False, adapter_dir=adapter_dir)
     records: list[dict] = []
 
@@ -137,55 +159,44 @@ def local_rounds(strategy: str, seed: int, site: str, records: list[dict]) -> li
 def run_federated(strategy: Strategy, experiment, seed: int, sites: list, work,
                   on_image: Callable[[dict], None] | None = None) -> dict:
     """Run the Flower ServerApp and ClientApp on Flower's simulation engine, one virtual node per
-    site, and read back what the sites annotated. Returns {"images", "rounds", "federation"}."""
+    site, and read back what the sites annotated. Late joiners are nodes from the start, but the
+    coordinator samples a site with `join_round = j` only from round j + 1 (its sites-config entry
+    tells the strategy), so it receives the bank current at that round and contributes its deltas
+    from then on. Returns {"images", "rounds", "federation"}."""
     from fedpoint.simulations.federated import run_federation
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    regular = [s for s in sites if s.spec.join_round == 0]
-    late = [s for s in sites if s.spec.join_round > 0]
-    sites_toml = write_sites_toml([s.spec for s in regular], work / "sites.toml")
-    run_config = federation_run_config(strategy, experiment, seed, sites_toml, work) | {"min-train-nodes": len(regular)}
-    by_name = {s.name: s for s in regular}
+    starting = [s for s in sites if s.spec.join_round == 0]
+    sites_toml = write_sites_toml([s.spec for s in sites], work / "sites.toml")  # partition i = sites[i]
+    run_config = federation_run_config(strategy, experiment, seed, sites_toml, work) | {"min-train-nodes": len(starting)}
+    by_name = {s.name: s for s in sites}
 
     def progress(raw: dict, site_name: str, round_: int) -> None:
         if on_image is not None:
             on_image(image_record(raw, strategy=strategy.name, seed=seed, site=by_name[site_name], round_=round_))
 
     with RecordWatcher(work / "records", progress):
-        outcome = run_federation(run_config, num_sites=len(regular))
+        outcome = run_federation(run_config, num_sites=len(sites))
     images = read_records(work / "records", strategy.name, seed, by_name)
     rounds = federation_rounds(work, strategy.name, seed, images)
-    joined = run_late_joiners(strategy, experiment, seed, late, work, on_image)
-    return {"images": images + joined["images"], "rounds": rounds + joined["rounds"],
-            "federation": {"outcome": _plain(outcome), "late": joined["banks"]}}
+    late = joined_banks(work, [s.name for s in sites if s.spec.join_round > 0])
+    return {"images": images, "rounds": rounds, "federation": {"outcome": _plain(outcome), "late": late}}
 
 
-def run_late_joiners(strategy: Strategy, experiment, seed: int, late: list, work,
-                     on_image: Callable[[dict], None] | None = None) -> dict:
-    """Late joiners after the federation: each receives the bank that fits it (exported from the
-    bank store, as `fedpoint bank export` would) and annotates its stream from there with online
-    updates. Their first images measure cold start; they send nothing back."""
-    from fedpoint.server.banks import BankStore
-    from fedpoint.server.routing import bank_for_site
-    from fedpoint.shared.payload import payload_nbytes
-
-    images, rounds, banks = [], [], []
-    if not late:
-        return {"images": images, "rounds": rounds, "banks": banks}
-    store = BankStore(Path(work) / "banks", create=False)
-    for site in late:
-        bank = bank_for_site(site.modality, strategy.bank_strategy, store.banks())
-        received = store.latest(bank)
-        folder = Path(work) / "late" / site.name
-        exported = store.export(bank, received.version, folder / "bank", base=experiment.base, overwrite=True)
-        records, _ = annotate_site(strategy, experiment, seed, site, folder / "store", on_image, adapter_dir=exported)
-        site_rounds = local_rounds(strategy.name, seed, site.name, records)
-        site_rounds[0]["bytes_down"] = payload_nbytes(received.state)  # the bank it received on joining
-        images += records
-        rounds += site_rounds
-        banks.append({"site": site.name, "bank": bank, "version": received.version})
-    return {"images": images, "rounds": rounds, "banks": banks}
+def joined_banks(work, late_sites: list[str]) -> list[dict]:
+    """What each late joiner received in its first round: {site, round, bank, version}, from the
+    coordinator's round summary."""
+    summary = Path(work) / "federation.json"
+    history = json.loads(summary.read_text())["rounds"] if summary.exists() else []
+    out = []
+    for name in late_sites:
+        first = next((h for h in sorted(history, key=lambda h: h["round"]) if name in h["sites"]), None)
+        if first is not None:
+            info = first["sites"][name]
+            out.append({"site": name, "round": int(first["round"]), "bank": info.get("bank", ""),
+                        "version": info.get("bank_version")})
+    return out
 
 
 def federation_run_config(strategy: Strategy, experiment, seed: int, sites_toml, work) -> dict:

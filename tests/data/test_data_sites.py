@@ -110,3 +110,60 @@ def test_site_errors_for_unknown_cases_objects_and_duplicate_names(tmp_path):
         build_site(SiteSpec(name="a", dataset=data, objects=["liver"]))
     with pytest.raises(ValueError, match="unique"):
         build_sites([SiteSpec(name="a", dataset=data), SiteSpec(name="a", dataset=data)])
+
+
+# ------------------------------------------------------------------------------ regions and overlap
+def _volume_dataset():
+    from fedpoint.data import Case, Dataset, LabelledObject
+
+    image = np.random.default_rng(0).uniform(0, 1, (1, 32, 32, 20)).astype(np.float32)
+    blob = np.zeros((32, 32, 20), bool)
+    blob[8:20, 8:20, :] = True  # an object on every slice
+    return Dataset("vol", "MR", [Case("v1", image, (1.0, 1.0, 1.0), "MR", [LabelledObject("blob", 1, blob)])])
+
+
+def _field_dataset():
+    from fedpoint.data import Case, Dataset, LabelledObject
+
+    image = np.random.default_rng(1).uniform(0, 1, (1, 64, 64)).astype(np.float32)
+    objects = []
+    for k, (x, y) in enumerate([(8, 8), (40, 8), (8, 40), (40, 40), (28, 28)]):  # the last straddles x = 32
+        m = np.zeros((64, 64), bool)
+        m[x:x + 8, y:y + 8] = True
+        objects.append(LabelledObject(f"cell-{k}", k + 1, m))
+    return Dataset("field", "microscopy", [Case("f", image, (1.0, 1.0), "microscopy", objects)])
+
+
+def test_slices_keep_only_samples_from_the_range():
+    data = _volume_dataset()
+    site = build_site(SiteSpec(name="a", dataset="vol", slices=[5, 12], order="sorted"), size=(16, 16), dataset=data)
+    assert sorted(s.crop.index for s in site.samples) == list(range(5, 12))
+    with pytest.raises(DataError, match="slices applies to volumes"):
+        build_site(SiteSpec(name="b", dataset="field", slices=[0, 3]), size=(16, 16), dataset=_field_dataset())
+
+
+def test_a_box_crops_the_case_and_leaves_out_the_objects_it_cuts():
+    data = _field_dataset()
+    site = build_site(SiteSpec(name="a", dataset="field", box=[[0, 32], [0, 64]], order="sorted"), size=(16, 16),
+                      dataset=data)
+    assert [s.object_name for s in site.samples] == ["cell-0", "cell-2"]  # cell-4 is cut by x = 32
+    assert all(s.crop.grid_shape == (32, 64) for s in site.samples)  # pixels outside the box are never seen
+    with pytest.raises(DataError, match="no whole object"):
+        build_site(SiteSpec(name="b", dataset="field", box=[[60, 64], [60, 64]]), size=(16, 16), dataset=data)
+
+
+def test_check_disjoint_names_both_sites_and_the_overlap():
+    from fedpoint.data.sites import SiteOverlapError, check_disjoint
+
+    a = SiteSpec(name="a", dataset="vol", slices=[0, 10])
+    with pytest.raises(SiteOverlapError, match=r"sites a and b overlap: both draw every case of vol, a: slices 0-9"):
+        check_disjoint([a, SiteSpec(name="b", dataset="vol", slices=[9, 20])])
+    with pytest.raises(SiteOverlapError, match="at least 2 slices apart"):
+        check_disjoint([a, SiteSpec(name="b", dataset="vol", slices=[11, 20])])
+    check_disjoint([a, SiteSpec(name="b", dataset="vol", slices=[12, 20])])
+    check_disjoint([SiteSpec(name="b", dataset="vol", box=[[0, 16], [0, 32]]),  # disjoint boxes, any slices
+                    SiteSpec(name="c", dataset="vol", slices=[0, 10], box=[[16, 32], [0, 32]])])
+    check_disjoint([SiteSpec(name="a", dataset="vol", cases=["v1"]), SiteSpec(name="b", dataset="vol", cases=["v2"])])
+    check_disjoint([SiteSpec(name="a", dataset="vol"), SiteSpec(name="b", dataset="other")])
+    with pytest.raises(ValueError, match="lo < hi"):
+        SiteSpec(name="a", dataset="vol", slices=[5, 5])

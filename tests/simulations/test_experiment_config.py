@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from fedpoint.simulations.experiment import ExperimentError, experiment_from_dict, load_experiment
-from fedpoint.simulations.strategies import STRATEGY_NAMES
+from fedpoint.simulations.strategies import ABLATIONS, DEFAULT_STRATEGIES
 
 SITES = [
-    {"name": "a", "dataset": "stardist-nuclei", "shift": "noise"},
+    {"name": "a", "dataset": "stardist-nuclei", "shift": "noise", "box": [[0, 256], [0, 512]]},
     {"name": "b", "dataset": "pyradiomics-brain"},
-    {"name": "late", "dataset": "stardist-nuclei", "join_round": 1},
+    {"name": "late", "dataset": "stardist-nuclei", "join_round": 1, "box": [[256, 512], [0, 512]]},
 ]
 
 
@@ -21,9 +21,25 @@ def config(**fields):
 @pytest.mark.parametrize("name", ["demo", "tiny"])
 def test_packaged_configs_load_with_all_strategies_and_late_joiners(name):
     exp = load_experiment(name)
-    assert exp.strategies == list(STRATEGY_NAMES)
+    assert exp.strategies == list(DEFAULT_STRATEGIES)
     assert exp.late_sites, "every packaged experiment measures cold start"
     assert len({s.modality or s.dataset for s in exp.sites}) >= 2
+
+
+def test_scenario_configs_load_with_what_they_promise():
+    from fedpoint.configs import named_configs
+
+    assert {"data-poor", "modalities", "many-sites"} <= set(named_configs())
+    poor = load_experiment("data-poor")
+    assert len(poor.sites) >= 8 and all(3 <= poor.stream_length(s) <= 6 for s in poor.sites)
+    assert {"local-online", "fed-general", "fed-banks"} <= set(poor.strategies)
+    mixed = load_experiment("modalities")
+    assert {"pyradiomics-lung", "stardist-nuclei"} <= {s.dataset for s in mixed.sites}
+    assert {"mni152", "pyradiomics-brain"} & {s.dataset for s in mixed.sites}  # MR
+    many = load_experiment("many-sites")
+    assert len(many.sites) >= 50 and many.rounds == 1 and many.size <= 48
+    for name in ("data-poor", "modalities", "many-sites"):
+        load_experiment(name, full=True)  # --full must load too
 
 
 def test_demo_has_two_modalities_four_sites_and_a_late_joiner_per_modality():
@@ -39,6 +55,13 @@ def test_demo_has_two_modalities_four_sites_and_a_late_joiner_per_modality():
     late_modalities = {s.modality or modality[s.dataset] for s in exp.late_sites}
     assert len(regular_modalities) >= 2 and late_modalities == regular_modalities
     assert datasets <= set(modality)
+
+
+def test_ablation_arms_run_when_asked_for():
+    assert not set(ABLATIONS) & set(config().strategies)
+    assert set(ABLATIONS) <= set(config(ablations=True).strategies)
+    named = config(strategies=["local-online", "local-post"])
+    assert named.strategies == ["local-online", "local-post"]
 
 
 def test_full_overrides_and_keyword_overrides():
@@ -114,3 +137,55 @@ def test_streams_follow_rounds_and_seeds():
 def test_unknown_config_name_lists_the_packaged_ones():
     with pytest.raises(FileNotFoundError, match="demo"):
         load_experiment("no-such-experiment")
+
+
+# ------------------------------------------------------------------------------ disjoint sites
+CT = {"dataset": "pyradiomics-lung", "cases": ["lung2"]}
+
+
+def test_two_sites_on_the_same_slices_are_refused_naming_both_and_the_overlap():
+    sites = [{"name": "ct-a", **CT, "slices": [0, 30]}, {"name": "ct-b", **CT, "slices": [10, 40]}, SITES[1]]
+    with pytest.raises(ExperimentError) as err:
+        config(sites=sites)
+    message = str(err.value)
+    assert message.startswith("x.toml: sites: sites ct-a and ct-b overlap")
+    assert "case lung2 of pyradiomics-lung" in message and "slices 0-29" in message and "slices 10-39" in message
+
+
+def test_slice_ranges_need_a_gap_of_two_slices():
+    touching = [{"name": "ct-a", **CT, "slices": [0, 30]}, {"name": "ct-b", **CT, "slices": [31, 40]}, SITES[1]]
+    with pytest.raises(ExperimentError, match="at least 2 slices apart"):
+        config(sites=touching)  # one slice between them: too close
+    apart = [touching[0], {**touching[1], "slices": [32, 40]}, SITES[1]]
+    assert [s.slices for s in config(sites=apart).sites[:2]] == [(0, 30), (32, 40)]
+
+
+def test_sites_without_a_region_on_a_shared_case_are_refused():
+    # no `cases` means every case, no `slices` every slice: the old demo's late joiner
+    sites = [{"name": "ct-a", **CT}, {"name": "ct-late", "dataset": "pyradiomics-lung", "join_round": 1}, SITES[1]]
+    with pytest.raises(ExperimentError, match="sites ct-a and ct-late overlap: both draw case lung2"):
+        config(sites=sites)
+    other_patient = [{"name": "ct-a", **CT}, {"name": "ct-b", "dataset": "pyradiomics-lung", "cases": ["lung1"]}, SITES[1]]
+    assert len(config(sites=other_patient).sites) == 3
+
+
+def test_overlapping_pixel_boxes_are_refused_disjoint_tiles_pass():
+    tile = {"dataset": "stardist-nuclei"}
+    overlapping = [{"name": "n-a", **tile, "box": [[0, 300], [0, 256]]},
+                   {"name": "n-b", **tile, "box": [[256, 512], [0, 256]]}, SITES[1]]
+    with pytest.raises(ExperimentError, match=r"sites n-a and n-b overlap.*box 0-299 x 0-255.*box 256-511 x 0-255"):
+        config(sites=overlapping)
+    tiles = [{**overlapping[0], "box": [[0, 256], [0, 256]]}, overlapping[1], SITES[1]]
+    assert len(config(sites=tiles).sites) == 3
+
+
+def test_the_runner_checks_sites_built_in_code_too():
+    from fedpoint.data import SiteSpec
+    from fedpoint.simulations.experiment import ExperimentConfig
+    from fedpoint.simulations.runner import build_experiment_sites
+
+    sites = [{"name": "n-a", "dataset": "stardist-nuclei"}, {"name": "n-b", "dataset": "stardist-nuclei"}]
+    unchecked = ExperimentConfig.model_construct(**{**config().model_dump(exclude={"sites"}),
+                                                    "sites": [SiteSpec(**s) for s in sites]})
+    with pytest.raises(ExperimentError, match="sites n-a and n-b overlap"):
+        build_experiment_sites(unchecked, 0)

@@ -17,7 +17,7 @@ def rec(strategy, seed, site, index, noc90, dice3, *, shifted=True, late=False, 
     return {"strategy": strategy, "seed": seed, "site": site, "modality": "CT", "shift": "bias" if shifted else "none",
             "shifted": shifted, "late": late, "join_round": join, "round": join + index // IPR + 1, "index": index,
             "case_id": f"{site}-{index}", "object": "lesion", "dices": [dice3] * 3, "dice1": dice3, "dice3": dice3,
-            "dice5": dice3 if dice5 is None else dice5, "dice10": dice3, "noc85": noc90, "noc90": noc90,
+            "dice5": dice3 if dice5 is None else dice5, "dice10": dice3, "dice_auc": dice3, "noc85": noc90, "noc90": noc90,
             "nof": float(noc90 == 20), "clicks": 3, "predict_ms": 5.0, "update_ms": 7.0, "post_ms": 9.0, "seconds": 0.5}
 
 

@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fedpoint.simulations.strategies import IMAGE_KEYS, ROUND_KEYS, STRATEGY_NAMES
+from fedpoint.simulations.strategies import DEFAULT_STRATEGIES, IMAGE_KEYS, ROUND_KEYS
+
+STRATEGY_NAMES = DEFAULT_STRATEGIES
 
 FEDPOINT = [str(Path(sys.executable).with_name("fedpoint"))]
-HEADLINE_KEYS = ("noc90", "dice3", "dice5", "bytes_per_round", "late_dice3")
+HEADLINE_KEYS = ("noc85", "noc90", "dice3", "dice5", "dice_auc", "bytes_per_round", "late_dice3")
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +53,21 @@ def test_every_strategy_produces_numbers(tiny_run):
         assert late and all(r["round"] == 2 for r in late), "the late joiner misses round 1"
     assert all(set(ROUND_KEYS) <= set(r) for r in results["rounds"])
     head = results["headline"]
-    for name in ("frozen", "local-online", "local-episodes", "local-online+episodes"):
+    for name in ("frozen", "local-online", "local-full", "local-episodes", "local-online+episodes"):
         assert head[name]["bytes_per_round"] == 0
     # the federated strategies measured their payloads; full-model FedAvg moves far more bytes
     assert 0 < head["fed-general"]["bytes_per_round"] == head["fed-banks"]["bytes_per_round"]
     assert head["fed-full"]["bytes_per_round"] > 20 * head["fed-banks"]["bytes_per_round"]
     fed_rounds = [r for r in results["rounds"] if r["strategy"] == "fed-banks" and r["site"] != "nuclei-late"]
     assert sorted({r["round"] for r in fed_rounds}) == [1, 2] and all(r["bytes_up"] > 0 for r in fed_rounds)
+    for name in ("fed-general", "fed-banks", "fed-full"):
+        # true joining: the late joiner is sampled from round 2 only, gets that round's bank and sends a delta
+        joined = [r for r in results["rounds"] if r["strategy"] == name and r["site"] == "nuclei-late"]
+        assert [r["round"] for r in joined] == [2] and joined[0]["bytes_up"] > 0 and joined[0]["status"] == "accepted", name
+        late = next(f for f in results["federation"] if f["strategy"] == name)["late"]
+        assert [(x["site"], x["round"]) for x in late] == [("nuclei-late", 2)], name
+    assert {r["bank"] for r in results["rounds"] if r["strategy"] == "fed-full" and r["round"] == 2} == \
+        {r["bank"] for r in results["rounds"] if r["strategy"] == "fed-banks" and r["round"] == 2}  # same routing
     assert {t["name"] for t in results["targets"]} == {"noc90-reduction", "late-joiner-dice3", "bytes-vs-full"}
     assert all(t["held"] in (True, False) for t in results["targets"])
     assert results["episodes"], "the episode strategies ran at least one episode"
