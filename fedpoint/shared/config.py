@@ -91,7 +91,7 @@ class AdapterConfig(_Strict):
 # demo's shifts applied, never on an evaluation dataset (docs/engine.md, "Choosing the defaults").
 KIND_DEFAULTS: dict[str, dict[str, float]] = {
     "norm": {"lr": 1e-3},
-    "norm+stem": {"lr": 1e-3},
+    "norm+stem": {"lr": 1e-4},
     "lora": {"lr": 1e-3},
     "full": {"lr": 1e-4},
 }

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from fedpoint.shared.clicks import Click, encode_clicks
 from fedpoint.shared.config import ModelConfig
 
-CONTEXT_FACTOR = 2          # first-click window side = CONTEXT_FACTOR * input_size native voxels
+CONTEXT_FACTOR = 1          # first-click window side = CONTEXT_FACTOR * input_size native voxels (chosen on dev-split)
 ZOOM_EXPAND = 1.4           # later clicks: the mask + clicks box, expanded this much
 MIN_SIZE_FACTOR = 0.5       # ... and at least this share of input_size a side
 BACKGROUND_LOGIT = -1.0e4   # what `paste` puts outside the window for logits
@@ -48,7 +48,7 @@ BACKGROUND_LOGIT = -1.0e4   # what `paste` puts outside the window for logits
 class FocusConfig:
     """Where the network looks. `None` means "derive from the model's input_size" (see module doc)."""
 
-    context: int | None = None     # first-click window side, native voxels (default 2 * input_size)
+    context: int | None = None     # first-click window side, native voxels (default CONTEXT_FACTOR * input_size)
     expand: float = ZOOM_EXPAND     # zoom window: expansion of the mask + clicks bounding box
     min_size: int | None = None    # zoom window: smallest side, native voxels (default input_size // 2)
 

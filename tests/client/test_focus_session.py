@@ -59,7 +59,7 @@ def test_session_on_512_slice_returns_full_masks_and_network_sees_crops(tiny_bas
     assert shapes and all(max(s) <= working for s in shapes)  # never the whole 512 x 512 slice
     rec = session.record()
     first = rec["windows"][0]
-    assert first["size"] == [192, 192]  # 2 x input_size, centred on the click
+    assert first["size"] == [96, 96]  # CONTEXT_FACTOR (1) x input_size, centred on the click
     assert all(abs(s + n / 2 - p) <= 1 for s, n, p in zip(first["start"], first["size"], centre))
     assert all(len(w["start"]) == 2 for w in rec["windows"]) and rec["post_window"] is not None
     # later windows zoom on the mask and the clicks

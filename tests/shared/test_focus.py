@@ -20,7 +20,7 @@ def _ball(shape, centre, radius):
 
 def test_focus_config_defaults_follow_the_working_size():
     f = FocusConfig().resolve(DEEP)
-    assert f.context == CONTEXT_FACTOR * 96 == 192 and f.min_size == 48 and f.expand == 1.4
+    assert f.context == CONTEXT_FACTOR * 96 == 96 and f.min_size == 48 and f.expand == 1.4
     assert FocusConfig(context=150, min_size=20).resolve(DEEP).context == 150
     with pytest.raises(ValueError, match="expand"):
         FocusConfig(expand=0.9)
