@@ -38,6 +38,7 @@ class SiteModel:
         self.optimizer = torch.optim.Adam(adapter.trainable_parameters(), lr=self.lr)
         self.online_guard = OnlineGuard.from_config(self.adapt_cfg)
         self.lock = threading.RLock()
+        self.online_guard.set_anchor(self)
         self.version = 0
         self.steps = 0
 
@@ -137,6 +138,7 @@ class SiteModel:
         except (ValueError, KeyError, RuntimeError):
             self.optimizer = torch.optim.Adam(self.adapter.trainable_parameters(), lr=self.lr)
             return False
+        self.online_guard.set_anchor(self)
         return True
 
     def swap_state(self, state: State, reset_optimizer: bool = True) -> None:
@@ -145,4 +147,5 @@ class SiteModel:
             self.adapter.load_state(state)
             if reset_optimizer:
                 self.optimizer = torch.optim.Adam(self.adapter.trainable_parameters(), lr=self.lr)
+            self.online_guard.set_anchor(self)  # what the guard validated against has changed
             self.version += 1

@@ -72,17 +72,38 @@ class OnlineGuard:
     replay: int = 4
     tolerance: float = 0.02
     enabled: bool = True
+    radius: float = 0.02   # trust region: RMS per value of the adapter's distance from the anchor
     counts: dict[str, int] = field(default_factory=lambda: {"mid_kept": 0, "mid_rejected": 0,
-                                                            "post_kept": 0, "post_rejected": 0})
+                                                            "post_kept": 0, "post_rejected": 0, "rolled_back": 0})
     events: list[dict] = field(default_factory=list)
     listener: Callable[[dict], None] | None = None  # e.g. the site store's log (SiteEngine sets it)
 
     def __post_init__(self) -> None:
         self.cases: deque[ReplayCase] = deque(maxlen=max(self.replay, 1))
+        self.anchor: Snapshot | None = None  # the last state that validated best on the replay cases
 
     @classmethod
     def from_config(cls, cfg) -> "OnlineGuard":
-        return cls(cfg.guard_consistency, cfg.guard_replay, cfg.guard_tolerance, cfg.guard)
+        return cls(cfg.guard_consistency, cfg.guard_replay, cfg.guard_tolerance, cfg.guard, cfg.guard_radius)
+
+    def project(self, model) -> bool:
+        """Trust region: pull the adapter back onto the ball of RMS `radius` around the anchor (a
+        kept step may not carry the site further from its last validated state). True if it had to."""
+        if not self.enabled or self.anchor is None or self.radius <= 0:
+            return False
+        params = dict(model.adapter.net.named_parameters())
+        with model.lock, torch.no_grad():
+            deltas = {n: params[n] - self.anchor.state[n].to(params[n].device) for n in model.adapter.names}
+            sq = sum(float((d.float() ** 2).sum()) for d in deltas.values())
+            count = sum(d.numel() for d in deltas.values())
+            rms = (sq / max(count, 1)) ** 0.5
+            if rms <= self.radius:
+                return False
+            scale = self.radius / rms
+            for n, d in deltas.items():
+                params[n].copy_(self.anchor.state[n].to(params[n].device) + d * scale)
+        self.counts["projected"] = self.counts.get("projected", 0) + 1
+        return True
 
     def _decide(self, stage: str, ok: bool, reason: str, case_id: str, **figures) -> bool:
         self.counts[f"{stage}_{'kept' if ok else 'rejected'}"] += 1
@@ -145,6 +166,41 @@ class OnlineGuard:
                                     f"({before_replay:.3f} -> {after_replay:.3f})", case_id,
                                     before=before_replay, after=after_replay)
         return self._decide("post", True, "", case_id)
+
+    # ------------------------------------------------------------------------------ rolling check
+    def set_anchor(self, model) -> None:
+        self.anchor = snapshot(model)
+
+    def rolling_check(self, model, case_id: str = "") -> bool:
+        """After an accept: many small kept steps can still add up to harm. Score the live model
+        and the anchor (the last state that validated at least as well) on the replay cases; when
+        the live one is worse by more than `tolerance`, go back to the anchor (weights and Adam
+        state), else a live state at least as good becomes the new anchor. Returns False on a
+        rollback."""
+        if not self.enabled or not self.cases:
+            return True
+        if self.anchor is None:
+            self.set_anchor(model)
+            return True
+        live = self.replay_score(model)
+        with model.lock:
+            current = snapshot(model)
+            model.adapter.load_state(self.anchor.state)
+            anchored = self.replay_score(model)
+            model.adapter.load_state(current.state)
+        if live < anchored - self.tolerance:
+            restore(model, self.anchor)
+            self.counts["rolled_back"] += 1
+            event = {"stage": "rolling", "case": case_id, "reason": f"one-click Dice on the last {len(self.cases)} accepted "
+                     f"cases {live:.3f} < {anchored:.3f} of the last validated state: rolled back to it",
+                     "live": round(live, 4), "anchor": round(anchored, 4)}
+            self.events.append(event)
+            if self.listener is not None:
+                self.listener(event)
+            return False
+        if live >= anchored:
+            self.anchor = current
+        return True
 
     def remember(self, image_c: torch.Tensor, target_c: torch.Tensor, click_c: Click) -> None:
         if self.replay:

@@ -136,6 +136,8 @@ class AnnotationSession:
                 if not keep:
                     restore(model, snap)
                     self.rejected.append(guard.events[-1])
+                elif guard.project(model):
+                    after = None  # the projected model differs from the one checked
             update_ms = (time.perf_counter() - t1) * 1e3
             if self.repredict and after is not None:  # the guard already predicted with the updated model
                 mask = enforce_clicks(paste(after.bool(), window, shape).float(), clicks)
@@ -189,7 +191,11 @@ class AnnotationSession:
                 if not guard.check_post(self.model, before_replay, before_own, *own, case_id=self.case_id):
                     restore(self.model, snap)
                     self.rejected.append(guard.events[-1])
+                else:
+                    guard.project(self.model)
                 guard.remember(image_c, target_t, first_c)
+                if not guard.rolling_check(self.model, self.case_id):
+                    self.rejected.append(guard.events[-1])
             self.post_window = window
             self.post_ms = (time.perf_counter() - t0) * 1e3
         self.accepted = final

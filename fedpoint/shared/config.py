@@ -119,6 +119,7 @@ class AdaptationConfig(_Strict):
     guard_consistency: float = Field(0.9, ge=0, le=1.0)
     guard_replay: int = Field(4, ge=0, le=64)
     guard_tolerance: float = Field(0.02, ge=0, le=1.0)
+    guard_radius: float = Field(0.02, ge=0, description="trust region around the last validated adapter (RMS per value); 0: off")
     mid_steps: int = Field(1, ge=0, le=20)
     post_steps: int = Field(1, ge=0, le=20)
     post_clicks: int = Field(10, ge=0, le=100, description="artificial clicks in stage 2, largest error components")

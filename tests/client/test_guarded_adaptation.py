@@ -56,7 +56,7 @@ def test_a_gentle_mid_update_is_kept(tiny_base_2d, blob):
     session = engine.open(image)
     session.click((16, 16), True)
     session.click((3, 3), False)
-    assert engine.model.online_guard.counts == {"mid_kept": 1, "mid_rejected": 0, "post_kept": 0, "post_rejected": 0}
+    assert engine.model.online_guard.counts == {"mid_kept": 1, "mid_rejected": 0, "post_kept": 0, "post_rejected": 0, "rolled_back": 0}
     assert any(not torch.equal(before[k], v) for k, v in engine.adapter.state().items())
 
 
@@ -266,3 +266,19 @@ def test_rejections_land_in_the_site_log_with_their_reason(tiny_base_2d, tmp_pat
     session.click((2, 2), False)
     logged = [e for e in engine.store.read_log() if e["event"] == "online-guard-rejected"]
     assert len(logged) == 1 and logged[0]["stage"] == "mid" and logged[0]["case"] == "c1" and logged[0]["reason"]
+
+
+def test_drift_that_each_check_allowed_is_rolled_back_to_the_last_validated_state(tiny_base_2d, blob):
+    """Many kept steps can add up: when the live model scores worse than the anchor on the replay
+    cases, the rolling check restores the anchor exactly."""
+    engine = _engine(tiny_base_2d, "post", lr=1e-4, guard_replay=3)
+    run_stream(engine, _samples(blob, 3), clicks=2)
+    guard = engine.model.online_guard
+    anchor = {k: v.clone() for k, v in guard.anchor.state.items()}
+    with torch.no_grad():  # drift the live model far away, as if many small steps had been kept
+        for name, p in engine.adapter.net.named_parameters():
+            if name in engine.adapter.names:
+                p.fill_(0.0 if name.endswith("weight") else -50.0)
+    assert guard.rolling_check(engine.model, "drifted") is False
+    assert guard.counts["rolled_back"] == 1 and "rolled back" in guard.events[-1]["reason"]
+    assert all(torch.equal(anchor[k], v) for k, v in engine.adapter.state().items())
