@@ -32,10 +32,7 @@ def describe(err: Exception) -> str:
     from pydantic import ValidationError
 
     if isinstance(err, ValidationError):
-        parts = []
-        for e in err.errors():
-            where = ".".join(str(p) for p in e["loc"])
-            message = e["msg"].removeprefix("Value error, ")
-            parts.append(f"{where}: {message}" if where else message)
-        return "; ".join(parts)
+        from fedpoint.shared.config import describe_errors
+
+        return describe_errors(err)
     return str(err)

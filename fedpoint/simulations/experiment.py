@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedpoint.data import SiteSpec
-from fedpoint.shared.config import AdaptationConfig, AdapterConfig, default_lr
+from fedpoint.shared.config import AdaptationConfig, AdapterConfig, default_lr, describe_errors
 from fedpoint.simulations.strategies import ABLATIONS, DEFAULT_STRATEGIES, STRATEGY_NAMES
 
 try:
@@ -214,11 +214,3 @@ def experiment_from_dict(table: dict[str, Any], full: bool = False, source: str 
         raise ExperimentError(f"{source}: {describe_errors(err)}") from err
 
 
-def describe_errors(err: ValidationError) -> str:
-    """`field.sub: message` for each problem, joined by `; `."""
-    parts = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"])
-        message = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)
