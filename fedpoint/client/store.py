@@ -93,6 +93,24 @@ def check_safetensors(path: Path) -> str | None:
     return None if size >= 8 + length + end else f"truncated ({size} bytes, its header declares {8 + length + end})"
 
 
+def adapter_folder_problem(folder: Path, rel: str) -> str | None:
+    """Why the saved adapter in `folder` cannot be loaded, naming the file by `rel`, or None."""
+    try:
+        manifest = json.loads((folder / "fedpoint_adapter.json").read_text())
+        if not isinstance(manifest, dict) or "config" not in manifest:
+            return f"{rel}/fedpoint_adapter.json: no adapter config in it"
+    except (OSError, ValueError) as err:
+        return f"{rel}/fedpoint_adapter.json: {type(err).__name__}: {err}"
+    tensors = sorted(folder.glob("*.safetensors"))
+    if not tensors:
+        return f"{rel}: no .safetensors file"
+    for path in tensors:
+        reason = check_safetensors(path)
+        if reason:
+            return f"{rel}/{path.name}: {reason}"
+    return None
+
+
 class SiteStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -295,20 +313,7 @@ class SiteStore:
     def check_adapter(self, version: int) -> str | None:
         """Why an adapter version cannot be loaded (naming the file), or None; no torch needed."""
         folder = self.root / "adapters" / f"v{version:04d}"
-        try:
-            manifest = json.loads((folder / "fedpoint_adapter.json").read_text())
-            if not isinstance(manifest, dict) or "config" not in manifest:
-                return f"adapters/{folder.name}/fedpoint_adapter.json: no adapter config in it"
-        except (OSError, ValueError) as err:
-            return f"adapters/{folder.name}/fedpoint_adapter.json: {type(err).__name__}: {err}"
-        tensors = sorted(folder.glob("*.safetensors"))
-        if not tensors:
-            return f"adapters/{folder.name}: no .safetensors file"
-        for path in tensors:
-            reason = check_safetensors(path)
-            if reason:
-                return f"adapters/{folder.name}/{path.name}: {reason}"
-        return None
+        return adapter_folder_problem(folder, f"adapters/{folder.name}")
 
     def usable_adapter(self, skip: tuple[int, ...] = ()) -> Path | None:
         """The current adapter version if it can be loaded, else the newest older one that can (each

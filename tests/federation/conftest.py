@@ -63,12 +63,3 @@ def write_sites_config_fixture():
     return write_sites_config
 
 
-@pytest.fixture
-def task_identity():
-    """Instruction Messages need a task identity, as inside a running ServerApp."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

@@ -3,7 +3,6 @@ it only from round join_round + 1, and then sends it the bank current at that ro
 
 from __future__ import annotations
 
-import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedpoint.server.banks import BankStore
@@ -32,16 +31,6 @@ class FakeGrid:
             replies.append(Message(RecordDict({P.CONFIG: ConfigRecord({P.SITE_ID: site, P.MODALITY: modality})}),
                                    reply_to=msg))
         return replies
-
-
-@pytest.fixture
-def task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 def strategy_for(base, tmp_path, join_rounds, **kw) -> BankStrategy:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fedpoint.client.service.images import IMAGE_SUFFIXES, ImageError, read_array, split_suffix
 from fedpoint.client.service.journal import JOURNAL_PREFIX
-from fedpoint.client.store import SiteStore, check_id, check_safetensors
+from fedpoint.client.store import SiteStore, adapter_folder_problem, check_id
 
 
 @dataclass
@@ -35,23 +35,6 @@ class CheckReport:
 
     def add(self, severity: str, file: str, reason: str) -> None:
         self.findings.append(Finding(severity, file, reason))
-
-
-def _adapter_folder_reason(folder: Path, rel: str) -> str | None:
-    try:
-        manifest = json.loads((folder / "fedpoint_adapter.json").read_text())
-        if not isinstance(manifest, dict) or "config" not in manifest:
-            return f"{rel}/fedpoint_adapter.json: no adapter config in it"
-    except (OSError, ValueError) as err:
-        return f"{rel}/fedpoint_adapter.json: {type(err).__name__}: {err}"
-    tensors = sorted(folder.glob("*.safetensors"))
-    if not tensors:
-        return f"{rel}: no .safetensors file"
-    for path in tensors:
-        reason = check_safetensors(path)
-        if reason:
-            return f"{rel}/{path.name}: {reason}"
-    return None
 
 
 def _split(reason: str) -> tuple[str, str]:
@@ -111,7 +94,7 @@ def check_store(root: Path, quarantine: bool = False) -> CheckReport:
     banks = root / "banks"
     for bank in sorted(p for p in banks.iterdir() if p.is_dir()):
         for folder in sorted(p for p in bank.glob("v[0-9]*") if p.is_dir()):
-            reason = _adapter_folder_reason(folder, f"banks/{bank.name}/{folder.name}")
+            reason = adapter_folder_problem(folder, f"banks/{bank.name}/{folder.name}")
             if reason:
                 report.add("error", *_split(reason))
     latest = banks / "latest.json"
