@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from fedpoint.cli.choices import ADAPTER_KINDS, MODES, SHIFTS, choice
-from fedpoint.simulations.pretrain_config import PRETRAIN_DEFAULTS
+from fedpoint.simulations.pretrain_config import PRETRAIN3D_DEFAULTS, PRETRAIN_DEFAULTS
 
 
 def _fail(message: str) -> None:
@@ -52,26 +52,33 @@ def _stop_on_sigterm() -> None:
 
 
 def pretrain(
-    out: Path = typer.Option(Path("base2d"), help="Checkpoint path without suffix (.safetensors, .json card and .ckpt are written)."),
+    out: Optional[Path] = typer.Option(None, help="Checkpoint path without suffix (.safetensors, .json card and .ckpt are written); default base2d / base3d."),
+    spatial_dims: int = typer.Option(2, min=2, max=3, help="2: the 2D base on slices and images; 3: the 3D base on volumes."),
     sources: str = typer.Option("", help="Training images by name, comma-separated (default: every prepared image of the train split)."),
-    steps: int = typer.Option(PRETRAIN_DEFAULTS.steps, min=1, help="Optimizer steps."),
-    batch: int = typer.Option(PRETRAIN_DEFAULTS.batch, min=1),
-    lr: float = typer.Option(PRETRAIN_DEFAULTS.lr, min=0.0),
-    max_clicks: int = typer.Option(PRETRAIN_DEFAULTS.max_clicks, min=1, max=50, help="Clicks of the longest simulated interaction."),
+    steps: Optional[int] = typer.Option(None, min=1, help=f"Optimizer steps (default {PRETRAIN_DEFAULTS.steps} in 2D, {PRETRAIN3D_DEFAULTS.steps} in 3D)."),
+    batch: Optional[int] = typer.Option(None, min=1, help=f"Objects a step (default {PRETRAIN_DEFAULTS.batch} in 2D, {PRETRAIN3D_DEFAULTS.batch} in 3D)."),
+    lr: Optional[float] = typer.Option(None, min=0.0, help=f"Peak learning rate (default {PRETRAIN_DEFAULTS.lr})."),
+    max_clicks: Optional[int] = typer.Option(None, min=1, max=50, help="Clicks of the longest simulated interaction."),
     seed: int = typer.Option(0),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (default: torch's choice)."),
     resume: bool = typer.Option(False, help="Continue from <out>.ckpt (written every few minutes and on Ctrl-C)."),
     checkpoint_minutes: float = typer.Option(PRETRAIN_DEFAULTS.checkpoint_minutes, min=0.1),
     data_dir: Optional[Path] = typer.Option(None, envvar="FEDPOINT_DATA", help="Data folder (prepared with `fedpoint data prepare --training`)."),
 ) -> None:
-    """Train a 2D base interactive model with iterative simulated clicks on the training sources."""
+    """Train a base interactive model (2D, or 3D on volumes) with iterative simulated clicks on the training sources."""
+    from dataclasses import replace
+
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from fedpoint.simulations.pretrain import PretrainConfig, checkpoint_path, pretrain as run
+    from fedpoint.simulations.pretrain import checkpoint_path, pretrain as run
+    from fedpoint.simulations.pretrain_config import defaults_for
 
-    cfg = PretrainConfig(sources=tuple(d.strip() for d in sources.split(",") if d.strip()), steps=steps, batch=batch, lr=lr,
-                         max_clicks=max_clicks, seed=seed, threads=threads, checkpoint_minutes=checkpoint_minutes)
+    given = dict(steps=steps, batch=batch, lr=lr, max_clicks=max_clicks)
+    cfg = replace(defaults_for(spatial_dims), sources=tuple(d.strip() for d in sources.split(",") if d.strip()), seed=seed,
+                  threads=threads, checkpoint_minutes=checkpoint_minutes, **{k: v for k, v in given.items() if v is not None})
+    steps = cfg.steps
+    out = out or Path("base3d" if spatial_dims == 3 else "base2d")
     console = Console()
     _stop_on_sigterm()  # `kill <pid>` of a background run saves its checkpoint, like Ctrl-C
     if resume and not checkpoint_path(out).exists():

@@ -61,10 +61,13 @@ class SiteEngine:
     def adapter(self) -> Adapter:
         return self.model.adapter
 
-    def open(self, image: np.ndarray, case_id: str | None = None, seed: int | None = None) -> AnnotationSession:
+    def open(self, image: np.ndarray, case_id: str | None = None, seed: int | None = None,
+             spacing: tuple[float, ...] | None = None) -> AnnotationSession:
+        """A session on `image` ((C, *spatial) or spatial only); `spacing` in mm per spatial axis
+        makes the focus crop anisotropy-aware (3D volumes with thick slices)."""
         self._opened += 1
         return AnnotationSession(self.model, image, case_id or f"case-{self._opened:05d}", self._accepted,
-                                 seed=self._opened if seed is None else seed)
+                                 seed=self._opened if seed is None else seed, spacing=spacing)
 
     def _accepted(self, session: AnnotationSession, mask: np.ndarray) -> None:
         if self.store is None:

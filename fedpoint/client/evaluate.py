@@ -19,9 +19,12 @@ from fedpoint.shared.clicker import Clicker
 from fedpoint.shared.metrics import click_metrics, dice
 
 
-def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int = 10, case_id: str | None = None) -> dict:
-    session = engine.open(image, case_id)
-    clicker = Clicker(gt)
+def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int = 10, case_id: str | None = None,
+             spacing: tuple[float, ...] | None = None) -> dict:
+    """One image through the simulated user; with `spacing` (mm per axis) the user's "deepest
+    point" and the focus crop are measured in millimetres."""
+    session = engine.open(image, case_id, spacing=spacing)
+    clicker = Clicker(gt, spacing=spacing)
     dices: list[float] = []
     t0 = time.perf_counter()
     for _ in range(clicks):
@@ -57,7 +60,7 @@ def run_stream(engine: SiteEngine, samples: Sequence, clicks: int = 10,
     records = []
     for i, sample in enumerate(samples):
         case_id = _case_id(sample, i)
-        record = annotate(engine, sample.image, sample.mask, clicks, case_id)
+        record = annotate(engine, sample.image, sample.mask, clicks, case_id, getattr(sample, "spacing", None))
         record.update(index=i, object=getattr(sample, "object_name", ""), modality=getattr(sample, "modality", ""))
         records.append(record)
         if on_image is not None:

@@ -66,15 +66,17 @@ class SiteModel:
         return torch.cat([image_t, maps, prev], dim=1)
 
     # ------------------------------------------------------------------------------ focus
-    def window_for(self, clicks: Sequence[Click], prev_mask, image_shape: Sequence[int]) -> FocusWindow:
+    def window_for(self, clicks: Sequence[Click], prev_mask, image_shape: Sequence[int],
+                   spacing: Sequence[float] | None = None) -> FocusWindow:
         """The session's rule: no mask yet (the first click, or only background so far) -> a
-        `context` window around the clicks; else the zoom window of the mask and every click."""
+        `context` window around the clicks; else the zoom window of the mask and every click.
+        `spacing` (mm per axis) makes the windows cubes in millimetres (`fedpoint.shared.focus`)."""
         f = self.focus
         if prev_mask is None or not bool(prev_mask.any()):
             if len(clicks) == 1:
-                return first_click_window(clicks[0].point, image_shape, f.context, self.model_cfg)
-            return zoom_window(None, clicks, image_shape, self.model_cfg, f.expand, f.context)
-        return zoom_window(prev_mask, clicks, image_shape, self.model_cfg, f.expand, f.min_size)
+                return first_click_window(clicks[0].point, image_shape, f.context, self.model_cfg, spacing)
+            return zoom_window(None, clicks, image_shape, self.model_cfg, f.expand, f.context, spacing)
+        return zoom_window(prev_mask, clicks, image_shape, self.model_cfg, f.expand, f.min_size, spacing)
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         m = self.model_cfg.size_multiple

@@ -18,6 +18,7 @@ import torch
 from fedpoint.client.model import SiteModel
 from fedpoint.client.online import mid_interaction_update, post_interaction_update
 from fedpoint.client.online_guard import restore, snapshot
+from fedpoint.shared.clicker import check_spacing
 from fedpoint.shared.clicks import Click, check_point
 from fedpoint.shared.focus import FocusWindow, crop, enforce_clicks, paste, zoom_window
 
@@ -31,7 +32,11 @@ def check_image(image: np.ndarray, spatial_dims: int, channels: int) -> np.ndarr
     if image.ndim == spatial_dims:  # a grey image without its channel axis
         image = image[None]
     if image.ndim != spatial_dims + 1:
-        raise InputError(f"expected a {spatial_dims}D image of shape (channels, *spatial), got shape {image.shape}")
+        hint = " (a 3D base needs a volume; use a 2D base such as base2d for images and slices)" if spatial_dims == 3 else ""
+        raise InputError(f"expected a {spatial_dims}D image of shape (channels, *spatial), got shape {image.shape}{hint}")
+    if spatial_dims == 3 and min(image.shape[1:]) < 2:
+        raise InputError(f"shape {image.shape} is a single slice, not a volume: the 3D base needs at least 2 voxels on "
+                         "every axis (use a 2D base such as base2d for slices)")
     if image.shape[0] != channels:
         raise InputError(f"the model takes {channels} image channel(s), the image has {image.shape[0]} (shape {image.shape})")
     if not np.issubdtype(image.dtype, np.number):
@@ -84,10 +89,15 @@ class AnnotationSession:
     repredict: bool = False
     post_window: FocusWindow | None = None
     rejected: list[dict] = field(default_factory=list)  # online updates the guard rolled back, with reasons
+    spacing: tuple[float, ...] | None = None  # mm per spatial axis: windows are cubes in mm (None: voxels)
 
     def __post_init__(self) -> None:
         cfg = self.model.model_cfg
         self.image = check_image(self.image, cfg.spatial_dims, cfg.image_channels)
+        try:
+            self.spacing = check_spacing(self.spacing, cfg.spatial_dims)
+        except ValueError as err:
+            raise InputError(str(err)) from None
         self.spatial_shape = tuple(self.image.shape[1:])
         self._image_t = self.model.image_tensor(self.image)
 
@@ -112,7 +122,7 @@ class AnnotationSession:
         prev = self.steps[-1].mask if self.steps else None
         clicks = [*before, click]
         t0 = time.perf_counter()
-        window = model.window_for(clicks, None if prev is None else prev[0, 0] > 0, shape)
+        window = model.window_for(clicks, None if prev is None else prev[0, 0] > 0, shape, self.spacing)
         image_c = crop(self._image_t, window)
         prev_c = None if prev is None else crop(prev, window, mask=True).float()
         local = window.clicks(clicks)
@@ -171,7 +181,7 @@ class AnnotationSession:
             # The first click's own window: stage 1 teaches exactly the prediction a person sees
             # after one click, so it trains in the window that prediction is made in.
             window = self.steps[0].window or zoom_window(final, [first], self.spatial_shape, self.model.model_cfg,
-                                                         self.model.focus.expand, self.model.focus.min_size)
+                                                         self.model.focus.expand, self.model.focus.min_size, self.spacing)
             target = crop(final, window, mask=True)
             first_c = window.clicks([first])[0]
             if first.positive and not target.any():  # an object thinner than a voxel of the window

@@ -41,6 +41,7 @@ class Sample:
     object_name: str
     modality: str
     crop: CropInfo
+    spacing: tuple[float, ...] | None = None  # mm per axis of a whole 3D volume (None: voxels count)
 
 
 def make_samples(
@@ -135,8 +136,11 @@ def full_slice_samples(
 def _whole(image, mask, case, name, axis, index) -> Sample:
     shape = tuple(mask.shape)
     crop = CropInfo(shape, (0.0,) * len(shape), 1.0, shape, case.spatial_shape, axis, index)
+    # A whole volume keeps its spacing (the 3D focus crop and the clicker measure in mm); slices of
+    # 2D work stay in voxels, as the 2D base was trained.
+    spacing = tuple(float(x) for x in case.spacing) if axis is None and len(shape) == 3 and case.spacing else None
     return Sample(np.ascontiguousarray(image, dtype=np.float32), mask.astype(bool), case.case_id, name,
-                  case.modality, crop)
+                  case.modality, crop, spacing)
 
 
 def _objects(case: Case, split_components: bool) -> list[LabelledObject]:

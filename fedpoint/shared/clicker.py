@@ -4,16 +4,30 @@ Deterministic rule (RITM and its successors): find the error regions (false nega
 positives, connected components), take the largest, and click at its deepest point, the voxel
 farthest from the region's border by the Euclidean distance transform. The click is positive when
 that region is a false negative. A seeded random-in-region variant is used for training.
+
+Depth is measured in millimetres when the image's voxel spacing is given (on CT at 0.7 x 0.7 x 5
+mm a region is "deep" by its physical extent, not by its voxel count), and among equally deep
+voxels the one nearest the region's centre (in mm) wins, so the choice does not depend on the
+scan order. Everything is computed on the bounding box of the prediction and the mask, so a click
+on a 512 x 512 x 100 volume costs what its objects cost.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from fedpoint.shared.clicks import Click
+
+
+def _box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
+    """The bounding box of `mask` grown by `margin` voxels (clipped to the image), or None if empty."""
+    axes = [np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != i))) for i in range(mask.ndim)]
+    if any(len(a) == 0 for a in axes):
+        return None
+    return tuple(slice(max(0, int(a[0]) - margin), min(n, int(a[-1]) + 1 + margin)) for a, n in zip(axes, mask.shape))
 
 
 def error_components(pred: np.ndarray, gt: np.ndarray, limit: int | None = None) -> list[tuple[np.ndarray, bool]]:
@@ -31,17 +45,28 @@ def error_components(pred: np.ndarray, gt: np.ndarray, limit: int | None = None)
     return [(labels == index, is_fn) for _, is_fn, labels, index in found[: limit or len(found)]]
 
 
-def deepest_point(region: np.ndarray) -> tuple[int, ...]:
-    """The voxel of `region` farthest from its border; padding makes the image edge count as border."""
-    padded = np.pad(region, 1)
-    depth = ndimage.distance_transform_edt(padded)[tuple(slice(1, -1) for _ in region.shape)]
-    return tuple(int(i) for i in np.unravel_index(int(np.argmax(depth)), region.shape))
+def deepest_point(region: np.ndarray, spacing: Sequence[float] | None = None) -> tuple[int, ...]:
+    """The voxel of `region` farthest (in mm when `spacing` is given) from its border, ties broken
+    toward the region's centroid; padding makes the image edge count as border."""
+    box = _box(region)
+    if box is None:
+        raise ValueError("deepest_point: the region is empty")
+    sub = region[box]
+    sampling = None if spacing is None else tuple(float(s) for s in spacing)
+    depth = ndimage.distance_transform_edt(np.pad(sub, 1), sampling=sampling)[tuple(slice(1, -1) for _ in sub.shape)]
+    best = np.argwhere(depth >= depth.max() * (1 - 1e-6))
+    if len(best) > 1:
+        mm = np.ones(sub.ndim) if sampling is None else np.asarray(sampling)
+        centre = np.argwhere(sub).mean(0)
+        best = best[[int(np.argmin((((best - centre) * mm) ** 2).sum(1)))]]
+    return tuple(int(i) + b.start for i, b in zip(best[0], box))
 
 
 class Clicker:
     """Next click for a ground-truth mask given the current prediction."""
 
-    def __init__(self, gt: np.ndarray, mode: Literal["deepest", "random"] = "deepest", seed: int | None = None):
+    def __init__(self, gt: np.ndarray, mode: Literal["deepest", "random"] = "deepest", seed: int | None = None,
+                 spacing: Sequence[float] | None = None):
         gt = np.asarray(gt)
         if gt.dtype != bool and not np.isin(gt, (0, 1)).all():
             raise ValueError("the ground-truth mask must be binary (0/1 or bool)")
@@ -52,19 +77,33 @@ class Clicker:
             raise ValueError(f"unknown clicker mode {mode!r}; use 'deepest' or 'random'")
         self.mode = mode
         self.rng = np.random.default_rng(seed)
+        self.spacing = check_spacing(spacing, self.gt.ndim)
 
     def next_click(self, pred: np.ndarray | None = None) -> Click | None:
         """The next click, or None when the prediction is already perfect."""
         pred = np.zeros_like(self.gt) if pred is None else np.asarray(pred).astype(bool)
         if pred.shape != self.gt.shape:
             raise ValueError(f"prediction shape {pred.shape} differs from the mask shape {self.gt.shape}")
-        regions = error_components(pred, self.gt, limit=1)
+        box = _box(pred | self.gt)  # errors lie inside the prediction or the mask: work on their box
+        regions = error_components(pred[box], self.gt[box], limit=1)
         if not regions:
             return None
         region, is_fn = regions[0]
         if self.mode == "deepest":
-            point = deepest_point(region)
+            point = deepest_point(region, self.spacing)
         else:
             candidates = np.argwhere(region)
             point = tuple(int(i) for i in candidates[self.rng.integers(len(candidates))])
-        return Click(point, positive=is_fn)
+        return Click(tuple(p + b.start for p, b in zip(point, box)), positive=is_fn)
+
+
+def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
+    """Voxel spacing in mm, one positive finite number per spatial axis, or None (voxels)."""
+    if spacing is None:
+        return None
+    values = tuple(float(s) for s in spacing)
+    if len(values) != ndim:
+        raise ValueError(f"spacing {values} has {len(values)} entries; the image has {ndim} spatial axes")
+    if not all(np.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"spacing {values} must be positive finite millimetres on every axis (missing or zero spacing?)")
+    return values

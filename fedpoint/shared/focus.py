@@ -17,6 +17,12 @@ image, or zero padding past the image's edge), exactly the old whole-image behav
 images. `paste` maps a window's prediction back onto the whole image; outside the window it is
 background.
 
+Anisotropy (3D CT at 0.7 x 0.7 x 5 mm): given the image's voxel spacing, windows are measured in
+voxels of the finest axis, so a window is a cube in millimetres (fewer slices than rows), and it
+is resampled to a working grid of near-cubic voxels: a thick axis is upsampled to match the fine
+ones, which is the only case where a window is upsampled. Without spacing (or with an isotropic
+one) every axis counts the same, as above.
+
 Click maps are encoded in the window's coordinates at the working size, with the model's sigma, so
 a click's Gaussian has the size the network was trained with.
 
@@ -115,13 +121,26 @@ class FocusWindow:
 
 
 # ---------------------------------------------------------------------------------- windows
-def fit_window(start: Sequence[int], size: Sequence[int], image_shape: Sequence[int], cfg: ModelConfig) -> FocusWindow:
+def _relative(spacing: Sequence[float] | None, ndim: int) -> list[float]:
+    """Each axis's voxel size in voxels of the finest axis (all 1 without spacing)."""
+    if spacing is None:
+        return [1.0] * ndim
+    finest = min(float(x) for x in spacing)
+    return [float(x) / finest for x in spacing]
+
+
+def fit_window(start: Sequence[int], size: Sequence[int], image_shape: Sequence[int], cfg: ModelConfig,
+               spacing: Sequence[float] | None = None) -> FocusWindow:
     """The window for a native box: native resolution if it fits in input_size, else resized down
     to it with one scale; sides rounded up to size_multiple (the box grows to match, centred, or at
-    its end at native resolution, shifted back into the image where the image allows)."""
+    its end at native resolution, shifted back into the image where the image allows). With an
+    anisotropic `spacing`, sizes count in finest-axis voxels and thick axes are upsampled to them."""
     m, work = cfg.size_multiple, cfg.input_size
     start = [int(s) for s in start]
     size = [max(1, int(n)) for n in size]
+    rel = _relative(spacing, len(size))
+    if any(r > 1 + 1e-6 for r in rel):
+        return _fit_anisotropic(start, size, rel, cfg)
     if max(size) <= work:
         out = [max(m, math.ceil(n / m) * m) for n in size]
         start = [st - min(max(0, st + o - n_img), max(0, st)) for st, o, n_img in zip(start, out, image_shape)]
@@ -133,25 +152,42 @@ def fit_window(start: Sequence[int], size: Sequence[int], image_shape: Sequence[
     return FocusWindow(tuple(start), tuple(new), tuple(out))
 
 
-def _box_inside(centre: Sequence[float], side: int, image_shape: Sequence[int]) -> tuple[list[int], list[int]]:
-    """A box of `side` a side centred at `centre`, clipped to the image's extent, shifted inside it."""
+def _fit_anisotropic(start: list[int], size: list[int], rel: list[float], cfg: ModelConfig) -> FocusWindow:
+    """Working voxels of one physical size on every axis: that of the finest axis while the box
+    fits in input_size, coarser when it does not. The box grows (centred) to the rounded grid."""
+    m, work = cfg.size_multiple, cfg.input_size
+    extent = [n * r for n, r in zip(size, rel)]  # in finest-axis voxels
+    scale = min(1.0, work / max(extent))          # working voxels per finest-axis voxel
+    out = [max(m, math.ceil(e * scale / m - 1e-9) * m) for e in extent]
+    new = [max(n, int(math.ceil(o / (scale * r) - 1e-9))) for n, o, r in zip(size, out, rel)]
+    start = [st - (nn - n) // 2 for st, n, nn in zip(start, size, new)]
+    return FocusWindow(tuple(start), tuple(new), tuple(out))
+
+
+def _box_inside(centre: Sequence[float], side: int, image_shape: Sequence[int],
+                rel: Sequence[float] | None = None) -> tuple[list[int], list[int]]:
+    """A box of `side` a side (finest-axis voxels) centred at `centre`, clipped to the image's
+    extent, shifted inside it."""
     starts, sizes = [], []
-    for c, n in zip(centre, image_shape):
-        s = min(side, n)
+    for c, n, r in zip(centre, image_shape, rel or [1.0] * len(image_shape)):
+        s = min(max(1, int(math.ceil(side / r - 1e-9))), n)
         starts.append(int(min(max(math.floor(c - s / 2), 0), n - s)))
         sizes.append(s)
     return starts, sizes
 
 
-def first_click_window(point: Sequence[int], image_shape: Sequence[int], context: int, cfg: ModelConfig) -> FocusWindow:
-    """A square (cubic) window of `context` native voxels centred on the first click, shifted to lie
-    inside the image; an axis shorter than `context` is taken whole."""
-    starts, sizes = _box_inside([p + 0.5 for p in point], int(context), image_shape)
-    return fit_window(starts, sizes, image_shape, cfg)
+def first_click_window(point: Sequence[int], image_shape: Sequence[int], context: int, cfg: ModelConfig,
+                       spacing: Sequence[float] | None = None) -> FocusWindow:
+    """A square (cubic) window of `context` native voxels (of the finest axis) centred on the first
+    click, shifted to lie inside the image; an axis shorter than `context` is taken whole."""
+    rel = _relative(spacing, len(image_shape))
+    starts, sizes = _box_inside([p + 0.5 for p in point], int(context), image_shape, rel)
+    return fit_window(starts, sizes, image_shape, cfg, spacing)
 
 
 def zoom_window(mask: np.ndarray | torch.Tensor | None, clicks: Sequence[Click], image_shape: Sequence[int],
-                cfg: ModelConfig, expand: float = ZOOM_EXPAND, min_size: int | None = None) -> FocusWindow:
+                cfg: ModelConfig, expand: float = ZOOM_EXPAND, min_size: int | None = None,
+                spacing: Sequence[float] | None = None) -> FocusWindow:
     """RITM's ZoomIn: the bounding box of the mask and every click, expanded by `expand` and to at
     least `min_size`, made square (cubic), inside the image (clipped to it where it is smaller)."""
     if min_size is None:
@@ -167,9 +203,10 @@ def zoom_window(mask: np.ndarray | torch.Tensor | None, clicks: Sequence[Click],
         raise ValueError("a zoom window needs a non-empty mask or at least one click")
     pts = np.concatenate(points)
     lo, hi = pts.min(0), pts.max(0) + 1
-    side = max(int(math.ceil(float((hi - lo).max()) * expand)), int(min_size))
-    starts, sizes = _box_inside((lo + hi) / 2, side, image_shape)
-    return fit_window(starts, sizes, image_shape, cfg)
+    rel = _relative(spacing, len(image_shape))
+    side = max(int(math.ceil(float(((hi - lo) * np.asarray(rel)).max()) * expand)), int(min_size))
+    starts, sizes = _box_inside((lo + hi) / 2, side, image_shape, rel)
+    return fit_window(starts, sizes, image_shape, cfg, spacing)
 
 
 # ---------------------------------------------------------------------------------- crop / paste

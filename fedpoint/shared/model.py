@@ -120,6 +120,11 @@ def resolve_base(spec: str | Path | None) -> Path:
     )
 
 
+def base_config(spec: str | Path | None = None) -> ModelConfig:
+    """The network config on a base's card, without building it (e.g. to know its spatial dims)."""
+    return ModelConfig(**json.loads(resolve_base(spec).with_suffix(".json").read_text())["model"])
+
+
 def load_base(spec: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig, dict]:
     """Load a frozen base model; returns (model, config, model card)."""
     from safetensors.torch import load_file

@@ -1,7 +1,8 @@
 """`fedpoint evaluate`: one dataset stream, one adapter kind, one adaptation mode.
 
 Samples are object crops of `size` (the default) or, with `full_slice`, whole slices at native
-resolution (the same objects and slices), where the session's focus crop does the zooming.
+resolution (the same objects and slices), where the session's focus crop does the zooming. A 3D base (`--base base3d`) takes whole volumes
+at native resolution with their voxel spacing: the clicks, the focus crop and Dice are 3D.
 """
 
 from __future__ import annotations
@@ -49,8 +50,18 @@ def load_stream(spec: EvaluationSpec, data_dir: Path | None = None):
 
     from fedpoint.data import apply_shift, full_slice_samples, load_dataset, make_samples
 
+    from fedpoint.shared.protocol import locate_base
+    from fedpoint.shared.model import base_config
+
     dataset = load_dataset(spec.data, data_dir=data_dir, strict=spec.strict)
-    if spec.full_slice:  # the same objects and slices, not cropped: the session's focus crop does the zooming
+    if base_config(locate_base(spec.base)).spatial_dims == 3:  # whole volumes: the 3D focus crop zooms
+        volumes = [c for c in dataset.cases if c.ndim == 3]
+        if not volumes:
+            raise ValueError(f"{spec.data}: the base is 3D but the dataset has no volumes (use a 2D base for 2D images)")
+        for case in volumes:
+            _check_spacing(case)
+        samples = full_slice_samples(volumes, spatial_dims=3, split_components=spec.split_components)
+    elif spec.full_slice:  # the same objects and slices, not cropped: the session's focus crop does the zooming
         samples = full_slice_samples(dataset, spatial_dims=2, split_components=spec.split_components)
     else:
         samples = make_samples(dataset, spatial_dims=2, size=(spec.size, spec.size), seed=spec.seed,
@@ -63,6 +74,13 @@ def load_stream(spec: EvaluationSpec, data_dir: Path | None = None):
         for i, s in enumerate(samples):
             s.image = apply_shift(s.image, spec.shift, spec.seed * 100003 + i)
     return samples, dataset.skipped
+
+
+def _check_spacing(case) -> None:
+    spacing = tuple(case.spacing or ())
+    if len(spacing) != 3 or not all(float(x) > 0 for x in spacing):
+        raise ValueError(f"{case.case_id}: voxel spacing {spacing or 'missing'} is not three positive millimetres; "
+                         "the 3D base measures clicks and windows in mm")
 
 
 def run_evaluation(spec: EvaluationSpec, store: Path, data_dir: Path | None = None, adapter_dir: Path | None = None,

@@ -2,7 +2,9 @@
 
 One draw picks a training image (weighted by source family), a region of its label map, a 2D slice
 through it (any of the three axes of a volume) and one connected component there; or, with
-probability `synthetic`, makes a synthetic shape on a textured background. The crop then follows
+probability `synthetic`, makes a synthetic shape on a textured background. With `spatial_dims=3`
+the sampler takes only volumes, resampled once to `spacing_mm` isotropic, and draws 3D components
+and 3D crops (axes permuted and flipped instead of rotated). The crop then follows
 one of the two regimes a person meets at inference through the focus crop:
 
 - *context* (the first click): a square window centred on the first click, of a random side between
@@ -29,9 +31,9 @@ CT_WINDOWS = ((-300.0, 1400.0), (-600.0, 1500.0), (40.0, 400.0), (300.0, 1500.0)
 
 @dataclass
 class ObjectDraw:
-    image: np.ndarray   # float32 (1, size, size), ~[0, 1]
-    mask: np.ndarray    # bool (size, size), never empty
-    click: tuple[int, int]  # the first positive click, inside `mask`
+    image: np.ndarray   # float32 (1, *[size] * spatial_dims), ~[0, 1]
+    mask: np.ndarray    # bool ([size] * spatial_dims), never empty
+    click: tuple[int, ...]  # the first positive click, inside `mask`
     source: str
     regime: str
 
@@ -50,6 +52,8 @@ class SamplerConfig:
     p_blur: float = 0.2
     # Relative draw weight per source family; a family not listed weighs 1.
     weights: dict[str, float] = field(default_factory=lambda: {"pseudo": 2.5})
+    spatial_dims: int = 2
+    spacing_mm: float = 1.5    # 3D: volumes are resampled to this isotropic spacing before cropping
 
 
 class ObjectSampler:
@@ -58,7 +62,11 @@ class ObjectSampler:
     def __init__(self, images: Sequence, cfg: SamplerConfig | None = None, seed: int = 0):
         self.cfg = cfg or SamplerConfig()
         self.rng = np.random.default_rng(seed)
+        if self.cfg.spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {self.cfg.spatial_dims}")
         self.images = [im for im in images if np.any(im.labels)]
+        if self.cfg.spatial_dims == 3:
+            self.images = [isotropic(im, self.cfg.spacing_mm) for im in self.images if np.ndim(im.labels) == 3]
         if not self.images and self.cfg.synthetic <= 0:
             raise ValueError("the object sampler needs at least one image with labels, or synthetic shapes")
         families = sorted({im.source for im in self.images})
@@ -76,7 +84,10 @@ class ObjectSampler:
     def draw(self) -> ObjectDraw:
         for _ in range(50):
             if not self.images or self.rng.random() < self.cfg.synthetic:
-                image2d, mask, hu, source = synthetic_object(self.rng, 2 * self.cfg.size)
+                if self.cfg.spatial_dims == 3:
+                    image2d, mask, hu, source = synthetic_object_3d(self.rng, self.cfg.size + self.cfg.size // 2)
+                else:
+                    image2d, mask, hu, source = synthetic_object(self.rng, 2 * self.cfg.size)
             else:
                 found = self._labelled()
                 if found is None:
@@ -97,6 +108,8 @@ class ObjectSampler:
         im = self.images[index]
         value, box = self.regions[index][int(rng.integers(len(self.regions[index])))]
         labels, image = np.asarray(im.labels), np.asarray(im.image)
+        if self.cfg.spatial_dims == 3:
+            return self._component_3d(labels, image, value, box, im)
         if labels.ndim == 3:
             axis = int(rng.integers(3))
             s = box[axis]
@@ -115,6 +128,20 @@ class ObjectSampler:
         part = int(ok[rng.integers(len(ok))]) + 1
         return image, parts == part, im.modality == "CT", im.source
 
+    def _component_3d(self, labels, image, value, box, im):
+        """One connected 3D component of region `value` (labelled inside its bounding box only)."""
+        parts, count = ndimage.label(labels[box] == value)
+        if count == 0:
+            return None
+        sizes = np.bincount(parts.ravel())[1:]
+        ok = np.flatnonzero(sizes >= self.cfg.min_pixels)
+        if len(ok) == 0:
+            return None
+        part = int(ok[self.rng.integers(len(ok))]) + 1
+        mask = np.zeros(labels.shape, dtype=bool)
+        mask[box] = parts == part
+        return image, mask, im.modality == "CT", im.source
+
     def _crop(self, image2d: np.ndarray, mask: np.ndarray, hu: bool, source: str) -> ObjectDraw | None:
         cfg, rng = self.cfg, self.rng
         click = _interior_point(mask, rng)
@@ -127,7 +154,7 @@ class ObjectSampler:
         else:
             regime = "zoom"
             side = float((hi - lo).max()) * float(rng.uniform(*cfg.zoom_range))
-            centre = (lo + hi) / 2.0 + rng.normal(0, 0.08, 2) * (hi - lo)
+            centre = (lo + hi) / 2.0 + rng.normal(0, 0.08, mask.ndim) * (hi - lo)
         side = max(side, float(cfg.size))  # never upsample: small windows are taken at native scale
         scale = side / cfg.size
         start = centre - side / 2.0
@@ -144,7 +171,12 @@ class ObjectSampler:
             return None
         if not crop_mask[c]:
             c = _interior_point(crop_mask, rng)
-        crop, crop_mask, c = _flip_turn(crop, crop_mask, c, rng)
+        if mask.ndim == 3:
+            crop, crop_mask, c = _permute_flip(crop, crop_mask, c, rng)
+            if rng.random() < cfg.p_bias:
+                crop = _bias_field(crop, rng, order=1)
+        else:
+            crop, crop_mask, c = _flip_turn(crop, crop_mask, c, rng)
         crop = _after_crop(crop, rng, cfg)
         return ObjectDraw(crop[None].astype(np.float32), crop_mask, c, source, regime)
 
@@ -182,16 +214,23 @@ def _intensity(image: np.ndarray, region, hu: bool, rng: np.random.Generator, cf
         width *= float(rng.uniform(0.8, 1.25))
         out = np.clip((image[region] - (level - width / 2)) / width, 0, 1)
     else:
-        lo, hi = np.percentile(image[::3, ::3], (float(rng.uniform(0, 2)), float(rng.uniform(98, 100))))
+        step = 3 if image.ndim == 2 else 4  # percentiles of a subsample: as good, much cheaper
+        lo, hi = np.percentile(image[(slice(None, None, step),) * image.ndim],
+                               (float(rng.uniform(0, 2)), float(rng.uniform(98, 100))))
         out = np.clip((image[region] - lo) / max(hi - lo, 1e-6), 0, 1)
     out = out ** float(np.exp(rng.uniform(np.log(0.6), np.log(1.7))))
     if rng.random() < cfg.p_invert:
         out = 1.0 - out
-    if rng.random() < cfg.p_bias:
-        coarse = rng.normal(0, 0.25, (4, 4))
-        field_ = ndimage.zoom(coarse, [n / 4 for n in out.shape], order=3)[: out.shape[0], : out.shape[1]]
-        out = np.clip(out * np.exp(field_), 0, 1)
+    if out.ndim == 2 and rng.random() < cfg.p_bias:  # 3D: on the crop (`_bias_field`), far cheaper
+        out = _bias_field(out, rng)
     return out.astype(np.float32)
+
+
+def _bias_field(out: np.ndarray, rng: np.random.Generator, order: int = 3) -> np.ndarray:
+    """A smooth multiplicative field (MR-like inhomogeneity) from a 4-a-side grid of log-gains."""
+    coarse = rng.normal(0, 0.25, (4,) * out.ndim)
+    field_ = ndimage.zoom(coarse, [n / 4 for n in out.shape], order=order)[tuple(slice(0, n) for n in out.shape)]
+    return np.clip(out * np.exp(field_), 0, 1)
 
 
 def _after_crop(crop: np.ndarray, rng: np.random.Generator, cfg: SamplerConfig) -> np.ndarray:
@@ -213,6 +252,65 @@ def _flip_turn(image, mask, click, rng):
     if rng.random() < 0.5:
         image, mask, y = image[::-1], mask[::-1], n - 1 - y
     return np.ascontiguousarray(image), np.ascontiguousarray(mask), (int(y), int(x))
+
+
+def _permute_flip(image, mask, click, rng):
+    """3D: a random axis order and a random flip of each axis (the volume's orientation varies)."""
+    order = rng.permutation(3)
+    image, mask = np.transpose(image, order), np.transpose(mask, order)
+    click = [click[int(a)] for a in order]
+    for axis in range(3):
+        if rng.random() < 0.5:
+            image, mask = np.flip(image, axis), np.flip(mask, axis)
+            click[axis] = image.shape[axis] - 1 - click[axis]
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask), tuple(int(c) for c in click)
+
+
+def isotropic(im, spacing_mm: float):
+    """A 3D training image resampled to `spacing_mm` a voxel (linear image, nearest labels); a copy."""
+    import copy
+
+    spacing = tuple(getattr(im, "spacing", None) or (1.0,) * im.image.ndim)
+    zoom = [s / spacing_mm for s in spacing]
+    if all(abs(z - 1.0) < 1e-3 for z in zoom):
+        return im
+    image = ndimage.zoom(np.asarray(im.image, np.float32), zoom, order=1)
+    labels = ndimage.zoom(np.asarray(im.labels), zoom, order=0)
+    out = copy.copy(im)
+    out.image, out.labels, out.spacing = image, labels, (spacing_mm,) * 3
+    return out
+
+
+def synthetic_object_3d(rng: np.random.Generator, side: int):
+    """A random 3D blob (an oriented ellipsoid, or smoothed noise grown from a seed) with its own
+    contrast on a textured background."""
+    grid = np.stack(np.mgrid[:side, :side, :side]).astype(np.float32)
+    centre = rng.uniform(0.35, 0.65, 3) * side
+    radii = rng.uniform(0.06, 0.25) * side * rng.uniform(0.4, 1.0, 3)
+    d = grid - centre[:, None, None, None]
+    if rng.random() < 0.5:
+        rot, _ = np.linalg.qr(rng.normal(0, 1, (3, 3)))
+        u = np.tensordot(rot, d, axes=1)
+        mask = sum((u[i] / radii[i]) ** 2 for i in range(3)) <= 1
+    else:
+        noise = ndimage.gaussian_filter(rng.normal(0, 1, (side,) * 3), side * rng.uniform(0.04, 0.08))
+        dist = np.sqrt(sum((d[i] / radii.max()) ** 2 for i in range(3)))
+        mask = (noise / (noise.std() + 1e-6) * 0.5 - dist + 1.0) > 0
+        labels, n = ndimage.label(mask)
+        seed = tuple(int(c) for c in centre)
+        if n and labels[seed]:
+            mask = labels == labels[seed]
+        elif n:
+            mask = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+        else:
+            mask = dist <= 1
+    def texture(scale):
+        return ndimage.gaussian_filter(rng.normal(0, 1, (side,) * 3), scale)
+    bg = rng.uniform(0, 1) + 0.3 * texture(rng.uniform(1, 4)) / 0.1
+    fg_shift = rng.choice([-1, 1]) * rng.uniform(0.15, 0.6)
+    image = bg * 0.1 + np.where(mask, fg_shift, 0.0) + 0.05 * texture(rng.uniform(0.5, 2)) / 0.1
+    image = ndimage.gaussian_filter(image, rng.uniform(0.3, 1.2))
+    return image.astype(np.float32), mask, False, "synthetic"
 
 
 def synthetic_object(rng: np.random.Generator, side: int):

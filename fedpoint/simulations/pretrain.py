@@ -29,16 +29,29 @@ from fedpoint.shared.losses import interaction_loss
 from fedpoint.shared.metrics import click_metrics, dice
 from fedpoint.shared.model import build_model, save_base
 from fedpoint.simulations.objects import ObjectSampler, SamplerConfig
-from fedpoint.simulations.pretrain_config import BASE_MODEL_FIELDS, METRIC_KEYS, PretrainConfig
+from fedpoint.simulations.pretrain_config import BASE3D_MODEL_FIELDS, BASE_MODEL_FIELDS, METRIC_KEYS, PretrainConfig
 
 BASE_MODEL = ModelConfig(**BASE_MODEL_FIELDS)
+BASE3D_MODEL = ModelConfig(**BASE3D_MODEL_FIELDS)
+
+
+def base_model_for(spatial_dims: int) -> ModelConfig:
+    return BASE3D_MODEL if spatial_dims == 3 else BASE_MODEL
+
+
+def sampler_config(cfg: PretrainConfig, model_cfg: ModelConfig, **overrides) -> SamplerConfig:
+    fields = dict(size=model_cfg.input_size, synthetic=cfg.synthetic, spatial_dims=model_cfg.spatial_dims,
+                  context_range=tuple(cfg.context_range), min_pixels=cfg.min_voxels, spacing_mm=cfg.spacing_mm)
+    return SamplerConfig(**(fields | overrides))
 
 def training_images(cfg: PretrainConfig, data_dir: Path | None = None, split: str = "train"):
     from fedpoint.data.training import load_training
 
     images = load_training(data_dir, split=split, names=cfg.sources or None)
+    if cfg.spatial_dims == 3:
+        images = [im for im in images if np.ndim(im.labels) == 3]
     if not images and split == "train":
-        raise ValueError("no training images: run `fedpoint data prepare --training` first")
+        raise ValueError(f"no {cfg.spatial_dims}D training images: run `fedpoint data prepare --training` first")
     return images
 
 
@@ -90,12 +103,13 @@ def train_step(net, optimizer, sampler: ObjectSampler, cfg: PretrainConfig, mode
     return float(loss.detach())
 
 
-def validation_objects(images, size: int, count: int, seed: int = 12345):
+def validation_objects(images, size: int, count: int, seed: int = 12345, sampler_cfg: SamplerConfig | None = None):
     """A fixed set of objects from images never trained on (the dev split), both crop regimes."""
     if not images:
         return []
-    sampler = ObjectSampler(images, SamplerConfig(size=size, synthetic=0.0, p_invert=0, p_bias=0, p_noise=0, p_blur=0), seed=seed)
-    return sampler.batch(count)
+    base = sampler_cfg or SamplerConfig(size=size)
+    cfg = SamplerConfig(**(asdict(base) | dict(size=size, synthetic=0.0, p_invert=0, p_bias=0, p_noise=0, p_blur=0)))
+    return ObjectSampler(images, cfg, seed=seed).batch(count)
 
 
 def validate(net, objects, model_cfg: ModelConfig, clicks: int = 20) -> dict[str, float]:
@@ -151,12 +165,14 @@ def pretrain(cfg: PretrainConfig, out: Path, model_cfg: ModelConfig | None = Non
         torch.set_num_threads(cfg.threads)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model_cfg = model_cfg or BASE_MODEL
+    model_cfg = model_cfg or base_model_for(cfg.spatial_dims)
+    if model_cfg.spatial_dims != cfg.spatial_dims:
+        raise ValueError(f"the network is {model_cfg.spatial_dims}D but the training config asks for {cfg.spatial_dims}D")
     images = list(images) if images is not None else training_images(cfg, data_dir)
     dev_images = list(dev_images) if dev_images is not None else training_images(cfg, data_dir, split="dev")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    sampler = ObjectSampler(images, SamplerConfig(size=model_cfg.input_size, synthetic=cfg.synthetic), seed=cfg.seed + 1)
+    sampler = ObjectSampler(images, sampler_config(cfg, model_cfg), seed=cfg.seed + 1)
     net = build_model(model_cfg).train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, cfg.steps // 50)
@@ -195,13 +211,14 @@ def pretrain(cfg: PretrainConfig, out: Path, model_cfg: ModelConfig | None = Non
         raise
     _save_checkpoint(ckpt, snapshot())
     train_seconds = seconds + time.perf_counter() - t0
-    val = validation_objects(dev_images, model_cfg.input_size, cfg.val_objects)
+    val = validation_objects(dev_images, model_cfg.input_size, cfg.val_objects, sampler_cfg=sampler_config(cfg, model_cfg))
     card = {
         "provenance": _provenance(images, dev_images),
         "training": {**asdict(cfg), "seconds": round(train_seconds, 1), "threads_used": torch.get_num_threads(),
                      "final_loss": round(float(np.mean(losses[-100:])), 4)},
         "validation": {"dev_split_crops": validate(net, val, model_cfg, cfg.val_clicks)},
-        "reproduce": f"fedpoint data prepare --training && fedpoint pretrain --steps {cfg.steps} --batch {cfg.batch} "
+        "reproduce": f"fedpoint data prepare --training && fedpoint pretrain"
+                     + (" --spatial-dims 3" if cfg.spatial_dims == 3 else "") + f" --steps {cfg.steps} --batch {cfg.batch} "
                      f"--lr {cfg.lr} --seed {cfg.seed}" + (f" --threads {cfg.threads}" if cfg.threads else "") + f" --out {out.name}",
     }
     save_base(net.eval(), model_cfg, out, card)

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 # `fedpoint --help`).
 BASE_MODEL_FIELDS = dict(arch="dynunet", channels=(8, 16, 32, 64, 128, 256), strides=(2, 2, 2, 2, 2),
                          num_res_units=0, input_size=96)
+# The packaged 3D base: MONAI's UNet (its first convolution strides), which on the 2-core CPU trains
+# 4-5x faster a step than a 3D DynUNet with a full-resolution level (bench: docs/engine.md).
+BASE3D_MODEL_FIELDS = dict(arch="unet", spatial_dims=3, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2),
+                           num_res_units=1, input_size=64)
 METRIC_KEYS = ("dice1", "dice3", "dice5", "dice10", "noc85", "noc90", "nof")
 
 
@@ -30,7 +34,20 @@ class PretrainConfig:
     threads: int | None = None
     checkpoint_minutes: float = 3.0
     checkpoint_steps: int = 0        # > 0: also every n steps (tests)
+    spatial_dims: int = 2
+    context_range: tuple[float, float] = (1.0, 3.0)  # first-click crop side, in working sizes
+    min_voxels: int = 12             # smallest object component drawn
+    spacing_mm: float = 1.5          # 3D: volumes resampled to this isotropic spacing
     extra: dict = field(default_factory=dict)
 
 
 PRETRAIN_DEFAULTS = PretrainConfig()
+# 3D: 64^3 crops of volumes at 1.5 mm; a step costs about 3x a 2D one on the CPU, so fewer and
+# smaller batches; crops up to 2 working sizes (128^3 native voxels) keep drawing affordable.
+PRETRAIN3D_DEFAULTS = PretrainConfig(steps=3000, batch=3, lr=2e-3, click_decay=0.6, max_clicks=12, synthetic=0.15,
+                                     val_objects=30, val_clicks=10, spatial_dims=3, context_range=(1.0, 2.0),
+                                     min_voxels=100)
+
+
+def defaults_for(spatial_dims: int) -> PretrainConfig:
+    return PRETRAIN3D_DEFAULTS if spatial_dims == 3 else PRETRAIN_DEFAULTS
