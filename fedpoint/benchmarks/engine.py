@@ -8,6 +8,12 @@ full model. The result says which held.
 stardist nuclei field, when the built-in data is prepared; else a synthetic one), the `norm`
 adapter in mode mid+post, simulated clicks on its objects timed end to end (`session.click`:
 focus window, prediction, paste-back and the mid-interaction update).
+
+`click_to_mask_3d_ms` is the same for volumes with the 3D base (packaged `base3d`, else its
+untrained architecture): `crop96` clicks on a 160^3 volume whose every focus window is 96^3 native
+voxels (resampled to the working size), `volume128` on a 128^3 volume whose window is the whole
+volume; each with its ratio to the bare 3D forward at the working size. Target on the 2-core CPU:
+crop96 p95 <= 300 ms, mid-interaction update included.
 """
 
 from __future__ import annotations
@@ -128,7 +134,83 @@ def click_to_mask_512(net, cfg: ModelConfig, device: str, clicks: int = CLICKS_5
     return {**_percentiles(times), "clicks": len(times), "image": source}
 
 
-def run(size: int = 256, repeats: int = 30, spatial_dims: int = 2, device: str = "cpu") -> dict:
+CLICKS_3D = 12
+
+
+def _base3d(device: str):
+    from fedpoint.shared.model import build_model, load_base
+
+    try:
+        net, cfg, _ = load_base("base3d", device)
+        return net, cfg, "packaged base3d"
+    except FileNotFoundError:
+        from fedpoint.simulations.pretrain import BASE3D_MODEL
+
+        torch.manual_seed(0)
+        return build_model(BASE3D_MODEL).to(device).eval(), BASE3D_MODEL, "untrained base3d architecture"
+
+
+def _balls(side: int, count: int, seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    grid = np.indices((side,) * 3).astype(np.float32)
+    image = 0.2 + 0.05 * rng.standard_normal((side,) * 3).astype(np.float32)
+    masks = []
+    for _ in range(count):
+        centre, radius = rng.uniform(0.35 * side, 0.65 * side, 3), rng.uniform(6, 14)
+        mask = np.sqrt(((grid - centre[:, None, None, None]) ** 2).sum(0)) < radius
+        image[mask] += 0.5
+        masks.append(mask)
+    return image[None], masks
+
+
+def click_to_mask_3d(device: str, clicks: int = CLICKS_3D, sync=lambda: None) -> dict:
+    """p50/p95 of `session.click` on volumes with the 3D base, mode mid+post, `norm` adapter, and
+    the ratio to the bare forward at the working size (see the module doc)."""
+    from fedpoint.client.engine import SiteEngine
+    from fedpoint.client.model import SiteModel
+    from fedpoint.shared.clicker import Clicker
+    from fedpoint.shared.focus import FocusConfig
+
+    net, cfg, name = _base3d(device)
+    out = {"base": name}
+    for label, side, window in (("crop96", 160, 96), ("volume128", 128, 128)):
+        image, masks = _balls(side, 4)
+        focus = FocusConfig(context=window, min_size=window)  # every window `window`^3 native voxels
+        engine = SiteEngine(SiteModel(make_adapter(net, "norm"), cfg, AdaptationConfig(mode="mid+post"), device, focus))
+        times, sizes, warmup, k = [], set(), 2, 0
+        while len(times) < clicks:
+            mask = masks[k % len(masks)]
+            k += 1
+            session, clicker = engine.open(image, f"bench-3d-{k}"), Clicker(mask)
+            for _ in range(4):
+                click = clicker.next_click(session.mask if session.steps else None)
+                if click is None:
+                    break
+                sync()
+                t0 = time.perf_counter()
+                session.click(click.point, click.positive)
+                sync()
+                sizes.add((tuple(session.steps[-1].window.size), tuple(session.steps[-1].window.out_size)))
+                if warmup:
+                    warmup -= 1
+                else:
+                    times.append((time.perf_counter() - t0) * 1e3)
+        work = max(sizes, key=lambda s: s[1])[1]
+        x = torch.zeros((1, cfg.in_channels, *work), device=device)
+
+        def forward():
+            with torch.no_grad():
+                net(x)
+
+        fwd = _percentiles(_timed(forward, max(5, clicks // 2), warmup=2, sync=sync))
+        click_p = _percentiles(times)
+        out[label] = {**click_p, "clicks": len(times), "volume": [side] * 3, "windows": [list(w) for w in sorted({a[0] for a in sizes})],
+                      "working_size": list(work), "forward_ms": fwd,
+                      "ratio_to_forward": {q: round(click_p[q] / fwd[q], 3) for q in ("p50", "p95")}}
+    return out
+
+
+def run(size: int = 256, repeats: int = 30, spatial_dims: int = 2, device: str = "cpu", volumes: bool = True) -> dict:
     from fedpoint.client.engine import SiteEngine
     from fedpoint.client.model import SiteModel
     from fedpoint.client.online import mid_interaction_update
@@ -173,6 +255,7 @@ def run(size: int = 256, repeats: int = 30, spatial_dims: int = 2, device: str =
         params[kind], nbytes[kind] = adapter.num_trainable(), adapter.nbytes()
 
     big = click_to_mask_512(net, cfg, device, max(CLICKS_512, repeats), sync) if spatial_dims == 2 else None
+    vol = click_to_mask_3d(device, sync=sync) if volumes else None
 
     step_p50 = {k: float(np.percentile(v, 50)) for k, v in steps.items()}
     click_p = _percentiles(click_ms)
@@ -186,6 +269,8 @@ def run(size: int = 256, repeats: int = 30, spatial_dims: int = 2, device: str =
         "click_to_mask_512_ms": None if big is None else {"p50": big["p50"], "p95": big["p95"]},
         "click_to_mask_512": None if big is None else {"clicks": big["clicks"], "image": big["image"],
                                                        "mode": "mid+post", "adapter": "norm"},
+        "click_to_mask_3d_ms": None if vol is None else {k: {"p50": vol[k]["p50"], "p95": vol[k]["p95"]} for k in ("crop96", "volume128")},
+        "click_to_mask_3d": vol,
         "click_to_forward_ratio": {"p50": round(click_p["p50"] / fwd_p["p50"], 3), "p95": round(click_p["p95"] / fwd_p["p95"], 3)},
         "step_ms": {k: round(v, 3) for k, v in step_p50.items()},
         "step_ratio_vs_full": {k: round(v / step_p50["full"], 3) for k, v in step_p50.items()},
@@ -200,4 +285,6 @@ def run(size: int = 256, repeats: int = 30, spatial_dims: int = 2, device: str =
         "norm_bytes_le_1pct": result["bytes_ratio_vs_full"]["norm"] <= 0.01,
         "lora_bytes_le_5pct": result["bytes_ratio_vs_full"]["lora"] <= 0.05,
     }
+    if vol is not None:
+        result["targets"]["click_to_mask_3d_crop96_p95_le_300ms"] = vol["crop96"]["p95"] <= 300.0
     return result

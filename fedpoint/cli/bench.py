@@ -25,11 +25,12 @@ def engine(
     repeats: int = typer.Option(30, min=5, help="Timed repetitions per measurement."),
     spatial_dims: int = typer.Option(2, min=2, max=3, help="3 measures a 3D model on a size^3 volume."),
     device: str = typer.Option("cpu", help="cpu or cuda"),
+    volumes: bool = typer.Option(True, help="Also time 3D click-to-mask with the 3D base (96^3 crop, 128^3 volume)."),
 ) -> None:
     """Forward and click-to-mask latency, adapter step times and sizes against the full model."""
     from fedpoint.benchmarks.engine import run
 
-    _emit(run(size=size, repeats=repeats, spatial_dims=spatial_dims, device=device), as_json)
+    _emit(run(size=size, repeats=repeats, spatial_dims=spatial_dims, device=device, volumes=volumes), as_json)
 
 
 @app.command()

@@ -8,7 +8,7 @@ from fedpoint.cli import app
 
 
 def test_engine_bench_json_schema():
-    result = CliRunner().invoke(app, ["bench", "engine", "--json", "--size", "64", "--repeats", "5"])
+    result = CliRunner().invoke(app, ["bench", "engine", "--json", "--size", "64", "--repeats", "5", "--no-volumes"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     for key in ("forward_ms", "click_to_mask_ms", "click_to_mask_512_ms"):
@@ -19,3 +19,15 @@ def test_engine_bench_json_schema():
     assert data["bytes_ratio_vs_full"]["norm"] < data["bytes_ratio_vs_full"]["norm+stem"] < 1.0
     assert isinstance(data["targets"]["norm_bytes_le_1pct"], bool)
     assert data["click_to_mask_512"]["clicks"] >= 20 and data["click_to_mask_512"]["mode"] == "mid+post"
+    assert data["click_to_mask_3d_ms"] is None  # --no-volumes
+
+
+def test_3d_click_to_mask_is_timed_on_a_96_crop_and_a_128_volume():
+    from fedpoint.benchmarks.engine import click_to_mask_3d
+
+    data = click_to_mask_3d("cpu", clicks=2)
+    for label, side in (("crop96", 96), ("volume128", 128)):
+        d = data[label]
+        assert d["p95"] >= d["p50"] > 0 and d["clicks"] == 2 and d["ratio_to_forward"]["p50"] > 0
+        assert [side] * 3 in d["windows"]  # the first click's window (a large mask can widen later ones)
+        assert max(d["working_size"]) <= 64

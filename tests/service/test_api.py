@@ -187,8 +187,22 @@ def test_a_3d_model_annotates_the_whole_volume(make_config, site, tiny_base_3d):
         assert not meta["per_slice"]
         r = c.post("/api/sessions/vol/click", json={"point": [20, 20, 4], "positive": True}).json()
         assert r["slice"] == 4 and r["clicks"] == [{"point": [20, 20, 4], "positive": True}]
+        # one 3D prediction: the mask reaches past the clicked slice, and the page is told where
+        assert r["mask_slices"] and set(r["mask_slices"]) & {3, 5}, r["mask_slices"]
         view = c.get("/api/sessions/vol", params={"slice": 5}).json()
         assert view["clicks"] == r["clicks"]  # one session for the whole volume
+        assert view["mask_slices"] == r["mask_slices"]
+        from fedpoint.client.service.routes_web import DEFAULT_USER
+
+        opened = live.state.sessions.get(("vol", DEFAULT_USER, None))
+        assert opened.session.spacing is not None  # windows measured in mm on the volume's grid
+        # MONAI Label infer with 3D points returns the 3D label on the volume's grid
+        params = {"foreground": [[20, 20, 4]], "background": [[2, 2, 7]], "client_id": "slicer"}
+        reply = c.post("/infer/fedpoint", params={"image": "vol", "output": "image"}, data={"params": json.dumps(params)})
+        assert reply.status_code == 200, reply.text
+        label = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(reply.content)).dataobj)
+        assert label.shape == (40, 40, 8) and label[20, 20, 4] == 1 and label[2, 2, 7] == 0
+        assert len({z for z in range(8) if label[..., z].any()}) > 1  # more than the clicked slice
         volume = np.zeros((40, 40, 8), np.uint8)
         volume[15:25, 15:25, 3:6] = 1
         saved = c.put("/datastore/label", params={"image": "vol"},

@@ -134,6 +134,13 @@ class LoadedImage:
         return self.shape[-1] if self.ndim == 3 else 1
 
     @property
+    def spacing(self) -> tuple[float, ...] | None:
+        """mm per spatial axis from the affine's columns; None where the file gives none usable."""
+        a = np.asarray(self.affine, dtype=float)[: self.ndim, : self.ndim]
+        values = tuple(float(v) for v in np.linalg.norm(a, axis=0))
+        return values if all(np.isfinite(v) and v > 0 for v in values) else None
+
+    @property
     def flip_y(self) -> bool:
         """Show y upward when it runs toward anterior/superior (a medical volume), downward otherwise."""
         return self.path.name.lower().endswith((".nii", ".nii.gz", ".nrrd")) and self.affine[1, 1] > 0

@@ -62,6 +62,12 @@ def api_router(state: ServiceState, require) -> APIRouter:
             out.append({"point": point, "positive": click.positive})
         return out
 
+    def mask_slices(mask: np.ndarray) -> list[int] | None:
+        """For a 3D session mask: the slices (last axis) it holds voxels on; None for 2D."""
+        if mask.ndim != 3:
+            return None
+        return [int(z) for z in np.flatnonzero(mask.any(axis=(0, 1)))]
+
     @router.get("/status")
     def status() -> dict:
         return state.status()
@@ -99,10 +105,10 @@ def api_router(state: ServiceState, require) -> APIRouter:
         z = slice if state.sliced(loaded) else None
         entry = state.sessions.get((loaded.id, user, z))
         if entry is None:
-            mask = np.zeros(loaded.shape[:2], dtype=bool)
+            mask, held = np.zeros(loaded.shape[:2], dtype=bool), None
         else:
-            mask = state.slice_of(entry.session.mask, slice)
-        return {"mask": mask_payload(mask), "clicks": clicks_of(entry, z), "slice": slice}
+            mask, held = state.slice_of(entry.session.mask, slice), mask_slices(entry.session.mask)
+        return {"mask": mask_payload(mask), "clicks": clicks_of(entry, z), "slice": slice, "mask_slices": held}
 
     @router.post("/sessions/{image_id}/click")
     def click(image_id: str, body: ClickBody, user: str = Depends(user_of)) -> dict:
@@ -111,6 +117,7 @@ def api_router(state: ServiceState, require) -> APIRouter:
         shown = result.slice if result.slice is not None else (int(round(body.point[2])) if loaded.ndim == 3 else 0)
         entry = state.sessions.get((image_id, user, result.slice))
         return {"mask": mask_payload(state.slice_of(result.mask, shown)), "slice": shown,
+                "mask_slices": mask_slices(result.mask),
                 "clicks": clicks_of(entry, result.slice), "server_ms": round(result.seconds * 1e3, 2),
                 "predict_ms": round(result.predict_ms, 2), "update_ms": round(result.update_ms, 2)}
 
@@ -120,7 +127,8 @@ def api_router(state: ServiceState, require) -> APIRouter:
         z = body.slice if state.sliced(loaded) else None
         mask, _ = state.undo(image_id, user, z)
         entry = state.sessions.get((image_id, user, z))
-        return {"mask": mask_payload(state.slice_of(mask, body.slice or 0)), "clicks": clicks_of(entry, z)}
+        return {"mask": mask_payload(state.slice_of(mask, body.slice or 0)), "clicks": clicks_of(entry, z),
+                "mask_slices": mask_slices(mask)}
 
     @router.post("/sessions/{image_id}/accept")
     def accept(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:

@@ -148,9 +148,11 @@ class ServiceState:
     def session(self, loaded: LoadedImage, user: str, slice_index: int | None) -> OpenSession:
         key = (loaded.id, user, slice_index)
         case = loaded.id if slice_index is None else f"{loaded.id}.z{slice_index:04d}"
+        # A 3D model measures its focus window in mm; slices on a 2D model stay in pixels.
+        spacing = loaded.spacing if self.model_cfg.spatial_dims == 3 and loaded.ndim == 3 else None
         return self.sessions.get_or_open(
             key, lambda: AnnotationSession(self.engine.model, self.session_image(loaded, slice_index), case,
-                                           seed=zlib.crc32(repr(key).encode())))
+                                           seed=zlib.crc32(repr(key).encode()), spacing=spacing))
 
     def click(self, image_id: str, user: str, point, positive: bool, slice_index: int | None = None) -> ClickResult:
         loaded = self.load(image_id)

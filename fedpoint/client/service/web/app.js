@@ -213,7 +213,22 @@ function applySession(r) {
   $("mask-area").textContent = `${S.area.toLocaleString()} px`;
   $("n-pos").textContent = S.clicks.filter((c) => c.positive).length;
   $("n-neg").textContent = S.clicks.filter((c) => !c.positive).length;
+  // A 3D model's mask spans slices: say which, so a user knows where to look.
+  const held = r.mask_slices;
+  $("mask-slices").textContent = held && held.length ? `mask on ${sliceRanges(held)}` : "";
+  viewer.dataset.maskSlices = held ? held.join(",") : "";
   drawMaskLayer();
+}
+
+function sliceRanges(zs) {
+  const parts = [];
+  let start = zs[0], prev = zs[0];
+  for (const z of [...zs.slice(1), null]) {
+    if (z !== null && z === prev + 1) { prev = z; continue; }
+    parts.push(start === prev ? `${start + 1}` : `${start + 1}–${prev + 1}`);
+    start = prev = z;
+  }
+  return `slice${zs.length > 1 ? "s" : ""} ${parts.join(", ")}`;
 }
 
 // ------------------------------------------------------------------------------------- drawing
