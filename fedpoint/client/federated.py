@@ -66,15 +66,23 @@ def identify(node_config: Mapping, fed: P.FederationConfig) -> SiteIdentity:
         return SiteIdentity(site_id, str(node_config[P.NODE_MODALITY]), store)
     if P.PARTITION_ID in node_config:
         partition = int(node_config[P.PARTITION_ID])
-        site = simulated_site(fed.sites_config, partition, fed.size)
+        site = simulated_site(fed.sites_config, partition, fed.size, base_dims(fed.base))
         return SiteIdentity(site.name, site.modality, fed.simulated_site_store(site.name), partition)
     raise ValueError(f"node config needs {P.NODE_SITE_ID!r}, {P.NODE_MODALITY!r} and {P.NODE_SITE_STORE!r} "
                      f"(deployment) or Flower's {P.PARTITION_ID!r} (simulation); got {sorted(node_config)}")
 
 
+def base_dims(spec: str | Path) -> int:
+    """2 or 3: whether the federation's base annotates images and slices or whole volumes."""
+    from fedpoint.shared.model import base_config
+
+    return base_config(P.locate_base(spec)).spatial_dims
+
+
 @functools.lru_cache(maxsize=8)
-def simulated_site(sites_config: str, partition: int, size: int):
-    """The `partition`-th site of a sites config, built once per process (Ray actors are reused)."""
+def simulated_site(sites_config: str, partition: int, size: int, spatial_dims: int = 2):
+    """The `partition`-th site of a sites config, built once per process (Ray actors are reused);
+    with a 3D base its samples are whole volumes."""
     from fedpoint.configs import resolve_config
     from fedpoint.data import build_site, load_site_specs
 
@@ -82,7 +90,7 @@ def simulated_site(sites_config: str, partition: int, size: int):
     if not 0 <= partition < len(specs):
         raise ValueError(f"partition {partition} has no site: {sites_config} defines {len(specs)} sites "
                          f"({', '.join(s.name for s in specs)}); run at most that many simulated nodes")
-    site = build_site(specs[partition], spatial_dims=2, size=(size, size))
+    site = build_site(specs[partition], spatial_dims=spatial_dims, size=(size,) * spatial_dims)
     if not site.samples:
         raise ValueError(f"site {site.name}: its data gives no sample to annotate")
     return site
@@ -167,7 +175,7 @@ def annotate_next(model, store: SiteStore, site: SiteIdentity, instruction: P.Ro
     from fedpoint.client.engine import SiteEngine
     from fedpoint.client.evaluate import run_stream
 
-    stream = simulated_site(fed.sites_config, site.partition, instruction.size).samples
+    stream = simulated_site(fed.sites_config, site.partition, instruction.size, model.model_cfg.spatial_dims).samples
     start = stream_position(store)
     samples = [stream[(start + i) % len(stream)] for i in range(instruction.images)]
     engine = SiteEngine(model, store, background_episodes=False)

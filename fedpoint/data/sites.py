@@ -31,7 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from fedpoint.data.load import load_dataset
-from fedpoint.data.samples import Sample, make_samples
+from fedpoint.data.samples import Sample, full_slice_samples, make_samples
 from fedpoint.data.shifts import apply_shift, check_shift
 from fedpoint.data.types import Case, DataError, Dataset, LabelledObject
 
@@ -122,10 +122,18 @@ def build_site(
     dataset: Dataset | None = None,
     strict: bool = False,
 ) -> Site:
-    """Load the site's data, cut samples, order them into a stream and apply the site's shift."""
+    """Load the site's data, cut samples, order them into a stream and apply the site's shift.
+    In 3D a sample is a whole volume at native resolution with its spacing (the 3D focus crop
+    zooms), as `fedpoint evaluate` annotates volumes with a 3D base."""
     data = dataset if dataset is not None else load_dataset(spec.dataset, data_dir=data_dir, strict=strict)
     cases = _select_cases(data, spec)
-    samples = make_samples(cases, spatial_dims=spatial_dims, size=size, max_per_object=spec.max_per_object)
+    if spatial_dims == 3:
+        volumes = [c for c in cases if c.ndim == 3]
+        if not volumes:
+            raise DataError(spec.dataset, f"site {spec.name}: a 3D base needs volumes; this dataset has none")
+        samples = full_slice_samples(volumes, spatial_dims=3)
+    else:
+        samples = make_samples(cases, spatial_dims=spatial_dims, size=size, max_per_object=spec.max_per_object)
     if spec.order == "shuffled":
         permutation = np.random.default_rng(spec.seed).permutation(len(samples))
         samples = [samples[i] for i in permutation]

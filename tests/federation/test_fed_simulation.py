@@ -89,3 +89,39 @@ def test_central_dp_clips_at_the_sites_and_noises_the_banks(fast_run_config):
     assert dp["noise_multiplier"] == 0.5 and dp["noise_stdv"] == pytest.approx(0.5 * 0.01 / 2)
     for r in summary["bytes"]:
         assert all(s["up"] > 0 for s in r.values())
+
+
+def _blob_volumes(blob, folder, modality, seed):
+    import nibabel as nib
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    for i in range(3):
+        image, mask = blob((24, 24, 12), seed=seed + i)
+        affine = np.diag([0.8, 0.8, 2.0, 1.0])
+        nib.save(nib.Nifti1Image(image[0], affine), str(folder / f"vol{i:02d}.nii.gz"))
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), str(folder / f"vol{i:02d}_label.nii.gz"))
+    (folder / "fedpoint.json").write_text(json.dumps({"modality": modality, "labels": {"1": "blob"}}))
+    return folder
+
+
+@pytest.mark.slow
+def test_a_3d_federation_of_two_sites_runs_a_round_with_3d_adapters(fast_run_config, tiny_base_3d, blob, tmp_path,
+                                                                  write_sites_config):
+    from fedpoint.shared.model import base_fingerprint, load_base
+
+    sites = write_sites_config(tmp_path / "sites3d.toml", [
+        ("mr3d", str(_blob_volumes(blob, tmp_path / "mr3d", "MR", 0))),
+        ("ct3d", str(_blob_volumes(blob, tmp_path / "ct3d", "CT", 10))),
+    ])
+    config = {**fast_run_config, "num-server-rounds": 1, "base": str(tiny_base_3d), "sites-config": str(sites),
+              "images-per-round": 1, "clicks": 2}
+    summary = run_federation(config, num_sites=2, timeout=480)
+    assert summary["rounds"] == 1
+    assert summary["status"][0] == {"mr3d": "accepted", "ct3d": "accepted"}
+    store = BankStore(summary["bank_store"])
+    manifest = store.latest("general").manifest
+    net, _, _ = load_base(tiny_base_3d)
+    assert manifest["base_fingerprint"] == base_fingerprint(net)  # a 3D bank: never mixed with a 2D one
+    records = json.loads((tmp_path / "federation" / "records" / "mr3d" / "round-0001.json").read_text())["records"]
+    assert len(records[0]["windows"][0]["size"]) == 3  # whole volumes, 3D focus windows
