@@ -7,6 +7,12 @@ update and a prediction. Clicks alternate between the two, so load from other pr
 alike. The ratio p50(HTTP) / p50(in process) is what the web layer costs (JSON, bit-packed mask,
 socket); `web_layer_ms` is the same cost measured within each click (round trip minus the
 server's own click time). Target: ratio <= 1.2 at 512 x 512.
+
+`users` is the load a site meets when several clinicians annotate at once: 1 and 3 users, each on
+their own session of the 512 x 512 slice, clicking their own sequence with a think time between
+clicks, all started together. It reports each count's p50/p95 round trip and the ratio to one user.
+The site's model is one shared, online-updated network, so clicks queue for it one at a time: on a
+CPU-bound machine a click waits for the clicks queued before it, and nothing else.
 """
 
 from __future__ import annotations
@@ -144,6 +150,45 @@ def _interleaved(client, engine, image: np.ndarray, image_id: str, sequences) ->
     return times
 
 
+THINK_S = 0.25  # a clinician's pause between clicks
+
+
+def concurrent_users(base_url: str, headers: dict, image_id: str, sequences, users: int,
+                     think_s: float = THINK_S) -> dict:
+    """`users` clients at once, each its own session (user name) and click sequence, started
+    together; returns the round-trip percentiles over every click of every user."""
+    import threading
+
+    import httpx
+
+    barrier = threading.Barrier(users)
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def one(u: int) -> None:
+        user = {**headers, "X-Fedpoint-User": f"bench-user-{users}-{u}"}
+        with httpx.Client(base_url=base_url, headers=user, timeout=300) as client:
+            barrier.wait()
+            for point, positive in sequences[u % len(sequences)]:
+                t0 = time.perf_counter()
+                reply = client.post(f"/api/sessions/{image_id}/click", json={"point": point, "positive": positive})
+                ms = (time.perf_counter() - t0) * 1e3
+                with lock:
+                    (latencies.append(ms) if reply.status_code == 200 else errors.append(reply.text[:200]))
+                time.sleep(think_s)
+            client.post(f"/api/sessions/{image_id}/discard", json={})
+
+    threads = [threading.Thread(target=one, args=(u,)) for u in range(users)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} click(s) failed under {users} users: {errors[0]}")
+    return _percentiles(latencies)
+
+
 def run(sizes: tuple[int, ...] = (256, 512), clicks: int = 8, sessions: int = 3) -> dict:
     import httpx
     import torch
@@ -181,6 +226,11 @@ def run(sizes: tuple[int, ...] = (256, 512), clicks: int = 8, sessions: int = 3)
                         "correction_clicks": {"http_ms": _percentiles(t["http_later"]),
                                               "in_process_ms": _percentiles(t["local_later"])},
                     }
+                image, mask = data[max(sizes)]
+                sequences = [_clicks(mask, clicks, 100 + seed) for seed in range(3)]
+                url, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"}
+                concurrent_users(url, auth, f"slice{max(sizes)}", sequences[:1], 1)  # warm-up
+                users = {n: concurrent_users(url, auth, f"slice{max(sizes)}", sequences, n) for n in (1, 3)}
         finally:
             process.terminate()
             try:
@@ -198,5 +248,9 @@ def run(sizes: tuple[int, ...] = (256, 512), clicks: int = 8, sessions: int = 3)
         "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu(s), {platform.python_version()}",
         "results": results,
+        "users": {f"{n}": v for n, v in users.items()} | {
+            "size": max(sizes), "think_s": THINK_S,
+            "ratio_p50_3_vs_1": round(users[3]["p50"] / users[1]["p50"], 3),
+            "ratio_p95_3_vs_1": round(users[3]["p95"] / users[1]["p95"], 3)},
         "target": {"ratio_p50_max": TARGET_RATIO, "size": max(sizes), "met": largest["ratio_p50"] <= TARGET_RATIO},
     }

@@ -26,7 +26,7 @@ Every error names the file and the field, e.g. `demo.toml: rounds: Input should 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -56,7 +56,8 @@ class ExperimentConfig(BaseModel):
     rounds: int = Field(3, ge=1, le=100)
     images_per_round: int = Field(3, ge=1, le=1000)
     clicks: int = Field(10, ge=1, le=50, description="simulated clicks per image")
-    size: int = Field(96, ge=16, le=1024, description="side of the 2D samples, in pixels")
+    size: int = Field(96, ge=16, le=1024, description="side of the 2D samples, in pixels (3D: whole volumes)")
+    spatial_dims: Literal[2, 3] = Field(2, description="3: whole volumes with a 3D base (default base3d)")
     adapter: str = Field("norm", description="adapter kind of the local and banked strategies (fed-full is always full)")
     lr: float | None = Field(None, gt=0, le=1.0, description="learning rate of the online updates; "
                              "default: the adapter kind's (shared.config.KIND_DEFAULTS)")
@@ -71,6 +72,13 @@ class ExperimentConfig(BaseModel):
     ablations: bool = Field(False, description="also run the ablation arms (mid only, post only, CCG off) "
                             "when `strategies` is not given")
     sites: list[SiteSpec] = Field(min_length=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _base_of_the_dims(cls, table):
+        if isinstance(table, dict) and table.get("spatial_dims") == 3 and not table.get("base"):
+            table = {**table, "base": "base3d"}
+        return table
 
     @model_validator(mode="before")
     @classmethod

@@ -132,7 +132,9 @@ def build_experiment_sites(config: ExperimentConfig, seed: int, data_dir=None) -
     for spec in specs:
         if spec.dataset not in datasets:
             datasets[spec.dataset] = load_dataset(spec.dataset, data_dir=data_dir)
-    sites = [build_site(spec, size=(config.size, config.size), dataset=datasets[spec.dataset]) for spec in specs]
+    dims = config.spatial_dims
+    _check_base_dims(config)
+    sites = [build_site(spec, spatial_dims=dims, size=(config.size,) * dims, dataset=datasets[spec.dataset]) for spec in specs]
     for site, spec in zip(sites, specs):
         if len(site.samples) < spec.stream_length:
             raise ExperimentError(
@@ -140,6 +142,19 @@ def build_experiment_sites(config: ExperimentConfig, seed: int, data_dir=None) -
                 f"{config.images_per_round} need {spec.stream_length}; lower images_per_round or rounds, or widen "
                 f"the site's objects/cases")
     return sites, describe_data(sites, datasets, data_dir)
+
+
+def _check_base_dims(config: ExperimentConfig) -> None:
+    """The base must annotate what the sites hold: a 2D base slices, a 3D base whole volumes."""
+    from fedpoint.shared.model import base_config
+
+    try:
+        dims = base_config(config.base).spatial_dims
+    except FileNotFoundError as err:
+        raise ExperimentError(f"{config.name}: {err}") from None
+    if dims != config.spatial_dims:
+        raise ExperimentError(f"{config.name}: spatial_dims = {config.spatial_dims} but base {config.base or 'base2d'!r} "
+                              f"is {dims}D; use a {config.spatial_dims}D base (base{config.spatial_dims}d)")
 
 
 def describe_data(sites: list, datasets: dict, data_dir=None) -> dict:

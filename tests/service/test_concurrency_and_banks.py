@@ -104,3 +104,16 @@ def _npy(mask: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, mask)
     return buffer.getvalue()
+
+
+def test_three_users_clicking_at_once_each_keep_their_own_session(live):
+    from fedpoint.benchmarks.service import concurrent_users
+
+    sequences = [[([24, 24], True), ([5, 5], False), ([26, 22], True)],
+                 [([20, 20], True), ([40, 40], False)],
+                 [([24, 28], True)]]
+    one = concurrent_users(live.url, AUTH, "img0", sequences[:1], 1, think_s=0.0)
+    three = concurrent_users(live.url, AUTH, "img0", sequences, 3, think_s=0.0)
+    assert one["n"] == 3 and three["n"] == 6 and three["p95"] >= three["p50"] > 0
+    # every user's session was its own and was discarded at the end: nothing left open
+    assert not [u for u in ("bench-user-1-0", "bench-user-3-0", "bench-user-3-1") if live.state.sessions.of_user("img0", u)]

@@ -86,3 +86,20 @@ def test_evaluate_with_a_3d_base_refuses_2d_data(tiny_base_3d, tmp_path):
     with pytest.raises(ValueError, match="no volumes|3D"):
         run_evaluation(EvaluationSpec(data="stardist-nuclei", base=str(tiny_base_3d), mode="frozen", clicks=1, images=1),
                        tmp_path / "store")
+
+
+def test_a_3d_experiment_defaults_to_the_3d_base_and_builds_whole_volume_sites(tiny_base_3d, tiny_base_2d):
+    from fedpoint.simulations.experiment import ExperimentError, experiment_from_dict, load_experiment
+    from fedpoint.simulations.runner import build_experiment_sites
+
+    assert load_experiment("demo3d").base == "base3d"
+    table = {"name": "vol", "spatial_dims": 3, "rounds": 1, "images_per_round": 1, "base": str(tiny_base_3d),
+             "sites": [{"name": "a", "dataset": "pyradiomics-lung", "cases": ["lung1"]},
+                       {"name": "b", "dataset": "pyradiomics-breast"}]}
+    config = experiment_from_dict(table)
+    sites, _ = build_experiment_sites(config, seed=0)
+    for site in sites:
+        sample = site.samples[0]
+        assert sample.image.ndim == 4 and sample.spacing is not None and len(sample.spacing) == 3
+    with pytest.raises(ExperimentError, match="is 2D"):
+        build_experiment_sites(experiment_from_dict({**table, "base": str(tiny_base_2d)}), seed=0)
