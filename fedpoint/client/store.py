@@ -357,8 +357,19 @@ class SiteStore:
         return target
 
     def latest_bank(self) -> Path | None:
+        """The newest delivered bank's folder; None when there is none or `banks/latest.json` is
+        unreadable or points outside `banks/` (logged, naming the file: the service keeps serving)."""
         pointer = self.root / "banks" / "latest.json"
-        return self.root / json.loads(pointer.read_text())["path"] if pointer.exists() else None
+        if not pointer.exists():
+            return None
+        try:
+            target = (self.root / str(json.loads(pointer.read_text())["path"])).resolve()
+            target.relative_to((self.root / "banks").resolve())
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            self.log("bank-skipped", file="banks/latest.json", reason=f"{type(err).__name__}: {err}")
+            _log.warning("site store: banks/latest.json cannot be used (%s)", err)
+            return None
+        return target
 
     # ------------------------------------------------------------------------ splits and log
     def splits(self) -> dict[str, list[str]]:

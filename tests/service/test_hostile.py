@@ -530,3 +530,77 @@ def test_kill_9_during_saves_and_accepts_loses_no_acknowledged_label(site, tiny_
     print(f"\nchild service resident memory: {before['VmRSS']:.0f} MiB before 4 upload bombs, "
           f"{after['VmRSS']:.0f} MiB after, peak {after['VmHWM']:.0f} MiB")
     assert after["VmHWM"] - before["VmHWM"] < 200
+
+
+_SWAPPER = r'''
+import sys, torch
+from fedpoint.client.store import SiteStore
+from fedpoint.shared.adapters import make_adapter
+from fedpoint.shared.model import base_fingerprint, load_base
+net, _, _ = load_base(sys.argv[2])
+adapter = make_adapter(net, "norm", base_fingerprint(net))
+store = SiteStore(sys.argv[1])
+print("ready", flush=True)
+step = 0
+while True:  # what an accepted episode does: write a version, then make it current
+    step += 1
+    with torch.no_grad():
+        for p in adapter.trainable_parameters():
+            p.add_(0.001)
+    path = store.save_adapter(adapter, {"source": "episode", "step": step}, make_current=False,
+                              optimizer={"state": {}, "param_groups": []})
+    store.set_current(int(path.name[1:]), "episode accepted")
+'''
+
+
+def test_kill_9_during_episode_swaps_leaves_a_loadable_adapter(tmp_path, tiny_base_2d):
+    """Three kill -9s at random moments of a loop that writes adapter versions and swaps them in:
+    after each, the store opens, `usable_adapter` names a version that loads, and `site check`
+    finds nothing it cannot explain."""
+    import subprocess
+    import sys
+
+    from fedpoint.client.service.check import check_store
+    from fedpoint.client.store import SiteStore
+    from fedpoint.shared.adapters import load_adapter
+    from fedpoint.shared.model import base_fingerprint, load_base
+
+    from fedpoint.shared.adapters import make_adapter
+
+    root = tmp_path / "store"
+    net, _, _ = load_base(tiny_base_2d)
+    SiteStore(root).save_adapter(make_adapter(net, "norm", base_fingerprint(net)), {"source": "first"})  # a current one
+    rng = np.random.default_rng(9)
+    for round_ in range(3):
+        child = subprocess.Popen([sys.executable, "-c", _SWAPPER, str(root), str(tiny_base_2d)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert child.stdout.readline().strip() == b"ready", child.stderr.read().decode()[-2000:]
+            time.sleep(float(rng.uniform(0.2, 1.2)))
+        finally:
+            child.kill()  # SIGKILL
+            child.wait(timeout=30)
+        store = SiteStore(root)
+        assert store.adapter_versions(), "some version should have landed"
+        usable = store.usable_adapter()
+        assert usable is not None, f"round {round_}: no usable adapter after kill -9"
+        load_adapter(net, usable, base_fingerprint(net))  # raises if the version is cut
+        report = check_store(root)
+        assert report.adapter_in_use is not None and usable.name in report.adapter_in_use, report
+        assert not [f for f in report.errors if f.file.startswith("adapters/current")], report
+
+
+def test_a_corrupt_or_misdirected_bank_is_refused_naming_the_file(live, site):
+    store = live.state.store
+    folder = store.receive_bank("general", 7, live.state.engine.adapter)
+    weights = next(folder.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:40])  # a bank cut in transfer
+    review = live.client.post("/api/banks/check").json()["review"]
+    assert review["accepted"] is False and "banks/general/v0007" in review["reason"]
+    (site["store"] / "banks" / "latest.json").write_text('{"path": "../../etc"}')  # points outside the store
+    assert live.client.post("/api/banks/check").status_code == 200
+    (site["store"] / "banks" / "latest.json").write_text('{"pa')  # cut pointer
+    assert live.client.post("/api/banks/check").status_code == 200
+    assert live.client.post("/api/sessions/img0/click", json={"point": [24, 24]}).status_code == 200
+    logged = [e for e in store.read_log() if e["event"] == "bank-skipped"]
+    assert len(logged) >= 2 and all(e["file"] == "banks/latest.json" for e in logged)

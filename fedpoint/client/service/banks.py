@@ -31,7 +31,7 @@ class BankWatcher:
         self._seen = self._reviewed_latest()
 
     def _relative(self, path: Path) -> str:
-        return str(path.relative_to(self.store.root))
+        return str(Path(path).resolve().relative_to(Path(self.store.root).resolve()))
 
     def _reviewed_latest(self) -> Path | None:
         latest = self.store.latest_bank()
@@ -79,8 +79,10 @@ class BankWatcher:
                 candidate = copy.deepcopy(self.engine.adapter)
             candidate.load(path)
             state = candidate.state()
-        except (AdapterMismatchError, FileNotFoundError, OSError, ValueError, KeyError) as err:
+        except AdapterMismatchError as err:
             event["reason"] = f"{type(err).__name__}: {err}"
+        except Exception as err:  # a cut or corrupt bank file raises whatever its reader raises
+            event["reason"] = f"{self._relative(path)}: cannot be read ({type(err).__name__}: {err})"
         else:
             source = f"bank:{event['bank']}/v{event['version']}"
             event["accepted"] = self.engine.offer(state, source)
