@@ -62,7 +62,7 @@ def check_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 @dataclass
 class Step:
     click: Click
-    mask: torch.Tensor          # the mask shown after this click, (1, 1, *spatial)
+    mask: torch.Tensor          # the mask shown after this click, bool (1, 1, *spatial): 1 byte a voxel
     input_mask: torch.Tensor | None  # the previous mask the model saw when predicting it
     predict_ms: float
     update_ms: float
@@ -128,7 +128,7 @@ class AnnotationSession:
         local = window.clicks(clicks)
         with model.lock, torch.no_grad():
             pred_c = model.logits(image_c, local, prev_c) > 0
-        mask = enforce_clicks(paste(pred_c, window, shape).float(), clicks)
+        mask = enforce_clicks(paste(pred_c, window, shape), clicks)
         predict_ms = (time.perf_counter() - t0) * 1e3
         update_ms = 0.0
         if model.adapt_cfg.uses_mid and self.steps and model.adapt_cfg.mid_steps:
@@ -150,12 +150,12 @@ class AnnotationSession:
                     after = None  # the projected model differs from the one checked
             update_ms = (time.perf_counter() - t1) * 1e3
             if self.repredict and after is not None:  # the guard already predicted with the updated model
-                mask = enforce_clicks(paste(after.bool(), window, shape).float(), clicks)
+                mask = enforce_clicks(paste(after.bool(), window, shape), clicks)
             elif self.repredict:
                 t2 = time.perf_counter()
                 with model.lock, torch.no_grad():
                     pred_c = model.logits(image_c, local, prev_c) > 0
-                mask = enforce_clicks(paste(pred_c, window, shape).float(), clicks)
+                mask = enforce_clicks(paste(pred_c, window, shape), clicks)
                 predict_ms += (time.perf_counter() - t2) * 1e3
         self.steps.append(Step(click, mask, prev, predict_ms, update_ms, window))
         return self.mask

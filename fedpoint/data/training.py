@@ -719,3 +719,31 @@ def dev_dataset(data_dir: Path | None = None, slices_per_volume: int = 4, min_pi
         raise DataError(_training_dir(data_dir), f"no dev image is prepared; run `{PREPARE_COMMAND}`")
     return Dataset(DEV_DATASET, "mixed", cases, source="dev split of the pre-training sources (DEV_IMAGES)",
                    labels="mixed")
+
+
+DEV_VOLUMES = "dev-split-3d"
+
+
+def dev_volumes(data_dir: Path | None = None, regions_per_volume: int = 12, min_voxels: int = 500):
+    """The dev split's volumes as 3D cases with their spacing, for a 3D base: per volume
+    `regions_per_volume` of its regions of at least `min_voxels` voxels, evenly spread over the
+    label values (a fixed choice). Never trained on, like `dev_dataset`."""
+    from fedpoint.data.types import Case, Dataset, LabelledObject
+
+    cases = []
+    for item in load_training(data_dir, split="dev"):
+        if item.labels.ndim != 3:
+            continue
+        labels = np.ascontiguousarray(item.labels)
+        counts = np.bincount(labels.ravel())
+        values = [int(v) for v in np.flatnonzero(counts >= min_voxels) if v > 0]
+        keep = sorted({values[int(i)] for i in np.linspace(0, len(values) - 1, min(regions_per_volume, len(values)))})
+        objects = [LabelledObject(f"region-{v}", v, label_map=labels) for v in keep]
+        if objects:
+            cases.append(Case(item.name, np.ascontiguousarray(item.image, dtype=np.float32)[None],
+                              tuple(item.spacing or (1.0, 1.0, 1.0)), item.modality, objects,
+                              source=item.meta.get("origin", item.source)))
+    if not cases:
+        raise DataError(_training_dir(data_dir), f"no dev volume is prepared; run `{PREPARE_COMMAND}`")
+    return Dataset(DEV_VOLUMES, "MR", cases, source="dev split of the pre-training sources (DEV_IMAGES), volumes",
+                   labels="mixed")
