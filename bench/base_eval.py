@@ -1,9 +1,13 @@
-"""Frozen bases on the built-in evaluation datasets, whole slices through the focus crop.
+"""Bases on the built-in evaluation datasets, whole slices (2D base) or whole volumes (3D base)
+through the focus crop.
 
     python bench/base_eval.py --base base2d --base old/base2d --images 40 --clicks 20
+    python bench/base_eval.py --base base3d --modes frozen,mid+post --clicks 20 \
+        --datasets pyradiomics-lung,pyradiomics-brain,pyradiomics-breast,dev-split-3d
 
-Prints, per dataset and per object type, Dice@1/@5/@10, NoC@85 and NoC@90 for each base side by
-side, and the ratio of NoC@90 (new / old). None of these datasets ever chose a default.
+Prints, per dataset and per object type, Dice@1/@5/@10, NoC@85 and NoC@90 for each base (and
+adaptation mode) side by side, and the ratio of NoC@90 of the first two. None of the built-in
+datasets ever chose a default; `dev-split-3d` is the dev split (it validated the 3D base).
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ def object_type(name: str) -> str:
     return re.sub(r"(-\d+)?(#\d+)?$", "", name)
 
 
-def evaluate(base: str, data: str, images: int, clicks: int) -> list[dict]:
+def evaluate(base: str, data: str, images: int, clicks: int, mode: str = "frozen") -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="fedpoint-base-eval-") as tmp:
-        spec = EvaluationSpec(data=data, mode="frozen", base=base, clicks=clicks, images=images, full_slice=True)
+        spec = EvaluationSpec(data=data, mode=mode, base=base, clicks=clicks, images=images, full_slice=True)
         return run_evaluation(spec, Path(tmp))["images"]
 
 
@@ -39,24 +43,31 @@ def main(argv=None) -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--clicks", type=int, default=20)
+    parser.add_argument("--modes", default="frozen", help="adaptation modes, comma-separated (frozen, mid+post, ...)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     table = defaultdict(dict)
+    modes = args.modes.split(",")
     for data in args.datasets.split(","):
         for base in args.base:
-            records = evaluate(base, data, args.images, args.clicks)
-            groups = {"all": records}
-            for r in records:
-                groups.setdefault(object_type(r["object"]), []).append(r)
-            for group, rows in groups.items():
-                table[f"{data}/{group}"][base] = {k: float(np.mean([r[k] for r in rows])) for k in KEYS} | {"n": len(rows)}
+            for mode in modes:
+                records = evaluate(base, data, args.images, args.clicks, mode)
+                groups = {"all": records}
+                for r in records:
+                    groups.setdefault(object_type(r["object"]), []).append(r)
+                label = base if len(modes) == 1 else f"{Path(base).name}:{mode}"
+                for group, rows in groups.items():
+                    table[f"{data}/{group}"][label] = {k: float(np.mean([r[k] for r in rows])) for k in KEYS} | {
+                        "n": len(rows), "predict_ms": float(np.mean([r["predict_ms"] for r in rows]))}
+                if args.out:  # after every run: a long evaluation that stops keeps what it measured
+                    args.out.write_text(json.dumps(table, indent=2))
     header = f"{'dataset/object':34s} {'base':18s} {'n':>3s} " + " ".join(f"{k:>7s}" for k in KEYS)
     print(header)
     for name, per_base in table.items():
         for base, m in per_base.items():
             print(f"{name:34s} {Path(base).name[:18]:18s} {m['n']:3d} " + " ".join(f"{m[k]:7.3f}" for k in KEYS))
-        if len(per_base) == 2:
-            a, b = per_base.values()
+        if len(per_base) >= 2:
+            a, b = list(per_base.values())[:2]
             print(f"{'':34s} {'NoC90 ratio':18s}     {a['noc90'] / b['noc90']:.2f}")
     if args.out:
         args.out.write_text(json.dumps(table, indent=2))

@@ -73,9 +73,10 @@ class SiteModel:
         `spacing` (mm per axis) makes the windows cubes in millimetres (`fedpoint.shared.focus`)."""
         f = self.focus
         if prev_mask is None or not bool(prev_mask.any()):
+            context = f.context_for(spacing)
             if len(clicks) == 1:
-                return first_click_window(clicks[0].point, image_shape, f.context, self.model_cfg, spacing)
-            return zoom_window(None, clicks, image_shape, self.model_cfg, f.expand, f.context, spacing)
+                return first_click_window(clicks[0].point, image_shape, context, self.model_cfg, spacing)
+            return zoom_window(None, clicks, image_shape, self.model_cfg, f.expand, context, spacing)
         return zoom_window(prev_mask, clicks, image_shape, self.model_cfg, f.expand, f.min_size, spacing)
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:

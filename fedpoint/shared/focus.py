@@ -45,6 +45,7 @@ from fedpoint.shared.clicks import Click, encode_clicks
 from fedpoint.shared.config import ModelConfig
 
 CONTEXT_FACTOR = 1          # first-click window side = CONTEXT_FACTOR * input_size native voxels (chosen on dev-split)
+CONTEXT_MM_3D = 96.0        # 3D with a known spacing: first-click cube side in mm (chosen on dev-split-3d)
 ZOOM_EXPAND = 1.4           # later clicks: the mask + clicks box, expanded this much
 MIN_SIZE_FACTOR = 0.5       # ... and at least this share of input_size a side
 BACKGROUND_LOGIT = -1.0e4   # what `paste` puts outside the window for logits
@@ -55,6 +56,7 @@ class FocusConfig:
     """Where the network looks. `None` means "derive from the model's input_size" (see module doc)."""
 
     context: int | None = None     # first-click window side, native voxels (default CONTEXT_FACTOR * input_size)
+    context_mm: float | None = None  # 3D, spacing known: the side in mm instead (default CONTEXT_MM_3D unless `context` is given)
     expand: float = ZOOM_EXPAND     # zoom window: expansion of the mask + clicks bounding box
     min_size: int | None = None    # zoom window: smallest side, native voxels (default input_size // 2)
 
@@ -65,14 +67,26 @@ class FocusConfig:
             raise ValueError(f"focus expand must be >= 1 (the window must hold the mask), got {self.expand}")
         if self.min_size is not None and self.min_size < 1:
             raise ValueError(f"focus min_size must be at least 1 voxel, got {self.min_size}")
+        if self.context_mm is not None and not self.context_mm > 0:
+            raise ValueError(f"focus context_mm must be positive, got {self.context_mm}")
 
     def resolve(self, cfg: ModelConfig) -> "FocusConfig":
         """The same config with its defaults filled in for this model."""
+        context_mm = self.context_mm
+        if context_mm is None and self.context is None and cfg.spatial_dims == 3:
+            context_mm = CONTEXT_MM_3D
         return FocusConfig(
             context=self.context or CONTEXT_FACTOR * cfg.input_size,
             expand=self.expand,
             min_size=self.min_size or max(1, int(cfg.input_size * MIN_SIZE_FACTOR)),
+            context_mm=context_mm,
         )
+
+    def context_for(self, spacing: Sequence[float] | None) -> int:
+        """The first-click window side in voxels of the finest axis for an image of this spacing."""
+        if spacing is None or self.context_mm is None:
+            return int(self.context)
+        return max(1, int(round(self.context_mm / min(float(x) for x in spacing))))
 
 
 @dataclass(frozen=True)

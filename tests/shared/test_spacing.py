@@ -79,3 +79,14 @@ def test_zoom_window_holds_a_thin_slab_object():
     for lo, hi, st, sp in zip((60, 70, 12), (140, 130, 16), w.start, w.stop):
         assert st <= lo and hi <= sp
     assert w.size[2] < 30  # not the whole stack: the box is cubic in mm
+
+
+def test_a_3d_first_click_window_is_sized_in_millimetres():
+    from fedpoint.shared.focus import CONTEXT_MM_3D, FocusConfig
+
+    focus = FocusConfig().resolve(CFG3)
+    assert focus.context_for((0.5, 0.5, 2.0)) == round(CONTEXT_MM_3D / 0.5)
+    assert focus.context_for((2.0, 2.0, 2.0)) == round(CONTEXT_MM_3D / 2.0)
+    assert focus.context_for(None) == focus.context  # no spacing: voxels, as in 2D
+    assert FocusConfig(context=40).resolve(CFG3).context_for((0.5, 0.5, 2.0)) == 40  # explicit voxels win
+    assert FocusConfig().resolve(ModelConfig()).context_mm is None  # 2D bases stay in voxels
