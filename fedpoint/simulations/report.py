@@ -347,7 +347,8 @@ def write_report(results: dict, path, plots: Sequence[str] = ()) -> str:
         "",
         f"{len(exp['sites'])} sites ({', '.join(results['data']['modalities'])}), {exp['rounds']} rounds of "
         f"{exp['images_per_round']} images per site, {exp['clicks']} simulated clicks per image, "
-        f"{exp['size']}×{exp['size']} px, adapter `{exp['adapter']}` (lr {exp.get('lr') or _default_lr(exp['adapter'])}"
+        + ("whole volumes with a 3D base" if exp.get("spatial_dims") == 3 else f"{exp['size']}×{exp['size']} px")
+        + f", adapter `{exp['adapter']}` (lr {exp.get('lr') or _default_lr(exp['adapter'])}"
         f"; every-weight arms lr {exp.get('full_lr') or _default_lr('full')}), seeds {exp['seeds']}. "
         f"Means over {'shifted sites' if scope == 'shifted' else 'all sites (none is shifted)'} present from the first round"
         + (" and seeds, ± sd over seeds." if len(exp["seeds"]) > 1 else " (one seed: no sd)."),
