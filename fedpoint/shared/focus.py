@@ -45,7 +45,7 @@ from fedpoint.shared.clicks import Click, encode_clicks
 from fedpoint.shared.config import ModelConfig
 
 CONTEXT_FACTOR = 1          # first-click window side = CONTEXT_FACTOR * input_size native voxels (chosen on dev-split)
-CONTEXT_MM_3D = 96.0        # 3D with a known spacing: first-click cube side in mm (chosen on dev-split-3d)
+CONTEXT_MM_3D = 64.0        # 3D with a known spacing: first-click cube side in mm (chosen on dev-split-3d)
 ZOOM_EXPAND = 1.4           # later clicks: the mask + clicks box, expanded this much
 MIN_SIZE_FACTOR = 0.5       # ... and at least this share of input_size a side
 BACKGROUND_LOGIT = -1.0e4   # what `paste` puts outside the window for logits
