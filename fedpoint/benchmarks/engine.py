@@ -102,22 +102,20 @@ def _slice_512() -> tuple[np.ndarray, list[np.ndarray], str]:
     return image[None].astype(np.float32), masks, "synthetic"
 
 
-def click_to_mask_512(net, cfg: ModelConfig, device: str, clicks: int = CLICKS_512, sync=lambda: None) -> dict:
-    """p50/p95 of `session.click` on a 512 x 512 slice, mode mid+post, `norm` adapter (see module doc)."""
-    from fedpoint.client.engine import SiteEngine
-    from fedpoint.client.model import SiteModel
+def simulated_clicks(engine, image: np.ndarray, masks: list[np.ndarray], clicks: int, per_object: int,
+                     warmup: int, sync=lambda: None, on_click=None) -> list[float]:
+    """Times of `session.click` (ms): objects in turn, a first click and up to `per_object - 1`
+    corrections each from the simulated user, until `clicks` are timed after `warmup` untimed ones;
+    each object's mask is accepted (so the post update runs between objects, as for a user)."""
     from fedpoint.shared.clicker import Clicker
 
-    image, masks, source = _slice_512()
-    engine = SiteEngine(SiteModel(make_adapter(net, "norm"), cfg, AdaptationConfig(mode="mid+post"), device))
     times: list[float] = []
-    warmup = 3
     k = 0
     while len(times) < clicks:
         mask = masks[k % len(masks)]
         k += 1
-        session, clicker = engine.open(image, f"bench-512-{k}"), Clicker(mask)
-        for _ in range(5):  # a first click and up to four corrections per object
+        session, clicker = engine.open(image, f"bench-{k}"), Clicker(mask)
+        for _ in range(per_object):
             click = clicker.next_click(session.mask if session.steps else None)
             if click is None:
                 break
@@ -125,12 +123,25 @@ def click_to_mask_512(net, cfg: ModelConfig, device: str, clicks: int = CLICKS_5
             t0 = time.perf_counter()
             session.click(click.point, click.positive)
             sync()
+            if on_click is not None:
+                on_click(session)
             if warmup:
                 warmup -= 1
             else:
                 times.append((time.perf_counter() - t0) * 1e3)
         if session.mask.any():
             session.accept()
+    return times
+
+
+def click_to_mask_512(net, cfg: ModelConfig, device: str, clicks: int = CLICKS_512, sync=lambda: None) -> dict:
+    """p50/p95 of `session.click` on a 512 x 512 slice, mode mid+post, `norm` adapter (see module doc)."""
+    from fedpoint.client.engine import SiteEngine
+    from fedpoint.client.model import SiteModel
+
+    image, masks, source = _slice_512()
+    engine = SiteEngine(SiteModel(make_adapter(net, "norm"), cfg, AdaptationConfig(mode="mid+post"), device))
+    times = simulated_clicks(engine, image, masks, clicks, per_object=5, warmup=3, sync=sync)
     return {**_percentiles(times), "clicks": len(times), "image": source}
 
 
@@ -168,7 +179,6 @@ def click_to_mask_3d(device: str, clicks: int = CLICKS_3D, sync=lambda: None) ->
     the ratio to the bare forward at the working size (see the module doc)."""
     from fedpoint.client.engine import SiteEngine
     from fedpoint.client.model import SiteModel
-    from fedpoint.shared.clicker import Clicker
     from fedpoint.shared.focus import FocusConfig
 
     net, cfg, name = _base3d(device)
@@ -177,24 +187,9 @@ def click_to_mask_3d(device: str, clicks: int = CLICKS_3D, sync=lambda: None) ->
         image, masks = _balls(side, 4)
         focus = FocusConfig(context=window, min_size=window)  # every window `window`^3 native voxels
         engine = SiteEngine(SiteModel(make_adapter(net, "norm"), cfg, AdaptationConfig(mode="mid+post"), device, focus))
-        times, sizes, warmup, k = [], set(), 2, 0
-        while len(times) < clicks:
-            mask = masks[k % len(masks)]
-            k += 1
-            session, clicker = engine.open(image, f"bench-3d-{k}"), Clicker(mask)
-            for _ in range(4):
-                click = clicker.next_click(session.mask if session.steps else None)
-                if click is None:
-                    break
-                sync()
-                t0 = time.perf_counter()
-                session.click(click.point, click.positive)
-                sync()
-                sizes.add((tuple(session.steps[-1].window.size), tuple(session.steps[-1].window.out_size)))
-                if warmup:
-                    warmup -= 1
-                else:
-                    times.append((time.perf_counter() - t0) * 1e3)
+        sizes = set()
+        times = simulated_clicks(engine, image, masks, clicks, per_object=4, warmup=2, sync=sync,
+                                 on_click=lambda s: sizes.add((tuple(s.steps[-1].window.size), tuple(s.steps[-1].window.out_size))))
         work = max(sizes, key=lambda s: s[1])[1]
         x = torch.zeros((1, cfg.in_channels, *work), device=device)
 

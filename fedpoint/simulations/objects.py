@@ -116,8 +116,14 @@ class ObjectSampler:
             k = int(rng.integers(s.start, s.stop))
             index = tuple(k if a == axis else slice(None) for a in range(3))  # a view, no copy
             labels, image = labels[index], image[index]
-        mask = labels == value
         image = image.astype(np.float32)
+        component = self._component(labels == value)
+        if component is None:
+            return None
+        return image, component, im.modality == "CT", im.source
+
+    def _component(self, mask: np.ndarray) -> np.ndarray | None:
+        """One connected component of `mask` of at least `min_pixels`, drawn uniformly; None if none."""
         parts, count = ndimage.label(mask)
         if count == 0:
             return None
@@ -125,21 +131,15 @@ class ObjectSampler:
         ok = np.flatnonzero(sizes >= self.cfg.min_pixels)
         if len(ok) == 0:
             return None
-        part = int(ok[rng.integers(len(ok))]) + 1
-        return image, parts == part, im.modality == "CT", im.source
+        return parts == int(ok[self.rng.integers(len(ok))]) + 1
 
     def _component_3d(self, labels, image, value, box, im):
         """One connected 3D component of region `value` (labelled inside its bounding box only)."""
-        parts, count = ndimage.label(labels[box] == value)
-        if count == 0:
+        component = self._component(labels[box] == value)
+        if component is None:
             return None
-        sizes = np.bincount(parts.ravel())[1:]
-        ok = np.flatnonzero(sizes >= self.cfg.min_pixels)
-        if len(ok) == 0:
-            return None
-        part = int(ok[self.rng.integers(len(ok))]) + 1
         mask = np.zeros(labels.shape, dtype=bool)
-        mask[box] = parts == part
+        mask[box] = component
         return image, mask, im.modality == "CT", im.source
 
     def _crop(self, image2d: np.ndarray, mask: np.ndarray, hu: bool, source: str) -> ObjectDraw | None:
