@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 
 import typer
@@ -35,10 +37,22 @@ def serve(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
-    typer.echo(f"fedpoint site {cfg.site}: open http://{shown}:{cfg.port}/#token={token}")
+    # The token only on a terminal: a service's output usually ends in the system log.
+    secret = token if sys.stdout.isatty() else "<token>"
+    typer.echo(f"fedpoint site {cfg.site}: open http://{shown}:{cfg.port}/#token={secret}")
+    if secret != token:
+        typer.echo(f"(the token is not printed because the output is not a terminal; it is the one {_token_source(cfg)})")
     typer.echo(f"MONAI Label clients (3D Slicer, OHIF): server http://{shown}:{cfg.port}"
-               + (f"/t/{token}" if cfg.token_in_path else " with header 'Authorization: Bearer <token>'"))
+               + (f"/t/{secret}" if cfg.token_in_path else " with header 'Authorization: Bearer <token>'"))
     run_service(cfg, app_)
+
+
+def _token_source(cfg) -> str:
+    if cfg.token_file:
+        return f"in {cfg.token_file}"
+    if cfg.token_env:
+        return f"in ${cfg.token_env}"
+    return "set as `token` in site.toml"
 
 
 @app.command()

@@ -223,3 +223,15 @@ def test_png_and_rgb_images_are_read(make_config, site):
         assert meta["shape"] == [40, 30]  # (x, y): columns first, as fedpoint reads every file
         r = live.client.post("/api/sessions/photo/click", json={"point": [10, 15]})
         assert r.status_code == 200 and r.json()["mask"]["width"] == 40
+
+
+def test_unsupported_monai_label_routes_answer_501_naming_what_is_missing(live):
+    c = live.client
+    for method, path, word in (("post", "/session/", "sessions"), ("get", "/session/abc", "sessions"),
+                               ("get", "/model/fedpoint", "model download"), ("post", "/scoring/dice", "scoring"),
+                               ("post", "/batch/infer/fedpoint", "batch"), ("get", "/logs/", "logs"),
+                               ("put", "/datastore/", "images folder"), ("delete", "/datastore/", "images folder")):
+        r = getattr(c, method)(path)
+        assert r.status_code == 501, (method, path, r.status_code)
+        assert word in r.json()["detail"], (path, r.json())
+    assert c.get("/model/fedpoint", headers={"Authorization": "Bearer wrong"}).status_code == 401  # still behind auth

@@ -5,9 +5,10 @@ label, or `output=image|json`), `GET /datastore/?output=stats|all|train`, `GET /
 `GET /datastore/label`, `PUT /datastore/label` (a final label: into the cache through the session
 accept, so the post-interaction update runs), `POST /activelearning/{first|random|uncertain}`,
 `POST /train/`, `POST /train/{model}`, `GET /train/` (with `check_if_running`).
-Not supported (answered with a clear 4xx/501): uploading images (`PUT /datastore/`), sessions
-(`/session/`), `file`/`label` uploads to infer (scribbles), stopping training, model download,
-DICOMweb, scoring. Points are image index space: [x, y(, z)] as 3D Slicer sends (IJK).
+Not supported (answered with a clear 4xx/501 that names what is missing): uploading or deleting
+images (`PUT`/`DELETE /datastore/`), sessions (`/session/`), model download (`/model/`), scoring
+(`/scoring/`), batch inference (`/batch/`), logs (`/logs/`), `file`/`label` uploads to infer
+(scribbles), stopping training, DICOMweb. Points are image index space: [x, y(, z)] as 3D Slicer sends (IJK).
 """
 
 from __future__ import annotations
@@ -203,6 +204,27 @@ def router(state: ServiceState, require) -> APIRouter:
     def train_stop():
         return JSONResponse({"detail": "stopping an episode is not supported; it ends after its configured epochs"},
                             status_code=501)
+
+    # MONAI Label routes this service does not offer: a clear 501 naming what is missing, not a bare 404/405.
+    unsupported = {
+        "session": "sessions (uploading an image for one inference session) are not supported: infer on an image of the site",
+        "model": "model download is not supported: the site's base and adapters never leave it",
+        "scoring": "scoring tasks are not supported",
+        "batch": "batch inference is not supported",
+        "logs": "server logs are not served over the API",
+    }
+    methods = ["GET", "POST", "PUT", "DELETE"]
+    for prefix, why in unsupported.items():
+        def answer(path: str = "", why: str = why):
+            return JSONResponse({"detail": why}, status_code=501)
+        api.add_api_route(f"/{prefix}/", answer, methods=methods, include_in_schema=False)
+        api.add_api_route(f"/{prefix}/{{path:path}}", answer, methods=methods, include_in_schema=False)
+
+    @api.put("/datastore/")
+    @api.delete("/datastore/")
+    def datastore_write():
+        return JSONResponse({"detail": "adding or removing datastore images is not supported: put image files in the "
+                                       "site's images folder"}, status_code=501)
 
     return api
 
