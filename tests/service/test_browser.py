@@ -149,3 +149,36 @@ def test_two_clicks_in_the_lungs_of_the_example_site_segment_the_lung_field(make
     inter = float((mask & lung).sum())
     assert inter / mask.sum() >= 0.5, f"only {inter / mask.sum():.2f} of the mask lies on the lung field"
     assert 2 * inter / (mask.sum() + lung.sum()) >= 0.5
+
+
+def test_a_3d_base_shows_which_slices_hold_the_mask(make_config, tiny_base_3d, tmp_path):
+    """With a 3D base one click is one 3D prediction; the page says on which slices the mask lies."""
+    import nibabel as nib
+    from playwright.sync_api import expect, sync_playwright
+
+    images = tmp_path / "vol-images"
+    images.mkdir()
+    grid = np.indices((48, 48, 12)).astype(np.float32)
+    ball = (((grid - np.array([24, 24, 6])[:, None, None, None]) / np.array([10, 10, 3])[:, None, None, None]) ** 2).sum(0) <= 1
+    volume = (0.2 + 0.6 * ball + 0.05 * np.random.default_rng(0).standard_normal(ball.shape)).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, np.diag([0.8, 0.8, 3.0, 1.0])), str(images / "vol.nii.gz"))
+    config = make_config(images=str(images), store=str(tmp_path / "vol-store"), base=str(tiny_base_3d))
+    with LiveServer(config) as live, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{live.url}/#token={TOKEN}")
+            viewer = page.locator("#viewer")
+            expect(viewer).to_have_attribute("data-image", "vol", timeout=60_000)
+            expect(viewer).to_have_attribute("data-busy", "0")
+            box = page.locator("#canvas").bounding_box()
+            page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            expect(viewer).to_have_attribute("data-clicks", "1", timeout=60_000)
+            expect(page.locator("#mask-slices")).to_contain_text("mask on slice", timeout=60_000)
+            held = [int(z) for z in viewer.get_attribute("data-mask-slices").split(",")]
+            assert len(held) > 1 and all(0 <= z < 12 for z in held)  # one click, a 3D mask over several slices
+            assert not errors, errors
+        finally:
+            browser.close()
