@@ -18,8 +18,7 @@ import torch
 from fedpoint.client.model import SiteModel
 from fedpoint.client.online import mid_interaction_update, post_interaction_update
 from fedpoint.client.online_guard import restore, snapshot
-from fedpoint.shared.clicker import check_spacing
-from fedpoint.shared.clicks import Click, check_point
+from fedpoint.shared.clicks import Click, check_point, check_spacing
 from fedpoint.shared.focus import FocusWindow, crop, enforce_clicks, paste, zoom_window
 
 

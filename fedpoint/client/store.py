@@ -116,6 +116,7 @@ class SiteStore:
         self.root = Path(root)
         self._local = threading.local()
         self._thread_lock = threading.Lock()
+        self._bank_pointer_problem: str | None = None  # last logged reason banks/latest.json is unusable
         for sub in ("cache", "adapters", "banks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -366,9 +367,13 @@ class SiteStore:
             target = (self.root / str(json.loads(pointer.read_text())["path"])).resolve()
             target.relative_to((self.root / "banks").resolve())
         except (OSError, ValueError, KeyError, TypeError) as err:
-            self.log("bank-skipped", file="banks/latest.json", reason=f"{type(err).__name__}: {err}")
-            _log.warning("site store: banks/latest.json cannot be used (%s)", err)
+            reason = f"{type(err).__name__}: {err}"
+            if reason != self._bank_pointer_problem:  # the watcher asks every few seconds: log it once
+                self._bank_pointer_problem = reason
+                self.log("bank-skipped", file="banks/latest.json", reason=reason)
+                _log.warning("site store: banks/latest.json cannot be used (%s)", err)
             return None
+        self._bank_pointer_problem = None
         return target
 
     # ------------------------------------------------------------------------ splits and log

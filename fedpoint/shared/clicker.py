@@ -19,7 +19,7 @@ from typing import Literal, Sequence
 import numpy as np
 from scipy import ndimage
 
-from fedpoint.shared.clicks import Click
+from fedpoint.shared.clicks import Click, check_spacing
 
 
 def _box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
@@ -95,15 +95,3 @@ class Clicker:
             candidates = np.argwhere(region)
             point = tuple(int(i) for i in candidates[self.rng.integers(len(candidates))])
         return Click(tuple(p + b.start for p, b in zip(point, box)), positive=is_fn)
-
-
-def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
-    """Voxel spacing in mm, one positive finite number per spatial axis, or None (voxels)."""
-    if spacing is None:
-        return None
-    values = tuple(float(s) for s in spacing)
-    if len(values) != ndim:
-        raise ValueError(f"spacing {values} has {len(values)} entries; the image has {ndim} spatial axes")
-    if not all(np.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"spacing {values} must be positive finite millimetres on every axis (missing or zero spacing?)")
-    return values

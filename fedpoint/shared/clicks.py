@@ -31,6 +31,18 @@ def check_point(point: Sequence[float], shape: Sequence[int]) -> tuple[int, ...]
     return index
 
 
+
+def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
+    """Voxel spacing in mm, one positive finite number per spatial axis, or None (voxels)."""
+    if spacing is None:
+        return None
+    values = tuple(float(s) for s in spacing)
+    if len(values) != ndim:
+        raise ValueError(f"spacing {values} has {len(values)} entries; the image has {ndim} spatial axes")
+    if not all(np.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"spacing {values} must be positive finite millimetres on every axis (missing or zero spacing?)")
+    return values
+
 def gaussian_window(point: Sequence[int], shape: Sequence[int], sigma: float, truncate: float = 3.0):
     """The slices of a box of radius `truncate * sigma` around `point`, clipped to the image, and the
     (unnormalised, peak 1) Gaussian values inside it."""

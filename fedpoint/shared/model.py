@@ -120,17 +120,21 @@ def resolve_base(spec: str | Path | None) -> Path:
     )
 
 
+def _card(spec: str | Path | None) -> tuple[Path, dict]:
+    path = resolve_base(spec)
+    return path, json.loads(path.with_suffix(".json").read_text())
+
+
 def base_config(spec: str | Path | None = None) -> ModelConfig:
     """The network config on a base's card, without building it (e.g. to know its spatial dims)."""
-    return ModelConfig(**json.loads(resolve_base(spec).with_suffix(".json").read_text())["model"])
+    return ModelConfig(**_card(spec)[1]["model"])
 
 
 def load_base(spec: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig, dict]:
     """Load a frozen base model; returns (model, config, model card)."""
     from safetensors.torch import load_file
 
-    path = resolve_base(spec)
-    card = json.loads(path.with_suffix(".json").read_text())
+    path, card = _card(spec)
     cfg = ModelConfig(**card["model"])
     model = build_model(cfg)
     model.load_state_dict(load_file(str(path.with_suffix(".safetensors"))))

@@ -1,8 +1,9 @@
 """`fedpoint evaluate`: one dataset stream, one adapter kind, one adaptation mode.
 
 Samples are object crops of `size` (the default) or, with `full_slice`, whole slices at native
-resolution (the same objects and slices), where the session's focus crop does the zooming. A 3D base (`--base base3d`) takes whole volumes
-at native resolution with their voxel spacing: the clicks, the focus crop and Dice are 3D.
+resolution (the same objects and slices), where the session's focus crop does the zooming. A 3D
+base (`--base base3d`) takes whole volumes at native resolution with their voxel spacing: the
+clicks, the focus crop and Dice are 3D.
 """
 
 from __future__ import annotations
@@ -49,9 +50,8 @@ def load_stream(spec: EvaluationSpec, data_dir: Path | None = None):
     import numpy as np
 
     from fedpoint.data import apply_shift, full_slice_samples, load_dataset, make_samples
-
-    from fedpoint.shared.protocol import locate_base
     from fedpoint.shared.model import base_config
+    from fedpoint.shared.protocol import locate_base
 
     dataset = load_dataset(spec.data, data_dir=data_dir, strict=spec.strict)
     if base_config(locate_base(spec.base)).spatial_dims == 3:  # whole volumes: the 3D focus crop zooms
@@ -77,10 +77,12 @@ def load_stream(spec: EvaluationSpec, data_dir: Path | None = None):
 
 
 def _check_spacing(case) -> None:
-    spacing = tuple(case.spacing or ())
-    if len(spacing) != 3 or not all(float(x) > 0 for x in spacing):
-        raise ValueError(f"{case.case_id}: voxel spacing {spacing or 'missing'} is not three positive millimetres; "
-                         "the 3D base measures clicks and windows in mm")
+    from fedpoint.shared.clicks import check_spacing
+
+    try:
+        check_spacing(tuple(case.spacing or ()), 3)
+    except ValueError as err:
+        raise ValueError(f"{case.case_id}: {err}; the 3D base measures clicks and windows in mm") from None
 
 
 def run_evaluation(spec: EvaluationSpec, store: Path, data_dir: Path | None = None, adapter_dir: Path | None = None,

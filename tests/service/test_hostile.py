@@ -604,3 +604,6 @@ def test_a_corrupt_or_misdirected_bank_is_refused_naming_the_file(live, site):
     assert live.client.post("/api/sessions/img0/click", json={"point": [24, 24]}).status_code == 200
     logged = [e for e in store.read_log() if e["event"] == "bank-skipped"]
     assert len(logged) >= 2 and all(e["file"] == "banks/latest.json" for e in logged)
+    for _ in range(3):  # the watcher polls: the same broken pointer is logged once, not on every poll
+        live.client.post("/api/banks/check")
+    assert len([e for e in store.read_log() if e["event"] == "bank-skipped"]) == len(logged)

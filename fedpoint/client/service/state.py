@@ -17,9 +17,9 @@ import json
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 import zlib
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
