@@ -137,16 +137,19 @@ class AnnotationSession:
             seen = self.steps[-1].input_mask
             seen_c = None if seen is None else crop(seen, window, mask=True).float()
             guard = model.online_guard
-            snap = snapshot(model) if guard.enabled else None
-            mid_interaction_update(model, image_c, local[:-1], seen_c, local[-1], pseudo)
-            after = None
-            if snap is not None:
-                keep, after = guard.check_mid(model, image_c, local, prev_c, pred_c.float(), self.case_id)
-                if not keep:
-                    restore(model, snap)
-                    self.rejected.append(guard.events[-1])
-                elif guard.project(model):
-                    after = None  # the projected model differs from the one checked
+            # One trial at a time on the site's shared model: another person's step landing between
+            # this snapshot and its restore would be undone with it.
+            with model.lock:
+                snap = snapshot(model) if guard.enabled else None
+                mid_interaction_update(model, image_c, local[:-1], seen_c, local[-1], pseudo)
+                after = None
+                if snap is not None:
+                    keep, after = guard.check_mid(model, image_c, local, prev_c, pred_c.float(), self.case_id)
+                    if not keep:
+                        restore(model, snap)
+                        self.rejected.append(guard.events[-1])
+                    elif guard.project(model):
+                        after = None  # the projected model differs from the one checked
             update_ms = (time.perf_counter() - t1) * 1e3
             if self.repredict and after is not None:  # the guard already predicted with the updated model
                 mask = enforce_clicks(paste(after.bool(), window, shape), clicks)
@@ -187,24 +190,27 @@ class AnnotationSession:
                 target[first_c.point] = True
             image_c = crop(self._image_t, window)
             target_t = torch.as_tensor(target, dtype=torch.float32, device=self.model.device)
-            guard = self.model.online_guard
-            if guard.enabled:
-                snap = snapshot(self.model)
-                last = self.steps[-1]
-                own = (crop(self._image_t, last.window), last.window.clicks(self.clicks),
-                       torch.as_tensor(crop(final, last.window, mask=True), dtype=torch.float32, device=self.model.device))
-                before_own = guard.own_score(self.model, *own)
-                before_replay = guard.replay_score(self.model)
-            post_interaction_update(self.model, image_c, first_c, target, np.random.default_rng(self.seed))
-            if guard.enabled:
-                if not guard.check_post(self.model, before_replay, before_own, *own, case_id=self.case_id):
-                    restore(self.model, snap)
-                    self.rejected.append(guard.events[-1])
-                else:
-                    guard.project(self.model)
-                guard.remember(image_c, target_t, first_c)
-                if not guard.rolling_check(self.model, self.case_id):
-                    self.rejected.append(guard.events[-1])
+            # The whole trial (snapshot, step, checks, replay memory, rolling check) holds the model:
+            # concurrent accepts on one site would otherwise roll back each other's steps.
+            with self.model.lock:
+                guard = self.model.online_guard
+                if guard.enabled:
+                    snap = snapshot(self.model)
+                    last = self.steps[-1]
+                    own = (crop(self._image_t, last.window), last.window.clicks(self.clicks),
+                           torch.as_tensor(crop(final, last.window, mask=True), dtype=torch.float32, device=self.model.device))
+                    before_own = guard.own_score(self.model, *own)
+                    before_replay = guard.replay_score(self.model)
+                post_interaction_update(self.model, image_c, first_c, target, np.random.default_rng(self.seed))
+                if guard.enabled:
+                    if not guard.check_post(self.model, before_replay, before_own, *own, case_id=self.case_id):
+                        restore(self.model, snap)
+                        self.rejected.append(guard.events[-1])
+                    else:
+                        guard.project(self.model)
+                    guard.remember(image_c, target_t, first_c)
+                    if not guard.rolling_check(self.model, self.case_id):
+                        self.rejected.append(guard.events[-1])
             self.post_window = window
             self.post_ms = (time.perf_counter() - t0) * 1e3
         self.accepted = final

@@ -282,3 +282,51 @@ def test_drift_that_each_check_allowed_is_rolled_back_to_the_last_validated_stat
     assert guard.rolling_check(engine.model, "drifted") is False
     assert guard.counts["rolled_back"] == 1 and "rolled back" in guard.events[-1]["reason"]
     assert all(torch.equal(anchor[k], v) for k, v in engine.adapter.state().items())
+
+
+def test_concurrent_accepts_on_one_site_are_whole_trials(tiny_base_2d, blob, monkeypatch):
+    """Two people accept at once on one site: the second post update waits until the first trial
+    (snapshot, step, checks, replay memory, rolling check) is over, so neither can roll back the
+    other's step or change the replay memory under it."""
+    import threading
+
+    import fedpoint.client.session as session_mod
+
+    real, entered, release = session_mod.post_interaction_update, [], threading.Event()
+
+    def slow_update(model, *args, **kwargs):
+        entered.append(threading.current_thread().name)
+        if len(entered) == 1:
+            release.wait(timeout=30)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(session_mod, "post_interaction_update", slow_update)
+    engine = _engine(tiny_base_2d, "post", guard_replay=3)
+    pairs = []
+    for i, (image, mask) in enumerate(blob((32, 32), seed=40 + i) for i in range(2)):
+        s = engine.open(image, f"c{i}")
+        s.click((16, 16), True)
+        pairs.append((s, mask))
+    errors = []
+
+    def accept(session, mask):
+        try:
+            session.accept(mask)
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure
+            errors.append(exc)
+
+    first = threading.Thread(target=accept, args=pairs[0], name="first")
+    second = threading.Thread(target=accept, args=pairs[1], name="second")
+    first.start()
+    while not entered:
+        first.join(timeout=0.01)
+    second.start()
+    second.join(timeout=1.0)
+    assert entered == ["first"], "a second trial started while the first held the model"
+    release.set()
+    for t in (first, second):
+        t.join(timeout=60)
+    counts = engine.model.online_guard.counts
+    assert not errors, errors
+    assert entered == ["first", "second"]
+    assert counts["post_kept"] + counts["post_rejected"] == 2 and len(engine.model.online_guard.cases) == 2
