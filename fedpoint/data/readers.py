@@ -2,15 +2,24 @@
 dataset folder, or a plain folder of image/label pairs (NIfTI, NRRD, PNG), all through MONAI's
 `LoadImage`.
 
+Reading is lazy: listing a dataset reads only the files' headers (shape, channels, spacing) and
+checks what they can tell; a case's voxels are decoded, and its label values checked, when the
+case is first used, through `VOLUMES`, a cache of the last two decoded volumes. So a decathlon-size
+task never sits in memory at once.
+
 Every problem becomes a `DataError` naming the file. Non-strict reading skips the case and records
-(file, reason); strict reading raises on the first problem.
+(file, reason): at listing time for what the headers show, at first use (see `types.usable`) for
+what only the voxels show (a truncated file, bad label values). Strict reading decodes every case
+once while listing, one at a time, and raises on the first problem.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -49,16 +58,27 @@ class _Collector:
 
     def add(self, make_case) -> None:
         try:
-            self.cases.append(make_case())
+            case = make_case()
+            if self.strict:  # strict reading checks every voxel now, one case at a time
+                case.load()
         except DataError as err:
             if self.strict:
                 raise
             self.skipped.append((err.path, err.problem))
+            return
+        case.files.sink = self
+        self.cases.append(case)
 
     def skip(self, err: DataError) -> None:
         if self.strict:
             raise err
         self.skipped.append((err.path, err.problem))
+
+    def drop(self, files: CaseFiles, err: DataError) -> None:
+        """A case found damaged on first decoding: out of the dataset's cases, into its skipped."""
+        self.cases[:] = [c for c in self.cases if c.files is not files]
+        if (err.path, err.problem) not in self.skipped:
+            self.skipped.append((err.path, err.problem))
 
 
 # ---------------------------------------------------------------------------------- MSD
@@ -188,34 +208,132 @@ def read_case(
     names: dict[int, str],
     allowed: set[int] | None,
 ) -> Case:
-    """Read and check one case: channels stacked, label on the same grid, valid values, not empty."""
-    arrays, spacing = [], None
+    """Check one case from its headers (channels on one grid, the label a single map on the same
+    grid and spacing) and return it lazy: voxels are decoded and label values checked on first use."""
+    shape, spacing, channels = None, None, 0
     for file in image_files:
-        array, file_spacing = read_image(file)
-        if arrays and array.shape[1:] != arrays[0].shape[1:]:
-            raise DataError(file, f"channel shape {array.shape[1:]} differs from {image_files[0].name} {arrays[0].shape[1:]}")
-        arrays.append(array)
-        spacing = spacing or file_spacing
-    image = np.concatenate(arrays).astype(np.float32)
-    label_map = read_label(label_file, image.shape[1:], spacing, allowed)
-    values = [int(v) for v in np.unique(label_map) if v > 0]
-    objects = [LabelledObject(names.get(v, f"label-{v}"), v, label_map=label_map) for v in values]
-    return Case(case_id, image, spacing, modality, objects, source=str(image_files[0]))
+        file_shape, file_spacing = read_header(file)
+        if shape is not None and file_shape[1:] != shape[1:]:
+            raise DataError(file, f"channel shape {file_shape[1:]} differs from {image_files[0].name} {shape[1:]}")
+        shape, spacing = shape or file_shape, spacing or file_spacing
+        channels += file_shape[0]
+    _check_label_header(label_file, shape[1:], spacing)
+    files = CaseFiles(image_files, label_file, (channels, *shape[1:]), spacing, names, allowed)
+    return Case(case_id, None, spacing, modality, None, source=str(image_files[0]), files=files)
 
 
-def read_label(path: Path, shape: tuple[int, ...], spacing: tuple[float, ...], allowed: set[int] | None) -> np.ndarray:
-    array, label_spacing = read_image(path)
-    if array.shape[0] != 1:
-        raise DataError(path, f"label has {array.shape[0]} channels; expected a single label map")
-    label = array[0]
-    if label.shape != tuple(shape):
-        raise DataError(path, f"label shape {label.shape} does not match the image shape {tuple(shape)}")
+def _check_label_header(path: Path, shape: tuple[int, ...], spacing: tuple[float, ...]) -> None:
+    label_shape, label_spacing = read_header(path)
+    if label_shape[0] != 1:
+        raise DataError(path, f"label has {label_shape[0]} channels; expected a single label map")
+    if label_shape[1:] != tuple(shape):
+        raise DataError(path, f"label shape {label_shape[1:]} does not match the image shape {tuple(shape)}")
     if not np.allclose(label_spacing, spacing, rtol=SPACING_RTOL):
         raise DataError(path, f"label spacing {_fmt(label_spacing)} does not match the image spacing {_fmt(spacing)}")
-    return _check_values(path, label, allowed)
 
 
-def _check_values(path: Path, label: np.ndarray, allowed: set[int] | None) -> np.ndarray:
+class VolumeCache:
+    """The last `size` decoded volumes (a case's image or its label map), shared by all lazy cases."""
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, decode: Callable[[], np.ndarray]) -> np.ndarray:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            while self._items and len(self._items) >= self.size:  # room first: never size + 1 held here
+                self._items.popitem(last=False)
+        array = decode()
+        with self._lock:
+            self._items[key] = array
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return array
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+VOLUMES = VolumeCache(2)
+
+
+class CaseFiles:
+    """A lazy case's files and what their headers said; voxels come from `VOLUMES` on demand."""
+
+    def __init__(self, image_files: list[Path], label_file: Path, shape: tuple[int, ...], spacing: tuple[float, ...],
+                 names: dict[int, str], allowed: set[int] | None):
+        self.image_files, self.label_file = list(image_files), label_file
+        self.shape, self.spacing = tuple(shape), tuple(spacing)  # (C, *spatial) of the stacked channels
+        self.names, self.allowed = names, allowed
+        self.values: list[int] | None = None  # foreground label values, known once the label is decoded
+        self.error: DataError | None = None  # a decoding failure, kept so it is not retried
+        self.sink: _Collector | None = None  # where a failure found on decoding is reported
+
+    def image(self) -> np.ndarray:
+        return VOLUMES.get((self, "image"), lambda: self._decode(self._decode_image))
+
+    def label_map(self) -> np.ndarray:
+        return VOLUMES.get((self, "label"), lambda: self._decode(self._decode_label))
+
+    def check(self) -> None:
+        self.image()
+        self.label_map()
+
+    def objects(self) -> list[LabelledObject]:
+        """The label's objects, decoding it if needed; a damaged label is reported (none, then)."""
+        if self.values is None:
+            try:
+                self.label_map()
+            except DataError as err:
+                if not self.report(err):
+                    raise
+                return []
+        return [LabelledObject(self.names.get(v, f"label-{v}"), v, label_map=self.label_map, shape=self.shape[1:])
+                for v in self.values]
+
+    def report(self, err: DataError) -> bool:
+        """Record a failure found on decoding; False where reading is strict (the caller raises)."""
+        if self.sink is None or self.sink.strict:
+            return False
+        self.sink.drop(self, err)
+        return True
+
+    def _decode(self, decode: Callable[[], np.ndarray]) -> np.ndarray:
+        if self.error is not None:
+            raise self.error
+        try:
+            return decode()
+        except DataError as err:
+            self.error = err
+            raise
+
+    def _decode_image(self) -> np.ndarray:
+        arrays = []
+        for file in self.image_files:
+            array, _ = read_image(file)
+            if array.shape[1:] != self.shape[1:]:
+                raise DataError(file, f"decodes to shape {array.shape[1:]}; its header says {self.shape[1:]}")
+            arrays.append(array)
+        image = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)  # one file: no copy
+        if image.shape[0] != self.shape[0]:
+            raise DataError(self.image_files[0], f"decodes to {image.shape[0]} channels; its header says {self.shape[0]}")
+        return image.astype(np.float32, copy=False)
+
+    def _decode_label(self) -> np.ndarray:
+        array, _ = read_image(self.label_file, dtype=None)  # its own integer type: a quarter of float32
+        if array.shape != (1, *self.shape[1:]):
+            raise DataError(self.label_file, f"decodes to shape {array.shape}; its header says {(1, *self.shape[1:])}")
+        label, self.values = _check_values(self.label_file, array[0], self.allowed)
+        return label
+
+
+def _check_values(path: Path, label: np.ndarray, allowed: set[int] | None) -> tuple[np.ndarray, list[int]]:
+    """The label in the smallest unsigned type, and its foreground values; bad values raise."""
     values = np.unique(label)
     if len(values) > MAX_LABEL_VALUES:
         raise DataError(path, f"has {len(values)} distinct values: an image, not a label map")
@@ -232,15 +350,16 @@ def _check_values(path: Path, label: np.ndarray, allowed: set[int] | None) -> np
     if values.max() <= 0:
         raise DataError(path, "label is empty: no foreground voxel")
     top = int(values.max())
-    return label.astype(np.uint8 if top < 256 else np.uint16 if top < 65536 else np.int32)
+    dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.int32
+    return label.astype(dtype, copy=False), [int(v) for v in values if v > 0]
 
 
-def read_image(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """(C, *spatial) array and per-axis spacing, read with MONAI's LoadImage."""
+def read_image(path: Path, dtype=np.float32) -> tuple[np.ndarray, tuple[float, ...]]:
+    """(C, *spatial) array and per-axis spacing, read with MONAI's LoadImage (`dtype` None: the file's)."""
     from monai.transforms import LoadImage
 
     try:
-        loaded = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+        loaded = LoadImage(image_only=True, ensure_channel_first=True, dtype=dtype)(str(path))
         array = np.asarray(loaded.detach().cpu().numpy())
         affine = np.asarray(loaded.affine, dtype=float)
     except Exception as err:  # any reader failure (truncated gzip, bad header, ...) names the file
@@ -250,6 +369,61 @@ def read_image(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
         raise DataError(path, f"has {ndim} spatial dimensions; expected 2 or 3")
     spacing = tuple(float(s) for s in np.linalg.norm(affine[:ndim, :ndim], axis=0))
     return array, spacing
+
+
+def read_header(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The (C, *spatial) shape and the spacing `read_image` would give, from the header alone
+    (NIfTI, NRRD, PNG; another format is decoded once to find out)."""
+    name = path.name.lower()
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            shape, affine = _nifti_header(path)
+        elif name.endswith(".nrrd"):
+            shape, affine = _nrrd_header(path)
+        elif name.endswith(".png"):
+            shape, affine = _png_header(path)
+        else:
+            array, spacing = read_image(path)
+            return tuple(array.shape), spacing
+    except DataError:
+        raise
+    except Exception as err:  # a bad header of any kind names the file
+        raise DataError(path, f"cannot be read: {type(err).__name__}: {err}") from err
+    ndim = len(shape) - 1
+    if ndim not in (2, 3):
+        raise DataError(path, f"has {ndim} spatial dimensions; expected 2 or 3")
+    return shape, tuple(float(s) for s in np.linalg.norm(affine[:ndim, :ndim], axis=0))
+
+
+def _nifti_header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    import nibabel as nib
+
+    image = nib.load(str(path))  # parses the header; the voxels stay on disk
+    dims = tuple(int(n) for n in image.shape)
+    # As MONAI reads NIfTI: up to three spatial axes, anything after them is the channel axis.
+    shape = (1, *dims) if len(dims) <= 3 else (dims[-1], *dims[:-1])
+    return shape, np.asarray(image.affine, dtype=float)
+
+
+def _nrrd_header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    import nrrd
+
+    header = nrrd.read_header(str(path))
+    sizes = tuple(int(n) for n in header["sizes"])
+    if header.get("space directions") is None:  # MONAI's reader needs it too
+        raise DataError(path, "cannot be read: its NRRD header has no 'space directions'")
+    directions = np.nan_to_num(np.asarray(header["space directions"], dtype=float))
+    affine = np.eye(max(directions.shape) + 1)
+    affine[: directions.shape[1], : directions.shape[0]] = directions.T  # axis i's step is column i
+    return (1, *sizes), affine  # MONAI reads every NRRD axis as spatial
+
+
+def _png_header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    from PIL import Image
+
+    with Image.open(path) as picture:  # reads the header only
+        shape = (len(picture.getbands()), picture.width, picture.height)  # columns first, as MONAI reads PNG
+    return shape, np.eye(3)
 
 
 # ---------------------------------------------------------------------------------- helpers

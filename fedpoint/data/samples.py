@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from fedpoint.data.normalize import normalize
-from fedpoint.data.types import Case, Dataset, LabelledObject
+from fedpoint.data.types import Case, Dataset, LabelledObject, usable
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def make_samples(
         raise ValueError(f"size {size} must have {spatial_dims} entries for spatial_dims={spatial_dims}")
     cases = data.cases if isinstance(data, Dataset) else list(data)
     samples: list[Sample] = []
-    for case in cases:
+    for case in usable(cases):  # a lazily read case is decoded here, one at a time
         samples.extend(_case_samples(case, spatial_dims, size, axis, min_voxels, split_components, max_per_object, margin))
     return samples
 
@@ -112,7 +112,7 @@ def full_slice_samples(
     mask on it is the target. `crop` is then the identity (`uncrop` returns the mask unchanged)."""
     cases = data.cases if isinstance(data, Dataset) else list(data)
     out: list[Sample] = []
-    for case in cases:
+    for case in usable(cases):
         if case.ndim not in (spatial_dims, spatial_dims + 1):
             raise ValueError(f"case {case.case_id} is {case.ndim}D; cannot make {spatial_dims}D full-slice samples")
         image = normalize(case.image, case.modality)
@@ -129,7 +129,8 @@ def full_slice_samples(
             mask = np.ascontiguousarray(np.moveaxis(mask, ax, 0))
             counts = mask.reshape(mask.shape[0], -1).sum(axis=1)
             for index in _pick_slices(np.flatnonzero(counts >= min_voxels), max_per_object):
-                out.append(_whole(image[index], mask[index], case, obj.name, ax, int(index)))
+                # A copy: a view would keep the whole normalised volume alive for every case.
+                out.append(_whole(image[index].copy(), mask[index], case, obj.name, ax, int(index)))
     return out
 
 

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from fedpoint.data.load import load_dataset
 from fedpoint.data.samples import Sample, full_slice_samples, make_samples
 from fedpoint.data.shifts import apply_shift, check_shift
-from fedpoint.data.types import Case, DataError, Dataset, LabelledObject
+from fedpoint.data.types import Case, DataError, Dataset, LabelledObject, usable
 
 try:
     import tomllib
@@ -280,12 +280,12 @@ def _select_cases(data: Dataset, spec: SiteSpec) -> list[Case]:
             raise DataError(spec.dataset, f"site {spec.name}: no cases {missing}; cases are {sorted(known)}")
         cases = [c for c in cases if c.case_id in spec.cases]
     if spec.slices is not None or spec.box is not None:
-        cases = [_region(c, spec) for c in cases]
+        cases = [_region(c, spec) for c in usable(cases)]
         if not any(c.objects for c in cases):
             raise DataError(spec.dataset, f"site {spec.name}: no whole object lies within "
                             f"{_describe_region(spec).split(': ', 1)[1]}")
     if spec.objects is not None:
-        cases = [replace(c, objects=[o for o in c.objects if _wanted(o.name, spec.objects)]) for c in cases]
+        cases = [c.keep_objects([o for o in c.objects if _wanted(o.name, spec.objects)]) for c in usable(cases)]
         if not any(c.objects for c in cases):
             raise DataError(spec.dataset, f"site {spec.name}: no object matches {spec.objects}")
     return cases
