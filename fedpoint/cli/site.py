@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+users_app = typer.Typer(no_args_is_help=True, help="Named users: one token per clinician (stored hashed), revocable.")
+app.add_typer(users_app, name="user")
 
 INIT_DATASETS = ("pyradiomics-lung", "mni152")  # the first that can be prepared is used
 
@@ -38,10 +40,10 @@ def serve(
     shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
     # The token only on a terminal: a service's output usually ends in the system log.
     secret = token if sys.stdout.isatty() else "<token>"
-    typer.echo(f"fedpoint site {cfg.site}: open http://{shown}:{cfg.port}/#token={secret}")
+    typer.echo(f"fedpoint site {cfg.site}: open {cfg.scheme}://{shown}:{cfg.port}/#token={secret}")
     if secret != token:
         typer.echo(f"(the token is not printed because the output is not a terminal; it is the one {_token_source(cfg)})")
-    typer.echo(f"MONAI Label clients (3D Slicer, OHIF): server http://{shown}:{cfg.port}"
+    typer.echo(f"MONAI Label clients (3D Slicer, OHIF): server {cfg.scheme}://{shown}:{cfg.port}"
                + (f"/t/{secret}" if cfg.token_in_path else " with header 'Authorization: Bearer <token>'"))
     run_service(cfg, app_)
 
@@ -117,3 +119,93 @@ def check(
     errors = len(report.errors)
     typer.echo(f"{errors} bad file(s), {len(report.findings) - errors} warning(s), {len(report.quarantined)} quarantined case(s)")
     raise typer.Exit(1 if errors else 0)
+
+
+# ---------------------------------------------------------------------------------- named users
+def _registry(config: Path):
+    from fedpoint.client.service.config import ServiceConfigError, load_service_config
+    from fedpoint.client.service.users import AuditLog, UserRegistry
+
+    try:
+        cfg = load_service_config(config)
+    except ServiceConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    return UserRegistry(cfg.users_path), AuditLog(cfg.audit_path)
+
+
+@users_app.command("add")
+def user_add(
+    name: str = typer.Argument(..., help="The clinician's user name (letters, digits, '.', '_', '-')."),
+    config: Path = typer.Option(..., "--config", "-c", help="The site's site.toml."),
+    days: float = typer.Option(None, min=0.001, help="The token expires after this many days (default: never)."),
+    replace: bool = typer.Option(False, help="Issue a new token to an existing user (the old one stops working)."),
+    token_out: Path = typer.Option(None, "--token-out", help="Write the token to this new file (mode 600) instead of printing it."),
+) -> None:
+    """Add a user and show their token once: only its hash is kept. Printed only on a terminal;
+    otherwise give --token-out."""
+    from fedpoint.client.service.users import UserError
+
+    if token_out is None and not sys.stdout.isatty():
+        typer.echo("error: the output is not a terminal, so the token is not printed; give --token-out FILE", err=True)
+        raise typer.Exit(2)
+    if token_out is not None and token_out.exists():
+        typer.echo(f"error: {token_out} exists; the token file must be new", err=True)
+        raise typer.Exit(2)
+    registry, audit = _registry(config)
+    try:
+        token = registry.add(name, days, replace)
+    except (UserError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    audit.record("admin", "user_add", user_name=name, expires_days=days, replaced=replace)
+    if token_out is not None:
+        import os
+
+        fd = os.open(token_out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        typer.echo(f"user {name}: token written to {token_out}" + (f", valid {days:g} days" if days else ""))
+    else:
+        typer.echo(f"user {name}: token (shown once, keep it safe): {token}")
+    typer.echo("the user logs in with it: the page asks for it; 3D Slicer takes the user name and the token as password")
+
+
+@users_app.command("list")
+def user_list(config: Path = typer.Option(..., "--config", "-c", help="The site's site.toml.")) -> None:
+    """Every user with status (active, expired, revoked), creation and expiry; never a token."""
+    import time
+
+    from fedpoint.client.service.users import UserError
+
+    registry, _ = _registry(config)
+    try:
+        users = registry.users()
+    except UserError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if not users:
+        typer.echo("no named users (the site token is the only one)")
+    for user in users:
+        row = user.public(time.time())
+        typer.echo(f"{row['name']:20s} {row['status']:8s} created {row['created']}"
+                   + (f", expires {row['expires']}" if row["expires"] else "")
+                   + (f", revoked {row['revoked']}" if row["revoked"] else ""))
+
+
+@users_app.command("revoke")
+def user_revoke(
+    name: str = typer.Argument(..., help="The user whose token stops working now."),
+    config: Path = typer.Option(..., "--config", "-c", help="The site's site.toml."),
+) -> None:
+    """Revoke a user's token; a running service refuses it from its next request."""
+    from fedpoint.client.service.users import UserError
+
+    registry, audit = _registry(config)
+    try:
+        registry.revoke(name)
+    except UserError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    audit.record("admin", "user_revoke", user_name=name)
+    typer.echo(f"user {name}: token revoked")

@@ -39,8 +39,10 @@ class LiveServer:
 
         self.app = create_app(config)
         self.state = self.app.state.service
+        self.tls = config.tls_cert
+        tls = {"ssl_certfile": str(config.tls_cert), "ssl_keyfile": str(config.tls_key)} if self.tls else {}
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning",
-                                                   lifespan="on", ws="none"))
+                                                   lifespan="on", ws="none", **tls))
         self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)
 
     def __enter__(self) -> "LiveServer":
@@ -51,9 +53,10 @@ class LiveServer:
                 raise RuntimeError("the service did not start within 30 s")
             time.sleep(0.02)
         port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.client = httpx.Client(base_url=self.url, headers=AUTH, timeout=120)
-        self.anonymous = httpx.Client(base_url=self.url, timeout=60)
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}"
+        verify = _trusting(self.tls) if self.tls else True
+        self.client = httpx.Client(base_url=self.url, headers=AUTH, timeout=120, verify=verify)
+        self.anonymous = httpx.Client(base_url=self.url, timeout=60, verify=verify)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -61,6 +64,39 @@ class LiveServer:
         self.anonymous.close()
         self.server.should_exit = True
         self.thread.join(timeout=150)
+
+
+def _trusting(cert):
+    """An SSL context that trusts exactly this (self-signed) certificate."""
+    import ssl
+
+    return ssl.create_default_context(cafile=str(cert))
+
+
+def self_signed(folder: Path, name: str = "site") -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (PEM files), made with `cryptography`."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
 
 
 def unpack(payload: dict) -> np.ndarray:

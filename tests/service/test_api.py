@@ -93,7 +93,7 @@ def test_monai_label_client_sequence(live, site):
     assert filename.endswith(".nii.gz")
     label = np.asarray(nifti(label_bytes).dataobj)
     assert label.shape == (48, 48) and set(np.unique(label)) <= {0, 1}
-    session = live.state.sessions.get(("img0", "slicer-user", None)).session
+    session = live.state.sessions.get(("img0", "slicer-user", None, "object")).session
     assert len(session.clicks) == 2
     # the same points again change nothing; a new point is one more click
     c.post(f"/infer/{model}", params={"image": "img0", "output": "json"}, data={"params": json.dumps(params)})
@@ -194,7 +194,7 @@ def test_a_3d_model_annotates_the_whole_volume(make_config, site, tiny_base_3d):
         assert view["mask_slices"] == r["mask_slices"]
         from fedpoint.client.service.routes_web import DEFAULT_USER
 
-        opened = live.state.sessions.get(("vol", DEFAULT_USER, None))
+        opened = live.state.sessions.get(("vol", DEFAULT_USER, None, "object"))
         assert opened.session.spacing is not None  # windows measured in mm on the volume's grid
         # MONAI Label infer with 3D points returns the 3D label on the volume's grid
         params = {"foreground": [[20, 20, 4]], "background": [[2, 2, 7]], "client_id": "slicer"}

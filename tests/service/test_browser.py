@@ -182,3 +182,56 @@ def test_a_3d_base_shows_which_slices_hold_the_mask(make_config, tiny_base_3d, t
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_two_structures_and_a_named_user_in_the_page(make_config, blob, blob_base_2d, tmp_path):
+    """A site that labels two structures: the page offers both in their colours, each click goes to
+    the chosen one, each accept is its own cache entry; a named user's token fixes the name shown."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from fedpoint.client.service.users import UserRegistry
+
+    images = tmp_path / "two-images"
+    images.mkdir()
+    np.save(images / "case-001.npy", blob((96, 96), seed=3)[0][0])
+    store = tmp_path / "two-store"
+    token = UserRegistry(store / "users.json").add("dr-lee")
+    config = make_config(images=str(images), store=str(store), base=str(blob_base_2d), labels=["liver", "lesion"])
+    with LiveServer(config) as live, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{live.url}/#token={token}")
+            viewer = page.locator("#viewer")
+            expect(viewer).to_have_attribute("data-image", "case-001", timeout=60_000)
+            expect(viewer).to_have_attribute("data-structure", "liver")
+            expect(page.locator("#user-name")).to_have_value("dr-lee")
+            expect(page.locator("#user-name")).to_be_disabled()
+            buttons = page.locator("#structures .structure")
+            expect(buttons).to_have_count(2)
+            box = page.locator("#canvas").bounding_box()
+            centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.click(*centre)
+            expect(viewer).to_have_attribute("data-clicks", "1", timeout=60_000)
+            page.keyboard.press("Enter")  # accept the liver
+            expect(viewer).to_have_attribute("data-accepted", "1", timeout=60_000)
+            expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)
+            page.locator('#structures [data-structure="lesion"]').click()
+            expect(viewer).to_have_attribute("data-structure", "lesion")
+            expect(page.locator('#structures [data-structure="lesion"]')).to_have_attribute("aria-checked", "true")
+            expect(viewer).to_have_attribute("data-clicks", "0", timeout=60_000)  # the lesion has its own session
+            page.mouse.click(*centre)
+            expect(viewer).to_have_attribute("data-clicks", "1", timeout=60_000)
+            expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)
+            page.keyboard.press("Enter")
+            expect(viewer).to_have_attribute("data-accepted", "2", timeout=60_000)
+            expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)
+            assert not errors, errors
+        finally:
+            browser.close()
+    cases = sorted(p.name for p in (store / "cache").iterdir() if p.is_dir())
+    assert cases == ["case-001.lesion", "case-001.liver"]
+    metas = [json.loads((store / "cache" / c / "meta.json").read_text()) for c in cases]
+    assert [(m["structure"], m["user"]) for m in metas] == [("lesion", "dr-lee"), ("liver", "dr-lee")]

@@ -239,7 +239,7 @@ def test_monai_label_2d_points_with_z_0(live):
     r = c.post("/infer/fedpoint", params={"image": "img0", "output": "json"},
                data={"params": json.dumps({"foreground": [[20, 22, 0]], "background": [[2, 3, 0]]})})
     assert r.status_code == 200, r.text
-    session = live.state.sessions.get(("img0", "monailabel", None))
+    session = live.state.sessions.get(("img0", "monailabel", None, "object"))
     assert [c.point for c in session.session.clicks] == [(20, 22), (2, 3)]
     r = c.post("/infer/fedpoint", params={"image": "img0", "output": "json"},
                data={"params": json.dumps({"foreground": [[20, 22, 1]]})})

@@ -76,9 +76,20 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
                         status_code=500)
 
 
+def _keep_uploads_in_memory(limit: int) -> None:
+    """Starlette spools an uploaded file over 1 MiB to a temporary file; a label is patient data,
+    so it stays in memory up to the body limit (which BodyLimitMiddleware enforces first)."""
+    from starlette.formparsers import MultiPartParser
+
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, limit)
+
+
 def create_app(config: SiteServiceConfig, state: ServiceState | None = None) -> FastAPI:
     """Loads the model now (a broken config fails at start, not at the first click)."""
-    guard = TokenGuard(config.resolve_token())
+    from fedpoint.client.service.users import UserRegistry
+
+    guard = TokenGuard(config.resolve_token(), UserRegistry(config.users_path), config.allow_shared_token)
+    _keep_uploads_in_memory(int(config.max_upload_mb * 2**20))
     state = state or ServiceState(config)
 
     @asynccontextmanager
@@ -104,6 +115,7 @@ def create_app(config: SiteServiceConfig, state: ServiceState | None = None) -> 
     app.include_router(routes_web.page_router())
     app.include_router(routes_web.api_router(state, guard.require))
     app.include_router(monailabel.router(state, guard.require))
+    app.include_router(monailabel.auth_router(guard))
 
     # Middleware added last runs first: path token -> body limit -> CORS (only if configured).
     if config.cors_origins:
@@ -123,5 +135,6 @@ def serve(config: SiteServiceConfig, app: FastAPI | None = None) -> None:
 
     app = app or create_app(config)
     # With tokens in paths the access log would write them to disk: keep it off then.
+    tls = {"ssl_certfile": str(config.tls_cert), "ssl_keyfile": str(config.tls_key)} if config.tls_cert else {}
     uvicorn.run(app, host=config.host, port=config.port, log_level="info", ws="none",
-                access_log=not config.token_in_path)
+                access_log=not config.token_in_path, **tls)

@@ -137,8 +137,9 @@ def check_images(folder: Path, report: CheckReport, decode: bool = True) -> None
     root = folder.resolve()
     count = 0
     for path in sorted(folder.iterdir()):
-        parts = split_suffix(path.name, IMAGE_SUFFIXES)
-        if path.name.startswith(".") or parts is None or not path.is_file():
+        # a sub-folder is one DICOM series, as the service lists it
+        parts = (path.name, "") if path.is_dir() else split_suffix(path.name, IMAGE_SUFFIXES)
+        if path.name.startswith(".") or parts is None or not (path.is_file() or path.is_dir()):
             continue
         count += 1
         rel = f"images/{path.name}"

@@ -17,6 +17,7 @@ from fedpoint.client.store import check_id
 from fedpoint.shared.config import AdaptationConfig, AdapterConfig
 
 MIN_TOKEN_LENGTH = 16
+MAX_STRUCTURES = 32
 
 
 class ServiceConfigError(ValueError):
@@ -29,7 +30,12 @@ class SiteServiceConfig(BaseModel):
     site: str = Field(description="the site's name (letters, digits, '.', '_', '-')")
     modality: str = Field("unknown", description="CT, MR, microscopy, ...: picks the intensity normalisation")
     store: Path = Field(description="the site store folder (annotation cache, adapter versions, received banks)")
-    images: Path = Field(description="folder of images to annotate: NIfTI, NRRD, PNG or NPY, 2D or 3D")
+    images: Path | None = Field(None, description="folder of images to annotate: NIfTI, NRRD, PNG, NPY or DICOM "
+                                                  "series sub-folders, 2D or 3D (optional with dicomweb)")
+    dicomweb: str | None = Field(None, description="a PACS's DICOMweb root (QIDO-RS, WADO-RS, STOW-RS), e.g. "
+                                                   "http://127.0.0.1:8042/dicom-web: its series are served too")
+    dicomweb_token_env: str | None = Field(None, description="environment variable holding the PACS credential: "
+                                                             "user:password (HTTP Basic) or a bearer token")
     base: str | None = Field(None, description="base checkpoint: a packaged name or a path; default the packaged 2D base")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description='adapter kind ("norm", ...) or a table')
     mode: str = Field("mid+post+episodes", description="adaptation mode (see AdaptationConfig)")
@@ -41,9 +47,14 @@ class SiteServiceConfig(BaseModel):
     token_env: str | None = Field(None, description="name of an environment variable holding the token")
     token_file: Path | None = Field(None, description="file holding the token")
     token_in_path: bool = Field(False, description="also accept /t/<token>/... for clients that cannot send headers")
+    users_file: Path | None = Field(None, description="named users' hashed tokens (`fedpoint site user add`); default <store>/users.json")
+    allow_shared_token: bool = Field(True, description="the site token may annotate under a typed name; false: only named users' tokens")
+    tls_cert: Path | None = Field(None, description="PEM certificate: serve HTTPS directly (with tls_key)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N or auto (CUDA when torch sees one)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads")
     label: str = Field("object", description="name of the structure annotated, shown to MONAI Label clients")
+    labels: list[str] | None = Field(None, description='several structures per image, e.g. ["liver", "lesion"] (replaces label)')
     max_upload_mb: float = Field(64.0, gt=0, le=4096)
     max_decoded_mb: float = Field(1024.0, gt=0, le=65536,
                                   description="most bytes an uploaded label may decode to (its header is checked first)")
@@ -63,6 +74,17 @@ class SiteServiceConfig(BaseModel):
     @classmethod
     def _safe_site(cls, site: str) -> str:
         return check_id(site, "site name")
+
+    @field_validator("labels")
+    @classmethod
+    def _structure_names(cls, names: list[str] | None) -> list[str] | None:
+        if names is None:
+            return None
+        if not names or len(names) > MAX_STRUCTURES:
+            raise ValueError(f"give 1 to {MAX_STRUCTURES} structure names")
+        if len(set(names)) != len(names):
+            raise ValueError(f"structure names repeat: {names}")
+        return [check_id(name, "structure name") for name in names]
 
     @field_validator("device")
     @classmethod
@@ -96,6 +118,21 @@ class SiteServiceConfig(BaseModel):
             raise ValueError("'*' would let any web page use the token a browser holds; list the origins")
         return origins
 
+    @field_validator("dicomweb")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError("give the DICOMweb root as an http:// or https:// address")
+        return url.rstrip("/") if url else url
+
+    @model_validator(mode="after")
+    def _some_images(self) -> "SiteServiceConfig":
+        if self.images is None and self.dicomweb is None:
+            raise ValueError("give images (a folder), dicomweb (a PACS's DICOMweb address), or both")
+        if self.dicomweb_token_env and not self.dicomweb:
+            raise ValueError("dicomweb_token_env is set but dicomweb is not")
+        return self
+
     @model_validator(mode="after")
     def _one_token_source(self) -> "SiteServiceConfig":
         given = [name for name in ("token", "token_env", "token_file") if getattr(self, name)]
@@ -103,7 +140,32 @@ class SiteServiceConfig(BaseModel):
             raise ValueError(f"give exactly one of token, token_env, token_file (got {', '.join(given) or 'none'})")
         return self
 
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "SiteServiceConfig":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both tls_cert and tls_key, or neither")
+        if self.tls_cert is not None:
+            check_tls(self.tls_cert, self.tls_key)
+        return self
+
     # ------------------------------------------------------------------------------- derived
+    @property
+    def structures(self) -> list[str]:
+        """The structures annotated on each image, in label-value order (value 1, 2, ...)."""
+        return list(self.labels) if self.labels else [self.label]
+
+    @property
+    def users_path(self) -> Path:
+        return Path(self.users_file) if self.users_file else Path(self.store) / "users.json"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.users_path.with_name("audit.jsonl")
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
     def adaptation_config(self) -> AdaptationConfig:
         return AdaptationConfig(**{**self.adaptation, "mode": self.mode})
 
@@ -123,9 +185,23 @@ class SiteServiceConfig(BaseModel):
         return value.strip()
 
 
+def check_tls(cert: Path, key: Path) -> None:
+    """The pair loads and matches now, not at the first connection (uvicorn would fail late and vaguely)."""
+    import ssl
+
+    for name, path in (("tls_cert", cert), ("tls_key", key)):
+        if not Path(path).is_file():
+            raise ValueError(f"{name}: {path} does not exist")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as err:
+        reason = "the key does not match the certificate" if "mismatch" in str(err).lower() else str(err)
+        raise ValueError(f"tls_key: {Path(key).name} cannot serve {Path(cert).name}: {reason}") from None
+
+
 def _resolve_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     out = dict(data)
-    for key in ("store", "images", "token_file"):
+    for key in ("store", "images", "token_file", "users_file", "tls_cert", "tls_key"):
         if isinstance(out.get(key), str) and not Path(out[key]).expanduser().is_absolute():
             out[key] = str(folder / out[key])
         elif isinstance(out.get(key), str):

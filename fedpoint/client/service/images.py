@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,9 @@ def split_suffix(name: str, suffixes=IMAGE_SUFFIXES) -> tuple[str, str] | None:
 # ------------------------------------------------------------------------------------ reading
 def read_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(C, *spatial) float32 array and a 4x4 affine (index -> RAS mm; identity where unknown)."""
+    if path.is_dir():  # a DICOM series folder
+        series = read_dicom_series(path)
+        return series.channels(), series.affine
     suffix = split_suffix(path.name, IMAGE_SUFFIXES)
     if suffix and suffix[1] == ".npy":
         try:
@@ -63,6 +67,16 @@ def read_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
         full[:2, :2], full[:2, 3] = affine[:2, :2], affine[:2, 2]
         affine = full
     return array, affine
+
+
+def read_dicom_series(folder: Path):
+    """A folder holding one DICOM series, as a `fedpoint.data.dicom.DicomSeries`."""
+    from fedpoint.data.dicom import DicomError, read_dicom_folder
+
+    try:
+        return read_dicom_folder(folder)
+    except DicomError as err:
+        raise ImageError(str(err)) from None
 
 
 def _channel_first_npy(array: np.ndarray, name: str) -> np.ndarray:
@@ -101,13 +115,44 @@ def read_label(data: bytes, filename: str, shape: tuple[int, ...], max_bytes: in
     return label.astype(np.int32)
 
 
-def nifti_bytes(mask: np.ndarray, affine: np.ndarray) -> bytes:
-    """A uint8 label as gzipped NIfTI bytes, on the image's grid (same affine)."""
+def nifti_bytes(mask: np.ndarray, affine: np.ndarray, dtype: str = "uint8") -> bytes:
+    """A label as gzipped NIfTI bytes (uint8 unless asked), on the image's grid (same affine)."""
     import nibabel as nib
 
-    image = nib.Nifti1Image(np.asarray(mask, dtype=np.uint8), np.asarray(affine, dtype=float))
+    image = nib.Nifti1Image(np.asarray(mask, dtype=dtype), np.asarray(affine, dtype=float))
     image.header.set_xyzt_units("mm")
     return gzip.compress(image.to_bytes(), compresslevel=1)
+
+
+RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
+RESULT_DTYPES = ("uint8", "uint16", "int16", "int32", "float32")
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def label_file_bytes(mask: np.ndarray, affine: np.ndarray, extension: str = ".nii.gz", dtype: str = "uint8") -> bytes:
+    """A label on the image's grid as a file a client asked for (MONAI Label's `result_extension`
+    and `result_dtype`): NIfTI (gzipped or not) or NRRD (gzip encoding, LPS space as 3D Slicer writes)."""
+    if extension not in RESULT_EXTENSIONS:
+        raise ImageError(f"result_extension {extension!r} is not supported; use one of {', '.join(RESULT_EXTENSIONS)}")
+    if dtype not in RESULT_DTYPES:
+        raise ImageError(f"result_dtype {dtype!r} is not supported; use one of {', '.join(RESULT_DTYPES)}")
+    data = np.asarray(mask).astype(dtype)
+    if extension == ".nii.gz":
+        return nifti_bytes(data, affine, dtype)
+    if extension == ".nii":
+        import nibabel as nib
+
+        return nib.Nifti1Image(data, np.asarray(affine, dtype=float)).to_bytes()
+    import nrrd
+
+    header: dict = {"encoding": "gzip"}
+    if data.ndim == 3:  # the volume's geometry; a 2D picture has none worth writing
+        lps = RAS_TO_LPS @ np.asarray(affine, dtype=float)
+        header.update({"space": "left-posterior-superior", "space directions": lps[:3, :3].T,
+                       "space origin": lps[:3, 3]})
+    buffer = io.BytesIO()
+    nrrd.write(buffer, data, header, compression_level=1)
+    return buffer.getvalue()
 
 
 # ------------------------------------------------------------------------------------ one image
@@ -120,6 +165,7 @@ class LoadedImage:
     affine: np.ndarray  # 4x4
     window: tuple[float, float]  # the default display window (raw units)
     modality: str
+    dicom: Any = None  # the DicomSeries (source UIDs, headers) of a DICOM image, for a SEG written back
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -143,7 +189,8 @@ class LoadedImage:
     @property
     def flip_y(self) -> bool:
         """Show y upward when it runs toward anterior/superior (a medical volume), downward otherwise."""
-        return self.path.name.lower().endswith((".nii", ".nii.gz", ".nrrd")) and self.affine[1, 1] > 0
+        medical = self.dicom is not None or self.path.name.lower().endswith((".nii", ".nii.gz", ".nrrd"))
+        return medical and self.affine[1, 1] > 0
 
     def meta(self) -> dict:
         presets = CT_PRESETS if canonical_modality(self.modality) == "CT" else {}
@@ -178,18 +225,37 @@ def default_window(display: np.ndarray, modality: str, ct_window) -> tuple[float
     return (float(low), float(high)) if high > low else (float(flat.min()), float(flat.max()) + 1e-6)
 
 
-def prepare(image_id: str, path: Path, modality: str, model_channels: int, ct_window) -> LoadedImage:
-    raw, affine = read_array(path)
-    if raw.shape[0] != model_channels:
-        if model_channels != 1:
-            raise ImageError(f"{path.name}: has {raw.shape[0]} channels, the model takes {model_channels}")
-        raw = raw.mean(axis=0, keepdims=True)  # an RGB picture for a grey-scale model
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")  # 2D pictures: 3 or 4 channels there mean RGB(A)
+LUMINANCE = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 weights, as Pillow's convert("L")
+
+
+def _fit_channels(raw: np.ndarray, path: Path, model_channels: int) -> np.ndarray:
+    """The image with the model's channel count. Kept when they agree; an RGB(A) picture for a
+    one-channel model becomes grey (alpha dropped). Anything else is refused: averaging, say, two MR
+    sequences into one would show the model an image unlike any it was trained on."""
+    channels = raw.shape[0]
+    if channels == model_channels:
+        return raw
+    picture = path.name.lower().endswith(PICTURE_SUFFIXES) and raw.ndim == 3
+    if model_channels == 1 and picture and channels in (3, 4):
+        return np.tensordot(LUMINANCE, raw[:3], axes=1)[None].astype(np.float32)
+    raise ImageError(f"{path.name}: has {channels} channels, the model takes {model_channels} (only an RGB or RGBA "
+                     f"PNG/JPEG picture is turned grey for a one-channel model)")
+
+
+def prepare(image_id: str, path: Path, modality: str, model_channels: int, ct_window, series=None) -> LoadedImage:
+    """`series`: a DicomSeries already read (from a PACS); a folder at `path` is read as one."""
+    if series is None and path.is_dir():
+        series = read_dicom_series(path)
+    raw, affine = (series.channels(), series.affine) if series is not None else read_array(path)
+    raw = _fit_channels(raw, path, model_channels)
     if not np.isfinite(raw).all():
         raise ImageError(f"{path.name}: contains NaN or infinite values")
     display = raw.mean(axis=0) if raw.shape[0] > 1 else raw[0]
     window = ct_window if canonical_modality(modality) == "CT" else None
     model_input = normalize(raw, modality, window=window)
-    return LoadedImage(image_id, path, display, model_input, affine, default_window(display, modality, ct_window), modality)
+    return LoadedImage(image_id, path, display, model_input, affine, default_window(display, modality, ct_window), modality,
+                       series)
 
 
 # ------------------------------------------------------------------------------------ the folder
@@ -250,8 +316,8 @@ class ImageFolder:
             return
         listing, skipped = {}, []
         for path in sorted(self.root.iterdir()):
-            parts = split_suffix(path.name)
-            if not path.is_file() or path.name.startswith(".") or parts is None:
+            parts = (path.name, "") if path.is_dir() else split_suffix(path.name)  # a folder: one DICOM series
+            if not (path.is_file() or path.is_dir()) or path.name.startswith(".") or parts is None:
                 continue
             if path.is_symlink() and not self._inside(path):
                 skipped.append((path.name, "a link to a file outside the images folder: not served"))
@@ -309,7 +375,7 @@ class ImageFolder:
 def file_response_bytes(loaded: LoadedImage) -> tuple[bytes, str]:
     """The image as a client can open it: the original NIfTI/NRRD file, or a NIfTI made from it."""
     name = loaded.path.name
-    if name.lower().endswith((".nii", ".nii.gz", ".nrrd")):
+    if loaded.dicom is None and name.lower().endswith((".nii", ".nii.gz", ".nrrd")):
         return loaded.path.read_bytes(), name
     import nibabel as nib
 

@@ -8,7 +8,8 @@ accept, so the post-interaction update runs), `POST /activelearning/{first|rando
 Not supported (answered with a clear 4xx/501 that names what is missing): uploading or deleting
 images (`PUT`/`DELETE /datastore/`), sessions (`/session/`), model download (`/model/`), scoring
 (`/scoring/`), batch inference (`/batch/`), logs (`/logs/`), `file`/`label` uploads to infer
-(scribbles), stopping training, DICOMweb. Points are image index space: [x, y(, z)] as 3D Slicer sends (IJK).
+(scribbles), stopping training. Login: `/auth/`, `/auth/token`, `/auth/token/valid` (`auth_router`).
+`/infer` honours `result_extension` (.nii.gz, .nii, .nrrd) and `result_dtype`. Points are image index space: [x, y(, z)] as 3D Slicer sends (IJK).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from __future__ import annotations
 import json
 import secrets
 
+import numpy as np
+
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 import fedpoint
-from fedpoint.client.service.images import file_response_bytes, nifti_bytes, read_label
+from fedpoint.client.service.images import file_response_bytes, label_file_bytes, nifti_bytes, read_label
 from fedpoint.client.service.security import valid_id
 from fedpoint.client.service.state import ServiceState
 from fedpoint.client.service.strategies import STRATEGIES
@@ -38,8 +41,13 @@ def _params(text: str | None, model):
     return check(model, parse_json(text, "params"), "params")
 
 
-def _client(params) -> str:
-    return valid_id(params.client_id or DEFAULT_CLIENT, "client_id")
+def _client(params, named: str | None = None) -> str:
+    """Who is annotating: a named user's token says; with the site token the client's `client_id`."""
+    return named or valid_id(params.client_id or DEFAULT_CLIENT, "client_id")
+
+
+def _media_type(filename: str) -> str:
+    return NIFTI_TYPE if filename.endswith(".gz") else "application/octet-stream"
 
 
 def multipart(params: dict, data: bytes, filename: str) -> Response:
@@ -48,12 +56,12 @@ def multipart(params: dict, data: bytes, filename: str) -> Response:
     head = (f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n'
             f"Content-Type: application/json\r\n\r\n{json.dumps(params)}\r\n"
             f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
-            f"Content-Type: {NIFTI_TYPE}\r\n\r\n").encode()
+            f"Content-Type: {_media_type(filename)}\r\n\r\n").encode()
     return Response(head + data + f"\r\n--{boundary}--\r\n".encode(), media_type=f"multipart/form-data; boundary={boundary}")
 
 
 def file_reply(data: bytes, filename: str) -> Response:
-    return Response(data, media_type=NIFTI_TYPE, headers={"content-disposition": f'attachment; filename="{filename}"'})
+    return Response(data, media_type=_media_type(filename), headers={"content-disposition": f'attachment; filename="{filename}"'})
 
 
 def info(state: ServiceState) -> dict:
@@ -63,10 +71,10 @@ def info(state: ServiceState) -> dict:
         "name": f"fedpoint site {config.site}",
         "description": "fedpoint interactive segmentation with online adapter updates (MONAI Label subset)",
         "version": fedpoint.__version__,
-        "labels": [config.label],
+        "labels": config.structures,
         "models": {MODEL_NAME: {
             "type": "deepgrow",
-            "labels": [config.label],
+            "labels": {name: i + 1 for i, name in enumerate(config.structures)},
             "dimension": dims,
             "description": f"{dims}D click model, adapter {state.engine.adapter.kind}, mode {config.mode}"
                            + ("; a volume is annotated slice by slice (last axis)" if dims == 2 else ""),
@@ -108,7 +116,8 @@ def router(state: ServiceState, require) -> APIRouter:
 
     @api.post("/infer/{model}")
     def infer(model: str, image: str = Query(""), output: str | None = Query(None), session_id: str = Query(""),
-              params: str = Form("{}"), file: UploadFile | None = File(None), label: UploadFile | None = File(None)):
+              params: str = Form("{}"), file: UploadFile | None = File(None), label: UploadFile | None = File(None),
+              named: str | None = Depends(require)):
         check_model(model)
         if file is not None or label is not None or session_id:
             raise InputError("uploaded images, scribble labels and sessions are not supported: infer on an image of the site")
@@ -117,12 +126,14 @@ def router(state: ServiceState, require) -> APIRouter:
         if output not in (None, "all", "image", "json"):
             raise InputError(f"output {output!r} is not supported; use image, json or all")
         request = _params(params, InferParams)
-        label_volume, reply = state.infer(valid_id(image), _client(request), request.foreground or [],
-                                          request.background or [])
+        extension, dtype = request.result_extension or ".nii.gz", request.result_dtype or "uint8"
+        label_file_bytes(np.zeros((1, 1), np.uint8), np.eye(4), extension, dtype)  # a bad format fails before any click
+        label_volume, reply = state.infer(valid_id(image), _client(request, named), request.foreground or [],
+                                          request.background or [], request.label)
         if output == "json":
             return reply
-        data = nifti_bytes(label_volume, state.load(image).affine)
-        name = f"label_{image}.nii.gz"
+        data = label_file_bytes(label_volume, state.load(image).affine, extension, dtype)
+        name = f"label_{image}{extension}"
         return file_reply(data, name) if output == "image" else multipart(reply, data, name)
 
     @api.get("/datastore/")
@@ -152,7 +163,7 @@ def router(state: ServiceState, require) -> APIRouter:
 
     @api.put("/datastore/label")
     def save_label(image: str = Query(...), tag: str = Query("final"), params: str = Form("{}"),
-                   label: UploadFile = File(...)) -> dict:
+                   label: UploadFile = File(...), named: str | None = Depends(require)) -> dict:
         if tag not in ("", "final"):
             raise InputError(f"only final labels go into the annotation cache (tag {tag!r} given)")
         request = _params(params, SaveParams)
@@ -162,7 +173,7 @@ def router(state: ServiceState, require) -> APIRouter:
             raise HTTPException(413, "label file larger than max_upload_mb")
         array = read_label(data, label.filename or "label.nii.gz", loaded.shape,
                            int(state.config.max_decoded_mb * 2**20))
-        result = state.save_label(image, _client(request), array, _label_index(request, state.config.label),
+        result = state.save_label(image, _client(request, named), array, label_values(request, state.config.structures),
                                   request.request_id)
         return {"image": image, "label": image, **result}
 
@@ -229,9 +240,47 @@ def router(state: ServiceState, require) -> APIRouter:
     return api
 
 
-def _label_index(params: SaveParams, name: str) -> int | None:
-    """The label value of our structure in a multi-label map (Slicer's label_info), if named."""
-    for item in params.label_info or []:
-        if item.name == name and item.idx is not None:
-            return item.idx
-    return None
+def auth_router(guard) -> APIRouter:
+    """MONAI Label's login routes, as 3D Slicer's plugin uses them: `GET /auth/` says login is on;
+    `POST /auth/token` takes a user name and, as password, that user's token (or the site token
+    with any name, when shared tokens are allowed) and hands back the bearer token to send;
+    `GET /auth/token/valid` tells whether a token still works and whose it is."""
+    api = APIRouter(prefix="/auth")
+
+    @api.get("/")
+    def auth_enabled() -> dict:
+        return {"enabled": True, "client_id": MODEL_NAME, "realm": None}
+
+    @api.post("/token")
+    def access_token(username: str = Form(...), password: str = Form(...)) -> dict:
+        try:
+            named = guard.identify(password)
+        except HTTPException:
+            named = ""
+        if named == "" or (named is not None and named != username):
+            raise HTTPException(401, "wrong user name or token: the password is the token `fedpoint site user add` printed",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return {"access_token": password, "token_type": "bearer"}
+
+    @api.get("/token/valid")
+    def valid(named: str | None = Depends(guard.require)) -> dict:
+        return {"username": named or "site", "email": None, "name": named or "site token", "roles": ["annotator"]}
+
+    return api
+
+
+def label_values(params: SaveParams, structures: list[str]) -> dict[str, int | None]:
+    """Which value of an uploaded label map is which of the site's structures.
+
+    With `label_info` (3D Slicer sends one entry per segment), each of our structures it names
+    takes its `idx`, and segments we do not label are ignored; naming none of ours is an error.
+    Without it, one structure takes every non-zero voxel and several take 1, 2, ... in site.toml order."""
+    if params.label_info:
+        named = {item.name: item.idx for item in params.label_info if item.name in structures}
+        if not named:
+            given = ", ".join(repr(item.name) for item in params.label_info)
+            raise InputError(f"label_info names {given}; this site labels {', '.join(structures)}")
+        return {name: (idx if idx is not None else structures.index(name) + 1) for name, idx in named.items()}
+    if len(structures) == 1:
+        return {structures[0]: None}
+    return {name: i + 1 for i, name in enumerate(structures)}

@@ -1,8 +1,9 @@
 """The annotation page and its JSON API (`/api/...`).
 
 Pixels travel as raw float32 slices (the page applies window/level itself, so a CT keeps its HU),
-masks as bit-packed rows (base64): a 512 x 512 mask is 32 KiB before base64. The user is named in
-the `X-Fedpoint-User` header; each user has their own sessions.
+masks as bit-packed rows (base64): a 512 x 512 mask is 32 KiB before base64. A named user's token
+says who the user is; with the site token the `X-Fedpoint-User` header names them. Each user has
+their own sessions.
 """
 
 from __future__ import annotations
@@ -28,8 +29,14 @@ def mask_payload(mask: np.ndarray) -> dict:
             "bits": base64.b64encode(np.packbits(rows.ravel()).tobytes()).decode()}
 
 
-def user_of(x_fedpoint_user: str | None = Header(None)) -> str:
-    return valid_id(x_fedpoint_user or DEFAULT_USER, "user name")
+def user_dependency(require):
+    """The request's user: a named user's token says who it is; with the site token the client
+    names the user (`X-Fedpoint-User`). FastAPI runs `require` once per request (cached)."""
+
+    def user_of(named: str | None = Depends(require), x_fedpoint_user: str | None = Header(None)) -> str:
+        return named or valid_id(x_fedpoint_user or DEFAULT_USER, "user name")
+
+    return user_of
 
 
 def page_router() -> APIRouter:
@@ -52,6 +59,7 @@ def page_router() -> APIRouter:
 
 def api_router(state: ServiceState, require) -> APIRouter:
     router = APIRouter(prefix="/api", dependencies=[Depends(require)])
+    user_of = user_dependency(require)
 
     def clicks_of(entry, z) -> list[dict]:
         if entry is None:
@@ -71,6 +79,11 @@ def api_router(state: ServiceState, require) -> APIRouter:
     @router.get("/status")
     def status() -> dict:
         return state.status()
+
+    @router.get("/me")
+    def me(named: str | None = Depends(require), user: str = Depends(user_of)) -> dict:
+        """Who the page is annotating as: a named user (from the token) cannot be renamed."""
+        return {"user": user, "named": named is not None}
 
     @router.get("/images")
     def images() -> dict:
@@ -100,23 +113,27 @@ def api_router(state: ServiceState, require) -> APIRouter:
         return {"id": (later or todo or [None])[0], "remaining": len(todo)}
 
     @router.get("/sessions/{image_id}")
-    def session_view(image_id: str, slice: int = Query(0), user: str = Depends(user_of)) -> dict:
+    def session_view(image_id: str, slice: int = Query(0), structure: str | None = Query(None, max_length=128),
+                     user: str = Depends(user_of)) -> dict:
         loaded = state.load(valid_id(image_id))
         z = slice if state.sliced(loaded) else None
-        entry = state.sessions.get((loaded.id, user, z))
+        structure = state.structure(structure)
+        entry = state.sessions.get((loaded.id, user, z, structure))
         if entry is None:
             mask, held = np.zeros(loaded.shape[:2], dtype=bool), None
         else:
             mask, held = state.slice_of(entry.session.mask, slice), mask_slices(entry.session.mask)
-        return {"mask": mask_payload(mask), "clicks": clicks_of(entry, z), "slice": slice, "mask_slices": held}
+        return {"mask": mask_payload(mask), "clicks": clicks_of(entry, z), "slice": slice, "mask_slices": held,
+                "structure": structure}
 
     @router.post("/sessions/{image_id}/click")
     def click(image_id: str, body: ClickBody, user: str = Depends(user_of)) -> dict:
-        result = state.click(valid_id(image_id), user, body.point, body.positive)
+        structure = state.structure(body.structure)
+        result = state.click(valid_id(image_id), user, body.point, body.positive, structure=structure)
         loaded = state.load(image_id)
         shown = result.slice if result.slice is not None else (int(round(body.point[2])) if loaded.ndim == 3 else 0)
-        entry = state.sessions.get((image_id, user, result.slice))
-        return {"mask": mask_payload(state.slice_of(result.mask, shown)), "slice": shown,
+        entry = state.sessions.get((image_id, user, result.slice, structure))
+        return {"mask": mask_payload(state.slice_of(result.mask, shown)), "slice": shown, "structure": structure,
                 "mask_slices": mask_slices(result.mask),
                 "clicks": clicks_of(entry, result.slice), "server_ms": round(result.seconds * 1e3, 2),
                 "predict_ms": round(result.predict_ms, 2), "update_ms": round(result.update_ms, 2)}
@@ -125,20 +142,22 @@ def api_router(state: ServiceState, require) -> APIRouter:
     def undo(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:
         loaded = state.load(valid_id(image_id))
         z = body.slice if state.sliced(loaded) else None
-        mask, _ = state.undo(image_id, user, z)
-        entry = state.sessions.get((image_id, user, z))
+        structure = state.structure(body.structure)
+        mask, _ = state.undo(image_id, user, z, structure)
+        entry = state.sessions.get((image_id, user, z, structure))
         return {"mask": mask_payload(state.slice_of(mask, body.slice or 0)), "clicks": clicks_of(entry, z),
                 "mask_slices": mask_slices(mask)}
 
     @router.post("/sessions/{image_id}/accept")
     def accept(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:
         loaded = state.load(valid_id(image_id))
-        return state.accept_current(image_id, user, body.slice if state.sliced(loaded) else None, body.request_id)
+        return state.accept_current(image_id, user, body.slice if state.sliced(loaded) else None, body.request_id,
+                                    body.structure)
 
     @router.post("/sessions/{image_id}/discard")
     def discard(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:
         loaded = state.load(valid_id(image_id))
-        state.discard(image_id, user, body.slice if state.sliced(loaded) else None)
+        state.discard(image_id, user, body.slice if state.sliced(loaded) else None, body.structure)
         return {"discarded": True}
 
     @router.post("/banks/check")

@@ -2,6 +2,7 @@
 
 - Every route that reads or changes site data depends on `TokenGuard.require` (the page's static
   code and `/health` hold no data and are open). Tokens are compared in constant time.
+- Named users (`users.py`) each have their own token; the user is then the token's, not a typed name.
 - `token_in_path` (off by default) also accepts `/t/<token>/...`, for MONAI Label clients such as
   3D Slicer's plugin that cannot add a header but keep a path given in their server address.
 - Ids become file names: `valid_id` refuses anything that could leave a folder.
@@ -41,20 +42,46 @@ def valid_id(value: str, what: str = "image id") -> str:
 
 
 class TokenGuard:
-    def __init__(self, token: str):
+    """The site token, and the named users' tokens (`users.UserRegistry`) when there are any.
+
+    `identify` answers who a token is: None for the site token (the client names the user), a
+    name for a user token; a wrong, lapsed or (with `allow_shared` off) shared token is a 401."""
+
+    def __init__(self, token: str, users=None, allow_shared: bool = True):
         self._token = token.encode()
+        self.users, self.allow_shared = users, allow_shared
 
     def matches(self, candidate: str | None) -> bool:
         return candidate is not None and hmac.compare_digest(candidate.encode(), self._token)
 
-    def require(self, request: Request) -> None:
-        """FastAPI dependency: a valid `Authorization: Bearer <token>`, or a valid path token."""
+    def identify(self, candidate: str | None) -> str | None:
+        from fedpoint.client.service.users import TokenRefused, UserError
+
+        if candidate and self.matches(candidate):
+            if not self.allow_shared:
+                raise _unauthorized("this site accepts only named users' tokens (allow_shared_token = false)")
+            return None
+        try:
+            name = self.users.resolve(candidate) if (candidate and self.users is not None) else None
+        except (TokenRefused, UserError) as err:
+            raise _unauthorized(str(err)) from None
+        if name is None:
+            raise _unauthorized("missing or wrong bearer token (send 'Authorization: Bearer <token>')")
+        return name
+
+    def require(self, request: Request) -> str | None:
+        """FastAPI dependency: a valid `Authorization: Bearer <token>`, or a valid path token.
+        Returns the named user the token belongs to (None for the site token)."""
         if request.scope.get("fedpoint.path_token"):
-            return
+            return request.scope.get("fedpoint.user")
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not self.matches(value.strip()):
-            raise HTTPException(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
-                                headers={"WWW-Authenticate": "Bearer"})
+        if scheme.lower() != "bearer":
+            raise _unauthorized("missing or wrong bearer token (send 'Authorization: Bearer <token>')")
+        return self.identify(value.strip())
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 async def _send_json(send: Send, status: int, detail: str, headers: list | None = None) -> None:
@@ -76,9 +103,12 @@ class PathTokenMiddleware:
         if scope["type"] != "http" or not path.startswith(PATH_TOKEN_PREFIX):
             return await self.app(scope, receive, send)
         token, _, rest = path[len(PATH_TOKEN_PREFIX):].partition("/")
-        if not self.guard.matches(token):
-            return await _send_json(send, 401, "wrong token in the path", [(b"www-authenticate", b"Bearer")])
-        scope = {**scope, "path": "/" + rest, "raw_path": ("/" + rest).encode(), "fedpoint.path_token": True}
+        try:
+            user = self.guard.identify(token)
+        except HTTPException as err:
+            return await _send_json(send, 401, f"token in the path: {err.detail}", [(b"www-authenticate", b"Bearer")])
+        scope = {**scope, "path": "/" + rest, "raw_path": ("/" + rest).encode(), "fedpoint.path_token": True,
+                 "fedpoint.user": user}
         await self.app(scope, receive, send)
 
 

@@ -1,8 +1,9 @@
-"""Open annotation sessions, one per (image, user, slice).
+"""Open annotation sessions, one per (image, user, slice, structure).
 
 Two clinicians on one image never share clicks: each has a session of their own. A 3D volume on a
 2D model is annotated slice by slice, so its key carries the slice; a 2D image or a 3D model has
-slice None. Each session has its own lock (one person's clicks apply in order); the model's lock
+slice None. Several structures per image (site.toml `labels`) each get their own session, so a
+liver and a lesion on one slice are two annotations. Each session has its own lock (one person's clicks apply in order); the model's lock
 already serialises the weights. Idle sessions expire, and the oldest go first past a limit.
 """
 
@@ -15,7 +16,7 @@ from typing import Callable
 
 from fedpoint.client.session import AnnotationSession
 
-SessionKey = tuple[str, str, int | None]  # (image id, user, slice or None)
+SessionKey = tuple[str, str, int | None, str]  # (image id, user, slice or None, structure)
 
 
 @dataclass
@@ -36,6 +37,10 @@ class OpenSession:
     @property
     def slice(self) -> int | None:
         return self.key[2]
+
+    @property
+    def structure(self) -> str:
+        return self.key[3]
 
 
 class SessionRegistry:
@@ -75,10 +80,11 @@ class SessionRegistry:
             if self._open.get(entry.key) is entry:
                 del self._open[entry.key]
 
-    def of_user(self, image_id: str, user: str) -> list[OpenSession]:
+    def of_user(self, image_id: str, user: str, structure: str | None = None) -> list[OpenSession]:
         with self._lock:
             self._expire()
-            return [s for k, s in self._open.items() if k[0] == image_id and k[1] == user]
+            return [s for k, s in self._open.items()
+                    if k[0] == image_id and k[1] == user and (structure is None or k[3] == structure)]
 
     def __len__(self) -> int:
         with self._lock:

@@ -27,11 +27,13 @@ import numpy as np
 from fedpoint.client.engine import SiteEngine, set_threads
 from fedpoint.client.service.banks import BankWatcher
 from fedpoint.client.service.config import SiteServiceConfig
-from fedpoint.client.service.images import ImageError, ImageFolder, LoadedImage
+from fedpoint.client.service.dicomweb import open_site_images
+from fedpoint.client.service.images import ImageError, LoadedImage
 from fedpoint.client.service.journal import recover, write_cases
 from fedpoint.client.service.sessions import OpenSession, SessionRegistry
 from fedpoint.client.service.strategies import choose, flip_uncertainty
 from fedpoint.client.service.training import Training
+from fedpoint.client.service.users import AuditLog
 from fedpoint.client.session import AnnotationSession, InputError
 from fedpoint.client.store import SiteStore
 from fedpoint.shared.clicker import deepest_point
@@ -40,6 +42,8 @@ from fedpoint.shared.clicks import Click, check_point
 log = logging.getLogger("fedpoint.service")
 MAX_COORDINATE = 2**31 - 1
 SAVE_WAIT_S = 60.0
+# The page's colour for structure 1, 2, ...: distinct on grey images and for red-green colour blindness.
+STRUCTURE_COLOURS = ["#ffc83d", "#3db8ff", "#ff6b9a", "#7ee07e", "#c58bff", "#ff9d3d", "#3dffe0", "#f0f0f0"]
 
 
 class Conflict(RuntimeError):
@@ -69,9 +73,9 @@ class ServiceState:
         self.store.wipe_staging()
         self.quarantined_at_start = self.store.quarantine_corrupt_cases()
         self.model_cfg = self.engine.model.model_cfg
-        self.images = ImageFolder(config.images, config.modality, self.model_cfg.image_channels,
-                                  config.ct_window, config.image_cache)
+        self.images, self.pacs = open_site_images(config, self.model_cfg.image_channels)  # folder and/or PACS
         self.sessions = SessionRegistry(config.max_sessions, config.session_ttl_s)
+        self.audit = AuditLog(config.audit_path)
         self.training = Training(self.engine)
         self.banks = BankWatcher(self.engine, config.bank_poll_s)
         self.cases_by_image = self._index_cache()
@@ -145,19 +149,36 @@ class ServiceState:
         return mask if mask.ndim == 2 else mask[..., slice_index]
 
     # ---------------------------------------------------------------------------------- sessions
-    def session(self, loaded: LoadedImage, user: str, slice_index: int | None) -> OpenSession:
-        key = (loaded.id, user, slice_index)
+    def structure(self, name: str | None) -> str:
+        """A structure of this site (None: the first); an unknown name is a clear 422."""
+        names = self.config.structures
+        if name is None:
+            return names[0]
+        if name not in names:
+            raise InputError(f"unknown structure {name!r}; this site labels {', '.join(names)}")
+        return name
+
+    def structure_value(self, name: str) -> int:
+        """The structure's value in a label map (1, 2, ... in site.toml order)."""
+        return self.config.structures.index(name) + 1
+
+    def session(self, loaded: LoadedImage, user: str, slice_index: int | None, structure: str | None = None) -> OpenSession:
+        structure = self.structure(structure)
+        key = (loaded.id, user, slice_index, structure)
         case = loaded.id if slice_index is None else f"{loaded.id}.z{slice_index:04d}"
+        if len(self.config.structures) > 1:  # one cache entry per structure
+            case = f"{case}.{structure}"
         # A 3D model measures its focus window in mm; slices on a 2D model stay in pixels.
         spacing = loaded.spacing if self.model_cfg.spatial_dims == 3 and loaded.ndim == 3 else None
         return self.sessions.get_or_open(
             key, lambda: AnnotationSession(self.engine.model, self.session_image(loaded, slice_index), case,
                                            seed=zlib.crc32(repr(key).encode()), spacing=spacing))
 
-    def click(self, image_id: str, user: str, point, positive: bool, slice_index: int | None = None) -> ClickResult:
+    def click(self, image_id: str, user: str, point, positive: bool, slice_index: int | None = None,
+              structure: str | None = None) -> ClickResult:
         loaded = self.load(image_id)
         z, local = self.locate(loaded, point, slice_index)
-        entry = self.session(loaded, user, z)
+        entry = self.session(loaded, user, z, structure)
         with entry.lock:
             if len(entry.session.steps) >= self.config.max_points:
                 raise InputError(f"a session takes at most {self.config.max_points} clicks; accept or undo")
@@ -170,25 +191,30 @@ class ServiceState:
             step = entry.session.steps[-1]
             result = ClickResult(mask, z, len(entry.session.steps), seconds, step.predict_ms, step.update_ms)
         self.last_click_ms = seconds * 1e3
+        self.audit.record(user, "click", image_id, slice=z, structure=entry.structure, point=list(map(int, local)),
+                          positive=bool(positive), clicks=result.clicks)
         return result
 
-    def existing(self, image_id: str, user: str, slice_index: int | None) -> OpenSession:
-        entry = self.sessions.get((image_id, user, slice_index))
+    def existing(self, image_id: str, user: str, slice_index: int | None, structure: str | None = None) -> OpenSession:
+        entry = self.sessions.get((image_id, user, slice_index, self.structure(structure)))
         if entry is None:
             raise LookupError(f"no open annotation of {image_id}" + (f" slice {slice_index}" if slice_index is not None else "")
                               + f" by {user!r}: click first")
         return entry
 
-    def undo(self, image_id: str, user: str, slice_index: int | None) -> tuple[np.ndarray, int]:
-        entry = self.existing(image_id, user, slice_index)
+    def undo(self, image_id: str, user: str, slice_index: int | None, structure: str | None = None) -> tuple[np.ndarray, int]:
+        entry = self.existing(image_id, user, slice_index, structure)
         with entry.lock:
             mask = entry.session.undo()
-            return mask, len(entry.session.steps)
+            left = len(entry.session.steps)
+        self.audit.record(user, "undo", image_id, slice=slice_index, structure=entry.structure, clicks=left)
+        return mask, left
 
-    def discard(self, image_id: str, user: str, slice_index: int | None) -> None:
-        entry = self.sessions.get((image_id, user, slice_index))
+    def discard(self, image_id: str, user: str, slice_index: int | None, structure: str | None = None) -> None:
+        entry = self.sessions.get((image_id, user, slice_index, self.structure(structure)))
         if entry is not None:
             self.sessions.close(entry)
+            self.audit.record(user, "discard", image_id, slice=slice_index)
 
     def accept(self, entry: OpenSession, mask: np.ndarray | None = None, request: str | None = None) -> dict:
         """Post-interaction update, then into the cache; the session closes."""
@@ -198,17 +224,21 @@ class ServiceState:
             final = entry.session.accept(mask)
             self.sessions.close(entry)
             name = self._store_cases([(entry, final)], request)[0]
-        return {"case": name, "image": entry.image_id, "slice": entry.slice, "post_ms": round(entry.session.post_ms, 1),
-                "cache_size": self.cache_size()}
+        self.audit.record(entry.user, "accept", entry.image_id, slice=entry.slice, structure=entry.structure, case=name,
+                          clicks=len(entry.session.steps), voxels=int(np.count_nonzero(final)))
+        return {"case": name, "image": entry.image_id, "slice": entry.slice, "structure": entry.structure,
+                "post_ms": round(entry.session.post_ms, 1), "cache_size": self.cache_size()}
 
-    def accept_current(self, image_id: str, user: str, slice_index: int | None, request_id: str | None = None) -> dict:
+    def accept_current(self, image_id: str, user: str, slice_index: int | None, request_id: str | None = None,
+                       structure: str | None = None) -> dict:
+        structure = self.structure(structure)
         key = None if request_id is None else f"{image_id}|{user}|{request_id}"
         with self._saving_lock(image_id, user):
             if key is not None and key in self.requests:
                 names = self.requests[key]
                 return {"case": names[0], "image": image_id, "slice": slice_index, "duplicate": True,
                         "cache_size": self.cache_size()}
-            return self.accept(self.existing(image_id, user, slice_index), request=key)
+            return self.accept(self.existing(image_id, user, slice_index, structure), request=key)
 
     def _saving_lock(self, image_id: str, user: str):
         """One save (or accept) at a time per (image, user): a second waits, then sees the first's result;
@@ -234,7 +264,8 @@ class ServiceState:
         cases = []
         for entry, final in parts:
             session = entry.session
-            meta = {"image": entry.image_id, "slice": entry.slice, "user": entry.user, "clicks": len(session.steps),
+            meta = {"image": entry.image_id, "slice": entry.slice, "structure": entry.structure, "user": entry.user,
+                    "clicks": len(session.steps),
                     "post_ms": round(session.post_ms, 1), "site": self.config.site}
             if request is not None:
                 meta["request"] = request
@@ -248,19 +279,23 @@ class ServiceState:
             every = self.config.save_adapter_every
             before, self.accepts = self.accepts, self.accepts + len(names)
             save = bool(every) and before // every != self.accepts // every
+        if self.pacs is not None:  # a DICOM-SEG back to the PACS, in the background: a failure is logged, the case kept
+            self.images.write_back([entry.image_id for entry, _ in parts], self.stored_label)
         if save:  # the version carries its Adam state, so a restart continues the same optimizer
             self.engine.save_version({"source": "online", "case": names[-1]})
         self.training.after_accept()
         return names
 
     # ---------------------------------------------------------------------------------- MONAI Label
-    def infer(self, image_id: str, user: str, foreground: list, background: list) -> tuple[np.ndarray, dict]:
+    def infer(self, image_id: str, user: str, foreground: list, background: list,
+              structure: str | None = None) -> tuple[np.ndarray, dict]:
         """Bring the user's sessions on this image to exactly these points; returns (label volume, params).
 
         Clients send every point each time. Points the session already has are kept (no repeated
         update); a point that disappeared undoes back to before it; new points are clicked in order.
         """
         loaded = self.load(image_id)
+        structure = self.structure(structure)
         if len(foreground) + len(background) == 0:
             raise InputError("give at least one foreground or background point")
         if len(foreground) + len(background) > self.config.max_points:
@@ -272,9 +307,10 @@ class ServiceState:
                 groups.setdefault(z, []).append(Click(local, positive))
         t0 = time.perf_counter()
         for z, wanted in groups.items():
-            self._sync(self.session(loaded, user, z), wanted)
-        label = self.label_volume(loaded, user)
-        params = {"label_names": {self.config.label: 1}, "latencies": {"total": round(time.perf_counter() - t0, 4)},
+            self._sync(self.session(loaded, user, z, structure), wanted)
+        label = self.label_volume(loaded, user, structure)
+        self.audit.record(user, "infer", image_id, foreground=len(foreground), background=len(background))
+        params = {"label_names": {structure: self.structure_value(structure)}, "structure": structure, "latencies": {"total": round(time.perf_counter() - t0, 4)},
                   "slices": [z for z in groups if z is not None], "adapter_version": self.engine.model.version}
         return label, params
 
@@ -295,60 +331,77 @@ class ServiceState:
                     remaining[click] -= 1
                     session.click(click.point, click.positive)
 
-    def label_volume(self, loaded: LoadedImage, user: str) -> np.ndarray:
+    def label_volume(self, loaded: LoadedImage, user: str, structure: str) -> np.ndarray:
+        """The user's open sessions of one structure as a label map (the structure's value inside)."""
         label = np.zeros(loaded.shape, dtype=np.uint8)
-        for entry in self.sessions.of_user(loaded.id, user):
+        value = self.structure_value(structure)
+        for entry in self.sessions.of_user(loaded.id, user, structure):
             mask = entry.session.mask
             if entry.slice is None:
-                label[mask] = 1
+                label[mask] = value
             else:
-                label[..., entry.slice][mask] = 1
+                label[..., entry.slice][mask] = value
         return label
 
-    def save_label(self, image_id: str, user: str, label: np.ndarray, label_index: int | None,
+    def save_label(self, image_id: str, user: str, label: np.ndarray, values: dict[str, int | None],
                    request_id: str | None = None) -> dict:
-        """See `_save_label`. Idempotent: the key is the client's `request_id`, else a hash of the label;
-        a retried save returns the first one's cases (`duplicate: true`) and adds nothing."""
+        """See `_save_label`; `values` maps each structure to its value in `label` (None: any
+        non-zero value). Idempotent: the key is the client's `request_id`, else a hash of the
+        label; a retried save returns the first one's cases (`duplicate: true`) and adds nothing."""
+        values = {self.structure(name): value for name, value in values.items()}
         if request_id is None:
             digest = hashlib.sha256(np.ascontiguousarray(label).tobytes())
-            digest.update(repr((label.shape, label_index)).encode())
+            digest.update(repr((label.shape, sorted(values.items()))).encode())
             request_id = "sha256-" + digest.hexdigest()[:32]
         key = f"{image_id}|{user}|{request_id}"
         with self._saving_lock(image_id, user):
             if key in self.requests:
                 return {"cases": list(self.requests[key]), "duplicate": True}
-            return self._save_label(image_id, user, label, label_index, key)
+            result = self._save_label(image_id, user, label, values, key)
+        self.audit.record(user, "save_label", image_id, cases=result["cases"], structures=sorted(values))
+        return result
 
-    def _save_label(self, image_id: str, user: str, label: np.ndarray, label_index: int | None, key: str) -> dict:
-        """A final label from a client: each annotated part into the cache through a session accept.
+    def _save_label(self, image_id: str, user: str, label: np.ndarray, values: dict[str, int | None], key: str) -> dict:
+        """A final label from a client: each structure's annotated parts into the cache through a
+        session accept, all in one cache write.
 
         The user's open session supplies the first click for the post-interaction update; a label
         made without clicks here gets a first click at its deepest point. A volume on a 2D model
-        adds the slices this user clicked on, then the largest others, up to `max_label_slices`.
+        adds the slices this user clicked on, then the largest others, up to `max_label_slices`
+        (per structure).
         """
         loaded = self.load(image_id)
-        mask = label == label_index if label_index is not None else label > 0
-        if not mask.any():
-            raise InputError("the label is empty: nothing to save")
+        parts = []
+        for structure, value in values.items():
+            mask = label == value if value is not None else label > 0
+            if mask.any():
+                parts += self._label_parts(loaded, user, structure, mask)
+        if not parts:
+            raise InputError(f"the label is empty for {', '.join(values)}: nothing to save")
+        return {"cases": self._accept_labels(loaded, user, parts, key)}
+
+    def _label_parts(self, loaded: LoadedImage, user: str, structure: str, mask: np.ndarray) -> list[tuple]:
         if not self.sliced(loaded):
-            return {"cases": self._accept_labels(loaded, user, [(None, mask)], key)}
+            return [(None, structure, mask)]
         area = mask.reshape(-1, mask.shape[-1]).sum(axis=0)
-        clicked = [e.slice for e in self.sessions.of_user(image_id, user) if area[e.slice] > 0]
+        mine = self.sessions.of_user(loaded.id, user, structure)
+        clicked = [e.slice for e in mine if area[e.slice] > 0]
         largest = [int(z) for z in np.argsort(-area, kind="stable") if area[z] > 0 and int(z) not in clicked]
         chosen = (clicked + largest)[: self.config.max_label_slices]
-        for entry in self.sessions.of_user(image_id, user):
+        for entry in mine:
             if entry.slice not in chosen:
                 self.sessions.close(entry)
-        return {"cases": self._accept_labels(loaded, user, [(z, mask[..., z]) for z in sorted(chosen)], key)}
+        return [(z, structure, mask[..., z]) for z in sorted(chosen)]
 
-    def _accept_labels(self, loaded: LoadedImage, user: str, parts: list[tuple[int | None, np.ndarray]], key: str) -> list[str]:
+    def _accept_labels(self, loaded: LoadedImage, user: str, parts: list[tuple[int | None, str, np.ndarray]],
+                       key: str) -> list[str]:
         """Each part's session accepts its mask (post update), then all parts land in the cache at once."""
         accepted = []
-        for z, mask in parts:
-            entry = self.session(loaded, user, z)
+        for z, structure, mask in parts:
+            entry = self.session(loaded, user, z, structure)
             with entry.lock:
                 if entry.session.accepted is not None:
-                    raise Conflict(f"{loaded.id} by {user!r}: slice {z} was accepted by another request meanwhile")
+                    raise Conflict(f"{loaded.id} by {user!r}: slice {z} ({structure}) was accepted by another request meanwhile")
                 if not entry.session.steps:
                     entry.session.click(deepest_point(mask), True)
                 final = entry.session.accept(mask)
@@ -357,7 +410,8 @@ class ServiceState:
         return self._store_cases(accepted, key)
 
     def stored_label(self, loaded: LoadedImage) -> np.ndarray | None:
-        """The accepted label of an image, assembled from its cached cases (latest wins)."""
+        """The accepted label of an image, assembled from its cached cases (latest wins): each
+        structure's voxels hold its value (1, 2, ... in site.toml order)."""
         names = self.cases_by_image.get(loaded.id, [])
         if not names:
             return None
@@ -371,11 +425,16 @@ class ServiceState:
                     if name in names:
                         names.remove(name)
                 continue
-            if meta.get("slice") is None:
-                label[...] = mask
-            else:
-                label[..., int(meta["slice"])] = mask
+            value = self._stored_value(meta)
+            target = label if meta.get("slice") is None else label[..., int(meta["slice"])]
+            target[target == value] = 0  # a later accept of this structure replaces the earlier one
+            target[np.asarray(mask, dtype=bool).reshape(target.shape)] = value
         return label
+
+    def _stored_value(self, meta: dict) -> int:
+        name = meta.get("structure")
+        names = self.config.structures
+        return names.index(name) + 1 if name in names else 1  # a case from before `labels` was set: the first
 
     # ---------------------------------------------------------------------------------- next image
     def unlabelled(self) -> list[str]:
@@ -419,12 +478,15 @@ class ServiceState:
         return {
             "site": self.config.site,
             "modality": self.config.modality,
-            "label": self.config.label,
+            "label": self.config.structures[0],
+            "structures": [{"name": n, "value": i + 1, "color": STRUCTURE_COLOURS[i % len(STRUCTURE_COLOURS)]}
+                           for i, n in enumerate(self.config.structures)],
             "mode": self.config.mode,
             "model": {"spatial_dims": self.model_cfg.spatial_dims, "channels": self.model_cfg.image_channels},
             "adapter": self.adapter_status(),
             "cache": {"cases": self.cache_size(), "images_labelled": sum(1 for i in ids if i in self.cases_by_image)},
             "images": {"total": len(ids), "skipped": self.images.skipped_list()},
+            "pacs": None if self.pacs is None else self.pacs.status(),
             "quarantined": [{"case": c, "reason": r} for c, r in self.store.quarantined()],
             "sessions": len(self.sessions),
             "training": self.training.status(),

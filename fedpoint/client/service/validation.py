@@ -55,6 +55,9 @@ class InferParams(BaseModel):
     foreground: list[Point] | None = None
     background: list[Point] | None = None
     client_id: StrictStr | None = None
+    label: StrictStr | None = None  # the structure the points are for (a segment's name); default the first
+    result_extension: StrictStr | None = None  # OHIF asks for ".nrrd"; default ".nii.gz"
+    result_dtype: StrictStr | None = None      # default "uint8"
 
 
 class SaveParams(BaseModel):
@@ -78,12 +81,14 @@ class ClickBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     point: Point = Field(description="[x, y] or [x, y, z], image index space")
     positive: StrictBool = True
+    structure: StrictStr | None = Field(None, max_length=128, description="which structure (site.toml labels); default the first")
 
 
 class SliceBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     slice: SliceIndex | None = None
     request_id: RequestId | None = None
+    structure: StrictStr | None = Field(None, max_length=128)
 
 
 def _bounded_int(text: str) -> int:

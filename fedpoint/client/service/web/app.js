@@ -26,6 +26,9 @@ const S = {
   queue: Promise.resolve(),
   pending: 0,
   accepted: 0,
+  structures: [],      // [{name, value, color}] from /api/status
+  structure: null,     // the structure being annotated (its own session per image)
+  named: false,        // the token is a named user's: the page cannot rename them
 };
 const imageLayer = document.createElement("canvas");
 const maskLayer = document.createElement("canvas");
@@ -190,7 +193,8 @@ async function showSlice(z) {
     S.height = Number(res.headers.get("x-height"));
     S.pixels.set(z, new Float32Array(await res.arrayBuffer()));
   }
-  const session = await api(`/api/sessions/${encodeURIComponent(S.meta.id)}?slice=${z}`);
+  const which = S.structure ? `&structure=${encodeURIComponent(S.structure)}` : "";
+  const session = await api(`/api/sessions/${encodeURIComponent(S.meta.id)}?slice=${z}${which}`);
   applySession(session);
   drawImageLayer();
   render();
@@ -261,6 +265,7 @@ function drawMaskLayer() {
   const mctx = maskLayer.getContext("2d");
   const img = mctx.createImageData(w, h);
   const fill = Math.round(255 * S.opacity);
+  const rgb = hexRgb(structureColour());
   for (let y = 0; y < h; y++) {
     for (let x = 0; x < w; x++) {
       const i = y * w + x;
@@ -268,7 +273,7 @@ function drawMaskLayer() {
       const edge = x === 0 || y === 0 || x === w - 1 || y === h - 1 ||
         !S.mask[i - 1] || !S.mask[i + 1] || !S.mask[i - w] || !S.mask[i + w];
       const j = i * 4;
-      img.data[j] = 255; img.data[j + 1] = 200; img.data[j + 2] = 61;
+      img.data[j] = rgb[0]; img.data[j + 1] = rgb[1]; img.data[j + 2] = rgb[2];
       img.data[j + 3] = edge ? Math.max(fill, 230) : fill;
     }
   }
@@ -356,7 +361,8 @@ function clickAt(point, positive) {
   const id = S.meta.id;
   const full = S.meta.shape.length === 3 ? [...point, S.slice] : point;
   return enqueue(async () => {
-    const r = await api(`/api/sessions/${encodeURIComponent(id)}/click`, { method: "POST", json: { point: full, positive } });
+    const r = await api(`/api/sessions/${encodeURIComponent(id)}/click`,
+      { method: "POST", json: { point: full, positive, structure: S.structure } });
     if (!S.meta || S.meta.id !== id) return;
     applySession(r);
     render();
@@ -367,7 +373,43 @@ function clickAt(point, positive) {
 }
 
 function sliceBody() {
-  return { slice: S.meta && S.meta.per_slice ? S.slice : null };
+  return { slice: S.meta && S.meta.per_slice ? S.slice : null, structure: S.structure };
+}
+
+// ------------------------------------------------------------------------------------- structures
+function structureColour() {
+  const s = S.structures.find((x) => x.name === S.structure);
+  return s ? s.color : "#ffc83d";
+}
+
+function hexRgb(hex) {
+  const n = parseInt(hex.slice(1), 16);
+  return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
+}
+
+function buildStructures() {
+  const box = $("structures");
+  box.replaceChildren(...(S.structures.length > 1 ? S.structures : []).map((s, i) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "structure";
+    b.dataset.structure = s.name;
+    b.setAttribute("role", "radio");
+    b.setAttribute("aria-checked", String(s.name === S.structure));
+    b.style.setProperty("--swatch", s.color);
+    b.title = `annotate ${s.name}` + (i < 9 ? ` (Shift+${i + 1})` : "");
+    b.innerHTML = `<span class="swatch"></span>${escapeHtml(s.name)}`;
+    b.addEventListener("click", () => chooseStructure(s.name));
+    return b;
+  }));
+  viewer.dataset.structure = S.structure || "";
+}
+
+function chooseStructure(name) {
+  if (name === S.structure) return;
+  S.structure = name;
+  buildStructures();
+  if (S.meta) showSlice(S.slice).catch((err) => toast(err.message, true));
 }
 
 function undo() {
@@ -399,7 +441,8 @@ function accept() {
     const r = await api(`/api/sessions/${encodeURIComponent(id)}/accept`, { method: "POST", json: sliceBody() });
     S.accepted += 1;
     viewer.dataset.accepted = String(S.accepted);
-    const where = r.slice === null || r.slice === undefined ? "" : ` slice ${r.slice + 1}`;
+    const where = (r.slice === null || r.slice === undefined ? "" : ` slice ${r.slice + 1}`)
+      + (S.structures.length > 1 ? ` · ${r.structure}` : "");
     toast(`Saved ${id}${where} to the annotation cache`);
     logLine(`accepted <b>${escapeHtml(id)}</b>${where} · update ${r.post_ms.toFixed(0)} ms`);
     await refreshImages();
@@ -520,6 +563,7 @@ document.addEventListener("keydown", (e) => {
   else if (key === "o") { S.overlayOn = !S.overlayOn; render(); }
   else if (key === "arrowup" || key === "pageup") { e.preventDefault(); if (S.meta.slices > 1) stepSlice(1); }
   else if (key === "arrowdown" || key === "pagedown") { e.preventDefault(); if (S.meta.slices > 1) stepSlice(-1); }
+  else if (e.shiftKey && /^Digit[1-9]$/.test(e.code)) { const s = S.structures[Number(e.code.slice(5)) - 1]; if (s) chooseStructure(s.name); }
   else if (/^[1-9]$/.test(key)) { const b = $("presets").children[Number(key) - 1]; if (b) b.click(); }
 });
 
@@ -538,6 +582,18 @@ let started = false;
 async function start() {
   if (started) return;
   started = true;
+  const st = await api("/api/status");
+  S.structures = st.structures || [];
+  S.structure = S.structures.length ? S.structures[0].name : null;
+  buildStructures();
+  const me = await api("/api/me");
+  S.named = me.named;
+  if (me.named) {  // the token says who this is: show it, do not let the page claim another name
+    S.user = me.user;
+    $("user-name").value = me.user;
+    $("user-name").disabled = true;
+    $("user-name").title = "your name comes from your personal token";
+  }
   await refreshStatus();
   await refreshImages();
   setInterval(refreshStatus, 3000);
