@@ -9,6 +9,7 @@ image, nearest for the mask). `CropInfo` records the box, so `uncrop` maps a pre
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,6 +133,46 @@ def full_slice_samples(
                 # A copy: a view would keep the whole normalised volume alive for every case.
                 out.append(_whole(image[index].copy(), mask[index], case, obj.name, ax, int(index)))
     return out
+
+
+class LazyVolumes(Sequence):
+    """Whole-volume samples built when used, one at a time: a list of twenty 512 x 512 x 100
+    volumes as samples would hold 2 GiB of normalised voxels at once. Each entry is (case, object,
+    component or None); `transform(sample, position)` (a shift) applies as each is built."""
+
+    def __init__(self, refs: list[tuple[Case, LabelledObject, int | None]],
+                 transform: Callable[[Sample, int], Sample] | None = None, start: int = 0):
+        self.refs, self.transform, self.start = list(refs), transform, start
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            positions = range(len(self.refs))[i]
+            return LazyVolumes([self.refs[k] for k in positions], self.transform, self.start + (positions.start or 0))
+        case, obj, component = self.refs[i]
+        mask = obj.mask if component is None else ndimage.label(obj.mask)[0] == component
+        name = obj.name if component is None else f"{obj.name}#{component}"
+        sample = _whole(normalize(case.image, case.modality), mask, case, name, None, None)
+        return self.transform(sample, self.start + (i % len(self.refs))) if self.transform else sample
+
+
+def volume_refs(cases: list[Case], min_voxels: int = 20, split_components: bool = False) -> list[tuple]:
+    """The (case, object, component) triples `full_slice_samples(spatial_dims=3)` would make, in
+    its order, with no voxels kept: masks are decoded to count and let go."""
+    refs = []
+    for case in usable(cases):
+        for obj in case.objects:
+            mask = obj.mask
+            count = ndimage.label(mask)[1] if split_components else 1
+            if count <= 1:
+                if mask.sum() >= min_voxels:
+                    refs.append((case, obj, None))
+                continue
+            labels = ndimage.label(mask)[0]
+            refs += [(case, obj, k) for k in range(1, count + 1) if (labels == k).sum() >= min_voxels]
+    return refs
 
 
 def _whole(image, mask, case, name, axis, index) -> Sample:

@@ -50,6 +50,7 @@ def load_stream(spec: EvaluationSpec, data_dir: Path | None = None):
     import numpy as np
 
     from fedpoint.data import apply_shift, full_slice_samples, load_dataset, make_samples
+    from fedpoint.data.samples import LazyVolumes, volume_refs
     from fedpoint.shared.model import base_config
     from fedpoint.shared.protocol import locate_base
 
@@ -60,7 +61,18 @@ def load_stream(spec: EvaluationSpec, data_dir: Path | None = None):
             raise ValueError(f"{spec.data}: the base is 3D but the dataset has no volumes (use a 2D base for 2D images)")
         for case in volumes:
             _check_spacing(case)
-        samples = full_slice_samples(volumes, spatial_dims=3, split_components=spec.split_components)
+        refs = volume_refs(volumes, split_components=spec.split_components)
+        if not refs:
+            raise ValueError(f"{spec.data}: no object large enough to annotate")
+        order = np.random.default_rng(spec.seed).permutation(len(refs))
+
+        def shifted(sample, i):
+            if spec.shift != "none":
+                sample.image = apply_shift(sample.image, spec.shift, spec.seed * 100003 + i)
+            return sample
+
+        # Built one at a time as the stream reaches them (same order and shifts as a list would get).
+        return LazyVolumes([refs[i] for i in order][: spec.images], shifted), dataset.skipped
     elif spec.full_slice:  # the same objects and slices, not cropped: the session's focus crop does the zooming
         samples = full_slice_samples(dataset, spatial_dims=2, split_components=spec.split_components)
     else:

@@ -124,8 +124,16 @@ for case in data.cases:
 iterated = peak_mib()
 samples = make_samples(data, size=(64, 64), max_per_object=2)
 sampled = peak_mib()
-print(json.dumps({"cases": len(data.cases), "objects": objects, "samples": len(samples), "skipped": data.skipped,
-                  "listed": listed - base, "iterated": iterated - base, "sampled": sampled - base}))
+samples_n = list(range(len(samples)))
+del samples
+from fedpoint.simulations.evaluation import EvaluationSpec, load_stream
+
+stream, _ = load_stream(EvaluationSpec(data=sys.argv[1], base="base3d", images=12))
+shapes = {tuple(s.image.shape) for s in stream}  # what `fedpoint evaluate --base base3d` walks through
+streamed = peak_mib()
+print(json.dumps({"cases": len(data.cases), "objects": objects, "samples": len(samples_n), "skipped": data.skipped,
+                  "listed": listed - base, "iterated": iterated - base, "sampled": sampled - base,
+                  "stream": len(stream), "shapes": [list(x) for x in shapes], "streamed": streamed - base}))
 """
 
 
@@ -145,3 +153,22 @@ def test_decathlon_size_task_holds_a_few_volumes_not_all(tmp_path):
     assert peak["listed"] < 0.5 * VOLUME_MIB  # headers only
     assert peak["iterated"] < 5 * VOLUME_MIB  # eager reading held 20 images (2000 MiB) and 20 labels
     assert peak["sampled"] < 5 * VOLUME_MIB
+    # 3D evaluation: twelve whole-volume samples, built one at a time as the stream reaches them
+    print(f"3D evaluation stream of {peak['stream']} whole volumes: peak growth {peak['streamed']:.0f} MiB")
+    assert peak["stream"] == 12 and peak["shapes"] == [[1, 512, 512, 100]]
+    assert peak["streamed"] < 6 * VOLUME_MIB
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_lazy_volumes_are_the_samples_a_list_would_hold(tmp_path, split):
+    from fedpoint.data.samples import LazyVolumes, volume_refs
+
+    data = load_dataset(msd_folder(tmp_path / "Task", n_cases=3))
+    eager = full_slice_samples(data, spatial_dims=3, split_components=split)
+    lazy = LazyVolumes(volume_refs(data.cases, split_components=split))
+    assert len(lazy) == len(eager) > 0
+    for a, b in zip(eager, lazy):
+        assert (a.case_id, a.object_name, a.spacing) == (b.case_id, b.object_name, b.spacing)
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    tail = lazy[1:]
+    assert len(tail) == len(eager) - 1 and tail[0].object_name == eager[1].object_name

@@ -369,3 +369,35 @@ def test_orthanc_series_annotated_and_seg_stored_back(make_config, site, orthanc
 def _other_series(tmp_path: Path) -> Path:
     write_ct_series(tmp_path / "other", ct_volume(seed=3), AXIAL)
     return tmp_path / "other"
+
+
+def test_a_dicom_seg_upload_is_a_label_for_its_own_series_only(make_config, site):
+    """PUT /datastore/label with a DICOM-SEG: taken on the series it was made for, refused (and
+    nothing stored) on another series or on an image that is not DICOM."""
+    import io
+
+    import pydicom
+
+    from fedpoint.data.dicom import build_seg
+
+    write_ct_series(site["images"] / "chest-ct", ct_volume(), AXIAL)
+    write_ct_series(site["images"] / "other-ct", ct_volume(seed=3), AXIAL)
+    with LiveServer(make_config(modality="CT", label="nodule")) as live:
+        loaded = live.state.load("chest-ct")
+        known = np.zeros(loaded.shape, np.uint8)
+        known[6:14, 8:16, 2:4] = 1
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, build_seg(loaded.dicom, known, ["nodule"], "test-site", 1, "test"))
+        seg = buffer.getvalue()
+
+        def put(image):
+            return live.client.put("/datastore/label", params={"image": image}, files={"label": ("seg.dcm", seg)},
+                                   data={"params": json.dumps({"client_id": "slicer"})})
+
+        for image, message in (("other-ct", "references series"), ("img0", "not a DICOM series")):
+            r = put(image)
+            assert r.status_code == 422 and message in r.json()["detail"], r.text
+        assert not [c for c in live.state.store.case_ids() if c.startswith(("other-ct", "img0"))]
+        r = put("chest-ct")
+        assert r.status_code == 200, r.text
+        assert np.array_equal(live.state.stored_label(loaded), known)

@@ -171,10 +171,13 @@ def router(state: ServiceState, require) -> APIRouter:
         data = label.file.read(int(state.config.max_upload_mb * 2**20) + 1)
         if len(data) > state.config.max_upload_mb * 2**20:
             raise HTTPException(413, "label file larger than max_upload_mb")
-        array = read_label(data, label.filename or "label.nii.gz", loaded.shape,
-                           int(state.config.max_decoded_mb * 2**20))
-        result = state.save_label(image, _client(request, named), array, label_values(request, state.config.structures),
-                                  request.request_id)
+        if is_dicom(data, label.filename):
+            array, values = seg_label(data, loaded, state.config.structures)
+        else:
+            array = read_label(data, label.filename or "label.nii.gz", loaded.shape,
+                               int(state.config.max_decoded_mb * 2**20))
+            values = label_values(request, state.config.structures)
+        result = state.save_label(image, _client(request, named), array, values, request.request_id)
         return {"image": image, "label": image, **result}
 
     @api.post("/activelearning/{strategy}")
@@ -267,6 +270,42 @@ def auth_router(guard) -> APIRouter:
         return {"username": named or "site", "email": None, "name": named or "site token", "roles": ["annotator"]}
 
     return api
+
+
+def is_dicom(data: bytes, filename: str | None) -> bool:
+    return data[128:132] == b"DICM" or (filename or "").lower().endswith(".dcm")
+
+
+def seg_label(data: bytes, loaded, structures: list[str]) -> tuple[np.ndarray, dict[str, int]]:
+    """A DICOM-SEG upload as a label map on a DICOM image: each segment whose label names one of
+    the site's structures (a lone segment, for a one-structure site) takes that structure's value.
+    A SEG made on another series, or on an image that is not DICOM, is refused."""
+    import io
+
+    import pydicom
+
+    from fedpoint.data.dicom import DicomError, read_seg
+
+    if loaded.dicom is None:
+        raise InputError(f"{loaded.id} is not a DICOM series: send a NIfTI, NRRD, PNG or NPY label, not a DICOM-SEG")
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+        segments = {int(item.SegmentNumber): str(item.SegmentLabel) for item in dataset.SegmentSequence}
+    except Exception as err:  # noqa: BLE001 - not DICOM, or not a SEG
+        raise InputError(f"the uploaded DICOM is not a readable DICOM-SEG ({type(err).__name__})") from None
+    chosen = {n: name for n, name in segments.items() if name in structures}
+    if not chosen and len(structures) == 1 and len(segments) == 1:
+        chosen = {next(iter(segments)): structures[0]}
+    if not chosen:
+        raise InputError(f"the SEG's segments ({', '.join(segments.values())}) name none of this site's structures "
+                         f"({', '.join(structures)})")
+    label = np.zeros(loaded.shape, np.uint8)
+    try:
+        for number, name in chosen.items():
+            label[read_seg(dataset, loaded.dicom, segment=number).reshape(loaded.shape) > 0] = structures.index(name) + 1
+    except DicomError as err:
+        raise InputError(f"{loaded.id}: {err}") from None
+    return label, {name: structures.index(name) + 1 for name in chosen.values()}
 
 
 def label_values(params: SaveParams, structures: list[str]) -> dict[str, int | None]:
