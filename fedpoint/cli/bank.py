@@ -126,12 +126,19 @@ def show(
     chosen = history[-1] if version is None else next((m for m in history if m.get("version") == version), None)
     if chosen is None:
         _fail(f"bank {bank!r} has no version {version} (versions {history[0]['version']}..{history[-1]['version']})")
+    evaluation = banks.evaluation(bank, int(chosen["version"]))
     result = {"manifest": chosen, "parameters": chosen.get("parameters"), "bytes": chosen.get("nbytes"),
-              "history": [_summary(m) for m in history]}
+              "evaluation": evaluation, "history": [_summary(m) | _scored(banks, bank, m) for m in history]}
     if as_json:
         typer.echo(json.dumps(result, indent=1))
         return
-    _print_show(bank, chosen, result["history"])
+    _print_show(bank, {**chosen, **({"evaluation": evaluation} if evaluation else {})}, result["history"])
+
+
+def _scored(banks, bank: str, manifest: dict) -> dict:
+    """The federated evaluation round's score of a version, if the sites scored it."""
+    found = banks.evaluation(bank, int(manifest.get("version") or 0)) if manifest.get("version") else None
+    return {"eval_dice_auc": found.get("dice_auc") if found else None, "eval_cases": found.get("cases") if found else None}
 
 
 def _print_show(bank: str, manifest: dict, history: list[dict]) -> None:
@@ -145,10 +152,11 @@ def _print_show(bank: str, manifest: dict, history: list[dict]) -> None:
             value = f"{len(value)} (salted hashes: {', '.join(value)})" if value else "0"
         details.add_row(key, value if isinstance(value, str) else json.dumps(value))
     past = Table(title="history")
-    for column in ("version", "round", "sites", "accepted cases", "updated"):
+    for column in ("version", "round", "sites", "accepted cases", "scored Dice-AUC (cases)", "updated"):
         past.add_column(column)
     for row in history:
-        past.add_row(*(str(row[k]) for k in ("version", "round", "sites", "accepted_cases", "updated")))
+        scored = "-" if row.get("eval_dice_auc") is None else f"{row['eval_dice_auc']:.3f} ({row['eval_cases']})"
+        past.add_row(*(str(row[k]) for k in ("version", "round", "sites", "accepted_cases")), scored, str(row["updated"]))
     console = _console()
     console.print(details)
     console.print(past)

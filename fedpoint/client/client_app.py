@@ -3,7 +3,9 @@ and in-process simulations (whose run config is empty, so the defaults are given
 
 Handlers:
 - train: one federation round of the site (`fedpoint.client.federated.train_round`);
-- query: who the site is (site id and modality), so the coordinator routes it to its bank.
+- query: who the site is (site id and modality), so the coordinator routes it to its bank;
+- evaluate: the federated evaluation round: the new bank version scored on the site's held-out
+  cached cases (`fedpoint.client.federated.evaluate_bank`); only the scores go back.
 
 Mods, outermost first:
 - `egress_mod` (every message): the reply may hold only the adapter arrays the coordinator sent
@@ -51,6 +53,20 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
             P.CONFIG: ConfigRecord(reply.config),
         })
         return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        """The federated evaluation round: score the bank version sent on the site's held-out
+        cached cases; only the scores (two numbers) and the bank's name and version go back."""
+        from fedpoint.client.federated import evaluate_bank, identify
+
+        fed = P.FederationConfig.from_run_config(context.run_config, defaults)
+        site = identify(context.node_config, fed)
+        instruction = P.RoundInstruction.from_config(msg.content[P.CONFIG])
+        bank = {name: array.numpy() for name, array in msg.content[P.ARRAYS].items()}
+        metrics = evaluate_bank(bank, instruction, site, fed, node_device(context.node_config))
+        config = {P.SITE_ID: site.site_id, P.BANK: instruction.bank, P.BANK_VERSION: instruction.bank_version}
+        return Message(RecordDict({P.METRICS: MetricRecord(metrics), P.CONFIG: ConfigRecord(config)}), reply_to=msg)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -109,7 +125,8 @@ def error_code_mod(msg: Message, context: Context, call_next) -> Message:
         logging.getLogger("fedpoint.site").exception("%s message failed", msg.metadata.message_type)
         name = ("egress-refused" if isinstance(err, EgressError) else "adapter-mismatch"
                 if isinstance(err, AdapterMismatchError) else "instruction-refused" if isinstance(err, InstructionError)
-                else "query-failed" if msg.metadata.message_type.startswith("query") else "train-failed")
+                else "query-failed" if msg.metadata.message_type.startswith("query")
+                else "evaluate-failed" if msg.metadata.message_type.startswith("evaluate") else "train-failed")
         return Message(Error(P.SITE_ERRORS[name], f"fedpoint site error: {name}"), reply_to=msg)
     if reply.has_error():  # an error made further in (a Flower mod): keep only its code
         return Message(Error(int(reply.error.code), "fedpoint site error"), reply_to=msg)
@@ -122,12 +139,13 @@ class InstructionError(ValueError):
 
 def instruction_mod(msg: Message, context: Context, call_next) -> Message:
     """Refuse incoming records and config keys that are not part of the protocol."""
-    allowed = P.INSTRUCTION_RECORDS if msg.metadata.message_type.startswith("train") else {P.CONFIG}
+    carries_bank = msg.metadata.message_type.startswith(("train", "evaluate"))
+    allowed = P.INSTRUCTION_RECORDS if carries_bank else {P.CONFIG}
     extra = sorted(set(msg.content.keys()) - set(allowed))
     if extra:
         raise InstructionError(f"unknown records {extra}")
     config = msg.content.config_records.get(P.CONFIG) or {}
-    keys = P.INSTRUCTION_CONFIG_KEYS if msg.metadata.message_type.startswith("train") else frozenset()
+    keys = P.INSTRUCTION_CONFIG_KEYS if carries_bank else frozenset()
     unknown = sorted(set(config) - keys)
     if unknown:
         raise InstructionError(f"unknown config keys {unknown}")

@@ -151,6 +151,38 @@ def train_round(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstr
     return reply
 
 
+EVAL_MAX_CASES = 16  # at most this many held-out cases (the newest), so a round stays short
+
+
+def evaluate_bank(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstruction, site: SiteIdentity,
+                  fed: P.FederationConfig, device: str = "cpu") -> dict[str, float]:
+    """Score a bank version as sent (no training) on the site's held-out cached cases: the mean
+    Dice-AUC of the simulated user over `protocol.EVAL_CLICKS` clicks. The held-out cases are the store's
+    validation and judgement splits (new cases are assigned first, under the store's lock), so no
+    episode has trained on them. Nothing is written but the splits; only the two numbers leave."""
+    from fedpoint.client.episodes import load_cases, simulated_dice_auc, split_rule
+    from fedpoint.client.model import SiteModel
+    from fedpoint.shared.adapters import AdapterMismatchError, make_adapter
+
+    base, model_cfg, fingerprint = load_site_base(fed.base)
+    if fingerprint != instruction.base_fingerprint:
+        raise AdapterMismatchError(f"site {site.site_id} has base {fingerprint}, but bank {instruction.bank} "
+                                   f"was made on base {instruction.base_fingerprint}: refusing to score it")
+    adapter = make_adapter(base, instruction.adapter, fingerprint)
+    adapter.load_state(from_numpy(bank_arrays))
+    store = SiteStore(site.store)
+    rng = np.random.default_rng(instruction.seed)
+    splits = store.assign_new_cases(lambda new: split_rule(new, rng))
+    held_out = (splits["val"] + splits["judge"])[-EVAL_MAX_CASES:]
+    if not held_out:
+        return {"eval-cases": 0}
+    model = SiteModel(adapter, model_cfg, AdaptationConfig(mode="frozen"), device=device)
+    score = simulated_dice_auc(model, load_cases(store, held_out), P.EVAL_CLICKS)
+    store.log("federation-evaluate", round=instruction.server_round, bank=instruction.bank,
+              bank_version=instruction.bank_version, cases=len(held_out), dice_auc=round(score, 4))
+    return {"eval-cases": len(held_out), "eval-dice-auc": round(float(score), 6)}
+
+
 def make_reply(adapter, bank_state, order: list[str], metrics: dict, site: SiteIdentity,
                instruction: P.RoundInstruction) -> SiteReply:
     """The delta against the bank (in the bank's key order), checked before it may leave."""

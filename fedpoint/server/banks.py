@@ -53,6 +53,7 @@ from fedpoint.shared.payload import payload_nbytes, state_schema, to_numpy
 MANIFEST = "fedpoint_adapter.json"
 WEIGHTS = "adapter.safetensors"
 LATEST = "latest.json"
+EVALUATION = "evaluation.json"  # the federated evaluation round's scores of a version
 SALT = "salt"
 JOURNAL = "journal"
 STORE_LOCK = ".coordinator.lock"
@@ -148,6 +149,22 @@ class BankStore:
                 raise BankNotFoundError(f"no bank {bank!r} in {self.root} (banks: {', '.join(self.banks()) or 'none'})")
             raise BankNotFoundError(f"bank {bank!r} has no version {version} (versions {known[0]}..{known[-1]})")
         return self._load_verified(bank, int(version), path)  # every read: adapters are small, sha256 is cheap
+
+    # --- federated evaluation --------------------------------------------------------------------
+    def record_evaluation(self, bank: str, version: int, evaluation: Mapping) -> None:
+        """The sites' scores of a version (`evaluation.json` beside its manifest: a report, not part
+        of what the manifest's integrity hashes cover, so it can be added after the commit)."""
+        path = self._version_dir(bank, version)
+        if not (path / MANIFEST).is_file():
+            raise BankNotFoundError(f"bank {bank!r} has no version {version}")
+        _write_json_atomic(path / EVALUATION, dict(evaluation))
+
+    def evaluation(self, bank: str, version: int) -> dict | None:
+        path = self._version_dir(bank, version) / EVALUATION
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):  # none yet, or unreadable: a report, never needed to serve a bank
+            return None
 
     def check(self, bank: str, version: int) -> str | None:
         """Why a version fails verification, or None when it is healthy."""

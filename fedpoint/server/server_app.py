@@ -90,6 +90,7 @@ def _run(grid: Grid, fed: P.FederationConfig, adapter, store: BankStore) -> list
         registry=site_registry(fed), aggregation_rule=fed.aggregation_rule, trim_fraction=fed.trim_fraction,
         weight_cap_factor=fed.weight_cap_factor, norm_cap_rms=fed.norm_cap_rms, history_factor=fed.history_factor,
         drift_window=fed.drift_window, drift_ratio=fed.drift_ratio, join_rounds=site_join_rounds(fed),
+        evaluate_banks=fed.evaluate_banks,
     )
     runner = strategy
     if fed.dp:

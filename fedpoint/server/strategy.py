@@ -84,9 +84,11 @@ class BankStrategy(FedAvg):
                  registry: SiteRegistry | None = None, aggregation_rule: str = "weighted-mean",
                  trim_fraction: float = 0.2, weight_cap_factor: float = 4.0, norm_cap_rms: float = 0.0,
                  history_factor: float = 10.0, drift_window: int = 3, drift_ratio: float = 2.0,
-                 join_rounds: Mapping[str, int] | None = None):
-        super().__init__(fraction_train=fraction_train, fraction_evaluate=0.0, min_train_nodes=min_train_nodes,
-                         min_evaluate_nodes=0, min_available_nodes=min_train_nodes)
+                 join_rounds: Mapping[str, int] | None = None, evaluate_banks: bool = False):
+        # Flower's evaluate stage is the federated evaluation round: the sites that trained score
+        # the bank versions the round produced (`configure_evaluate`, `aggregate_evaluate`).
+        super().__init__(fraction_train=fraction_train, fraction_evaluate=1.0 if evaluate_banks else 0.0,
+                         min_train_nodes=min_train_nodes, min_evaluate_nodes=0, min_available_nodes=min_train_nodes)
         self.store = store
         self.fingerprint = fingerprint
         self.schema = dict(schema)
@@ -208,8 +210,9 @@ class BankStrategy(FedAvg):
         info = self.sites.get(node_id)
         return bank_for_site(info.modality if info else None, self.bank_strategy, self.store.banks())
 
-    def instruct(self, node_id: int, server_round: int, config: Mapping | None = None) -> Message:
-        """The train message for one node: its bank's latest version and the round instruction."""
+    def instruct(self, node_id: int, server_round: int, config: Mapping | None = None,
+                 message_type: str = MessageType.TRAIN) -> Message:
+        """The train (or evaluate) message for one node: its bank's latest version and the round instruction."""
         bank = self.bank_for(node_id)
         latest = self.store.latest(bank)
         instruction = P.RoundInstruction(server_round=self.federation_round(server_round), bank=bank,
@@ -220,7 +223,7 @@ class BankStrategy(FedAvg):
             P.CONFIG: ConfigRecord({**dict(config or {}), **instruction.to_config()}),
         })
         self.sent[node_id] = Sent(bank, latest.version, payload_nbytes(state))
-        return Message(content, dst_node_id=node_id, message_type=MessageType.TRAIN)
+        return Message(content, dst_node_id=node_id, message_type=message_type)
 
     # ------------------------------------------------------------------------ aggregate
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -443,6 +446,72 @@ class BankStrategy(FedAvg):
         self._record_round(server_round, pending, versions, dp)
         self._pending = None
         return versions
+
+    # ------------------------------------------------------------------------ federated evaluation
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """After aggregation: each site of this round gets its bank's newest version (the one it
+        will train from next) to score on its held-out cached cases."""
+        if self.fraction_evaluate == 0.0:
+            return []
+        trained, self.evaluating = dict(self.sent), {}
+        messages = []
+        for node in sorted(trained):
+            messages.append(self.instruct(node, server_round, config, MessageType.EVALUATE))
+            self.evaluating[node] = self.sent[node]
+        self.sent = trained  # `instruct` notes what it sends; the round's ledger keeps the train sends
+        log(INFO, "round %d: asking %d site(s) to score the new bank versions", self.federation_round(server_round),
+            len(messages))
+        return messages
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Check each site's scores (allowed metrics only, the bank and version it was sent), then
+        write the per-version summary beside the bank version and into federation.json."""
+        from fedpoint.shared.payload import check_metrics
+
+        fed_round = self.federation_round(server_round)
+        per_site: dict[str, dict] = {}
+        per_version: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            sent = getattr(self, "evaluating", {}).get(node)
+            name = self._site_name(node)
+            if msg.has_error():
+                per_site[name] = {"status": "failed", "reason": error_text(msg.error)}
+                continue
+            try:
+                metrics = dict(msg.content.get(P.METRICS) or {})
+                check_metrics(metrics)
+                config = dict(msg.content.get(P.CONFIG) or {})
+                if sent is None or config.get(P.BANK) != sent.bank or config.get(P.BANK_VERSION) != sent.version:
+                    raise EgressError(f"scores for {config.get(P.BANK)}@v{config.get(P.BANK_VERSION)}, "
+                                      f"not the version sent ({sent.bank if sent else '?'}@v{sent.version if sent else '?'})")
+            except (EgressError, ValueError, TypeError) as err:
+                per_site[name] = {"status": "refused", "reason": str(err)[:300]}
+                log(WARNING, "round %d: evaluation reply of %s refused: %s", fed_round, name, err)
+                continue
+            cases = float(metrics.get("eval-cases", 0))
+            per_site[name] = {"status": "scored", "bank": sent.bank, "bank_version": sent.version, **metrics}
+            if cases > 0 and "eval-dice-auc" in metrics:
+                per_version.setdefault((sent.bank, sent.version), []).append((cases, float(metrics["eval-dice-auc"])))
+        summary = {}
+        for (bank, version), scores in sorted(per_version.items()):
+            total = sum(c for c, _ in scores)
+            entry = {"round": fed_round, "sites": len(scores), "cases": int(total),
+                     "dice_auc": round(sum(c * d for c, d in scores) / total, 6), "clicks": P.EVAL_CLICKS}
+            summary[f"{bank}@v{version}"] = entry
+            self.store.record_evaluation(bank, version, entry)
+            log(INFO, "round %d: %s v%d scored by %d site(s) on %d held-out case(s): Dice-AUC %.3f", fed_round, bank,
+                version, len(scores), int(total), entry["dice_auc"])
+        for h in self.history:
+            if h.get("round") == fed_round:
+                h["evaluation"] = {"banks": summary, "sites": per_site}
+        _write_history(self.summary_path, self.history)
+        if not summary:
+            return None
+        cases = sum(e["cases"] for e in summary.values())
+        return MetricRecord({"eval-cases": cases,
+                             "eval-dice-auc": sum(e["cases"] * e["dice_auc"] for e in summary.values()) / cases})
 
     def _targets(self, reply: Reply) -> list[str]:
         """The banks a reply updates: the general one, and its site's modality bank under "banks"."""

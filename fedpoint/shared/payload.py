@@ -43,6 +43,8 @@ ALLOWED_METRICS: frozenset[str] = frozenset(
         "loss",
         "adapter-version",
         "bank-version",
+        "eval-cases",     # the federated evaluation round: held-out cached cases scored
+        "eval-dice-auc",  # their mean Dice-AUC under the simulated user, with the bank as sent
     }
 )
 
@@ -56,7 +58,9 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
     "images": _COUNT,
     "clicks": _COUNT,
     "seconds": (0.0, 1e7),
-    **{name: (0.0, 1.0) for name in ("dice1", "dice3", "dice5", "dice10", "dice-auc", "nof", "guard-score")},
+    **{name: (0.0, 1.0) for name in ("dice1", "dice3", "dice5", "dice10", "dice-auc", "nof", "guard-score",
+                                      "eval-dice-auc")},
+    "eval-cases": _COUNT,
     "noc85": _COUNT,
     "noc90": _COUNT,
     "predict-ms": _MS,

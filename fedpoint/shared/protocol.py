@@ -89,8 +89,10 @@ SITE_ERRORS: dict[str, int] = {
     "instruction-refused": SITE_ERROR_BASE + 3,
     "egress-refused": SITE_ERROR_BASE + 4,
     "adapter-mismatch": SITE_ERROR_BASE + 5,
+    "evaluate-failed": SITE_ERROR_BASE + 6,
 }
 SITE_ERROR_NAMES = {code: name for name, code in SITE_ERRORS.items()}
+EVAL_CLICKS = 5  # the federated evaluation round: the simulated user's clicks per held-out case
 
 
 # ------------------------------------------------------------------------------ names
@@ -171,6 +173,8 @@ class FederationConfig(BaseModel):
     drift_ratio: float = Field(2.0, gt=1)
     site_registry: str = Field("", description="deployment: JSON registry node -> site id, modality (register-sites.sh)")
     round_timeout: float = Field(600.0, gt=0)
+    evaluate_banks: bool = Field(True, description="after each aggregation the sites score the new bank versions "
+                                                   "on their held-out cached cases (only the scores come back)")
     seed: int = 0
 
     @classmethod

@@ -100,6 +100,8 @@ def summarize(fed: FederationConfig, rounds: list[dict], seconds: float) -> dict
         "metrics": [round_metrics(r) for r in rounds],
         "status": [{site: s["status"] for site, s in r["sites"].items()} for r in rounds],
         "versions_written": [r["versions"] for r in rounds],
+        # the federated evaluation round: each new bank version as the sites scored it (held-out cases)
+        "evaluation": [(r.get("evaluation") or {}).get("banks", {}) for r in rounds],
         "banks": {bank: store.versions(bank) for bank in store.banks()},
         "bank_store": str(store.root),
         "output_dir": str(fed.output_path),

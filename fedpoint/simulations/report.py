@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from fedpoint.shared.protocol import EVAL_CLICKS
 from fedpoint.simulations.strategies import DEFAULT_STRATEGY, STRATEGIES
 
 SITE_METRICS = ("dice1", "dice3", "dice5", "dice10", "dice_auc", "noc85", "noc90", "nof")
@@ -380,6 +381,13 @@ def write_report(results: dict, path, plots: Sequence[str] = ()) -> str:
         parts += ["## Plots", ""]
         for name in plots:
             parts += [f"![{name}]({name})", "", PLOT_CAPTIONS.get(name, ""), ""]
+    scored = federated_evaluation_markdown(results.get("federation", []))
+    if scored:
+        parts += ["## Federated evaluation round", "",
+                  "After each aggregation the sites scored the new version of their bank on their held-out "
+                  "cached cases (validation and judgement splits; only the scores left the sites): the "
+                  "cases-weighted mean Dice-AUC of the simulated user over "
+                  f"{EVAL_CLICKS} clicks, no updates.", "", scored, ""]
     parts += ["## Per site", "", per_site_markdown(results["images"], strategies), "",
               "## Data", "", data_markdown(results["data"]), "", base_markdown(results["environment"].get("base", {})), "",
               "## Strategies", "", strategies_markdown(strategies), "",
@@ -393,6 +401,20 @@ def write_report(results: dict, path, plots: Sequence[str] = ()) -> str:
 
     Path(path).write_text(text)
     return text
+
+
+def federated_evaluation_markdown(federation: list[dict]) -> str:
+    """One row per (federated arm, seed, round, bank version) the sites scored."""
+    rows = []
+    for run in federation:
+        outcome = run.get("outcome") or {}
+        for number, banks in zip(outcome.get("round_numbers", []), outcome.get("evaluation", [])):
+            for version, entry in sorted(banks.items()):
+                rows.append([run.get("strategy", ""), str(run.get("seed", "")), str(number), version,
+                             str(entry.get("sites")), str(entry.get("cases")), f"{entry.get('dice_auc', float('nan')):.3f}"])
+    if not rows:
+        return ""
+    return markdown_table(["strategy", "seed", "round", "bank version", "sites", "held-out cases", "Dice-AUC"], rows)
 
 
 def strategies_markdown(strategies: Sequence[str]) -> str:

@@ -96,3 +96,15 @@ def test_clear_errors_exit_2(bank_store, tmp_path, args, message):
 def test_unknown_store_exits_2(tmp_path):
     result = _run("list", "--store", tmp_path / "nowhere")
     assert result.exit_code == 2 and "not a bank store" in result.output
+
+
+def test_show_gives_the_sites_scores_of_a_version(bank_store):
+    """The federated evaluation round's scores, kept beside a version, appear in `bank show`
+    (JSON and table) without touching the manifest its integrity check covers."""
+    bank_store.record_evaluation("general", 2, {"round": 1, "sites": 2, "cases": 7, "dice_auc": 0.612, "clicks": 5})
+    assert bank_store.check("general", 2) is None  # the version still verifies
+    shown = json.loads(_run("show", "general", "--store", bank_store.root, "--json").output)
+    assert shown["evaluation"]["dice_auc"] == 0.612
+    assert [(h["version"], h["eval_dice_auc"]) for h in shown["history"]] == [(1, None), (2, 0.612)]
+    table = _run("show", "general", "--store", bank_store.root).output
+    assert "0.612 (7)" in table

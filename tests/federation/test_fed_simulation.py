@@ -44,6 +44,21 @@ def test_simulated_federation_fills_the_bank_store_despite_a_failing_site(fast_r
     site_log = [json.loads(line)["event"] for line in (output / "sites" / "ct-site" / "log.jsonl").read_text().splitlines()]
     assert site_log.count("federation-round") == 2 and site_log.count("bank") == 2
 
+    # The federated evaluation round after each aggregation: the sites scored the new versions on
+    # their held-out cached cases; the scores sit beside each version and in federation.json.
+    assert site_log.count("federation-evaluate") == 2
+    history = json.loads((output / "federation.json").read_text())["rounds"]
+    assert len(history) == 2
+    for entry in history:
+        evaluation = entry["evaluation"]
+        assert evaluation["sites"]["mr-site"]["status"] == evaluation["sites"]["ct-site"]["status"] == "scored"
+        assert [s["status"] for n, s in evaluation["sites"].items() if n not in ("mr-site", "ct-site")] == ["failed"]
+        # each site scores the new version of the bank it trains from (its modality's)
+        assert set(evaluation["banks"]) == {f"{b}@v{v}" for b, v in entry["versions"].items() if b != "general"}
+    latest = store.latest("modality-mr")
+    report = store.evaluation("modality-mr", latest.version)
+    assert report["round"] == 2 and report["sites"] == 1 and report["cases"] >= 1 and 0 <= report["dice_auc"] <= 1
+
 
 @pytest.mark.slow
 def test_a_coordinator_killed_mid_federation_resumes_with_nothing_lost(fast_run_config, tmp_path):

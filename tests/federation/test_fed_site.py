@@ -189,3 +189,35 @@ def test_client_app_trains_answers_queries_and_clips_under_dp(fed, fast_run_conf
     delta = {k: v.numpy() for k, v in clipped.content[P.ARRAYS].items()}
     assert list(delta) == list(bank)
     assert delta_norm(delta) == pytest.approx(1e-3, rel=1e-2)  # a delta again, clipped by Flower's mod
+
+
+# ------------------------------------------------------------------------------ the federated evaluation round
+def test_the_evaluation_round_scores_the_bank_on_held_out_cases_and_sends_only_scores(fed, fast_run_config, blob, tmp_path,
+                                                                                   task_identity):
+    """A deployed site scores the bank sent on its validation and judgement cases: two numbers
+    and the bank's name and version leave, no array; a bad bank is scored differently."""
+    store = SiteStore(tmp_path / "hospital")
+    for i in range(6):
+        image, mask = blob((32, 32), seed=40 + i)
+        store.add_case(f"case-{i}", image, mask)
+    node = {P.NODE_SITE_ID: "hospital-a", P.NODE_MODALITY: "MR", P.NODE_SITE_STORE: str(store.root)}
+    bank, instruction = bank_of(fed, server_round=3, version=2)
+    app = build_client_app(fast_run_config)
+    msg = train_message(bank, instruction)
+    msg = Message(msg.content, dst_node_id=11, message_type="evaluate")
+    out = app(msg, site_context(node))
+    assert not out.has_error(), out.error
+    assert set(out.content.keys()) == {P.METRICS, P.CONFIG} and not out.content.array_records  # scores only
+    metrics = dict(out.content[P.METRICS])
+    splits = store.splits()
+    assert metrics["eval-cases"] == len(splits["val"] + splits["judge"]) == 2 and 0 <= metrics["eval-dice-auc"] <= 1
+    assert dict(out.content[P.CONFIG]) == {P.SITE_ID: "hospital-a", P.BANK: "general", P.BANK_VERSION: 2}
+    # a wrecked bank (every norm weight zero) scores lower on the same cases
+    wrecked = {k: (np.zeros_like(v) if "weight" in k else v) for k, v in bank.items()}
+    worse = dict(app(Message(train_message(wrecked, instruction).content, dst_node_id=11, message_type="evaluate"),
+                     site_context(node)).content[P.METRICS])
+    assert worse["eval-dice-auc"] < metrics["eval-dice-auc"]
+    # a bank made on another base is refused with a fixed error code, nothing scored
+    foreign, other = bank_of(fed, fingerprint="f" * 32)
+    refused = app(Message(train_message(foreign, other).content, dst_node_id=11, message_type="evaluate"), site_context(node))
+    assert refused.has_error() and refused.error.code == P.SITE_ERRORS["adapter-mismatch"]

@@ -85,6 +85,11 @@ def test_report_opens_with_the_table_and_plots(tiny_run):
         assert f"]({png})" in report
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert "## Data" in report and "stardist-nuclei" in report and "subjects" in report
+    # the federated evaluation round: each federated arm's sites scored each new bank version
+    assert "## Federated evaluation round" in report
+    results = json.loads((out / "results.json").read_text())
+    scored = [e for run in results["federation"] for banks in run["outcome"]["evaluation"] for e in banks.values()]
+    assert scored and all(e["cases"] >= 1 and 0 <= e["dice_auc"] <= 1 for e in scored)
 
 
 def test_cli_refuses_a_bad_config_naming_the_field(tmp_path):
