@@ -164,6 +164,8 @@ def egress_mod(msg: Message, context: Context, call_next) -> Message:
     if reply.has_error():
         return reply
     received = msg.content.array_records.get(P.ARRAYS)
+    if msg.metadata.message_type.startswith("evaluate") and reply.content.array_records:
+        raise EgressError("an evaluation reply carries scores only, no arrays")
     schema = state_schema({k: v.numpy() for k, v in received.items()}) if received is not None else {}
     check_reply_content(reply.content, schema)
     return reply

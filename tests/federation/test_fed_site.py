@@ -161,6 +161,15 @@ def test_client_app_mod_blocks_a_reply_with_anything_extra(task_identity):
     with pytest.raises(EgressError, match="'mask'"):
         leaky(query_msg, site_context({}))
 
+    @leaky.evaluate()
+    def evaluate(msg, context):  # sends the bank back, shaped exactly as received: still refused
+        return Message(RecordDict({P.ARRAYS: msg.content[P.ARRAYS], P.METRICS: MetricRecord({"eval-cases": 1})}),
+                       reply_to=msg)
+
+    evaluate_msg = Message(msg.content, dst_node_id=11, message_type="evaluate")
+    with pytest.raises(EgressError, match="scores only"):
+        leaky(evaluate_msg, site_context({}))
+
 
 def test_client_app_refuses_to_fill_an_array_it_does_not_own(fed, fast_run_config, task_identity):
     """A coordinator that slips a non-adapter array into the bank gets an error, not the array back."""
