@@ -31,6 +31,9 @@ EXTRA_OF: dict[str, str] = {
     "skimage": "simulation",
     "tomli_w": "simulation",
     "pydicom": "dicom",
+    "highdicom": "dicom",
+    "dicomweb_client": "dicom",
+    "requests": "dicom",  # dicomweb-client's transport
     "httpx": "dev",
     "playwright": "dev",
     "pytest": "dev",
@@ -41,7 +44,7 @@ EXTRA_PURPOSE: dict[str, str] = {
     "lora": "LoRA adapters",
     "federation": "Flower federations (coordinator and SuperNode)",
     "simulation": "simulated federations, plots and the training data",
-    "dicom": "DICOM images",
+    "dicom": "DICOM images, a PACS over DICOMweb and DICOM-SEG",
     "dev": "tests and benchmarks",
 }
 

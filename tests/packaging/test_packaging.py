@@ -17,7 +17,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # Import names the base install provides (dependencies of [project] and what they bring).
 BASE = {"torch", "monai", "numpy", "scipy", "pydantic", "pydantic_core", "typer", "click", "rich",
         "safetensors", "fastapi", "starlette", "uvicorn", "multipart", "python_multipart", "nibabel",
-        "nrrd", "tifffile", "PIL", "versioneer", "setuptools"}
+        "nrrd", "tifffile", "PIL", "versioneer", "setuptools", "filelock"}
 # Modules that may import an extra's package at import time: they only run where it is installed.
 EXTRA_MODULES = {
     "fedpoint.server": "federation",  # the coordinator (ServerApp, strategy): Flower
