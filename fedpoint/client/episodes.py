@@ -180,6 +180,8 @@ class EpisodeScheduler:
         with self._lock:
             if self.running or len(self.new_cases()) < self.threshold:
                 return False
+            if self.cfg.episode_max is not None and len(self.results) >= self.cfg.episode_max:
+                return False  # the campaign's episodes are spent (ablation: 1 against 3)
             if not self.background:
                 self.run_episode()
                 return True

@@ -20,9 +20,11 @@ from fedpoint.shared.metrics import click_metrics, dice
 
 
 def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int = 10, case_id: str | None = None,
-             spacing: tuple[float, ...] | None = None) -> dict:
+             spacing: tuple[float, ...] | None = None, accept_truth: bool = False) -> dict:
     """One image through the simulated user; with `spacing` (mm per axis) the user's "deepest
-    point" and the focus crop are measured in millimetres."""
+    point" and the focus crop are measured in millimetres. The user accepts the last mask as it
+    is (a pseudo-label), or with `accept_truth` corrects it to the true mask first, as a clinician
+    who edits the mask does (CLoPA's setting: episodes then train on true labels)."""
     session = engine.open(image, case_id, spacing=spacing)
     clicker = Clicker(gt, spacing=spacing)
     dices: list[float] = []
@@ -36,7 +38,7 @@ def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int 
         raise ValueError(f"{case_id}: the simulated user found nothing to click")
     final = session.mask
     if final.any():
-        session.accept()
+        session.accept(gt if accept_truth else None)
     seconds = time.perf_counter() - t0
     rec = session.record()
     return {
@@ -55,12 +57,13 @@ def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int 
 
 
 def run_stream(engine: SiteEngine, samples: Sequence, clicks: int = 10,
-               on_image: Callable[[int, dict], None] | None = None) -> list[dict]:
+               on_image: Callable[[int, dict], None] | None = None, accept_truth: bool = False) -> list[dict]:
     """Annotate samples in order (objects with `.image`, `.mask`, `.case_id`, `.object_name`)."""
     records = []
     for i, sample in enumerate(samples):
         case_id = _case_id(sample, i)
-        record = annotate(engine, sample.image, sample.mask, clicks, case_id, getattr(sample, "spacing", None))
+        record = annotate(engine, sample.image, sample.mask, clicks, case_id, getattr(sample, "spacing", None),
+                          accept_truth)
         record.update(index=i, object=getattr(sample, "object_name", ""), modality=getattr(sample, "modality", ""))
         records.append(record)
         if on_image is not None:

@@ -143,6 +143,7 @@ class AdaptationConfig(_Strict):
     episode_iters: int = Field(10, ge=1)
     episode_max_edits: int = Field(5, ge=0)
     episode_val_clicks: int = Field(5, ge=1)
+    episode_max: int | None = Field(None, ge=1, description="at most this many episodes in a campaign (none: no limit)")
     episode_lr: float | None = Field(None, gt=0, description="defaults to lr")
     seed: int = 0
 

@@ -33,6 +33,12 @@ PAIRS = (
     ("local-mid", "local-online", "shifted"),
     ("local-post", "local-online", "shifted"),
     ("local-online-noccg", "local-online", "shifted"),
+    ("local-episodes-1", "local-episodes-3", "shifted"),      # CLoPA: one episode gives most of the gain
+    ("local-episodes-1", "frozen", "shifted"),
+    ("local-episodes-3", "frozen", "shifted"),
+    ("local-episodes-true", "local-episodes", "shifted"),     # true labels against pseudo-labels
+    ("local-episodes-1-true", "local-episodes-1", "shifted"),
+    ("local-episodes-true", "frozen", "shifted"),
 )
 
 

@@ -33,6 +33,7 @@ class Strategy:
     bank_strategy: str | None = None  # federated: "general" (one bank) or "banks" (general + modality banks)
     adaptation: tuple[tuple[str, object], ...] = ()  # AdaptationConfig overrides (ablations; local only)
     ablation: bool = False  # not run unless named (`strategies = [...]` or --strategies)
+    accept_truth: bool = False  # the simulated user corrects each mask to the truth before accepting (local only)
 
     @property
     def federated(self) -> bool:
@@ -60,6 +61,15 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("local-post", "local", "post", "ablation: post-interaction updates only", ablation=True),
     Strategy("local-online-noccg", "local", "mid+post", "ablation: online updates with the click-consistency "
              "guidance off (ccg_beta = 0)", adaptation=(("ccg_beta", 0.0),), ablation=True),
+    # CLoPA's claims: most of the gain after one episode; episodes as the paper runs them, on true labels
+    Strategy("local-episodes-1", "local", "episodes", "ablation: one episode per campaign (pseudo-labels)",
+             adaptation=(("episode_max", 1),), ablation=True),
+    Strategy("local-episodes-3", "local", "episodes", "ablation: up to three episodes per campaign (pseudo-labels)",
+             adaptation=(("episode_max", 3),), ablation=True),
+    Strategy("local-episodes-true", "local", "episodes", "ablation: episodes on true labels (the user corrects "
+             "each mask before accepting, as in CLoPA)", ablation=True, accept_truth=True),
+    Strategy("local-episodes-1-true", "local", "episodes", "ablation: one episode per campaign, on true labels",
+             adaptation=(("episode_max", 1),), ablation=True, accept_truth=True),
 )}
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)  # every known arm, in canonical order
 DEFAULT_STRATEGIES: tuple[str, ...] = tuple(n for n, s in STRATEGIES.items() if not s.ablation)
@@ -135,7 +145,7 @@ def annotate_site(strategy: Strategy, experiment, seed: int, site, store_dir, on
         if on_image is not None:
             on_image(rec)
 
-    run_stream(engine, site.samples, experiment.clicks, on_image=tick)
+    run_stream(engine, site.samples, experiment.clicks, on_image=tick, accept_truth=strategy.accept_truth)
     return records, engine
 
 

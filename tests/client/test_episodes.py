@@ -76,3 +76,24 @@ def test_regression_guard_rejects_a_worse_adapter(tiny_base_2d, tmp_path, blob):
     assert engine.guard.history[-1]["accepted"] is False
     assert engine.offer(engine.adapter.state(), "bank:same") is True  # as good as the current one
     assert [e for e in engine.store.read_log() if e["event"] == "guard"][0]["source"] == "bank:test"
+
+
+def test_episode_max_caps_a_campaign_and_true_labels_reach_the_cache(tiny_base_2d, tmp_path, blob):
+    """The ablation arms' two settings: `episode_max` stops episodes after that many; with
+    `accept_truth` the simulated user corrects the mask, so the cache holds the true masks."""
+    import numpy as np
+
+    counts = {}
+    for cap in (None, 1):
+        cfg = AdaptationConfig(mode="episodes", episode_min_cases=5, episode_epochs=1, episode_iters=1, episode_max=cap)
+        engine = SiteEngine.create(tiny_base_2d, "norm", cfg, tmp_path / f"cap-{cap}", campaign_size=15,
+                                   background_episodes=False)
+        run_stream(engine, _samples(blob, 15), clicks=2, accept_truth=cap == 1)
+        counts[cap] = len(engine.scheduler.results)
+        if cap == 1:
+            samples = {s.case_id: s.mask for s in _samples(blob, 15)}
+            for case_id in engine.store.case_ids():
+                _, mask, _ = engine.store.load_case(case_id)
+                truth = samples["b" + case_id.split("-")[0][1:]]
+                assert np.array_equal(np.asarray(mask, bool).reshape(truth.shape), truth)
+    assert counts == {None: 3, 1: 1}
