@@ -117,3 +117,77 @@ def test_three_users_clicking_at_once_each_keep_their_own_session(live):
     assert one["n"] == 3 and three["n"] == 6 and three["p95"] >= three["p50"] > 0
     # every user's session was its own and was discarded at the end: nothing left open
     assert not [u for u in ("bench-user-1-0", "bench-user-3-0", "bench-user-3-1") if live.state.sessions.of_user("img0", u)]
+
+
+def test_a_clientapp_round_beside_the_live_service_on_one_store(make_config, site, tiny_base_2d, task_identity):
+    """A deployed site: clinicians accept through the running service (which runs its own
+    episodes) while the Flower ClientApp runs federation rounds on the same store. No case ends
+    up in two splits, no adapter version is lost or damaged, and the ClientApp never makes a
+    version current (the service's guard decides)."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+    from fedpoint.client.client_app import build_client_app
+    from fedpoint.client.federated import load_site_base
+    from fedpoint.client.store import SiteStore
+    from fedpoint.shared import protocol as P
+    from fedpoint.shared.adapters import make_adapter
+    from fedpoint.shared.payload import to_numpy
+
+    config = make_config(mode="mid+post+episodes", adaptation={"post_clicks": 2, "episode_min_cases": 2,
+                                                               "episode_epochs": 1, "episode_iters": 2})
+    defaults = {"base": str(tiny_base_2d), "local-epochs": 1, "min-train-nodes": 1}
+    fed = P.FederationConfig.from_run_config(defaults)
+    base, _, fingerprint = load_site_base(fed.base)
+    bank = to_numpy(make_adapter(base, fed.adapter_config(), fingerprint).state())
+    node = {P.NODE_SITE_ID: "test-site", P.NODE_MODALITY: "MR", P.NODE_SITE_STORE: str(site["store"])}
+    app = build_client_app(defaults)
+    errors: list[str] = []
+
+    def rounds() -> None:
+        for server_round in (1, 2, 3):
+            instruction = P.RoundInstruction(server_round=server_round, bank="general", bank_version=1,
+                                             base_fingerprint=fingerprint, **P.instruction_settings(fed))
+            msg = Message(RecordDict({P.ARRAYS: ArrayRecord(array_dict={k: Array(v) for k, v in bank.items()}),
+                                      P.CONFIG: ConfigRecord(instruction.to_config())}), dst_node_id=11, message_type="train")
+            try:
+                out = app(msg, Context(run_id=1, node_id=11, node_config=node, state=RecordDict(), run_config={}))
+            except Exception as err:  # noqa: BLE001 - reported by the test, not lost in the thread
+                errors.append(f"round {server_round}: {type(err).__name__}: {err}")
+                continue
+            if out.has_error():
+                errors.append(f"round {server_round}: {out.error.code}")
+
+    with LiveServer(config) as live:
+        accepted = []
+        for image in ("img0", "img1", "img2"):  # enough cases for the ClientApp's first episode
+            live.client.post(f"/api/sessions/{image}/click", json={"point": [24, 24]})
+            accepted.append(live.client.post(f"/api/sessions/{image}/accept", json={}).json()["case"])
+        federation = threading.Thread(target=rounds)
+        federation.start()
+        for i in range(6):  # more accepts while the rounds run
+            image = f"img{i % 3}"
+            live.client.post(f"/api/sessions/{image}/click", json={"point": [20 + i, 24]})
+            r = live.client.post(f"/api/sessions/{image}/accept", json={})
+            assert r.status_code == 200, r.text
+            accepted.append(r.json()["case"])
+        federation.join(timeout=300)
+        live.state.training.wait(120)
+        assert not federation.is_alive() and not errors, errors
+        current = SiteStore(site["store"]).current_adapter()
+
+    store = SiteStore(site["store"])
+    splits = store.splits()
+    assigned = [c for ids in splits.values() for c in ids]
+    assert len(assigned) == len(set(assigned)), "a case is in two splits"
+    assert set(assigned) <= set(store.case_ids()) and set(accepted) <= set(store.case_ids())
+    versions = store.adapter_versions()
+    assert versions == list(range(1, len(versions) + 1)) and all(store.check_adapter(v) is None for v in versions)
+    assert versions and current is not None
+    events = [e["event"] for e in store.read_log()]
+    assert events.count("federation-round") == 3
+    log = store.read_log()
+    number = int(current.name[1:])
+    made_current = [e for e in log if (e["event"] == "adapter" and e["current"]) or e["event"] == "adapter-current"]
+    assert any(e["version"] == number for e in made_current), "the current version was not made current by the service"
+    # the ClientApp's rounds ran episodes on the store (a version only when the episode's guard kept it)
+    assert sum(1 for e in log if e["event"] == "episode") >= 3
