@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,23 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (make setup installs it)"),
 ]
+
+
+@contextmanager
+def opened_page(config, token: str = TOKEN, viewport: tuple[int, int] = (1200, 800)):
+    """The service on a socket and the page open in headless Chromium: (live, page, page errors)."""
+    from playwright.sync_api import sync_playwright
+
+    with LiveServer(config) as live, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{live.url}/#token={token}")
+            yield live, page, errors
+        finally:
+            browser.close()
 
 
 def test_click_overlay_accept_in_a_real_browser(make_config, blob, blob_base_2d, tmp_path):
@@ -154,7 +172,7 @@ def test_two_clicks_in_the_lungs_of_the_example_site_segment_the_lung_field(make
 def test_a_3d_base_shows_which_slices_hold_the_mask(make_config, tiny_base_3d, tmp_path):
     """With a 3D base one click is one 3D prediction; the page says on which slices the mask lies."""
     import nibabel as nib
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     images = tmp_path / "vol-images"
     images.mkdir()
@@ -163,31 +181,23 @@ def test_a_3d_base_shows_which_slices_hold_the_mask(make_config, tiny_base_3d, t
     volume = (0.2 + 0.6 * ball + 0.05 * np.random.default_rng(0).standard_normal(ball.shape)).astype(np.float32)
     nib.save(nib.Nifti1Image(volume, np.diag([0.8, 0.8, 3.0, 1.0])), str(images / "vol.nii.gz"))
     config = make_config(images=str(images), store=str(tmp_path / "vol-store"), base=str(tiny_base_3d))
-    with LiveServer(config) as live, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 800})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{live.url}/#token={TOKEN}")
-            viewer = page.locator("#viewer")
-            expect(viewer).to_have_attribute("data-image", "vol", timeout=60_000)
-            expect(viewer).to_have_attribute("data-busy", "0")
-            box = page.locator("#canvas").bounding_box()
-            page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            expect(viewer).to_have_attribute("data-clicks", "1", timeout=60_000)
-            expect(page.locator("#mask-slices")).to_contain_text("mask on slice", timeout=60_000)
-            held = [int(z) for z in viewer.get_attribute("data-mask-slices").split(",")]
-            assert len(held) > 1 and all(0 <= z < 12 for z in held)  # one click, a 3D mask over several slices
-            assert not errors, errors
-        finally:
-            browser.close()
+    with opened_page(config) as (_live, page, errors):
+        viewer = page.locator("#viewer")
+        expect(viewer).to_have_attribute("data-image", "vol", timeout=60_000)
+        expect(viewer).to_have_attribute("data-busy", "0")
+        box = page.locator("#canvas").bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        expect(viewer).to_have_attribute("data-clicks", "1", timeout=60_000)
+        expect(page.locator("#mask-slices")).to_contain_text("mask on slice", timeout=60_000)
+        held = [int(z) for z in viewer.get_attribute("data-mask-slices").split(",")]
+        assert len(held) > 1 and all(0 <= z < 12 for z in held)  # one click, a 3D mask over several slices
+        assert not errors, errors
 
 
 def test_two_structures_and_a_named_user_in_the_page(make_config, blob, blob_base_2d, tmp_path):
     """A site that labels two structures: the page offers both in their colours, each click goes to
     the chosen one, each accept is its own cache entry; a named user's token fixes the name shown."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from fedpoint.client.service.users import UserRegistry
 
@@ -197,40 +207,32 @@ def test_two_structures_and_a_named_user_in_the_page(make_config, blob, blob_bas
     store = tmp_path / "two-store"
     token = UserRegistry(store / "users.json").add("dr-lee")
     config = make_config(images=str(images), store=str(store), base=str(blob_base_2d), labels=["liver", "lesion"])
-    with LiveServer(config) as live, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 800})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{live.url}/#token={token}")
-            viewer = page.locator("#viewer")
-            expect(viewer).to_have_attribute("data-image", "case-001", timeout=60_000)
-            expect(viewer).to_have_attribute("data-structure", "liver")
-            expect(page.locator("#user-name")).to_have_value("dr-lee")
-            expect(page.locator("#user-name")).to_be_disabled()
-            buttons = page.locator("#structures .structure")
-            expect(buttons).to_have_count(2)
-            box = page.locator("#canvas").bounding_box()
-            centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            page.mouse.click(*centre)
-            expect(viewer).to_have_attribute("data-clicks", "1", timeout=60_000)
-            page.keyboard.press("Enter")  # accept the liver
-            expect(viewer).to_have_attribute("data-accepted", "1", timeout=60_000)
-            expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)
-            page.locator('#structures [data-structure="lesion"]').click()
-            expect(viewer).to_have_attribute("data-structure", "lesion")
-            expect(page.locator('#structures [data-structure="lesion"]')).to_have_attribute("aria-checked", "true")
-            expect(viewer).to_have_attribute("data-clicks", "0", timeout=60_000)  # the lesion has its own session
-            page.mouse.click(*centre)
-            expect(viewer).to_have_attribute("data-clicks", "1", timeout=60_000)
-            expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)
-            page.keyboard.press("Enter")
-            expect(viewer).to_have_attribute("data-accepted", "2", timeout=60_000)
-            expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)
-            assert not errors, errors
-        finally:
-            browser.close()
+    with opened_page(config, token) as (_live, page, errors):
+        viewer = page.locator("#viewer")
+        expect(viewer).to_have_attribute("data-image", "case-001", timeout=60_000)
+        expect(viewer).to_have_attribute("data-structure", "liver")
+        expect(page.locator("#user-name")).to_have_value("dr-lee")
+        expect(page.locator("#user-name")).to_be_disabled()
+        buttons = page.locator("#structures .structure")
+        expect(buttons).to_have_count(2)
+        box = page.locator("#canvas").bounding_box()
+        centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.click(*centre)
+        expect(viewer).to_have_attribute("data-clicks", "1", timeout=60_000)
+        page.keyboard.press("Enter")  # accept the liver
+        expect(viewer).to_have_attribute("data-accepted", "1", timeout=60_000)
+        expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)
+        page.locator('#structures [data-structure="lesion"]').click()
+        expect(viewer).to_have_attribute("data-structure", "lesion")
+        expect(page.locator('#structures [data-structure="lesion"]')).to_have_attribute("aria-checked", "true")
+        expect(viewer).to_have_attribute("data-clicks", "0", timeout=60_000)  # the lesion has its own session
+        page.mouse.click(*centre)
+        expect(viewer).to_have_attribute("data-clicks", "1", timeout=60_000)
+        expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)
+        page.keyboard.press("Enter")
+        expect(viewer).to_have_attribute("data-accepted", "2", timeout=60_000)
+        expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)
+        assert not errors, errors
     cases = sorted(p.name for p in (store / "cache").iterdir() if p.is_dir())
     assert cases == ["case-001.lesion", "case-001.liver"]
     metas = [json.loads((store / "cache" / c / "meta.json").read_text()) for c in cases]
