@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fpdata_files import msd_folder, nifti, phantom
 
-from fedpoint.data import DataError, full_slice_samples, load_dataset, make_samples
+from fedpoint.data import DataError, full_slice_samples, load_dataset
 from fedpoint.data import readers
 
 VOLUME_MIB = 512 * 512 * 100 * 4 / 2**20  # one 512 x 512 x 100 float32 volume: 100 MiB

@@ -3,7 +3,6 @@ MONAI Label multi-label maps in and out, and clear errors for unknown structure 
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
