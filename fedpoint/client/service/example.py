@@ -26,8 +26,11 @@ SITE_TOML = """\
 site = "{site}"
 # CT: a HU window; MR and microscopy: percentiles of each image
 modality = "{modality}"
-# images to annotate (NIfTI, NRRD, PNG or NPY; 2D, or 3D annotated slice by slice on a 2D model)
+# images to annotate (NIfTI, NRRD, PNG or NPY, or one DICOM series per sub-folder; 2D, or 3D
+# annotated slice by slice on a 2D model)
 images = "images"
+# dicomweb = "http://127.0.0.1:8042/dicom-web"   # a PACS's DICOMweb root: its series too, DICOM-SEG back
+# labels = ["liver", "lesion"]                     # several structures per image (default: one, "object")
 # the site store: annotation cache, adapter versions, banks received from the federation
 store = "store"
 # base = "base2d"   # the packaged 2D base (default), or a path to a checkpoint
@@ -38,8 +41,12 @@ mode = "mid+post+episodes"
 # 127.0.0.1 serves this computer only; 0.0.0.0 listens on every network interface
 host = "127.0.0.1"
 port = 8000
-# the bearer token (or token_env = "NAME" to read it from the environment)
+# the bearer token (or token_env = "NAME" to read it from the environment); clinicians get their
+# own with `fedpoint site user add NAME --config <this file>`
 token_file = "site-token"
+# allow_shared_token = false   # once every clinician has a token of their own
+# tls_cert = "site.crt"        # serve HTTPS directly (with tls_key)
+# tls_key = "site.key"
 max_upload_mb = 64
 max_points = 64
 # browser origins allowed to call the API from other web pages: none
