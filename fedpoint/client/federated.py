@@ -112,20 +112,29 @@ def load_site_base(spec: str | Path):
 
 
 # ------------------------------------------------------------------------------ one round
+def bank_adapter(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstruction, site: SiteIdentity,
+                 fed: P.FederationConfig, purpose: str):
+    """(the bank as an adapter on the site's base, model config, bank state); a bank made on
+    another base, or with foreign names or shapes, raises AdapterMismatchError before anything runs."""
+    from fedpoint.shared.adapters import AdapterMismatchError, make_adapter
+
+    base, model_cfg, fingerprint = load_site_base(fed.base)
+    if fingerprint != instruction.base_fingerprint:
+        raise AdapterMismatchError(f"site {site.site_id} has base {fingerprint}, but bank {instruction.bank} "
+                                   f"was made on base {instruction.base_fingerprint}: refusing to {purpose} it")
+    adapter = make_adapter(base, instruction.adapter, fingerprint)
+    bank_state = from_numpy(bank_arrays)
+    adapter.load_state(bank_state)
+    return adapter, model_cfg, bank_state
+
+
 def train_round(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstruction, site: SiteIdentity,
                 fed: P.FederationConfig) -> SiteReply:
     """Start from the bank, train, and return the checked reply."""
     from fedpoint.client.model import SiteModel
-    from fedpoint.shared.adapters import AdapterMismatchError, make_adapter
 
     t0 = time.perf_counter()
-    base, model_cfg, fingerprint = load_site_base(fed.base)
-    if fingerprint != instruction.base_fingerprint:
-        raise AdapterMismatchError(f"site {site.site_id} has base {fingerprint}, but bank {instruction.bank} "
-                                   f"was made on base {instruction.base_fingerprint}: refusing to train on it")
-    adapter = make_adapter(base, instruction.adapter, fingerprint)
-    bank_state = from_numpy(bank_arrays)
-    adapter.load_state(bank_state)  # raises AdapterMismatchError on foreign names or shapes
+    adapter, model_cfg, bank_state = bank_adapter(bank_arrays, instruction, site, fed, "train on")
     store = SiteStore(site.store)
     store.receive_bank(instruction.bank, instruction.bank_version, adapter, {"round": instruction.server_round})
 
@@ -162,14 +171,8 @@ def evaluate_bank(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundIns
     episode has trained on them. Nothing is written but the splits; only the two numbers leave."""
     from fedpoint.client.episodes import load_cases, simulated_dice_auc, split_rule
     from fedpoint.client.model import SiteModel
-    from fedpoint.shared.adapters import AdapterMismatchError, make_adapter
 
-    base, model_cfg, fingerprint = load_site_base(fed.base)
-    if fingerprint != instruction.base_fingerprint:
-        raise AdapterMismatchError(f"site {site.site_id} has base {fingerprint}, but bank {instruction.bank} "
-                                   f"was made on base {instruction.base_fingerprint}: refusing to score it")
-    adapter = make_adapter(base, instruction.adapter, fingerprint)
-    adapter.load_state(from_numpy(bank_arrays))
+    adapter, model_cfg, _ = bank_adapter(bank_arrays, instruction, site, fed, "score")
     store = SiteStore(site.store)
     rng = np.random.default_rng(instruction.seed)
     splits = store.assign_new_cases(lambda new: split_rule(new, rng))

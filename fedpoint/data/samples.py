@@ -165,12 +165,11 @@ def volume_refs(cases: list[Case], min_voxels: int = 20, split_components: bool 
     for case in usable(cases):
         for obj in case.objects:
             mask = obj.mask
-            count = ndimage.label(mask)[1] if split_components else 1
+            labels, count = ndimage.label(mask) if split_components else (None, 1)  # labelled once: volumes are large
             if count <= 1:
                 if mask.sum() >= min_voxels:
                     refs.append((case, obj, None))
                 continue
-            labels = ndimage.label(mask)[0]
             refs += [(case, obj, k) for k in range(1, count + 1) if (labels == k).sum() >= min_voxels]
     return refs
 

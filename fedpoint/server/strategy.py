@@ -102,6 +102,7 @@ class BankStrategy(FedAvg):
         self.commit_updates = True  # False under the DP wrapper, which commits after adding noise
         self.sites: dict[int, SiteInfo] = {}
         self.sent: dict[int, Sent] = {}
+        self.evaluating: dict[int, Sent] = {}  # the federated evaluation round's sends, per node
         self.history: list[dict] = _read_history(self.summary_path)
         self._pending: dict | None = None
         self.registry = registry
@@ -474,7 +475,7 @@ class BankStrategy(FedAvg):
         per_version: dict[tuple[str, int], list[tuple[float, float]]] = {}
         for msg in replies:
             node = msg.metadata.src_node_id
-            sent = getattr(self, "evaluating", {}).get(node)
+            sent = self.evaluating.get(node)
             name = self._site_name(node)
             if msg.has_error():
                 per_site[name] = {"status": "failed", "reason": error_text(msg.error)}

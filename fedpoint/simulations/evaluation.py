@@ -55,37 +55,31 @@ def load_stream(spec: EvaluationSpec, data_dir: Path | None = None):
     from fedpoint.shared.protocol import locate_base
 
     dataset = load_dataset(spec.data, data_dir=data_dir, strict=spec.strict)
+
+    def shifted(sample, i: int):  # the stream's i-th sample, under the spec's shift (seeded by position)
+        if spec.shift != "none":
+            sample.image = apply_shift(sample.image, spec.shift, spec.seed * 100003 + i)
+        return sample
+
     if base_config(locate_base(spec.base)).spatial_dims == 3:  # whole volumes: the 3D focus crop zooms
         volumes = [c for c in dataset.cases if c.ndim == 3]
         if not volumes:
             raise ValueError(f"{spec.data}: the base is 3D but the dataset has no volumes (use a 2D base for 2D images)")
         for case in volumes:
             _check_spacing(case)
-        refs = volume_refs(volumes, split_components=spec.split_components)
-        if not refs:
-            raise ValueError(f"{spec.data}: no object large enough to annotate")
-        order = np.random.default_rng(spec.seed).permutation(len(refs))
-
-        def shifted(sample, i):
-            if spec.shift != "none":
-                sample.image = apply_shift(sample.image, spec.shift, spec.seed * 100003 + i)
-            return sample
-
         # Built one at a time as the stream reaches them (same order and shifts as a list would get).
-        return LazyVolumes([refs[i] for i in order][: spec.images], shifted), dataset.skipped
+        samples = LazyVolumes(volume_refs(volumes, split_components=spec.split_components))
     elif spec.full_slice:  # the same objects and slices, not cropped: the session's focus crop does the zooming
         samples = full_slice_samples(dataset, spatial_dims=2, split_components=spec.split_components)
     else:
         samples = make_samples(dataset, spatial_dims=2, size=(spec.size, spec.size), seed=spec.seed,
                                split_components=spec.split_components)
-    if not samples:
+    if not len(samples):
         raise ValueError(f"{spec.data}: no object large enough to annotate")
-    order = np.random.default_rng(spec.seed).permutation(len(samples))
-    samples = [samples[i] for i in order][: spec.images]
-    if spec.shift != "none":
-        for i, s in enumerate(samples):
-            s.image = apply_shift(s.image, spec.shift, spec.seed * 100003 + i)
-    return samples, dataset.skipped
+    order = np.random.default_rng(spec.seed).permutation(len(samples))[: spec.images]
+    if isinstance(samples, LazyVolumes):
+        return LazyVolumes([samples.refs[i] for i in order], shifted), dataset.skipped
+    return [shifted(samples[i], k) for k, i in enumerate(order)], dataset.skipped
 
 
 def _check_spacing(case) -> None:

@@ -595,7 +595,8 @@ def test_a_corrupt_or_misdirected_bank_is_refused_naming_the_file(live, site):
     folder = store.receive_bank("general", 7, live.state.engine.adapter)
     weights = next(folder.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:40])  # a bank cut in transfer
-    review = live.client.post("/api/banks/check").json()["review"]
+    checked = live.client.post("/api/banks/check").json()
+    review = checked["review"] or checked["last"]  # the watcher's own poll may have reviewed it first
     assert review["accepted"] is False and "banks/general/v0007" in review["reason"]
     (site["store"] / "banks" / "latest.json").write_text('{"path": "../../etc"}')  # points outside the store
     assert live.client.post("/api/banks/check").status_code == 200

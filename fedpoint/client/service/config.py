@@ -155,6 +155,11 @@ class SiteServiceConfig(BaseModel):
         return list(self.labels) if self.labels else [self.label]
 
     @property
+    def label_values(self) -> dict[str, int]:
+        """Each structure's value in a label map: the one rule for label maps in and out."""
+        return {name: i + 1 for i, name in enumerate(self.structures)}
+
+    @property
     def users_path(self) -> Path:
         return Path(self.users_file) if self.users_file else Path(self.store) / "users.json"
 

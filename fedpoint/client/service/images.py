@@ -129,13 +129,18 @@ RESULT_DTYPES = ("uint8", "uint16", "int16", "int32", "float32")
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def label_file_bytes(mask: np.ndarray, affine: np.ndarray, extension: str = ".nii.gz", dtype: str = "uint8") -> bytes:
-    """A label on the image's grid as a file a client asked for (MONAI Label's `result_extension`
-    and `result_dtype`): NIfTI (gzipped or not) or NRRD (gzip encoding, LPS space as 3D Slicer writes)."""
+def check_result_format(extension: str, dtype: str) -> None:
+    """MONAI Label's `result_extension` and `result_dtype`, refused clearly when not offered."""
     if extension not in RESULT_EXTENSIONS:
         raise ImageError(f"result_extension {extension!r} is not supported; use one of {', '.join(RESULT_EXTENSIONS)}")
     if dtype not in RESULT_DTYPES:
         raise ImageError(f"result_dtype {dtype!r} is not supported; use one of {', '.join(RESULT_DTYPES)}")
+
+
+def label_file_bytes(mask: np.ndarray, affine: np.ndarray, extension: str = ".nii.gz", dtype: str = "uint8") -> bytes:
+    """A label on the image's grid as a file a client asked for (MONAI Label's `result_extension`
+    and `result_dtype`): NIfTI (gzipped or not) or NRRD (gzip encoding, LPS space as 3D Slicer writes)."""
+    check_result_format(extension, dtype)
     data = np.asarray(mask).astype(dtype)
     if extension == ".nii.gz":
         return nifti_bytes(data, affine, dtype)

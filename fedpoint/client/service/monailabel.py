@@ -24,7 +24,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 import fedpoint
-from fedpoint.client.service.images import file_response_bytes, label_file_bytes, nifti_bytes, read_label
+from fedpoint.client.service.images import (check_result_format, file_response_bytes, label_file_bytes, nifti_bytes,
+                                            read_label)
 from fedpoint.client.service.security import valid_id
 from fedpoint.client.service.state import ServiceState
 from fedpoint.client.service.strategies import STRATEGIES
@@ -74,7 +75,7 @@ def info(state: ServiceState) -> dict:
         "labels": config.structures,
         "models": {MODEL_NAME: {
             "type": "deepgrow",
-            "labels": {name: i + 1 for i, name in enumerate(config.structures)},
+            "labels": config.label_values,
             "dimension": dims,
             "description": f"{dims}D click model, adapter {state.engine.adapter.kind}, mode {config.mode}"
                            + ("; a volume is annotated slice by slice (last axis)" if dims == 2 else ""),
@@ -127,7 +128,7 @@ def router(state: ServiceState, require) -> APIRouter:
             raise InputError(f"output {output!r} is not supported; use image, json or all")
         request = _params(params, InferParams)
         extension, dtype = request.result_extension or ".nii.gz", request.result_dtype or "uint8"
-        label_file_bytes(np.zeros((1, 1), np.uint8), np.eye(4), extension, dtype)  # a bad format fails before any click
+        check_result_format(extension, dtype)  # a bad format fails before any click
         label_volume, reply = state.infer(valid_id(image), _client(request, named), request.foreground or [],
                                           request.background or [], request.label)
         if output == "json":
@@ -172,11 +173,11 @@ def router(state: ServiceState, require) -> APIRouter:
         if len(data) > state.config.max_upload_mb * 2**20:
             raise HTTPException(413, "label file larger than max_upload_mb")
         if is_dicom(data, label.filename):
-            array, values = seg_label(data, loaded, state.config.structures)
+            array, values = seg_label(data, loaded, state.config.label_values)
         else:
             array = read_label(data, label.filename or "label.nii.gz", loaded.shape,
                                int(state.config.max_decoded_mb * 2**20))
-            values = label_values(request, state.config.structures)
+            values = label_values(request, state.config.label_values)
         result = state.save_label(image, _client(request, named), array, values, request.request_id)
         return {"image": image, "label": image, **result}
 
@@ -276,7 +277,7 @@ def is_dicom(data: bytes, filename: str | None) -> bool:
     return data[128:132] == b"DICM" or (filename or "").lower().endswith(".dcm")
 
 
-def seg_label(data: bytes, loaded, structures: list[str]) -> tuple[np.ndarray, dict[str, int]]:
+def seg_label(data: bytes, loaded, structures: dict[str, int]) -> tuple[np.ndarray, dict[str, int]]:
     """A DICOM-SEG upload as a label map on a DICOM image: each segment whose label names one of
     the site's structures (a lone segment, for a one-structure site) takes that structure's value.
     A SEG made on another series, or on an image that is not DICOM, is refused."""
@@ -295,20 +296,20 @@ def seg_label(data: bytes, loaded, structures: list[str]) -> tuple[np.ndarray, d
         raise InputError(f"the uploaded DICOM is not a readable DICOM-SEG ({type(err).__name__})") from None
     chosen = {n: name for n, name in segments.items() if name in structures}
     if not chosen and len(structures) == 1 and len(segments) == 1:
-        chosen = {next(iter(segments)): structures[0]}
+        chosen = {next(iter(segments)): next(iter(structures))}
     if not chosen:
         raise InputError(f"the SEG's segments ({', '.join(segments.values())}) name none of this site's structures "
                          f"({', '.join(structures)})")
     label = np.zeros(loaded.shape, np.uint8)
     try:
         for number, name in chosen.items():
-            label[read_seg(dataset, loaded.dicom, segment=number).reshape(loaded.shape) > 0] = structures.index(name) + 1
+            label[read_seg(dataset, loaded.dicom, segment=number).reshape(loaded.shape) > 0] = structures[name]
     except DicomError as err:
         raise InputError(f"{loaded.id}: {err}") from None
-    return label, {name: structures.index(name) + 1 for name in chosen.values()}
+    return label, {name: structures[name] for name in chosen.values()}
 
 
-def label_values(params: SaveParams, structures: list[str]) -> dict[str, int | None]:
+def label_values(params: SaveParams, structures: dict[str, int]) -> dict[str, int | None]:
     """Which value of an uploaded label map is which of the site's structures.
 
     With `label_info` (3D Slicer sends one entry per segment), each of our structures it names
@@ -319,7 +320,7 @@ def label_values(params: SaveParams, structures: list[str]) -> dict[str, int | N
         if not named:
             given = ", ".join(repr(item.name) for item in params.label_info)
             raise InputError(f"label_info names {given}; this site labels {', '.join(structures)}")
-        return {name: (idx if idx is not None else structures.index(name) + 1) for name, idx in named.items()}
+        return {name: (idx if idx is not None else structures[name]) for name, idx in named.items()}
     if len(structures) == 1:
-        return {structures[0]: None}
-    return {name: i + 1 for i, name in enumerate(structures)}
+        return {next(iter(structures)): None}
+    return dict(structures)

@@ -158,9 +158,6 @@ class ServiceState:
             raise InputError(f"unknown structure {name!r}; this site labels {', '.join(names)}")
         return name
 
-    def structure_value(self, name: str) -> int:
-        """The structure's value in a label map (1, 2, ... in site.toml order)."""
-        return self.config.structures.index(name) + 1
 
     def session(self, loaded: LoadedImage, user: str, slice_index: int | None, structure: str | None = None) -> OpenSession:
         structure = self.structure(structure)
@@ -214,7 +211,7 @@ class ServiceState:
         entry = self.sessions.get((image_id, user, slice_index, self.structure(structure)))
         if entry is not None:
             self.sessions.close(entry)
-            self.audit.record(user, "discard", image_id, slice=slice_index)
+            self.audit.record(user, "discard", image_id, slice=slice_index, structure=entry.structure)
 
     def accept(self, entry: OpenSession, mask: np.ndarray | None = None, request: str | None = None) -> dict:
         """Post-interaction update, then into the cache; the session closes."""
@@ -310,7 +307,8 @@ class ServiceState:
             self._sync(self.session(loaded, user, z, structure), wanted)
         label = self.label_volume(loaded, user, structure)
         self.audit.record(user, "infer", image_id, foreground=len(foreground), background=len(background))
-        params = {"label_names": {structure: self.structure_value(structure)}, "structure": structure, "latencies": {"total": round(time.perf_counter() - t0, 4)},
+        params = {"label_names": {structure: self.config.label_values[structure]}, "structure": structure,
+                  "latencies": {"total": round(time.perf_counter() - t0, 4)},
                   "slices": [z for z in groups if z is not None], "adapter_version": self.engine.model.version}
         return label, params
 
@@ -334,7 +332,7 @@ class ServiceState:
     def label_volume(self, loaded: LoadedImage, user: str, structure: str) -> np.ndarray:
         """The user's open sessions of one structure as a label map (the structure's value inside)."""
         label = np.zeros(loaded.shape, dtype=np.uint8)
-        value = self.structure_value(structure)
+        value = self.config.label_values[structure]
         for entry in self.sessions.of_user(loaded.id, user, structure):
             mask = entry.session.mask
             if entry.slice is None:
@@ -425,16 +423,12 @@ class ServiceState:
                     if name in names:
                         names.remove(name)
                 continue
-            value = self._stored_value(meta)
+            # a case from before `labels` was set (no structure in its meta) is the first structure
+            value = self.config.label_values.get(meta.get("structure"), 1)
             target = label if meta.get("slice") is None else label[..., int(meta["slice"])]
             target[target == value] = 0  # a later accept of this structure replaces the earlier one
             target[np.asarray(mask, dtype=bool).reshape(target.shape)] = value
         return label
-
-    def _stored_value(self, meta: dict) -> int:
-        name = meta.get("structure")
-        names = self.config.structures
-        return names.index(name) + 1 if name in names else 1  # a case from before `labels` was set: the first
 
     # ---------------------------------------------------------------------------------- next image
     def unlabelled(self) -> list[str]:
@@ -479,8 +473,8 @@ class ServiceState:
             "site": self.config.site,
             "modality": self.config.modality,
             "label": self.config.structures[0],
-            "structures": [{"name": n, "value": i + 1, "color": STRUCTURE_COLOURS[i % len(STRUCTURE_COLOURS)]}
-                           for i, n in enumerate(self.config.structures)],
+            "structures": [{"name": n, "value": v, "color": STRUCTURE_COLOURS[(v - 1) % len(STRUCTURE_COLOURS)]}
+                           for n, v in self.config.label_values.items()],
             "mode": self.config.mode,
             "model": {"spatial_dims": self.model_cfg.spatial_dims, "channels": self.model_cfg.image_channels},
             "adapter": self.adapter_status(),
