@@ -37,6 +37,8 @@ class EvaluationSpec(BaseModel):
     split_components: bool = Field(False, description="each connected component of an object is its own target")
     context: Optional[int] = Field(None, ge=16, description="first-click window side in voxels (default: the focus crop's)")
     guard: bool = Field(True, description="the online guard (off only to measure what it prevents)")
+    guard_consistency: Optional[float] = Field(None, ge=0, le=1, description="override the guard's mid threshold (tuning only)")
+    guard_tolerance: Optional[float] = Field(None, ge=0, le=1, description="override the guard's post tolerance (tuning only)")
 
     @field_validator("adapter")
     @classmethod
@@ -99,7 +101,8 @@ def run_evaluation(spec: EvaluationSpec, store: Path, data_dir: Path | None = No
     samples, skipped = load_stream(spec, data_dir)
     from fedpoint.shared.focus import FocusConfig
 
-    adaptation = AdaptationConfig(mode=spec.mode, lr=spec.lr, seed=spec.seed, guard=spec.guard)
+    overrides = {k: v for k in ("guard_consistency", "guard_tolerance") if (v := getattr(spec, k)) is not None}
+    adaptation = AdaptationConfig(mode=spec.mode, lr=spec.lr, seed=spec.seed, guard=spec.guard, **overrides)
     engine = SiteEngine.create(spec.base, AdapterConfig(kind=spec.adapter), adaptation, store,
                                campaign_size=len(samples), background_episodes=False, adapter_dir=adapter_dir,
                                focus=FocusConfig(context=spec.context))

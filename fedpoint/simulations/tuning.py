@@ -1,7 +1,8 @@
 """Choosing defaults on the dev split, never on evaluation data.
 
 `python -m fedpoint.simulations.tuning lr` sweeps the online-update learning rate per adapter kind;
-`... context` sweeps the focus crop's first-click window. Both run the one evaluation entry point
+`... context` sweeps the focus crop's first-click window; `... guard --kinds norm --lrs 1e-3,1e-2`
+sweeps the online guard's thresholds at the default and at a harmful learning rate. Both run the one evaluation entry point
 (`run_evaluation`) on `dev-split` (the held-out images of the pre-training sources, see
 `fedpoint.data.training.DEV_IMAGES`), full slices through the focus crop, with the demo's
 acquisition shifts applied, and print a table plus the choice by the stated rule. The figures in
@@ -75,9 +76,49 @@ def sweep_context(contexts, images: int, clicks: int, seeds, base: str | None = 
     return rows
 
 
+def sweep_guard(consistencies, tolerances, lrs, shifts, images: int, clicks: int, seeds, kind: str = "norm",
+                base: str | None = None) -> dict:
+    """Per (guard_consistency, guard_tolerance) and lr: mid+post minus frozen (Dice@3, NoC@90) over shifts x seeds.
+    The harmful lr (10x the kind's default) is in the sweep on purpose: the guard is for the day a default is wrong."""
+    rows = {}
+    for shift in shifts:
+        for seed in seeds:
+            common = dict(shift=shift, seed=seed, images=images, clicks=clicks, base=base)
+            frozen = _run(mode="frozen", **common)
+            for lr in lrs:
+                for c in consistencies:
+                    for t in tolerances:
+                        s = _run(mode="mid+post", adapter=kind, lr=lr, guard_consistency=c, guard_tolerance=t, **common)
+                        row = rows.setdefault(f"{c:g}/{t:g}@{lr:g}", {"consistency": c, "tolerance": t, "lr": lr,
+                                                                    "d_dice3": [], "d_noc90": [], "rejected": 0})
+                        row["d_dice3"].append(s["dice3"] - frozen["dice3"])
+                        row["d_noc90"].append(s["noc90"] - frozen["noc90"])
+                        row["rejected"] += s["guard_rejected"]
+                        print(f"{shift:11s} seed {seed} lr {lr:<7g} consistency {c:<5g} tolerance {t:<5g} "
+                              f"dDice@3 {row['d_dice3'][-1]:+.4f} dNoC90 {row['d_noc90'][-1]:+.3f} "
+                              f"rejected {s['guard_rejected']}", flush=True)
+    return rows
+
+
+def choose_guard(rows: dict) -> tuple[float, float]:
+    """The (consistency, tolerance) with the best worst-case Dice@3 change at the harmful (largest) lr, among those
+    that cost at most 1 Dice@3 point of mean gain at the default (smallest) lr against the best setting there."""
+    lrs = sorted({r["lr"] for r in rows.values()})
+    pairs = sorted({(r["consistency"], r["tolerance"]) for r in rows.values()})
+
+    def at(pair, lr):
+        return next(r for r in rows.values() if (r["consistency"], r["tolerance"]) == pair and r["lr"] == lr)
+
+    best_default = max(np.mean(at(p, lrs[0])["d_dice3"]) for p in pairs)
+    keep = [p for p in pairs if np.mean(at(p, lrs[0])["d_dice3"]) >= best_default - 0.01] or pairs
+    return max(keep, key=lambda p: (min(at(p, lrs[-1])["d_dice3"]), np.mean(at(p, lrs[0])["d_dice3"])))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("lr", "context"))
+    parser.add_argument("what", choices=("lr", "context", "guard"))
+    parser.add_argument("--consistencies", default="0.8,0.9,0.95")
+    parser.add_argument("--tolerances", default="0,0.02,0.05")
     parser.add_argument("--kinds", default="norm,norm+stem,lora,full")
     parser.add_argument("--lrs", default="1e-4,3e-4,1e-3,3e-3,1e-2")
     parser.add_argument("--shifts", default=",".join(DEMO_SHIFTS[:3]))
@@ -98,6 +139,17 @@ def main(argv=None) -> None:
             print(f"{name:14s} {np.mean(r['d_dice3']):+.4f}      {min(r['d_dice3']):+.4f}        "
                   f"{np.mean(r['d_noc90']):+.3f}      {r['rejected']}")
         print("choice:", result["choice"])
+    elif args.what == "guard":
+        kind = args.kinds.split(",")[0]
+        rows = sweep_guard([float(x) for x in args.consistencies.split(",")], [float(x) for x in args.tolerances.split(",")],
+                           [float(x) for x in args.lrs.split(",")], args.shifts.split(","), args.images, args.clicks,
+                           seeds, kind, args.base)
+        result = {"rows": rows, "choice": choose_guard(rows)}
+        print("\nconsistency/tolerance@lr  mean dDice@3  worst dDice@3  mean dNoC90  rejected")
+        for name, r in rows.items():
+            print(f"{name:24s} {np.mean(r['d_dice3']):+.4f}      {min(r['d_dice3']):+.4f}        "
+                  f"{np.mean(r['d_noc90']):+.3f}      {r['rejected']}")
+        print("choice (consistency, tolerance):", result["choice"])
     else:
         rows = sweep_context([int(c) for c in args.contexts.split(",")], args.images, args.clicks, seeds, args.base)
         result = {"rows": {str(k): v for k, v in rows.items()}}
