@@ -53,8 +53,11 @@ system-packages-note:
 data: $(STAMP)
 	$(FEDPOINT) data prepare
 
+# Two pytest workers (pytest-xdist), a test file per worker: most tests wait on servers, subprocesses
+# or one torch thread, so two share a 2-core machine well. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: setup system-packages data
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
