@@ -57,7 +57,7 @@ def _write_json(path: Path, data) -> None:
 def _torch_save(obj, path: Path) -> None:
     import torch
 
-    write_atomic_via(path, lambda tmp: torch.save(obj, tmp))
+    write_atomic_via(path, lambda f: torch.save(obj, f))
 
 
 def check_npy(path: Path) -> str | None:

@@ -52,7 +52,7 @@ def write_case(
         "objects": [vars(o) for o in objects],
     }
     arrays = {f"map_{name}": _smallest_uint(m) for name, m in label_maps.items()}
-    write_atomic_via(path, lambda tmp: np.savez_compressed(tmp, image=image, header=np.array(json.dumps(header)), **arrays))
+    write_atomic_via(path, lambda f: np.savez_compressed(f, image=image, header=np.array(json.dumps(header)), **arrays))
     return {
         "case_id": case_id,
         "shape": list(spatial),

@@ -542,8 +542,8 @@ def write_training_image(folder: Path, item: TrainingImage) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     meta = _meta(item)
     labels = item.labels.astype(np.uint16) if item.labels.max(initial=0) < 65536 else item.labels
-    write_atomic_via(folder / f"{item.name}.npz", lambda tmp: np.savez_compressed(
-        tmp, image=item.image.astype(np.float32), labels=labels, meta=np.array(json.dumps(meta, default=str))))
+    write_atomic_via(folder / f"{item.name}.npz", lambda f: np.savez_compressed(
+        f, image=item.image.astype(np.float32), labels=labels, meta=np.array(json.dumps(meta, default=str))))
     return meta
 
 

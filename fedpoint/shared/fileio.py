@@ -6,8 +6,8 @@ the new one:
 - `write_bytes_atomic`, `write_text_atomic`, `write_json_atomic`: the content goes to a temporary
   file with a unique name in the target's folder, is fsynced, and `os.replace` puts it in place;
   the folder is then fsynced (where the platform can) so that the rename survives a power cut.
-- `write_atomic_via(path, writer)`: the same for libraries that write a path themselves
-  (`np.savez`, `torch.save`, safetensors): `writer(tmp)` writes the temporary file.
+- `write_atomic_via(path, writer)`: the same for libraries that write a file themselves
+  (`np.savez`, `torch.save`): `writer(handle)` writes the temporary file's binary handle.
 - `staged_folder` + `commit_folder`: a folder is built under a temporary name and renamed into
   place once every file in it is fsynced (the rename is the commit).
 - `write_new_file_atomic`: create a file unless it exists (the first of racing writers wins).
@@ -15,8 +15,8 @@ the new one:
 - `ProcessLock`: an exclusive lock on a file, held by one thread of one process at a time and
   re-entrant within the holding thread; built on `filelock`, so it works on every OS.
 
-Temporary names start with `TEMP_PREFIX` and end with the target's name (writers that add a suffix
-of their own, like `np.savez`, keep the temporary name), so a store can sweep what a crash left.
+Temporary names are `TEMP_PREFIX` + the target's name + a random tail: a store can sweep what a
+crash left, and a reader listing `*.npz` or `*.json` never picks up a file being written.
 
 Light: the standard library only (`filelock` is imported when a lock is first taken).
 """
@@ -33,7 +33,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 TEMP_PREFIX = ".tmp-"
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
@@ -74,7 +74,7 @@ def _create_temp(path: Path, mode: int) -> tuple[int, Path]:
     """A new, empty file with a unique name beside `path` (open for writing), and its path."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(64):
-        tmp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(6)}-{path.name}")
+        tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}")
         try:
             return os.open(tmp, flags, mode), tmp  # `mode` goes through the umask, as with open()
         except FileExistsError:
@@ -139,16 +139,18 @@ def write_new_file_atomic(path: str | Path, data: bytes, *, mode: int = 0o666) -
         tmp.unlink(missing_ok=True)
 
 
-def write_atomic_via(path: str | Path, writer: Callable[[Path], object], *, mode: int = 0o666) -> Path:
-    """Let `writer(tmp)` write the file at the temporary path `tmp`, then put it in place as the
-    other atomic writes do. `tmp` ends with `path`'s name, so suffix-keyed writers keep it."""
+def write_atomic_via(path: str | Path, writer: Callable[[BinaryIO], object], *, mode: int = 0o666) -> Path:
+    """Let `writer(handle)` write the file through a binary handle on the temporary file (given a
+    handle, `np.savez` adds no suffix of its own), then put it in place as the other atomic
+    writes do."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temp(path, mode)
-    os.close(fd)
     try:
-        writer(tmp)
-        fsync_file(tmp)
+        with os.fdopen(fd, "wb") as handle:
+            writer(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

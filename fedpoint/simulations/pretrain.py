@@ -143,7 +143,7 @@ def checkpoint_path(out: Path) -> Path:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    write_atomic_via(path, lambda tmp: torch.save(state, tmp))
+    write_atomic_via(path, lambda f: torch.save(state, f))
 
 
 def _state(step, net, optimizer, scheduler, rng, sampler, losses, seconds, cfg) -> dict:

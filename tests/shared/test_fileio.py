@@ -71,8 +71,8 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path
     write_json_atomic(path, {"v": 1})
     with pytest.raises(TypeError):
         write_json_atomic(path, {"v": object()})  # not JSON: fails before anything is written
-    def broken(tmp: Path) -> None:
-        tmp.write_text('{"v": 2')  # half a file, then the writer dies
+    def broken(handle) -> None:
+        handle.write(b'{"v": 2')  # half a file, then the writer dies
         raise OSError("disk full")
     with pytest.raises(OSError, match="disk full"):
         write_atomic_via(path, broken)
@@ -80,11 +80,17 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path
     assert _strays(tmp_path) == []
 
 
-def test_a_callback_writer_keeps_the_suffix_it_adds(tmp_path):
-    """np.savez adds `.npz` to a name without it: the temporary name must already end with it."""
-    path = write_atomic_via(tmp_path / "case.npz", lambda tmp: np.savez_compressed(tmp, x=np.arange(3)))
+def test_a_callback_writer_writes_in_place_and_its_temporary_file_is_never_listed(tmp_path):
+    seen = []
+
+    def writer(handle) -> None:
+        seen.append(sorted(p.name for p in tmp_path.glob("*.npz")))  # what a reader lists meanwhile
+        np.savez_compressed(handle, x=np.arange(3))
+
+    path = write_atomic_via(tmp_path / "case.npz", writer)
     with np.load(path) as npz:
         assert npz["x"].tolist() == [0, 1, 2]
+    assert seen == [[]]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case.npz"]
 
 
