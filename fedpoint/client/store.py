@@ -28,6 +28,7 @@ import numpy as np
 from fedpoint.shared.fileio import (
     TEMP_PREFIX,
     ProcessLock,
+    append_line,
     commit_folder,
     fsync_tree,
     next_version,
@@ -378,11 +379,7 @@ class SiteStore:
             return splits
 
     def log(self, event: str, **fields) -> None:
-        line = json.dumps({"time": round(time.time(), 3), "event": event, **fields})
-        with open(self.root / "log.jsonl", "a") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.root / "log.jsonl", json.dumps({"time": round(time.time(), 3), "event": event, **fields}))
 
     def read_log(self) -> list[dict]:
         path = self.root / "log.jsonl"

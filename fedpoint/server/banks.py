@@ -52,8 +52,8 @@ from fedpoint.shared.fileio import (
     LockTimeout,
     ProcessLock,
     commit_folder,
-    fsync_dir,
     next_version,
+    replace_file,
     staged_folder,
     version_name,
     version_numbers,
@@ -384,8 +384,7 @@ class BankStore:
                                    "(is another coordinator writing this store?)")
         write_json_atomic(pending, {"round": int(server_round), "planned": planned, "versions": versions,
                                     "summary": dict(summary or {})})
-        os.replace(pending, journal / f"round-{int(server_round):04d}.json")  # the round's commit
-        fsync_dir(journal)
+        replace_file(pending, journal / f"round-{int(server_round):04d}.json")  # the round's commit
         return versions
 
     def journal(self) -> list[dict]:

@@ -6,6 +6,8 @@ the new one:
 - `write_bytes_atomic`, `write_text_atomic`, `write_json_atomic`: the content goes to a temporary
   file with a unique name in the target's folder, is fsynced, and `os.replace` puts it in place;
   the folder is then fsynced (where the platform can) so that the rename survives a power cut.
+- `replace_file`: rename a finished file over another (a commit by rename), durably;
+  `append_line`: one line onto a log, fsynced unless asked not to.
 - `write_atomic_via(path, writer)`: the same for libraries that write a file themselves
   (`np.savez`, `torch.save`): `writer(handle)` writes the temporary file's binary handle.
 - `staged_folder` + `commit_folder`: a folder is built under a temporary name and renamed into
@@ -156,6 +158,24 @@ def write_atomic_via(path: str | Path, writer: Callable[[BinaryIO], object], *, 
         raise
     _replace(tmp, path)
     return path
+
+
+def replace_file(src: str | Path, dst: str | Path) -> Path:
+    """Rename the finished file `src` over `dst` in one step (a commit by rename), durably."""
+    src, dst = Path(src), Path(dst)
+    os.replace(src, dst)
+    fsync_dir(dst.parent)
+    return dst
+
+
+def append_line(path: str | Path, line: str, *, durable: bool = True) -> None:
+    """Append one line to a log; `durable`: fsynced before returning, else only flushed. A crash
+    can cut the last line only (readers skip a line that does not parse)."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        if durable:
+            os.fsync(handle.fileno())
 
 
 # ------------------------------------------------------------------------------------ folders

@@ -18,8 +18,10 @@ from fedpoint.shared.fileio import (
     TEMP_PREFIX,
     LockTimeout,
     ProcessLock,
+    append_line,
     commit_folder,
     next_version,
+    replace_file,
     staged_folder,
     version_name,
     version_numbers,
@@ -99,6 +101,15 @@ def test_write_new_file_keeps_the_first_writers_content(tmp_path):
     assert write_new_file_atomic(tmp_path / "salt", b"second") is False
     assert (tmp_path / "salt").read_bytes() == b"first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["salt"]
+
+
+def test_replace_file_and_append_line(tmp_path):
+    write_text_atomic(tmp_path / "round-0001.pending.json", "{}")
+    replace_file(tmp_path / "round-0001.pending.json", tmp_path / "round-0001.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round-0001.json"]
+    append_line(tmp_path / "log.jsonl", '{"a": 1}')
+    append_line(tmp_path / "log.jsonl", '{"a": 2}', durable=False)
+    assert (tmp_path / "log.jsonl").read_text().splitlines() == ['{"a": 1}', '{"a": 2}']
 
 
 def _hammer(path: str, writer: int, rounds: int) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import threading
 import time
@@ -23,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fedpoint.client.store import check_id
-from fedpoint.shared.fileio import ProcessLock, write_json_atomic
+from fedpoint.shared.fileio import ProcessLock, append_line, write_json_atomic
 
 TOKEN_PREFIX = "fpu_"  # tells a user token from the site token at a glance (and in a leaked log)
 
@@ -180,11 +179,7 @@ class AuditLog:
                            **({"image": image} if image is not None else {}), **fields})
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as f:
-                f.write(line + "\n")
-                f.flush()
-                if action in self.DURABLE:
-                    os.fsync(f.fileno())
+            append_line(self.path, line, durable=action in self.DURABLE)
 
     def read(self) -> list[dict]:
         if not self.path.exists():
