@@ -32,7 +32,7 @@ def describe(err: Exception) -> str:
     from pydantic import ValidationError
 
     if isinstance(err, ValidationError):
-        from fedpoint.shared.config import describe_errors
+        from fedpoint.shared.validation_errors import describe_validation_error
 
-        return describe_errors(err)
+        return describe_validation_error(err)
     return str(err)

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedpoint.client.store import SiteStore, check_id, write_json_atomic
+from fedpoint.client.store import SiteStore, check_id
 from fedpoint.shared import protocol as P
 from fedpoint.shared.config import AdaptationConfig
+from fedpoint.shared.fileio import write_json_atomic
 from fedpoint.shared.payload import check_egress, from_numpy, to_numpy
 
 STREAM_FILE = "federation-stream.json"
@@ -217,11 +218,12 @@ def annotate_next(model, store: SiteStore, site: SiteIdentity, instruction: P.Ro
     records = run_stream(engine, samples, instruction.clicks)
     for i, record in enumerate(records):
         record["index"] = start + i  # position in the whole stream, across rounds
-    write_json_atomic(store.root / STREAM_FILE, {"site": site.site_id, "next": start + len(samples)})
+    write_json_atomic(store.root / STREAM_FILE, {"site": site.site_id, "next": start + len(samples)}, indent=2)
     if fed.output_path is not None:
         write_json_atomic(fed.output_path / "records" / site.site_id / f"round-{instruction.server_round:04d}.json",
                           {"site": site.site_id, "modality": site.modality, "round": instruction.server_round,
-                           "bank": instruction.bank, "bank_version": instruction.bank_version, "records": records})
+                           "bank": instruction.bank, "bank_version": instruction.bank_version, "records": records},
+                          indent=2)
     return sum(bool(r["accepted"]) for r in records), stream_metrics(records)
 
 

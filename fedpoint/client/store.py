@@ -13,20 +13,31 @@ and the Flower ClientApp may share one store; a lock file serialises writers acr
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import re
 import shutil
-import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+
+from fedpoint.shared.fileio import (
+    TEMP_PREFIX,
+    ProcessLock,
+    append_line,
+    commit_folder,
+    fsync_tree,
+    next_version,
+    staged_folder,
+    version_name,
+    version_numbers,
+    write_atomic_via,
+    write_json_atomic,
+)
 
 OPTIMIZER_FILE = "optimizer.pt"
 _log = logging.getLogger("fedpoint.store")
@@ -40,23 +51,14 @@ def check_id(value: str, what: str = "id") -> str:
     return value
 
 
-def write_json_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_json(path: Path, data) -> None:
+    write_json_atomic(path, data, indent=2)
 
 
 def _torch_save(obj, path: Path) -> None:
     import torch
 
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    write_atomic_via(path, lambda f: torch.save(obj, f))
 
 
 def check_npy(path: Path) -> str | None:
@@ -114,54 +116,34 @@ def adapter_folder_problem(folder: Path, rel: str) -> str | None:
 class SiteStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self._local = threading.local()
-        self._thread_lock = threading.Lock()
+        self._lock = ProcessLock(self.root / ".lock")
         self._bank_pointer_problem: str | None = None  # last logged reason banks/latest.json is unusable
         for sub in ("cache", "adapters", "banks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """The store's inter-process lock; re-entrant within a thread (a locked method may call
-        another)."""
-        depth = getattr(self._local, "depth", 0)
-        if depth:
-            self._local.depth += 1
-            try:
-                yield
-            finally:
-                self._local.depth -= 1
-            return
-        with self._thread_lock, open(self.root / ".lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            self._local.depth = 1
-            try:
-                yield
-            finally:
-                self._local.depth = 0
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def _staging(self, parent: Path) -> Path:
-        return Path(tempfile.mkdtemp(dir=parent, prefix=".tmp-"))
+        """The store's lock, across processes and threads; re-entrant within a thread (a locked
+        method may call another)."""
+        with self._lock:
+            yield
 
     # ------------------------------------------------------------------------ annotation cache
     def add_case(self, case_id: str, image: np.ndarray, mask: np.ndarray, meta: dict | None = None) -> Path:
         """Store an accepted annotation; a second accept of the same case keeps both (suffixed)."""
         check_id(case_id, "case id")
         cache = self.root / "cache"
-        staging = self._staging(cache)
-        np.save(staging / "image.npy", np.asarray(image, dtype=np.float32))
-        np.save(staging / "mask.npy", np.asarray(mask, dtype=bool))
-        (staging / "meta.json").write_text(json.dumps({"case_id": case_id, "accepted_at": time.time(), **(meta or {})}))
-        for f in staging.iterdir():
-            with open(f, "rb") as handle:
-                os.fsync(handle.fileno())
-        with self.locked():
-            target, n = cache / case_id, 1
-            while target.exists():
-                n += 1
-                target = cache / f"{case_id}.{n}"
-            os.rename(staging, target)
+        with staged_folder(cache) as staging:
+            np.save(staging / "image.npy", np.asarray(image, dtype=np.float32))
+            np.save(staging / "mask.npy", np.asarray(mask, dtype=bool))
+            (staging / "meta.json").write_text(json.dumps({"case_id": case_id, "accepted_at": time.time(), **(meta or {})}))
+            fsync_tree(staging)  # outside the lock: the commit's own fsync then has nothing left to do
+            with self.locked():
+                target, n = cache / case_id, 1
+                while target.exists():
+                    n += 1
+                    target = cache / f"{case_id}.{n}"
+                commit_folder(staging, target)
         self.log("accept", case=target.name, **{k: v for k, v in (meta or {}).items() if isinstance(v, (int, float, str))})
         return target
 
@@ -254,24 +236,20 @@ class SiteStore:
         return out
 
     # ------------------------------------------------------------------------ adapter versions
-    def _versions(self, folder: Path) -> list[int]:
-        return sorted(int(p.name[1:]) for p in folder.glob("v[0-9]*") if p.is_dir())
-
     def save_adapter(self, adapter, meta: dict | None = None, make_current: bool = True,
                      optimizer: dict | None = None) -> int:
         """Write a new adapter version (with its optimizer state, when given); returns its number.
         Only the guard's owner (the service, an engine) makes a version current; the ClientApp
         writes with `make_current=False`."""
         folder = self.root / "adapters"
-        with self.locked():
-            version = (self._versions(folder) or [0])[-1] + 1
-            staging = self._staging(folder)
+        with self.locked(), staged_folder(folder) as staging:
+            version = next_version(folder)
             adapter.save(staging, extra={"version": version, "saved_at": time.time(), **(meta or {})})
             if optimizer is not None:
                 _torch_save(optimizer, staging / OPTIMIZER_FILE)
-            os.rename(staging, folder / f"v{version:04d}")
+            commit_folder(staging, folder / version_name(version))
             if make_current:
-                write_json_atomic(folder / "current.json", {"version": version})
+                _write_json(folder / "current.json", {"version": version})
         self.log("adapter", version=version, current=bool(make_current),
                  **{k: v for k, v in (meta or {}).items() if isinstance(v, (int, float, str))})
         return version
@@ -279,16 +257,16 @@ class SiteStore:
     def set_current(self, version: int, reason: str) -> None:
         """Make an existing version current (the guard decided); logged with the reason."""
         with self.locked():
-            if not (self.root / "adapters" / f"v{version:04d}").is_dir():
+            if not (self.root / "adapters" / version_name(version)).is_dir():
                 raise KeyError(f"no adapter version {version} in {self.root.name}")
-            write_json_atomic(self.root / "adapters" / "current.json", {"version": version})
+            _write_json(self.root / "adapters" / "current.json", {"version": version})
         self.log("adapter-current", version=version, reason=reason)
 
     def latest_optimizer_state(self, kind: str) -> dict | None:
         """The Adam state saved with the newest adapter version of `kind` that has one."""
         folder = self.root / "adapters"
-        for version in reversed(self._versions(folder)):
-            path = folder / f"v{version:04d}"
+        for version in reversed(version_numbers(folder)):
+            path = folder / version_name(version)
             try:
                 manifest = json.loads((path / "fedpoint_adapter.json").read_text())
             except (OSError, json.JSONDecodeError):
@@ -306,14 +284,14 @@ class SiteStore:
         pointer = self.root / "adapters" / "current.json"
         if not pointer.exists():
             return None
-        return self.root / "adapters" / f"v{json.loads(pointer.read_text())['version']:04d}"
+        return self.root / "adapters" / version_name(json.loads(pointer.read_text())["version"])
 
     def adapter_versions(self) -> list[int]:
-        return self._versions(self.root / "adapters")
+        return version_numbers(self.root / "adapters")
 
     def check_adapter(self, version: int) -> str | None:
         """Why an adapter version cannot be loaded (naming the file), or None; no torch needed."""
-        folder = self.root / "adapters" / f"v{version:04d}"
+        folder = self.root / "adapters" / version_name(version)
         return adapter_folder_problem(folder, f"adapters/{folder.name}")
 
     def usable_adapter(self, skip: tuple[int, ...] = ()) -> Path | None:
@@ -327,7 +305,7 @@ class SiteStore:
         except (OSError, ValueError, KeyError, TypeError) as err:
             self.log("adapter-skipped", file="adapters/current.json", reason=f"{type(err).__name__}: {err}")
             _log.warning("site store: adapters/current.json cannot be read (%s); using the newest valid version", err)
-            current = self.root / "adapters" / f"v{versions[-1]:04d}" if versions else None
+            current = self.root / "adapters" / version_name(versions[-1]) if versions else None
         if current is None:
             return None
         try:
@@ -337,7 +315,7 @@ class SiteStore:
         for version in reversed([v for v in versions if v <= start]):
             reason = "skipped by the caller" if version in skip else self.check_adapter(version)
             if reason is None:
-                return self.root / "adapters" / f"v{version:04d}"
+                return self.root / "adapters" / version_name(version)
             self.log("adapter-skipped", version=version, reason=reason)
             _log.warning("site store: adapter version %d skipped: %s", version, reason)
         return None
@@ -347,13 +325,13 @@ class SiteStore:
         """Keep a bank adapter the federation delivered, for the annotation service to pick up."""
         folder = self.root / "banks" / check_id(bank, "bank name")
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"v{version:04d}"
+        target = folder / version_name(version)
         with self.locked():
             if not target.exists():
-                staging = self._staging(folder)
-                adapter.save(staging, extra={"bank": bank, "version": version, "received_at": time.time(), **(meta or {})})
-                os.rename(staging, target)
-            write_json_atomic(self.root / "banks" / "latest.json", {"bank": bank, "version": version, "path": str(target.relative_to(self.root))})
+                with staged_folder(folder) as staging:
+                    adapter.save(staging, extra={"bank": bank, "version": version, "received_at": time.time(), **(meta or {})})
+                    commit_folder(staging, target)
+            _write_json(self.root / "banks" / "latest.json", {"bank": bank, "version": version, "path": str(target.relative_to(self.root))})
         self.log("bank", bank=bank, version=version)
         return target
 
@@ -384,7 +362,7 @@ class SiteStore:
 
     def save_splits(self, splits: dict[str, list[str]]) -> None:
         with self.locked():
-            write_json_atomic(self.root / "splits.json", splits)
+            _write_json(self.root / "splits.json", splits)
 
     def assign_new_cases(self, split: Callable[[list[str]], dict[str, list[str]]]) -> dict[str, list[str]]:
         """Read the splits, give the cases no split holds yet to `split` (new ids -> {name: ids}),
@@ -397,15 +375,11 @@ class SiteStore:
             if new:
                 for name, ids in split(new).items():
                     splits.setdefault(name, []).extend(ids)
-                write_json_atomic(self.root / "splits.json", splits)
+                _write_json(self.root / "splits.json", splits)
             return splits
 
     def log(self, event: str, **fields) -> None:
-        line = json.dumps({"time": round(time.time(), 3), "event": event, **fields})
-        with open(self.root / "log.jsonl", "a") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.root / "log.jsonl", json.dumps({"time": round(time.time(), 3), "event": event, **fields}))
 
     def read_log(self) -> list[dict]:
         path = self.root / "log.jsonl"
@@ -421,5 +395,5 @@ class SiteStore:
 
     def wipe_staging(self) -> None:
         """Remove leftovers of writes a crash interrupted (never a finished case)."""
-        for tmp in self.root.rglob(".tmp-*"):
+        for tmp in self.root.rglob(f"{TEMP_PREFIX}*"):
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)

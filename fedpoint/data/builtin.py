@@ -15,6 +15,8 @@ import os
 import time
 from pathlib import Path
 
+from fedpoint.shared.fileio import ProcessLock, write_json_atomic
+
 from fedpoint.data.sources import COLIN27_HINT, SOURCES, colin27_available, find_download
 from fedpoint.data.store import read_case, sha256_file
 from fedpoint.data.types import DataError, Dataset, DatasetInfo
@@ -50,26 +52,15 @@ def read_manifest(data_dir: Path) -> dict:
 
 
 def _write_manifest(data_dir: Path, manifest: dict) -> None:
-    tmp = data_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    tmp.replace(data_dir / MANIFEST)
+    write_json_atomic(data_dir / MANIFEST, manifest, indent=1, sort_keys=True)
 
 
 @contextlib.contextmanager
 def _locked(data_dir: Path):
     """Serialise prepares of one data folder (several simulated sites may start at once)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; prepares are rare enough
+    with ProcessLock(data_dir / ".lock"):
         yield
-        return
-    with open(data_dir / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def verify(data_dir: Path, entry: dict) -> list[str]:

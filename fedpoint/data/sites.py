@@ -34,6 +34,7 @@ from fedpoint.data.load import load_dataset
 from fedpoint.data.samples import Sample, full_slice_samples, make_samples
 from fedpoint.data.shifts import apply_shift, check_shift
 from fedpoint.data.types import Case, DataError, Dataset, LabelledObject, usable
+from fedpoint.shared.validation_errors import describe_validation_error
 
 try:
     import tomllib
@@ -186,10 +187,7 @@ def load_site_specs(path: Path) -> list[SiteSpec]:
         try:
             specs.append(SiteSpec(**table))
         except ValidationError as err:
-            problems = "; ".join(
-                f"sites[{i}].{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
-            )
-            raise DataError(path, problems) from err
+            raise DataError(path, describe_validation_error(err, within=(f"sites[{i}]",))) from err
     return specs
 
 

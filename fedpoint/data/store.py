@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fedpoint.data.types import Case, DataError, LabelledObject
+from fedpoint.shared.fileio import write_atomic_via
 
 
 @dataclass
@@ -51,10 +52,7 @@ def write_case(
         "objects": [vars(o) for o in objects],
     }
     arrays = {f"map_{name}": _smallest_uint(m) for name, m in label_maps.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, image=image, header=np.array(json.dumps(header)), **arrays)
-    tmp.replace(path)
+    write_atomic_via(path, lambda f: np.savez_compressed(f, image=image, header=np.array(json.dumps(header)), **arrays))
     return {
         "case_id": case_id,
         "shape": list(spatial),

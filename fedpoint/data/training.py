@@ -27,10 +27,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import re
 import tarfile
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -42,6 +40,7 @@ import numpy as np
 from fedpoint.data.builtin import _locked, resolve_data_dir
 from fedpoint.data.sources import COLIN27_DIR, pip_download, read_member
 from fedpoint.data.types import DataError
+from fedpoint.shared.fileio import write_atomic_via, write_json_atomic
 
 TRAINING_DIR = "training"
 INDEX = "index.json"
@@ -543,15 +542,8 @@ def write_training_image(folder: Path, item: TrainingImage) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     meta = _meta(item)
     labels = item.labels.astype(np.uint16) if item.labels.max(initial=0) < 65536 else item.labels
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{item.name}.", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, image=item.image.astype(np.float32), labels=labels,
-                                meta=np.array(json.dumps(meta, default=str)))
-        os.replace(tmp, folder / f"{item.name}.npz")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic_via(folder / f"{item.name}.npz", lambda f: np.savez_compressed(
+        f, image=item.image.astype(np.float32), labels=labels, meta=np.array(json.dumps(meta, default=str))))
     return meta
 
 
@@ -566,10 +558,7 @@ def _read_index(folder: Path) -> dict:
 
 
 def _write_index(folder: Path, index: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".index.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(index, handle, indent=1, sort_keys=True)
-    os.replace(tmp, folder / INDEX)
+    write_json_atomic(folder / INDEX, index, indent=1, sort_keys=True)
 
 
 def prepare_training(

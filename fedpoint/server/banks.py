@@ -22,7 +22,10 @@ A round's writes commit together (`commit_round`): a journal entry `journal/roun
 names the versions about to be written, then they are written, then the entry is renamed to
 `round-NNNN.json` (the round's commit). Versions named by a pending entry are not read, and
 `recover()` (run by the coordinator under its lock) removes them, so a round is in every bank or in
-none. `lock()` holds `root/.coordinator.lock` for a coordinator's lifetime; a second is refused.
+none. `lock()` holds `root/.coordinator.lock` for a coordinator's lifetime (and names its process
+in `root/.coordinator.holder`); a second is refused.
+
+Writes, staging, version numbers and locks are `fedpoint.shared.fileio`'s.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -46,6 +48,20 @@ import numpy as np
 from fedpoint.server.aggregate import EXACT_UNDER_SECAGG, aggregation_rule, kind_variant
 from fedpoint.server.routing import check_bank_name
 from fedpoint.shared.config import AdapterConfig
+from fedpoint.shared.fileio import (
+    LockTimeout,
+    ProcessLock,
+    commit_folder,
+    next_version,
+    replace_file,
+    staged_folder,
+    version_name,
+    version_numbers,
+    version_of,
+    write_json_atomic,
+    write_new_file_atomic,
+    write_text_atomic,
+)
 from fedpoint.shared.payload import payload_nbytes, state_schema, to_numpy
 
 # The `Adapter.save` file names; repeated here so that reading banks (`fedpoint bank list`) does not
@@ -57,7 +73,8 @@ EVALUATION = "evaluation.json"  # the federated evaluation round's scores of a v
 SALT = "salt"
 JOURNAL = "journal"
 STORE_LOCK = ".coordinator.lock"
-_VERSION_DIR = re.compile(r"^v(\d{4,})$")
+STORE_HOLDER = ".coordinator.holder"  # who holds STORE_LOCK, for the message that refuses a second
+STAGING_PREFIX = ".staging-"
 _JOURNAL_ENTRY = re.compile(r"^round-(\d{4,})(\.pending)?\.json$")
 logger = logging.getLogger("fedpoint.banks")
 
@@ -105,7 +122,7 @@ class BankStore:
             raise FileNotFoundError(f"{self.root} is not a bank store (no {SALT} file); has the coordinator run?")
         self.root.mkdir(parents=True, exist_ok=True)
         self._salt = self._load_or_create_salt()
-        self._lock_handle = None
+        self._lock: ProcessLock | None = None
         self.problems: dict[tuple[str, int], str] = {}  # (bank, version) -> why it was skipped
 
     # --- reading -------------------------------------------------------------------------------
@@ -121,12 +138,7 @@ class BankStore:
         if not folder.is_dir():
             return []
         pending = self._pending_versions().get(bank, set())
-        found = []
-        for entry in folder.iterdir():
-            match = _VERSION_DIR.match(entry.name)
-            if match and (entry / MANIFEST).is_file() and (entry / WEIGHTS).is_file() and int(match.group(1)) not in pending:
-                found.append(int(match.group(1)))
-        return sorted(found)
+        return [v for v in version_numbers(folder, _complete) if v not in pending]
 
     def valid_versions(self, bank: str) -> list[int]:
         return [v for v in self.versions(bank) if self.check(bank, v) is None]
@@ -157,7 +169,7 @@ class BankStore:
         path = self._version_dir(bank, version)
         if not (path / MANIFEST).is_file():
             raise BankNotFoundError(f"bank {bank!r} has no version {version}")
-        _write_json_atomic(path / EVALUATION, dict(evaluation))
+        write_json_atomic(path / EVALUATION, dict(evaluation))
 
     def evaluation(self, bank: str, version: int) -> dict | None:
         path = self._version_dir(bank, version) / EVALUATION
@@ -180,10 +192,9 @@ class BankStore:
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != JOURNAL):
             pending = self._pending_versions().get(folder.name, set())
             for entry in sorted(folder.iterdir()):
-                match = _VERSION_DIR.match(entry.name)
-                if not match:
+                version = version_of(entry.name)
+                if version is None:
                     continue
-                version = int(match.group(1))
                 if version in pending:
                     problem = f"{entry}: written by a round that did not commit (pending journal entry)"
                 elif not (entry / MANIFEST).is_file() or not (entry / WEIGHTS).is_file():
@@ -287,22 +298,20 @@ class BankStore:
             raise ValueError(f"bank {bank!r}: refusing to write non-finite values ({bad[0]})")
         folder = self.root / check_bank_name(bank)
         folder.mkdir(exist_ok=True)
-        with _locked(folder / ".lock"):
+        with ProcessLock(folder / ".lock"):  # two coordinator processes never write one bank at once
             _remove_stale_staging(folder)
-            version = self._next_version(folder)
-            target = folder / f"v{version:04d}"
+            version = next_version(folder, _complete)
+            target = folder / version_name(version)
             if target.exists():  # an incomplete folder (not from this writer): keep it aside, named
                 os.rename(target, folder / f".damaged-{target.name}-{secrets.token_hex(4)}")
-            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
-            save_file(state, str(staging / WEIGHTS))
-            manifest = self._manifest(bank, version, state, identity, fields, parent)
-            manifest["integrity"] = {"weights_sha256": file_sha256(staging / WEIGHTS),
-                                     "identity_sha256": identity_sha256(manifest)}
-            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_plain))
-            _fsync_tree(staging)
-            os.rename(staging, folder / f"v{version:04d}")  # the commit
-            _fsync_dir(folder)
-            _write_json_atomic(folder / LATEST, {"version": version, "path": f"v{version:04d}"})
+            with staged_folder(folder, prefix=STAGING_PREFIX) as staging:
+                save_file(state, str(staging / WEIGHTS))
+                manifest = self._manifest(bank, version, state, identity, fields, parent)
+                manifest["integrity"] = {"weights_sha256": file_sha256(staging / WEIGHTS),
+                                         "identity_sha256": identity_sha256(manifest)}
+                (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_plain))
+                commit_folder(staging, target)  # the commit
+            write_json_atomic(folder / LATEST, {"version": version, "path": target.name})
         return version
 
     def _manifest(self, bank: str, version: int, state: dict, identity: dict, fields: dict, parent: int | None) -> dict:
@@ -360,8 +369,8 @@ class BankStore:
         planned = {}
         for item in writes:
             folder = self.root / check_bank_name(item[1])
-            planned[item[1]] = self._next_version(folder)
-        _write_json_atomic(pending, {"round": int(server_round), "planned": planned})
+            planned[item[1]] = next_version(folder, _complete)
+        write_json_atomic(pending, {"round": int(server_round), "planned": planned})
         versions = {}
         for item in writes:
             if item[0] == "init":
@@ -373,10 +382,9 @@ class BankStore:
             if versions[bank] != planned[bank]:
                 raise RuntimeError(f"bank {bank!r}: wrote v{versions[bank]} but the journal planned v{planned[bank]} "
                                    "(is another coordinator writing this store?)")
-        _write_json_atomic(pending, {"round": int(server_round), "planned": planned, "versions": versions,
-                                     "summary": dict(summary or {})})
-        os.replace(pending, journal / f"round-{int(server_round):04d}.json")  # the round's commit
-        _fsync_dir(journal)
+        write_json_atomic(pending, {"round": int(server_round), "planned": planned, "versions": versions,
+                                    "summary": dict(summary or {})})
+        replace_file(pending, journal / f"round-{int(server_round):04d}.json")  # the round's commit
         return versions
 
     def journal(self) -> list[dict]:
@@ -402,7 +410,7 @@ class BankStore:
             folder = self.root / bank
             valid = self.valid_versions(bank) if folder.is_dir() else []
             if valid:
-                _write_json_atomic(folder / LATEST, {"version": valid[-1], "path": f"v{valid[-1]:04d}"})
+                write_json_atomic(folder / LATEST, {"version": valid[-1], "path": version_name(valid[-1])})
         for path in (self.root / JOURNAL).glob("round-*.pending.json") if (self.root / JOURNAL).is_dir() else []:
             path.unlink()
             done.append(f"dropped {path}")
@@ -412,32 +420,25 @@ class BankStore:
 
     def lock(self) -> "BankStore":
         """Hold the store for this coordinator until `unlock()` (or the process ends)."""
-        try:
-            import fcntl
-        except ImportError:
+        if self._lock is not None:
             return self
-        if self._lock_handle is not None:
-            return self
-        handle = open(self.root / STORE_LOCK, "a+")
+        lock = ProcessLock(self.root / STORE_LOCK)
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip()
-            handle.close()
+            lock.acquire(timeout=0)
+        except LockTimeout:
+            holder = ""
+            with contextlib.suppress(OSError):
+                holder = (self.root / STORE_HOLDER).read_text().strip()
             raise StoreLockedError(f"bank store {self.root} is held by another coordinator ({holder or 'unknown'}); "
                                    "two coordinators on one store would overwrite each other") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}\n")
-        handle.flush()
-        self._lock_handle = handle
+        write_text_atomic(self.root / STORE_HOLDER, f"pid {os.getpid()}\n")
+        self._lock = lock
         return self
 
     def unlock(self) -> None:
-        if self._lock_handle is not None:
-            self._lock_handle.close()
-            self._lock_handle = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _pending_versions(self) -> dict[str, set[int]]:
         folder = self.root / JOURNAL
@@ -450,31 +451,23 @@ class BankStore:
                     out.setdefault(bank, set()).add(int(version))
         return out
 
-    @staticmethod
-    def _next_version(folder: Path) -> int:
-        """One past the highest complete version folder, valid or not (a damaged version keeps its
-        number; an incomplete folder in the way is moved aside by the writer)."""
-        if not folder.is_dir():
-            return 1
-        complete = [int(m.group(1)) for e in folder.iterdir() if (m := _VERSION_DIR.match(e.name))
-                    and (e / MANIFEST).is_file() and (e / WEIGHTS).is_file()]
-        return max(complete, default=0) + 1
-
     def _version_dir(self, bank: str, version: int) -> Path:
-        return self.root / check_bank_name(bank) / f"v{int(version):04d}"
+        return self.root / check_bank_name(bank) / version_name(version)
 
     def _load_or_create_salt(self) -> bytes:
         path = self.root / SALT
-        if not path.is_file():
-            tmp = self.root / f".salt-{secrets.token_hex(4)}"
-            tmp.write_text(secrets.token_hex(32))
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)  # fails if another process created it first: keep theirs
-            tmp.unlink()
+        if not path.is_file():  # if another process creates it first, theirs is kept
+            write_new_file_atomic(path, secrets.token_hex(32).encode())
         return bytes.fromhex(path.read_text().strip())
 
 
 # ------------------------------------------------------------------------------------ helpers
+def _complete(entry: Path) -> bool:
+    """A version folder with both its files. Numbering counts these, valid or not (a damaged version
+    keeps its number; an incomplete folder in the way is moved aside by the writer)."""
+    return (entry / MANIFEST).is_file() and (entry / WEIGHTS).is_file()
+
+
 def _is_bank_name(name: str) -> bool:
     try:
         check_bank_name(name)
@@ -527,46 +520,5 @@ def _empty_output(out: Path, overwrite: bool) -> Path:
 
 
 def _remove_stale_staging(folder: Path) -> None:
-    for entry in folder.glob(".staging-*"):
+    for entry in folder.glob(f"{STAGING_PREFIX}*"):
         shutil.rmtree(entry, ignore_errors=True)
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for entry in folder.iterdir():
-        with open(entry, "rb") as handle:
-            os.fsync(handle.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can fsync a directory
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive advisory lock, so two coordinator processes never write one bank at once."""
-    try:
-        import fcntl
-    except ImportError:  # no fcntl (Windows): single-writer use only
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedpoint.shared.fileio import write_json_atomic
 from fedpoint.shared.protocol import check_modality, check_site_id
 
 
@@ -107,11 +106,7 @@ def add_entry(path: str | Path, site_id: str, modality: str, node_id: int, publi
         entry["max-weight"] = float(max_weight)
     data["sites"] = [s for s in data.get("sites", []) if s.get("site-id") != site_id and s.get("node-id") != int(node_id)]
     data["sites"].append(entry)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".registry-", suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=1)
     return entry
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -44,6 +42,7 @@ from fedpoint.server.checks import (HISTORY_VERSIONS, DriftDetector, Reply, clip
 from fedpoint.server.registry import SiteRegistry
 from fedpoint.server.routing import GENERAL, bank_for_site, banks_to_update
 from fedpoint.shared import protocol as P
+from fedpoint.shared.fileio import write_json_atomic
 from fedpoint.shared.payload import EgressError, payload_nbytes
 from fedpoint.shared.protocol import printable
 
@@ -617,8 +616,4 @@ def _read_history(path: Path | None) -> list[dict]:
 def _write_history(path: Path | None, history: list[dict]) -> None:
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"rounds": history}, handle, indent=1, default=float)
-    os.replace(tmp, path)
+    write_json_atomic(path, {"rounds": history}, indent=1, default=float)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from fedpoint.shared.config import AdapterConfig, default_lr
+from fedpoint.shared.fileio import write_json_atomic
 from fedpoint.shared.model import base_fingerprint, stem_and_head
 
 MANIFEST = "fedpoint_adapter.json"
@@ -153,9 +154,7 @@ def read_manifest(directory: str | Path) -> dict:
 
 
 def _write_manifest(directory: Path, manifest: dict) -> None:
-    tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(directory / MANIFEST)
+    write_json_atomic(directory / MANIFEST, manifest, indent=2)
 
 
 # ------------------------------------------------------------------------------------- kinds

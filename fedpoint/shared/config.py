@@ -10,16 +10,6 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-def describe_errors(err) -> str:
-    """A pydantic ValidationError as `field.sub: message; ...` (the one formatter every error
-    message of a config or CLI option goes through)."""
-    parts = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"])
-        message = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)
-
 
 ADAPTATION_MODES = ("frozen", "mid", "post", "mid+post", "episodes", "mid+post+episodes")
 

@@ -33,6 +33,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedpoint.shared.config import AdaptationMode, AdapterConfig
+from fedpoint.shared.validation_errors import describe_validation_error
 
 # ------------------------------------------------------------------------------ record keys
 ARRAYS = "arrays"
@@ -184,8 +185,7 @@ class FederationConfig(BaseModel):
         try:
             return cls(**merged)
         except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-            raise ValueError(f"bad federation run config: {problems}") from None
+            raise ValueError(f"bad federation run config: {describe_validation_error(err)}") from None
 
     def adapter_config(self) -> AdapterConfig:
         return AdapterConfig(kind=self.adapter_kind, lora_rank=self.lora_rank, lora_freeze_a=self.lora_freeze_a)

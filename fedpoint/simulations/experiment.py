@@ -31,7 +31,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedpoint.data import SiteSpec
-from fedpoint.shared.config import AdaptationConfig, AdapterConfig, default_lr, describe_errors
+from fedpoint.shared.config import AdaptationConfig, AdapterConfig, default_lr
+from fedpoint.shared.validation_errors import describe_validation_error
 from fedpoint.simulations.strategies import ABLATIONS, DEFAULT_STRATEGIES, STRATEGY_NAMES
 
 try:
@@ -122,7 +123,7 @@ class ExperimentConfig(BaseModel):
         try:
             AdaptationConfig(**fields)
         except ValidationError as err:
-            raise ValueError(describe_errors(err)) from None
+            raise ValueError(describe_validation_error(err)) from None
         return fields
 
     @model_validator(mode="after")
@@ -219,6 +220,6 @@ def experiment_from_dict(table: dict[str, Any], full: bool = False, source: str 
     try:
         return ExperimentConfig(**table)
     except ValidationError as err:
-        raise ExperimentError(f"{source}: {describe_errors(err)}") from err
+        raise ExperimentError(f"{source}: {describe_validation_error(err)}") from err
 
 

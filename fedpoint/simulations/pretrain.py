@@ -13,7 +13,6 @@ optimizer, the scheduler and every random state, so `resume=True` continues bit-
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from fedpoint.shared.clicker import Clicker
 from fedpoint.shared.clicks import Click, encode_clicks
 from fedpoint.shared.config import ModelConfig
+from fedpoint.shared.fileio import write_atomic_via
 from fedpoint.shared.losses import interaction_loss
 from fedpoint.shared.metrics import click_metrics, dice
 from fedpoint.shared.model import build_model, save_base
@@ -143,9 +143,7 @@ def checkpoint_path(out: Path) -> Path:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomic_via(path, lambda f: torch.save(state, f))
 
 
 def _state(step, net, optimizer, scheduler, rng, sampler, losses, seconds, cfg) -> dict:

@@ -352,7 +352,8 @@ def test_corrupt_current_pointer_falls_back_to_the_newest_valid_version(make_con
 
 def test_an_interrupted_multi_slice_save_is_rolled_back(make_config, site):
     from fedpoint.client.service.journal import JOURNAL_PREFIX
-    from fedpoint.client.store import SiteStore, write_json_atomic
+    from fedpoint.client.store import SiteStore
+    from fedpoint.shared.fileio import write_json_atomic
 
     store = SiteStore(site["store"])
     for z in range(3):  # what a kill -9 after the second of four renames leaves

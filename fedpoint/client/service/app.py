@@ -25,6 +25,7 @@ from fedpoint.client.service.state import Conflict, ServiceState
 from fedpoint.client.service.training import NotEnoughCases, TrainingBusy
 from fedpoint.client.session import InputError
 from fedpoint.shared.adapters import AdapterMismatchError
+from fedpoint.shared.validation_errors import describe_validation_error
 
 log = logging.getLogger("fedpoint.service")
 
@@ -62,11 +63,8 @@ def _handler(status: int):
 async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's own checks (path, query, header, JSON body): a 422 naming each field, without
     echoing the value (an echoed infinity or a huge string would break or bloat the reply)."""
-    problems = []
-    for problem in exc.errors()[:5]:
-        where = ".".join(str(p) for p in problem.get("loc", ())) or "request"
-        problems.append(f"{where}: {problem.get('msg', 'invalid')}")
-    return JSONResponse({"detail": public_message("; ".join(problems))}, status_code=422)
+    problems = describe_validation_error(exc, limit=5, root="request")
+    return JSONResponse({"detail": public_message(problems)}, status_code=422)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedpoint.client.store import check_id
 from fedpoint.shared.config import AdaptationConfig, AdapterConfig
+from fedpoint.shared.validation_errors import validation_problems
 
 MIN_TOKEN_LENGTH = 16
 MAX_STRUCTURES = 32
@@ -217,19 +218,12 @@ def _resolve_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     return out
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = []
-    for problem in err.errors():
-        field = ".".join(str(p) for p in problem["loc"]) or "(config)"
-        lines.append(f"{source}: {field}: {problem['msg']}")
-    return "\n".join(lines)
-
-
 def make_service_config(data: dict[str, Any], source: str = "config") -> SiteServiceConfig:
     try:
         return SiteServiceConfig(**data)
     except ValidationError as err:
-        raise ServiceConfigError(format_validation_error(err, source)) from None
+        lines = validation_problems(err, root="(config)")
+        raise ServiceConfigError("\n".join(f"{source}: {line}" for line in lines)) from None
 
 
 def load_service_config(path: str | Path, **overrides: Any) -> SiteServiceConfig:

@@ -15,40 +15,28 @@ Each case's meta carries `group` (and the idempotency key of the request that sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 
-from fedpoint.client.store import SiteStore, check_id, write_json_atomic
+from fedpoint.client.store import SiteStore, check_id
+from fedpoint.shared.fileio import commit_folder, fsync_dir, fsync_tree, staged_folder, write_json_atomic
 
 log = logging.getLogger("fedpoint.service")
 JOURNAL_PREFIX = ".group-"
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _stage(cache: Path, case_id: str, image: np.ndarray, mask: np.ndarray, meta: dict) -> Path:
-    staging = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
+def _stage(staging: Path, case_id: str, image: np.ndarray, mask: np.ndarray, meta: dict) -> None:
     np.save(staging / "image.npy", np.asarray(image, dtype=np.float32))
     np.save(staging / "mask.npy", np.asarray(mask, dtype=bool))
     (staging / "meta.json").write_text(json.dumps({"case_id": case_id, "accepted_at": time.time(), **meta}))
-    for f in staging.iterdir():
-        with open(f, "rb") as handle:
-            os.fsync(handle.fileno())
-    return staging
+    fsync_tree(staging)  # before the lock is taken: the commit then has nothing left to flush
 
 
 def write_cases(store: SiteStore, cases: list[tuple[str, np.ndarray, np.ndarray, dict]]) -> list[str]:
@@ -58,11 +46,12 @@ def write_cases(store: SiteStore, cases: list[tuple[str, np.ndarray, np.ndarray,
         return [store.add_case(case_id, image, mask, meta).name]
     cache = store.root / "cache"
     group = uuid.uuid4().hex
-    staged: list[Path] = []
-    try:
+    with contextlib.ExitStack() as stack:  # a staged folder not committed is removed on the way out
+        staged: list[Path] = []
         for case_id, image, mask, meta in cases:
             check_id(case_id, "case id")
-            staged.append(_stage(cache, case_id, image, mask, {**meta, "group": group, "group_size": len(cases)}))
+            staged.append(stack.enter_context(staged_folder(cache)))
+            _stage(staged[-1], case_id, image, mask, {**meta, "group": group, "group_size": len(cases)})
         with store.locked():
             names, taken = [], set()
             for case_id, *_ in cases:
@@ -73,16 +62,11 @@ def write_cases(store: SiteStore, cases: list[tuple[str, np.ndarray, np.ndarray,
                 taken.add(name)
                 names.append(name)
             journal = cache / f"{JOURNAL_PREFIX}{group}.json"
-            write_json_atomic(journal, {"group": group, "cases": names})
+            write_json_atomic(journal, {"group": group, "cases": names}, indent=2)
             for folder, name in zip(staged, names):
-                os.rename(folder, cache / name)
-            _fsync_dir(cache)
+                commit_folder(folder, cache / name)
             journal.unlink()
-            _fsync_dir(cache)
-    finally:
-        for folder in staged:
-            if folder.exists():
-                shutil.rmtree(folder, ignore_errors=True)
+            fsync_dir(cache)
     for (_, _, _, meta), name in zip(cases, names):
         store.log("accept", case=name, group=group,
                   **{k: v for k, v in meta.items() if isinstance(v, (int, float, str)) and k not in ("case", "group")})

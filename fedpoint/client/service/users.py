@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import threading
 import time
@@ -23,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fedpoint.client.store import check_id
+from fedpoint.shared.fileio import ProcessLock, append_line, write_json_atomic
 
 TOKEN_PREFIX = "fpu_"  # tells a user token from the site token at a glance (and in a leaked log)
 
@@ -122,19 +122,11 @@ class UserRegistry:
 
     # ------------------------------------------------------------------------------ changing
     def _write(self, users: dict[str, User]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # hashes only, but nobody else's business
-        with os.fdopen(fd, "w") as f:
-            json.dump({"users": {n: u.as_dict() for n, u in sorted(users.items())}}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, {"users": {n: u.as_dict() for n, u in sorted(users.items())}}, indent=1,
+                          mode=0o600)  # hashes only, but nobody else's business
 
     def _change(self, edit) -> User:
-        from filelock import FileLock
-
-        with self._lock, FileLock(str(self.path.with_name(f".{self.path.name}.lock"))):
+        with self._lock, ProcessLock(self.path.with_name(f".{self.path.name}.lock")):
             self._stamp = None
             self._load()
             users = dict(self._users)
@@ -187,11 +179,7 @@ class AuditLog:
                            **({"image": image} if image is not None else {}), **fields})
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as f:
-                f.write(line + "\n")
-                f.flush()
-                if action in self.DURABLE:
-                    os.fsync(f.fileno())
+            append_line(self.path, line, durable=action in self.DURABLE)
 
     def read(self) -> list[dict]:
         if not self.path.exists():

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from pydantic.functional_validators import AfterValidator
 
 from fedpoint.client.session import InputError
+from fedpoint.shared.validation_errors import describe_validation_error
 
 MAX_INT_DIGITS = 18
 MAX_COORDINATE = 2**31 - 1
@@ -134,12 +135,11 @@ def check(model: type[BaseModel], data: Any, field: str) -> BaseModel:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        problems = []
-        for problem in err.errors()[:5]:
-            where = ".".join(str(p) for p in (field, *problem["loc"]))
-            hint = " (points are [x, y] or [x, y, z], image index space)" if set(problem["loc"]) & POINT_FIELDS else ""
-            problems.append(f"{where}: {problem['msg']}{hint}")
-        raise InputError("; ".join(problems)) from None
+        raise InputError(describe_validation_error(err, within=(field,), limit=5, hint=_point_hint)) from None
+
+
+def _point_hint(loc: tuple) -> str:
+    return " (points are [x, y] or [x, y, z], image index space)" if set(loc) & POINT_FIELDS else ""
 
 
 async def json_body(request, model: type[BaseModel], field: str = "body") -> BaseModel:
