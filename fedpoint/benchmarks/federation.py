@@ -15,7 +15,7 @@ import tracemalloc
 
 import numpy as np
 
-from fedpoint.server.aggregate import aggregate, kind_variant
+from fedpoint.server.aggregate import aggregate
 from fedpoint.server.checks import Reply, screen_replies
 from fedpoint.shared.config import AdapterConfig
 from fedpoint.shared.payload import payload_nbytes, state_schema, to_numpy
@@ -99,7 +99,7 @@ def run(repeats: int = 3, counts: tuple[int, ...] = (10, 100, 1000)) -> dict:
         "bytes_per_site_per_round": nbytes,
         "parameters_per_site_per_round": {name: int(sum(v.size for v in s.values())) for name, s in banks.items()},
         "bytes_ratio_vs_full": {name: round(b / nbytes["full"], 5) for name, b in nbytes.items()},
-        "aggregation_rule_variant": {name: kind_variant(cfg.kind, cfg) for name, cfg in VARIANTS.items()},
+        "aggregation_rule_variant": {name: cfg.rules.variant(cfg) for name, cfg in VARIANTS.items()},
         "default_kind": DEFAULT_KIND,
         "aggregate_s": {n: r["aggregate_s"] for n, r in default.items()},
         "aggregate_peak_mb": {n: r["peak_mb"] for n, r in default.items()},

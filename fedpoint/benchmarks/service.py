@@ -62,7 +62,8 @@ def _clicks(mask: np.ndarray, count: int, seed: int) -> list[tuple[list[int], bo
 
 
 def _base(folder: Path) -> tuple[str | None, str]:
-    from fedpoint.shared.model import build_model, resolve_base, save_base
+    from fedpoint.shared.bases import resolve_base
+    from fedpoint.shared.model import build_model, save_base
 
     try:
         resolve_base(None)
