@@ -161,8 +161,8 @@ def _base3d(device: str):
         return build_model(BASE3D_MODEL).to(device).eval(), BASE3D_MODEL, "untrained base3d architecture"
 
 
-def _balls(side: int, count: int, seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
-    rng = np.random.default_rng(seed)
+def _balls(side: int, count: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    rng = np.random.default_rng(0)
     grid = np.indices((side,) * 3).astype(np.float32)
     image = 0.2 + 0.05 * rng.standard_normal((side,) * 3).astype(np.float32)
     masks = []

@@ -47,8 +47,8 @@ def _default_model():
         return build_model(ModelConfig()), "random weights, default ModelConfig() (no packaged base yet)"
 
 
-def _replies(bank: dict[str, np.ndarray], count: int, fingerprint: str, seed: int = 0) -> list[Reply]:
-    rng = np.random.default_rng(seed)
+def _replies(bank: dict[str, np.ndarray], count: int, fingerprint: str) -> list[Reply]:
+    rng = np.random.default_rng(0)
     return [
         Reply(f"site-{i}", "general", {k: (1e-3 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in bank.items()},
               float(rng.integers(1, 50)), fingerprint, {"dice1": float(rng.uniform())})

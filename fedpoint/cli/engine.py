@@ -21,9 +21,10 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _plain_progress(console, steps: int, every: int = 100):
-    """Where there is no terminal (a background run writing to a log), a line every `every` steps
+def _plain_progress(console, steps: int):
+    """Where there is no terminal (a background run writing to a log), a line every 100 steps
     with the rate and the ETA; rich's bar draws nothing there."""
+    every = 100
     import time
 
     start = {"t": None, "step": 0}

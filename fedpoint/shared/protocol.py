@@ -71,9 +71,6 @@ NODE_SITE_STORE = "site-store"
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 
-# the Flower message type of the "who are you" query
-QUERY_IDENTITY = "query"
-
 # every key a coordinator's instruction may hold; a site refuses any other
 INSTRUCTION_CONFIG_KEYS = frozenset({SERVER_ROUND, BANK, BANK_VERSION, BASE_FINGERPRINT, ADAPTER_KIND, ADAPTER_CONFIG,
                                      IMAGES, LOCAL_EPOCHS, CLICKS, MODE, LR, SIZE, SEED, CLIPPING_NORM})
