@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from fedpoint.shared.adapters import ADAPTER_KINDS, make_adapter
+from fedpoint.shared.adapters import ADAPTER_CLASSES, make_adapter
 from fedpoint.shared.clicks import Click
 from fedpoint.shared.config import AdaptationConfig, ModelConfig
 
@@ -161,8 +161,8 @@ def _base3d(device: str):
         return build_model(BASE3D_MODEL).to(device).eval(), BASE3D_MODEL, "untrained base3d architecture"
 
 
-def _balls(side: int, count: int, seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
-    rng = np.random.default_rng(seed)
+def _balls(side: int, count: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    rng = np.random.default_rng(0)
     grid = np.indices((side,) * 3).astype(np.float32)
     image = 0.2 + 0.05 * rng.standard_normal((side,) * 3).astype(np.float32)
     masks = []
@@ -242,7 +242,7 @@ def run(size: int = 256, repeats: int = 30, spatial_dims: int = 2, device: str =
     target = (image_t[:, :1] > 0.55).float()
     prev = torch.zeros_like(target)
     clicks = [Click(centre, True)]
-    for kind in ADAPTER_KINDS:
+    for kind in ADAPTER_CLASSES:
         adapter = make_adapter(net, kind)
         model = SiteModel(adapter, cfg, AdaptationConfig(mode="mid"), device)
         steps[kind] = _timed(lambda: mid_interaction_update(model, image_t, clicks, prev, clicks[0], target),

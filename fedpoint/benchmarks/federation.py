@@ -15,7 +15,7 @@ import tracemalloc
 
 import numpy as np
 
-from fedpoint.server.aggregate import aggregate, kind_variant
+from fedpoint.server.aggregate import aggregate
 from fedpoint.server.checks import Reply, screen_replies
 from fedpoint.shared.config import AdapterConfig
 from fedpoint.shared.payload import payload_nbytes, state_schema, to_numpy
@@ -47,8 +47,8 @@ def _default_model():
         return build_model(ModelConfig()), "random weights, default ModelConfig() (no packaged base yet)"
 
 
-def _replies(bank: dict[str, np.ndarray], count: int, fingerprint: str, seed: int = 0) -> list[Reply]:
-    rng = np.random.default_rng(seed)
+def _replies(bank: dict[str, np.ndarray], count: int, fingerprint: str) -> list[Reply]:
+    rng = np.random.default_rng(0)
     return [
         Reply(f"site-{i}", "general", {k: (1e-3 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in bank.items()},
               float(rng.integers(1, 50)), fingerprint, {"dice1": float(rng.uniform())})
@@ -99,7 +99,7 @@ def run(repeats: int = 3, counts: tuple[int, ...] = (10, 100, 1000)) -> dict:
         "bytes_per_site_per_round": nbytes,
         "parameters_per_site_per_round": {name: int(sum(v.size for v in s.values())) for name, s in banks.items()},
         "bytes_ratio_vs_full": {name: round(b / nbytes["full"], 5) for name, b in nbytes.items()},
-        "aggregation_rule_variant": {name: kind_variant(cfg.kind, cfg) for name, cfg in VARIANTS.items()},
+        "aggregation_rule_variant": {name: cfg.rules.variant(cfg) for name, cfg in VARIANTS.items()},
         "default_kind": DEFAULT_KIND,
         "aggregate_s": {n: r["aggregate_s"] for n, r in default.items()},
         "aggregate_peak_mb": {n: r["peak_mb"] for n, r in default.items()},

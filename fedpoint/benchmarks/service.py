@@ -62,7 +62,8 @@ def _clicks(mask: np.ndarray, count: int, seed: int) -> list[tuple[list[int], bo
 
 
 def _base(folder: Path) -> tuple[str | None, str]:
-    from fedpoint.shared.model import build_model, resolve_base, save_base
+    from fedpoint.shared.bases import resolve_base
+    from fedpoint.shared.model import build_model, save_base
 
     try:
         resolve_base(None)
@@ -102,10 +103,10 @@ def _serve(folder: Path, base: str | None, port: int) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
 
 
-def _wait_healthy(client, process: subprocess.Popen, timeout: float = 300.0) -> None:
+def _wait_healthy(client, process: subprocess.Popen) -> None:
     import httpx
 
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + 300.0
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the service exited: {process.stderr.read().decode()[-2000:]}")

@@ -1,17 +1,20 @@
 """The closed vocabularies the CLI offers as choices, without importing what defines them.
 
 `fedpoint --help` must not import torch, monai or numpy, so the names are repeated here; a test
-(tests/cli/test_cli_guides.py) keeps them equal to the registries they mirror.
+(tests/cli/test_cli_guides.py) keeps them equal to the registries they mirror. The adapter kinds'
+registry needs only the standard library, so its names are read from it.
 """
 
 from __future__ import annotations
 
 import click
 
+from fedpoint.shared.adapter_kinds import ADAPTER_KINDS as _KINDS
+
 # fedpoint.shared.config.ADAPTATION_MODES
 MODES: tuple[str, ...] = ("frozen", "mid", "post", "mid+post", "episodes", "mid+post+episodes")
-# fedpoint.shared.adapters.ADAPTER_KINDS (lora needs the `lora` extra)
-ADAPTER_KINDS: tuple[str, ...] = ("norm", "norm+stem", "full", "lora")
+# lora needs the `lora` extra
+ADAPTER_KINDS: tuple[str, ...] = tuple(_KINDS)
 # fedpoint.data.shifts.SHIFTS (descriptions: `fedpoint data shifts`)
 SHIFTS: tuple[str, ...] = ("none", "gamma-low", "gamma-high", "bias", "noise", "blur", "lowres", "scale",
                            "scanner-b", "scanner-c")

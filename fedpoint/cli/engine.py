@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from fedpoint.cli.choices import ADAPTER_KINDS, MODES, SHIFTS, choice
+from fedpoint.shared.adapter_kinds import adapter_kind
 from fedpoint.simulations.pretrain_config import PRETRAIN3D_DEFAULTS, PRETRAIN_DEFAULTS
 
 
@@ -20,9 +21,10 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _plain_progress(console, steps: int, every: int = 100):
-    """Where there is no terminal (a background run writing to a log), a line every `every` steps
+def _plain_progress(console, steps: int):
+    """Where there is no terminal (a background run writing to a log), a line every 100 steps
     with the rate and the ETA; rich's bar draws nothing there."""
+    every = 100
     import time
 
     start = {"t": None, "step": 0}
@@ -130,11 +132,12 @@ def evaluate(
 
     from fedpoint.cli.errors import describe, fail
 
-    if adapter == "lora":
+    needs = adapter_kind(adapter).requires
+    if needs:
         from fedpoint.extras import MissingExtraError, check_installed
 
         try:
-            check_installed("peft", feature="--adapter lora")
+            check_installed(*needs, feature=f"--adapter {adapter}")
         except MissingExtraError as err:
             fail(str(err))
     from fedpoint.simulations.evaluation import EvaluationSpec, run_evaluation, summary_table

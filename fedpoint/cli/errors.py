@@ -18,13 +18,13 @@ import typer
 USER_ERROR = 2
 
 
-def fail(message: str, code: int = USER_ERROR) -> NoReturn:
-    """Print `error: <message>` on stderr and exit with `code`."""
+def fail(message: str) -> NoReturn:
+    """Print `error: <message>` on stderr and exit with USER_ERROR."""
     from rich.console import Console
     from rich.markup import escape
 
     Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(message))}")
-    raise typer.Exit(code)
+    raise typer.Exit(USER_ERROR)
 
 
 def describe(err: Exception) -> str:

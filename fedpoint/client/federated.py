@@ -75,9 +75,9 @@ def identify(node_config: Mapping, fed: P.FederationConfig) -> SiteIdentity:
 
 def base_dims(spec: str | Path) -> int:
     """2 or 3: whether the federation's base annotates images and slices or whole volumes."""
-    from fedpoint.shared.model import base_config
+    from fedpoint.shared.bases import base_config, locate_base
 
-    return base_config(P.locate_base(spec)).spatial_dims
+    return base_config(locate_base(spec)).spatial_dims
 
 
 @functools.lru_cache(maxsize=8)
@@ -108,7 +108,9 @@ def _load_base(spec: str, mtime: float):
 
 def load_site_base(spec: str | Path):
     """(frozen base, model config, fingerprint), cached per process while the file is unchanged."""
-    path = P.locate_base(spec)
+    from fedpoint.shared.bases import locate_base
+
+    path = locate_base(spec)
     return _load_base(str(path), path.with_suffix(".safetensors").stat().st_mtime)
 
 

@@ -44,7 +44,7 @@ class SiteModel:
 
     @property
     def lr(self) -> float:
-        return self.adapt_cfg.lr or self.adapter.default_lr
+        return self.adapt_cfg.lr or self.adapter.rules.lr
 
     # ------------------------------------------------------------------------------ inputs
     def image_tensor(self, image: np.ndarray) -> torch.Tensor:

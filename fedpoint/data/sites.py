@@ -199,9 +199,9 @@ class SiteOverlapError(ValueError):
     """Two sites would draw the same pixels (or neighbouring slices) of one case."""
 
 
-def check_disjoint(specs: list[SiteSpec], min_gap: int = MIN_SLICE_GAP) -> None:
+def check_disjoint(specs: list[SiteSpec]) -> None:
     """Refuse two sites that draw the same case of the same dataset unless their slice ranges lie at
-    least `min_gap` slices apart or their pixel boxes do not intersect. No `cases` means every case,
+    least `MIN_SLICE_GAP` slices apart or their pixel boxes do not intersect. No `cases` means every case,
     no `slices` every slice, no `box` the whole image. The error names both sites and the overlap."""
     for a, b in combinations(specs, 2):
         if a.dataset != b.dataset:
@@ -214,12 +214,12 @@ def check_disjoint(specs: list[SiteSpec], min_gap: int = MIN_SLICE_GAP) -> None:
         else:
             named = a.cases if a.cases is not None else b.cases
             what = "every case" if named is None else f"case{'s' if len(named) > 1 else ''} {', '.join(named)}"
-        if _slices_apart(a.slices, b.slices, min_gap) or _boxes_apart(a.box, b.box):
+        if _slices_apart(a.slices, b.slices, MIN_SLICE_GAP) or _boxes_apart(a.box, b.box):
             continue
         raise SiteOverlapError(
             f"sites {a.name} and {b.name} overlap: both draw {what} of {a.dataset}, "
             f"{_describe_region(a)} and {_describe_region(b)}; give sites of one case slice ranges at least "
-            f"{min_gap} slices apart (slices = [lo, hi]) or disjoint pixel boxes (box = [[x0, x1], [y0, y1]])")
+            f"{MIN_SLICE_GAP} slices apart (slices = [lo, hi]) or disjoint pixel boxes (box = [[x0, x1], [y0, y1]])")
 
 
 def _slices_apart(a, b, min_gap: int) -> bool:

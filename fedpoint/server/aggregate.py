@@ -1,6 +1,7 @@
 """Exact aggregation of site deltas into a bank.
 
-Linear kinds (``norm``, ``norm+stem``, ``full``, and ``lora`` with A frozen per bank, whose state
+Which rule a kind gets, and whether it is exact under secure aggregation, is the kind's own
+(`fedpoint.shared.adapter_kinds`); this module computes them. Linear kinds (``norm``, ``norm+stem``, ``full``, and ``lora`` with A frozen per bank, whose state
 holds only the B factors) are averaged directly::
 
     new = bank + sum_i w_i * delta_i / sum_i w_i
@@ -35,22 +36,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from fedpoint.shared.adapter_kinds import adapter_kind
 from fedpoint.shared.config import AdapterConfig
 
-LINEAR_RULE = "weighted-mean-of-deltas"
 RULES = ("weighted-mean", "trimmed-mean", "median")
-PRODUCT_RULE = "weighted-mean-of-lora-products+truncated-svd"
-
-# kind variant -> is the aggregate computable from the weighted sum alone (secure aggregation)?
-EXACT_UNDER_SECAGG: dict[str, bool] = {
-    "norm": True,
-    "norm+stem": True,
-    "full": True,
-    "lora-frozen-a": True,
-    "lora-free-a": False,
-}
-# kind variant -> is the aggregate exactly the weighted mean of the site models' updates?
-EXACT: dict[str, bool] = {**{k: True for k in EXACT_UNDER_SECAGG}, "lora-free-a": False}
 
 
 def _adapter_cfg(kind: str, adapter_cfg: AdapterConfig | Mapping | None) -> AdapterConfig:
@@ -61,15 +50,9 @@ def _adapter_cfg(kind: str, adapter_cfg: AdapterConfig | Mapping | None) -> Adap
     return adapter_cfg
 
 
-def kind_variant(kind: str, adapter_cfg: AdapterConfig | Mapping | None = None) -> str:
-    """The key of EXACT_UNDER_SECAGG for an adapter kind and its config."""
-    if kind != "lora":
-        return kind
-    return "lora-frozen-a" if _adapter_cfg(kind, adapter_cfg).lora_freeze_a else "lora-free-a"
-
-
 def is_linear(kind: str, adapter_cfg: AdapterConfig | Mapping | None = None) -> bool:
-    return kind_variant(kind, adapter_cfg) != "lora-free-a"
+    """Whether the kind, with this config, is aggregated as the weighted mean of its deltas."""
+    return adapter_kind(kind).is_linear(_adapter_cfg(kind, adapter_cfg))
 
 
 def check_rule(rule: str, kind: str, adapter_cfg: AdapterConfig | Mapping | None = None) -> str:
@@ -88,9 +71,14 @@ def aggregation_rule(kind: str, adapter_cfg: AdapterConfig | Mapping | None = No
         return f"coordinate-trimmed-mean-{trim:g}-of-deltas"
     if rule == "median":
         return "coordinate-median-of-deltas"
-    if is_linear(kind, adapter_cfg):
-        return LINEAR_RULE
-    return f"{PRODUCT_RULE}-to-rank-{_adapter_cfg(kind, adapter_cfg).lora_rank}"
+    return adapter_kind(kind).aggregation(_adapter_cfg(kind, adapter_cfg))
+
+
+def exact_under_secure_aggregation(kind: str, adapter_cfg: AdapterConfig | Mapping | None = None,
+                                   rule: str = "weighted-mean") -> bool:
+    """Whether this bank's aggregate is computable from the weighted sum alone (robust rules need
+    each site's delta)."""
+    return rule == "weighted-mean" and adapter_kind(kind).exact_under_secure_aggregation(_adapter_cfg(kind, adapter_cfg))
 
 
 def _weights(replies: Sequence) -> np.ndarray:

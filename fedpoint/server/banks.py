@@ -45,7 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedpoint.server.aggregate import EXACT_UNDER_SECAGG, aggregation_rule, kind_variant
+from fedpoint.server.aggregate import aggregation_rule, exact_under_secure_aggregation
+from fedpoint.shared.adapter_kinds import adapter_kind
 from fedpoint.server.routing import check_bank_name
 from fedpoint.shared.config import AdapterConfig
 from fedpoint.shared.fileio import (
@@ -331,7 +332,7 @@ class BankStore:
             "counts": counts,
             "metrics": metrics,
             "aggregation": aggregation_rule(identity["kind"], identity["config"], rule, trim),
-            "exact_under_secure_aggregation": rule == "weighted-mean" and EXACT_UNDER_SECAGG[kind_variant(identity["kind"], identity["config"])],
+            "exact_under_secure_aggregation": exact_under_secure_aggregation(identity["kind"], identity["config"], rule),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
@@ -340,9 +341,10 @@ class BankStore:
         """Write a standalone adapter folder that `load_adapter(base, dir)` and
         `fedpoint evaluate --adapter-dir DIR` load.
 
-        `base` is a `load_base` spec (path or packaged name) or a loaded model. LoRA banks are
-        rebuilt on that base and saved in peft's format, so they need it (default: the packaged
-        base); other kinds are copied as they are unless a base is given, which is then checked.
+        `base` is a `load_base` spec (path or packaged name) or a loaded model. Banks of a kind
+        saved in another format than the store's (`AdapterKind.export_needs_base`: LoRA, in peft's
+        format) are rebuilt on that base, so they need it (default: the packaged base); other kinds
+        are copied as they are unless a base is given, which is then checked.
         A base with another fingerprint than the bank's is refused.
         """
         found = self.latest(bank) if version is None else self.get(bank, version)
@@ -350,7 +352,7 @@ class BankStore:
             raise BankNotFoundError(f"no bank {bank!r} in {self.root} (banks: {', '.join(self.banks()) or 'none'})")
         out = _empty_output(Path(out_dir), overwrite)
         provenance = {k: v for k, v in found.manifest.items() if k not in ("kind", "config", "base_fingerprint", "parameters")}
-        if found.manifest["kind"] != "lora" and base is None:
+        if not adapter_kind(found.manifest["kind"]).export_needs_base and base is None:
             shutil.copyfile(found.path / WEIGHTS, out / WEIGHTS)
             shutil.copyfile(found.path / MANIFEST, out / MANIFEST)
             return out

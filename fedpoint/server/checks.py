@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from fedpoint.shared.adapter_kinds import ADAPTER_KINDS
 from fedpoint.shared.payload import EgressError, Schema, check_arrays, check_metrics, is_number
 
 
@@ -47,10 +48,9 @@ class Reply:
 
 Rejection = tuple[Reply, str]
 
-# The absolute cap on a delta's RMS (per value) for each adapter kind, before any history exists.
-# Honest deltas of a round (lr 1e-3, a few steps) have an RMS of 1e-4..1e-2; a 1000x or 3e38 delta is
-# far over. `full` moves every weight of the base, so its cap is tighter.
-KIND_RMS_CAP = {"norm": 0.1, "norm+stem": 0.1, "lora": 0.1, "full": 0.05}
+# The absolute cap on a delta's RMS (per value) before any history exists is the kind's
+# (`AdapterKind.delta_rms_cap`): a 1000x or 3e38 delta is far over it. An unknown kind gets this one.
+UNKNOWN_KIND_RMS_CAP = 0.05
 HISTORY_VERSIONS = 10  # how many of a bank's recent versions the history bound looks at
 
 
@@ -59,7 +59,8 @@ def norm_bound(kind: str, n_values: int, history: list[float] | None = None, his
     """The absolute L2 bound on a delta into a bank: the kind's RMS cap times sqrt(values), and,
     once the bank has taken replies, at most `history_factor` x the largest reply norm it took in
     its last versions (`history`, from the manifests' `screen.max_norm`)."""
-    cap = (rms_cap or KIND_RMS_CAP.get(kind, 0.05)) * math.sqrt(max(n_values, 1))
+    known = ADAPTER_KINDS.get(kind)
+    cap = (rms_cap or (known.delta_rms_cap if known else UNKNOWN_KIND_RMS_CAP)) * math.sqrt(max(n_values, 1))
     past = [h for h in (history or []) if h and math.isfinite(h) and h > 0]
     return min(cap, history_factor * max(past)) if past else cap
 

@@ -106,9 +106,10 @@ def _run(grid: Grid, fed: P.FederationConfig, adapter, store: BankStore) -> list
 def base_adapter(fed: P.FederationConfig):
     """The run's adapter kind opened on the frozen base: its fingerprint, schema and start state."""
     from fedpoint.shared.adapters import make_adapter
+    from fedpoint.shared.bases import locate_base
     from fedpoint.shared.model import load_base
 
-    net, _cfg, _card = load_base(P.locate_base(fed.base))
+    net, _cfg, _card = load_base(locate_base(fed.base))
     return make_adapter(net, fed.adapter_config())
 
 

@@ -1,7 +1,9 @@
 """Adapter kinds: which parameters of the frozen base a site tunes and shares.
 
-A registry, not flags (like nnU-Net's trainer variants). Each kind freezes every base parameter,
-then opens its own set:
+A registry, not flags (like nnU-Net's trainer variants), keyed by the names of
+`fedpoint.shared.adapter_kinds`, which holds each kind's rules (default learning rate, aggregation,
+secure-aggregation exactness, save format); this module is the torch side. Each kind freezes every
+base parameter, then opens its own set:
 
 - ``norm``       instance-norm affine weights and biases only (CLoPA's IN group; FedBN-like). No new
                  parameters; a plain weighted average of deltas is exact.
@@ -25,7 +27,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fedpoint.shared.config import AdapterConfig, default_lr
+from fedpoint.shared.adapter_kinds import AdapterKind, adapter_kind
+from fedpoint.shared.config import AdapterConfig
 from fedpoint.shared.fileio import write_json_atomic
 from fedpoint.shared.model import base_fingerprint, stem_and_head
 
@@ -43,9 +46,9 @@ class Adapter:
     kind: ClassVar[str] = ""
 
     @property
-    def default_lr(self) -> float:
-        """The kind's online-update learning rate (`fedpoint.shared.config.KIND_DEFAULTS`)."""
-        return default_lr(self.kind)
+    def rules(self) -> AdapterKind:
+        """The kind's rules (`fedpoint.shared.adapter_kinds`)."""
+        return adapter_kind(self.kind)
 
     def __init__(self, base: nn.Module, cfg: AdapterConfig | None = None, fingerprint: str | None = None):
         self.cfg = cfg or AdapterConfig(kind=self.kind)
@@ -158,11 +161,12 @@ def _write_manifest(directory: Path, manifest: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------- kinds
-ADAPTER_KINDS: dict[str, type[Adapter]] = {}
+ADAPTER_CLASSES: dict[str, type[Adapter]] = {}  # kind name -> the class that opens its parameters
 
 
 def register(cls: type[Adapter]) -> type[Adapter]:
-    ADAPTER_KINDS[cls.kind] = cls
+    adapter_kind(cls.kind)  # every torch kind has its rules
+    ADAPTER_CLASSES[cls.kind] = cls
     return cls
 
 
@@ -267,7 +271,7 @@ def make_adapter(base: nn.Module, cfg: AdapterConfig | str = "norm", fingerprint
     """An adapter of the configured kind over a copy of `base` (the base itself is not modified)."""
     if isinstance(cfg, str):
         cfg = AdapterConfig(kind=cfg)
-    return ADAPTER_KINDS[cfg.kind](base, cfg, fingerprint)
+    return ADAPTER_CLASSES[cfg.kind](base, cfg, fingerprint)
 
 
 def load_adapter(base: nn.Module, directory: str | Path, fingerprint: str | None = None) -> Adapter:

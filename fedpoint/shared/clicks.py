@@ -43,9 +43,13 @@ def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ..
         raise ValueError(f"spacing {values} must be positive finite millimetres on every axis (missing or zero spacing?)")
     return values
 
-def gaussian_window(point: Sequence[int], shape: Sequence[int], sigma: float, truncate: float = 3.0):
-    """The slices of a box of radius `truncate * sigma` around `point`, clipped to the image, and the
+TRUNCATE = 3.0  # a click's Gaussian is cut at this many sigmas
+
+
+def gaussian_window(point: Sequence[int], shape: Sequence[int], sigma: float):
+    """The slices of a box of radius `TRUNCATE * sigma` around `point`, clipped to the image, and the
     (unnormalised, peak 1) Gaussian values inside it."""
+    truncate = TRUNCATE
     radius = max(1, int(np.ceil(truncate * sigma)))
     slices, axes = [], []
     for p, n in zip(point, shape):

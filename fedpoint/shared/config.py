@@ -10,14 +10,26 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from fedpoint.shared.adapter_kinds import AdapterKind, adapter_kind
+
 
 ADAPTATION_MODES = ("frozen", "mid", "post", "mid+post", "episodes", "mid+post+episodes")
+ADAPTATION_STAGES = ("mid", "post", "episodes")
+# A mode names the stages it runs, joined by "+" ("frozen": none); parsed here once.
+MODE_STAGES: dict[str, frozenset[str]] = {
+    mode: frozenset() if mode == "frozen" else frozenset(mode.split("+")) for mode in ADAPTATION_MODES
+}
 
 
 def check_mode(mode: str) -> str:
     if mode not in ADAPTATION_MODES:
         raise ValueError(f"unknown mode {mode!r}; known: {', '.join(ADAPTATION_MODES)}")
     return mode
+
+
+def mode_stages(mode: str) -> frozenset[str]:
+    """The stages (`ADAPTATION_STAGES`) an adaptation mode runs."""
+    return MODE_STAGES[check_mode(mode)]
 
 
 # An adaptation mode, validated wherever a schema takes one (config, run config, CLI spec).
@@ -68,7 +80,7 @@ class ModelConfig(_Strict):
 
 
 class AdapterConfig(_Strict):
-    """Which parameters a site tunes; see `fedpoint.shared.adapters` for the kinds."""
+    """Which parameters a site tunes: the kind (`fedpoint.shared.adapter_kinds`) and its LoRA settings."""
 
     kind: str = "norm"
     lora_rank: int = Field(4, ge=1, le=64)
@@ -79,29 +91,12 @@ class AdapterConfig(_Strict):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, kind: str) -> str:
-        from fedpoint.shared.adapters import ADAPTER_KINDS
+        return adapter_kind(kind).name
 
-        if kind not in ADAPTER_KINDS:
-            raise ValueError(f"unknown adapter kind {kind!r}; known: {', '.join(ADAPTER_KINDS)}")
-        return kind
-
-
-# The one default per adapter kind of the online updates (Adam, `mid_steps`/`post_steps` steps per
-# click/accept): used by the site service, `fedpoint evaluate`, `fedpoint simulate` and `flwr run`
-# alike, overridden only explicitly. Chosen on the dev split of the base's training sources with the
-# demo's shifts applied, never on an evaluation dataset (docs/engine.md, "Choosing the defaults").
-KIND_DEFAULTS: dict[str, dict[str, float]] = {
-    "norm": {"lr": 1e-3},
-    "norm+stem": {"lr": 1e-4},
-    "lora": {"lr": 1e-3},
-    "full": {"lr": 1e-4},
-}
-
-
-def default_lr(kind: str) -> float:
-    if kind not in KIND_DEFAULTS:
-        raise ValueError(f"unknown adapter kind {kind!r}; known: {', '.join(KIND_DEFAULTS)}")
-    return KIND_DEFAULTS[kind]["lr"]
+    @property
+    def rules(self) -> AdapterKind:
+        """The kind's rules (`fedpoint.shared.adapter_kinds`)."""
+        return adapter_kind(self.kind)
 
 
 class AdaptationConfig(_Strict):
@@ -115,7 +110,7 @@ class AdaptationConfig(_Strict):
     """
 
     mode: AdaptationMode = "mid+post"
-    lr: float | None = Field(None, gt=0, le=1.0, description="None: the adapter kind's default (KIND_DEFAULTS)")
+    lr: float | None = Field(None, gt=0, le=1.0, description="None: the adapter kind's default (adapter_kinds: AdapterKind.lr)")
     guard: bool = Field(True, description="keep an online update only when it passes the online guard")
     guard_consistency: float = Field(0.9, ge=0, le=1.0)
     guard_replay: int = Field(4, ge=0, le=64)
@@ -138,13 +133,17 @@ class AdaptationConfig(_Strict):
     seed: int = 0
 
     @property
+    def stages(self) -> frozenset[str]:
+        return MODE_STAGES[self.mode]
+
+    @property
     def uses_mid(self) -> bool:
-        return "mid" in self.mode
+        return "mid" in self.stages
 
     @property
     def uses_post(self) -> bool:
-        return "post" in self.mode
+        return "post" in self.stages
 
     @property
     def uses_episodes(self) -> bool:
-        return "episodes" in self.mode
+        return "episodes" in self.stages

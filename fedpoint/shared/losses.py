@@ -26,16 +26,19 @@ import torch.nn.functional as F
 from fedpoint.shared.clicks import Click, gaussian_window
 
 
-@lru_cache(maxsize=8)
-def _dice_focal(gamma: float, lambda_focal: float):
+FOCAL_GAMMA, FOCAL_WEIGHT = 2.0, 0.7
+
+
+@lru_cache(maxsize=1)
+def _dice_focal():
     from monai.losses import DiceFocalLoss  # imported once, on first use
 
-    return DiceFocalLoss(sigmoid=True, gamma=gamma, lambda_dice=1.0 - lambda_focal, lambda_focal=lambda_focal)
+    return DiceFocalLoss(sigmoid=True, gamma=FOCAL_GAMMA, lambda_dice=1.0 - FOCAL_WEIGHT, lambda_focal=FOCAL_WEIGHT)
 
 
-def dice_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, lambda_focal: float = 0.7) -> torch.Tensor:
+def dice_focal(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """alpha * focal + (1 - alpha) * Dice with alpha = 0.7, gamma = 2 (the paper's weighting)."""
-    return _dice_focal(gamma, lambda_focal)(logits, target)
+    return _dice_focal()(logits, target)
 
 
 @lru_cache(maxsize=1)

@@ -13,10 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fedpoint.shared.bases import read_card
 from fedpoint.shared.config import ModelConfig
-
-PACKAGED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
-DEFAULT_BASE = "base2d"
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -103,38 +101,11 @@ def save_base(model: nn.Module, cfg: ModelConfig, path: Path, meta: dict | None 
     return path
 
 
-def resolve_base(spec: str | Path | None) -> Path:
-    """A packaged checkpoint name (default `base2d`) or a path, without suffix or with one."""
-    spec = spec or DEFAULT_BASE
-    candidate = Path(spec)
-    if candidate.suffix in {".safetensors", ".json"}:
-        candidate = candidate.with_suffix("")
-    if candidate.with_suffix(".safetensors").exists():
-        return candidate
-    packaged = PACKAGED_CHECKPOINTS / str(spec)
-    if packaged.with_suffix(".safetensors").exists():
-        return packaged
-    raise FileNotFoundError(
-        f"no base checkpoint {spec!r}: expected {candidate}.safetensors or a packaged name "
-        f"({', '.join(sorted(p.stem for p in PACKAGED_CHECKPOINTS.glob('*.safetensors'))) or 'none'})"
-    )
-
-
-def _card(spec: str | Path | None) -> tuple[Path, dict]:
-    path = resolve_base(spec)
-    return path, json.loads(path.with_suffix(".json").read_text())
-
-
-def base_config(spec: str | Path | None = None) -> ModelConfig:
-    """The network config on a base's card, without building it (e.g. to know its spatial dims)."""
-    return ModelConfig(**_card(spec)[1]["model"])
-
-
 def load_base(spec: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig, dict]:
     """Load a frozen base model; returns (model, config, model card)."""
     from safetensors.torch import load_file
 
-    path, card = _card(spec)
+    path, card = read_card(spec)
     cfg = ModelConfig(**card["model"])
     model = build_model(cfg)
     model.load_state_dict(load_file(str(path.with_suffix(".safetensors"))))

@@ -72,9 +72,6 @@ NODE_SITE_STORE = "site-store"
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 
-# the Flower message type of the "who are you" query
-QUERY_IDENTITY = "query"
-
 # every key a coordinator's instruction may hold; a site refuses any other
 INSTRUCTION_CONFIG_KEYS = frozenset({SERVER_ROUND, BANK, BANK_VERSION, BASE_FINGERPRINT, ADAPTER_KIND, ADAPTER_CONFIG,
                                      IMAGES, LOCAL_EPOCHS, CLICKS, MODE, LR, SIZE, SEED, CLIPPING_NORM})
@@ -154,7 +151,7 @@ class FederationConfig(BaseModel):
     local_epochs: int = Field(4, ge=1, le=100, description="deployment: epochs of the episode a site runs per round")
     clicks: int = Field(5, ge=1, le=50)
     mode: AdaptationMode = "mid+post"
-    lr: float = Field(0.0, ge=0, le=1.0, description="0: the adapter kind's default (shared.config.KIND_DEFAULTS)")
+    lr: float = Field(0.0, ge=0, le=1.0, description="0: the adapter kind's default (shared.adapter_kinds, AdapterKind.lr)")
     sites_config: str = "federation"
     size: int = Field(96, ge=16, description="simulation: sample size in pixels")
     base: str = ""
@@ -289,36 +286,3 @@ def check_reply_config(config: Mapping) -> None:
                 raise EgressError(f"reply field {key!r} is {len(value)} characters long (at most {MAX_REPLY_STRING})")
         elif not is_number(value):
             raise EgressError(f"reply field {key!r} must be a short string or a number, got {type(value).__name__}")
-
-
-# ------------------------------------------------------------------------------ the base
-def locate_base(spec: str | Path | None) -> Path:
-    """`fedpoint.shared.model.resolve_base`, which also works from a Flower app bundle.
-
-    `flwr run` ships the code as a FAB that holds no weight files, and its copy of fedpoint comes
-    first on sys.path; a packaged checkpoint name is then looked up in the installed fedpoint.
-    """
-    from fedpoint.shared.model import resolve_base
-
-    try:
-        return resolve_base(spec or None)
-    except FileNotFoundError:
-        name = str(spec or "base2d")
-        for folder in _installed_checkpoint_dirs():
-            if (folder / f"{name}.safetensors").exists():
-                return folder / name
-        raise
-
-
-def _installed_checkpoint_dirs() -> list[Path]:
-    from importlib.metadata import PackageNotFoundError, distribution
-
-    try:
-        dist = distribution("fedpoint")
-    except PackageNotFoundError:
-        return []
-    folders = [Path(str(dist.locate_file("fedpoint/checkpoints")))]
-    direct = json.loads(dist.read_text("direct_url.json") or "{}")  # an editable install points at its source
-    if str(direct.get("url", "")).startswith("file://"):
-        folders.append(Path(direct["url"][len("file://"):]) / "fedpoint" / "checkpoints")
-    return folders

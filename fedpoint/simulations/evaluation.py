@@ -53,8 +53,7 @@ def load_stream(spec: EvaluationSpec, data_dir: Path | None = None):
 
     from fedpoint.data import apply_shift, full_slice_samples, load_dataset, make_samples
     from fedpoint.data.samples import LazyVolumes, volume_refs
-    from fedpoint.shared.model import base_config
-    from fedpoint.shared.protocol import locate_base
+    from fedpoint.shared.bases import base_config, locate_base
 
     dataset = load_dataset(spec.data, data_dir=data_dir, strict=spec.strict)
 

@@ -31,7 +31,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedpoint.data import SiteSpec
-from fedpoint.shared.config import AdaptationConfig, AdapterConfig, default_lr
+from fedpoint.shared.adapter_kinds import adapter_kind
+from fedpoint.shared.config import AdaptationConfig, AdapterConfig
 from fedpoint.shared.validation_errors import describe_validation_error
 from fedpoint.simulations.strategies import ABLATIONS, DEFAULT_STRATEGIES, STRATEGY_NAMES
 
@@ -61,7 +62,7 @@ class ExperimentConfig(BaseModel):
     spatial_dims: Literal[2, 3] = Field(2, description="3: whole volumes with a 3D base (default base3d)")
     adapter: str = Field("norm", description="adapter kind of the local and banked strategies (fed-full is always full)")
     lr: float | None = Field(None, gt=0, le=1.0, description="learning rate of the online updates; "
-                             "default: the adapter kind's (shared.config.KIND_DEFAULTS)")
+                             "default: the adapter kind's (shared.adapter_kinds, AdapterKind.lr)")
     full_lr: float | None = Field(None, gt=0, le=1.0, description="learning rate when every weight is tuned "
                                   "(fed-full, local-full, or adapter = full); default: the full kind's")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -142,15 +143,14 @@ class ExperimentConfig(BaseModel):
         return self
 
     # -------------------------------------------------------------------------------- derived
-    def lr_for(self, adapter_kind: str) -> float:
-        """An explicit override, else the kind's one default (tuning every weight wants a smaller
-        step than tuning a few norm affines)."""
-        if adapter_kind == "full":
-            return self.full_lr or default_lr("full")
-        return self.lr or default_lr(adapter_kind)
+    def lr_for(self, kind: str) -> float:
+        """An explicit override (`full_lr` for a kind that tunes every weight, which wants a smaller
+        step than tuning a few norm affines), else the kind's one default."""
+        rules = adapter_kind(kind)
+        return (self.full_lr if rules.every_weight else self.lr) or rules.lr
 
-    def adaptation_config(self, mode: str, seed: int, adapter_kind: str | None = None) -> AdaptationConfig:
-        lr = self.lr_for(adapter_kind or self.adapter)
+    def adaptation_config(self, mode: str, seed: int, kind: str | None = None) -> AdaptationConfig:
+        lr = self.lr_for(kind or self.adapter)
         return AdaptationConfig(**{**self.adaptation, "mode": mode, "lr": lr, "seed": seed})
 
     def site_rounds(self, site: SiteSpec) -> int:
@@ -172,10 +172,6 @@ class ExperimentConfig(BaseModel):
     @property
     def late_sites(self) -> list[SiteSpec]:
         return [s for s in self.sites if s.join_round > 0]
-
-    @property
-    def modalities(self) -> list[str]:
-        return sorted({s.modality or s.dataset for s in self.sites})
 
 
 def check_sites_disjoint(specs) -> None:

@@ -292,10 +292,10 @@ def noc90_by_site_markdown(images: list[dict], strategy: str = DEFAULT_STRATEGY,
 
 
 def _default_lr(kind: str):
-    from fedpoint.shared.config import default_lr
+    from fedpoint.shared.adapter_kinds import adapter_kind
 
     try:
-        return default_lr(kind)
+        return adapter_kind(kind).lr
     except ValueError:
         return "?"
 

@@ -146,7 +146,7 @@ def build_experiment_sites(config: ExperimentConfig, seed: int, data_dir=None) -
 
 def _check_base_dims(config: ExperimentConfig) -> None:
     """The base must annotate what the sites hold: a 2D base slices, a 3D base whole volumes."""
-    from fedpoint.shared.model import base_config
+    from fedpoint.shared.bases import base_config
 
     try:
         dims = base_config(config.base).spatial_dims
@@ -209,7 +209,7 @@ def environment(config: ExperimentConfig) -> dict:
         pass
     env["machine"] = f"{env['cpus']} CPU cores" + (", a GPU" if env["gpu"] else ", no GPU")
     try:
-        from fedpoint.shared.model import resolve_base
+        from fedpoint.shared.bases import resolve_base
 
         card = json.loads(resolve_base(config.base).with_suffix(".json").read_text())
         env["base"] = {"spec": config.base or "base2d", "fingerprint": card.get("fingerprint"),

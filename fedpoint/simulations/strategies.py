@@ -123,9 +123,8 @@ def run_local(strategy: Strategy, experiment, seed: int, sites: list, work, on_i
     return {"images": images, "rounds": rounds, "episodes": episodes}
 
 
-def annotate_site(strategy: Strategy, experiment, seed: int, site, store_dir, on_image=None, adapter_dir=None):
-    """One site's whole stream through its own `SiteEngine` (starting from `adapter_dir` if given);
-    returns (image records, engine)."""
+def annotate_site(strategy: Strategy, experiment, seed: int, site, store_dir, on_image=None):
+    """One site's whole stream through its own `SiteEngine`; returns (image records, engine)."""
     from fedpoint.client.engine import SiteEngine
     from fedpoint.client.evaluate import run_stream
 
@@ -135,7 +134,7 @@ def annotate_site(strategy: Strategy, experiment, seed: int, site, store_dir, on
         adaptation = adaptation.model_copy(update=dict(strategy.adaptation))
     engine = SiteEngine.create(
         experiment.base, kind, adaptation,
-        store=store_dir, campaign_size=len(site.samples), background_episodes=False, adapter_dir=adapter_dir)
+        store=store_dir, campaign_size=len(site.samples), background_episodes=False)
     records: list[dict] = []
 
     def tick(i: int, raw: dict) -> None:

@@ -18,7 +18,7 @@ runner = CliRunner()
 def test_choices_mirror_the_registries():
     from fedpoint.cli.choices import ADAPTER_KINDS, MODES, SHIFTS
     from fedpoint.data.shifts import SHIFTS as REGISTERED_SHIFTS
-    from fedpoint.shared.adapters import ADAPTER_KINDS as REGISTERED_KINDS
+    from fedpoint.shared.adapters import ADAPTER_CLASSES as REGISTERED_KINDS
     from fedpoint.shared.config import ADAPTATION_MODES
 
     assert MODES == ADAPTATION_MODES

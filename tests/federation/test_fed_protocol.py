@@ -50,7 +50,7 @@ def test_round_instruction_survives_a_config_record():
 
 def test_a_packaged_base_is_found_from_a_flower_app_bundle(tmp_path):
     """FABs carry only code and text: the packaged weights come from the installed fedpoint."""
-    from fedpoint.shared.model import PACKAGED_CHECKPOINTS
+    from fedpoint.shared.bases import PACKAGED_CHECKPOINTS
 
     names = sorted(p.stem for p in PACKAGED_CHECKPOINTS.glob("*.safetensors"))
     if not names:
@@ -61,8 +61,8 @@ def test_a_packaged_base_is_found_from_a_flower_app_bundle(tmp_path):
             target = bundle / source.relative_to(REPO)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(source.read_bytes())
-    probe = (f"import sys; sys.path.insert(0, {str(bundle)!r}); import fedpoint.shared.protocol as P; "
-             f"print(P.__file__); print(P.locate_base({names[0]!r}))")
+    probe = (f"import sys; sys.path.insert(0, {str(bundle)!r}); import fedpoint.shared.bases as B; "
+             f"print(B.__file__); print(B.locate_base({names[0]!r}))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     module_file, found = out.stdout.split()

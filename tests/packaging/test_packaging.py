@@ -171,3 +171,16 @@ def test_cli_names_the_extra_of_a_missing_package():
     err = ModuleNotFoundError("No module named 'ray'", name="ray")
     assert "pip install 'fedpoint[simulation]'" in explain(err)
     assert explain(ModuleNotFoundError("x", name="nothing_we_know")) is None
+
+
+def test_importing_fedpoint_leaves_the_thread_count_alone():
+    """Only runners and simulated sites set torch's threads, when they run: never an import."""
+    modules = sorted(_module_name(p) for p in PACKAGE.rglob("*.py") if p.name != "__main__.py")
+    probe = ("import importlib, torch\n"
+             "torch.set_num_threads(3)\n"
+             f"for name in {modules!r}:\n"
+             "    try:\n        importlib.import_module(name)\n    except ImportError:\n        pass\n"
+             "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "3"

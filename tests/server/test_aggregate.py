@@ -7,15 +7,14 @@ import pytest
 import torch
 
 from fedpoint.server.aggregate import (
-    EXACT_UNDER_SECAGG,
     aggregate,
     aggregation_rule,
-    kind_variant,
     lora_pairs,
     lora_product,
     round_record,
 )
 from fedpoint.server.checks import Reply
+from fedpoint.shared.adapter_kinds import EXACT_UNDER_SECAGG, adapter_kind
 from fedpoint.shared.config import AdapterConfig
 from fedpoint.shared.payload import from_numpy, to_numpy
 
@@ -110,8 +109,8 @@ def test_free_lora_keeps_learnable_factors_when_nothing_moved(adapter_state):
 
 def test_rules_and_secure_aggregation_table():
     assert EXACT_UNDER_SECAGG == {"norm": True, "norm+stem": True, "full": True, "lora-frozen-a": True, "lora-free-a": False}
-    assert kind_variant("lora", AdapterConfig(kind="lora", lora_freeze_a=False)) == "lora-free-a"
-    assert kind_variant("lora", {"kind": "lora"}) == "lora-frozen-a"
+    assert adapter_kind("lora").variant(AdapterConfig(kind="lora", lora_freeze_a=False)) == "lora-free-a"
+    assert adapter_kind("lora").variant(AdapterConfig(**{"kind": "lora"})) == "lora-frozen-a"
     assert aggregation_rule("norm") == aggregation_rule("lora") == "weighted-mean-of-deltas"
     assert "rank-4" in aggregation_rule("lora", AdapterConfig(kind="lora", lora_freeze_a=False))
 
@@ -131,3 +130,34 @@ def test_round_record_weights_metrics_by_cases():
     assert record["counts"] == {"replies": 3, "accepted": 2, "rejected": 1, "accepted_cases": 4.0}
     assert record["metrics"]["dice1"] == pytest.approx(0.5)
     assert record["metrics"]["nof"] == pytest.approx(2.0)
+
+
+VARIANT_CONFIGS = {
+    "norm": AdapterConfig(kind="norm"),
+    "norm+stem": AdapterConfig(kind="norm+stem"),
+    "full": AdapterConfig(kind="full"),
+    "lora-frozen-a": AdapterConfig(kind="lora", lora_rank=2),
+    "lora-free-a": AdapterConfig(kind="lora", lora_rank=2, lora_freeze_a=False),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANT_CONFIGS))
+def test_each_kinds_rules_are_what_aggregation_does(adapter_state, variant):
+    """The kind's stated rules (linear, exact under secure aggregation, the manifest string) hold
+    on real adapters: a linear kind gives the weighted mean of the site models, and one exact under
+    secure aggregation gives the same bank from the weighted sum of the deltas alone."""
+    cfg = VARIANT_CONFIGS[variant]
+    rules = adapter_kind(cfg.kind)
+    assert rules.variant(cfg) == variant and set(VARIANT_CONFIGS) == set(EXACT_UNDER_SECAGG)
+    _, bank, replies, sites = _site_replies(adapter_state, cfg)
+    new = aggregate(bank, replies, cfg.kind, cfg)
+    total = sum(WEIGHTS)
+    mean_of_models = {k: sum(w * s[k].astype(np.float64) for w, s in zip(WEIGHTS, sites)) / total for k in bank}
+    is_mean = all(np.allclose(new[k], mean_of_models[k], rtol=0, atol=1e-6) for k in bank)
+    summed = {k: sum(r.weight * r.delta[k].astype(np.float64) for r in replies) / total for k in bank}
+    from_sum = aggregate(bank, [Reply("sum", "general", summed, 1.0, "")], cfg.kind, cfg)
+    same_from_sum = all(np.allclose(new[k], from_sum[k], rtol=0, atol=1e-6) for k in bank)
+    assert is_mean is rules.is_linear(cfg)
+    assert same_from_sum is rules.exact_under_secure_aggregation(cfg) is EXACT_UNDER_SECAGG[variant]
+    assert aggregation_rule(cfg.kind, cfg) == rules.aggregation(cfg)
+    assert rules.aggregation(cfg).startswith("weighted-mean-of-deltas" if rules.is_linear(cfg) else "weighted-mean-of-lora-products")

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from fedpoint.shared.adapters import ADAPTER_KINDS, AdapterMismatchError, load_adapter, make_adapter
+from fedpoint.shared.adapters import ADAPTER_CLASSES, AdapterMismatchError, load_adapter, make_adapter
 from fedpoint.shared.config import AdapterConfig
 from fedpoint.shared.model import load_base
 
@@ -19,7 +19,7 @@ def _all_params(adapter):
     return {n: p.detach().clone() for n, p in adapter.net.named_parameters()}
 
 
-@pytest.mark.parametrize("kind", list(ADAPTER_KINDS))
+@pytest.mark.parametrize("kind", list(ADAPTER_CLASSES))
 def test_only_the_kinds_parameters_change(kind, tiny_base_2d):
     net, _, _ = load_base(tiny_base_2d)
     adapter = make_adapter(net, kind)
@@ -39,13 +39,13 @@ def test_only_the_kinds_parameters_change(kind, tiny_base_2d):
 def test_sizes_are_ordered_and_small(tiny_base_2d):
     net, _, _ = load_base(tiny_base_2d)
     total = sum(p.numel() for p in net.parameters())
-    sizes = {k: make_adapter(net, k).num_trainable() for k in ADAPTER_KINDS}
+    sizes = {k: make_adapter(net, k).num_trainable() for k in ADAPTER_CLASSES}
     assert sizes["full"] == total
     assert sizes["norm"] < sizes["norm+stem"] < total
     assert sizes["lora"] < total / 5
 
 
-@pytest.mark.parametrize("kind", list(ADAPTER_KINDS))
+@pytest.mark.parametrize("kind", list(ADAPTER_CLASSES))
 def test_state_delta_and_disk_round_trip(kind, tiny_base_2d, tmp_path):
     net, _, _ = load_base(tiny_base_2d)
     adapter = make_adapter(net, kind)
