@@ -130,7 +130,7 @@ def simulated_clicks(engine, image: np.ndarray, masks: list[np.ndarray], clicks:
             else:
                 times.append((time.perf_counter() - t0) * 1e3)
         if session.mask.any():
-            session.accept()
+            engine.accept(session)
     return times
 
 

@@ -12,9 +12,10 @@ import torch
 
 from fedpoint.client.episodes import EpisodeScheduler, RegressionGuard, load_cases
 from fedpoint.client.model import SiteModel
-from fedpoint.client.session import AnnotationSession
+from fedpoint.client.session import AnnotationSession, check_mask
 from fedpoint.client.store import SiteStore
 from fedpoint.shared.adapters import Adapter, State, load_adapter, make_adapter
+from fedpoint.shared.clicker import deepest_point
 from fedpoint.shared.config import AdaptationConfig, AdapterConfig
 from fedpoint.shared.focus import FocusConfig
 from fedpoint.shared.model import load_base
@@ -62,12 +63,24 @@ class SiteEngine:
         return self.model.adapter
 
     def open(self, image: np.ndarray, case_id: str | None = None, seed: int | None = None,
-             spacing: tuple[float, ...] | None = None) -> AnnotationSession:
+             spacing: tuple[float, ...] | None = None, into_cache: bool = True) -> AnnotationSession:
         """A session on `image` ((C, *spatial) or spatial only); `spacing` in mm per spatial axis
-        makes the focus crop anisotropy-aware (3D volumes with thick slices)."""
+        makes the focus crop anisotropy-aware (3D volumes with thick slices). The one place a
+        session is opened (evaluation, simulations, benchmarks, the site service). With
+        `into_cache=False` accepting it runs the post update only and the caller stores the case
+        (the service writes a multi-slice save as one all-or-none group)."""
         self._opened += 1
-        return AnnotationSession(self.model, image, case_id or f"case-{self._opened:05d}", self._accepted,
+        return AnnotationSession(self.model, image, case_id or f"case-{self._opened:05d}",
+                                 self._accepted if into_cache else None,
                                  seed=self._opened if seed is None else seed, spacing=spacing)
+
+    def accept(self, session: AnnotationSession, mask: np.ndarray | None = None) -> np.ndarray:
+        """The one way an annotation is accepted: the session's accept (post-interaction update,
+        then into the cache when opened so). A mask given for a session without any click first
+        gets one at the mask's deepest point: the post update learns from a first click."""
+        if mask is not None and not session.steps:
+            session.click(deepest_point(check_mask(mask, session.spatial_shape)), True)
+        return session.accept(mask)
 
     def _accepted(self, session: AnnotationSession, mask: np.ndarray) -> None:
         if self.store is None:

@@ -38,7 +38,7 @@ def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int 
         raise ValueError(f"{case_id}: the simulated user found nothing to click")
     final = session.mask
     if final.any():
-        session.accept(gt if accept_truth else None)
+        engine.accept(session, gt if accept_truth else None)
     seconds = time.perf_counter() - t0
     rec = session.record()
     return {

@@ -88,3 +88,28 @@ def test_modes_update_adapter_parameters_only_when_they_should(mode, on_click, o
     changed_on_accept = {n for n in before if not torch.equal(after_clicks[n], after_accept[n])}
     assert bool(changed_on_accept) == on_accept
     assert changed_on_accept <= set(engine.adapter.names)
+
+
+def test_engine_open_and_accept_are_the_one_session_path(tiny_base_2d, blob, tmp_path):
+    """Opened with `into_cache` (the default) an accept lands in the store; without it (the site
+    service, which writes its cases itself) only the post update runs. A mask accepted on a
+    session without clicks first gets one at the mask's deepest point, so the post update learns."""
+    from fedpoint.shared.clicker import deepest_point
+
+    image, mask = blob((32, 32))
+    engine = _engine(tiny_base_2d, "post", store=tmp_path / "store", lr=1e-2)
+    kept = engine.open(image, "kept")
+    kept.click((16, 16), True)
+    assert np.array_equal(engine.accept(kept, mask), mask)
+    assert engine.store.case_ids() == ["kept"]
+
+    before = _snapshot(engine)
+    apart = engine.open(image, "apart", into_cache=False)
+    final = engine.accept(apart, mask)
+    assert np.array_equal(final, mask) and engine.store.case_ids() == ["kept"]
+    assert apart.clicks[0].point == deepest_point(mask) and apart.clicks[0].positive and len(apart.steps) == 1
+    assert apart.post_ms > 0 and any(not torch.equal(before[n], p) for n, p in _snapshot(engine).items())
+    with pytest.raises(InputError, match="already accepted"):
+        engine.accept(apart, mask)
+    with pytest.raises(InputError, match="empty"):
+        engine.accept(engine.open(image, into_cache=False), np.zeros((32, 32), bool))

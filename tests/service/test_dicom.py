@@ -315,7 +315,7 @@ def test_orthanc_series_annotated_and_seg_stored_back(make_config, site, orthanc
         seg = dicomweb.retrieve_instance(study, last["series_instance_uid"], last["sop_instance_uid"])
         assert seg.Modality == "SEG" and [s.SegmentLabel for s in seg.SegmentSequence] == ["nodule", "vessel"]
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid and seg.StudyInstanceUID == study
-        loaded = live.state.load(image_id)
+        loaded = live.state.desk.load(image_id)
         mask = read_seg(seg, loaded.dicom)
         assert np.array_equal(mask[:, :, 2], unpack(click["mask"])) and not mask[:, :, [0, 1, 3, 4, 5]].any()
         assert not read_seg(seg, loaded.dicom, segment=2).any()  # nothing accepted for the vessel yet
@@ -344,7 +344,7 @@ def test_orthanc_series_annotated_and_seg_stored_back(make_config, site, orthanc
         assert last["stored"] and last["series_instance_uid"] == seg.SeriesInstanceUID  # one SEG series per image
         newest = read_seg(dicomweb.retrieve_instance(study, last["series_instance_uid"], last["sop_instance_uid"]),
                           loaded.dicom)
-        assert np.array_equal(newest, live.state.stored_label(loaded))
+        assert np.array_equal(newest, live.state.desk.stored_label(loaded))
         assert np.array_equal(newest[:, :, :2], known[:, :, :2]) and np.array_equal(newest[:, :, 2], mask[:, :, 2])
 
         other = read_dicom_folder(_other_series(tmp_path))
@@ -356,7 +356,7 @@ def test_orthanc_series_annotated_and_seg_stored_back(make_config, site, orthanc
         assert c.post(f"/api/sessions/{image_id}/accept", json={"slice": 3}).status_code == 200
         seg_status = _wait_for_seg(c, 3)
         assert seg_status["failed"] == 1 and "connection failed" in seg_status["last"]["error"]
-        assert len(live.state.cases_by_image[image_id]) == 4  # slices 2, 0, 1, then 3: all cached
+        assert len(live.state.desk.cases_by_image[image_id]) == 4  # slices 2, 0, 1, then 3: all cached
         live.state.pacs.refresh(force=True)
         status = c.get("/api/status").json()
         assert status["pacs"]["reachable"] is False and image_id in [i["id"] for i in c.get("/api/images").json()["images"]]
@@ -383,7 +383,7 @@ def test_a_dicom_seg_upload_is_a_label_for_its_own_series_only(make_config, site
     write_ct_series(site["images"] / "chest-ct", ct_volume(), AXIAL)
     write_ct_series(site["images"] / "other-ct", ct_volume(seed=3), AXIAL)
     with LiveServer(make_config(modality="CT", label="nodule")) as live:
-        loaded = live.state.load("chest-ct")
+        loaded = live.state.desk.load("chest-ct")
         known = np.zeros(loaded.shape, np.uint8)
         known[6:14, 8:16, 2:4] = 1
         buffer = io.BytesIO()
@@ -400,4 +400,4 @@ def test_a_dicom_seg_upload_is_a_label_for_its_own_series_only(make_config, site
         assert not [c for c in live.state.store.case_ids() if c.startswith(("other-ct", "img0"))]
         r = put("chest-ct")
         assert r.status_code == 200, r.text
-        assert np.array_equal(live.state.stored_label(loaded), known)
+        assert np.array_equal(live.state.desk.stored_label(loaded), known)

@@ -383,7 +383,7 @@ def test_retried_saves_and_accepts_do_not_duplicate(live, site):
     accepted = c.post("/api/sessions/img2/accept", json={"request_id": "web-7"}).json()
     retry = c.post("/api/sessions/img2/accept", json={"request_id": "web-7"}).json()
     assert retry["case"] == accepted["case"] and retry["duplicate"]
-    assert live.state.cache_size() == 3 == len(live.state.store.case_ids())
+    assert live.state.desk.cache_size() == 3 == len(live.state.store.case_ids())
 
 
 def test_parallel_saves_without_client_id_are_all_kept_or_clearly_refused(live, site):

@@ -61,7 +61,7 @@ def test_monailabel_client_end_to_end(client_module, make_config, site, tmp_path
         import nrrd
 
         label, header = nrrd.read(label_file)
-        assert label.dtype == np.uint16 and label.shape == live.state.load(image_id).shape and label[24, 24] == 1
+        assert label.dtype == np.uint16 and label.shape == live.state.desk.load(image_id).shape and label[24, 24] == 1
         assert params["label_names"] == {"lesion": 1}
         assert live.state.sessions.get((image_id, "alice", None, "lesion")) is not None  # the token's user, not client_id
 

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from fedpoint.client.service import monailabel, routes_web
 from fedpoint.client.service.config import SiteServiceConfig
+from fedpoint.client.service.desk import Conflict
 from fedpoint.client.service.images import ImageError
 from fedpoint.client.service.security import (
     BodyLimitMiddleware,
@@ -21,7 +22,7 @@ from fedpoint.client.service.security import (
     SecurityHeadersMiddleware,
     TokenGuard,
 )
-from fedpoint.client.service.state import Conflict, ServiceState
+from fedpoint.client.service.state import ServiceState
 from fedpoint.client.service.training import NotEnoughCases, TrainingBusy
 from fedpoint.client.session import InputError
 from fedpoint.shared.adapters import AdapterMismatchError

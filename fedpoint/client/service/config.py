@@ -66,7 +66,7 @@ class SiteServiceConfig(BaseModel):
     bank_poll_s: float = Field(10.0, gt=0, description="how often to look for a bank the federation delivered")
     save_adapter_every: int = Field(1, ge=0, description="write an adapter version every N accepts (0: never)")
     max_label_slices: int = Field(8, ge=1, description="3D label on a 2D model: most slices one saved label adds")
-    al_candidates: int = Field(32, ge=1, description="images the 'uncertain' strategy scores per request")
+    al_candidates: int = Field(32, ge=1, description="images the 'uncertain' next-image choice scores per request")
     ct_window: tuple[float, float] | str | None = Field(None, description="CT normalisation window (HU) or a name")
     image_cache: int = Field(8, ge=1, description="images kept decoded in memory")
 

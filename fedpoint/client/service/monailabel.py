@@ -14,8 +14,12 @@ images (`PUT`/`DELETE /datastore/`), sessions (`/session/`), model download (`/m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,13 +28,18 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 import fedpoint
-from fedpoint.client.service.images import (check_result_format, file_response_bytes, label_file_bytes, nifti_bytes,
-                                            read_label)
+from fedpoint.client.service.desk import AnnotationDesk
+from fedpoint.client.service.images import (LoadedImage, check_result_format, file_response_bytes, label_file_bytes,
+                                            nifti_bytes, read_label)
+from fedpoint.client.service.next_image import CHOICES
 from fedpoint.client.service.security import valid_id
-from fedpoint.client.service.state import ServiceState
-from fedpoint.client.service.strategies import STRATEGIES
-from fedpoint.client.service.validation import InferParams, SaveParams, StrategyParams, TrainParams, check, json_body, parse_json
+from fedpoint.client.service.sessions import OpenSession
+from fedpoint.client.service.validation import InferParams, NextImageParams, SaveParams, TrainParams, check, json_body, parse_json
 from fedpoint.client.session import InputError
+from fedpoint.shared.clicks import Click
+
+if TYPE_CHECKING:  # the state builds this module's LabelOperations
+    from fedpoint.client.service.state import ServiceState
 
 MODEL_NAME = "fedpoint"
 DEFAULT_CLIENT = "monailabel"
@@ -65,6 +74,140 @@ def file_reply(data: bytes, filename: str) -> Response:
     return Response(data, media_type=_media_type(filename), headers={"content-disposition": f'attachment; filename="{filename}"'})
 
 
+class LabelOperations:
+    """MONAI Label's label work on the desk: `infer` brings a user's sessions to a client's points,
+    `save_label` puts a client's final label into the cache through the sessions' accept."""
+
+    def __init__(self, desk: AnnotationDesk):
+        self.desk = desk
+
+    def infer(self, image_id: str, user: str, foreground: list, background: list,
+              structure: str | None = None) -> tuple[np.ndarray, dict]:
+        """Bring the user's sessions on this image to exactly these points; returns (label volume, params).
+
+        Clients send every point each time. Points the session already has are kept (no repeated
+        update); a point that disappeared undoes back to before it; new points are clicked in order.
+        """
+        desk = self.desk
+        loaded = desk.load(image_id)
+        structure = desk.structure(structure)
+        max_points = desk.config.max_points
+        if len(foreground) + len(background) == 0:
+            raise InputError("give at least one foreground or background point")
+        if len(foreground) + len(background) > max_points:
+            raise InputError(f"{len(foreground) + len(background)} points; at most {max_points} are accepted")
+        groups: dict[int | None, list[Click]] = {}
+        for points, positive in ((foreground, True), (background, False)):
+            for point in points:
+                z, local = desk.locate(loaded, point)
+                groups.setdefault(z, []).append(Click(local, positive))
+        t0 = time.perf_counter()
+        for z, wanted in groups.items():
+            _sync(desk.session(loaded, user, z, structure), wanted)
+        label = self.label_volume(loaded, user, structure)
+        desk.audit.record(user, "infer", image_id, foreground=len(foreground), background=len(background))
+        params = {"label_names": {structure: desk.config.label_values[structure]}, "structure": structure,
+                  "latencies": {"total": round(time.perf_counter() - t0, 4)},
+                  "slices": [z for z in groups if z is not None], "adapter_version": desk.engine.model.version}
+        return label, params
+
+    def label_volume(self, loaded: LoadedImage, user: str, structure: str) -> np.ndarray:
+        """The user's open sessions of one structure as a label map (the structure's value inside)."""
+        label = np.zeros(loaded.shape, dtype=np.uint8)
+        value = self.desk.config.label_values[structure]
+        for entry in self.desk.sessions.of_user(loaded.id, user, structure):
+            mask = entry.session.mask
+            if entry.slice is None:
+                label[mask] = value
+            else:
+                label[..., entry.slice][mask] = value
+        return label
+
+    def save_label(self, image_id: str, user: str, label: np.ndarray, values: dict[str, int | None],
+                   request_id: str | None = None) -> dict:
+        """See `_save_label`; `values` maps each structure to its value in `label` (None: any
+        non-zero value). Idempotent: the key is the client's `request_id`, else a hash of the
+        label; a retried save returns the first one's cases (`duplicate: true`) and adds nothing."""
+        desk = self.desk
+        values = {desk.structure(name): value for name, value in values.items()}
+        if request_id is None:
+            digest = hashlib.sha256(np.ascontiguousarray(label).tobytes())
+            digest.update(repr((label.shape, sorted(values.items()))).encode())
+            request_id = "sha256-" + digest.hexdigest()[:32]
+        key = f"{image_id}|{user}|{request_id}"
+        with desk.saving(image_id, user):
+            if key in desk.requests:
+                return {"cases": list(desk.requests[key]), "duplicate": True}
+            result = self._save_label(image_id, user, label, values, key)
+        desk.audit.record(user, "save_label", image_id, cases=result["cases"], structures=sorted(values))
+        return result
+
+    def _save_label(self, image_id: str, user: str, label: np.ndarray, values: dict[str, int | None], key: str) -> dict:
+        """A final label from a client: each structure's annotated parts into the cache through a
+        session accept, all in one cache write.
+
+        The user's open session supplies the first click for the post-interaction update; a label
+        made without clicks here gets a first click at its deepest point (`SiteEngine.accept`). A
+        volume on a 2D model adds the slices this user clicked on, then the largest others, up to
+        `max_label_slices` (per structure).
+        """
+        loaded = self.desk.load(image_id)
+        parts = []
+        for structure, value in values.items():
+            mask = label == value if value is not None else label > 0
+            if mask.any():
+                parts += self._label_parts(loaded, user, structure, mask)
+        if not parts:
+            raise InputError(f"the label is empty for {', '.join(values)}: nothing to save")
+        return {"cases": self._accept_labels(loaded, user, parts, key)}
+
+    def _label_parts(self, loaded: LoadedImage, user: str, structure: str, mask: np.ndarray) -> list[tuple]:
+        desk = self.desk
+        if not desk.sliced(loaded):
+            return [(None, structure, mask)]
+        area = mask.reshape(-1, mask.shape[-1]).sum(axis=0)
+        mine = desk.sessions.of_user(loaded.id, user, structure)
+        clicked = [e.slice for e in mine if area[e.slice] > 0]
+        largest = [int(z) for z in np.argsort(-area, kind="stable") if area[z] > 0 and int(z) not in clicked]
+        chosen = (clicked + largest)[: desk.config.max_label_slices]
+        for entry in mine:
+            if entry.slice not in chosen:
+                desk.sessions.close(entry)
+        return [(z, structure, mask[..., z]) for z in sorted(chosen)]
+
+    def _accept_labels(self, loaded: LoadedImage, user: str, parts: list[tuple[int | None, str, np.ndarray]],
+                       key: str) -> list[str]:
+        """Each part's session accepts its mask (post update), then all parts land in the cache at once."""
+        desk = self.desk
+        accepted = []
+        for z, structure, mask in parts:
+            entry = desk.session(loaded, user, z, structure)
+            with entry.lock:
+                final = desk.finish(entry, mask, f"{loaded.id} by {user!r}: slice {z} ({structure}) was accepted by "
+                                                 "another request meanwhile")
+            accepted.append((entry, final))
+        return desk.store_cases(accepted, key)
+
+
+def _sync(entry: OpenSession, wanted: list[Click]) -> None:
+    """The session's clicks become exactly `wanted`: the common prefix stays, the rest is undone, then clicked."""
+    with entry.lock:
+        session = entry.session
+        remaining = Counter(wanted)
+        keep = 0
+        for click in session.clicks:
+            if remaining[click] <= 0:
+                break
+            remaining[click] -= 1
+            keep += 1
+        for _ in range(len(session.steps) - keep):
+            session.undo()
+        for click in wanted:
+            if remaining[click] > 0:
+                remaining[click] -= 1
+                session.click(click.point, click.positive)
+
+
 def info(state: ServiceState) -> dict:
     config, dims = state.config, state.model_cfg.spatial_dims
     ids = state.images.ids()
@@ -81,7 +224,7 @@ def info(state: ServiceState) -> dict:
                            + ("; a volume is annotated slice by slice (last axis)" if dims == 2 else ""),
         }},
         "trainers": {MODEL_NAME: {"description": "a training episode on the site's annotation cache"}},
-        "strategies": {name: {"description": text} for name, text in STRATEGIES.items()},
+        "strategies": {name: {"description": text} for name, text in CHOICES.items()},
         "scoring": {},
         "train_stats": {MODEL_NAME: state.training.last_result() or {}},
         "datastore": datastore_stats(state, ids),
@@ -90,16 +233,16 @@ def info(state: ServiceState) -> dict:
 
 def datastore_stats(state: ServiceState, ids: list[str] | None = None) -> dict:
     ids = state.images.ids() if ids is None else ids
-    completed = sum(1 for i in ids if i in state.cases_by_image)
-    return {"total": len(ids), "completed": completed, "label_tags": {"final": completed}, "train": state.cache_size()}
+    completed = sum(1 for i in ids if i in state.desk.cases_by_image)
+    return {"total": len(ids), "completed": completed, "label_tags": {"final": completed}, "train": state.desk.cache_size()}
 
 
 def datastore_all(state: ServiceState) -> dict:
     objects = {}
     for image_id in state.images.ids():
         entry = {"image": {"ext": "".join(state.images.path(image_id).suffixes), "info": {"name": image_id}}, "labels": {}}
-        if image_id in state.cases_by_image:
-            entry["labels"]["final"] = {"ext": ".nii.gz", "info": {"cases": state.cases_by_image[image_id]}}
+        if image_id in state.desk.cases_by_image:
+            entry["labels"]["final"] = {"ext": ".nii.gz", "info": {"cases": state.desk.cases_by_image[image_id]}}
         objects[image_id] = entry
     return {"name": state.config.site, "description": "fedpoint site images and annotation cache", "objects": objects}
 
@@ -129,11 +272,11 @@ def router(state: ServiceState, require) -> APIRouter:
         request = _params(params, InferParams)
         extension, dtype = request.result_extension or ".nii.gz", request.result_dtype or "uint8"
         check_result_format(extension, dtype)  # a bad format fails before any click
-        label_volume, reply = state.infer(valid_id(image), _client(request, named), request.foreground or [],
-                                          request.background or [], request.label)
+        label_volume, reply = state.labels.infer(valid_id(image), _client(request, named), request.foreground or [],
+                                                 request.background or [], request.label)
         if output == "json":
             return reply
-        data = label_file_bytes(label_volume, state.load(image).affine, extension, dtype)
+        data = label_file_bytes(label_volume, state.desk.load(image).affine, extension, dtype)
         name = f"label_{image}{extension}"
         return file_reply(data, name) if output == "image" else multipart(reply, data, name)
 
@@ -142,22 +285,22 @@ def router(state: ServiceState, require) -> APIRouter:
         if output == "all":
             return datastore_all(state)
         if output == "train":
-            return [{"image": i, "label": i} for i in state.images.ids() if i in state.cases_by_image]
+            return [{"image": i, "label": i} for i in state.images.ids() if i in state.desk.cases_by_image]
         if output != "stats":
             raise InputError(f"output {output!r} is not supported; use stats, all or train")
         return datastore_stats(state)
 
     @api.get("/datastore/image")
     def download_image(image: str = Query(...)) -> Response:
-        data, name = file_response_bytes(state.load(valid_id(image)))
+        data, name = file_response_bytes(state.desk.load(valid_id(image)))
         return file_reply(data, name)
 
     @api.get("/datastore/label")
     def download_label(label: str = Query(...), tag: str = Query("final")) -> Response:
         if tag != "final":
             raise LookupError(f"only final labels are kept (tag {tag!r} asked)")
-        loaded = state.load(valid_id(label))
-        volume = state.stored_label(loaded)
+        loaded = state.desk.load(valid_id(label))
+        volume = state.desk.stored_label(loaded)
         if volume is None:
             raise LookupError(f"{label} has no accepted label yet")
         return file_reply(nifti_bytes(volume, loaded.affine), f"{label}.nii.gz")
@@ -168,7 +311,7 @@ def router(state: ServiceState, require) -> APIRouter:
         if tag not in ("", "final"):
             raise InputError(f"only final labels go into the annotation cache (tag {tag!r} given)")
         request = _params(params, SaveParams)
-        loaded = state.load(valid_id(image))
+        loaded = state.desk.load(valid_id(image))
         data = label.file.read(int(state.config.max_upload_mb * 2**20) + 1)
         if len(data) > state.config.max_upload_mb * 2**20:
             raise HTTPException(413, "label file larger than max_upload_mb")
@@ -178,18 +321,18 @@ def router(state: ServiceState, require) -> APIRouter:
             array = read_label(data, label.filename or "label.nii.gz", loaded.shape,
                                int(state.config.max_decoded_mb * 2**20))
             values = label_values(request, state.config.label_values)
-        result = state.save_label(image, _client(request, named), array, values, request.request_id)
+        result = state.labels.save_label(image, _client(request, named), array, values, request.request_id)
         return {"image": image, "label": image, **result}
 
     @api.post("/activelearning/{strategy}")
     async def next_sample(strategy: str, request: Request) -> dict:
-        if strategy not in STRATEGIES:
-            raise HTTPException(404, f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
-        params = await json_body(request, StrategyParams)
+        if strategy not in CHOICES:  # MONAI Label's word for a next-image choice
+            raise HTTPException(404, f"unknown strategy {strategy!r}; known: {', '.join(CHOICES)}")
+        params = await json_body(request, NextImageParams)
         return await run_in_threadpool(_next_sample, strategy, params.model_dump(exclude_none=True))
 
     def _next_sample(strategy: str, params: dict) -> dict:
-        image_id, details = state.next_image(strategy, params)
+        image_id, details = state.next_image.choose(strategy, params)
         if image_id is None:
             return {}
         return {"id": image_id, "name": state.images.path(image_id).name, "strategy": strategy, **details}

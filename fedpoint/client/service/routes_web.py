@@ -60,6 +60,7 @@ def page_router() -> APIRouter:
 def api_router(state: ServiceState, require) -> APIRouter:
     router = APIRouter(prefix="/api", dependencies=[Depends(require)])
     user_of = user_dependency(require)
+    desk = state.desk
 
     def clicks_of(entry, z) -> list[dict]:
         if entry is None:
@@ -88,17 +89,17 @@ def api_router(state: ServiceState, require) -> APIRouter:
     @router.get("/images")
     def images() -> dict:
         ids = state.images.ids()
-        return {"images": [{"id": i, "labelled": i in state.cases_by_image} for i in ids],
+        return {"images": [{"id": i, "labelled": i in desk.cases_by_image} for i in ids],
                 "skipped": [{"file": f, "reason": r} for f, r in state.images.skipped]}
 
     @router.get("/images/{image_id}")
     def image_meta(image_id: str) -> dict:
-        loaded = state.load(valid_id(image_id))
-        return {**loaded.meta(), "per_slice": state.sliced(loaded), "labelled": image_id in state.cases_by_image}
+        loaded = desk.load(valid_id(image_id))
+        return {**loaded.meta(), "per_slice": desk.sliced(loaded), "labelled": image_id in desk.cases_by_image}
 
     @router.get("/images/{image_id}/slice/{z}")
     def image_slice(image_id: str, z: int) -> Response:
-        loaded = state.load(valid_id(image_id))
+        loaded = desk.load(valid_id(image_id))
         if not 0 <= z < loaded.slices:
             raise LookupError(f"{image_id} has {loaded.slices} slice(s); there is no slice {z}")
         plane = loaded.display if loaded.ndim == 2 else loaded.display[..., z]
@@ -108,56 +109,56 @@ def api_router(state: ServiceState, require) -> APIRouter:
 
     @router.get("/next")
     def next_image(after: str | None = Query(None)) -> dict:
-        todo = sorted(state.unlabelled())
+        todo = sorted(desk.unlabelled())
         later = [i for i in todo if after is None or i > after]
         return {"id": (later or todo or [None])[0], "remaining": len(todo)}
 
     @router.get("/sessions/{image_id}")
     def session_view(image_id: str, slice: int = Query(0), structure: str | None = Query(None, max_length=128),
                      user: str = Depends(user_of)) -> dict:
-        loaded = state.load(valid_id(image_id))
-        z = slice if state.sliced(loaded) else None
-        structure = state.structure(structure)
-        entry = state.sessions.get((loaded.id, user, z, structure))
+        loaded = desk.load(valid_id(image_id))
+        z = slice if desk.sliced(loaded) else None
+        structure = desk.structure(structure)
+        entry = desk.sessions.get((loaded.id, user, z, structure))
         if entry is None:
             mask, held = np.zeros(loaded.shape[:2], dtype=bool), None
         else:
-            mask, held = state.slice_of(entry.session.mask, slice), mask_slices(entry.session.mask)
+            mask, held = desk.slice_of(entry.session.mask, slice), mask_slices(entry.session.mask)
         return {"mask": mask_payload(mask), "clicks": clicks_of(entry, z), "slice": slice, "mask_slices": held,
                 "structure": structure}
 
     @router.post("/sessions/{image_id}/click")
     def click(image_id: str, body: ClickBody, user: str = Depends(user_of)) -> dict:
-        structure = state.structure(body.structure)
-        result = state.click(valid_id(image_id), user, body.point, body.positive, structure=structure)
-        loaded = state.load(image_id)
+        structure = desk.structure(body.structure)
+        result = desk.click(valid_id(image_id), user, body.point, body.positive, structure=structure)
+        loaded = desk.load(image_id)
         shown = result.slice if result.slice is not None else (int(round(body.point[2])) if loaded.ndim == 3 else 0)
-        entry = state.sessions.get((image_id, user, result.slice, structure))
-        return {"mask": mask_payload(state.slice_of(result.mask, shown)), "slice": shown, "structure": structure,
+        entry = desk.sessions.get((image_id, user, result.slice, structure))
+        return {"mask": mask_payload(desk.slice_of(result.mask, shown)), "slice": shown, "structure": structure,
                 "mask_slices": mask_slices(result.mask),
                 "clicks": clicks_of(entry, result.slice), "server_ms": round(result.seconds * 1e3, 2),
                 "predict_ms": round(result.predict_ms, 2), "update_ms": round(result.update_ms, 2)}
 
     @router.post("/sessions/{image_id}/undo")
     def undo(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:
-        loaded = state.load(valid_id(image_id))
-        z = body.slice if state.sliced(loaded) else None
-        structure = state.structure(body.structure)
-        mask, _ = state.undo(image_id, user, z, structure)
-        entry = state.sessions.get((image_id, user, z, structure))
-        return {"mask": mask_payload(state.slice_of(mask, body.slice or 0)), "clicks": clicks_of(entry, z),
+        loaded = desk.load(valid_id(image_id))
+        z = body.slice if desk.sliced(loaded) else None
+        structure = desk.structure(body.structure)
+        mask, _ = desk.undo(image_id, user, z, structure)
+        entry = desk.sessions.get((image_id, user, z, structure))
+        return {"mask": mask_payload(desk.slice_of(mask, body.slice or 0)), "clicks": clicks_of(entry, z),
                 "mask_slices": mask_slices(mask)}
 
     @router.post("/sessions/{image_id}/accept")
     def accept(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:
-        loaded = state.load(valid_id(image_id))
-        return state.accept_current(image_id, user, body.slice if state.sliced(loaded) else None, body.request_id,
-                                    body.structure)
+        loaded = desk.load(valid_id(image_id))
+        return desk.accept_current(image_id, user, body.slice if desk.sliced(loaded) else None, body.request_id,
+                                   body.structure)
 
     @router.post("/sessions/{image_id}/discard")
     def discard(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:
-        loaded = state.load(valid_id(image_id))
-        state.discard(image_id, user, body.slice if state.sliced(loaded) else None, body.structure)
+        loaded = desk.load(valid_id(image_id))
+        desk.discard(image_id, user, body.slice if desk.sliced(loaded) else None, body.structure)
         return {"discarded": True}
 
     @router.post("/banks/check")

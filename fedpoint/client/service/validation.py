@@ -69,7 +69,8 @@ class SaveParams(BaseModel):
     request_id: RequestId | None = None
 
 
-class StrategyParams(BaseModel):
+class NextImageParams(BaseModel):
+    """The body of `POST /activelearning/{name}` (a next-image choice)."""
     model_config = ConfigDict(extra="ignore")
     seed: Seed | None = None
 

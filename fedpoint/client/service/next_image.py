@@ -1,4 +1,5 @@
-"""Which image to annotate next (MONAI Label's active-learning strategies).
+"""The next-image choice: which image to annotate next (MONAI Label calls these its active-learning
+"strategies"; `POST /activelearning/{name}` and `/info/` keep that word).
 
 - ``first``: the first unlabelled image in id order.
 - ``random``: a random unlabelled image (``params.seed`` makes it repeatable).
@@ -15,16 +16,20 @@
 from __future__ import annotations
 
 import random
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
 from fedpoint.client.model import SiteModel
+from fedpoint.client.service.images import ImageError
 from fedpoint.shared.clicks import Click
 from fedpoint.shared.focus import paste
 
-STRATEGIES = {
+if TYPE_CHECKING:
+    from fedpoint.client.service.desk import AnnotationDesk
+
+CHOICES = {
     "first": "the first unlabelled image, in id order",
     "random": "a random unlabelled image",
     "uncertain": "the unlabelled image with the highest mean predictive entropy of a centre-click prediction "
@@ -59,17 +64,17 @@ def _focused_probability(model: SiteModel, image_t: torch.Tensor, click: Click) 
     return paste(p, window, spatial, fill=0.0)
 
 
-def choose(strategy: str, unlabelled: list[str], params: dict, score: Callable[[str], float | None],
+def choose(name: str, unlabelled: list[str], params: dict, score: Callable[[str], float | None],
            candidates: int) -> tuple[str | None, dict]:
-    """(image id or None when all are labelled, details); raises KeyError for an unknown strategy."""
-    if strategy not in STRATEGIES:
-        raise KeyError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    """(image id or None when all are labelled, details); raises KeyError for an unknown choice."""
+    if name not in CHOICES:
+        raise KeyError(f"unknown next-image choice {name!r}; known: {', '.join(CHOICES)}")
     if not unlabelled:
         return None, {}
-    if strategy == "first":
+    if name == "first":
         return sorted(unlabelled)[0], {}
     rng = random.Random(params.get("seed"))
-    if strategy == "random":
+    if name == "random":
         return rng.choice(unlabelled), {}
     pool = sorted(unlabelled)
     if len(pool) > candidates:
@@ -80,3 +85,28 @@ def choose(strategy: str, unlabelled: list[str], params: dict, score: Callable[[
         return None, {}
     best = max(readable, key=lambda i: (scores[i], i))
     return best, {"score": round(scores[best], 4), "candidates": len(readable)}
+
+
+class NextImageChoice:
+    """The site's next-image choice over the desk's unlabelled images, with the `uncertain` scores
+    cached per (image, adapter version)."""
+
+    def __init__(self, desk: AnnotationDesk, candidates: int):
+        self.desk, self.candidates = desk, candidates
+        self._scores: dict[tuple[str, int], float] = {}
+
+    def choose(self, name: str, params: dict | None = None) -> tuple[str | None, dict]:
+        return choose(name, self.desk.unlabelled(), params or {}, self.uncertainty, self.candidates)
+
+    def uncertainty(self, image_id: str) -> float | None:
+        """The `uncertain` score, or None for an image that cannot be read (marked, then skipped)."""
+        model = self.desk.engine.model
+        key = (image_id, model.version)
+        if key not in self._scores:
+            try:
+                loaded = self.desk.load(image_id)
+            except ImageError:
+                return None
+            z = loaded.slices // 2 if self.desk.sliced(loaded) else None
+            self._scores[key] = flip_uncertainty(model, self.desk.session_image(loaded, z))
+        return self._scores[key]

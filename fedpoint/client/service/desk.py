@@ -1,0 +1,305 @@
+"""The annotation desk: the site's open sessions, their geometry, accept-to-cache and the cache index.
+
+Sessions are per (image, user, slice, structure): a 3D volume on a 2D model is annotated slice by
+slice (a click's z picks the slice, and an accepted slice becomes one 2D case in the cache, which
+is what a 2D model trains on); a 3D model annotates the whole volume. Sessions open and accept
+through the engine (`SiteEngine.open` / `SiteEngine.accept`), like everywhere else; the desk
+writes the accepted cases itself, so a multi-slice save lands all at once (`journal`).
+
+Accepts from several people at once all land: each runs its post-interaction update under the
+model's lock, then `SiteStore.add_case` writes under the store's file lock and never overwrites
+(a second accept of the same case id is kept beside the first, suffixed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedpoint.client.engine import SiteEngine
+from fedpoint.client.service.config import SiteServiceConfig
+from fedpoint.client.service.images import ImageError, LoadedImage
+from fedpoint.client.service.journal import write_cases
+from fedpoint.client.service.sessions import OpenSession, SessionRegistry
+from fedpoint.client.service.training import Training
+from fedpoint.client.service.users import AuditLog
+from fedpoint.client.session import InputError
+from fedpoint.client.store import SiteStore
+from fedpoint.shared.clicks import check_point
+
+log = logging.getLogger("fedpoint.service")
+MAX_COORDINATE = 2**31 - 1
+SAVE_WAIT_S = 60.0
+
+
+class Conflict(RuntimeError):
+    """Another request holds what this one needs (409); the message says who."""
+
+
+@dataclass
+class ClickResult:
+    mask: np.ndarray  # the session's mask (2D, or 3D for a 3D model)
+    slice: int | None
+    clicks: int
+    seconds: float
+    predict_ms: float
+    update_ms: float
+
+
+class AnnotationDesk:
+    def __init__(self, config: SiteServiceConfig, engine: SiteEngine, images, pacs, sessions: SessionRegistry,
+                 audit: AuditLog, training: Training):
+        self.config, self.engine, self.images, self.pacs = config, engine, images, pacs
+        self.sessions, self.audit, self.training = sessions, audit, training
+        self.store: SiteStore = engine.store
+        self.model_cfg = engine.model.model_cfg
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedpoint-model")
+        self.requests: dict[str, list[str]] = {}  # idempotency key -> the cases its request saved
+        self.cases_by_image = self._index_cache()
+        self.accepts = 0
+        self.last_click_ms: float | None = None
+        self._lock = threading.Lock()
+        self._saving: dict[tuple[str, str], tuple[threading.Lock, list[str]]] = {}
+
+    def close(self) -> None:
+        self._compute.shutdown(wait=True)
+
+    # ---------------------------------------------------------------------------------- cache index
+    def _index_cache(self) -> dict[str, list[str]]:
+        index: dict[str, list[str]] = {}
+        for case_id in self.store.case_ids():
+            try:
+                meta = _read_meta(self.store, case_id)
+            except (OSError, ValueError) as err:
+                self.store.quarantine_case(case_id, f"cache/{case_id}/meta.json: {type(err).__name__}: {err}")
+                continue
+            index.setdefault(str(meta.get("image", case_id)), []).append(case_id)
+            if isinstance(meta.get("request"), str):
+                self.requests.setdefault(meta["request"], []).append(case_id)
+        return index
+
+    def cache_size(self) -> int:
+        with self._lock:
+            return sum(len(v) for v in self.cases_by_image.values())
+
+    def unlabelled(self) -> list[str]:
+        """Images still to annotate (an image known to be unreadable is skipped by every next-image choice)."""
+        unreadable = self.images.unreadable()
+        return [i for i in self.images.ids() if i not in self.cases_by_image and i not in unreadable]
+
+    def stored_label(self, loaded: LoadedImage) -> np.ndarray | None:
+        """The accepted label of an image, assembled from its cached cases (latest wins): each
+        structure's voxels hold its value (1, 2, ... in site.toml order)."""
+        names = self.cases_by_image.get(loaded.id, [])
+        if not names:
+            return None
+        label = np.zeros(loaded.shape, dtype=np.uint8)
+        for name in list(names):
+            try:
+                _, mask, meta = self.store.load_case(name)
+            except KeyError as err:  # unreadable: the store quarantined it; the other cases still count
+                log.warning("%s", err.args[0] if err.args else err)
+                with self._lock:
+                    if name in names:
+                        names.remove(name)
+                continue
+            # a case from before `labels` was set (no structure in its meta) is the first structure
+            value = self.config.label_values.get(meta.get("structure"), 1)
+            target = label if meta.get("slice") is None else label[..., int(meta["slice"])]
+            target[target == value] = 0  # a later accept of this structure replaces the earlier one
+            target[np.asarray(mask, dtype=bool).reshape(target.shape)] = value
+        return label
+
+    # ---------------------------------------------------------------------------------- geometry
+    def sliced(self, loaded: LoadedImage) -> bool:
+        """A volume on a 2D model: annotated one slice (last axis) at a time."""
+        return self.model_cfg.spatial_dims == 2 and loaded.ndim == 3
+
+    def load(self, image_id: str) -> LoadedImage:
+        loaded = self.images.load(image_id)
+        if self.model_cfg.spatial_dims == 3 and loaded.ndim == 2:
+            raise ImageError(f"{image_id} is a 2D image; this site's model is 3D")
+        return loaded
+
+    def locate(self, loaded: LoadedImage, point, slice_index: int | None = None) -> tuple[int | None, tuple[int, ...]]:
+        """(slice or None, the point in the session's image), refusing points outside the image."""
+        point = list(point)
+        if not all(isinstance(p, (int, float)) and not isinstance(p, bool) and abs(p) <= MAX_COORDINATE for p in point):
+            raise InputError(f"point {str(point)[:80]} must hold finite numbers within +-{MAX_COORDINATE} (image index space)")
+        if loaded.ndim == 2 and len(point) == 3:
+            # MONAI Label's client and 3D Slicer send [x, y, 0] for a 2D image
+            if point[2] != 0:
+                raise InputError(f"point {point} has z = {point[2]}, but {loaded.id} is a 2D image {loaded.shape}: "
+                                 "send [x, y] or [x, y, 0]")
+            point = point[:2]
+        if self.sliced(loaded) and len(point) == 2 and slice_index is not None:
+            point.append(slice_index)
+        try:
+            index = check_point(point, loaded.shape)
+        except ValueError as err:
+            raise InputError(f"{err} (points are [x, y] or [x, y, z] in image index space)") from None
+        return (index[-1], index[:-1]) if self.sliced(loaded) else (None, index)
+
+    def session_image(self, loaded: LoadedImage, slice_index: int | None) -> np.ndarray:
+        if slice_index is None:
+            return loaded.model_input
+        return np.ascontiguousarray(loaded.model_input[..., slice_index])
+
+    @staticmethod
+    def slice_of(mask: np.ndarray, slice_index: int) -> np.ndarray:
+        """The 2D mask shown for a slice: the session's own mask, or a slice of a 3D one."""
+        return mask if mask.ndim == 2 else mask[..., slice_index]
+
+    # ---------------------------------------------------------------------------------- sessions
+    def structure(self, name: str | None) -> str:
+        """A structure of this site (None: the first); an unknown name is a clear 422."""
+        names = self.config.structures
+        if name is None:
+            return names[0]
+        if name not in names:
+            raise InputError(f"unknown structure {name!r}; this site labels {', '.join(names)}")
+        return name
+
+    def session(self, loaded: LoadedImage, user: str, slice_index: int | None, structure: str | None = None) -> OpenSession:
+        structure = self.structure(structure)
+        key = (loaded.id, user, slice_index, structure)
+        case = loaded.id if slice_index is None else f"{loaded.id}.z{slice_index:04d}"
+        if len(self.config.structures) > 1:  # one cache entry per structure
+            case = f"{case}.{structure}"
+        # A 3D model measures its focus window in mm; slices on a 2D model stay in pixels.
+        spacing = loaded.spacing if self.model_cfg.spatial_dims == 3 and loaded.ndim == 3 else None
+        return self.sessions.get_or_open(
+            key, lambda: self.engine.open(self.session_image(loaded, slice_index), case,
+                                          seed=zlib.crc32(repr(key).encode()), spacing=spacing, into_cache=False))
+
+    def click(self, image_id: str, user: str, point, positive: bool, slice_index: int | None = None,
+              structure: str | None = None) -> ClickResult:
+        loaded = self.load(image_id)
+        z, local = self.locate(loaded, point, slice_index)
+        entry = self.session(loaded, user, z, structure)
+        with entry.lock:
+            if len(entry.session.steps) >= self.config.max_points:
+                raise InputError(f"a session takes at most {self.config.max_points} clicks; accept or undo")
+            t0 = time.perf_counter()
+            # On one long-lived thread: torch's OpenMP pool belongs to the calling thread, and the web
+            # server's worker threads change from request to request (a new pool each time doubled
+            # the click latency over HTTP).
+            mask = self._compute.submit(entry.session.click, local, positive).result()
+            seconds = time.perf_counter() - t0
+            step = entry.session.steps[-1]
+            result = ClickResult(mask, z, len(entry.session.steps), seconds, step.predict_ms, step.update_ms)
+        self.last_click_ms = seconds * 1e3
+        self.audit.record(user, "click", image_id, slice=z, structure=entry.structure, point=list(map(int, local)),
+                          positive=bool(positive), clicks=result.clicks)
+        return result
+
+    def existing(self, image_id: str, user: str, slice_index: int | None, structure: str | None = None) -> OpenSession:
+        entry = self.sessions.get((image_id, user, slice_index, self.structure(structure)))
+        if entry is None:
+            raise LookupError(f"no open annotation of {image_id}" + (f" slice {slice_index}" if slice_index is not None else "")
+                              + f" by {user!r}: click first")
+        return entry
+
+    def undo(self, image_id: str, user: str, slice_index: int | None, structure: str | None = None) -> tuple[np.ndarray, int]:
+        entry = self.existing(image_id, user, slice_index, structure)
+        with entry.lock:
+            mask = entry.session.undo()
+            left = len(entry.session.steps)
+        self.audit.record(user, "undo", image_id, slice=slice_index, structure=entry.structure, clicks=left)
+        return mask, left
+
+    def discard(self, image_id: str, user: str, slice_index: int | None, structure: str | None = None) -> None:
+        entry = self.sessions.get((image_id, user, slice_index, self.structure(structure)))
+        if entry is not None:
+            self.sessions.close(entry)
+            self.audit.record(user, "discard", image_id, slice=slice_index, structure=entry.structure)
+
+    # ---------------------------------------------------------------------------------- accept
+    def finish(self, entry: OpenSession, mask: np.ndarray | None, taken: str) -> np.ndarray:
+        """Accept one open session (the caller holds `entry.lock`) through the engine, then close it;
+        `taken` is the 409's message when another request accepted it first."""
+        if entry.session.accepted is not None:
+            raise Conflict(taken)
+        final = self.engine.accept(entry.session, mask)
+        self.sessions.close(entry)
+        return final
+
+    def accept(self, entry: OpenSession, mask: np.ndarray | None = None, request: str | None = None) -> dict:
+        """Post-interaction update, then into the cache; the session closes."""
+        with entry.lock:
+            final = self.finish(entry, mask, f"this annotation of {entry.image_id} by {entry.user!r} was already "
+                                             "accepted by another request")
+            name = self.store_cases([(entry, final)], request)[0]
+        self.audit.record(entry.user, "accept", entry.image_id, slice=entry.slice, structure=entry.structure, case=name,
+                          clicks=len(entry.session.steps), voxels=int(np.count_nonzero(final)))
+        return {"case": name, "image": entry.image_id, "slice": entry.slice, "structure": entry.structure,
+                "post_ms": round(entry.session.post_ms, 1), "cache_size": self.cache_size()}
+
+    def accept_current(self, image_id: str, user: str, slice_index: int | None, request_id: str | None = None,
+                       structure: str | None = None) -> dict:
+        structure = self.structure(structure)
+        key = None if request_id is None else f"{image_id}|{user}|{request_id}"
+        with self.saving(image_id, user):
+            if key is not None and key in self.requests:
+                names = self.requests[key]
+                return {"case": names[0], "image": image_id, "slice": slice_index, "duplicate": True,
+                        "cache_size": self.cache_size()}
+            return self.accept(self.existing(image_id, user, slice_index, structure), request=key)
+
+    def saving(self, image_id: str, user: str):
+        """One save (or accept) at a time per (image, user): a second waits, then sees the first's result;
+        after SAVE_WAIT_S it gets a 409 that says who holds the image."""
+        desk = self
+
+        class _Held:
+            def __enter__(self_):
+                with desk._lock:
+                    lock, holder = desk._saving.setdefault((image_id, user), (threading.Lock(), []))
+                if not lock.acquire(timeout=SAVE_WAIT_S):
+                    raise Conflict(f"{image_id} is being saved by {user!r} in another request; retry when it finishes")
+                holder[:] = [threading.current_thread().name]
+                self_.lock = lock
+
+            def __exit__(self_, *exc):
+                self_.lock.release()
+
+        return _Held()
+
+    def store_cases(self, parts: list[tuple[OpenSession, np.ndarray]], request: str | None) -> list[str]:
+        """Every part into the cache, all or none (see `journal`); then the index, adapter save, episodes."""
+        cases = []
+        for entry, final in parts:
+            session = entry.session
+            meta = {"image": entry.image_id, "slice": entry.slice, "structure": entry.structure, "user": entry.user,
+                    "clicks": len(session.steps),
+                    "post_ms": round(session.post_ms, 1), "site": self.config.site}
+            if request is not None:
+                meta["request"] = request
+            cases.append((session.case_id, session.image, final, meta))
+        names = write_cases(self.store, cases)
+        with self._lock:
+            for (entry, _), name in zip(parts, names):
+                self.cases_by_image.setdefault(entry.image_id, []).append(name)
+            if request is not None:
+                self.requests[request] = list(names)
+            every = self.config.save_adapter_every
+            before, self.accepts = self.accepts, self.accepts + len(names)
+            save = bool(every) and before // every != self.accepts // every
+        if self.pacs is not None:  # a DICOM-SEG back to the PACS, in the background: a failure is logged, the case kept
+            self.images.write_back([entry.image_id for entry, _ in parts], self.stored_label)
+        if save:  # the version carries its Adam state, so a restart continues the same optimizer
+            self.engine.save_version({"source": "online", "case": names[-1]})
+        self.training.after_accept()
+        return names
+
+
+def _read_meta(store: SiteStore, case_id: str) -> dict:
+    """A cached case's meta.json alone (load_case would read its arrays too)."""
+    return json.loads((store.root / "cache" / case_id / "meta.json").read_text())
