@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedpoint.client.engine import SiteEngine, set_threads
-from fedpoint.client.service.banks import BankWatcher
+from fedpoint.client.service.bank_watcher import BankWatcher
 from fedpoint.client.service.config import SiteServiceConfig
 from fedpoint.client.service.dicomweb import open_site_images
 from fedpoint.client.service.images import ImageError, LoadedImage
