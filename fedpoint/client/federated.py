@@ -10,8 +10,9 @@ its weight (accepted cases) and a few numeric means. Training is what the site w
   uses. The stream position lives in the site store, so the next round continues where this one
   stopped.
 
-`check_egress` runs on the reply before it is returned: adapter parameters of the expected names,
-shapes and dtypes and allowed numeric metrics, nothing else.
+The reply is checked once, on its way out, by the ClientApp's `egress_mod`
+(`fedpoint.client.client_app.check_reply`): adapter parameters of the expected names, shapes and
+dtypes, allowed numeric metrics and the site's id fields, nothing else.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from fedpoint.client.store import SiteStore, check_id, write_json_atomic
 from fedpoint.shared import protocol as P
 from fedpoint.shared.config import AdaptationConfig
-from fedpoint.shared.payload import check_egress, from_numpy, to_numpy
+from fedpoint.shared.payload import from_numpy, to_numpy
 
 STREAM_FILE = "federation-stream.json"
 MIN_EPISODE_CASES = 3  # an episode needs a training, a validation and a judgement case
@@ -130,7 +131,7 @@ def bank_adapter(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInst
 
 def train_round(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstruction, site: SiteIdentity,
                 fed: P.FederationConfig) -> SiteReply:
-    """Start from the bank, train, and return the checked reply."""
+    """Start from the bank, train, and return the reply (the ClientApp's egress mod checks it)."""
     from fedpoint.client.model import SiteModel
 
     t0 = time.perf_counter()
@@ -188,19 +189,12 @@ def evaluate_bank(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundIns
 
 def make_reply(adapter, bank_state, order: list[str], metrics: dict, site: SiteIdentity,
                instruction: P.RoundInstruction) -> SiteReply:
-    """The delta against the bank (in the bank's key order), checked before it may leave."""
+    """The delta against the bank (in the bank's key order) and who answered."""
     delta = to_numpy(adapter.delta(bank_state))
     arrays = {name: delta[name] for name in order}
     config = {P.SITE_ID: site.site_id, P.MODALITY: site.modality, P.BANK: instruction.bank,
               P.BANK_VERSION: instruction.bank_version, P.BASE_FINGERPRINT: adapter.base_fingerprint}
-    check_reply(arrays, adapter.schema(), metrics, config)
     return SiteReply(arrays, metrics, config)
-
-
-def check_reply(arrays: Mapping, schema: Mapping, metrics: Mapping, config: Mapping) -> None:
-    """The egress check: raises EgressError, and then nothing is sent."""
-    check_egress(arrays, schema, metrics)
-    P.check_reply_config(config)
 
 
 # ------------------------------------------------------------------------------ simulation

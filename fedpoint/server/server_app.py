@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from logging import INFO, WARNING
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
@@ -21,6 +21,7 @@ from fedpoint.server.registry import SiteRegistry
 from fedpoint.server.routing import GENERAL
 from fedpoint.server.strategy import BankStrategy, PrivateBankStrategy
 from fedpoint.shared import protocol as P
+from fedpoint.shared.payload import encode_arrays
 
 SUMMARY_FILE = "federation.json"
 
@@ -98,7 +99,7 @@ def _run(grid: Grid, fed: P.FederationConfig, adapter, store: BankStore) -> list
         log(INFO, "central DP on: noise multiplier %g, client-side clipping norm %g", fed.dp_noise_multiplier,
             fed.dp_clipping_norm)
     general = store.latest(GENERAL).state
-    initial = ArrayRecord(array_dict={k: Array(general[k]) for k in adapter.schema()})
+    initial = encode_arrays({k: general[k] for k in adapter.schema()})
     runner.start(grid, initial, num_rounds=fed.num_server_rounds, timeout=fed.round_timeout, train_config=ConfigRecord())
     return strategy.history
 

@@ -30,7 +30,7 @@ from logging import INFO, WARNING
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
@@ -44,7 +44,7 @@ from fedpoint.server.checks import (HISTORY_VERSIONS, DriftDetector, Reply, clip
 from fedpoint.server.registry import SiteRegistry
 from fedpoint.server.routing import GENERAL, bank_for_site, banks_to_update
 from fedpoint.shared import protocol as P
-from fedpoint.shared.payload import EgressError, payload_nbytes
+from fedpoint.shared.payload import EgressError, decode_arrays, encode_arrays, payload_nbytes
 from fedpoint.shared.protocol import printable
 
 BANK_SEPARATOR = "/"  # update keys are "<bank>/<parameter name>"; parameter names never hold "/"
@@ -220,7 +220,7 @@ class BankStrategy(FedAvg):
                                          bank_version=latest.version, base_fingerprint=self.fingerprint, **self.settings)
         state = {name: latest.state[name] for name in self.schema}
         content = RecordDict({
-            P.ARRAYS: ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in state.items()}),
+            P.ARRAYS: encode_arrays(state),
             P.CONFIG: ConfigRecord({**dict(config or {}), **instruction.to_config()}),
         })
         self.sent[node_id] = Sent(bank, latest.version, payload_nbytes(state))
@@ -291,8 +291,8 @@ class BankStrategy(FedAvg):
             if self.commit_updates:
                 self.commit(server_round, None)
             return None, metrics
-        record = ArrayRecord(array_dict={f"{bank}{BANK_SEPARATOR}{name}": Array(np.ascontiguousarray(value, dtype=np.float32))
-                                         for bank, update in updates.items() for name, value in update.items()})
+        record = encode_arrays({f"{bank}{BANK_SEPARATOR}{name}": value for bank, update in updates.items()
+                                for name, value in update.items()}, dtype=np.float32)
         if self.commit_updates:
             self.commit(server_round, record)
         return record, metrics
@@ -328,7 +328,7 @@ class BankStrategy(FedAvg):
             if key in config and config[key] != expected:
                 raise ValueError(f"reply says it trained from {key} {config[key]!r}, but {expected!r} was sent")
         return Reply(site_id=self.sites[node].site_id, bank=sent.bank, bank_version=sent.version,
-                     delta={k: v.numpy() for k, v in arrays.items()}, weight=metrics.pop(P.NUM_EXAMPLES, 0),
+                     delta=decode_arrays(arrays), weight=metrics.pop(P.NUM_EXAMPLES, 0),
                      fingerprint=str(config.get(P.BASE_FINGERPRINT, "")), metrics=metrics)
 
     def bound_for(self, bank: str) -> float:
@@ -602,9 +602,9 @@ def error_text(error) -> str:
 
 def _split_updates(record: ArrayRecord | None) -> dict[str, dict[str, np.ndarray]]:
     out: dict[str, dict[str, np.ndarray]] = {}
-    for key, array in (record or {}).items():
+    for key, array in decode_arrays(record).items():
         bank, _, name = key.partition(BANK_SEPARATOR)
-        out.setdefault(bank, {})[name] = array.numpy()
+        out.setdefault(bank, {})[name] = array
     return out
 
 
