@@ -17,13 +17,12 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from fedpoint.server.banks import BankStore
+from fedpoint.server.ledger import SUMMARY_FILE
 from fedpoint.server.registry import SiteRegistry
 from fedpoint.server.routing import GENERAL
-from fedpoint.server.strategy import BankStrategy, PrivateBankStrategy
+from fedpoint.server.strategy import bank_strategy_of, build_strategy
 from fedpoint.shared import protocol as P
 from fedpoint.shared.payload import encode_arrays
-
-SUMMARY_FILE = "federation.json"
 
 
 def build_server_app(defaults: Mapping | None = None) -> ServerApp:
@@ -82,8 +81,9 @@ def _run(grid: Grid, fed: P.FederationConfig, adapter, store: BankStore) -> list
         log(WARNING, "bank store: %s", line)
     last_round = open_banks(store, adapter)
     log(INFO, "bank store %s: banks %s, resuming after round %d", store.root, ", ".join(store.banks()), last_round)
-    strategy = BankStrategy(
-        store, fingerprint=adapter.base_fingerprint, schema=adapter.schema(), settings=P.instruction_settings(fed),
+    runner = build_strategy(
+        fed.privacy, store, noise_multiplier=fed.dp_noise_multiplier, clipping_norm=fed.dp_clipping_norm,
+        fingerprint=adapter.base_fingerprint, schema=adapter.schema(), settings=P.instruction_settings(fed),
         bank_strategy=fed.bank_strategy, norm_factor=fed.norm_factor, clip_norm=fed.clip_norm, round_offset=last_round,
         fraction_train=fed.fraction_train, min_train_nodes=fed.min_train_nodes,
         query_timeout=min(fed.round_timeout, 300.0),
@@ -93,15 +93,13 @@ def _run(grid: Grid, fed: P.FederationConfig, adapter, store: BankStore) -> list
         drift_window=fed.drift_window, drift_ratio=fed.drift_ratio, join_rounds=site_join_rounds(fed),
         evaluate_banks=fed.evaluate_banks,
     )
-    runner = strategy
     if fed.dp:
-        runner = PrivateBankStrategy(strategy, fed.dp_noise_multiplier, fed.dp_clipping_norm, fed.min_train_nodes)
         log(INFO, "central DP on: noise multiplier %g, client-side clipping norm %g", fed.dp_noise_multiplier,
             fed.dp_clipping_norm)
     general = store.latest(GENERAL).state
     initial = encode_arrays({k: general[k] for k in adapter.schema()})
     runner.start(grid, initial, num_rounds=fed.num_server_rounds, timeout=fed.round_timeout, train_config=ConfigRecord())
-    return strategy.history
+    return bank_strategy_of(runner).ledger.as_json()
 
 
 def base_adapter(fed: P.FederationConfig):

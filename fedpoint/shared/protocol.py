@@ -195,6 +195,11 @@ class FederationConfig(BaseModel):
         return self.dp_noise_multiplier > 0
 
     @property
+    def privacy(self) -> str:
+        """The coordinator's strategy variant by name (`fedpoint.server.strategy.PRIVACY`)."""
+        return "central-dp" if self.dp else "none"
+
+    @property
     def output_path(self) -> Path | None:
         return Path(self.output_dir).expanduser() if self.output_dir else None
 

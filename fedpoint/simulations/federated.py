@@ -9,7 +9,6 @@ timeout can stop it together with its Ray workers, and two simulations never sha
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import signal
@@ -17,9 +16,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from fedpoint.server.ledger import read_rounds
 from fedpoint.shared.protocol import FederationConfig
-
-SUMMARY_FILE = "federation.json"  # written by the ServerApp's strategy into output-dir
 
 
 def run_federation(config: Mapping, num_sites: int, *, timeout: float = 1800.0, verbose: bool = False) -> dict:
@@ -84,8 +82,7 @@ def _stop_group(process) -> None:
 
 # ------------------------------------------------------------------------------ results
 def _rounds(output: Path) -> list[dict]:
-    path = output / SUMMARY_FILE
-    return json.loads(path.read_text())["rounds"] if path.exists() else []
+    return read_rounds(output)  # federation.json, written by the ServerApp's strategy into output-dir
 
 
 def summarize(fed: FederationConfig, rounds: list[dict], seconds: float) -> dict:
