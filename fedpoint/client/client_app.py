@@ -26,10 +26,12 @@ from flwr.clientapp.mod import fixedclipping_mod
 
 from fedpoint.shared import protocol as P
 from fedpoint.shared.payload import EgressError, check_egress, check_metrics, decode_arrays, encode_arrays, state_schema
+from fedpoint.shared.run_config import SiteRoundConfig, parse_run_config
 
 
 def build_client_app(defaults: Mapping | None = None) -> ClientApp:
-    """A ClientApp whose run config falls back to `defaults` (then FederationConfig's own)."""
+    """A ClientApp whose run config falls back to `defaults` (then the run config's own); it
+    reads the site's part of it (`SiteRoundConfig`)."""
     app = ClientApp(mods=[error_code_mod, instruction_mod, egress_mod])
 
     @app.train(mods=[dp_clipping_mod])
@@ -41,7 +43,7 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
         device = node_device(context.node_config)
         if P.PARTITION_ID in context.node_config:
             torch.set_num_threads(1)  # simulated sites share the machine's cores
-        fed = P.FederationConfig.from_run_config(context.run_config, defaults)
+        fed = parse_run_config(context.run_config, defaults, SiteRoundConfig)
         site = identify(context.node_config, fed)
         instruction = P.RoundInstruction.from_config(msg.content[P.CONFIG])
         bank = decode_arrays(msg.content[P.ARRAYS])
@@ -59,7 +61,7 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
         cached cases; only the scores (two numbers) and the bank's name and version go back."""
         from fedpoint.client.federated import evaluate_bank, identify
 
-        fed = P.FederationConfig.from_run_config(context.run_config, defaults)
+        fed = parse_run_config(context.run_config, defaults, SiteRoundConfig)
         site = identify(context.node_config, fed)
         instruction = P.RoundInstruction.from_config(msg.content[P.CONFIG])
         bank = decode_arrays(msg.content[P.ARRAYS])
@@ -71,7 +73,7 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
     def query(msg: Message, context: Context) -> Message:
         from fedpoint.client.federated import identify
 
-        fed = P.FederationConfig.from_run_config(context.run_config, defaults)
+        fed = parse_run_config(context.run_config, defaults, SiteRoundConfig)
         site = identify(context.node_config, fed)
         return Message(RecordDict({P.CONFIG: ConfigRecord({P.SITE_ID: site.site_id, P.MODALITY: site.modality})}),
                        reply_to=msg)

@@ -30,6 +30,7 @@ from fedpoint.client.store import SiteStore, check_id, write_json_atomic
 from fedpoint.shared import protocol as P
 from fedpoint.shared.config import AdaptationConfig
 from fedpoint.shared.payload import from_numpy, to_numpy
+from fedpoint.shared.run_config import SiteRoundConfig
 
 STREAM_FILE = "federation-stream.json"
 MIN_EPISODE_CASES = 3  # an episode needs a training, a validation and a judgement case
@@ -55,7 +56,7 @@ class SiteReply:
 
 
 # ------------------------------------------------------------------------------ who am I
-def identify(node_config: Mapping, fed: P.FederationConfig) -> SiteIdentity:
+def identify(node_config: Mapping, fed: SiteRoundConfig) -> SiteIdentity:
     """Deployment: site id, modality and store from the node config. Simulation: the site of the
     sites config that Flower's partition id points at."""
     if P.NODE_SITE_ID in node_config:
@@ -114,7 +115,7 @@ def load_site_base(spec: str | Path):
 
 # ------------------------------------------------------------------------------ one round
 def bank_adapter(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstruction, site: SiteIdentity,
-                 fed: P.FederationConfig, purpose: str):
+                 fed: SiteRoundConfig, purpose: str):
     """(the bank as an adapter on the site's base, model config, bank state); a bank made on
     another base, or with foreign names or shapes, raises AdapterMismatchError before anything runs."""
     from fedpoint.shared.adapters import AdapterMismatchError, make_adapter
@@ -130,7 +131,7 @@ def bank_adapter(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInst
 
 
 def train_round(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstruction, site: SiteIdentity,
-                fed: P.FederationConfig) -> SiteReply:
+                fed: SiteRoundConfig) -> SiteReply:
     """Start from the bank, train, and return the reply (the ClientApp's egress mod checks it)."""
     from fedpoint.client.model import SiteModel
 
@@ -165,7 +166,7 @@ EVAL_MAX_CASES = 16  # at most this many held-out cases (the newest), so a round
 
 
 def evaluate_bank(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstruction, site: SiteIdentity,
-                  fed: P.FederationConfig, device: str = "cpu") -> dict[str, float]:
+                  fed: SiteRoundConfig, device: str = "cpu") -> dict[str, float]:
     """Score a bank version as sent (no training) on the site's held-out cached cases: the mean
     Dice-AUC of the simulated user over `protocol.EVAL_CLICKS` clicks. The held-out cases are the store's
     validation and judgement splits (new cases are assigned first, under the store's lock), so no
@@ -199,7 +200,7 @@ def make_reply(adapter, bank_state, order: list[str], metrics: dict, site: SiteI
 
 # ------------------------------------------------------------------------------ simulation
 def annotate_next(model, store: SiteStore, site: SiteIdentity, instruction: P.RoundInstruction,
-                  fed: P.FederationConfig) -> tuple[int, dict]:
+                  fed: SiteRoundConfig) -> tuple[int, dict]:
     """Annotate the next images of the site's stream with the simulated user."""
     from fedpoint.client.engine import SiteEngine
     from fedpoint.client.evaluate import run_stream

@@ -23,6 +23,7 @@ from fedpoint.server.routing import GENERAL
 from fedpoint.server.strategy import bank_strategy_of, build_strategy
 from fedpoint.shared import protocol as P
 from fedpoint.shared.payload import encode_arrays
+from fedpoint.shared.run_config import CoordinatorConfig, parse_run_config
 
 
 def build_server_app(defaults: Mapping | None = None) -> ServerApp:
@@ -30,12 +31,12 @@ def build_server_app(defaults: Mapping | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_coordinator(grid, P.FederationConfig.from_run_config(context.run_config, defaults))
+        run_coordinator(grid, parse_run_config(context.run_config, defaults, CoordinatorConfig))
 
     return app
 
 
-def run_coordinator(grid: Grid, fed: P.FederationConfig) -> list[dict]:
+def run_coordinator(grid: Grid, fed: CoordinatorConfig) -> list[dict]:
     """Run the federation's rounds; returns the per-round summary (also in output-dir)."""
     adapter = base_adapter(fed)
     store = BankStore(fed.bank_store_path).lock()  # a second coordinator on this store is refused
@@ -45,7 +46,7 @@ def run_coordinator(grid: Grid, fed: P.FederationConfig) -> list[dict]:
         store.unlock()
 
 
-def site_registry(fed: P.FederationConfig) -> SiteRegistry:
+def site_registry(fed: CoordinatorConfig) -> SiteRegistry:
     """Deployment: the registry file `site-registry` (written by deploy/register-sites.sh).
     Simulation (no file): the sites config's names, each bound to the first node that names it."""
     if fed.site_registry:
@@ -61,7 +62,7 @@ def site_registry(fed: P.FederationConfig) -> SiteRegistry:
     return SiteRegistry.from_site_names(names)
 
 
-def site_join_rounds(fed: P.FederationConfig) -> dict[str, int]:
+def site_join_rounds(fed: CoordinatorConfig) -> dict[str, int]:
     """Simulation (no registry file): the sites config's late joiners, site -> `join_round`, so the
     strategy samples them only from round join_round + 1. A deployed site joins by starting its
     SuperNode: empty there."""
@@ -76,7 +77,7 @@ def site_join_rounds(fed: P.FederationConfig) -> dict[str, int]:
         return {}
 
 
-def _run(grid: Grid, fed: P.FederationConfig, adapter, store: BankStore) -> list[dict]:
+def _run(grid: Grid, fed: CoordinatorConfig, adapter, store: BankStore) -> list[dict]:
     for line in store.recover():
         log(WARNING, "bank store: %s", line)
     last_round = open_banks(store, adapter)
@@ -102,7 +103,7 @@ def _run(grid: Grid, fed: P.FederationConfig, adapter, store: BankStore) -> list
     return bank_strategy_of(runner).ledger.as_json()
 
 
-def base_adapter(fed: P.FederationConfig):
+def base_adapter(fed: CoordinatorConfig):
     """The run's adapter kind opened on the frozen base: its fingerprint, schema and start state."""
     from fedpoint.shared.adapters import make_adapter
     from fedpoint.shared.model import load_base

@@ -587,7 +587,7 @@ class PrivateBankStrategy(DifferentialPrivacyClientSideFixedClipping):
         return updates, metrics
 
 
-PRIVACY = ("none", "central-dp")  # the strategy variants, by name (FederationConfig.privacy)
+PRIVACY = ("none", "central-dp")  # the strategy variants, by name (CoordinatorConfig.privacy)
 
 
 def build_strategy(privacy: str, store: BankStore, *, noise_multiplier: float = 0.0, clipping_norm: float = 1.0,

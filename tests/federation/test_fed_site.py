@@ -15,16 +15,17 @@ from fedpoint.client.federated import SiteIdentity, identify, load_site_base, tr
 from fedpoint.client.store import SiteStore
 from fedpoint.server.checks import delta_norm
 from fedpoint.shared import protocol as P
+from fedpoint.shared.run_config import FederationConfig, parse_run_config
 from fedpoint.shared.adapters import AdapterMismatchError, make_adapter
 from fedpoint.shared.payload import EgressError, to_numpy
 
 
 @pytest.fixture
-def fed(fast_run_config) -> P.FederationConfig:
-    return P.FederationConfig.from_run_config(fast_run_config)
+def fed(fast_run_config) -> FederationConfig:
+    return parse_run_config(fast_run_config)
 
 
-def bank_of(fed: P.FederationConfig, server_round: int = 1, version: int = 1, fingerprint: str | None = None):
+def bank_of(fed: FederationConfig, server_round: int = 1, version: int = 1, fingerprint: str | None = None):
     """(bank arrays, instruction) as the coordinator would send them: the untrained base adapter."""
     base, _, real = load_site_base(fed.base)
     adapter = make_adapter(base, fed.adapter_config(), real)

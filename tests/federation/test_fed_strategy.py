@@ -15,10 +15,11 @@ from fedpoint.server.checks import delta_norm
 from fedpoint.server.server_app import base_adapter, open_banks
 from fedpoint.server.strategy import BankStrategy, NoisedBankStrategy, PrivateBankStrategy, SiteInfo
 from fedpoint.shared import protocol as P
+from fedpoint.shared.run_config import FederationConfig, parse_run_config
 
 
 def make_coordinator(base, output, variant=BankStrategy, **overrides):
-    fed = P.FederationConfig.from_run_config({"base": str(base), "output-dir": str(output), **overrides})
+    fed = parse_run_config({"base": str(base), "output-dir": str(output), **overrides})
     adapter = base_adapter(fed)
     store = BankStore(fed.bank_store_path)
     last = open_banks(store, adapter)
@@ -246,5 +247,5 @@ def test_the_privacy_variant_is_chosen_by_name_when_the_strategy_is_built(coordi
         PrivateBankStrategy(c.strategy, noise_multiplier=1.0, clipping_norm=0.1, num_sampled_clients=2)
     with pytest.raises(ValueError, match="unknown privacy variant"):
         build_strategy("local-dp", c.store, **kwargs)
-    assert P.FederationConfig().privacy == "none"
-    assert P.FederationConfig.from_run_config({"dp-noise-multiplier": 0.5}).privacy == "central-dp"
+    assert FederationConfig().privacy == "none"
+    assert parse_run_config({"dp-noise-multiplier": 0.5}).privacy == "central-dp"
