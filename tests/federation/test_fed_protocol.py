@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from fedpoint.shared import protocol as P
-from fedpoint.shared.run_config import FederationConfig, parse_run_config
 from fedpoint.shared.config import AdapterConfig
+from fedpoint.shared.run_config import FederationConfig, parse_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,9 +15,9 @@ from fedpoint.client.federated import SiteIdentity, identify, load_site_base, tr
 from fedpoint.client.store import SiteStore
 from fedpoint.server.checks import delta_norm
 from fedpoint.shared import protocol as P
-from fedpoint.shared.run_config import FederationConfig, parse_run_config
 from fedpoint.shared.adapters import AdapterMismatchError, make_adapter
 from fedpoint.shared.payload import EgressError, to_numpy
+from fedpoint.shared.run_config import FederationConfig, parse_run_config
 
 
 @pytest.fixture

@@ -130,9 +130,9 @@ def test_a_clientapp_round_beside_the_live_service_on_one_store(make_config, sit
     from fedpoint.client.federated import load_site_base
     from fedpoint.client.store import SiteStore
     from fedpoint.shared import protocol as P
-from fedpoint.shared.run_config import parse_run_config
     from fedpoint.shared.adapters import make_adapter
     from fedpoint.shared.payload import to_numpy
+    from fedpoint.shared.run_config import parse_run_config
 
     config = make_config(mode="mid+post+episodes", adaptation={"post_clicks": 2, "episode_min_cases": 2,
                                                                "episode_epochs": 1, "episode_iters": 2})
