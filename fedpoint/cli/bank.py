@@ -173,10 +173,11 @@ def export(
 ) -> None:
     """Write a bank version as a standalone adapter folder (load it with `fedpoint evaluate --adapter-dir`)."""
     from fedpoint.server.banks import BankNotFoundError
+    from fedpoint.server.export import export_bank
 
     banks = _open(store)
     try:
-        path = banks.export(bank, version, out, base=base, overwrite=force)
+        path = export_bank(banks, bank, version, out, base=base, overwrite=force)
     except (BankNotFoundError, FileNotFoundError, FileExistsError, ValueError) as err:  # AdapterMismatchError is a ValueError
         _fail(str(err))
     typer.echo(f"exported {bank} v{version or banks.versions(bank)[-1]} to {path}")

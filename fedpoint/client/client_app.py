@@ -20,17 +20,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 
 from fedpoint.shared import protocol as P
-from fedpoint.shared.payload import EgressError, check_metrics, state_schema
+from fedpoint.shared.payload import EgressError, check_egress, check_metrics, decode_arrays, encode_arrays, state_schema
+from fedpoint.shared.run_config import SiteRoundConfig, parse_run_config
 
 
 def build_client_app(defaults: Mapping | None = None) -> ClientApp:
-    """A ClientApp whose run config falls back to `defaults` (then FederationConfig's own)."""
+    """A ClientApp whose run config falls back to `defaults` (then the run config's own); it
+    reads the site's part of it (`SiteRoundConfig`)."""
     app = ClientApp(mods=[error_code_mod, instruction_mod, egress_mod])
 
     @app.train(mods=[dp_clipping_mod])
@@ -42,13 +43,13 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
         device = node_device(context.node_config)
         if P.PARTITION_ID in context.node_config:
             torch.set_num_threads(1)  # simulated sites share the machine's cores
-        fed = P.FederationConfig.from_run_config(context.run_config, defaults)
+        fed = parse_run_config(context.run_config, defaults, SiteRoundConfig)
         site = identify(context.node_config, fed)
         instruction = P.RoundInstruction.from_config(msg.content[P.CONFIG])
-        bank = {name: array.numpy() for name, array in msg.content[P.ARRAYS].items()}
+        bank = decode_arrays(msg.content[P.ARRAYS])
         reply = train_round(bank, instruction, site, fed, **_device_argument(train_round, device))
         content = RecordDict({
-            P.ARRAYS: arrays_record(reply.arrays),
+            P.ARRAYS: encode_arrays(reply.arrays),
             P.METRICS: MetricRecord(reply.metrics),
             P.CONFIG: ConfigRecord(reply.config),
         })
@@ -60,10 +61,10 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
         cached cases; only the scores (two numbers) and the bank's name and version go back."""
         from fedpoint.client.federated import evaluate_bank, identify
 
-        fed = P.FederationConfig.from_run_config(context.run_config, defaults)
+        fed = parse_run_config(context.run_config, defaults, SiteRoundConfig)
         site = identify(context.node_config, fed)
         instruction = P.RoundInstruction.from_config(msg.content[P.CONFIG])
-        bank = {name: array.numpy() for name, array in msg.content[P.ARRAYS].items()}
+        bank = decode_arrays(msg.content[P.ARRAYS])
         metrics = evaluate_bank(bank, instruction, site, fed, node_device(context.node_config))
         config = {P.SITE_ID: site.site_id, P.BANK: instruction.bank, P.BANK_VERSION: instruction.bank_version}
         return Message(RecordDict({P.METRICS: MetricRecord(metrics), P.CONFIG: ConfigRecord(config)}), reply_to=msg)
@@ -72,7 +73,7 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
     def query(msg: Message, context: Context) -> Message:
         from fedpoint.client.federated import identify
 
-        fed = P.FederationConfig.from_run_config(context.run_config, defaults)
+        fed = parse_run_config(context.run_config, defaults, SiteRoundConfig)
         site = identify(context.node_config, fed)
         return Message(RecordDict({P.CONFIG: ConfigRecord({P.SITE_ID: site.site_id, P.MODALITY: site.modality})}),
                        reply_to=msg)
@@ -103,10 +104,6 @@ def _device_argument(train_round, device: str) -> dict:
 
         log(logging.WARNING, "node config device=%s: this fedpoint trains federation rounds on the CPU", device)
     return {}
-
-
-def arrays_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord(array_dict={name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
 
 
 # ------------------------------------------------------------------------------ errors and instructions
@@ -166,15 +163,13 @@ def egress_mod(msg: Message, context: Context, call_next) -> Message:
     received = msg.content.array_records.get(P.ARRAYS)
     if msg.metadata.message_type.startswith("evaluate") and reply.content.array_records:
         raise EgressError("an evaluation reply carries scores only, no arrays")
-    schema = state_schema({k: v.numpy() for k, v in received.items()}) if received is not None else {}
+    schema = state_schema(decode_arrays(received)) if received is not None else {}
     check_reply_content(reply.content, schema)
     return reply
 
 
 def check_reply_content(content: RecordDict, schema: Mapping) -> None:
     """Only "arrays" matching `schema`, "metrics" from the allowed list and "config" id fields."""
-    from fedpoint.client.federated import check_reply
-
     for key in content.keys():
         expected = REPLY_RECORDS.get(key)
         if expected is None or not isinstance(content[key], expected):
@@ -187,7 +182,13 @@ def check_reply_content(content: RecordDict, schema: Mapping) -> None:
         return
     if not schema:
         raise EgressError("reply holds arrays, but the coordinator sent none: refusing to send them")
-    check_reply({k: v.numpy() for k, v in content[P.ARRAYS].items()}, schema, metrics, config)
+    check_reply(decode_arrays(content[P.ARRAYS]), schema, metrics, config)
+
+
+def check_reply(arrays: Mapping, schema: Mapping, metrics: Mapping, config: Mapping) -> None:
+    """The egress check of a reply's parts: raises EgressError, and then nothing is sent."""
+    check_egress(arrays, schema, metrics)
+    P.check_reply_config(config)
 
 
 REPLY_RECORDS = {P.ARRAYS: ArrayRecord, P.METRICS: MetricRecord, P.CONFIG: ConfigRecord}
@@ -216,10 +217,10 @@ def dp_clipping_mod(msg: Message, context: Context, call_next) -> Message:
 def _shift(arrays: ArrayRecord, bank: ArrayRecord, sign: int) -> ArrayRecord:
     """arrays + sign * bank, name by name, keeping names, order and dtypes."""
     out = {}
-    for name, array in arrays.items():
-        value = array.numpy()
-        out[name] = (value + sign * bank[name].numpy()).astype(value.dtype)
-    return arrays_record(out)
+    received = decode_arrays(bank)
+    for name, value in decode_arrays(arrays).items():
+        out[name] = (value + sign * received[name]).astype(value.dtype)
+    return encode_arrays(out)
 
 
 app = build_client_app()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedpoint.client.episodes import EpisodeScheduler, RegressionGuard, load_cases
+from fedpoint.client.episodes import EpisodeScheduler, GuardReview, RegressionGuard, load_cases
 from fedpoint.client.model import SiteModel
 from fedpoint.client.session import AnnotationSession, check_mask
 from fedpoint.client.store import SiteStore
@@ -96,14 +96,14 @@ class SiteEngine:
         splits = self.store.splits()
         return load_cases(self.store, splits["val"] + splits["judge"])
 
-    def offer(self, state: State, source: str) -> bool:
-        """An adapter offered from outside (a federation bank): swap it in if the guard passes it.
-        A site with no held-out case yet takes it unvalidated (said so in the log): it has nothing
-        better to start from."""
-        ok, _, _ = self.guard.review(self.model, state, self.held_out(), source, self.store, unvalidated_pass=True)
-        if ok:
+    def offer(self, state: State, source: str) -> GuardReview:
+        """An adapter offered from outside (a federation bank): swap it in if the guard passes it;
+        returns the guard's review. A site with no held-out case yet takes it unvalidated (said so
+        in the log): it has nothing better to start from."""
+        review = self.guard.review(self.model, state, self.held_out(), source, self.store, unvalidated_pass=True)
+        if review.accepted:
             self.model.swap_state(state, reset_optimizer=False)
-        return ok
+        return review
 
     def wait(self) -> None:
         if self.scheduler is not None:

@@ -94,6 +94,28 @@ class EpisodeResult:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class GuardReview:
+    """The regression guard's verdict on one candidate adapter (what it logs as a "guard" event).
+    `candidate` and `current` are None when nothing could be judged (`unvalidated`)."""
+
+    source: str
+    accepted: bool
+    unvalidated: bool
+    val_cases: int
+    reason: str
+    candidate: float | None = None
+    current: float | None = None
+
+    def as_dict(self) -> dict:
+        """The logged entry: an unvalidated review names no scores."""
+        if self.unvalidated:
+            return {"source": self.source, "accepted": self.accepted, "unvalidated": True, "val_cases": self.val_cases,
+                    "reason": self.reason}
+        return {"source": self.source, "accepted": self.accepted, "unvalidated": False, "candidate": self.candidate,
+                "current": self.current, "val_cases": self.val_cases, "reason": self.reason}
+
+
 @dataclass
 class RegressionGuard:
     """Rejects an adapter that scores worse than the current one on held-out cached cases.
@@ -109,15 +131,11 @@ class RegressionGuard:
 
     def review(self, model: SiteModel, candidate: State, val: list[tuple[np.ndarray, np.ndarray]], source: str,
                store: SiteStore | None = None, candidate_score: float | None = None,
-               require_cases: int = 0, unvalidated_pass: bool = False) -> tuple[bool, float, float]:
+               require_cases: int = 0, unvalidated_pass: bool = False) -> GuardReview:
         if len(val) < max(require_cases, 1):
-            entry = {"source": source, "accepted": unvalidated_pass, "unvalidated": True, "val_cases": len(val),
-                     "reason": f"{len(val)} held-out case(s), {max(require_cases, 1)} needed: "
-                               + ("passed unvalidated" if unvalidated_pass else "refused unvalidated")}
-            self.history.append(entry)
-            if store is not None:
-                store.log("guard", **entry)
-            return unvalidated_pass, float("nan"), float("nan")
+            return self._record(GuardReview(
+                source, unvalidated_pass, True, len(val), f"{len(val)} held-out case(s), {max(require_cases, 1)} needed: "
+                + ("passed unvalidated" if unvalidated_pass else "refused unvalidated")), store)
         bad = [k for k, v in candidate.items() if not torch.isfinite(torch.as_tensor(v)).all()]
         current = simulated_dice_auc(model, val, self.clicks)
         if bad:
@@ -130,12 +148,14 @@ class RegressionGuard:
                 candidate_score = simulated_dice_auc(trial, val, self.clicks)
             ok = candidate_score >= current - self.tolerance
             reason = "" if ok else f"Dice-AUC {candidate_score:.4f} < current {current:.4f} on {len(val)} held-out case(s)"
-        entry = {"source": source, "accepted": ok, "unvalidated": False, "candidate": candidate_score, "current": current,
-                 "val_cases": len(val), "reason": reason}
+        return self._record(GuardReview(source, ok, False, len(val), reason, candidate_score, current), store)
+
+    def _record(self, review: GuardReview, store: SiteStore | None) -> GuardReview:
+        entry = review.as_dict()
         self.history.append(entry)
         if store is not None:
             store.log("guard", **entry)
-        return ok, candidate_score, current
+        return review
 
 
 def _copy_model(model: SiteModel, lr: float | None = None) -> SiteModel:
@@ -223,7 +243,7 @@ class EpisodeScheduler:
         if best_epoch:
             rebased = rebase(best_state, start_state, self.model.adapter.state())
             accepted = self.guard.review(self.model, rebased, judge, "episode", self.store,
-                                         require_cases=self.guard.min_cases)[0]
+                                         require_cases=self.guard.min_cases).accepted
         if accepted:
             self.model.swap_state(rebased, reset_optimizer=False)
             version = self.store.save_adapter(self.model.adapter, {"source": "episode", "val_dice_auc": best_score},

@@ -10,8 +10,9 @@ its weight (accepted cases) and a few numeric means. Training is what the site w
   uses. The stream position lives in the site store, so the next round continues where this one
   stopped.
 
-`check_egress` runs on the reply before it is returned: adapter parameters of the expected names,
-shapes and dtypes and allowed numeric metrics, nothing else.
+The reply is checked once, on its way out, by the ClientApp's `egress_mod`
+(`fedpoint.client.client_app.check_reply`): adapter parameters of the expected names, shapes and
+dtypes, allowed numeric metrics and the site's id fields, nothing else.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from fedpoint.client.store import SiteStore, check_id
 from fedpoint.shared import protocol as P
 from fedpoint.shared.config import AdaptationConfig
 from fedpoint.shared.fileio import write_json_atomic
-from fedpoint.shared.payload import check_egress, from_numpy, to_numpy
+from fedpoint.shared.payload import from_numpy, to_numpy
+from fedpoint.shared.run_config import SiteRoundConfig
 
 STREAM_FILE = "federation-stream.json"
 MIN_EPISODE_CASES = 3  # an episode needs a training, a validation and a judgement case
@@ -55,7 +57,7 @@ class SiteReply:
 
 
 # ------------------------------------------------------------------------------ who am I
-def identify(node_config: Mapping, fed: P.FederationConfig) -> SiteIdentity:
+def identify(node_config: Mapping, fed: SiteRoundConfig) -> SiteIdentity:
     """Deployment: site id, modality and store from the node config. Simulation: the site of the
     sites config that Flower's partition id points at."""
     if P.NODE_SITE_ID in node_config:
@@ -116,7 +118,7 @@ def load_site_base(spec: str | Path):
 
 # ------------------------------------------------------------------------------ one round
 def bank_adapter(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstruction, site: SiteIdentity,
-                 fed: P.FederationConfig, purpose: str):
+                 fed: SiteRoundConfig, purpose: str):
     """(the bank as an adapter on the site's base, model config, bank state); a bank made on
     another base, or with foreign names or shapes, raises AdapterMismatchError before anything runs."""
     from fedpoint.shared.adapters import AdapterMismatchError, make_adapter
@@ -132,8 +134,8 @@ def bank_adapter(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInst
 
 
 def train_round(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstruction, site: SiteIdentity,
-                fed: P.FederationConfig) -> SiteReply:
-    """Start from the bank, train, and return the checked reply."""
+                fed: SiteRoundConfig) -> SiteReply:
+    """Start from the bank, train, and return the reply (the ClientApp's egress mod checks it)."""
     from fedpoint.client.model import SiteModel
 
     t0 = time.perf_counter()
@@ -167,7 +169,7 @@ EVAL_MAX_CASES = 16  # at most this many held-out cases (the newest), so a round
 
 
 def evaluate_bank(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstruction, site: SiteIdentity,
-                  fed: P.FederationConfig, device: str = "cpu") -> dict[str, float]:
+                  fed: SiteRoundConfig, device: str = "cpu") -> dict[str, float]:
     """Score a bank version as sent (no training) on the site's held-out cached cases: the mean
     Dice-AUC of the simulated user over `protocol.EVAL_CLICKS` clicks. The held-out cases are the store's
     validation and judgement splits (new cases are assigned first, under the store's lock), so no
@@ -191,24 +193,17 @@ def evaluate_bank(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundIns
 
 def make_reply(adapter, bank_state, order: list[str], metrics: dict, site: SiteIdentity,
                instruction: P.RoundInstruction) -> SiteReply:
-    """The delta against the bank (in the bank's key order), checked before it may leave."""
+    """The delta against the bank (in the bank's key order) and who answered."""
     delta = to_numpy(adapter.delta(bank_state))
     arrays = {name: delta[name] for name in order}
     config = {P.SITE_ID: site.site_id, P.MODALITY: site.modality, P.BANK: instruction.bank,
               P.BANK_VERSION: instruction.bank_version, P.BASE_FINGERPRINT: adapter.base_fingerprint}
-    check_reply(arrays, adapter.schema(), metrics, config)
     return SiteReply(arrays, metrics, config)
-
-
-def check_reply(arrays: Mapping, schema: Mapping, metrics: Mapping, config: Mapping) -> None:
-    """The egress check: raises EgressError, and then nothing is sent."""
-    check_egress(arrays, schema, metrics)
-    P.check_reply_config(config)
 
 
 # ------------------------------------------------------------------------------ simulation
 def annotate_next(model, store: SiteStore, site: SiteIdentity, instruction: P.RoundInstruction,
-                  fed: P.FederationConfig) -> tuple[int, dict]:
+                  fed: SiteRoundConfig) -> tuple[int, dict]:
     """Annotate the next images of the site's stream with the simulated user."""
     from fedpoint.client.engine import SiteEngine
     from fedpoint.client.evaluate import run_stream

@@ -25,7 +25,9 @@ names the versions about to be written, then they are written, then the entry is
 none. `lock()` holds `root/.coordinator.lock` for a coordinator's lifetime (and names its process
 in `root/.coordinator.holder`); a second is refused.
 
-Writes, staging, version numbers and locks are `fedpoint.shared.fileio`'s.
+The store stores and reads versions only: exporting one as an adapter folder is
+`fedpoint.server.export`, the round ledger (federation.json) is `fedpoint.server.ledger`. Writes,
+staging, version numbers and locks are `fedpoint.shared.fileio`'s.
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ from pathlib import Path
 import numpy as np
 
 from fedpoint.server.aggregate import aggregation_rule, exact_under_secure_aggregation
-from fedpoint.shared.adapter_kinds import adapter_kind
 from fedpoint.server.routing import check_bank_name
 from fedpoint.shared.config import AdapterConfig
 from fedpoint.shared.fileio import (
@@ -336,29 +337,6 @@ class BankStore:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
-    # --- export --------------------------------------------------------------------------------
-    def export(self, bank: str, version: int | None, out_dir: str | Path, base=None, overwrite: bool = False) -> Path:
-        """Write a standalone adapter folder that `load_adapter(base, dir)` and
-        `fedpoint evaluate --adapter-dir DIR` load.
-
-        `base` is a `load_base` spec (path or packaged name) or a loaded model. Banks of a kind
-        saved in another format than the store's (`AdapterKind.export_needs_base`: LoRA, in peft's
-        format) are rebuilt on that base, so they need it (default: the packaged base); other kinds
-        are copied as they are unless a base is given, which is then checked.
-        A base with another fingerprint than the bank's is refused.
-        """
-        found = self.latest(bank) if version is None else self.get(bank, version)
-        if found is None:
-            raise BankNotFoundError(f"no bank {bank!r} in {self.root} (banks: {', '.join(self.banks()) or 'none'})")
-        out = _empty_output(Path(out_dir), overwrite)
-        provenance = {k: v for k, v in found.manifest.items() if k not in ("kind", "config", "base_fingerprint", "parameters")}
-        if not adapter_kind(found.manifest["kind"]).export_needs_base and base is None:
-            shutil.copyfile(found.path / WEIGHTS, out / WEIGHTS)
-            shutil.copyfile(found.path / MANIFEST, out / MANIFEST)
-            return out
-        adapter = _rebuild(found, base)
-        return adapter.save(out, extra=provenance)
-
     # --- rounds: journal, recovery, lock ---------------------------------------------------------
     def commit_round(self, server_round: int, writes: list[tuple], summary: Mapping | None = None) -> dict[str, int]:
         """Write a round's versions so that they commit together. `writes` holds
@@ -487,38 +465,11 @@ def _config(kind: str, adapter_cfg: AdapterConfig | Mapping | None) -> AdapterCo
     return cfg
 
 
-def _rebuild(found: BankVersion, base):
-    """The bank's adapter rebuilt on a base model, refusing a base with another fingerprint."""
-    from fedpoint.shared.adapters import AdapterMismatchError, make_adapter
-    from fedpoint.shared.model import base_fingerprint, load_base
-    from fedpoint.shared.payload import from_numpy
-
-    model = base if hasattr(base, "state_dict") else load_base(base)[0]
-    fingerprint = base_fingerprint(model)
-    if fingerprint != found.manifest["base_fingerprint"]:
-        raise AdapterMismatchError(
-            f"bank {found.bank!r} v{found.version} was made for base {found.manifest['base_fingerprint']}, "
-            f"but the given base is {fingerprint}: refusing to export it onto another base"
-        )
-    adapter = make_adapter(model, AdapterConfig(**found.manifest["config"]), fingerprint)
-    adapter.load_state(from_numpy(found.state))
-    return adapter
-
-
 def _plain(value):
     """numpy scalars and arrays in manifest fields, as plain JSON values."""
     if isinstance(value, (np.generic, np.ndarray)):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _empty_output(out: Path, overwrite: bool) -> Path:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty; choose another folder or overwrite it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def _remove_stale_staging(folder: Path) -> None:

@@ -12,17 +12,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from logging import INFO, WARNING
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from fedpoint.server.banks import BankStore
+from fedpoint.server.ledger import SUMMARY_FILE
 from fedpoint.server.registry import SiteRegistry
 from fedpoint.server.routing import GENERAL
-from fedpoint.server.strategy import BankStrategy, PrivateBankStrategy
+from fedpoint.server.strategy import bank_strategy_of, build_strategy
 from fedpoint.shared import protocol as P
-
-SUMMARY_FILE = "federation.json"
+from fedpoint.shared.payload import encode_arrays
+from fedpoint.shared.run_config import CoordinatorConfig, parse_run_config
 
 
 def build_server_app(defaults: Mapping | None = None) -> ServerApp:
@@ -30,12 +31,12 @@ def build_server_app(defaults: Mapping | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_coordinator(grid, P.FederationConfig.from_run_config(context.run_config, defaults))
+        run_coordinator(grid, parse_run_config(context.run_config, defaults, CoordinatorConfig))
 
     return app
 
 
-def run_coordinator(grid: Grid, fed: P.FederationConfig) -> list[dict]:
+def run_coordinator(grid: Grid, fed: CoordinatorConfig) -> list[dict]:
     """Run the federation's rounds; returns the per-round summary (also in output-dir)."""
     adapter = base_adapter(fed)
     store = BankStore(fed.bank_store_path).lock()  # a second coordinator on this store is refused
@@ -45,7 +46,7 @@ def run_coordinator(grid: Grid, fed: P.FederationConfig) -> list[dict]:
         store.unlock()
 
 
-def site_registry(fed: P.FederationConfig) -> SiteRegistry:
+def site_registry(fed: CoordinatorConfig) -> SiteRegistry:
     """Deployment: the registry file `site-registry` (written by deploy/register-sites.sh).
     Simulation (no file): the sites config's names, each bound to the first node that names it."""
     if fed.site_registry:
@@ -61,7 +62,7 @@ def site_registry(fed: P.FederationConfig) -> SiteRegistry:
     return SiteRegistry.from_site_names(names)
 
 
-def site_join_rounds(fed: P.FederationConfig) -> dict[str, int]:
+def site_join_rounds(fed: CoordinatorConfig) -> dict[str, int]:
     """Simulation (no registry file): the sites config's late joiners, site -> `join_round`, so the
     strategy samples them only from round join_round + 1. A deployed site joins by starting its
     SuperNode: empty there."""
@@ -76,13 +77,14 @@ def site_join_rounds(fed: P.FederationConfig) -> dict[str, int]:
         return {}
 
 
-def _run(grid: Grid, fed: P.FederationConfig, adapter, store: BankStore) -> list[dict]:
+def _run(grid: Grid, fed: CoordinatorConfig, adapter, store: BankStore) -> list[dict]:
     for line in store.recover():
         log(WARNING, "bank store: %s", line)
     last_round = open_banks(store, adapter)
     log(INFO, "bank store %s: banks %s, resuming after round %d", store.root, ", ".join(store.banks()), last_round)
-    strategy = BankStrategy(
-        store, fingerprint=adapter.base_fingerprint, schema=adapter.schema(), settings=P.instruction_settings(fed),
+    runner = build_strategy(
+        fed.privacy, store, noise_multiplier=fed.dp_noise_multiplier, clipping_norm=fed.dp_clipping_norm,
+        fingerprint=adapter.base_fingerprint, schema=adapter.schema(), settings=P.instruction_settings(fed),
         bank_strategy=fed.bank_strategy, norm_factor=fed.norm_factor, clip_norm=fed.clip_norm, round_offset=last_round,
         fraction_train=fed.fraction_train, min_train_nodes=fed.min_train_nodes,
         query_timeout=min(fed.round_timeout, 300.0),
@@ -92,18 +94,16 @@ def _run(grid: Grid, fed: P.FederationConfig, adapter, store: BankStore) -> list
         drift_window=fed.drift_window, drift_ratio=fed.drift_ratio, join_rounds=site_join_rounds(fed),
         evaluate_banks=fed.evaluate_banks,
     )
-    runner = strategy
     if fed.dp:
-        runner = PrivateBankStrategy(strategy, fed.dp_noise_multiplier, fed.dp_clipping_norm, fed.min_train_nodes)
         log(INFO, "central DP on: noise multiplier %g, client-side clipping norm %g", fed.dp_noise_multiplier,
             fed.dp_clipping_norm)
     general = store.latest(GENERAL).state
-    initial = ArrayRecord(array_dict={k: Array(general[k]) for k in adapter.schema()})
+    initial = encode_arrays({k: general[k] for k in adapter.schema()})
     runner.start(grid, initial, num_rounds=fed.num_server_rounds, timeout=fed.round_timeout, train_config=ConfigRecord())
-    return strategy.history
+    return bank_strategy_of(runner).ledger.as_json()
 
 
-def base_adapter(fed: P.FederationConfig):
+def base_adapter(fed: CoordinatorConfig):
     """The run's adapter kind opened on the frozen base: its fingerprint, schema and start state."""
     from fedpoint.shared.adapters import make_adapter
     from fedpoint.shared.bases import locate_base

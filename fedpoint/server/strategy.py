@@ -11,15 +11,18 @@ Each round:
    time a site of that modality replies). A rejected or failed reply is logged with its site id and
    the round goes on without it.
 3. The new versions are written to the `BankStore`, which is also where a restarted coordinator
-   resumes from (round numbers continue from the latest version's round).
+   resumes from (round numbers continue from the latest version's round), and the round's record
+   to the round ledger (`fedpoint.server.ledger`, federation.json).
 
 What `aggregate_train` returns is the round's update of every bank (keys "<bank>/<param>"), so
-that Flower's DP wrapper (`PrivateBankStrategy`) can add its noise before the banks are written.
+that Flower's DP wrapper can add its noise before the banks are written. Which variant runs is
+chosen by name when the strategy is built (`build_strategy`, `PRIVACY`): "none" is
+`BankStrategy`, which commits in `aggregate_train`; "central-dp" is `PrivateBankStrategy` around a
+`NoisedBankStrategy`, which leaves the commit to the wrapper, after the noise.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable, Mapping
@@ -28,7 +31,7 @@ from logging import INFO, WARNING
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
@@ -39,11 +42,11 @@ from fedpoint.server.aggregate import aggregate, check_rule, round_record
 from fedpoint.server.banks import BankStore
 from fedpoint.server.checks import (HISTORY_VERSIONS, DriftDetector, Reply, clip_delta, clip_weights, delta_norm,
                                     norm_bound, screen_norms, screen_replies)
+from fedpoint.server.ledger import RoundLedger, RoundRecord, SiteRound
 from fedpoint.server.registry import SiteRegistry
 from fedpoint.server.routing import GENERAL, bank_for_site, banks_to_update
 from fedpoint.shared import protocol as P
-from fedpoint.shared.fileio import write_json_atomic
-from fedpoint.shared.payload import EgressError, payload_nbytes
+from fedpoint.shared.payload import EgressError, decode_arrays, encode_arrays, payload_nbytes
 from fedpoint.shared.protocol import printable
 
 BANK_SEPARATOR = "/"  # update keys are "<bank>/<parameter name>"; parameter names never hold "/"
@@ -74,7 +77,9 @@ class Sent:
 
 
 class BankStrategy(FedAvg):
-    """FedAvg whose "global model" is a set of adapter banks on disk."""
+    """FedAvg whose "global model" is a set of adapter banks on disk (the "none" privacy variant)."""
+
+    commits_round = True  # aggregate_train writes the round's versions itself
 
     def __init__(self, store: BankStore, *, fingerprint: str, schema: Mapping, settings: Mapping,
                  bank_strategy: str = "banks", norm_factor: float = 5.0, clip_norm: float = 0.0,
@@ -98,11 +103,10 @@ class BankStrategy(FedAvg):
         self.round_offset = round_offset
         self.query_timeout = query_timeout
         self.summary_path = Path(summary_path) if summary_path else None
-        self.commit_updates = True  # False under the DP wrapper, which commits after adding noise
         self.sites: dict[int, SiteInfo] = {}
         self.sent: dict[int, Sent] = {}
         self.evaluating: dict[int, Sent] = {}  # the federated evaluation round's sends, per node
-        self.history: list[dict] = _read_history(self.summary_path)
+        self.ledger = RoundLedger(self.summary_path)
         self._pending: dict | None = None
         self.registry = registry
         self.rule = check_rule(aggregation_rule, self.settings["adapter"].kind, self.settings["adapter"])
@@ -114,7 +118,7 @@ class BankStrategy(FedAvg):
         self.drift = DriftDetector(drift_window, drift_ratio)
         self.refused_nodes: dict[int, str] = {}  # nodes whose identity was refused, with why
         self.join_rounds = dict(join_rounds or {})  # simulation: site id -> rounds it misses before joining
-        self._reconcile_history()
+        self._restore_ledger()
 
     def summary(self) -> None:
         log(INFO, "\t├──> Adapter banks: %s (strategy %r) in %s", ", ".join(self.store.banks()) or "none",
@@ -219,7 +223,7 @@ class BankStrategy(FedAvg):
                                          bank_version=latest.version, base_fingerprint=self.fingerprint, **self.settings)
         state = {name: latest.state[name] for name in self.schema}
         content = RecordDict({
-            P.ARRAYS: ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in state.items()}),
+            P.ARRAYS: encode_arrays(state),
             P.CONFIG: ConfigRecord({**dict(config or {}), **instruction.to_config()}),
         })
         self.sent[node_id] = Sent(bank, latest.version, payload_nbytes(state))
@@ -287,12 +291,12 @@ class BankStrategy(FedAvg):
         self._pending = {"round": server_round, "accepted": accepted, "bases": bases, "outcomes": outcomes}
         metrics = self.round_metrics(accepted, outcomes)
         if not updates:
-            if self.commit_updates:
+            if self.commits_round:
                 self.commit(server_round, None)
             return None, metrics
-        record = ArrayRecord(array_dict={f"{bank}{BANK_SEPARATOR}{name}": Array(np.ascontiguousarray(value, dtype=np.float32))
-                                         for bank, update in updates.items() for name, value in update.items()})
-        if self.commit_updates:
+        record = encode_arrays({f"{bank}{BANK_SEPARATOR}{name}": value for bank, update in updates.items()
+                                for name, value in update.items()}, dtype=np.float32)
+        if self.commits_round:
             self.commit(server_round, record)
         return record, metrics
 
@@ -327,7 +331,7 @@ class BankStrategy(FedAvg):
             if key in config and config[key] != expected:
                 raise ValueError(f"reply says it trained from {key} {config[key]!r}, but {expected!r} was sent")
         return Reply(site_id=self.sites[node].site_id, bank=sent.bank, bank_version=sent.version,
-                     delta={k: v.numpy() for k, v in arrays.items()}, weight=metrics.pop(P.NUM_EXAMPLES, 0),
+                     delta=decode_arrays(arrays), weight=metrics.pop(P.NUM_EXAMPLES, 0),
                      fingerprint=str(config.get(P.BASE_FINGERPRINT, "")), metrics=metrics)
 
     def bound_for(self, bank: str) -> float:
@@ -440,10 +444,10 @@ class BankStrategy(FedAvg):
                 writes.append(("write", bank, state, fields))
         entry = self._round_entry(server_round, pending, {}, dp)
         if writes:
-            versions = self.store.commit_round(fed_round, writes, {"entry": entry, "drift": self.drift.state()})
+            versions = self.store.commit_round(fed_round, writes, {"entry": entry.as_json(), "drift": self.drift.state()})
         for bank, version in versions.items():
             log(INFO, "round %d: bank %s -> v%d", fed_round, bank, version)
-        self._record_round(server_round, pending, versions, dp)
+        self.ledger.record(self._round_entry(server_round, pending, versions, dp))
         self._pending = None
         return versions
 
@@ -503,10 +507,7 @@ class BankStrategy(FedAvg):
             self.store.record_evaluation(bank, version, entry)
             log(INFO, "round %d: %s v%d scored by %d site(s) on %d held-out case(s): Dice-AUC %.3f", fed_round, bank,
                 version, len(scores), int(total), entry["dice_auc"])
-        for h in self.history:
-            if h.get("round") == fed_round:
-                h["evaluation"] = {"banks": summary, "sites": per_site}
-        _write_history(self.summary_path, self.history)
+        self.ledger.add_evaluation(fed_round, summary, per_site)
         if not summary:
             return None
         cases = sum(e["cases"] for e in summary.values())
@@ -518,42 +519,40 @@ class BankStrategy(FedAvg):
         modality = next((i.modality for i in self.sites.values() if i.site_id == reply.site_id), "")
         return banks_to_update(modality, self.bank_strategy)
 
-    def _record_round(self, server_round: int, pending: dict | None, versions: dict, dp: Mapping | None) -> None:
-        entry = self._round_entry(server_round, pending, versions, dp)
-        self.history = [h for h in self.history if h.get("round") != entry["round"]] + [entry]
-        _write_history(self.summary_path, self.history)
-
-    def _reconcile_history(self) -> None:
+    def _restore_ledger(self) -> None:
         """Rounds the bank store committed but federation.json missed (a crash in between) are
         added back from the store's journal; the drift detector resumes from the last entry."""
         journal = self.store.journal()
-        known = {h.get("round") for h in self.history}
-        added = [j["summary"]["entry"] | {"versions": j.get("versions", {})} for j in journal
-                 if j.get("summary", {}).get("entry") and j.get("round") not in known]
-        if added:
-            self.history = sorted(self.history + added, key=lambda h: h.get("round", 0))
-            _write_history(self.summary_path, self.history)
+        restored = self.ledger.restore(journal)
+        if restored:
             log(WARNING, "federation.json lacked round(s) %s; restored them from the bank store's journal",
-                ", ".join(str(h["round"]) for h in added))
+                ", ".join(str(r) for r in restored))
         if journal:
             self.drift.load(journal[-1].get("summary", {}).get("drift"))
 
-    def _round_entry(self, server_round: int, pending: dict | None, versions: dict, dp: Mapping | None) -> dict:
+    def _round_entry(self, server_round: int, pending: dict | None, versions: dict, dp: Mapping | None) -> RoundRecord:
         outcomes = pending["outcomes"] if pending else {}
         sites = {}
         for node, sent in self.sent.items():
             outcome = outcomes.get(node, Outcome("no reply" if pending else "skipped"))
             reply = outcome.reply
-            sites[self._site_name(node)] = {
-                "node": node, "modality": self.sites[node].modality if node in self.sites else "",
-                "bank": sent.bank, "bank_version": sent.version, "bytes_down": sent.nbytes,
-                "bytes_up": payload_nbytes(reply.delta) if reply else 0, "weight": float(reply.weight) if reply else 0.0,
-                "status": outcome.status, "reason": outcome.reason, "metrics": reply.metrics if reply else {},
-            }
+            sites[self._site_name(node)] = SiteRound(
+                node=node, modality=self.sites[node].modality if node in self.sites else "",
+                bank=sent.bank, bank_version=sent.version, bytes_down=sent.nbytes,
+                bytes_up=payload_nbytes(reply.delta) if reply else 0, weight=float(reply.weight) if reply else 0.0,
+                status=outcome.status, reason=outcome.reason, metrics=reply.metrics if reply else {},
+            )
         for node, reason in self.refused_nodes.items():
-            sites.setdefault(f"node-{node}", {"node": node, "status": "refused", "reason": reason})
-        return {"round": self.federation_round(server_round), "time": round(time.time(), 3), "sites": sites,
-                "versions": versions, "dp": dict(dp) if dp else None}
+            sites.setdefault(f"node-{node}", SiteRound(node=node, status="refused", reason=reason))
+        return RoundRecord(round=self.federation_round(server_round), time=round(time.time(), 3), sites=sites,
+                           versions=versions, dp=dict(dp) if dp else None)
+
+
+class NoisedBankStrategy(BankStrategy):
+    """The bank strategy inside Flower's central-DP wrapper: `aggregate_train` hands the round's
+    update to `PrivateBankStrategy`, which commits it once the noise is added."""
+
+    commits_round = False
 
 
 class PrivateBankStrategy(DifferentialPrivacyClientSideFixedClipping):
@@ -561,9 +560,10 @@ class PrivateBankStrategy(DifferentialPrivacyClientSideFixedClipping):
     their deltas (`fixedclipping_mod`), Flower adds Gaussian noise to each bank's aggregated update,
     and only then are the banks written. Flower skips a round in which any site failed."""
 
-    def __init__(self, banks: BankStrategy, noise_multiplier: float, clipping_norm: float, num_sampled_clients: int):
+    def __init__(self, banks: NoisedBankStrategy, noise_multiplier: float, clipping_norm: float, num_sampled_clients: int):
+        if banks.commits_round:  # it would write every round's versions before the noise
+            raise TypeError(f"central DP wraps a NoisedBankStrategy, not a {type(banks).__name__}")
         super().__init__(banks, noise_multiplier, clipping_norm, num_sampled_clients)
-        banks.commit_updates = False
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         messages = list(super().configure_train(server_round, arrays, config, grid))
@@ -584,6 +584,27 @@ class PrivateBankStrategy(DifferentialPrivacyClientSideFixedClipping):
         return updates, metrics
 
 
+PRIVACY = ("none", "central-dp")  # the strategy variants, by name (CoordinatorConfig.privacy)
+
+
+def build_strategy(privacy: str, store: BankStore, *, noise_multiplier: float = 0.0, clipping_norm: float = 1.0,
+                   **settings) -> BankStrategy | PrivateBankStrategy:
+    """The strategy Flower runs for a privacy variant; `settings` are BankStrategy's. Under central
+    DP the noise scale starts from `min_train_nodes` sites (it follows the real sample each round).
+    The bank strategy itself is the result under "none", its `.strategy` under "central-dp"."""
+    if privacy == "none":
+        return BankStrategy(store, **settings)
+    if privacy == "central-dp":
+        banks = NoisedBankStrategy(store, **settings)
+        return PrivateBankStrategy(banks, noise_multiplier, clipping_norm, banks.min_train_nodes)
+    raise ValueError(f"unknown privacy variant {privacy!r} (known: {', '.join(PRIVACY)})")
+
+
+def bank_strategy_of(runner: BankStrategy | PrivateBankStrategy) -> BankStrategy:
+    """The bank strategy a runner from `build_strategy` drives (the one that keeps the ledger)."""
+    return runner if isinstance(runner, BankStrategy) else runner.strategy
+
+
 # ------------------------------------------------------------------------------ helpers
 def _finite(delta: Mapping) -> bool:
     try:
@@ -601,19 +622,7 @@ def error_text(error) -> str:
 
 def _split_updates(record: ArrayRecord | None) -> dict[str, dict[str, np.ndarray]]:
     out: dict[str, dict[str, np.ndarray]] = {}
-    for key, array in (record or {}).items():
+    for key, array in decode_arrays(record).items():
         bank, _, name = key.partition(BANK_SEPARATOR)
-        out.setdefault(bank, {})[name] = array.numpy()
+        out.setdefault(bank, {})[name] = array
     return out
-
-
-def _read_history(path: Path | None) -> list[dict]:
-    if path is None or not path.exists():
-        return []
-    return list(json.loads(path.read_text()).get("rounds", []))
-
-
-def _write_history(path: Path | None, history: list[dict]) -> None:
-    if path is None:
-        return
-    write_json_atomic(path, {"rounds": history}, indent=1, default=float)

@@ -5,6 +5,9 @@ received) and a few numeric metrics. Nothing else may leave a site: `check_egres
 array that is not an adapter parameter of the expected name, shape and dtype, and any metric that
 is not a finite number under an allowed name. The coordinator runs the same checks on arrival
 (`fedpoint.server.checks`), so a misbehaving site is caught on both ends.
+
+`encode_arrays` and `decode_arrays` are the one place where numpy arrays become a Flower
+`ArrayRecord` and back, for both ends (flwr is imported only when they are called).
 """
 
 from __future__ import annotations
@@ -96,6 +99,19 @@ def from_numpy(arrays: Mapping[str, np.ndarray]) -> dict:
     import torch
 
     return {name: torch.from_numpy(np.array(value, copy=True)) for name, value in arrays.items()}
+
+
+def encode_arrays(arrays: Mapping[str, np.ndarray], dtype=None):
+    """Named arrays as a Flower `ArrayRecord` (contiguous; cast to `dtype` when one is given),
+    in the order given."""
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord(array_dict={name: Array(np.ascontiguousarray(value, dtype=dtype)) for name, value in arrays.items()})
+
+
+def decode_arrays(record) -> dict[str, np.ndarray]:
+    """A Flower `ArrayRecord` (None: empty) as named numpy arrays, in its order."""
+    return {name: array.numpy() for name, array in (record or {}).items()}
 
 
 def state_schema(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:

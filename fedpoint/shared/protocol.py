@@ -17,8 +17,7 @@ A query (coordinator -> site, once per node and run) asks only who the site is, 
 coordinator can route it to its modality bank; the answer is that "config" record alone.
 
 The run config (`[tool.flwr.app.config]` in pyproject.toml, plus `--run-config` overrides) is
-parsed into `FederationConfig`; the apps merge their built-in defaults under it because
-`flwr.simulation.run_simulation` hands them an empty run config.
+parsed in `fedpoint.shared.run_config`.
 """
 
 from __future__ import annotations
@@ -27,13 +26,14 @@ import json
 import re
 import unicodedata
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from fedpoint.shared.config import AdaptationMode, AdapterConfig
-from fedpoint.shared.validation_errors import describe_validation_error
+from fedpoint.shared.config import AdapterConfig
+
+if TYPE_CHECKING:
+    from fedpoint.shared.run_config import CoordinatorConfig
 
 # ------------------------------------------------------------------------------ record keys
 ARRAYS = "arrays"
@@ -134,85 +134,6 @@ def _escape(char: str) -> str:
     return char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
 
 
-# ------------------------------------------------------------------------------ run config
-class FederationConfig(BaseModel):
-    """The run config of a federation, with typed defaults (kebab-case keys, as in pyproject)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
-                              alias_generator=lambda name: name.replace("_", "-"))
-
-    num_server_rounds: int = Field(2, ge=1)
-    fraction_train: float = Field(1.0, gt=0, le=1.0)
-    min_train_nodes: int = Field(2, ge=1)
-    adapter_kind: str = "norm"
-    lora_rank: int = Field(4, ge=1, le=64)
-    lora_freeze_a: bool = True
-    images_per_round: int = Field(3, ge=1, description="simulation: images each site annotates per round")
-    local_epochs: int = Field(4, ge=1, le=100, description="deployment: epochs of the episode a site runs per round")
-    clicks: int = Field(5, ge=1, le=50)
-    mode: AdaptationMode = "mid+post"
-    lr: float = Field(0.0, ge=0, le=1.0, description="0: the adapter kind's default (shared.adapter_kinds, AdapterKind.lr)")
-    sites_config: str = "federation"
-    size: int = Field(96, ge=16, description="simulation: sample size in pixels")
-    base: str = ""
-    bank_store: str = ""
-    bank_strategy: Literal["banks", "general"] = "banks"
-    output_dir: str = "~/.cache/fedpoint/federation"
-    clip_norm: float = Field(0.0, ge=0, description="> 0: the coordinator clips each delta to this L2 norm")
-    dp_noise_multiplier: float = Field(0.0, ge=0, description="> 0: Flower's central DP, client-side fixed clipping")
-    dp_clipping_norm: float = Field(1.0, gt=0)
-    norm_factor: float = Field(5.0, gt=1)
-    aggregation_rule: Literal["weighted-mean", "trimmed-mean", "median"] = "weighted-mean"
-    trim_fraction: float = Field(0.2, ge=0, lt=0.5, description="trimmed-mean: fraction cut at each end per coordinate")
-    weight_cap_factor: float = Field(4.0, ge=1, description="a weight is clipped to this x the median of the others")
-    norm_cap_rms: float = Field(0.0, ge=0, description="absolute bound on a delta's RMS per value; 0: the kind's default")
-    history_factor: float = Field(10.0, gt=1, description="a delta may be at most this x the largest one a bank took")
-    drift_window: int = Field(3, ge=0, description="rounds of outsized, opposed updates before a site is refused; 0: off")
-    drift_ratio: float = Field(2.0, gt=1)
-    site_registry: str = Field("", description="deployment: JSON registry node -> site id, modality (register-sites.sh)")
-    round_timeout: float = Field(600.0, gt=0)
-    evaluate_banks: bool = Field(True, description="after each aggregation the sites score the new bank versions "
-                                                   "on their held-out cached cases (only the scores come back)")
-    seed: int = 0
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping | None, defaults: Mapping | None = None) -> "FederationConfig":
-        """Defaults, then the run config on top; errors name the run-config key."""
-        merged = {**(defaults or {}), **dict(run_config or {})}
-        try:
-            return cls(**merged)
-        except ValidationError as err:
-            raise ValueError(f"bad federation run config: {describe_validation_error(err)}") from None
-
-    def adapter_config(self) -> AdapterConfig:
-        return AdapterConfig(kind=self.adapter_kind, lora_rank=self.lora_rank, lora_freeze_a=self.lora_freeze_a)
-
-    @property
-    def dp(self) -> bool:
-        return self.dp_noise_multiplier > 0
-
-    @property
-    def output_path(self) -> Path | None:
-        return Path(self.output_dir).expanduser() if self.output_dir else None
-
-    @property
-    def bank_store_path(self) -> Path:
-        if self.bank_store:
-            return Path(self.bank_store).expanduser()
-        if self.output_path is None:
-            raise ValueError("set bank-store (or output-dir, whose banks/ folder is then used)")
-        return self.output_path / "banks"
-
-    def simulated_site_store(self, site: str) -> Path:
-        if self.output_path is None:
-            raise ValueError("a simulated site keeps its store under output-dir: set output-dir")
-        return self.output_path / "sites" / site
-
-    def to_run_config(self) -> dict:
-        """Kebab-case plain values, as Flower's run config holds them."""
-        return self.model_dump(by_alias=True)
-
-
 # ------------------------------------------------------------------------------ instruction
 class RoundInstruction(BaseModel):
     """What a site is asked to do in one round (the "config" record of a train message)."""
@@ -268,7 +189,7 @@ class RoundInstruction(BaseModel):
         )
 
 
-def instruction_settings(fed: FederationConfig) -> dict:
+def instruction_settings(fed: CoordinatorConfig) -> dict:
     """The run-config settings every instruction carries (the coordinator is their authority)."""
     return {"adapter": fed.adapter_config(), "images": fed.images_per_round, "local_epochs": fed.local_epochs,
             "clicks": fed.clicks, "mode": fed.mode, "lr": fed.lr, "size": fed.size, "seed": fed.seed}

@@ -9,7 +9,6 @@ timeout can stop it together with its Ray workers, and two simulations never sha
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import signal
@@ -17,20 +16,19 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from fedpoint.shared.protocol import FederationConfig
-
-SUMMARY_FILE = "federation.json"  # written by the ServerApp's strategy into output-dir
+from fedpoint.server.ledger import read_rounds
+from fedpoint.shared.run_config import SimulationConfig, parse_run_config
 
 
 def run_federation(config: Mapping, num_sites: int, *, timeout: float = 1800.0, verbose: bool = False) -> dict:
     """Run a simulated federation and return its summary (rounds, per-round bytes up/down per site,
     per-round metrics, bank versions written). `config` holds run-config keys (kebab-case)."""
-    fed = FederationConfig.from_run_config(config)
+    fed = parse_run_config(config, reader=SimulationConfig)
     if fed.output_path is None:
         raise ValueError("run_federation reads its results from output-dir: set output-dir")
     before = len(_rounds(fed.output_path))
     t0 = time.perf_counter()
-    _run_isolated(fed.to_run_config(), num_sites, timeout, verbose)
+    _run_isolated(parse_run_config(config).to_run_config(), num_sites, timeout, verbose)  # the whole config, for both apps
     seconds = time.perf_counter() - t0
     return summarize(fed, _rounds(fed.output_path)[before:], seconds)
 
@@ -84,11 +82,10 @@ def _stop_group(process) -> None:
 
 # ------------------------------------------------------------------------------ results
 def _rounds(output: Path) -> list[dict]:
-    path = output / SUMMARY_FILE
-    return json.loads(path.read_text())["rounds"] if path.exists() else []
+    return read_rounds(output)  # federation.json, written by the ServerApp's strategy into output-dir
 
 
-def summarize(fed: FederationConfig, rounds: list[dict], seconds: float) -> dict:
+def summarize(fed: SimulationConfig, rounds: list[dict], seconds: float) -> dict:
     from fedpoint.server.banks import BankStore
 
     store = BankStore(fed.bank_store_path)

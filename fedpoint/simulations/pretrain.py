@@ -215,7 +215,7 @@ def pretrain(cfg: PretrainConfig, out: Path, model_cfg: ModelConfig | None = Non
         "training": {**asdict(cfg), "seconds": round(train_seconds, 1), "threads_used": torch.get_num_threads(),
                      "final_loss": round(float(np.mean(losses[-100:])), 4)},
         "validation": {"dev_split_crops": validate(net, val, model_cfg, cfg.val_clicks)},
-        "reproduce": f"fedpoint data prepare --training && fedpoint pretrain"
+        "reproduce": "fedpoint data prepare --training && fedpoint pretrain"
                      + (" --spatial-dims 3" if cfg.spatial_dims == 3 else "") + f" --steps {cfg.steps} --batch {cfg.batch} "
                      f"--lr {cfg.lr} --seed {cfg.seed}" + (f" --threads {cfg.threads}" if cfg.threads else "") + f" --out {out.name}",
     }

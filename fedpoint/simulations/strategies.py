@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
+from fedpoint.server.ledger import read_rounds
+
 # Every image record carries these keys (see docs/results-schema.md).
 IMAGE_KEYS = ("strategy", "seed", "site", "modality", "shift", "shifted", "late", "join_round", "round", "index",
               "case_id", "object", "dices", "dice1", "dice3", "dice5", "dice10", "dice_auc", "noc85", "noc90", "nof", "clicks",
@@ -196,8 +198,7 @@ def run_federated(strategy: Strategy, experiment, seed: int, sites: list, work,
 def joined_banks(work, late_sites: list[str]) -> list[dict]:
     """What each late joiner received in its first round: {site, round, bank, version}, from the
     coordinator's round summary."""
-    summary = Path(work) / "federation.json"
-    history = json.loads(summary.read_text())["rounds"] if summary.exists() else []
+    history = read_rounds(work)
     out = []
     for name in late_sites:
         first = next((h for h in sorted(history, key=lambda h: h["round"]) if name in h["sites"]), None)
@@ -257,8 +258,7 @@ def federation_rounds(work, strategy: str, seed: int, images: list[dict]) -> lis
         key = (rec["round"], rec["site"])
         seconds[key] = seconds.get(key, 0.0) + rec["seconds"]
         counts[key] = counts.get(key, 0) + 1
-    summary = Path(work) / "federation.json"
-    history = json.loads(summary.read_text())["rounds"] if summary.exists() else []
+    history = read_rounds(work)
     rows = []
     for entry in history:
         for site, info in sorted(entry["sites"].items()):

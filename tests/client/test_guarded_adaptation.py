@@ -195,7 +195,7 @@ def test_a_bad_bank_is_refused_with_a_logged_reason(tiny_base_2d, tmp_path, blob
     engine.store.save_splits({"train": [], "val": engine.store.case_ids()[:3], "judge": engine.store.case_ids()[3:]})
     before = engine.adapter.state()
     nan = {k: torch.full_like(v, float("nan")) for k, v in before.items()}
-    assert engine.offer(nan, "bank:nan") is False
+    assert engine.offer(nan, "bank:nan").accepted is False
     entry = [e for e in engine.store.read_log() if e["event"] == "guard"][-1]
     assert entry["accepted"] is False and "non-finite" in entry["reason"]
     assert all(torch.equal(before[k], v) for k, v in engine.adapter.state().items())
@@ -204,7 +204,7 @@ def test_a_bad_bank_is_refused_with_a_logged_reason(tiny_base_2d, tmp_path, blob
 def test_a_site_without_held_out_cases_takes_a_bank_unvalidated_and_says_so(tiny_base_2d, tmp_path):
     engine = _engine(tiny_base_2d, "frozen", tmp_path)
     state = {k: v + 0.01 for k, v in engine.adapter.state().items()}
-    assert engine.offer(state, "bank:general/v1") is True
+    assert engine.offer(state, "bank:general/v1").accepted is True
     entry = [e for e in engine.store.read_log() if e["event"] == "guard"][-1]
     assert entry["unvalidated"] is True and "passed unvalidated" in entry["reason"]
 

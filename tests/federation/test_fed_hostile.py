@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from fedpoint.server.registry import SiteEntry, SiteRegistry
 from fedpoint.server.server_app import base_adapter, open_banks
 from fedpoint.server.strategy import BankStrategy, SiteInfo
 from fedpoint.shared import protocol as P
+from fedpoint.shared.run_config import parse_run_config
 
 pytestmark = [pytest.mark.hostile, pytest.mark.usefixtures("module_task_identity")]
 
@@ -41,7 +41,7 @@ RESULTS: dict[str, str] = {}
 
 
 def coordinator(base, output, registry=None, **overrides):
-    fed = P.FederationConfig.from_run_config({"base": str(base), "output-dir": str(output), **overrides})
+    fed = parse_run_config({"base": str(base), "output-dir": str(output), **overrides})
     adapter = base_adapter(fed)
     store = BankStore(fed.bank_store_path)
     last = open_banks(store, adapter)

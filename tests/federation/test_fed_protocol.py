@@ -11,27 +11,28 @@ import pytest
 
 from fedpoint.shared import protocol as P
 from fedpoint.shared.config import AdapterConfig
+from fedpoint.shared.run_config import FederationConfig, parse_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_pyproject_run_config_is_exactly_the_federation_config():
     table = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    fed = P.FederationConfig.from_run_config(table)
-    assert set(table) == set(P.FederationConfig().to_run_config())  # every key typed, none missing
+    fed = parse_run_config(table)
+    assert set(table) == set(FederationConfig().to_run_config())  # every key typed, none missing
     assert fed.to_run_config() == table
 
 
 def test_run_config_merges_defaults_and_names_bad_keys():
-    fed = P.FederationConfig.from_run_config({"num-server-rounds": 7}, defaults={"num-server-rounds": 3, "clicks": 9})
+    fed = parse_run_config({"num-server-rounds": 7}, defaults={"num-server-rounds": 3, "clicks": 9})
     assert (fed.num_server_rounds, fed.clicks) == (7, 9)
     assert fed.bank_store_path == Path(fed.output_dir).expanduser() / "banks"
     with pytest.raises(ValueError, match="num-server-rounds"):
-        P.FederationConfig.from_run_config({"num-server-rounds": 0})
+        parse_run_config({"num-server-rounds": 0})
     with pytest.raises(ValueError, match="num-rounds"):
-        P.FederationConfig.from_run_config({"num-rounds": 3})  # a typo is not silently ignored
+        parse_run_config({"num-rounds": 3})  # a typo is not silently ignored
     with pytest.raises(ValueError, match="mode"):
-        P.FederationConfig.from_run_config({"mode": "sometimes"})
+        parse_run_config({"mode": "sometimes"})
 
 
 def test_round_instruction_survives_a_config_record():

@@ -10,21 +10,22 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedpoint.client.client_app import build_client_app, egress_mod
-from fedpoint.client.federated import SiteIdentity, check_reply, identify, load_site_base, train_round
+from fedpoint.client.client_app import build_client_app, check_reply, egress_mod
+from fedpoint.client.federated import SiteIdentity, identify, load_site_base, train_round
 from fedpoint.client.store import SiteStore
 from fedpoint.server.checks import delta_norm
 from fedpoint.shared import protocol as P
 from fedpoint.shared.adapters import AdapterMismatchError, make_adapter
 from fedpoint.shared.payload import EgressError, to_numpy
+from fedpoint.shared.run_config import FederationConfig, parse_run_config
 
 
 @pytest.fixture
-def fed(fast_run_config) -> P.FederationConfig:
-    return P.FederationConfig.from_run_config(fast_run_config)
+def fed(fast_run_config) -> FederationConfig:
+    return parse_run_config(fast_run_config)
 
 
-def bank_of(fed: P.FederationConfig, server_round: int = 1, version: int = 1, fingerprint: str | None = None):
+def bank_of(fed: FederationConfig, server_round: int = 1, version: int = 1, fingerprint: str | None = None):
     """(bank arrays, instruction) as the coordinator would send them: the untrained base adapter."""
     base, _, real = load_site_base(fed.base)
     adapter = make_adapter(base, fed.adapter_config(), real)

@@ -13,16 +13,17 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from fedpoint.server.banks import BankStore
 from fedpoint.server.checks import delta_norm
 from fedpoint.server.server_app import base_adapter, open_banks
-from fedpoint.server.strategy import BankStrategy, PrivateBankStrategy, SiteInfo
+from fedpoint.server.strategy import BankStrategy, NoisedBankStrategy, PrivateBankStrategy, SiteInfo
 from fedpoint.shared import protocol as P
+from fedpoint.shared.run_config import FederationConfig, parse_run_config
 
 
-def make_coordinator(base, output, **overrides):
-    fed = P.FederationConfig.from_run_config({"base": str(base), "output-dir": str(output), **overrides})
+def make_coordinator(base, output, variant=BankStrategy, **overrides):
+    fed = parse_run_config({"base": str(base), "output-dir": str(output), **overrides})
     adapter = base_adapter(fed)
     store = BankStore(fed.bank_store_path)
     last = open_banks(store, adapter)
-    strategy = BankStrategy(store, fingerprint=adapter.base_fingerprint, schema=adapter.schema(),
+    strategy = variant(store, fingerprint=adapter.base_fingerprint, schema=adapter.schema(),
                             settings=P.instruction_settings(fed), bank_strategy=fed.bank_strategy,
                             norm_factor=fed.norm_factor, clip_norm=fed.clip_norm, round_offset=last,
                             summary_path=fed.output_path / "federation.json")
@@ -188,8 +189,8 @@ def test_clip_norm_bounds_each_site_delta(tiny_base_2d, tmp_path, task_identity)
     assert new.manifest["clip_norm"] == 0.05
 
 
-def test_dp_wrapper_adds_noise_before_the_banks_are_written(coordinator):
-    c = coordinator
+def test_dp_wrapper_adds_noise_before_the_banks_are_written(tiny_base_2d, tmp_path, task_identity):
+    c = make_coordinator(tiny_base_2d, tmp_path / "fed", variant=NoisedBankStrategy)
     private = PrivateBankStrategy(c.strategy, noise_multiplier=1.0, clipping_norm=0.1, num_sampled_clients=2)
     msgs = send(c.strategy, {1: "MR", 2: "MR"})
     bank = received(msgs[1])
@@ -230,3 +231,21 @@ def test_a_store_made_for_another_adapter_is_refused(tiny_base_2d, tmp_path, tas
     make_coordinator(tiny_base_2d, tmp_path / "fed")
     with pytest.raises(ValueError, match="use another bank-store"):
         make_coordinator(tiny_base_2d, tmp_path / "fed", **{"adapter-kind": "norm+stem"})
+
+
+def test_the_privacy_variant_is_chosen_by_name_when_the_strategy_is_built(coordinator):
+    from fedpoint.server.strategy import bank_strategy_of, build_strategy
+
+    c = coordinator
+    kwargs = dict(fingerprint=c.adapter.base_fingerprint, schema=c.adapter.schema(), settings=P.instruction_settings(c.fed))
+    plain = build_strategy("none", c.store, **kwargs)
+    assert type(plain) is BankStrategy and plain.commits_round and bank_strategy_of(plain) is plain
+    private = build_strategy("central-dp", c.store, noise_multiplier=0.5, clipping_norm=0.1, **kwargs)
+    assert isinstance(private, PrivateBankStrategy) and type(bank_strategy_of(private)) is NoisedBankStrategy
+    assert not bank_strategy_of(private).commits_round and private.noise_multiplier == 0.5
+    with pytest.raises(TypeError, match="NoisedBankStrategy"):  # a committing strategy would write before the noise
+        PrivateBankStrategy(c.strategy, noise_multiplier=1.0, clipping_norm=0.1, num_sampled_clients=2)
+    with pytest.raises(ValueError, match="unknown privacy variant"):
+        build_strategy("local-dp", c.store, **kwargs)
+    assert FederationConfig().privacy == "none"
+    assert parse_run_config({"dp-noise-multiplier": 0.5}).privacy == "central-dp"

@@ -9,6 +9,7 @@ import pytest
 
 from fedpoint.server.aggregate import aggregate, round_record
 from fedpoint.server.banks import BankNotFoundError, BankStore
+from fedpoint.server.export import export_bank
 from fedpoint.shared.adapters import AdapterMismatchError, load_adapter
 from fedpoint.shared.config import AdapterConfig
 from fedpoint.shared.payload import to_numpy
@@ -99,7 +100,7 @@ def test_export_of_a_norm_bank_loads_and_refuses_a_foreign_base(store_with_round
     from fedpoint.shared.model import build_model
 
     store, state, _ = store_with_rounds
-    out = store.export("general", None, tmp_path / "export")
+    out = export_bank(store, "general", None, tmp_path / "export")
     adapter = load_adapter(tiny_model[0], out)
     assert all(np.array_equal(to_numpy(adapter.state())[k], state[k]) for k in state)
     assert adapter.kind == "norm"
@@ -110,10 +111,10 @@ def test_export_of_a_norm_bank_loads_and_refuses_a_foreign_base(store_with_round
     with pytest.raises(AdapterMismatchError, match="refusing"):
         load_adapter(foreign, out)
     with pytest.raises(AdapterMismatchError, match="refusing"):
-        store.export("general", 2, tmp_path / "export2", base=foreign)
+        export_bank(store, "general", 2, tmp_path / "export2", base=foreign)
     with pytest.raises(FileExistsError):
-        store.export("general", 2, out)
-    assert store.export("general", 2, out, overwrite=True) == out
+        export_bank(store, "general", 2, out)
+    assert export_bank(store, "general", 2, out, overwrite=True) == out
 
 
 @pytest.mark.parametrize("freeze_a", [True, False])
@@ -125,7 +126,7 @@ def test_export_of_a_lora_bank_is_peft_format_on_the_named_base(tmp_path, adapte
     replies = [make_reply(bank, fingerprint, f"s{i}", seed=i) for i in range(2)]
     new = aggregate(bank, replies, "lora", cfg)
     store.write("modality-ct", new, round_record(1, replies))
-    out = store.export("modality-ct", None, tmp_path / "lora-export", base=tiny_base_2d)
+    out = export_bank(store, "modality-ct", None, tmp_path / "lora-export", base=tiny_base_2d)
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
     from fedpoint.shared.model import load_base
 

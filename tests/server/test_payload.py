@@ -84,3 +84,28 @@ def test_refuses_a_metric_that_is_not_an_allowed_finite_number(payload, metrics,
 
 def test_allowed_metrics_cover_what_evaluation_reports():
     assert {"num-examples", "dice1", "dice10", "noc90", "nof", "predict-ms", "bytes-up", "episode-accepted"} <= ALLOWED_METRICS
+
+
+def test_flower_array_encoding_round_trips_names_order_dtypes_and_values():
+    from flwr.app import ArrayRecord
+
+    from fedpoint.shared.payload import decode_arrays, encode_arrays
+
+    strided = np.arange(24, dtype=np.float64).reshape(4, 6)[:, ::2]  # not contiguous
+    arrays = {"z.weight": np.ones((2, 3), np.float32), "a.bias": np.arange(5, dtype=np.int64), "m": strided}
+    record = encode_arrays(arrays)
+    assert isinstance(record, ArrayRecord) and list(record) == ["z.weight", "a.bias", "m"]
+    back = decode_arrays(record)
+    assert list(back) == list(arrays)
+    assert all(back[k].dtype == arrays[k].dtype and np.array_equal(back[k], arrays[k]) for k in arrays)
+    cast = decode_arrays(encode_arrays(arrays, dtype=np.float32))
+    assert all(v.dtype == np.float32 for v in cast.values()) and np.array_equal(cast["m"], strided)
+    assert decode_arrays(None) == {} and decode_arrays(ArrayRecord()) == {}
+
+
+def test_the_payload_module_does_not_import_flower():
+    import subprocess
+    import sys
+
+    code = "import sys, fedpoint.shared.payload; assert 'flwr' not in sys.modules, 'flwr imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

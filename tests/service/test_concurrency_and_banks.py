@@ -132,11 +132,12 @@ def test_a_clientapp_round_beside_the_live_service_on_one_store(make_config, sit
     from fedpoint.shared import protocol as P
     from fedpoint.shared.adapters import make_adapter
     from fedpoint.shared.payload import to_numpy
+    from fedpoint.shared.run_config import parse_run_config
 
     config = make_config(mode="mid+post+episodes", adaptation={"post_clicks": 2, "episode_min_cases": 2,
                                                                "episode_epochs": 1, "episode_iters": 2})
     defaults = {"base": str(tiny_base_2d), "local-epochs": 1, "min-train-nodes": 1}
-    fed = P.FederationConfig.from_run_config(defaults)
+    fed = parse_run_config(defaults)
     base, _, fingerprint = load_site_base(fed.base)
     bank = to_numpy(make_adapter(base, fed.adapter_config(), fingerprint).state())
     node = {P.NODE_SITE_ID: "test-site", P.NODE_MODALITY: "MR", P.NODE_SITE_STORE: str(site["store"])}

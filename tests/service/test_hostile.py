@@ -387,7 +387,6 @@ def test_retried_saves_and_accepts_do_not_duplicate(live, site):
 
 
 def test_parallel_saves_without_client_id_are_all_kept_or_clearly_refused(live, site):
-    c = live.client
     labels = []
     for i in range(8):
         mask = np.zeros((40, 40, 8), np.uint8)

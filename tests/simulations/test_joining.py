@@ -9,6 +9,7 @@ from fedpoint.server.banks import BankStore
 from fedpoint.server.server_app import base_adapter, open_banks, site_join_rounds
 from fedpoint.server.strategy import BankStrategy
 from fedpoint.shared import protocol as P
+from fedpoint.shared.run_config import parse_run_config
 
 SITES = {11: ("ct-a", "CT"), 12: ("ct-b", "CT"), 13: ("ct-late", "CT"), 14: ("nuclei-late", "microscopy")}
 
@@ -34,7 +35,7 @@ class FakeGrid:
 
 
 def strategy_for(base, tmp_path, join_rounds, **kw) -> BankStrategy:
-    fed = P.FederationConfig.from_run_config({"base": str(base), "output-dir": str(tmp_path / "fed")})
+    fed = parse_run_config({"base": str(base), "output-dir": str(tmp_path / "fed")})
     adapter = base_adapter(fed)
     store = BankStore(fed.bank_store_path)
     open_banks(store, adapter)
@@ -78,8 +79,8 @@ def test_without_join_rounds_every_node_is_sampled(tiny_base_2d, tmp_path, task_
 def test_the_server_app_reads_join_rounds_from_the_sites_config(tmp_path):
     sites = tmp_path / "sites.toml"
     sites.write_text('[[sites]]\nname = "a"\ndataset = "x"\n[[sites]]\nname = "late"\ndataset = "x"\njoin_round = 2\n')
-    fed = P.FederationConfig.from_run_config({"sites-config": str(sites)})
+    fed = parse_run_config({"sites-config": str(sites)})
     assert site_join_rounds(fed) == {"late": 2}
     registry = tmp_path / "registry.json"
-    deployed = P.FederationConfig.from_run_config({"sites-config": str(sites), "site-registry": str(registry)})
+    deployed = parse_run_config({"sites-config": str(sites), "site-registry": str(registry)})
     assert site_join_rounds(deployed) == {}  # a deployed site joins by starting its SuperNode

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 
 from fedpoint.client.engine import SiteEngine, set_threads
-from fedpoint.client.service.banks import BankWatcher
+from fedpoint.client.service.bank_watcher import BankWatcher
 from fedpoint.client.service.config import SiteServiceConfig
 from fedpoint.client.service.desk import AnnotationDesk
 from fedpoint.client.service.dicomweb import open_site_images

@@ -85,9 +85,9 @@ class BankWatcher:
             event["reason"] = f"{self._relative(path)}: cannot be read ({type(err).__name__}: {err})"
         else:
             source = f"bank:{event['bank']}/v{event['version']}"
-            event["accepted"] = self.engine.offer(state, source)
-            review = self.engine.guard.history[-1] if self.engine.guard.history else {}
-            event.update(candidate=review.get("candidate"), current=review.get("current"), val_cases=review.get("val_cases"))
+            review = self.engine.offer(state, source)
+            event.update(accepted=review.accepted, candidate=review.candidate, current=review.current,
+                         val_cases=review.val_cases)
             if event["accepted"]:
                 with self.engine.model.lock:
                     event["adapter_version"] = self.store.save_adapter(self.engine.adapter, {"source": source})
