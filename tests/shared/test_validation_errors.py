@@ -58,10 +58,10 @@ def test_within_root_limit_and_hint():
 
 def test_the_callers_keep_their_messages(tmp_path):
     from fedpoint.client.service.config import ServiceConfigError, make_service_config
-    from fedpoint.shared.protocol import FederationConfig
+    from fedpoint.shared.run_config import parse_run_config
 
     with pytest.raises(ValueError, match=r"^bad federation run config: num-server-rounds: Input should be a valid integer"):
-        FederationConfig.from_run_config({"num-server-rounds": "many"})
+        parse_run_config({"num-server-rounds": "many"})
     with pytest.raises(ServiceConfigError, match=r"^site\.toml: "):
         make_service_config({"no_such_setting": 1}, source="site.toml")
 
