@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedpoint.client import splits as episode_splits
 from fedpoint.client.episodes import EpisodeScheduler, RegressionGuard, load_cases
 from fedpoint.client.model import SiteModel
 from fedpoint.client.session import AnnotationSession
-from fedpoint.client.splits import held_out as held_out_ids
 from fedpoint.client.store import SiteStore
 from fedpoint.shared.adapters import Adapter, State, load_adapter, make_adapter
 from fedpoint.shared.config import AdaptationConfig, AdapterConfig
@@ -81,7 +81,7 @@ class SiteEngine:
         """Cached cases no episode trains on (selection and judgement sets)."""
         if self.store is None:
             return []
-        return load_cases(self.store, held_out_ids(self.store.splits()))
+        return load_cases(self.store, episode_splits.held_out(self.store.splits()))
 
     def offer(self, state: State, source: str) -> bool:
         """An adapter offered from outside (a federation bank): swap it in if the guard passes it.

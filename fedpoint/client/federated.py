@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedpoint.client.splits import MIN_CASES, held_out as held_out_ids, split_rule
+from fedpoint.client import splits as episode_splits
 from fedpoint.client.store import SiteStore, check_id, write_json_atomic
 from fedpoint.shared import protocol as P
 from fedpoint.shared.config import AdaptationConfig
@@ -175,8 +175,8 @@ def evaluate_bank(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundIns
     adapter, model_cfg, _ = bank_adapter(bank_arrays, instruction, site, fed, "score")
     store = SiteStore(site.store)
     rng = np.random.default_rng(instruction.seed)
-    splits = store.assign_new_cases(lambda new: split_rule(new, rng))
-    held_out = held_out_ids(splits)[-EVAL_MAX_CASES:]
+    splits = store.assign_new_cases(lambda new: episode_splits.split_rule(new, rng))
+    held_out = episode_splits.held_out(splits)[-EVAL_MAX_CASES:]
     if not held_out:
         return {"eval-cases": 0}
     model = SiteModel(adapter, model_cfg, AdaptationConfig(mode="frozen"), device=device)
@@ -250,8 +250,8 @@ def episode_on_cache(model, store: SiteStore) -> tuple[int, dict]:
     from fedpoint.client.episodes import EpisodeScheduler
 
     cases = store.case_ids()
-    if len(cases) < MIN_CASES:  # an episode needs a training, a validation and a judgement case
-        store.log("federation-skip", reason=f"{len(cases)} accepted case(s); an episode needs {MIN_CASES}")
+    if len(cases) < episode_splits.MIN_CASES:  # an episode needs a training, a validation and a judgement case
+        store.log("federation-skip", reason=f"{len(cases)} accepted case(s); an episode needs {episode_splits.MIN_CASES}")
         return 0, {"images": len(cases), "episodes": 0}
     # The version it writes is not made current: the site service (or whatever next opens the
     # store) decides through its guard; this process only answers the round.

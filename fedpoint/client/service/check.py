@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedpoint.client.service.images import ImageError, read_array
-from fedpoint.data.formats import SITE_IMAGE_SUFFIXES, split_suffix
 from fedpoint.client.service.journal import JOURNAL_PREFIX
 from fedpoint.client.store import SiteStore, adapter_folder_problem, check_id
+from fedpoint.data.formats import SITE_IMAGE_SUFFIXES, split_suffix
 
 
 @dataclass
