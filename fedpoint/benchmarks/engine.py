@@ -107,21 +107,20 @@ def simulated_clicks(engine, image: np.ndarray, masks: list[np.ndarray], clicks:
     """Times of `session.click` (ms): objects in turn, a first click and up to `per_object - 1`
     corrections each from the simulated user, until `clicks` are timed after `warmup` untimed ones;
     each object's mask is accepted (so the post update runs between objects, as for a user)."""
-    from fedpoint.shared.clicker import Clicker
+    from fedpoint.shared.simulated_user import simulate
 
     times: list[float] = []
     k = 0
     while len(times) < clicks:
         mask = masks[k % len(masks)]
         k += 1
-        session, clicker = engine.open(image, f"bench-{k}"), Clicker(mask)
-        for _ in range(per_object):
-            click = clicker.next_click(session.mask if session.steps else None)
-            if click is None:
-                break
+        session = engine.open(image, f"bench-{k}")
+
+        def timed_click(chosen, session=session):
+            nonlocal warmup
             sync()
             t0 = time.perf_counter()
-            session.click(click.point, click.positive)
+            out = session.click(chosen[-1].point, chosen[-1].positive)
             sync()
             if on_click is not None:
                 on_click(session)
@@ -129,6 +128,10 @@ def simulated_clicks(engine, image: np.ndarray, masks: list[np.ndarray], clicks:
                 warmup -= 1
             else:
                 times.append((time.perf_counter() - t0) * 1e3)
+            return out
+
+        for _ in simulate(timed_click, mask, per_object, score=False):
+            pass
         if session.mask.any():
             engine.accept(session)
     return times

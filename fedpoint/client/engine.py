@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedpoint.client import splits as episode_splits
 from fedpoint.client.episodes import EpisodeScheduler, GuardReview, RegressionGuard, load_cases
 from fedpoint.client.model import SiteModel
 from fedpoint.client.session import AnnotationSession, check_mask
@@ -93,8 +94,7 @@ class SiteEngine:
         """Cached cases no episode trains on (selection and judgement sets)."""
         if self.store is None:
             return []
-        splits = self.store.splits()
-        return load_cases(self.store, splits["val"] + splits["judge"])
+        return load_cases(self.store, episode_splits.held_out(self.store.splits()))
 
     def offer(self, state: State, source: str) -> GuardReview:
         """An adapter offered from outside (a federation bank): swap it in if the guard passes it;

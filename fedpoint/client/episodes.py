@@ -1,8 +1,8 @@
 """CLoPA-style training episodes on the growing annotation cache, and the regression guard.
 
 An episode starts when the accepted cases not yet used reach a fraction of the campaign size (or a
-count). New cases are split 60/20/20 into cumulative train, validation (picks the best epoch) and
-judgement (the guard's verdict) sets, under the store's lock (`split_rule`). An episode is
+count). New cases are split into cumulative train, validation (picks the best epoch) and
+judgement (the guard's verdict) sets, under the store's lock, by `fedpoint.client.splits`. An episode is
 E epochs x I iterations of simulated-click training (a first click, then up to N corrections, each
 step's Dice+CE averaged); after each epoch the validation Dice-AUC over clicks (EMA-smoothed) picks
 the best epoch. The live model keeps serving clicks meanwhile: training runs on a copy, and what
@@ -26,12 +26,13 @@ import numpy as np
 import torch
 
 from fedpoint.client.model import SiteModel
+from fedpoint.client.splits import split_rule
 from fedpoint.client.store import SiteStore
 from fedpoint.shared.adapters import State
-from fedpoint.shared.clicker import Clicker
 from fedpoint.shared.focus import crop, enforce_clicks, paste
 from fedpoint.shared.losses import dice_ce
-from fedpoint.shared.metrics import dice, dice_auc
+from fedpoint.shared.metrics import dice_auc
+from fedpoint.shared.simulated_user import simulate
 
 
 def simulated_dice_auc(model: SiteModel, samples: list[tuple[np.ndarray, np.ndarray]], clicks: int) -> float:
@@ -41,16 +42,14 @@ def simulated_dice_auc(model: SiteModel, samples: list[tuple[np.ndarray, np.ndar
     scores = []
     for image, mask in samples:
         image_t = model.image_tensor(image)
-        clicker, prev, dices, chosen = Clicker(mask), None, [], []
-        for _ in range(clicks):
-            click = clicker.next_click(None if prev is None else prev[0, 0].bool().cpu().numpy())
-            if click is None:
-                dices += [1.0] * (clicks - len(dices))
-                break
-            chosen.append(click)
+        prev = None
+
+        def predict(chosen):
+            nonlocal prev
             prev, _ = model.predict_focused(image_t, chosen, prev)
-            dices.append(dice(prev[0, 0].bool().cpu().numpy(), mask))
-        scores.append(dice_auc(dices))
+            return prev[0, 0].bool().cpu().numpy()
+
+        scores.append(dice_auc([step.dice for step in simulate(predict, mask, clicks, fill=True)]))
     return float(np.mean(scores))
 
 
@@ -59,20 +58,22 @@ def train_iteration(model: SiteModel, image: np.ndarray, mask: np.ndarray, max_e
     image_t = model.image_tensor(image)
     target = torch.as_tensor(mask, dtype=torch.bool, device=model.device)[None, None]
     spatial = tuple(mask.shape)
-    clicker = Clicker(mask, mode="random", seed=int(rng.integers(2**31)))
-    clicks, prev, losses = [], None, []
-    model.optimizer.zero_grad(set_to_none=True)
-    for _ in range(1 + max_edits):
-        click = clicker.next_click(None if prev is None else prev[0, 0].bool().cpu().numpy())
-        if click is None:
-            break
-        clicks.append(click)
+    prev, losses = None, []
+
+    def step(clicks):  # a prediction with gradient; its loss is accumulated for the one optimizer step
+        nonlocal prev
         window = model.window_for(clicks, None if prev is None else prev[0, 0] > 0, spatial)
         logits = model.logits(image_t, clicks, prev, grad=True, window=window)
         loss = dice_ce(logits, crop(target, window, mask=True).float()) / (1 + max_edits)
         loss.backward()
         losses.append(loss.item())
         prev = enforce_clicks(paste(logits.detach() > 0, window, spatial).float(), clicks)
+        return prev[0, 0].bool().cpu().numpy()
+
+    steps = simulate(step, mask, 1 + max_edits, mode="random", rng=rng, score=False)
+    model.optimizer.zero_grad(set_to_none=True)
+    for _ in steps:
+        pass
     model.optimizer.step()
     return float(np.sum(losses))
 
@@ -265,18 +266,6 @@ def load_cases(store: SiteStore, ids: list[str]) -> list[tuple[np.ndarray, np.nd
         except (KeyError, ValueError, OSError):
             continue
     return out
-
-
-def split_rule(new: list[str], rng: np.random.Generator) -> dict[str, list[str]]:
-    """New cases -> train / val (selects the best epoch) / judge (the guard's verdict): 60/20/20,
-    rounding toward train, with val and judge one case each as soon as there are three."""
-    order = [new[i] for i in rng.permutation(len(new))]
-    n = len(order)
-    n_judge = max(1, round(0.2 * n)) if n >= 3 else 0
-    n_val = max(1, round(0.2 * n)) if n >= 2 else 0
-    n_train = n - n_val - n_judge
-    return {"train": sorted(order[:n_train]), "val": sorted(order[n_train:n_train + n_val]),
-            "judge": sorted(order[n_train + n_val:])}
 
 
 def rebase(best: State, start: State, live: State) -> State:

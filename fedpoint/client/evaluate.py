@@ -1,9 +1,9 @@
 """The one evaluation entry point: a stream of images through the simulated user.
 
 Every strategy, test and benchmark that reports Dice@k or NoC goes through `annotate` and
-`run_stream`, so numbers are comparable. The simulated user clicks with the deterministic
-`Clicker`, up to `clicks` times (stopping early only when the mask is perfect), then accepts the
-final mask. Its accepted mask is the model's final prediction, not the ground truth: online
+`run_stream`, so numbers are comparable. The simulated user (`fedpoint.shared.simulated_user`)
+clicks deterministically, up to `clicks` times (stopping early only when the mask is perfect),
+then accepts the final mask. Its accepted mask is the model's final prediction, not the ground truth: online
 updates never see a label the user did not produce.
 """
 
@@ -15,8 +15,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from fedpoint.client.engine import SiteEngine
-from fedpoint.shared.clicker import Clicker
-from fedpoint.shared.metrics import click_metrics, dice
+from fedpoint.shared.metrics import SUMMARY_KEYS, click_metrics
+from fedpoint.shared.simulated_user import simulate
 
 
 def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int = 10, case_id: str | None = None,
@@ -26,14 +26,9 @@ def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int 
     is (a pseudo-label), or with `accept_truth` corrects it to the true mask first, as a clinician
     who edits the mask does (CLoPA's setting: episodes then train on true labels)."""
     session = engine.open(image, case_id, spacing=spacing)
-    clicker = Clicker(gt, spacing=spacing)
-    dices: list[float] = []
+    steps = simulate(lambda chosen: session.click(chosen[-1].point, chosen[-1].positive), gt, clicks, spacing=spacing)
     t0 = time.perf_counter()
-    for _ in range(clicks):
-        click = clicker.next_click(session.mask if session.steps else None)
-        if click is None:
-            break
-        dices.append(dice(session.click(click.point, click.positive), gt))
+    dices = [step.dice for step in steps]
     if not dices:
         raise ValueError(f"{case_id}: the simulated user found nothing to click")
     final = session.mask
@@ -79,6 +74,5 @@ def _case_id(sample, index: int) -> str:
 
 def summarize(records: Iterable[dict]) -> dict[str, float]:
     records = list(records)
-    keys = ("dice1", "dice3", "dice5", "dice10", "noc85", "noc90", "nof", "predict_ms", "update_ms", "post_ms")
-    return {k: float(np.mean([r[k] for r in records])) for k in keys} | {
+    return {k: float(np.mean([r[k] for r in records])) for k in SUMMARY_KEYS} | {
         "images": len(records), "guard_rejected": int(sum(r.get("guard_rejected", 0) for r in records))}

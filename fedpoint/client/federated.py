@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedpoint.client import splits as episode_splits
 from fedpoint.client.store import SiteStore, check_id
 from fedpoint.shared import protocol as P
 from fedpoint.shared.config import AdaptationConfig
@@ -34,7 +35,6 @@ from fedpoint.shared.payload import from_numpy, to_numpy
 from fedpoint.shared.run_config import SiteRoundConfig
 
 STREAM_FILE = "federation-stream.json"
-MIN_EPISODE_CASES = 3  # an episode needs a training, a validation and a judgement case
 
 
 @dataclass(frozen=True)
@@ -174,14 +174,14 @@ def evaluate_bank(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundIns
     Dice-AUC of the simulated user over `protocol.EVAL_CLICKS` clicks. The held-out cases are the store's
     validation and judgement splits (new cases are assigned first, under the store's lock), so no
     episode has trained on them. Nothing is written but the splits; only the two numbers leave."""
-    from fedpoint.client.episodes import load_cases, simulated_dice_auc, split_rule
+    from fedpoint.client.episodes import load_cases, simulated_dice_auc
     from fedpoint.client.model import SiteModel
 
     adapter, model_cfg, _ = bank_adapter(bank_arrays, instruction, site, fed, "score")
     store = SiteStore(site.store)
     rng = np.random.default_rng(instruction.seed)
-    splits = store.assign_new_cases(lambda new: split_rule(new, rng))
-    held_out = (splits["val"] + splits["judge"])[-EVAL_MAX_CASES:]
+    splits = store.assign_new_cases(lambda new: episode_splits.split_rule(new, rng))
+    held_out = episode_splits.held_out(splits)[-EVAL_MAX_CASES:]
     if not held_out:
         return {"eval-cases": 0}
     model = SiteModel(adapter, model_cfg, AdaptationConfig(mode="frozen"), device=device)
@@ -231,12 +231,12 @@ def stream_position(store: SiteStore) -> int:
 
 def stream_metrics(records: list[dict]) -> dict[str, float]:
     """Round means of the per-image click metrics (never per-image values)."""
-    from fedpoint.shared.metrics import dice_auc
+    from fedpoint.shared.metrics import CLICK_METRICS, CLICKS, dice_auc
 
     def mean(key):
         return float(np.mean([r[key] for r in records]))
 
-    out = {k: mean(k) for k in ("dice1", "dice3", "dice5", "dice10", "noc85", "noc90", "nof", "clicks")}
+    out = {k: mean(k) for k in (*CLICK_METRICS, CLICKS)}
     out |= {"predict-ms": mean("predict_ms"), "update-ms": mean("update_ms"), "post-ms": mean("post_ms")}
     out["dice-auc"] = float(np.mean([dice_auc(r["dices"]) for r in records]))
     out["images"] = len(records)
@@ -249,8 +249,8 @@ def episode_on_cache(model, store: SiteStore) -> tuple[int, dict]:
     from fedpoint.client.episodes import EpisodeScheduler
 
     cases = store.case_ids()
-    if len(cases) < MIN_EPISODE_CASES:
-        store.log("federation-skip", reason=f"{len(cases)} accepted case(s); an episode needs {MIN_EPISODE_CASES}")
+    if len(cases) < episode_splits.MIN_CASES:  # an episode needs a training, a validation and a judgement case
+        store.log("federation-skip", reason=f"{len(cases)} accepted case(s); an episode needs {episode_splits.MIN_CASES}")
         return 0, {"images": len(cases), "episodes": 0}
     # The version it writes is not made current: the site service (or whatever next opens the
     # store) decides through its guard; this process only answers the round.

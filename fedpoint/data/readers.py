@@ -23,11 +23,11 @@ from typing import Callable
 
 import numpy as np
 
+from fedpoint.data.formats import DATASET_SUFFIXES, NIFTI, NRRD, PNG, has_suffix, split_suffix
 from fedpoint.data.normalize import canonical_modality
 from fedpoint.data.types import Case, DataError, Dataset, LabelledObject
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".png")
-LABEL_SUFFIXES = ("_label", "_labels", "_mask", "_seg")
+LABEL_NAME_ENDINGS = ("_label", "_labels", "_mask", "_seg")  # X_label.nii.gz is the label of X.nii.gz
 PAIR_META = "fedpoint.json"  # optional in a pairs folder: {"modality": "CT", "labels": {"1": "tumour"}}
 MAX_LABEL_VALUES = 1000  # more distinct values than this: an image, not a label map
 SPACING_RTOL = 1e-3
@@ -166,7 +166,7 @@ def read_pairs(path: Path, *, strict: bool = False) -> Dataset:
     allowed = set(names) if names else None
     pairs, orphans = _find_pairs(path)
     if not pairs and not orphans:
-        raise DataError(path, f"holds no images ({', '.join(IMAGE_SUFFIXES)}), no dataset.json: nothing to read")
+        raise DataError(path, f"holds no images ({', '.join(DATASET_SUFFIXES)}), no dataset.json: nothing to read")
     collect = _Collector(strict)
     for image in orphans:
         collect.skip(DataError(image, "has no label file (expected images/+labels/ or a *_label file beside it)"))
@@ -185,18 +185,18 @@ def _find_pairs(path: Path) -> tuple[list[tuple[Path, Path]], list[Path]]:
             return [(i, labels[_stem(i)]) for i in images if _stem(i) in labels], [i for i in images if _stem(i) not in labels]
     files = _image_files(path)
     stems = {_stem(p): p for p in files}
-    labels = {p for p in files if _stem(p).endswith(LABEL_SUFFIXES)}
+    labels = {p for p in files if _stem(p).endswith(LABEL_NAME_ENDINGS)}
     pairs, orphans = [], []
     for image in files:
         if image in labels:
             continue
-        label = next((stems[_stem(image) + s] for s in LABEL_SUFFIXES if _stem(image) + s in stems), None)
+        label = next((stems[_stem(image) + s] for s in LABEL_NAME_ENDINGS if _stem(image) + s in stems), None)
         (pairs.append((image, label)) if label else orphans.append(image))
     return pairs, orphans
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if p.is_file() and has_suffix(p.name, DATASET_SUFFIXES) and not p.name.startswith("."))
 
 
 # ---------------------------------------------------------------------------------- one case
@@ -340,7 +340,7 @@ def _check_values(path: Path, label: np.ndarray, allowed: set[int] | None) -> tu
     if not np.all(values == np.round(values)) or values.min() < 0:
         odd = [float(v) for v in values if v != round(v) or v < 0][:5]
         raise DataError(path, f"has label values that are not non-negative integers: {odd}")
-    if path.name.lower().endswith(".png") and set(values.tolist()) == {0, 255}:
+    if has_suffix(path.name, PNG) and set(values.tolist()) == {0, 255}:
         label = label > 0  # an 8-bit binary mask saved as 0/255
         values = np.array([0, 1])
     if allowed is not None:
@@ -374,13 +374,13 @@ def read_image(path: Path, dtype=np.float32) -> tuple[np.ndarray, tuple[float, .
 def read_header(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """The (C, *spatial) shape and the spacing `read_image` would give, from the header alone
     (NIfTI, NRRD, PNG; another format is decoded once to find out)."""
-    name = path.name.lower()
+    name = path.name
     try:
-        if name.endswith((".nii", ".nii.gz")):
+        if has_suffix(name, NIFTI):
             shape, affine = _nifti_header(path)
-        elif name.endswith(".nrrd"):
+        elif has_suffix(name, NRRD):
             shape, affine = _nrrd_header(path)
-        elif name.endswith(".png"):
+        elif has_suffix(name, PNG):
             shape, affine = _png_header(path)
         else:
             array, spacing = read_image(path)
@@ -458,11 +458,8 @@ def _dataset(name: str, collect: _Collector, path: Path, meta: dict) -> Dataset:
 
 
 def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+    parts = split_suffix(path.name, DATASET_SUFFIXES)
+    return parts[0] if parts else path.stem
 
 
 def _fmt(values) -> str:

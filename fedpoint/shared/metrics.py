@@ -12,6 +12,36 @@ import numpy as np
 
 NOF_BUDGET = 20
 
+# The metric names, here and only here: every table, record and summary takes its keys from these.
+DICE_AT = (1, 3, 5, 10)      # Dice after k clicks
+NOC_AT = (85, 90)            # clicks to reach this Dice (percent)
+NOF_AT = 90                  # failure: this Dice (percent) never reached
+DICE_KEYS = tuple(f"dice{k}" for k in DICE_AT)
+NOC_KEYS = tuple(f"noc{t}" for t in NOC_AT)
+NOF = "nof"
+CLICKS = "clicks"            # clicks the user made on the image
+DICE_AUC = "dice_auc"        # computed from the per-click Dice list (`dice_auc`), not by `click_metrics`
+CLICK_METRICS = DICE_KEYS + NOC_KEYS + (NOF,)          # what `click_metrics` scores (plus CLICKS)
+TIMING_KEYS = ("predict_ms", "update_ms", "post_ms")   # per-image timings of an annotation record
+SUMMARY_KEYS = CLICK_METRICS + TIMING_KEYS             # a stream summary's means (`client.evaluate.summarize`)
+SUMMARY_COLUMNS = CLICK_METRICS + TIMING_KEYS[:2]      # the `fedpoint evaluate` table
+SITE_METRICS = DICE_KEYS + (DICE_AUC,) + NOC_KEYS + (NOF,)  # the report's per-site table
+HEADERS = {
+    **{f"dice{k}": f"Dice@{k}" for k in DICE_AT},
+    DICE_AUC: "Dice-AUC",
+    **{f"noc{t}": f"NoC@{t}" for t in NOC_AT},
+    NOF: "NoF",
+    "predict_ms": "ms/pred",
+    "update_ms": "ms/upd",
+    "post_ms": "ms/post",
+}
+
+
+def is_fraction(key: str) -> bool:
+    """A metric in [0, 1] (Dice, Dice-AUC, the failure rate), shown with three decimals; the
+    others are counts or milliseconds."""
+    return key.startswith("dice") or key == NOF
+
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     """Dice of two binary masks; two empty masks agree perfectly."""
@@ -48,10 +78,10 @@ def dice_auc(dices: Sequence[float]) -> float:
 
 
 def click_metrics(dices: Sequence[float], budget: int = NOF_BUDGET) -> dict[str, float]:
-    """The standard per-image summary: Dice@1/3/5/10, NoC@85/90 and NoF@budget."""
-    out = {f"dice{k}": dice_at(dices, k) for k in (1, 3, 5, 10)}
-    out["noc85"] = noc(dices, 0.85, budget)
-    out["noc90"] = noc(dices, 0.90, budget)
-    out["nof"] = float(nof(dices, 0.90, budget))
-    out["clicks"] = len(dices)
+    """The standard per-image summary: Dice@1/3/5/10, NoC@85/90 and NoF@budget (keys: `CLICK_METRICS`
+    and `CLICKS`)."""
+    out: dict[str, float] = {f"dice{k}": dice_at(dices, k) for k in DICE_AT}
+    out |= {f"noc{t}": noc(dices, t / 100, budget) for t in NOC_AT}
+    out[NOF] = float(nof(dices, NOF_AT / 100, budget))
+    out[CLICKS] = len(dices)
     return out

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fedpoint.shared.metrics import CLICK_METRICS, DICE_KEYS, NOC_KEYS, NOF
+
 Schema = Mapping[str, tuple[tuple[int, ...], str]]
 
 # Numeric, aggregate-only metrics a site may send. Counts and means over a round, never per-image
@@ -27,14 +29,8 @@ ALLOWED_METRICS: frozenset[str] = frozenset(
         "images",
         "clicks",
         "seconds",
-        "dice1",
-        "dice3",
-        "dice5",
-        "dice10",
+        *CLICK_METRICS,  # a round's means of the per-image click metrics (`fedpoint.shared.metrics`)
         "dice-auc",
-        "noc85",
-        "noc90",
-        "nof",
         "predict-ms",
         "update-ms",
         "post-ms",
@@ -61,11 +57,9 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
     "images": _COUNT,
     "clicks": _COUNT,
     "seconds": (0.0, 1e7),
-    **{name: (0.0, 1.0) for name in ("dice1", "dice3", "dice5", "dice10", "dice-auc", "nof", "guard-score",
-                                      "eval-dice-auc")},
+    **{name: (0.0, 1.0) for name in (*DICE_KEYS, "dice-auc", NOF, "guard-score", "eval-dice-auc")},
     "eval-cases": _COUNT,
-    "noc85": _COUNT,
-    "noc90": _COUNT,
+    **{name: _COUNT for name in NOC_KEYS},
     "predict-ms": _MS,
     "update-ms": _MS,
     "post-ms": _MS,

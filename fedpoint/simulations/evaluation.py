@@ -15,8 +15,7 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fedpoint.shared.config import AdaptationConfig, AdaptationMode, AdapterConfig
-
-SUMMARY_COLUMNS = ("dice1", "dice3", "dice5", "dice10", "noc85", "noc90", "nof", "predict_ms", "update_ms")
+from fedpoint.shared.metrics import HEADERS, SUMMARY_COLUMNS, is_fraction
 
 
 class EvaluationSpec(BaseModel):
@@ -131,10 +130,6 @@ def run_evaluation(spec: EvaluationSpec, store: Path, data_dir: Path | None = No
     }
 
 
-HEADERS = {"dice1": "Dice@1", "dice3": "Dice@3", "dice5": "Dice@5", "dice10": "Dice@10", "noc85": "NoC85",
-           "noc90": "NoC90", "nof": "NoF", "predict_ms": "ms/pred", "update_ms": "ms/upd"}
-
-
 def summary_table(summaries: dict[str, dict], title: str = ""):
     from rich.table import Table
 
@@ -143,5 +138,5 @@ def summary_table(summaries: dict[str, dict], title: str = ""):
     for col in SUMMARY_COLUMNS:
         table.add_column(HEADERS[col], justify="right", no_wrap=True)
     for name, s in summaries.items():
-        table.add_row(name, *(f"{s[c]:.3f}" if c.startswith("dice") or c == "nof" else f"{s[c]:.1f}" for c in SUMMARY_COLUMNS))
+        table.add_row(name, *(f"{s[c]:.3f}" if is_fraction(c) else f"{s[c]:.1f}" for c in SUMMARY_COLUMNS))
     return table

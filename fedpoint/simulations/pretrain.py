@@ -21,13 +21,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from fedpoint.shared.clicker import Clicker
 from fedpoint.shared.clicks import Click, encode_clicks
 from fedpoint.shared.config import ModelConfig
 from fedpoint.shared.fileio import write_atomic_via
 from fedpoint.shared.losses import interaction_loss
-from fedpoint.shared.metrics import click_metrics, dice
+from fedpoint.shared.metrics import click_metrics
 from fedpoint.shared.model import build_model, save_base
+from fedpoint.shared.simulated_user import SimulatedUser, simulate
 from fedpoint.simulations.objects import ObjectSampler, SamplerConfig
 from fedpoint.simulations.pretrain_config import BASE3D_MODEL_FIELDS, BASE_MODEL_FIELDS, METRIC_KEYS, PretrainConfig
 
@@ -76,10 +76,13 @@ def train_step(net, optimizer, sampler: ObjectSampler, cfg: PretrainConfig, mode
     draws = sampler.batch(cfg.batch)
     images = torch.from_numpy(np.stack([d.image for d in draws]))
     target = torch.from_numpy(np.stack([d.mask for d in draws])[:, None].astype(np.float32))
-    clicks = [[Click(d.click, True)] for d in draws]
-    # Half the simulated users click the deepest point of an error, half anywhere in it.
-    clickers = [Clicker(d.mask, mode="deepest" if rng.random() < 0.5 else "random", seed=int(rng.integers(2**31)))
-                for d in draws]
+    # Half the simulated users click the deepest point of an error, half anywhere in it; the
+    # sampler's click is every user's first. The batch is predicted at once: the users answer in lockstep.
+    users = [SimulatedUser(d.mask, "deepest" if rng.random() < 0.5 else "random", first=Click(d.click, True), rng=rng)
+             for d in draws]
+    for user in users:
+        user.respond()
+    clicks = [user.clicks for user in users]
     zeros = torch.zeros_like(target)
     logits = net(_inputs(images, clicks, zeros, model_cfg.click_sigma))
     loss = _batch_loss(logits, target, clicks, cfg)
@@ -87,10 +90,8 @@ def train_step(net, optimizer, sampler: ObjectSampler, cfg: PretrainConfig, mode
     if k:
         prev = (logits.detach() > 0).float()
         for j in range(k):
-            for i, clicker in enumerate(clickers):
-                nxt = clicker.next_click(prev[i, 0].numpy().astype(bool))
-                if nxt is not None:
-                    clicks[i].append(nxt)
+            for i, user in enumerate(users):
+                user.respond(prev[i, 0].numpy().astype(bool))
             if j < k - 1:
                 with torch.no_grad():
                     prev = (net(_inputs(images, clicks, prev, model_cfg.click_sigma)) > 0).float()
@@ -118,20 +119,16 @@ def validate(net, objects, model_cfg: ModelConfig, clicks: int = 20) -> dict[str
     net.eval()
     for obj in objects:
         image = torch.from_numpy(obj.image)[None]
-        clicker, chosen = Clicker(obj.mask), [Click(obj.click, True)]
         prev = torch.zeros((1, 1, *obj.mask.shape))
-        dices = []
-        for t in range(clicks):
-            if t:
-                click = clicker.next_click(prev[0, 0].numpy().astype(bool))
-                if click is None:
-                    dices.append(1.0)
-                    continue
-                chosen.append(click)
+
+        def predict(chosen):
+            nonlocal prev
             with torch.no_grad():
                 prev = (net(_inputs(image, [chosen], prev, model_cfg.click_sigma)) > 0).float()
-            dices.append(dice(prev[0, 0].numpy().astype(bool), obj.mask))
-        rows.append(click_metrics(dices))
+            return prev[0, 0].numpy().astype(bool)
+
+        steps = simulate(predict, obj.mask, clicks, first=Click(obj.click, True), fill=True)
+        rows.append(click_metrics([step.dice for step in steps]))
     if not rows:
         return {}
     return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in METRIC_KEYS} | {"objects": len(rows)}

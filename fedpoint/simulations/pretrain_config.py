@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fedpoint.shared.metrics import CLICK_METRICS
+
 # The packaged 2D base's network (see docs/engine.md for the measurement that chose it), as
 # ModelConfig fields: `fedpoint.simulations.pretrain.BASE_MODEL` builds it (pydantic stays off
 # `fedpoint --help`).
@@ -13,7 +15,7 @@ BASE_MODEL_FIELDS = dict(arch="dynunet", channels=(8, 16, 32, 64, 128, 256), str
 # 4-5x faster a step than a 3D DynUNet with a full-resolution level (bench: docs/engine.md).
 BASE3D_MODEL_FIELDS = dict(arch="unet", spatial_dims=3, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2),
                            num_res_units=1, input_size=64)
-METRIC_KEYS = ("dice1", "dice3", "dice5", "dice10", "noc85", "noc90", "nof")
+METRIC_KEYS = CLICK_METRICS  # the validation's per-object means
 
 
 @dataclass

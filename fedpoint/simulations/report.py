@@ -18,10 +18,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from fedpoint.shared.metrics import HEADERS, SITE_METRICS, is_fraction
 from fedpoint.shared.protocol import EVAL_CLICKS
 from fedpoint.simulations.strategies import DEFAULT_STRATEGY, STRATEGIES
 
-SITE_METRICS = ("dice1", "dice3", "dice5", "dice10", "dice_auc", "noc85", "noc90", "nof")
 REFERENCE = "frozen"
 FULL = "fed-full"
 
@@ -190,9 +190,9 @@ def comparisons_markdown(comps: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------------ tables
-HEADLINE_COLUMNS = (("noc85", "NoC@85", 2), ("noc90", "NoC@90", 2), ("dice3", "Dice@3", 3), ("dice5", "Dice@5", 3),
-                    ("dice_auc", "Dice-AUC", 3),
-                    ("late_dice3", "late Dice@3", 3), ("bytes_per_round", "bytes/round", 0))
+HEADLINE_COLUMNS = (*((k, HEADERS[k], 2) for k in ("noc85", "noc90")),
+                    *((k, HEADERS[k], 3) for k in ("dice3", "dice5", "dice_auc")),
+                    ("late_dice3", f"late {HEADERS['dice3']}", 3), ("bytes_per_round", "bytes/round", 0))
 
 
 def format_value(mean: float, sd: float, digits: int, with_sd: bool) -> str:
@@ -245,10 +245,10 @@ def per_site_markdown(images: list[dict], strategies: Sequence[str]) -> str:
         for name in strategies:
             mine = [r for r in recs if r["strategy"] == name]
             if mine:
-                rows.append([name] + [f"{np.mean([r[m] for r in mine]):.3f}" if m.startswith("dice") or m == "nof"
+                rows.append([name] + [f"{np.mean([r[m] for r in mine]):.3f}" if is_fraction(m)
                                       else f"{np.mean([r[m] for r in mine]):.2f}" for m in SITE_METRICS]
                             + [str(len(mine))])
-        header = ["strategy", "Dice@1", "Dice@3", "Dice@5", "Dice@10", "Dice-AUC", "NoC@85", "NoC@90", "NoF", "images"]
+        header = ["strategy", *(HEADERS[m] for m in SITE_METRICS), "images"]
         blocks.append(title + "\n\n" + markdown_table(header, rows))
     return "\n\n".join(blocks)
 

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from fedpoint.server.ledger import read_rounds
+from fedpoint.shared.metrics import CLICKS, DICE_AUC, DICE_KEYS, NOC_KEYS, NOF, TIMING_KEYS
 
 # Every image record carries these keys (see docs/results-schema.md).
 IMAGE_KEYS = ("strategy", "seed", "site", "modality", "shift", "shifted", "late", "join_round", "round", "index",
-              "case_id", "object", "dices", "dice1", "dice3", "dice5", "dice10", "dice_auc", "noc85", "noc90", "nof", "clicks",
-              "predict_ms", "update_ms", "post_ms", "seconds")
+              "case_id", "object", "dices", *DICE_KEYS, DICE_AUC, *NOC_KEYS, NOF, CLICKS, *TIMING_KEYS, "seconds")
 ROUND_KEYS = ("strategy", "seed", "round", "site", "bytes_up", "bytes_down", "images", "seconds")
 
 
@@ -97,10 +97,10 @@ def image_record(raw: dict, *, strategy: str, seed: int, site, round_: int) -> d
         "object": raw.get("object", ""),
         "dices": [float(d) for d in raw["dices"]],
     }
-    for key in ("dice1", "dice3", "dice5", "dice10", "nof", "predict_ms", "update_ms", "post_ms", "seconds"):
+    for key in (*DICE_KEYS, NOF, *TIMING_KEYS, "seconds"):
         record[key] = float(raw.get(key, 0.0))
-    record["dice_auc"] = dice_auc(record["dices"])
-    for key in ("noc85", "noc90", "clicks"):
+    record[DICE_AUC] = dice_auc(record["dices"])
+    for key in (*NOC_KEYS, CLICKS):
         record[key] = int(raw[key])
     return record
 

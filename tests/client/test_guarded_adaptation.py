@@ -211,7 +211,7 @@ def test_a_site_without_held_out_cases_takes_a_bank_unvalidated_and_says_so(tiny
 
 # ------------------------------------------------------------------------------ the store owns splits
 def _assign_in_process(root: str, seed: int, rounds: int) -> None:
-    from fedpoint.client.episodes import split_rule
+    from fedpoint.client.splits import split_rule
     from fedpoint.client.store import SiteStore
 
     store = SiteStore(root)

@@ -10,9 +10,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedpoint.client.service.images import IMAGE_SUFFIXES, ImageError, read_array, split_suffix
+from fedpoint.client.service.images import ImageError, read_array
 from fedpoint.client.service.journal import JOURNAL_PREFIX
 from fedpoint.client.store import SiteStore, adapter_folder_problem, check_id
+from fedpoint.data.formats import SITE_IMAGE_SUFFIXES, split_suffix
 
 
 @dataclass
@@ -138,7 +139,7 @@ def check_images(folder: Path, report: CheckReport, decode: bool = True) -> None
     count = 0
     for path in sorted(folder.iterdir()):
         # a sub-folder is one DICOM series, as the service lists it
-        parts = (path.name, "") if path.is_dir() else split_suffix(path.name, IMAGE_SUFFIXES)
+        parts = (path.name, "") if path.is_dir() else split_suffix(path.name, SITE_IMAGE_SUFFIXES)
         if path.name.startswith(".") or parts is None or not (path.is_file() or path.is_dir()):
             continue
         count += 1

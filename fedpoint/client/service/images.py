@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from fedpoint.client.store import check_id
+from fedpoint.data.formats import (LABEL_FILE_SUFFIXES, MEDICAL, NUMPY, PICTURES, RESULT_SUFFIXES, SITE_IMAGE_SUFFIXES,
+                                   has_suffix, split_suffix)
 from fedpoint.data.normalize import (CT_WINDOW_DEFAULT, CT_WINDOWS, PERCENTILES, PERCENTILES_OTHER, canonical_modality, ct_window,
                                      normalize)
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".png", ".npy")
-LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".png", ".npy")
 CT_PRESETS = {"lung": CT_WINDOWS["lung"], "soft tissue": CT_WINDOWS["soft-tissue"], "bone": CT_WINDOWS["bone"],
               "wide": CT_WINDOW_DEFAULT}
 
@@ -33,22 +33,14 @@ class ImageError(ValueError):
     """An image or label that cannot be used; the message names it and says why."""
 
 
-def split_suffix(name: str, suffixes=IMAGE_SUFFIXES) -> tuple[str, str] | None:
-    lower = name.lower()
-    for suffix in suffixes:
-        if lower.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)], suffix
-    return None
-
-
 # ------------------------------------------------------------------------------------ reading
 def read_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(C, *spatial) float32 array and a 4x4 affine (index -> RAS mm; identity where unknown)."""
     if path.is_dir():  # a DICOM series folder
         series = read_dicom_series(path)
         return series.channels(), series.affine
-    suffix = split_suffix(path.name, IMAGE_SUFFIXES)
-    if suffix and suffix[1] == ".npy":
+    suffix = split_suffix(path.name, SITE_IMAGE_SUFFIXES)
+    if suffix and suffix[1] in NUMPY:
         try:
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as err:
@@ -97,9 +89,9 @@ def read_label(data: bytes, filename: str, shape: tuple[int, ...], max_bytes: in
     to more than `max_bytes`, is refused before any voxel is decoded (see `uploads`)."""
     from fedpoint.client.service.uploads import decode_label
 
-    parts = split_suffix(filename or "label.nii.gz", LABEL_SUFFIXES)
+    parts = split_suffix(filename or "label.nii.gz", LABEL_FILE_SUFFIXES)
     if parts is None:
-        raise ImageError(f"label file {filename!r}: use one of {', '.join(LABEL_SUFFIXES)}")
+        raise ImageError(f"label file {filename!r}: use one of {', '.join(LABEL_FILE_SUFFIXES)}")
     name = Path(filename or "label.nii.gz").name
     label = decode_label(data, name, parts[1], tuple(shape), max_bytes)
     while label.ndim > len(shape) and label.shape[0] == 1:  # a channel axis of 1
@@ -124,15 +116,14 @@ def nifti_bytes(mask: np.ndarray, affine: np.ndarray, dtype: str = "uint8") -> b
     return gzip.compress(image.to_bytes(), compresslevel=1)
 
 
-RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
 RESULT_DTYPES = ("uint8", "uint16", "int16", "int32", "float32")
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def check_result_format(extension: str, dtype: str) -> None:
     """MONAI Label's `result_extension` and `result_dtype`, refused clearly when not offered."""
-    if extension not in RESULT_EXTENSIONS:
-        raise ImageError(f"result_extension {extension!r} is not supported; use one of {', '.join(RESULT_EXTENSIONS)}")
+    if extension not in RESULT_SUFFIXES:
+        raise ImageError(f"result_extension {extension!r} is not supported; use one of {', '.join(RESULT_SUFFIXES)}")
     if dtype not in RESULT_DTYPES:
         raise ImageError(f"result_dtype {dtype!r} is not supported; use one of {', '.join(RESULT_DTYPES)}")
 
@@ -194,7 +185,7 @@ class LoadedImage:
     @property
     def flip_y(self) -> bool:
         """Show y upward when it runs toward anterior/superior (a medical volume), downward otherwise."""
-        medical = self.dicom is not None or self.path.name.lower().endswith((".nii", ".nii.gz", ".nrrd"))
+        medical = self.dicom is not None or has_suffix(self.path.name, MEDICAL)
         return medical and self.affine[1, 1] > 0
 
     def meta(self) -> dict:
@@ -230,7 +221,6 @@ def default_window(display: np.ndarray, modality: str, ct_window) -> tuple[float
     return (float(low), float(high)) if high > low else (float(flat.min()), float(flat.max()) + 1e-6)
 
 
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")  # 2D pictures: 3 or 4 channels there mean RGB(A)
 LUMINANCE = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 weights, as Pillow's convert("L")
 
 
@@ -241,7 +231,7 @@ def _fit_channels(raw: np.ndarray, path: Path, model_channels: int) -> np.ndarra
     channels = raw.shape[0]
     if channels == model_channels:
         return raw
-    picture = path.name.lower().endswith(PICTURE_SUFFIXES) and raw.ndim == 3
+    picture = has_suffix(path.name, PICTURES) and raw.ndim == 3
     if model_channels == 1 and picture and channels in (3, 4):
         return np.tensordot(LUMINANCE, raw[:3], axes=1)[None].astype(np.float32)
     raise ImageError(f"{path.name}: has {channels} channels, the model takes {model_channels} (only an RGB or RGBA "
@@ -321,7 +311,8 @@ class ImageFolder:
             return
         listing, skipped = {}, []
         for path in sorted(self.root.iterdir()):
-            parts = (path.name, "") if path.is_dir() else split_suffix(path.name)  # a folder: one DICOM series
+            # a folder: one DICOM series
+            parts = (path.name, "") if path.is_dir() else split_suffix(path.name, SITE_IMAGE_SUFFIXES)
             if not (path.is_file() or path.is_dir()) or path.name.startswith(".") or parts is None:
                 continue
             if path.is_symlink() and not self._inside(path):
@@ -380,7 +371,7 @@ class ImageFolder:
 def file_response_bytes(loaded: LoadedImage) -> tuple[bytes, str]:
     """The image as a client can open it: the original NIfTI/NRRD file, or a NIfTI made from it."""
     name = loaded.path.name
-    if loaded.dicom is None and name.lower().endswith((".nii", ".nii.gz", ".nrrd")):
+    if loaded.dicom is None and has_suffix(name, MEDICAL):
         return loaded.path.read_bytes(), name
     import nibabel as nib
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
-
 from fedpoint.client.engine import SiteEngine
-from fedpoint.client.episodes import EpisodeScheduler, split_rule
+from fedpoint.client.episodes import EpisodeScheduler
+from fedpoint.client.splits import MIN_CASES, episode_possible
 
 
 class TrainingBusy(RuntimeError):
@@ -46,13 +45,9 @@ class Training:
 
     def _missing_cases(self) -> str | None:
         store = self.engine.store
-        splits = store.splits()
-        planned = split_rule(self.scheduler.new_cases(), np.random.default_rng(0))  # the scheduler's own rule
-        train, judge = len(splits["train"]) + len(planned["train"]), len(splits["judge"]) + len(planned["judge"])
-        val = len(splits["val"]) + len(planned["val"])
-        if train < 1 or val < 1 or judge < 1:
+        if not episode_possible(store.splits(), self.scheduler.new_cases()):
             return (f"an episode needs an accepted case to train on, one to pick its best epoch and one to judge it; "
-                    f"the cache holds {len(store.case_ids())} (accept at least 3 annotations first)")
+                    f"the cache holds {len(store.case_ids())} (accept at least {MIN_CASES} annotations first)")
         return None
 
     def start(self) -> dict:
