@@ -140,7 +140,7 @@ def simulated_clicks(engine, image: np.ndarray, masks: list[np.ndarray], clicks:
 def click_to_mask_512(net, cfg: ModelConfig, device: str, clicks: int = CLICKS_512, sync=lambda: None) -> dict:
     """p50/p95 of `session.click` on a 512 x 512 slice, mode mid+post, `norm` adapter (see module doc)."""
     from fedpoint.client.engine import SiteEngine
-    from fedpoint.client.model import SiteModel
+    from fedpoint.client.site_model import SiteModel
 
     image, masks, source = _slice_512()
     engine = SiteEngine(SiteModel(make_adapter(net, "norm"), cfg, AdaptationConfig(mode="mid+post"), device))
@@ -181,7 +181,7 @@ def click_to_mask_3d(device: str, clicks: int = CLICKS_3D, sync=lambda: None) ->
     """p50/p95 of `session.click` on volumes with the 3D base, mode mid+post, `norm` adapter, and
     the ratio to the bare forward at the working size (see the module doc)."""
     from fedpoint.client.engine import SiteEngine
-    from fedpoint.client.model import SiteModel
+    from fedpoint.client.site_model import SiteModel
     from fedpoint.shared.focus import FocusConfig
 
     net, cfg, name = _base3d(device)
@@ -210,7 +210,7 @@ def click_to_mask_3d(device: str, clicks: int = CLICKS_3D, sync=lambda: None) ->
 
 def run(size: int = 256, repeats: int = 30, spatial_dims: int = 2, device: str = "cpu", volumes: bool = True) -> dict:
     from fedpoint.client.engine import SiteEngine
-    from fedpoint.client.model import SiteModel
+    from fedpoint.client.site_model import SiteModel
     from fedpoint.client.online import mid_interaction_update
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from fedpoint.cli import bank, bench, data, engine, simulate, site
+from fedpoint.cli import bank, bench, data, evaluate, simulate, site
 
 app = typer.Typer(
     name="fedpoint",
@@ -39,7 +39,7 @@ def _root(
     Research software, not a medical device."""
 
 
-engine.register(app)
+evaluate.register(app)
 app.add_typer(data.app, name="data", help="Built-in real datasets, your own datasets, shifts and sites.")
 app.add_typer(bank.app, name="bank", help="Inspect and export the coordinator's adapter banks.")
 app.add_typer(site.app, name="site", help="Run a site's annotation service.")

@@ -21,7 +21,7 @@ def serve(
     port: int = typer.Option(None, help="Port (overrides the config)."),
 ) -> None:
     """Start the annotation service: the web page, its API and the MONAI Label-compatible API."""
-    from fedpoint.client.service.config import ServiceConfigError, load_service_config
+    from fedpoint.client.service.site_config import ServiceConfigError, load_service_config
 
     try:
         cfg = load_service_config(config, host=host, port=port)
@@ -99,7 +99,7 @@ def check(
         raise typer.Exit(2)
     images_folder = None
     if config is not None:
-        from fedpoint.client.service.config import ServiceConfigError, load_service_config
+        from fedpoint.client.service.site_config import ServiceConfigError, load_service_config
 
         try:
             cfg = load_service_config(config)
@@ -123,7 +123,7 @@ def check(
 
 # ---------------------------------------------------------------------------------- named users
 def _registry(config: Path):
-    from fedpoint.client.service.config import ServiceConfigError, load_service_config
+    from fedpoint.client.service.site_config import ServiceConfigError, load_service_config
     from fedpoint.client.service.users import AuditLog, UserRegistry
 
     try:

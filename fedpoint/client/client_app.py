@@ -2,10 +2,10 @@
 and in-process simulations (whose run config is empty, so the defaults are given here).
 
 Handlers:
-- train: one federation round of the site (`fedpoint.client.federated.train_round`);
+- train: one federation round of the site (`fedpoint.client.site_round.train_round`);
 - query: who the site is (site id and modality), so the coordinator routes it to its bank;
 - evaluate: the federated evaluation round: the new bank version scored on the site's held-out
-  cached cases (`fedpoint.client.federated.evaluate_bank`); only the scores go back.
+  cached cases (`fedpoint.client.site_round.evaluate_bank`); only the scores go back.
 
 Mods, outermost first:
 - `egress_mod` (every message): the reply may hold only the adapter arrays the coordinator sent
@@ -38,7 +38,7 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         import torch
 
-        from fedpoint.client.federated import identify, train_round
+        from fedpoint.client.site_round import identify, train_round
 
         device = node_device(context.node_config)
         if P.PARTITION_ID in context.node_config:
@@ -59,7 +59,7 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
     def evaluate(msg: Message, context: Context) -> Message:
         """The federated evaluation round: score the bank version sent on the site's held-out
         cached cases; only the scores (two numbers) and the bank's name and version go back."""
-        from fedpoint.client.federated import evaluate_bank, identify
+        from fedpoint.client.site_round import evaluate_bank, identify
 
         fed = parse_run_config(context.run_config, defaults, SiteRoundConfig)
         site = identify(context.node_config, fed)
@@ -71,7 +71,7 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        from fedpoint.client.federated import identify
+        from fedpoint.client.site_round import identify
 
         fed = parse_run_config(context.run_config, defaults, SiteRoundConfig)
         site = identify(context.node_config, fed)

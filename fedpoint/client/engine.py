@@ -12,9 +12,9 @@ import torch
 
 from fedpoint.client import splits as episode_splits
 from fedpoint.client.episodes import EpisodeScheduler, GuardReview, RegressionGuard, load_cases
-from fedpoint.client.model import SiteModel
+from fedpoint.client.site_model import SiteModel
 from fedpoint.client.session import AnnotationSession, check_mask
-from fedpoint.client.store import SiteStore
+from fedpoint.client.site_store import SiteStore
 from fedpoint.shared.adapters import Adapter, State, load_adapter, make_adapter
 from fedpoint.shared.clicker import deepest_point
 from fedpoint.shared.config import AdaptationConfig, AdapterConfig

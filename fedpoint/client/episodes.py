@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedpoint.client.model import SiteModel
+from fedpoint.client.site_model import SiteModel
 from fedpoint.client.splits import split_rule
-from fedpoint.client.store import SiteStore
+from fedpoint.client.site_store import SiteStore
 from fedpoint.shared.adapters import State
 from fedpoint.shared.focus import crop, enforce_clicks, paste
 from fedpoint.shared.losses import dice_ce

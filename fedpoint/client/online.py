@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from fedpoint.client.model import SiteModel
+from fedpoint.client.site_model import SiteModel
 from fedpoint.shared.clicker import error_components
 from fedpoint.shared.clicks import Click
 from fedpoint.shared.losses import interaction_loss

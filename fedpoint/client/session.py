@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fedpoint.client.model import SiteModel
+from fedpoint.client.site_model import SiteModel
 from fedpoint.client.online import mid_interaction_update, post_interaction_update
 from fedpoint.client.online_guard import restore, snapshot
 from fedpoint.shared.clicks import Click, check_point, check_spacing

@@ -94,7 +94,7 @@ def _check_spacing(case) -> None:
 def run_evaluation(spec: EvaluationSpec, store: Path, data_dir: Path | None = None, adapter_dir: Path | None = None,
                    progress: bool = False) -> dict:
     from fedpoint.client.engine import SiteEngine
-    from fedpoint.client.evaluate import run_stream, summarize
+    from fedpoint.client.stream import run_stream, summarize
 
     samples, skipped = load_stream(spec, data_dir)
     from fedpoint.shared.focus import FocusConfig

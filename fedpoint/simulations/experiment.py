@@ -34,7 +34,7 @@ from fedpoint.data import SiteSpec
 from fedpoint.shared.adapter_kinds import adapter_kind
 from fedpoint.shared.config import AdaptationConfig, AdapterConfig
 from fedpoint.shared.validation_errors import describe_validation_error
-from fedpoint.simulations.strategies import ABLATIONS, DEFAULT_STRATEGIES, STRATEGY_NAMES
+from fedpoint.simulations.arms import ABLATIONS, DEFAULT_STRATEGIES, STRATEGY_NAMES
 
 try:
     import tomllib

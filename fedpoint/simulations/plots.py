@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fedpoint.simulations.strategies import STRATEGIES
+from fedpoint.simulations.arms import STRATEGIES
 
 COLOURS = {
     "frozen": "#7f7f7f",

@@ -20,7 +20,7 @@ import numpy as np
 
 from fedpoint.shared.metrics import HEADERS, SITE_METRICS, is_fraction
 from fedpoint.shared.protocol import EVAL_CLICKS
-from fedpoint.simulations.strategies import DEFAULT_STRATEGY, STRATEGIES
+from fedpoint.simulations.arms import DEFAULT_STRATEGY, STRATEGIES
 
 REFERENCE = "frozen"
 FULL = "fed-full"

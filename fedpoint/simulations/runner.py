@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 from fedpoint.simulations.experiment import ExperimentConfig, ExperimentError
 from fedpoint.simulations.plots import write_plots
 from fedpoint.simulations.report import compute_headline, evaluate_targets, write_report
-from fedpoint.simulations.strategies import STRATEGIES, run_federated, run_local
+from fedpoint.simulations.arms import STRATEGIES, run_federated, run_local
 
 SCHEMA = "fedpoint.results/1"
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedpoint.client.engine import SiteEngine
-from fedpoint.client.evaluate import run_stream
+from fedpoint.client.stream import run_stream
 from fedpoint.data import SiteSpec, build_site
 from fedpoint.shared.config import AdaptationConfig
 

@@ -4,7 +4,7 @@ import time
 import torch
 
 from fedpoint.client.engine import SiteEngine
-from fedpoint.client.evaluate import run_stream
+from fedpoint.client.stream import run_stream
 from fedpoint.shared.config import AdaptationConfig
 from types import SimpleNamespace
 

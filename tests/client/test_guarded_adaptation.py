@@ -10,7 +10,7 @@ import torch
 
 import fedpoint.client.episodes as episodes
 from fedpoint.client.engine import SiteEngine
-from fedpoint.client.evaluate import run_stream
+from fedpoint.client.stream import run_stream
 from fedpoint.client.online import post_stage1, post_stage2
 from fedpoint.shared.clicks import Click
 from fedpoint.shared.config import AdaptationConfig
@@ -212,7 +212,7 @@ def test_a_site_without_held_out_cases_takes_a_bank_unvalidated_and_says_so(tiny
 # ------------------------------------------------------------------------------ the store owns splits
 def _assign_in_process(root: str, seed: int, rounds: int) -> None:
     from fedpoint.client.splits import split_rule
-    from fedpoint.client.store import SiteStore
+    from fedpoint.client.site_store import SiteStore
 
     store = SiteStore(root)
     rng = np.random.default_rng(seed)
@@ -223,7 +223,7 @@ def _assign_in_process(root: str, seed: int, rounds: int) -> None:
 def test_two_processes_assigning_splits_never_share_a_case(tmp_path, blob):
     import multiprocessing as mp
 
-    from fedpoint.client.store import SiteStore
+    from fedpoint.client.site_store import SiteStore
 
     store = SiteStore(tmp_path)
     image, mask = blob((16, 16))

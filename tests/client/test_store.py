@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from fedpoint.client.store import SiteStore, check_id
+from fedpoint.client.site_store import SiteStore, check_id
 from fedpoint.shared.adapters import make_adapter
 from fedpoint.shared.model import load_base
 

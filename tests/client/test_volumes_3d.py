@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedpoint.client.engine import SiteEngine
-from fedpoint.client.evaluate import annotate
+from fedpoint.client.stream import annotate
 from fedpoint.client.session import InputError
 from fedpoint.shared.config import AdaptationConfig, AdapterConfig
 

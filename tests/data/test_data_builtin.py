@@ -17,7 +17,7 @@ from fedpoint.cli.data import app
 from fedpoint.data import BUILTIN_DATASETS, DataError, default_data_dir, list_datasets, load_dataset, prepare
 from fedpoint.data.builtin import BUILD_REVISION, read_manifest
 from fedpoint.data.sources import _pyradiomics_case, build_stardist
-from fedpoint.data.store import read_case
+from fedpoint.data.case_files import read_case
 
 
 @pytest.fixture(scope="module")

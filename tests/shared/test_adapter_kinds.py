@@ -60,7 +60,7 @@ def test_unknown_kinds_are_refused_by_name():
 
 
 def test_a_site_model_uses_its_kinds_learning_rate(tiny_base_2d):
-    from fedpoint.client.model import SiteModel
+    from fedpoint.client.site_model import SiteModel
     from fedpoint.shared.adapters import make_adapter
     from fedpoint.shared.model import load_base
 

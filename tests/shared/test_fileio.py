@@ -229,7 +229,7 @@ def test_the_lock_is_reentrant_in_its_thread_and_excludes_other_threads(tmp_path
 def test_store_modules_import_without_fcntl():
     """fcntl does not exist on Windows: importing the stores must not need it."""
     code = ("import sys; sys.modules['fcntl'] = None\n"
-            "import fedpoint.client.store, fedpoint.server.banks, fedpoint.data.builtin\n"
+            "import fedpoint.client.site_store, fedpoint.server.banks, fedpoint.data.builtin\n"
             "from fedpoint.shared.fileio import ProcessLock\n"
             "import tempfile, pathlib\n"
             "lock = ProcessLock(pathlib.Path(tempfile.mkdtemp()) / '.lock')\n"

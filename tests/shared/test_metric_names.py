@@ -20,10 +20,10 @@ def test_every_column_has_one_header():
 
 
 def test_the_lists_elsewhere_derive_from_the_owner():
-    from fedpoint.client.evaluate import summarize
+    from fedpoint.client.stream import summarize
     from fedpoint.simulations.pretrain_config import METRIC_KEYS
     from fedpoint.simulations.report import HEADLINE_COLUMNS
-    from fedpoint.simulations.strategies import IMAGE_KEYS
+    from fedpoint.simulations.arms import IMAGE_KEYS
 
     assert METRIC_KEYS == M.CLICK_METRICS
     assert set(M.SITE_METRICS + (M.CLICKS,) + M.TIMING_KEYS) <= set(IMAGE_KEYS)

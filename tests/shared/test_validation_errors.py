@@ -57,7 +57,7 @@ def test_within_root_limit_and_hint():
 
 
 def test_the_callers_keep_their_messages(tmp_path):
-    from fedpoint.client.service.config import ServiceConfigError, make_service_config
+    from fedpoint.client.service.site_config import ServiceConfigError, make_service_config
     from fedpoint.shared.run_config import parse_run_config
 
     with pytest.raises(ValueError, match=r"^bad federation run config: num-server-rounds: Input should be a valid integer"):

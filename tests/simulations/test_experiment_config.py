@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedpoint.simulations.experiment import ExperimentError, experiment_from_dict, load_experiment
-from fedpoint.simulations.strategies import ABLATIONS, DEFAULT_STRATEGIES
+from fedpoint.simulations.arms import ABLATIONS, DEFAULT_STRATEGIES
 
 SITES = [
     {"name": "a", "dataset": "stardist-nuclei", "shift": "noise", "box": [[0, 256], [0, 512]]},

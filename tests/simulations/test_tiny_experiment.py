@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fedpoint.simulations.strategies import DEFAULT_STRATEGIES, IMAGE_KEYS, ROUND_KEYS
+from fedpoint.simulations.arms import DEFAULT_STRATEGIES, IMAGE_KEYS, ROUND_KEYS
 
 STRATEGY_NAMES = DEFAULT_STRATEGIES
 

@@ -7,7 +7,7 @@ See docs/site-service.md.
 """
 
 from fedpoint.client.service.app import create_app, serve
-from fedpoint.client.service.config import ServiceConfigError, SiteServiceConfig, load_service_config, make_service_config
+from fedpoint.client.service.site_config import ServiceConfigError, SiteServiceConfig, load_service_config, make_service_config
 from fedpoint.client.service.state import ServiceState
 
 __all__ = [

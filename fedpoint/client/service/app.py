@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from fedpoint.client.service import monailabel, routes_web
-from fedpoint.client.service.config import SiteServiceConfig
+from fedpoint.client.service.site_config import SiteServiceConfig
 from fedpoint.client.service.desk import Conflict
 from fedpoint.client.service.images import ImageError
 from fedpoint.client.service.security import (

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fedpoint.client.service.images import ImageError, read_array
 from fedpoint.client.service.journal import JOURNAL_PREFIX
-from fedpoint.client.store import SiteStore, adapter_folder_problem, check_id
+from fedpoint.client.site_store import SiteStore, adapter_folder_problem, check_id
 from fedpoint.data.formats import SITE_IMAGE_SUFFIXES, split_suffix
 
 

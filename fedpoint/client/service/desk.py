@@ -24,14 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedpoint.client.engine import SiteEngine
-from fedpoint.client.service.config import SiteServiceConfig
+from fedpoint.client.service.site_config import SiteServiceConfig
 from fedpoint.client.service.images import ImageError, LoadedImage
 from fedpoint.client.service.journal import write_cases
 from fedpoint.client.service.sessions import OpenSession, SessionRegistry
 from fedpoint.client.service.training import Training
 from fedpoint.client.service.users import AuditLog
 from fedpoint.client.session import InputError
-from fedpoint.client.store import SiteStore
+from fedpoint.client.site_store import SiteStore
 from fedpoint.shared.clicks import check_point
 
 log = logging.getLogger("fedpoint.service")

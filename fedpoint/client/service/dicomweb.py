@@ -27,9 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from fedpoint.client.service.config import ServiceConfigError, SiteServiceConfig
+from fedpoint.client.service.site_config import ServiceConfigError, SiteServiceConfig
 from fedpoint.client.service.images import ImageError, ImageFolder, LoadedImage, prepare
-from fedpoint.client.store import check_id
+from fedpoint.client.site_store import check_id
 from fedpoint.data.normalize import canonical_modality
 
 log = logging.getLogger("fedpoint.service")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fedpoint.client.store import check_id
+from fedpoint.client.site_store import check_id
 from fedpoint.data.formats import (LABEL_FILE_SUFFIXES, MEDICAL, NUMPY, PICTURES, RESULT_SUFFIXES, SITE_IMAGE_SUFFIXES,
                                    has_suffix, split_suffix)
 from fedpoint.data.normalize import (CT_WINDOW_DEFAULT, CT_WINDOWS, PERCENTILES, PERCENTILES_OTHER, canonical_modality, ct_window,

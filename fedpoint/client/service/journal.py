@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedpoint.client.store import SiteStore, check_id
+from fedpoint.client.site_store import SiteStore, check_id
 from fedpoint.shared.fileio import commit_folder, fsync_dir, fsync_tree, staged_folder, write_json_atomic
 
 log = logging.getLogger("fedpoint.service")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from fedpoint.client.model import SiteModel
+from fedpoint.client.site_model import SiteModel
 from fedpoint.client.service.images import ImageError
 from fedpoint.shared.clicks import Click
 from fedpoint.shared.focus import paste

@@ -17,7 +17,7 @@ import json
 from fastapi import HTTPException, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fedpoint.client.store import check_id
+from fedpoint.client.site_store import check_id
 
 PATH_TOKEN_PREFIX = "/t/"
 SECURITY_HEADERS = {

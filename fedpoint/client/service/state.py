@@ -16,7 +16,7 @@ import logging
 
 from fedpoint.client.engine import SiteEngine, set_threads
 from fedpoint.client.service.bank_watcher import BankWatcher
-from fedpoint.client.service.config import SiteServiceConfig
+from fedpoint.client.service.site_config import SiteServiceConfig
 from fedpoint.client.service.desk import AnnotationDesk
 from fedpoint.client.service.dicomweb import open_site_images
 from fedpoint.client.service.journal import recover
@@ -25,7 +25,7 @@ from fedpoint.client.service.next_image import NextImageChoice
 from fedpoint.client.service.sessions import SessionRegistry
 from fedpoint.client.service.training import Training
 from fedpoint.client.service.users import AuditLog
-from fedpoint.client.store import SiteStore
+from fedpoint.client.site_store import SiteStore
 
 log = logging.getLogger("fedpoint.service")
 # The page's colour for structure 1, 2, ...: distinct on grey images and for red-green colour blindness.
@@ -105,7 +105,7 @@ def _create_engine(config: SiteServiceConfig) -> SiteEngine:
     from fedpoint.shared.adapters import load_adapter, make_adapter
     from fedpoint.shared.model import load_base
 
-    from fedpoint.client.model import SiteModel
+    from fedpoint.client.site_model import SiteModel
 
     store = SiteStore(config.store)
     net, model_cfg, _card = load_base(config.base, config.device)

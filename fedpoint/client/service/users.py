@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fedpoint.client.store import check_id
+from fedpoint.client.site_store import check_id
 from fedpoint.shared.fileio import ProcessLock, append_line, write_json_atomic
 
 TOKEN_PREFIX = "fpu_"  # tells a user token from the site token at a glance (and in a leaked log)

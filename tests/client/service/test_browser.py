@@ -15,7 +15,7 @@ from service_helpers import TOKEN, LiveServer
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "site-service.png"
+SCREENSHOT = Path(__file__).resolve().parents[3] / "docs" / "img" / "site-service.png"
 
 pytestmark = [
     pytest.mark.browser,

@@ -12,7 +12,7 @@ from fedpoint.client.service.desk import AnnotationDesk
 from fedpoint.client.service.images import ImageError, LoadedImage
 from fedpoint.client.service.sessions import SessionRegistry
 from fedpoint.client.session import InputError
-from fedpoint.client.store import SiteStore
+from fedpoint.client.site_store import SiteStore
 
 
 def _image(image_id: str, shape: tuple[int, ...]) -> LoadedImage:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from fedpoint.client import splits as episode_splits
-from fedpoint.client.store import SiteStore, check_id
+from fedpoint.client.site_store import SiteStore, check_id
 from fedpoint.shared import protocol as P
 from fedpoint.shared.config import AdaptationConfig
 from fedpoint.shared.fileio import write_json_atomic
@@ -136,7 +136,7 @@ def bank_adapter(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInst
 def train_round(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstruction, site: SiteIdentity,
                 fed: SiteRoundConfig) -> SiteReply:
     """Start from the bank, train, and return the reply (the ClientApp's egress mod checks it)."""
-    from fedpoint.client.model import SiteModel
+    from fedpoint.client.site_model import SiteModel
 
     t0 = time.perf_counter()
     adapter, model_cfg, bank_state = bank_adapter(bank_arrays, instruction, site, fed, "train on")
@@ -175,7 +175,7 @@ def evaluate_bank(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundIns
     validation and judgement splits (new cases are assigned first, under the store's lock), so no
     episode has trained on them. Nothing is written but the splits; only the two numbers leave."""
     from fedpoint.client.episodes import load_cases, simulated_dice_auc
-    from fedpoint.client.model import SiteModel
+    from fedpoint.client.site_model import SiteModel
 
     adapter, model_cfg, _ = bank_adapter(bank_arrays, instruction, site, fed, "score")
     store = SiteStore(site.store)
@@ -206,7 +206,7 @@ def annotate_next(model, store: SiteStore, site: SiteIdentity, instruction: P.Ro
                   fed: SiteRoundConfig) -> tuple[int, dict]:
     """Annotate the next images of the site's stream with the simulated user."""
     from fedpoint.client.engine import SiteEngine
-    from fedpoint.client.evaluate import run_stream
+    from fedpoint.client.stream import run_stream
 
     stream = simulated_site(fed.sites_config, site.partition, instruction.size, model.model_cfg.spatial_dims).samples
     start = stream_position(store)

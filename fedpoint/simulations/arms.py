@@ -3,7 +3,7 @@ one runs.
 
 Local strategies run the site code directly (`SiteEngine` + `run_stream`), one engine and one
 site store per site; federated ones run the Flower ServerApp and ClientApp on Flower's simulation
-engine (`fedpoint.simulations.federated.run_federation`). All of them annotate the same streams
+engine (`fedpoint.simulations.flower_sim.run_federation`). All of them annotate the same streams
 with the same simulated user, so their per-image records line up by (seed, site, index).
 Torch, MONAI and Flower are imported inside the functions that run a strategy.
 """
@@ -128,7 +128,7 @@ def run_local(strategy: Strategy, experiment, seed: int, sites: list, work, on_i
 def annotate_site(strategy: Strategy, experiment, seed: int, site, store_dir, on_image=None):
     """One site's whole stream through its own `SiteEngine`; returns (image records, engine)."""
     from fedpoint.client.engine import SiteEngine
-    from fedpoint.client.evaluate import run_stream
+    from fedpoint.client.stream import run_stream
 
     kind = strategy.adapter_kind(experiment.adapter)
     adaptation = experiment.adaptation_config(strategy.mode, seed, kind)
@@ -174,7 +174,7 @@ def run_federated(strategy: Strategy, experiment, seed: int, sites: list, work,
     coordinator samples a site with `join_round = j` only from round j + 1 (its sites-config entry
     tells the strategy), so it receives the bank current at that round and contributes its deltas
     from then on. Returns {"images", "rounds", "federation"}."""
-    from fedpoint.simulations.federated import run_federation
+    from fedpoint.simulations.flower_sim import run_federation
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)

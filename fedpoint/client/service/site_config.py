@@ -13,7 +13,7 @@ from typing import Any
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedpoint.client.store import check_id
+from fedpoint.client.site_store import check_id
 from fedpoint.shared.config import AdaptationConfig, AdapterConfig
 from fedpoint.shared.validation_errors import validation_problems
 

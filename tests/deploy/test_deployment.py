@@ -115,7 +115,7 @@ class Consortium:
 def consortium(tmp_path_factory, tiny_base_2d):
     import numpy as np
 
-    from fedpoint.client.store import SiteStore
+    from fedpoint.client.site_store import SiteStore
 
     root = tmp_path_factory.mktemp("consortium")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(root / "coordinator-flwr"),

@@ -352,7 +352,7 @@ def test_corrupt_current_pointer_falls_back_to_the_newest_valid_version(make_con
 
 def test_an_interrupted_multi_slice_save_is_rolled_back(make_config, site):
     from fedpoint.client.service.journal import JOURNAL_PREFIX
-    from fedpoint.client.store import SiteStore
+    from fedpoint.client.site_store import SiteStore
     from fedpoint.shared.fileio import write_json_atomic
 
     store = SiteStore(site["store"])
@@ -457,7 +457,7 @@ class Child:
 
 @pytest.mark.slow
 def test_kill_9_during_saves_and_accepts_loses_no_acknowledged_label(site, tiny_base_2d):
-    from fedpoint.client.store import SiteStore
+    from fedpoint.client.site_store import SiteStore
 
     config = {"site": "kill-site", "modality": "MR", "store": str(site["store"]), "images": str(site["images"]),
               "base": str(tiny_base_2d), "token": TOKEN, "mode": "mid+post", "adaptation": {"post_clicks": 2}}
@@ -534,7 +534,7 @@ def test_kill_9_during_saves_and_accepts_loses_no_acknowledged_label(site, tiny_
 
 _SWAPPER = r'''
 import sys, torch
-from fedpoint.client.store import SiteStore
+from fedpoint.client.site_store import SiteStore
 from fedpoint.shared.adapters import make_adapter
 from fedpoint.shared.model import base_fingerprint, load_base
 net, _, _ = load_base(sys.argv[2])
@@ -561,7 +561,7 @@ def test_kill_9_during_episode_swaps_leaves_a_loadable_adapter(tmp_path, tiny_ba
     import sys
 
     from fedpoint.client.service.check import check_store
-    from fedpoint.client.store import SiteStore
+    from fedpoint.client.site_store import SiteStore
     from fedpoint.shared.adapters import load_adapter
     from fedpoint.shared.model import base_fingerprint, load_base
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedpoint.client.service.config import ServiceConfigError, load_service_config, make_service_config
+from fedpoint.client.service.site_config import ServiceConfigError, load_service_config, make_service_config
 
 BASE = {"site": "s1", "store": "store", "images": "images", "token": "a-token-of-enough-length"}
 

@@ -127,8 +127,8 @@ def test_a_clientapp_round_beside_the_live_service_on_one_store(make_config, sit
     from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
     from fedpoint.client.client_app import build_client_app
-    from fedpoint.client.federated import load_site_base
-    from fedpoint.client.store import SiteStore
+    from fedpoint.client.site_round import load_site_base
+    from fedpoint.client.site_store import SiteStore
     from fedpoint.shared import protocol as P
     from fedpoint.shared.adapters import make_adapter
     from fedpoint.shared.payload import to_numpy

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from fedpoint.server.banks import BankStore
-from fedpoint.simulations.federated import run_federation
+from fedpoint.simulations.flower_sim import run_federation
 
 pytestmark = pytest.mark.flower
 

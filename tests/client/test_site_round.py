@@ -11,8 +11,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedpoint.client.client_app import build_client_app, check_reply, egress_mod
-from fedpoint.client.federated import SiteIdentity, identify, load_site_base, train_round
-from fedpoint.client.store import SiteStore
+from fedpoint.client.site_round import SiteIdentity, identify, load_site_base, train_round
+from fedpoint.client.site_store import SiteStore
 from fedpoint.server.checks import delta_norm
 from fedpoint.shared import protocol as P
 from fedpoint.shared.adapters import AdapterMismatchError, make_adapter
