@@ -18,7 +18,8 @@ from pathlib import Path
 from fedpoint.shared.fileio import ProcessLock, write_json_atomic
 
 from fedpoint.data.sources import COLIN27_HINT, SOURCES, colin27_available, find_download
-from fedpoint.data.case_files import read_case, sha256_file
+from fedpoint.data.case_files import read_case
+from fedpoint.shared.fileio import sha256_file
 from fedpoint.data.types import DataError, Dataset, DatasetInfo
 
 BUILTIN_DATASETS: tuple[str, ...] = tuple(SOURCES)

@@ -1,5 +1,5 @@
 """On-disk form of a prepared case: one compressed .npz holding the image, its label maps and a
-small JSON header; plus sha256 helpers for the manifest.
+small JSON header (their sha256 for the manifest is `shared.fileio.sha256_file`).
 
 Objects are stored as (label map, label value) pairs rather than one boolean volume each, so a
 116-region atlas or 125 nuclei cost one integer array, and overlapping objects (brain and grey
@@ -8,7 +8,6 @@ matter) just live in different maps.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from dataclasses import dataclass
@@ -85,12 +84,6 @@ def read_case(path: Path) -> Case:
     )
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _smallest_uint(label_map: np.ndarray) -> np.ndarray:

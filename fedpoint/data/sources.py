@@ -21,7 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from fedpoint.data.case_files import ObjectRecord, sha256_file, write_case
+from fedpoint.data.case_files import ObjectRecord, write_case
+from fedpoint.shared.fileio import sha256_file
 from fedpoint.data.types import DataError
 
 COLIN27_DIR = Path("/usr/share/mricron/templates")

@@ -56,6 +56,7 @@ from fedpoint.shared.fileio import (
     commit_folder,
     next_version,
     replace_file,
+    sha256_file,
     staged_folder,
     version_name,
     version_numbers,
@@ -93,12 +94,6 @@ class StoreLockedError(RuntimeError):
     """Another coordinator holds this bank store."""
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def identity_sha256(identity: Mapping) -> str:
@@ -226,7 +221,7 @@ class BankStore:
         if not isinstance(manifest, dict):
             raise BankIntegrityError(f"{manifest_path}: not a manifest")
         integrity = manifest.get("integrity") or {}
-        if integrity.get("weights_sha256") and file_sha256(weights_path) != integrity["weights_sha256"]:
+        if integrity.get("weights_sha256") and sha256_file(weights_path) != integrity["weights_sha256"]:
             raise BankIntegrityError(f"{weights_path}: sha256 differs from the one in {MANIFEST}")
         try:
             if integrity.get("identity_sha256") and identity_sha256(manifest) != integrity["identity_sha256"]:
@@ -309,7 +304,7 @@ class BankStore:
             with staged_folder(folder, prefix=STAGING_PREFIX) as staging:
                 save_file(state, str(staging / WEIGHTS))
                 manifest = self._manifest(bank, version, state, identity, fields, parent)
-                manifest["integrity"] = {"weights_sha256": file_sha256(staging / WEIGHTS),
+                manifest["integrity"] = {"weights_sha256": sha256_file(staging / WEIGHTS),
                                          "identity_sha256": identity_sha256(manifest)}
                 (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_plain))
                 commit_folder(staging, target)  # the commit

@@ -26,6 +26,7 @@ Light: the standard library only (`filelock` is imported when a lock is first ta
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -97,6 +98,12 @@ def write_bytes_atomic(path: str | Path, data: bytes, *, mode: int = 0o666) -> P
     """Write `data` to `path` atomically and durably (see the module's docstring); `mode` as in
     `os.open` (0o600: only the owner may read it)."""
     path = Path(path)
+    _replace(_durable_temp(path, data, mode), path)
+    return path
+
+
+def _durable_temp(path: Path, data: bytes, mode: int) -> Path:
+    """`data` in a fresh, fsynced temporary file beside `path` (removed again if writing fails)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temp(path, mode)
     try:
@@ -107,8 +114,7 @@ def write_bytes_atomic(path: str | Path, data: bytes, *, mode: int = 0o666) -> P
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _replace(tmp, path)
-    return path
+    return tmp
 
 
 def write_text_atomic(path: str | Path, text: str, *, mode: int = 0o666, encoding: str = "utf-8") -> Path:
@@ -124,13 +130,8 @@ def write_new_file_atomic(path: str | Path, data: bytes, *, mode: int = 0o666) -
     """Create `path` holding `data` unless it exists: of several writers racing, the first wins and
     the others keep its file (False). Never leaves a partial file at `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temp(path, mode)
+    tmp = _durable_temp(path, data, mode)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         try:
             os.link(tmp, path)  # unlike a rename, never replaces what another writer put there
         except FileExistsError:
@@ -300,3 +301,12 @@ class ProcessLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB blocks (manifests and integrity checks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -28,24 +28,34 @@ def _run(**spec) -> dict:
         return run_evaluation(EvaluationSpec(data="dev-split", full_slice=True, split_components=True, **spec), Path(tmp))["summary"]
 
 
-def sweep_lr(kinds, lrs, shifts, images: int, clicks: int, seeds, base: str | None = None) -> dict:
-    """Per kind and lr: mid+post minus frozen (Dice@3, NoC@90), over shifts x seeds."""
-    rows = {}
+def _frozen_cells(shifts, seeds, images: int, clicks: int, base):
+    """Per shift x seed: the run settings and the frozen model's summary, which every arm is paired with."""
     for shift in shifts:
         for seed in seeds:
             common = dict(shift=shift, seed=seed, images=images, clicks=clicks, base=base)
-            frozen = _run(mode="frozen", **common)
-            for kind in kinds:
-                for lr in lrs:
-                    s = _run(mode="mid+post", adapter=kind, lr=lr, **common)
-                    row = rows.setdefault(f"{kind}@{lr:g}", {"kind": kind, "lr": lr, "d_dice3": [], "d_noc90": [],
-                                                              "rejected": 0, "frozen_noc90": []})
-                    row["d_dice3"].append(s["dice3"] - frozen["dice3"])
-                    row["d_noc90"].append(s["noc90"] - frozen["noc90"])
-                    row["frozen_noc90"].append(frozen["noc90"])
-                    row["rejected"] += s["guard_rejected"]
-                    print(f"{shift:11s} seed {seed} {kind:9s} lr {lr:<7g} dDice@3 {row['d_dice3'][-1]:+.4f} "
-                          f"dNoC90 {row['d_noc90'][-1]:+.3f} rejected {s['guard_rejected']}", flush=True)
+            yield shift, seed, common, _run(mode="frozen", **common)
+
+
+def _paired(rows: dict, name: str, summary: dict, frozen: dict, **fields) -> dict:
+    """Add one run's change against frozen (same shift, seed and images) to the row `name`."""
+    row = rows.setdefault(name, {**fields, "d_dice3": [], "d_noc90": [], "rejected": 0, "frozen_noc90": []})
+    row["d_dice3"].append(summary["dice3"] - frozen["dice3"])
+    row["d_noc90"].append(summary["noc90"] - frozen["noc90"])
+    row["frozen_noc90"].append(frozen["noc90"])
+    row["rejected"] += summary["guard_rejected"]
+    return row
+
+
+def sweep_lr(kinds, lrs, shifts, images: int, clicks: int, seeds, base: str | None = None) -> dict:
+    """Per kind and lr: mid+post minus frozen (Dice@3, NoC@90), over shifts x seeds."""
+    rows = {}
+    for shift, seed, common, frozen in _frozen_cells(shifts, seeds, images, clicks, base):
+        for kind in kinds:
+            for lr in lrs:
+                s = _run(mode="mid+post", adapter=kind, lr=lr, **common)
+                row = _paired(rows, f"{kind}@{lr:g}", s, frozen, kind=kind, lr=lr)
+                print(f"{shift:11s} seed {seed} {kind:9s} lr {lr:<7g} dDice@3 {row['d_dice3'][-1]:+.4f} "
+                      f"dNoC90 {row['d_noc90'][-1]:+.3f} rejected {s['guard_rejected']}", flush=True)
     return rows
 
 
@@ -81,22 +91,15 @@ def sweep_guard(consistencies, tolerances, lrs, shifts, images: int, clicks: int
     """Per (guard_consistency, guard_tolerance) and lr: mid+post minus frozen (Dice@3, NoC@90) over shifts x seeds.
     The harmful lr (10x the kind's default) is in the sweep on purpose: the guard is for the day a default is wrong."""
     rows = {}
-    for shift in shifts:
-        for seed in seeds:
-            common = dict(shift=shift, seed=seed, images=images, clicks=clicks, base=base)
-            frozen = _run(mode="frozen", **common)
-            for lr in lrs:
-                for c in consistencies:
-                    for t in tolerances:
-                        s = _run(mode="mid+post", adapter=kind, lr=lr, guard_consistency=c, guard_tolerance=t, **common)
-                        row = rows.setdefault(f"{c:g}/{t:g}@{lr:g}", {"consistency": c, "tolerance": t, "lr": lr,
-                                                                    "d_dice3": [], "d_noc90": [], "rejected": 0})
-                        row["d_dice3"].append(s["dice3"] - frozen["dice3"])
-                        row["d_noc90"].append(s["noc90"] - frozen["noc90"])
-                        row["rejected"] += s["guard_rejected"]
-                        print(f"{shift:11s} seed {seed} lr {lr:<7g} consistency {c:<5g} tolerance {t:<5g} "
-                              f"dDice@3 {row['d_dice3'][-1]:+.4f} dNoC90 {row['d_noc90'][-1]:+.3f} "
-                              f"rejected {s['guard_rejected']}", flush=True)
+    for shift, seed, common, frozen in _frozen_cells(shifts, seeds, images, clicks, base):
+        for lr in lrs:
+            for c in consistencies:
+                for t in tolerances:
+                    s = _run(mode="mid+post", adapter=kind, lr=lr, guard_consistency=c, guard_tolerance=t, **common)
+                    row = _paired(rows, f"{c:g}/{t:g}@{lr:g}", s, frozen, consistency=c, tolerance=t, lr=lr)
+                    print(f"{shift:11s} seed {seed} lr {lr:<7g} consistency {c:<5g} tolerance {t:<5g} "
+                          f"dDice@3 {row['d_dice3'][-1]:+.4f} dNoC90 {row['d_noc90'][-1]:+.3f} "
+                          f"rejected {s['guard_rejected']}", flush=True)
     return rows
 
 
