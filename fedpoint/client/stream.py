@@ -72,7 +72,7 @@ def _case_id(sample, index: int) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in raw)[:120]
 
 
-def summarize(records: Iterable[dict]) -> dict[str, float]:
+def summarize_stream(records: Iterable[dict]) -> dict[str, float]:
     records = list(records)
     return {k: float(np.mean([r[k] for r in records])) for k in SUMMARY_KEYS} | {
         "images": len(records), "guard_rejected": int(sum(r.get("guard_rejected", 0) for r in records))}

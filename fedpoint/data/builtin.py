@@ -18,7 +18,7 @@ from pathlib import Path
 from fedpoint.shared.fileio import ProcessLock, write_json_atomic
 
 from fedpoint.data.sources import COLIN27_HINT, SOURCES, colin27_available, find_download
-from fedpoint.data.case_files import read_case
+from fedpoint.data.case_files import load_case_file
 from fedpoint.shared.fileio import sha256_file
 from fedpoint.data.types import DataError, Dataset, DatasetInfo
 
@@ -204,7 +204,7 @@ def load_builtin(name: str, data_dir: Path | None = None) -> Dataset:
         prepare(data_dir, progress=False, names=[name])
         entry = read_manifest(data_dir)["datasets"][name]
     info = DatasetInfo(**entry["info"])
-    cases = [read_case(data_dir / rel) for rel in sorted(entry["files"])]
+    cases = [load_case_file(data_dir / rel) for rel in sorted(entry["files"])]
     return Dataset(
         name=name,
         modality=info.modality,

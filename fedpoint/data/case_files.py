@@ -62,7 +62,7 @@ def write_case(
     }
 
 
-def read_case(path: Path) -> Case:
+def load_case_file(path: Path) -> Case:
     try:
         with np.load(path, allow_pickle=False) as npz:
             header = json.loads(str(npz["header"]))

@@ -289,7 +289,7 @@ class BankStrategy(FedAvg):
                     printable(outcome.reason, 400))
         updates, bases = self.bank_updates(accepted)
         self._pending = {"round": server_round, "accepted": accepted, "bases": bases, "outcomes": outcomes}
-        metrics = self.round_metrics(accepted, outcomes)
+        metrics = self.aggregate_metrics(accepted, outcomes)
         if not updates:
             if self.commits_round:
                 self.commit(server_round, None)
@@ -402,7 +402,7 @@ class BankStrategy(FedAvg):
         delta = {k: (start[k].astype(np.float64) + reply.delta[k] - target_state[k]).astype(np.float32) for k in self.schema}
         return replace(reply, delta=delta)
 
-    def round_metrics(self, accepted: list[Reply], outcomes: Mapping[int, "Outcome"]) -> MetricRecord:
+    def aggregate_metrics(self, accepted: list[Reply], outcomes: Mapping[int, "Outcome"]) -> MetricRecord:
         from fedpoint.server.aggregate import weighted_metrics
 
         metrics = {k: float(v) for k, v in weighted_metrics(accepted).items() if math.isfinite(float(v))}

@@ -8,7 +8,7 @@ pre-training's steps and validation, and the click benchmarks all go through `Si
 they agree on where a user clicks and when they stop.
 
 `simulate` runs one image: it takes a `predict(clicks) -> mask` callable (a session, a model on a
-window, a network with its previous mask: whatever the caller holds) and yields one `Step` per
+window, a network with its previous mask: whatever the caller holds) and yields one `ClickStep` per
 click. A batch of images predicted together (pre-training) drives several `SimulatedUser`s in
 lockstep with `respond`.
 """
@@ -56,7 +56,7 @@ class SimulatedUser:
 
 
 @dataclass(frozen=True)
-class Step:
+class ClickStep:
     """One click of a simulated interaction: the click (None for a click the user did not need,
     see `fill`), the mask predicted after it, and its Dice against the truth (None unless scored)."""
 
@@ -67,23 +67,23 @@ class Step:
 
 def simulate(predict: Predict, gt: np.ndarray, budget: int, *, mode: Literal["deepest", "random"] = "deepest",
              first: Click | None = None, seed: int | None = None, rng: np.random.Generator | None = None,
-             spacing: Sequence[float] | None = None, score: bool = True, fill: bool = False) -> Iterator[Step]:
+             spacing: Sequence[float] | None = None, score: bool = True, fill: bool = False) -> Iterator[ClickStep]:
     """Up to `budget` clicks on one image; `predict(clicks)` gets every click so far (the newest
     last) and returns the predicted mask. With `fill`, a user who stopped at a perfect mask still
-    yields a Step (click None, Dice 1.0) for each click left, so Dice-AUC counts the whole budget.
+    yields a ClickStep (click None, Dice 1.0) for each click left, so Dice-AUC counts the whole budget.
     The user is created now (its seed drawn from `rng` now), the clicks as the caller iterates."""
     user = SimulatedUser(gt, mode, first=first, seed=seed, rng=rng, spacing=spacing)
-    return _steps(user, predict, gt, budget, score, fill)
+    return _interaction(user, predict, gt, budget, score, fill)
 
 
-def _steps(user: SimulatedUser, predict: Predict, gt, budget: int, score: bool, fill: bool) -> Iterator[Step]:
+def _interaction(user: SimulatedUser, predict: Predict, gt, budget: int, score: bool, fill: bool) -> Iterator[ClickStep]:
     mask = None
     for k in range(budget):
         click = user.respond(mask)
         if click is None:  # a perfect mask: the user stops
             if fill:
                 for _ in range(budget - k):
-                    yield Step(None, mask, 1.0)
+                    yield ClickStep(None, mask, 1.0)
             return
         mask = predict(user.clicks)
-        yield Step(click, mask, dice(mask, gt) if score else None)
+        yield ClickStep(click, mask, dice(mask, gt) if score else None)

@@ -94,7 +94,7 @@ def _check_spacing(case) -> None:
 def run_evaluation(spec: EvaluationSpec, store: Path, data_dir: Path | None = None, adapter_dir: Path | None = None,
                    progress: bool = False) -> dict:
     from fedpoint.client.engine import SiteEngine
-    from fedpoint.client.stream import run_stream, summarize
+    from fedpoint.client.stream import run_stream, summarize_stream
 
     samples, skipped = load_stream(spec, data_dir)
     from fedpoint.shared.focus import FocusConfig
@@ -122,7 +122,7 @@ def run_evaluation(spec: EvaluationSpec, store: Path, data_dir: Path | None = No
     episodes = [r.as_dict() for r in engine.scheduler.results] if engine.scheduler else []
     return {
         "spec": spec.model_dump(),
-        "summary": summarize(records),
+        "summary": summarize_stream(records),
         "images": records,
         "episodes": episodes,
         "skipped": [list(s) for s in skipped],

@@ -30,7 +30,7 @@ def run_federation(config: Mapping, num_sites: int, *, timeout: float = 1800.0, 
     t0 = time.perf_counter()
     _run_isolated(parse_run_config(config).to_run_config(), num_sites, timeout, verbose)  # the whole config, for both apps
     seconds = time.perf_counter() - t0
-    return summarize(fed, _rounds(fed.output_path)[before:], seconds)
+    return summarize_federation(fed, _rounds(fed.output_path)[before:], seconds)
 
 
 def simulate(run_config: dict, num_sites: int, verbose: bool = False) -> None:
@@ -85,7 +85,7 @@ def _rounds(output: Path) -> list[dict]:
     return read_rounds(output)  # federation.json, written by the ServerApp's strategy into output-dir
 
 
-def summarize(fed: SimulationConfig, rounds: list[dict], seconds: float) -> dict:
+def summarize_federation(fed: SimulationConfig, rounds: list[dict], seconds: float) -> dict:
     from fedpoint.server.banks import BankStore
 
     store = BankStore(fed.bank_store_path)
@@ -94,7 +94,7 @@ def summarize(fed: SimulationConfig, rounds: list[dict], seconds: float) -> dict
         "seconds": round(seconds, 1),
         "round_numbers": [r["round"] for r in rounds],
         "bytes": [{site: {"up": s["bytes_up"], "down": s["bytes_down"]} for site, s in r["sites"].items()} for r in rounds],
-        "metrics": [round_metrics(r) for r in rounds],
+        "metrics": [round_means(r) for r in rounds],
         "status": [{site: s["status"] for site, s in r["sites"].items()} for r in rounds],
         "versions_written": [r["versions"] for r in rounds],
         # the federated evaluation round: each new bank version as the sites scored it (held-out cases)
@@ -105,7 +105,7 @@ def summarize(fed: SimulationConfig, rounds: list[dict], seconds: float) -> dict
     }
 
 
-def round_metrics(entry: dict) -> dict[str, float]:
+def round_means(entry: dict) -> dict[str, float]:
     """Weighted (by accepted cases) means of the accepted sites' metrics in one round."""
     sums: dict[str, float] = {}
     total = 0.0

@@ -5,7 +5,7 @@ threshold masks, superpixel pseudo-objects of unlabelled images, synthetic shape
 first-click and zoom regimes of the focus crop), predicts from one positive click with gradient,
 then lets the model answer up to `max_clicks - 1` further simulated clicks (each in the largest
 error region, the prediction fed back as the previous mask) and takes a second loss on the last
-state. Loss: Dice-Focal + beta * click-centred Gaussian, at both click steps.
+state. Loss: Dice-Focal + beta * click-centred Gaussian, on the first click's prediction and on the last one.
 
 A run writes `<out>.ckpt` every `checkpoint_minutes` (and on Ctrl-C) holding the weights, the
 optimizer, the scheduler and every random state, so `resume=True` continues bit-identically.

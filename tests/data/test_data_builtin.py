@@ -17,7 +17,7 @@ from fedpoint.cli.data import app
 from fedpoint.data import BUILTIN_DATASETS, DataError, default_data_dir, list_datasets, load_dataset, prepare
 from fedpoint.data.builtin import BUILD_REVISION, read_manifest
 from fedpoint.data.sources import _pyradiomics_case, build_stardist
-from fedpoint.data.case_files import read_case
+from fedpoint.data.case_files import load_case_file
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_pyradiomics_builder_reads_the_sdist_layout(tmp_path):
         prepare(tmp_path, progress=False, names=["pyradiomics-lung"])
     # ...but its cases read through the same code as the real ones.
     _pyradiomics_case(archive, tmp_path / "out", "lung1", "CT", derived_ct=True)
-    case = read_case(tmp_path / "out" / "lung1.npz")
+    case = load_case_file(tmp_path / "out" / "lung1.npz")
     objects = {o.name: o for o in case.objects}
     assert case.spacing == pytest.approx((0.6, 0.6, 5.0)) and case.modality == "CT"
     assert objects["lesion"].mask.sum() == 1 and not objects["lesion"].derived

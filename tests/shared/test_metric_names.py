@@ -20,7 +20,7 @@ def test_every_column_has_one_header():
 
 
 def test_the_lists_elsewhere_derive_from_the_owner():
-    from fedpoint.client.stream import summarize
+    from fedpoint.client.stream import summarize_stream
     from fedpoint.simulations.pretrain_config import METRIC_KEYS
     from fedpoint.simulations.report import HEADLINE_COLUMNS
     from fedpoint.simulations.arms import IMAGE_KEYS
@@ -30,4 +30,4 @@ def test_the_lists_elsewhere_derive_from_the_owner():
     assert set(M.CLICK_METRICS) <= ALLOWED_METRICS and set(M.CLICK_METRICS) <= set(METRIC_RANGES)
     assert all(label == M.HEADERS[key] for key, label, _ in HEADLINE_COLUMNS if key in M.HEADERS)
     record = {k: 1.0 for k in M.SUMMARY_KEYS}
-    assert set(summarize([record])) == set(M.SUMMARY_KEYS) | {"images", "guard_rejected"}
+    assert set(summarize_stream([record])) == set(M.SUMMARY_KEYS) | {"images", "guard_rejected"}

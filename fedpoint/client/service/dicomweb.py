@@ -28,7 +28,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from fedpoint.client.service.site_config import ServiceConfigError, SiteServiceConfig
-from fedpoint.client.service.images import ImageError, ImageFolder, LoadedImage, prepare
+from fedpoint.client.service.images import ImageError, ImageFolder, LoadedImage, open_image
 from fedpoint.client.site_store import check_id
 from fedpoint.data.normalize import canonical_modality
 
@@ -250,7 +250,7 @@ class PacsImages:
             raise ImageError(f"{image_id}: the PACS {why(err)} when asked for it") from None
         try:
             series = read_series(datasets, f"{image_id} (PACS series {ref.series_uid})")
-            return prepare(image_id, Path(image_id), self.modality, self.model_channels, self.ct_window, series=series)
+            return open_image(image_id, Path(image_id), self.modality, self.model_channels, self.ct_window, series=series)
         except (DicomError, ImageError, MemoryError) as err:
             reason = str(err) if not isinstance(err, MemoryError) else f"{image_id}: too large to decode"
             with self._lock:

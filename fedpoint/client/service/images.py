@@ -238,7 +238,7 @@ def _fit_channels(raw: np.ndarray, path: Path, model_channels: int) -> np.ndarra
                      f"PNG/JPEG picture is turned grey for a one-channel model)")
 
 
-def prepare(image_id: str, path: Path, modality: str, model_channels: int, ct_window, series=None) -> LoadedImage:
+def open_image(image_id: str, path: Path, modality: str, model_channels: int, ct_window, series=None) -> LoadedImage:
     """`series`: a DicomSeries already read (from a PACS); a folder at `path` is read as one."""
     if series is None and path.is_dir():
         series = read_dicom_series(path)
@@ -355,7 +355,7 @@ class ImageFolder:
                 return self._cache[image_id]
         try:
             stamp = self._file_stamp(path)
-            loaded = prepare(image_id, path, self.modality, self.model_channels, self.ct_window)
+            loaded = open_image(image_id, path, self.modality, self.model_channels, self.ct_window)
         except (ImageError, OSError, MemoryError) as err:
             reason = str(err) if isinstance(err, ImageError) else f"{path.name}: cannot be read ({type(err).__name__})"
             with self._lock:

@@ -86,7 +86,7 @@ def free_port() -> int:
 # ------------------------------------------------------------------------------------ reading
 @pytest.mark.parametrize("affine, reversed_z", [(AXIAL, False), (OBLIQUE, True)], ids=["axial", "oblique-feetward"])
 def test_series_folder_reads_like_its_nifti(tmp_path, affine, reversed_z):
-    from fedpoint.client.service.images import prepare, read_array, read_dicom_series
+    from fedpoint.client.service.images import open_image, read_array, read_dicom_series
 
     hu = ct_volume()
     series_uid = write_ct_series(tmp_path / "ct", hu, affine)
@@ -103,7 +103,7 @@ def test_series_folder_reads_like_its_nifti(tmp_path, affine, reversed_z):
     series = read_dicom_series(tmp_path / "ct")
     assert series.series_uid == series_uid and len(series.sop_instance_uids) == 6 and series.frame_of_reference_uid
     assert all(h.SOPInstanceUID == uid for h, uid in zip(series.headers, series.sop_instance_uids))
-    loaded = prepare("ct", tmp_path / "ct", "CT", 1, None)
+    loaded = open_image("ct", tmp_path / "ct", "CT", 1, None)
     assert np.allclose(loaded.spacing, np.linalg.norm(affine[:3, :3], axis=0))
     assert loaded.dicom.series_uid == series_uid
     assert loaded.flip_y is (affine[1, 1] > 0)  # a medical volume, like its NIfTI
