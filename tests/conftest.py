@@ -59,6 +59,15 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "hostile: hostile inputs and faults against the site service (run by default)")
 
 
+def pytest_collection_modifyitems(config, items):
+    """With `--dist loadgroup` (make test): a test file stays on one worker (its module fixtures are
+    built once), and every Flower test shares one group, so two Flower/Ray federations never compete
+    for the cores (under that contention their rounds time out)."""
+    for item in items:
+        group = "flower" if item.get_closest_marker("flower") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture
 def task_identity():
     """Instruction Messages need a task identity, as inside a running ServerApp."""

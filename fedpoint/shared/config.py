@@ -112,7 +112,7 @@ class AdaptationConfig(_Strict):
     mode: AdaptationMode = "mid+post"
     lr: float | None = Field(None, gt=0, le=1.0, description="None: the adapter kind's default (adapter_kinds: AdapterKind.lr)")
     guard: bool = Field(True, description="keep an online update only when it passes the online guard")
-    guard_consistency: float = Field(0.9, ge=0, le=1.0)
+    guard_consistency: float = Field(0.95, ge=0, le=1.0)  # chosen on the dev split (docs/engine.md)
     guard_replay: int = Field(4, ge=0, le=64)
     guard_tolerance: float = Field(0.02, ge=0, le=1.0)
     guard_radius: float = Field(0.02, ge=0, description="trust region around the last validated adapter (RMS per value); 0: off")
