@@ -117,6 +117,15 @@ def choose_guard(rows: dict) -> tuple[float, float]:
     return max(keep, key=lambda p: (min(at(p, lrs[-1])["d_dice3"]), np.mean(at(p, lrs[0])["d_dice3"])))
 
 
+def _print_paired(title: str, rows: dict, choice) -> None:
+    width = max(len(title), *(len(name) for name in rows))
+    print(f"\n{title:{width}s}  mean dDice@3  worst dDice@3  mean dNoC90  rejected")
+    for name, r in rows.items():
+        print(f"{name:{width}s}  {np.mean(r['d_dice3']):+.4f}       {min(r['d_dice3']):+.4f}        "
+              f"{np.mean(r['d_noc90']):+.3f}       {r['rejected']}")
+    print("choice:", choice)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("lr", "context", "guard"))
@@ -137,22 +146,14 @@ def main(argv=None) -> None:
         rows = sweep_lr(args.kinds.split(","), [float(x) for x in args.lrs.split(",")], args.shifts.split(","),
                         args.images, args.clicks, seeds, args.base)
         result = {"rows": rows, "choice": choose_lr(rows)}
-        print("\nkind@lr        mean dDice@3  worst dDice@3  mean dNoC90  rejected")
-        for name, r in rows.items():
-            print(f"{name:14s} {np.mean(r['d_dice3']):+.4f}      {min(r['d_dice3']):+.4f}        "
-                  f"{np.mean(r['d_noc90']):+.3f}      {r['rejected']}")
-        print("choice:", result["choice"])
+        _print_paired("kind@lr", rows, result["choice"])
     elif args.what == "guard":
         kind = args.kinds.split(",")[0]
         rows = sweep_guard([float(x) for x in args.consistencies.split(",")], [float(x) for x in args.tolerances.split(",")],
                            [float(x) for x in args.lrs.split(",")], args.shifts.split(","), args.images, args.clicks,
                            seeds, kind, args.base)
         result = {"rows": rows, "choice": choose_guard(rows)}
-        print("\nconsistency/tolerance@lr  mean dDice@3  worst dDice@3  mean dNoC90  rejected")
-        for name, r in rows.items():
-            print(f"{name:24s} {np.mean(r['d_dice3']):+.4f}      {min(r['d_dice3']):+.4f}        "
-                  f"{np.mean(r['d_noc90']):+.3f}      {r['rejected']}")
-        print("choice (consistency, tolerance):", result["choice"])
+        _print_paired("consistency/tolerance@lr", rows, result["choice"])
     else:
         rows = sweep_context([int(c) for c in args.contexts.split(",")], args.images, args.clicks, seeds, args.base)
         result = {"rows": {str(k): v for k, v in rows.items()}}
