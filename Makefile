@@ -54,8 +54,8 @@ data: $(STAMP)
 	$(FEDPOINT) data prepare
 
 # Two pytest workers (pytest-xdist): most tests wait on servers, subprocesses or one torch thread, so
-# two share a 2-core machine well. A test file stays on one worker and the Flower tests run one after
-# another (tests/conftest.py). TEST_WORKERS=0 runs in one process.
+# two share a 2-core machine well. A test file stays on one worker and the simulated Flower federations
+# run one after another (tests/conftest.py). TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 test: setup system-packages data
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup

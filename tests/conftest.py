@@ -61,11 +61,13 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     """With `--dist loadgroup` (make test): a test file stays on one worker (its module fixtures are
-    built once), and every Flower test shares one group, so two Flower/Ray federations never compete
-    for the cores (under that contention their rounds time out)."""
+    built once), and every simulated (Ray) Flower federation shares one group, so two never compete for
+    the cores (under that contention their rounds time out). The deployment tests (real SuperLink and
+    SuperNodes, no Ray) keep their own file group."""
     for item in items:
-        group = "flower" if item.get_closest_marker("flower") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        path = item.nodeid.split("::")[0]
+        ray = item.get_closest_marker("flower") and not path.startswith("tests/deploy/")
+        item.add_marker(pytest.mark.xdist_group("flower-simulation" if ray else path))
 
 
 @pytest.fixture
