@@ -88,6 +88,32 @@ def table(rows: list[dict]) -> list[dict]:
     return out
 
 
+def pooled(rows: list[dict], mode: str, cells: set | None = None) -> dict:
+    """Image-paired mode - frozen over every (cell, seed, image) unit, with percentile-bootstrap 95%
+    intervals: mean Dice@3 and NoC@90 changes and the relative NoC@90 reduction."""
+    from fedpoint.simulations.statistics import bootstrap_ci
+
+    by = {(r["data"], r["shift"], r["seed"], r["mode"]): r for r in rows}
+    pairs = {"dice3": ([], []), "noc90": ([], [])}
+    for (data, shift, seed, m), r in by.items():
+        frozen = by.get((data, shift, seed, "frozen"))
+        if m != mode or frozen is None or (cells is not None and (data, shift) not in cells):
+            continue
+        for key, (x, y) in pairs.items():
+            x.extend(r[key])
+            y.extend(frozen[key])
+    (d3x, d3y), (nx, ny) = ((np.array(x, float), np.array(y, float)) for x, y in pairs.values())
+    return {"n": len(d3x), "dice3": bootstrap_ci(d3x, d3y), "noc90": bootstrap_ci(nx, ny),
+            "noc90_reduction": bootstrap_ci(nx, ny, relative=True)}
+
+
+def demo_cells() -> set:
+    """(dataset, shift) of `make demo`'s sites."""
+    from fedpoint.simulations.experiment import load_experiment
+
+    return {(site.dataset, site.shift) for site in load_experiment("demo").sites}
+
+
 def show(path: Path) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     cells = table(rows)
@@ -103,6 +129,14 @@ def show(path: Path) -> list[dict]:
             print(f"{mode}: {sum(c['within_bar'] for c in mine)}/{len(mine)} cells within the bar; "
                   f"mean dDice@3 {100 * np.mean([c['d_dice3'] for c in mine]):+.2f} pts, "
                   f"mean dNoC@90 {np.mean([c['d_noc90'] for c in mine]):+.3f}")
+    for mode in MODES[1:]:
+        for name, scope in (("every cell", None), ("the demo's sites", demo_cells())):
+            p = pooled(rows, mode, scope)
+            if p["n"]:
+                d3, n90, red = p["dice3"], p["noc90"], p["noc90_reduction"]
+                print(f"{mode}, {name} ({p['n']} image pairs): dDice@3 {100 * d3[0]:+.2f} pts "
+                      f"[{100 * d3[1]:+.2f}, {100 * d3[2]:+.2f}], dNoC@90 {n90[0]:+.3f} [{n90[1]:+.3f}, {n90[2]:+.3f}], "
+                      f"NoC@90 reduction {100 * red[0]:+.1f}% [{100 * red[1]:+.1f}, {100 * red[2]:+.1f}]")
     return cells
 
 
