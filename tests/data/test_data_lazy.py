@@ -139,19 +139,19 @@ print(json.dumps({"cases": len(data.cases), "objects": objects, "samples": len(s
 
 @pytest.mark.slow
 def test_decathlon_size_task_holds_a_few_volumes_not_all(tmp_path):
-    folder = write_large_msd(tmp_path / "Task09_Big")
+    folder = write_large_msd(tmp_path / "Task09_Big", n_cases=12)  # 12 > the stream and >> the cache
     on_disk = sum(p.stat().st_size for p in folder.rglob("*.nii.gz"))
-    assert on_disk < 40 * 2**20  # 20 images + 20 labels, compressed
+    assert on_disk < 40 * 2**20  # 12 images + 12 labels, compressed
     small = nifti(tmp_path / "small.nii.gz", np.zeros((8, 8, 8), np.int16))
     run = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(folder), str(small)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     peak = json.loads(run.stdout.strip().splitlines()[-1])
     print(f"peak RSS growth (MiB): listing {peak['listed']:.0f}, iterating {peak['iterated']:.0f}, "
-          f"make_samples {peak['sampled']:.0f}; one volume {VOLUME_MIB:.0f}, all 20 eager {20 * VOLUME_MIB:.0f}")
-    assert peak["cases"] == 20 and peak["objects"] == 40 and peak["samples"] == 80 and peak["skipped"] == []
+          f"make_samples {peak['sampled']:.0f}; one volume {VOLUME_MIB:.0f}, all 12 eager {12 * VOLUME_MIB:.0f}")
+    assert peak["cases"] == 12 and peak["objects"] == 24 and peak["samples"] == 48 and peak["skipped"] == []
     assert peak["listed"] < 0.5 * VOLUME_MIB  # headers only
-    assert peak["iterated"] < 5 * VOLUME_MIB  # eager reading held 20 images (2000 MiB) and 20 labels
+    assert peak["iterated"] < 5 * VOLUME_MIB  # eager reading held 12 images (1200 MiB) and 12 labels
     assert peak["sampled"] < 5 * VOLUME_MIB
     # 3D evaluation: twelve whole-volume samples, built one at a time as the stream reaches them
     print(f"3D evaluation stream of {peak['stream']} whole volumes: peak growth {peak['streamed']:.0f} MiB")
