@@ -64,15 +64,11 @@ def pytest_collection_modifyitems(config, items):
     built once), and every simulated (Ray) Flower federation shares one group, so two never compete for
     the cores (under that contention their rounds time out). The deployment tests (real SuperLink and
     SuperNodes, no Ray) keep their own file group."""
-    groups = {}
     for item in items:
         path = item.nodeid.split("::")[0]
         ray = item.get_closest_marker("flower") and not path.startswith("tests/deploy/")
-        groups[item.nodeid] = "flower-simulation" if ray else path
-        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
-    # Longest first, so the two workers finish together: the federations, then files with slow tests.
-    slow = {groups[i.nodeid] for i in items if i.get_closest_marker("slow")}
-    items.sort(key=lambda i: (groups[i.nodeid] != "flower-simulation", groups[i.nodeid] not in slow))
+        item.add_marker(pytest.mark.xdist_group("flower-simulation" if ray else path))
+
 
 
 @pytest.fixture
