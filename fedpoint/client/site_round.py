@@ -93,10 +93,20 @@ def simulated_site(sites_config: str, partition: int, size: int, spatial_dims: i
     if not 0 <= partition < len(specs):
         raise ValueError(f"partition {partition} has no site: {sites_config} defines {len(specs)} sites "
                          f"({', '.join(s.name for s in specs)}); run at most that many simulated nodes")
-    site = build_site(specs[partition], spatial_dims=spatial_dims, size=(size,) * spatial_dims)
+    spec = specs[partition]
+    site = build_site(spec, spatial_dims=spatial_dims, size=(size,) * spatial_dims, dataset=_site_dataset(spec.dataset))
     if not site.samples:
         raise ValueError(f"site {site.name}: its data gives no sample to annotate")
     return site
+
+
+@functools.lru_cache(maxsize=4)
+def _site_dataset(name: str):
+    """A dataset read once per process: a worker that runs several sites of one dataset (its
+    patients, slice ranges or tiles) reads it once, not once per site."""
+    from fedpoint.data import load_dataset
+
+    return load_dataset(name)
 
 
 # ------------------------------------------------------------------------------ the base

@@ -26,6 +26,7 @@ import numpy as np
 from fedpoint.data.formats import DATASET_SUFFIXES, NIFTI, NRRD, PNG, has_suffix, split_suffix
 from fedpoint.data.normalize import canonical_modality
 from fedpoint.data.types import Case, DataError, Dataset, LabelledObject
+from fedpoint.shared.monai_import import load_monai
 
 LABEL_NAME_ENDINGS = ("_label", "_labels", "_mask", "_seg")  # X_label.nii.gz is the label of X.nii.gz
 PAIR_META = "fedpoint.json"  # optional in a pairs folder: {"modality": "CT", "labels": {"1": "tumour"}}
@@ -356,6 +357,7 @@ def _check_values(path: Path, label: np.ndarray, allowed: set[int] | None) -> tu
 
 def read_image(path: Path, dtype=np.float32) -> tuple[np.ndarray, tuple[float, ...]]:
     """(C, *spatial) array and per-axis spacing, read with MONAI's LoadImage (`dtype` None: the file's)."""
+    load_monai()
     from monai.transforms import LoadImage
 
     try:

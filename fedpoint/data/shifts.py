@@ -12,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 
+from fedpoint.shared.monai_import import load_monai
+
 # name -> (description, recipe). A recipe lists steps; a step builds one MONAI transform for an
 # image with `ndim` spatial axes and spatial shape `shape`.
 Step = Callable[[int, tuple[int, ...]], object]
@@ -120,6 +122,7 @@ def apply_shift(image: np.ndarray, shift: str, seed: int) -> np.ndarray:
     image = np.asarray(image, dtype=np.float32)
     if not steps:
         return image.copy()
+    load_monai()
     from monai.utils import convert_to_numpy
 
     spatial = tuple(image.shape[1:])

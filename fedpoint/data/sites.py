@@ -12,6 +12,7 @@ too; they are ignored here):
     seed = 3
     slices = [0, 30]                 # optional: only slices 0..29 on the slicing axis (3D cases)
     box = [[0, 256], [0, 256]]       # optional: only this pixel box (x0..x1-1, y0..y1-1) of each case
+    whole_slices = true              # optional: annotate whole slices at native resolution, not crops
 
 Regions keep sites apart: two sites that draw the same case must take slice ranges at least
 `MIN_SLICE_GAP` slices apart or disjoint pixel boxes (`check_disjoint`, which experiments run).
@@ -58,6 +59,7 @@ class SiteSpec(BaseModel):
     join_round: int = 0  # > 0: a late joiner
     slices: tuple[int, int] | None = None  # [lo, hi): slices lo..hi-1 on the slicing axis (the last)
     box: tuple[tuple[int, int], ...] | None = None  # [[x0, x1], [y0, y1]): a pixel box on the other axes
+    whole_slices: bool = False  # 2D: whole slices (or the whole image / box) at native resolution, not object crops
 
     @field_validator("slices")
     @classmethod
@@ -133,6 +135,8 @@ def build_site(
         if not volumes:
             raise DataError(spec.dataset, f"site {spec.name}: a 3D base needs volumes; this dataset has none")
         samples = full_slice_samples(volumes, spatial_dims=3)
+    elif spec.whole_slices:  # what a clinician sees: the focus crop of the session does the zooming
+        samples = full_slice_samples(cases, spatial_dims=spatial_dims, max_per_object=spec.max_per_object)
     else:
         samples = make_samples(cases, spatial_dims=spatial_dims, size=size, max_per_object=spec.max_per_object)
     if spec.order == "shuffled":

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from fedpoint.shared.clicks import Click, gaussian_window
+from fedpoint.shared.monai_import import load_monai
 
 
 FOCAL_GAMMA, FOCAL_WEIGHT = 2.0, 0.7
@@ -31,6 +32,7 @@ FOCAL_GAMMA, FOCAL_WEIGHT = 2.0, 0.7
 
 @lru_cache(maxsize=1)
 def _dice_focal():
+    load_monai()
     from monai.losses import DiceFocalLoss  # imported once, on first use
 
     return DiceFocalLoss(sigmoid=True, gamma=FOCAL_GAMMA, lambda_dice=1.0 - FOCAL_WEIGHT, lambda_focal=FOCAL_WEIGHT)
@@ -43,6 +45,7 @@ def dice_focal(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @lru_cache(maxsize=1)
 def _dice_ce():
+    load_monai()
     from monai.losses import DiceCELoss  # built once: episodes call this on every simulated click
 
     return DiceCELoss(sigmoid=True)

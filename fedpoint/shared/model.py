@@ -15,6 +15,7 @@ from torch import nn
 
 from fedpoint.shared.bases import read_card
 from fedpoint.shared.config import ModelConfig
+from fedpoint.shared.monai_import import load_monai
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -25,6 +26,7 @@ def _dynunet(cfg: ModelConfig) -> nn.Module:
     """MONAI DynUNet: level 0 at full resolution (stride 1), `strides` between the levels, two
     3x3 convolutions with affine instance norm per level, and a bare 1x1 output convolution (no
     normalisation on the logits, so a click can push them anywhere)."""
+    load_monai()
     from monai.networks.nets import DynUNet
 
     strides = (1, *cfg.strides)
@@ -49,7 +51,8 @@ def _dynunet(cfg: ModelConfig) -> nn.Module:
 
 
 def _unet(cfg: ModelConfig) -> nn.Module:
-    from monai.networks.nets import UNet  # monai costs seconds to import: only when a model is built
+    load_monai()  # seconds to import: only when a model is built
+    from monai.networks.nets import UNet
 
     return UNet(
         spatial_dims=cfg.spatial_dims,

@@ -188,7 +188,7 @@ def run_federated(strategy: Strategy, experiment, seed: int, sites: list, work,
             on_image(image_record(raw, strategy=strategy.name, seed=seed, site=by_name[site_name], round_=round_))
 
     with RecordWatcher(work / "records", progress):
-        outcome = run_federation(run_config, num_sites=len(sites))
+        outcome = run_federation(run_config, num_sites=len(sites), log_path=work / "flower.log")
     images = read_records(work / "records", strategy.name, seed, by_name)
     rounds = federation_rounds(work, strategy.name, seed, images)
     late = joined_banks(work, [s.name for s in sites if s.spec.join_round > 0])

@@ -42,8 +42,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 # Keys `--full` may override; the sites stay as declared (their stream lengths follow the rounds).
-FULL_OVERRIDABLE = ("rounds", "images_per_round", "clicks", "size", "seeds", "strategies", "adaptation", "lr", "full_lr",
-                    "ablations")
+FULL_OVERRIDABLE = ("rounds", "images_per_round", "clicks", "size", "whole_slices", "seeds", "strategies", "adaptation",
+                    "lr", "full_lr", "ablations")
 
 
 class ExperimentError(ValueError):
@@ -58,7 +58,9 @@ class ExperimentConfig(BaseModel):
     rounds: int = Field(3, ge=1, le=100)
     images_per_round: int = Field(3, ge=1, le=1000)
     clicks: int = Field(10, ge=1, le=50, description="simulated clicks per image")
-    size: int = Field(96, ge=16, le=1024, description="side of the 2D samples, in pixels (3D: whole volumes)")
+    size: int = Field(96, ge=16, le=1024, description="side of the 2D object crops, in pixels (3D: whole volumes)")
+    whole_slices: bool = Field(False, description="2D: every site annotates whole slices (whole images, its box) "
+                               "at native resolution through the focus crop, not object crops of `size`")
     spatial_dims: Literal[2, 3] = Field(2, description="3: whole volumes with a 3D base (default base3d)")
     adapter: str = Field("norm", description="adapter kind of the local and banked strategies (fed-full is always full)")
     lr: float | None = Field(None, gt=0, le=1.0, description="learning rate of the online updates; "
@@ -70,6 +72,8 @@ class ExperimentConfig(BaseModel):
                                   description="default: every strategy but the ablation arms (ABLATIONS)")
     base: str | None = Field(None, description="base checkpoint name or path; default: the packaged base2d")
     threads: int | None = Field(None, ge=1, le=256, description="torch threads in the runner process")
+    lanes: Literal[1, 2] = Field(2, description="2: the local arms run beside the federated ones (the federations "
+                                 "in processes of their own); 1: one arm at a time")
     adaptation: dict[str, Any] = Field(default_factory=dict, description="episode_* fields of AdaptationConfig")
     ablations: bool = Field(False, description="also run the ablation arms (mid only, post only, CCG off) "
                             "when `strategies` is not given")
@@ -166,7 +170,8 @@ class ExperimentConfig(BaseModel):
     def sites_for_seed(self, seed: int) -> list[SiteSpec]:
         """The sites of one experiment seed: stream order and shift realisation follow the seed, the
         stream is cut to what the rounds use. Every strategy of that seed sees exactly these."""
-        return [s.model_copy(update={"seed": site_seed(s.seed, seed), "stream_length": self.stream_length(s)})
+        update = {"whole_slices": True} if self.whole_slices else {}
+        return [s.model_copy(update={**update, "seed": site_seed(s.seed, seed), "stream_length": self.stream_length(s)})
                 for s in self.sites]
 
     @property

@@ -20,15 +20,18 @@ from fedpoint.server.ledger import read_rounds
 from fedpoint.shared.run_config import SimulationConfig, parse_run_config
 
 
-def run_federation(config: Mapping, num_sites: int, *, timeout: float = 1800.0, verbose: bool = False) -> dict:
+def run_federation(config: Mapping, num_sites: int, *, timeout: float = 1800.0, verbose: bool = False,
+                   log_path: Path | None = None) -> dict:
     """Run a simulated federation and return its summary (rounds, per-round bytes up/down per site,
-    per-round metrics, bank versions written). `config` holds run-config keys (kebab-case)."""
+    per-round metrics, bank versions written). `config` holds run-config keys (kebab-case). With
+    `log_path`, Flower's and Ray's output goes to that file (the simulation's process writes it, so
+    the caller's own output stays where it was); a failure's error ends with the file's last lines."""
     fed = parse_run_config(config, reader=SimulationConfig)
     if fed.output_path is None:
         raise ValueError("run_federation reads its results from output-dir: set output-dir")
     before = len(_rounds(fed.output_path))
     t0 = time.perf_counter()
-    _run_isolated(parse_run_config(config).to_run_config(), num_sites, timeout, verbose)  # the whole config, for both apps
+    _run_isolated(parse_run_config(config).to_run_config(), num_sites, timeout, verbose, log_path)  # the whole config, for both apps
     seconds = time.perf_counter() - t0
     return summarize_federation(fed, _rounds(fed.output_path)[before:], seconds)
 
@@ -52,21 +55,39 @@ def simulate(run_config: dict, num_sites: int, verbose: bool = False) -> None:
     )
 
 
-def _child(run_config: dict, num_sites: int, verbose: bool) -> None:
+def _child(run_config: dict, num_sites: int, verbose: bool, log_path: str | None) -> None:
     os.setpgrp()  # Ray's processes join this group, so a timeout can stop them all
+    if log_path is not None:  # this process's descriptors: Ray's workers and log monitor inherit them
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
     simulate(run_config, num_sites, verbose)
 
 
-def _run_isolated(run_config: dict, num_sites: int, timeout: float, verbose: bool) -> None:
-    process = multiprocessing.get_context("spawn").Process(target=_child, args=(run_config, num_sites, verbose),
-                                                           name="fedpoint-simulation")
+def _run_isolated(run_config: dict, num_sites: int, timeout: float, verbose: bool, log_path: Path | None = None) -> None:
+    if log_path is not None:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    args = (run_config, num_sites, verbose, None if log_path is None else str(log_path))
+    process = multiprocessing.get_context("spawn").Process(target=_child, args=args, name="fedpoint-simulation")
     process.start()
     process.join(timeout)
     if process.is_alive():
         _stop_group(process)
-        raise TimeoutError(f"the simulated federation did not finish within {timeout:g} s")
+        raise TimeoutError(f"the simulated federation did not finish within {timeout:g} s; {_where(log_path)}")
     if process.exitcode != 0:
-        raise RuntimeError(f"the simulated federation failed (exit code {process.exitcode}); see the log above")
+        raise RuntimeError(f"the simulated federation failed (exit code {process.exitcode}); {_where(log_path)}")
+
+
+def _where(log_path: Path | None, lines: int = 25) -> str:
+    """Where to read why: the terminal, or the log's last lines."""
+    if log_path is None:
+        return "see the log above"
+    try:
+        tail = "\n".join(Path(log_path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        tail = "(no log written)"
+    return f"last lines of {log_path}:\n{tail}"
 
 
 def _stop_group(process) -> None:

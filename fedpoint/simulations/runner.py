@@ -30,7 +30,8 @@ SCHEMA = "fedpoint.results/1"
 def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool = True,
                    data_dir: str | Path | None = None) -> dict:
     """Run all strategies of `config` on all seeds; write results.json, the plots and report.md into
-    `out_dir` and return the results dict."""
+    `out_dir` and return the results dict. The records are in (seed, strategy) order whatever the
+    lanes (`config.lanes`) ran at once."""
     import torch
 
     out_dir = Path(out_dir)
@@ -38,36 +39,74 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.perf_counter()
+    sites_of: dict[int, list] = {}
+    data = None
+    for seed in config.seeds:
+        sites_of[seed], seed_data = build_experiment_sites(config, seed, data_dir)
+        data = data or seed_data
+    jobs = [(seed, name) for seed in config.seeds for name in config.strategies]
+    with _progress(progress, config) as (on_image, timing):
+        def run_job(job: tuple[int, str]) -> tuple[dict, float]:
+            seed, name = job
+            strategy = STRATEGIES[name]
+            work = fresh_folder(out_dir / "work" / f"seed-{seed}" / name)
+            run = run_federated if strategy.federated else run_local
+            t0 = time.perf_counter()
+            with timing(name, seed):
+                part = run(strategy, config, seed, sites_of[seed], work, on_image=on_image)
+            return part, time.perf_counter() - t0
+
+        done = run_in_lanes(jobs, run_job, lane_of=lambda job: int(STRATEGIES[job[1]].federated) if config.lanes > 1 else 0)
     images: list[dict] = []
     rounds: list[dict] = []
     episodes: list[dict] = []
     federation: list[dict] = []
     strategy_seconds: dict[str, float] = defaultdict(float)
-    data = None
-    with _progress(progress, config) as (on_image, start_strategy):
-        for seed in config.seeds:
-            sites, seed_data = build_experiment_sites(config, seed, data_dir)
-            data = data or seed_data
-            for name in config.strategies:
-                strategy = STRATEGIES[name]
-                work = fresh_folder(out_dir / "work" / f"seed-{seed}" / name)
-                start_strategy(name, seed)
-                t0 = time.perf_counter()
-                if strategy.federated:
-                    with flower_output_to(work / "flower.log"):
-                        part = run_federated(strategy, config, seed, sites, work, on_image=on_image)
-                else:
-                    part = run_local(strategy, config, seed, sites, work, on_image=on_image)
-                strategy_seconds[name] += time.perf_counter() - t0
-                images += part["images"]
-                rounds += part["rounds"]
-                episodes += part.get("episodes", [])
-                if "federation" in part:
-                    federation.append({"strategy": name, "seed": seed, **part["federation"]})
+    for (seed, name), (part, seconds) in zip(jobs, done):
+        strategy_seconds[name] += seconds
+        images += part["images"]
+        rounds += part["rounds"]
+        episodes += part.get("episodes", [])
+        if "federation" in part:
+            federation.append({"strategy": name, "seed": seed, **part["federation"]})
     results = assemble(config, images, rounds, episodes, federation, data, dict(strategy_seconds),
                        time.perf_counter() - started)
     write_outputs(results, out_dir)
     return results
+
+
+def run_in_lanes(jobs: list, run: Callable, lane_of: Callable[[object], int]) -> list:
+    """`run(job)` for every job, in lanes that run side by side (a thread each; the jobs of one lane
+    one after another, in order); the results in the order of `jobs`. The experiment puts the
+    federated arms in one lane and the local arms in another: a federation runs in processes of its
+    own, while a local arm computes here on one torch thread, on the core Ray leaves idle between
+    its sites' rounds. After a failure no lane starts another job, and the first error is raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lanes: dict[int, list[int]] = defaultdict(list)
+    for i, job in enumerate(jobs):
+        lanes[lane_of(job)].append(i)
+    results: dict[int, object] = {}
+    failed: list[BaseException] = []
+
+    def drive(indices: list[int]) -> None:
+        for i in indices:
+            if failed:
+                return
+            try:
+                results[i] = run(jobs[i])
+            except BaseException as err:  # noqa: BLE001 - the other lane stops; re-raised below
+                failed.append(err)
+                return
+
+    if len(lanes) == 1:
+        drive(next(iter(lanes.values())))
+    else:
+        with ThreadPoolExecutor(max_workers=len(lanes), thread_name_prefix="fedpoint-lane") as pool:
+            list(pool.map(drive, lanes.values()))
+    if failed:
+        raise failed[0]
+    return [results[i] for i in range(len(jobs))]
 
 
 def fresh_folder(path: Path) -> Path:
@@ -221,52 +260,12 @@ def environment(config: ExperimentConfig) -> dict:
 
 # ------------------------------------------------------------------------------------ progress
 @contextmanager
-def flower_output_to(log_path: Path) -> Iterator[None]:
-    """Send everything written to this process's stdout and stderr, and so the Flower and Ray
-    processes it starts, to `log_path` (the progress bars write to a copy of the terminal). On a
-    failure, the log's tail goes into the error."""
-    import sys
-
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    failure = None
-    with open(log_path, "ab") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        except Exception as err:
-            failure = err
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            for fd, original in zip((1, 2), saved):
-                os.dup2(original, fd)
-                os.close(original)
-    if failure is not None:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
-        raise RuntimeError(f"{failure}\n--- last lines of {log_path} ---\n{tail}") from failure
-
-
-def _terminal_copy():
-    """A file on a duplicate of the terminal's stdout, unaffected by `flower_output_to`."""
-    import sys
-
-    sys.stdout.flush()
-    try:
-        return os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
-    except (AttributeError, OSError, ValueError):  # not a real file (a test runner's capture): use it as is
-        return nullcontext(sys.stdout)
-
-
-@contextmanager
-def _progress(enabled: bool, config: ExperimentConfig) -> Iterator[tuple[Callable[[dict], None], Callable[[str, int], None]]]:
-    """Yields (on_image, start_strategy): one bar per strategy with its running Dice@3 and the time
-    spent in it (strategies take turns, seed after seed)."""
+def _progress(enabled: bool, config: ExperimentConfig) -> Iterator[tuple[Callable[[dict], None], Callable]]:
+    """Yields (on_image, timing): one bar per strategy with its running Dice@3 and the time spent
+    in it; `with timing(name, seed):` around each run of a strategy (runs of different strategies
+    may overlap: the lanes)."""
     if not enabled:
-        yield (lambda rec: None), (lambda name, seed: None)
+        yield (lambda rec: None), (lambda name, seed: nullcontext())
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -274,32 +273,32 @@ def _progress(enabled: bool, config: ExperimentConfig) -> Iterator[tuple[Callabl
     per_seed = sum(config.stream_length(s) for s in config.sites)
     columns = (TextColumn("{task.description:<30}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("Dice@3 {task.fields[d3]}"), TextColumn("{task.fields[spent]:>5.0f} s"))
-    with _terminal_copy() as terminal, Progress(*columns, console=Console(file=terminal)) as bar:
+    with Progress(*columns, console=Console()) as bar:
         tasks = {n: bar.add_task(n, total=per_seed * len(config.seeds), d3="  –  ", spent=0.0)
                  for n in config.strategies}
         dice3: dict[str, list[float]] = defaultdict(list)
         spent: dict[str, float] = defaultdict(float)
-        current: dict = {"name": None, "since": 0.0}
+        running: dict[str, float] = {}  # strategy -> when its current run started
 
-        def account() -> None:
-            name = current["name"]
-            if name is not None:
-                now = time.perf_counter()
-                spent[name] += now - current["since"]
-                current["since"] = now
-                bar.update(tasks[name], spent=spent[name])
+        def show_time(name: str) -> None:
+            since = running.get(name)
+            bar.update(tasks[name], spent=spent[name] + (time.perf_counter() - since if since else 0.0))
 
         def on_image(rec: dict) -> None:
             name = rec["strategy"]
             dice3[name].append(rec["dice3"])
             values = dice3[name]
             bar.update(tasks[name], advance=1, d3=f"{sum(values) / len(values):.3f}")
-            account()
+            show_time(name)
 
-        def start_strategy(name: str, seed: int) -> None:
-            account()
-            current.update(name=name, since=time.perf_counter())
+        @contextmanager
+        def timing(name: str, seed: int):
+            running[name] = time.perf_counter()
             bar.update(tasks[name], description=f"{name} (seed {seed})")
+            try:
+                yield
+            finally:
+                spent[name] += time.perf_counter() - running.pop(name)
+                show_time(name)
 
-        yield on_image, start_strategy
-        account()
+        yield on_image, timing

@@ -24,6 +24,7 @@ from fedpoint.data.formats import (LABEL_FILE_SUFFIXES, MEDICAL, NUMPY, PICTURES
                                    has_suffix, split_suffix)
 from fedpoint.data.normalize import (CT_WINDOW_DEFAULT, CT_WINDOWS, PERCENTILES, PERCENTILES_OTHER, canonical_modality, ct_window,
                                      normalize)
+from fedpoint.shared.monai_import import load_monai
 
 CT_PRESETS = {"lung": CT_WINDOWS["lung"], "soft tissue": CT_WINDOWS["soft-tissue"], "bone": CT_WINDOWS["bone"],
               "wide": CT_WINDOW_DEFAULT}
@@ -46,6 +47,7 @@ def read_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
         except (OSError, ValueError) as err:
             raise ImageError(f"{path.name}: cannot be read as .npy ({err})") from None
         return _channel_first_npy(array, path.name), np.eye(4)
+    load_monai()
     from monai.transforms import LoadImage  # seconds to import: only when an image is first opened
 
     try:
