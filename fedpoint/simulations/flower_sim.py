@@ -71,7 +71,11 @@ def _run_isolated(run_config: dict, num_sites: int, timeout: float, verbose: boo
     args = (run_config, num_sites, verbose, None if log_path is None else str(log_path))
     process = multiprocessing.get_context("spawn").Process(target=_child, args=args, name="fedpoint-simulation")
     process.start()
-    process.join(timeout)
+    try:
+        process.join(timeout)
+    except BaseException:  # Ctrl-C or a failing caller: the simulation and its Ray processes go too
+        _stop_group(process)
+        raise
     if process.is_alive():
         _stop_group(process)
         raise TimeoutError(f"the simulated federation did not finish within {timeout:g} s; {_where(log_path)}")

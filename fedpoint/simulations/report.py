@@ -338,6 +338,17 @@ PLOT_CAPTIONS = {
 }
 
 
+def _samples_phrase(exp: dict, data: dict) -> str:
+    """What the sites annotate: whole volumes, whole slices at their native sizes, or object crops."""
+    if exp.get("spatial_dims") == 3:
+        return "whole volumes with a 3D base"
+    if exp.get("whole_slices"):
+        shapes = sorted({tuple(s) for site in data["sites"] for s in site.get("image_shapes", [])}, reverse=True)
+        sizes = ", ".join("×".join(str(n) for n in shape) for shape in shapes)
+        return f"whole slices at native resolution ({sizes} px) through the focus crop"
+    return f"{exp['size']}×{exp['size']} px object crops"
+
+
 def write_report(results: dict, path, plots: Sequence[str] = ()) -> str:
     """`report.md`: the headline table first, then targets, plots, per-site tables, data and timings."""
     exp, headline = results["experiment"], results["headline"]
@@ -348,7 +359,7 @@ def write_report(results: dict, path, plots: Sequence[str] = ()) -> str:
         "",
         f"{len(exp['sites'])} sites ({', '.join(results['data']['modalities'])}), {exp['rounds']} rounds of "
         f"{exp['images_per_round']} images per site, {exp['clicks']} simulated clicks per image, "
-        + ("whole volumes with a 3D base" if exp.get("spatial_dims") == 3 else f"{exp['size']}×{exp['size']} px")
+        + _samples_phrase(exp, results["data"])
         + f", adapter `{exp['adapter']}` (lr {exp.get('lr') or _default_lr(exp['adapter'])}"
         f"; every-weight arms lr {exp.get('full_lr') or _default_lr('full')}), seeds {exp['seeds']}. "
         f"Means over {'shifted sites' if scope == 'shifted' else 'all sites (none is shifted)'} present from the first round"

@@ -221,7 +221,8 @@ def describe_data(sites: list, datasets: dict, data_dir=None) -> dict:
         "modalities": sorted({s.modality for s in sites}),
         "sites": [{"name": s.name, "dataset": s.spec.dataset, "modality": s.modality, "shift": s.shift,
                    "join_round": s.spec.join_round, "images": len(s.samples),
-                   "cases": s.case_ids, "objects": collapse_names(x.object_name for x in s.samples)} for s in sites],
+                   "cases": s.case_ids, "objects": collapse_names(x.object_name for x in s.samples),
+                   "image_shapes": sorted({tuple(x.mask.shape) for x in s.samples})} for s in sites],
     }
 
 

@@ -152,6 +152,20 @@ def test_a_box_crops_the_case_and_leaves_out_the_objects_it_cuts():
         build_site(SiteSpec(name="b", dataset="field", box=[[60, 64], [60, 64]]), size=(16, 16), dataset=data)
 
 
+def test_whole_slices_keep_native_slices_and_boxes_with_the_same_selection():
+    volume = _volume_dataset()
+    spec = dict(name="a", dataset="vol", slices=[5, 12], order="sorted")
+    crops = build_site(SiteSpec(**spec), size=(16, 16), dataset=volume)
+    whole = build_site(SiteSpec(**spec, whole_slices=True), size=(16, 16), dataset=volume)
+    assert [s.crop.index for s in whole.samples] == [s.crop.index for s in crops.samples]  # same slices
+    assert all(s.image.shape == (1, 32, 32) and s.mask.shape == (32, 32) for s in whole.samples)
+    assert all(s.mask[8:20, 8:20].all() and s.mask.sum() == 144 for s in whole.samples)  # the object, in place
+    field = build_site(SiteSpec(name="b", dataset="field", box=[[0, 32], [0, 64]], whole_slices=True,
+                                order="sorted"), size=(16, 16), dataset=_field_dataset())
+    assert [s.object_name for s in field.samples] == ["cell-0", "cell-2"]
+    assert all(s.image.shape == (1, 32, 64) for s in field.samples)  # the whole box, nothing outside it
+
+
 def test_check_disjoint_names_both_sites_and_the_overlap():
     from fedpoint.data.sites import SiteOverlapError, check_disjoint
 

@@ -18,9 +18,9 @@ def config(**fields):
     return experiment_from_dict({"rounds": 2, "sites": SITES, **fields}, source="x.toml")
 
 
-@pytest.mark.parametrize("name", ["demo", "tiny"])
-def test_packaged_configs_load_with_all_strategies_and_late_joiners(name):
-    exp = load_experiment(name)
+@pytest.mark.parametrize("name, full", [("demo", True), ("tiny", False)])
+def test_packaged_configs_load_with_all_strategies_and_late_joiners(name, full):
+    exp = load_experiment(name, full=full)
     assert exp.strategies == list(DEFAULT_STRATEGIES)
     assert exp.late_sites, "every packaged experiment measures cold start"
     assert len({s.modality or s.dataset for s in exp.sites}) >= 2
@@ -60,6 +60,14 @@ def test_demo_has_two_modalities_four_sites_and_a_late_joiner_per_modality():
     assert datasets <= set(modality)
 
 
+def test_demo_runs_whole_slices_three_seeds_and_the_arms_its_comparisons_need():
+    exp = load_experiment("demo")
+    assert exp.whole_slices and len(exp.seeds) >= 3 and exp.clicks == 20
+    assert {"frozen", "local-online", "fed-general", "fed-banks", "fed-full"} <= set(exp.strategies)
+    assert all(s.whole_slices for s in exp.sites_for_seed(0))  # what the ClientApps rebuild from sites.toml
+    assert not any(s.whole_slices for s in config().sites_for_seed(0))  # object crops unless asked
+
+
 def test_ablation_arms_run_when_asked_for():
     assert not set(ABLATIONS) & set(config().strategies)
     assert set(ABLATIONS) <= set(config(ablations=True).strategies)
@@ -70,8 +78,8 @@ def test_ablation_arms_run_when_asked_for():
 def test_full_overrides_and_keyword_overrides():
     quick = load_experiment("demo")
     full = load_experiment("demo", full=True)
-    assert len(full.seeds) > len(quick.seeds)
-    assert full.stream_length(full.sites[0]) >= quick.stream_length(quick.sites[0])
+    assert len(full.strategies) > len(quick.strategies) and full.rounds > quick.rounds
+    assert full.stream_length(full.sites[0]) > quick.stream_length(quick.sites[0])
     picked = load_experiment("demo", strategies=["fed-banks", "frozen"], seeds=[3])
     assert picked.strategies == ["frozen", "fed-banks"]  # canonical order
     assert picked.seeds == [3]
