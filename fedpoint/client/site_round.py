@@ -69,7 +69,7 @@ def identify(node_config: Mapping, fed: SiteRoundConfig) -> SiteIdentity:
         return SiteIdentity(site_id, str(node_config[P.NODE_MODALITY]), store)
     if P.PARTITION_ID in node_config:
         partition = int(node_config[P.PARTITION_ID])
-        site = simulated_site(fed.sites_config, partition, fed.size, base_dims(fed.base))
+        site = simulated_site(fed.sites_config, partition, fed.size, base_dims(fed.base), fed.site_streams)
         return SiteIdentity(site.name, site.modality, fed.simulated_site_store(site.name), partition)
     raise ValueError(f"node config needs {P.NODE_SITE_ID!r}, {P.NODE_MODALITY!r} and {P.NODE_SITE_STORE!r} "
                      f"(deployment) or Flower's {P.PARTITION_ID!r} (simulation); got {sorted(node_config)}")
@@ -83,18 +83,21 @@ def base_dims(spec: str | Path) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def simulated_site(sites_config: str, partition: int, size: int, spatial_dims: int = 2):
-    """The `partition`-th site of a sites config, built once per process (Ray actors are reused);
-    with a 3D base its samples are whole volumes."""
+def simulated_site(sites_config: str, partition: int, size: int, spatial_dims: int = 2, streams: str = ""):
+    """The `partition`-th site of a sites config, once per process (Ray actors are reused): the
+    stream the experiment runner built, when `streams` holds it, else built here; with a 3D base
+    its samples are whole volumes."""
     from fedpoint.configs import resolve_config
-    from fedpoint.data import build_site, load_site_specs
+    from fedpoint.data import build_site, load_site_specs, load_site_stream
 
     specs = load_site_specs(resolve_config(sites_config))
     if not 0 <= partition < len(specs):
         raise ValueError(f"partition {partition} has no site: {sites_config} defines {len(specs)} sites "
                          f"({', '.join(s.name for s in specs)}); run at most that many simulated nodes")
     spec = specs[partition]
-    site = build_site(spec, spatial_dims=spatial_dims, size=(size,) * spatial_dims, dataset=_site_dataset(spec.dataset))
+    site = load_site_stream(Path(streams), spec) if streams else None
+    if site is None:
+        site = build_site(spec, spatial_dims=spatial_dims, size=(size,) * spatial_dims, dataset=_site_dataset(spec.dataset))
     if not site.samples:
         raise ValueError(f"site {site.name}: its data gives no sample to annotate")
     return site
@@ -218,7 +221,8 @@ def annotate_next(model, store: SiteStore, site: SiteIdentity, instruction: P.Ro
     from fedpoint.client.engine import SiteEngine
     from fedpoint.client.stream import run_stream
 
-    stream = simulated_site(fed.sites_config, site.partition, instruction.size, model.model_cfg.spatial_dims).samples
+    stream = simulated_site(fed.sites_config, site.partition, instruction.size, model.model_cfg.spatial_dims,
+                            fed.site_streams).samples
     start = stream_position(store)
     samples = [stream[(start + i) % len(stream)] for i in range(instruction.images)]
     engine = SiteEngine(model, store, background_episodes=False)

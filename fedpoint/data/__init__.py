@@ -11,7 +11,8 @@ from fedpoint.data.load import load_dataset
 from fedpoint.data.normalize import CT_WINDOWS, normalize
 from fedpoint.data.samples import CropInfo, Sample, full_slice_samples, make_samples, uncrop
 from fedpoint.data.shifts import SHIFTS, apply_shift
-from fedpoint.data.sites import Site, SiteSpec, build_site, build_sites, load_site_specs
+from fedpoint.data.sites import (Site, SiteSpec, build_site, build_sites, load_site_specs, load_site_stream,
+                                 save_site_stream)
 from fedpoint.data.types import Case, DataError, Dataset, DatasetInfo, LabelledObject
 
 __all__ = [
@@ -35,9 +36,11 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "load_site_specs",
+    "load_site_stream",
     "full_slice_samples",
     "make_samples",
     "normalize",
     "prepare",
+    "save_site_stream",
     "uncrop",
 ]

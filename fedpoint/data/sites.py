@@ -23,6 +23,7 @@ with zeros) and leaves out the objects it cuts, so every object a site sees is w
 from __future__ import annotations
 
 import fnmatch
+import json
 from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
@@ -32,7 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from fedpoint.data.load import load_dataset
-from fedpoint.data.samples import Sample, full_slice_samples, make_samples
+from fedpoint.data.samples import CropInfo, Sample, full_slice_samples, make_samples
 from fedpoint.data.shifts import apply_shift, check_shift
 from fedpoint.data.types import Case, DataError, Dataset, LabelledObject, usable
 from fedpoint.shared.validation_errors import describe_validation_error
@@ -149,6 +150,45 @@ def build_site(
         sample.image = apply_shift(sample.image, spec.shift, sample_seed(spec.seed, index))
         sample.modality = modality
     return Site(spec.name, modality, spec.shift, samples, spec, skipped=list(data.skipped))
+
+
+# ------------------------------------------------------------------------------------ built streams
+STREAM_SUFFIX = ".stream.npz"
+
+
+def save_site_stream(site: Site, folder: Path) -> Path:
+    """The site's built stream (its shifted samples, in order) as `<folder>/<name>.stream.npz`:
+    what a simulated site's worker loads instead of reading, cutting and shifting the dataset
+    again. One file per site, written atomically; 2D samples only (volumes stay lazy)."""
+    from dataclasses import asdict
+
+    from fedpoint.shared.fileio import write_atomic_via
+
+    samples = list(site.samples)
+    header = {"name": site.name, "modality": site.modality, "shift": site.shift,
+              "samples": [{"case_id": x.case_id, "object_name": x.object_name, "modality": x.modality,
+                           "crop": asdict(x.crop), "spacing": x.spacing} for x in samples]}
+    arrays = {f"image_{i}": x.image for i, x in enumerate(samples)} | {f"mask_{i}": x.mask for i, x in enumerate(samples)}
+    path = Path(folder) / f"{site.name}{STREAM_SUFFIX}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic_via(path, lambda out: np.savez(out, header=json.dumps(header), **arrays))
+    return path
+
+
+def load_site_stream(folder: Path, spec: SiteSpec) -> Site | None:
+    """The stream `save_site_stream` wrote for this site, or None when there is none."""
+    path = Path(folder) / f"{spec.name}{STREAM_SUFFIX}"
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as npz:
+        header = json.loads(str(npz["header"]))
+        samples = []
+        for i, meta in enumerate(header["samples"]):
+            crop = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["crop"].items()}
+            spacing = None if meta["spacing"] is None else tuple(meta["spacing"])
+            samples.append(Sample(npz[f"image_{i}"], npz[f"mask_{i}"], meta["case_id"], meta["object_name"],
+                                  meta["modality"], CropInfo(**crop), spacing))
+    return Site(header["name"], header["modality"], header["shift"], samples, spec)
 
 
 def build_sites(

@@ -63,6 +63,9 @@ class SiteRoundConfig(_Shared):
     """What a site's ClientApp reads: its base, the simulated sites (partition -> site) and where
     a simulated site keeps its store and records. What to train comes in the instruction."""
 
+    site_streams: str = Field("", description="simulation: a folder of built site streams (<site>.stream.npz, "
+                              "written by the experiment runner); empty: each worker builds its sites")
+
     def simulated_site_store(self, site: str) -> Path:
         if self.output_path is None:
             raise ValueError("a simulated site keeps its store under output-dir: set output-dir")

@@ -174,6 +174,7 @@ def run_federated(strategy: Strategy, experiment, seed: int, sites: list, work,
     coordinator samples a site with `join_round = j` only from round j + 1 (its sites-config entry
     tells the strategy), so it receives the bank current at that round and contributes its deltas
     from then on. Returns {"images", "rounds", "federation"}."""
+    from fedpoint.data import save_site_stream
     from fedpoint.simulations.flower_sim import run_federation
 
     work = Path(work)
@@ -181,6 +182,10 @@ def run_federated(strategy: Strategy, experiment, seed: int, sites: list, work,
     starting = [s for s in sites if s.spec.join_round == 0]
     sites_toml = write_sites_toml([s.spec for s in sites], work / "sites.toml")  # partition i = sites[i]
     run_config = federation_run_config(strategy, experiment, seed, sites_toml, work) | {"min-train-nodes": len(starting)}
+    if experiment.spatial_dims == 2:  # the workers load these streams instead of reading the datasets again
+        for site in sites:
+            save_site_stream(site, work / "streams")
+        run_config["site-streams"] = str(work / "streams")
     by_name = {s.name: s for s in sites}
 
     def progress(raw: dict, site_name: str, round_: int) -> None:
@@ -229,7 +234,8 @@ def federation_run_config(strategy: Strategy, experiment, seed: int, sites_toml,
 
 
 def write_sites_toml(specs: list, path) -> Path:
-    """The `[[sites]]` of one seed, exactly as built here, for the simulated ClientApps to rebuild."""
+    """The `[[sites]]` of one seed, exactly as built here: which partition is which site for the
+    simulated ClientApps, and all they need to rebuild a site without its built stream."""
     import tomli_w
 
     tables = [s.model_dump(mode="json", exclude_none=True) for s in specs]

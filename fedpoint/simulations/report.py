@@ -405,7 +405,9 @@ def write_report(results: dict, path, plots: Sequence[str] = ()) -> str:
               "## Timings", "", timings_markdown(results["images"], results["rounds"], strategies), "",
               "Site s/round: the sites' annotation time in a round, all sites together. "
               f"Measured on {results['environment'].get('machine', 'this machine')}; whole run "
-              f"{results['seconds']:.0f} s. Per-strategy wall time: "
+              f"{results['seconds']:.0f} s. Per-strategy wall time"
+              + (" (the local arms ran beside the federated ones, so these overlap)" if results["experiment"].get("lanes", 1) > 1
+                 else "") + ": "
               + ", ".join(f"{k} {v:.0f} s" for k, v in results["strategy_seconds"].items()) + ".", ""]
     text = "\n".join(parts)
     from pathlib import Path

@@ -56,6 +56,23 @@ def test_simulated_site_annotates_its_stream_round_after_round(fed):
     assert store.latest_bank() == store.root / "banks" / "general" / "v0001"
 
 
+def test_a_simulated_site_loads_the_stream_the_runner_built(fed, tmp_path):
+    from fedpoint.client.site_round import simulated_site
+    from fedpoint.configs import resolve_config
+    from fedpoint.data import build_site, load_site_specs, save_site_stream
+
+    spec = load_site_specs(resolve_config(fed.sites_config))[1]
+    built = build_site(spec, size=(fed.size, fed.size))
+    built.samples = built.samples[:2]
+    built.samples[0].image = np.zeros_like(built.samples[0].image)  # not what building would give
+    save_site_stream(built, tmp_path)
+    loaded = simulated_site(fed.sites_config, 1, fed.size, 2, str(tmp_path))
+    assert (loaded.name, loaded.modality, len(loaded.samples)) == (spec.name, built.modality, 2)
+    assert not loaded.samples[0].image.any() and np.array_equal(loaded.samples[1].mask, built.samples[1].mask)
+    rebuilt = simulated_site(fed.sites_config, 1, fed.size, 2, str(tmp_path / "none"))  # no stream: built
+    assert rebuilt.samples[0].image.any()
+
+
 def test_a_bank_made_on_another_base_is_refused(fed):
     site = identify({P.PARTITION_ID: 0, P.NUM_PARTITIONS: 2}, fed)
     bank, instruction = bank_of(fed, fingerprint="f" * 32)

@@ -166,6 +166,20 @@ def test_whole_slices_keep_native_slices_and_boxes_with_the_same_selection():
     assert all(s.image.shape == (1, 32, 64) for s in field.samples)  # the whole box, nothing outside it
 
 
+def test_a_built_stream_saves_and_loads_unchanged(tmp_path):
+    from fedpoint.data import load_site_stream, save_site_stream
+
+    spec = SiteSpec(name="a", dataset="vol", slices=[5, 12], shift="noise", seed=3)
+    site = build_site(spec, size=(16, 16), dataset=_volume_dataset())
+    save_site_stream(site, tmp_path)
+    again = load_site_stream(tmp_path, spec)
+    assert (again.name, again.modality, again.shift) == ("a", "MR", "noise")
+    for x, y in zip(site.samples, again.samples, strict=True):
+        assert np.array_equal(x.image, y.image) and np.array_equal(x.mask, y.mask)
+        assert (x.crop, x.case_id, x.object_name, x.spacing) == (y.crop, y.case_id, y.object_name, y.spacing)
+    assert load_site_stream(tmp_path, SiteSpec(name="other", dataset="vol")) is None
+
+
 def test_check_disjoint_names_both_sites_and_the_overlap():
     from fedpoint.data.sites import SiteOverlapError, check_disjoint
 

@@ -132,5 +132,9 @@ def test_report_and_plots_are_written(tmp_path):
     assert "| fed-banks | 9.50 ± 0.71 |" in text
     assert "**held**" in text and "derived labels" in text and "lung-field, body" in text
     assert all(f"]({p})" in text for p in plots)
+    assert "48×48 px object crops" in text.splitlines()[2]
+    results["experiment"]["whole_slices"] = True
+    results["data"]["sites"][0]["image_shapes"] = [[512, 512], [256, 256]]
+    assert "whole slices at native resolution (512×512, 256×256 px)" in write_report(results, tmp_path / "r2.md", plots)
     # where the NoC@90 target holds: site a 10 -> 7 (-30%), site b 20 -> 12 (-40%)
     assert "| a | CT | shifted | 10.00 | 7.00 | +30.0% | 0/8 |" in text
