@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
@@ -39,11 +40,16 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.perf_counter()
-    sites_of: dict[int, list] = {}
-    data = None
-    for seed in config.seeds:
-        sites_of[seed], seed_data = build_experiment_sites(config, seed, data_dir)
-        data = data or seed_data
+    datasets: dict = {}  # each dataset read once for every seed
+    first, data = build_experiment_sites(config, config.seeds[0], data_dir, datasets)  # bad sites fail here, first
+    built, building = {config.seeds[0]: first}, threading.Lock()
+
+    def sites_of(seed: int) -> list:  # later seeds are built by the lane that first needs them
+        with building:
+            if seed not in built:
+                built[seed] = build_experiment_sites(config, seed, data_dir, datasets)[0]
+            return built[seed]
+
     jobs = [(seed, name) for seed in config.seeds for name in config.strategies]
     with _progress(progress, config) as (on_image, timing):
         def run_job(job: tuple[int, str]) -> tuple[dict, float]:
@@ -53,7 +59,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool
             run = run_federated if strategy.federated else run_local
             t0 = time.perf_counter()
             with timing(name, seed):
-                part = run(strategy, config, seed, sites_of[seed], work, on_image=on_image)
+                part = run(strategy, config, seed, sites_of(seed), work, on_image=on_image)
             return part, time.perf_counter() - t0
 
         done = run_in_lanes(jobs, run_job, lane_of=lambda job: int(STRATEGIES[job[1]].federated) if config.lanes > 1 else 0)
@@ -157,8 +163,10 @@ def _json_default(value):
 
 
 # ------------------------------------------------------------------------------------ sites
-def build_experiment_sites(config: ExperimentConfig, seed: int, data_dir=None) -> tuple[list, dict]:
-    """The sites of one seed (each dataset loaded once) and the data section of the results."""
+def build_experiment_sites(config: ExperimentConfig, seed: int, data_dir=None,
+                           datasets: dict | None = None) -> tuple[list, dict]:
+    """The sites of one seed (each dataset loaded once, into `datasets` when given, so later seeds
+    reuse it) and the data section of the results."""
     from fedpoint.data import build_site, load_dataset
     from fedpoint.simulations.experiment import check_sites_disjoint
 
@@ -167,7 +175,7 @@ def build_experiment_sites(config: ExperimentConfig, seed: int, data_dir=None) -
         check_sites_disjoint(specs)  # the loader checked too; a config built in code must pass as well
     except ValueError as err:
         raise ExperimentError(f"{config.name}: {err}") from None
-    datasets = {}
+    datasets = {} if datasets is None else datasets
     for spec in specs:
         if spec.dataset not in datasets:
             datasets[spec.dataset] = load_dataset(spec.dataset, data_dir=data_dir)
