@@ -71,11 +71,14 @@ def _run_isolated(run_config: dict, num_sites: int, timeout: float, verbose: boo
     args = (run_config, num_sites, verbose, None if log_path is None else str(log_path))
     process = multiprocessing.get_context("spawn").Process(target=_child, args=args, name="fedpoint-simulation")
     process.start()
+    _RUNNING.add(process)
     try:
         process.join(timeout)
     except BaseException:  # Ctrl-C or a failing caller: the simulation and its Ray processes go too
         _stop_group(process)
         raise
+    finally:
+        _RUNNING.discard(process)
     if process.is_alive():
         _stop_group(process)
         raise TimeoutError(f"the simulated federation did not finish within {timeout:g} s; {_where(log_path)}")
@@ -92,6 +95,19 @@ def _where(log_path: Path | None, lines: int = 25) -> str:
     except OSError:
         tail = "(no log written)"
     return f"last lines of {log_path}:\n{tail}"
+
+
+_RUNNING: set = set()  # the simulation processes started here and not yet ended
+
+
+def stop_simulations() -> None:
+    """Kill every simulation this process started, with its Ray processes (their process group):
+    for an interrupt that arrives in another thread than the one waiting on the simulation."""
+    for process in list(_RUNNING):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _stop_group(process) -> None:

@@ -62,7 +62,10 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool
                 part = run(strategy, config, seed, sites_of(seed), work, on_image=on_image)
             return part, time.perf_counter() - t0
 
-        done = run_in_lanes(jobs, run_job, lane_of=lambda job: int(STRATEGIES[job[1]].federated) if config.lanes > 1 else 0)
+        from fedpoint.simulations.flower_sim import stop_simulations
+
+        done = run_in_lanes(jobs, run_job, lane_of=lambda job: int(STRATEGIES[job[1]].federated) if config.lanes > 1 else 0,
+                            on_interrupt=stop_simulations)
     images: list[dict] = []
     rounds: list[dict] = []
     episodes: list[dict] = []
@@ -81,14 +84,15 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool
     return results
 
 
-def run_in_lanes(jobs: list, run: Callable, lane_of: Callable[[object], int]) -> list:
+def run_in_lanes(jobs: list, run: Callable, lane_of: Callable[[object], int],
+                 on_interrupt: Callable[[], None] | None = None) -> list:
     """`run(job)` for every job, in lanes that run side by side (a thread each; the jobs of one lane
     one after another, in order); the results in the order of `jobs`. The experiment puts the
     federated arms in one lane and the local arms in another: a federation runs in processes of its
     own, while a local arm computes here on one torch thread, on the core Ray leaves idle between
-    its sites' rounds. After a failure no lane starts another job, and the first error is raised."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    its sites' rounds. After a failure no lane starts another job, and the first error is raised.
+    On Ctrl-C, `on_interrupt()` runs and the interrupt is raised at once (the lanes are daemon
+    threads: a job still running ends with the process)."""
     lanes: dict[int, list[int]] = defaultdict(list)
     for i, job in enumerate(jobs):
         lanes[lane_of(job)].append(i)
@@ -108,8 +112,19 @@ def run_in_lanes(jobs: list, run: Callable, lane_of: Callable[[object], int]) ->
     if len(lanes) == 1:
         drive(next(iter(lanes.values())))
     else:
-        with ThreadPoolExecutor(max_workers=len(lanes), thread_name_prefix="fedpoint-lane") as pool:
-            list(pool.map(drive, lanes.values()))
+        threads = [threading.Thread(target=drive, args=(indices,), name=f"fedpoint-lane-{lane}", daemon=True)
+                   for lane, indices in lanes.items()]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)  # a bounded wait, so Ctrl-C reaches this thread
+        except BaseException as err:
+            failed.append(err)
+            if on_interrupt is not None:
+                on_interrupt()
+            raise
     if failed:
         raise failed[0]
     return [results[i] for i in range(len(jobs))]

@@ -53,3 +53,21 @@ def test_a_failure_stops_the_other_lane_and_is_raised():
         run_in_lanes(["local-0", "fed-0", "local-1", "local-2", "fed-1"], run,
                      lane_of=lambda j: int(j.startswith("fed")))
     assert "fed-1" not in ran and "local-2" not in ran  # nothing started after the failure
+
+
+def test_ctrl_c_returns_at_once_and_calls_the_interrupt_hook():
+    import _thread
+
+    stopped = []
+
+    def run(job: str) -> str:
+        if job == "fed-0":
+            _thread.interrupt_main()  # what Ctrl-C does: KeyboardInterrupt in the main thread
+        time.sleep(5)  # a job that would keep the lanes busy
+        return job
+
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        run_in_lanes(["local-0", "fed-0", "local-1"], run, lane_of=lambda j: int(j.startswith("fed")),
+                     on_interrupt=lambda: stopped.append(True))
+    assert time.perf_counter() - t0 < 3 and stopped == [True]
