@@ -1,4 +1,4 @@
-"""MONAI, imported without the Hugging Face `transformers` package it would pull in on the way.
+"""MONAI, imported without the Hugging Face `transformers` package it would pull in on the way
 
 `import monai` loads every MONAI submodule, and when `transformers` is installed (peft depends on
 it: the `lora` extra) MONAI's Transchex network imports BERT. That is about 3 of the 8 seconds

@@ -358,7 +358,7 @@ def write_report(results: dict, path, plots: Sequence[str] = ()) -> str:
         f"# fedpoint experiment `{exp['name']}`",
         "",
         f"{len(exp['sites'])} sites ({', '.join(results['data']['modalities'])}), {exp['rounds']} rounds of "
-        f"{exp['images_per_round']} images per site, {exp['clicks']} simulated clicks per image, "
+        f"{exp['images_per_round']} image{'s' if exp['images_per_round'] != 1 else ''} per site, {exp['clicks']} simulated clicks per image, "
         + _samples_phrase(exp, results["data"])
         + f", adapter `{exp['adapter']}` (lr {exp.get('lr') or _default_lr(exp['adapter'])}"
         f"; every-weight arms lr {exp.get('full_lr') or _default_lr('full')}), seeds {exp['seeds']}. "
