@@ -57,8 +57,11 @@ def test_a_failure_stops_the_other_lane_and_is_raised():
 
 def test_ctrl_c_returns_at_once_and_calls_the_interrupt_hook():
     import _thread
+    import signal
 
     stopped = []
+    # Python's own SIGINT handler, whatever an earlier test in this worker installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def run(job: str) -> str:
         if job == "fed-0":
@@ -67,7 +70,10 @@ def test_ctrl_c_returns_at_once_and_calls_the_interrupt_hook():
         return job
 
     t0 = time.perf_counter()
-    with pytest.raises(KeyboardInterrupt):
-        run_in_lanes(["local-0", "fed-0", "local-1"], run, lane_of=lambda j: int(j.startswith("fed")),
-                     on_interrupt=lambda: stopped.append(True))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_in_lanes(["local-0", "fed-0", "local-1"], run, lane_of=lambda j: int(j.startswith("fed")),
+                         on_interrupt=lambda: stopped.append(True))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.perf_counter() - t0 < 3 and stopped == [True]
