@@ -24,16 +24,18 @@ import numpy as np
 from fedpoint.simulations.evaluation import EvaluationSpec, run_evaluation
 
 DATASETS = ("pyradiomics-lung", "pyradiomics-brain", "pyradiomics-breast", "stardist-nuclei")
-KEYS = ("dice1", "dice5", "dice10", "noc85", "noc90")
+KEYS = ("dice1", "dice3", "dice5", "dice10", "noc85", "noc90")
 
 
 def object_type(name: str) -> str:
     return re.sub(r"(-\d+)?(#\d+)?$", "", name)
 
 
-def evaluate(base: str, data: str, images: int, clicks: int, mode: str = "frozen") -> list[dict]:
+def evaluate(base: str, data: str, images: int, clicks: int, mode: str = "frozen",
+             context_mm: float | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="fedpoint-base-eval-") as tmp:
-        spec = EvaluationSpec(data=data, mode=mode, base=base, clicks=clicks, images=images, full_slice=True)
+        spec = EvaluationSpec(data=data, mode=mode, base=base, clicks=clicks, images=images, full_slice=True,
+                              context_mm=context_mm)
         return run_evaluation(spec, Path(tmp))["images"]
 
 
@@ -44,31 +46,34 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--clicks", type=int, default=20)
     parser.add_argument("--modes", default="frozen", help="adaptation modes, comma-separated (frozen, mid+post, ...)")
+    parser.add_argument("--context-mm", default="",
+                        help="3D: first-click cube sides in mm to compare, comma-separated (default: the focus crop's)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     table = defaultdict(dict)
     modes = args.modes.split(",")
+    cubes = [float(c) for c in args.context_mm.split(",") if c] or [None]
+    runs = [(base, mode, cube) for base in args.base for mode in modes for cube in cubes]
     for data in args.datasets.split(","):
-        for base in args.base:
-            for mode in modes:
-                records = evaluate(base, data, args.images, args.clicks, mode)
-                groups = {"all": records}
-                for r in records:
-                    groups.setdefault(object_type(r["object"]), []).append(r)
-                label = base if len(modes) == 1 else f"{Path(base).name}:{mode}"
-                for group, rows in groups.items():
-                    table[f"{data}/{group}"][label] = {k: float(np.mean([r[k] for r in rows])) for k in KEYS} | {
-                        "n": len(rows), "predict_ms": float(np.mean([r["predict_ms"] for r in rows]))}
-                if args.out:  # after every run: a long evaluation that stops keeps what it measured
-                    args.out.write_text(json.dumps(table, indent=2))
-    header = f"{'dataset/object':34s} {'base':18s} {'n':>3s} " + " ".join(f"{k:>7s}" for k in KEYS)
+        for base, mode, cube in runs:
+            records = evaluate(base, data, args.images, args.clicks, mode, cube)
+            groups = {"all": records}
+            for r in records:
+                groups.setdefault(object_type(r["object"]), []).append(r)
+            label = base + (f":{mode}" if len(modes) > 1 else "") + (f":{cube:g}mm" if cube else "")
+            for group, rows in groups.items():
+                table[f"{data}/{group}"][label] = {k: float(np.mean([r[k] for r in rows])) for k in KEYS} | {
+                    "n": len(rows), "predict_ms": float(np.mean([r["predict_ms"] for r in rows]))}
+            if args.out:  # after every run: a long evaluation that stops keeps what it measured
+                args.out.write_text(json.dumps(table, indent=2))
+    header = f"{'dataset/object':34s} {'base':28s} {'n':>3s} " + " ".join(f"{k:>7s}" for k in KEYS)
     print(header)
     for name, per_base in table.items():
         for base, m in per_base.items():
-            print(f"{name:34s} {Path(base).name[:18]:18s} {m['n']:3d} " + " ".join(f"{m[k]:7.3f}" for k in KEYS))
+            print(f"{name:34s} {base[-28:]:28s} {m['n']:3d} " + " ".join(f"{m[k]:7.3f}" for k in KEYS))
         if len(per_base) >= 2:
             a, b = list(per_base.values())[:2]
-            print(f"{'':34s} {'NoC90 ratio':18s}     {a['noc90'] / b['noc90']:.2f}")
+            print(f"{'':34s} {'NoC90 ratio':28s}     {a['noc90'] / b['noc90']:.2f}")
     if args.out:
         args.out.write_text(json.dumps(table, indent=2))
 

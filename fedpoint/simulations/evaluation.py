@@ -35,6 +35,7 @@ class EvaluationSpec(BaseModel):
     full_slice: bool = Field(False, description="whole slices at native resolution instead of object crops")
     split_components: bool = Field(False, description="each connected component of an object is its own target")
     context: Optional[int] = Field(None, ge=16, description="first-click window side in voxels (default: the focus crop's)")
+    context_mm: Optional[float] = Field(None, gt=0, description="3D: first-click cube side in mm (default CONTEXT_MM_3D; choosing it only)")
     guard: bool = Field(True, description="the online guard (off only to measure what it prevents)")
     guard_consistency: Optional[float] = Field(None, ge=0, le=1, description="override the guard's mid threshold (tuning only)")
     guard_tolerance: Optional[float] = Field(None, ge=0, le=1, description="override the guard's post tolerance (tuning only)")
@@ -103,7 +104,7 @@ def run_evaluation(spec: EvaluationSpec, store: Path, data_dir: Path | None = No
     adaptation = AdaptationConfig(mode=spec.mode, lr=spec.lr, seed=spec.seed, guard=spec.guard, **overrides)
     engine = SiteEngine.create(spec.base, AdapterConfig(kind=spec.adapter), adaptation, store,
                                campaign_size=len(samples), background_episodes=False, adapter_dir=adapter_dir,
-                               focus=FocusConfig(context=spec.context))
+                               focus=FocusConfig(context=spec.context, context_mm=spec.context_mm))
     t0 = time.perf_counter()
     if progress:
         from rich.progress import BarColumn, Progress, TextColumn

@@ -82,6 +82,18 @@ def test_evaluate_with_a_3d_base_annotates_whole_volumes(tiny_base_3d, tmp_path)
     assert len(first["size"]) == 3 and first["size"][2] < first["size"][0]  # 3D windows, cubic in mm
 
 
+def test_evaluate_takes_the_first_click_cube_in_mm(tiny_base_3d, tmp_path):
+    """`context_mm` is how bench/base_eval.py compares first-click cubes on the dev volumes."""
+    data = _msd(tmp_path / "Task01", (1.0, 1.0, 2.0))
+    sides = {}
+    for mm in (12.0, 20.0):
+        out = run_evaluation(EvaluationSpec(data=str(data), base=str(tiny_base_3d), mode="frozen", clicks=1, images=1,
+                                            context_mm=mm), tmp_path / f"store{mm:g}")
+        sides[mm] = out["images"][0]["windows"][0]["size"]
+    # a cube in mm: 12 mm is 12 voxels in-plane and 6 slices at 2 mm (clipped where the volume is smaller)
+    assert sides[12.0][0] < sides[20.0][0] and sides[12.0][2] <= sides[12.0][0] // 2 + 1
+
+
 def test_evaluate_with_a_3d_base_refuses_2d_data(tiny_base_3d, tmp_path):
     with pytest.raises(ValueError, match="no volumes|3D"):
         run_evaluation(EvaluationSpec(data="stardist-nuclei", base=str(tiny_base_3d), mode="frozen", clicks=1, images=1),
