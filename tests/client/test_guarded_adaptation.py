@@ -329,3 +329,26 @@ def test_concurrent_accepts_on_one_site_are_whole_trials(tiny_base_2d, blob, mon
     assert not errors, errors
     assert entered == ["first", "second"]
     assert counts["post_kept"] + counts["post_rejected"] == 2 and len(engine.model.online_guard.cases) == 2
+
+
+def test_a_snapshot_holds_copies_that_later_steps_do_not_touch(tiny_base_2d, blob):
+    from fedpoint.client.online_guard import restore, snapshot
+
+    engine = _engine(tiny_base_2d, "mid+post", lr=1e-2)
+    run_stream(engine, _samples(blob, 1), clicks=3)  # Adam has moments to copy
+    model = engine.model
+    snap = snapshot(model)
+    moments = {k: v["exp_avg"].clone() for k, v in model.optimizer.state_dict()["state"].items()}
+    weights = model.adapter.state()
+    image, mask = blob((32, 32), seed=7)
+    logits = model.logits(torch.as_tensor(image)[None], [Click((16, 16), True)], None, grad=True)
+    model.step(interaction_loss(logits, torch.as_tensor(mask, dtype=torch.float32)[None, None], [Click((16, 16), True)], 200.0, 3.0))
+    assert any(not torch.equal(snap.optimizer["state"][k]["exp_avg"], v["exp_avg"])
+               for k, v in model.optimizer.state_dict()["state"].items()), "the step moved Adam's moments"
+    for k, v in snap.optimizer["state"].items():
+        torch.testing.assert_close(v["exp_avg"], moments[k], rtol=0, atol=0)  # the snapshot was not aliased
+    restore(model, snap)
+    for k, v in model.optimizer.state_dict()["state"].items():
+        torch.testing.assert_close(v["exp_avg"], moments[k], rtol=0, atol=0)
+    for n, p in model.adapter.state().items():
+        torch.testing.assert_close(p, weights[n], rtol=0, atol=0)
