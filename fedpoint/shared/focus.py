@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedpoint.shared.clicker import mask_bounds
 from fedpoint.shared.clicks import Click, encode_clicks
 from fedpoint.shared.config import ModelConfig
 
@@ -197,20 +198,6 @@ def first_click_window(point: Sequence[int], image_shape: Sequence[int], context
     rel = _relative(spacing, len(image_shape))
     starts, sizes = _box_inside([p + 0.5 for p in point], int(context), image_shape, rel)
     return fit_window(starts, sizes, image_shape, cfg, spacing)
-
-
-def mask_bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """The first and last index of the mask's voxels on each axis, or None for an empty mask.
-    One projection per axis: on a 160^3 volume about 5x faster than `np.nonzero` (a 3D click's box)."""
-    m = mask if mask.dtype == bool else mask.astype(bool)
-    lo, hi = [], []
-    for axis in range(m.ndim):
-        line = np.flatnonzero(m.any(axis=tuple(a for a in range(m.ndim) if a != axis)))
-        if not line.size:
-            return None
-        lo.append(line[0])
-        hi.append(line[-1])
-    return np.array(lo, dtype=np.int64), np.array(hi, dtype=np.int64)
 
 
 def zoom_window(mask: np.ndarray | torch.Tensor | None, clicks: Sequence[Click], image_shape: Sequence[int],

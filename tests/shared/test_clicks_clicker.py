@@ -78,3 +78,18 @@ def test_error_components_are_sorted_and_limited():
     comps = error_components(np.zeros_like(gt), gt, limit=1)
     assert len(comps) == 1 and comps[0][0].sum() == 100
     assert [c[0].sum() for c in error_components(np.zeros_like(gt), gt)] == [100, 9]
+
+
+def test_mask_bounds_are_the_voxels_first_and_last_index_per_axis():
+    from fedpoint.shared.clicker import mask_bounds
+
+    rng = np.random.default_rng(3)
+    for shape in ((30, 41), (12, 17, 9)):
+        for density in (0.002, 0.3):
+            m = rng.random(shape) < density
+            m.flat[rng.integers(m.size)] = True
+            idx = np.nonzero(m)
+            lo, hi = mask_bounds(m)
+            assert lo.tolist() == [int(i.min()) for i in idx] and hi.tolist() == [int(i.max()) for i in idx]
+        assert mask_bounds(np.zeros(shape, np.uint8)) is None
+    assert mask_bounds(np.pad(np.ones((1, 1, 1), np.float32), ((2, 3), (0, 4), (5, 0))))[0].tolist() == [2, 0, 5]

@@ -164,18 +164,3 @@ def test_click_rule_sets_positive_and_clears_negative_voxels(dims):
     # a later click on the same voxel wins
     again = enforce_clicks(np.zeros(shape, bool), [pos, Click(pos.point, False)])
     assert not again.any()
-
-
-def test_mask_bounds_are_the_voxels_first_and_last_index_per_axis():
-    from fedpoint.shared.focus import mask_bounds
-
-    rng = np.random.default_rng(3)
-    for shape in ((30, 41), (12, 17, 9)):
-        for density in (0.002, 0.3):
-            m = rng.random(shape) < density
-            m.flat[rng.integers(m.size)] = True
-            idx = np.nonzero(m)
-            lo, hi = mask_bounds(m)
-            assert lo.tolist() == [int(i.min()) for i in idx] and hi.tolist() == [int(i.max()) for i in idx]
-        assert mask_bounds(np.zeros(shape, np.uint8)) is None
-    assert mask_bounds(np.pad(np.ones((1, 1, 1), np.float32), ((2, 3), (0, 4), (5, 0))))[0].tolist() == [2, 0, 5]
