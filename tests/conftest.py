@@ -17,14 +17,14 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 
-def _tiny_base(path: Path, spatial_dims: int) -> Path:
+def _tiny_base(path: Path, spatial_dims: int, **fields) -> Path:
     import torch
 
     from fedpoint.shared.config import ModelConfig
     from fedpoint.shared.model import build_model, save_base
 
     torch.manual_seed(0)
-    cfg = ModelConfig(spatial_dims=spatial_dims, channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
+    cfg = ModelConfig(spatial_dims=spatial_dims, channels=(8, 16, 32), strides=(2, 2), num_res_units=1, **fields)
     return save_base(build_model(cfg), cfg, path, {"provenance": {"note": "random weights, for tests"}})
 
 
@@ -32,6 +32,14 @@ def _tiny_base(path: Path, spatial_dims: int) -> Path:
 def tiny_base_2d(tmp_path_factory) -> Path:
     """A small random 2D base checkpoint (path without suffix)."""
     return _tiny_base(tmp_path_factory.mktemp("base2d") / "tiny2d", 2)
+
+
+@pytest.fixture(scope="session")
+def tiny_box_base_2d(tmp_path_factory) -> Path:
+    """A small random 2D base that takes a box prompt (a fifth input channel)."""
+    from fedpoint.shared.config import BOX_INPUTS
+
+    return _tiny_base(tmp_path_factory.mktemp("boxbase2d") / "tinybox2d", 2, inputs=BOX_INPUTS)
 
 
 @pytest.fixture(scope="session")

@@ -64,6 +64,7 @@ def pretrain(
     seed: int = typer.Option(0),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (default: torch's choice)."),
     resume: bool = typer.Option(False, help="Continue from <out>.ckpt (written every few minutes and on Ctrl-C)."),
+    init: Optional[str] = typer.Option(None, help="Start from this base's weights (a packaged name such as base2d, or a path); input roles it lacks start at zero."),
     checkpoint_minutes: float = typer.Option(PRETRAIN_DEFAULTS.checkpoint_minutes, min=0.1),
     data_dir: Optional[Path] = typer.Option(None, envvar="FEDPOINT_DATA", help="Data folder (prepared with `fedpoint data prepare --training`)."),
 ) -> None:
@@ -76,7 +77,7 @@ def pretrain(
     from fedpoint.simulations.pretrain import checkpoint_path, pretrain as run
     from fedpoint.simulations.pretrain_config import defaults_for
 
-    given = dict(steps=steps, batch=batch, lr=lr, max_clicks=max_clicks)
+    given = dict(steps=steps, batch=batch, lr=lr, max_clicks=max_clicks, init=init)
     cfg = replace(defaults_for(spatial_dims), sources=tuple(d.strip() for d in sources.split(",") if d.strip()), seed=seed,
                   threads=threads, checkpoint_minutes=checkpoint_minutes, **{k: v for k, v in given.items() if v is not None})
     steps = cfg.steps
@@ -126,6 +127,9 @@ def evaluate(
     full_slice: bool = typer.Option(False, "--full-slice", help="Whole slices at native resolution (one per object "
                                     "and slice) instead of crops around each object; the focus crop zooms."),
     split_components: bool = typer.Option(False, help="Each connected component of an object is its own target."),
+    prompt: str = typer.Option("click", click_type=choice(("click", "box")),
+                               help="The first interaction: a click at the object's deepest point, or a tight box "
+                                    "around it (then clicks at the largest error, the CVPR 2025 challenge's protocol)."),
 ) -> None:
     """Annotate a stream of images with the simulated user and report Dice@k, NoC and timings."""
     from rich.console import Console
@@ -145,7 +149,7 @@ def evaluate(
     try:
         spec = EvaluationSpec(data=data, mode=mode, adapter=adapter, base=base, clicks=clicks, images=images, shift=shift,
                               size=size, lr=lr, seed=seed, strict=strict, full_slice=full_slice,
-                              split_components=split_components)
+                              split_components=split_components, prompt=prompt)
     except ValueError as err:
         fail(describe(err))
     with tempfile.TemporaryDirectory(prefix="fedpoint-eval-") as tmp:
@@ -162,7 +166,8 @@ def evaluate(
         return
     console = Console()
     console.print(summary_table({mode: result["summary"]}, title=f"{spec.data}: {len(result['images'])} "
-                                                                  f"{'full slices' if full_slice else 'images'}, {clicks} clicks"))
+                                f"{'full slices' if full_slice else 'images'}, {clicks} "
+                                f"{'interactions (a box, then clicks)' if prompt == 'box' else 'clicks'}"))
     for name, reason in result.get("skipped", []):
         console.print(f"[yellow]skipped[/] {name}: {reason}")
     if out:

@@ -75,7 +75,8 @@ def clicks_kept(mask: torch.Tensor, clicks: Sequence[Click]) -> int:
 class ReplayCase:
     image: torch.Tensor        # (1, C, *window) the first click's window of an accepted image
     target: torch.Tensor       # (1, 1, *window) its accepted mask there
-    click: Click               # the first click, in window coordinates
+    click: Click | None        # the first click, in window coordinates (None: the case started with a box)
+    box: object = None         # its box in window coordinates (`fedpoint.shared.clicks.Box`), if it started with one
 
 
 @dataclass
@@ -128,10 +129,11 @@ class OnlineGuard:
         return ok
 
     # ------------------------------------------------------------------------------ mid
-    def check_mid(self, model, image_c, clicks_c, prev_c, shown_c: torch.Tensor, case_id: str = "") -> tuple[bool, torch.Tensor | None]:
+    def check_mid(self, model, image_c, clicks_c, prev_c, shown_c: torch.Tensor, case_id: str = "",
+                  box=None) -> tuple[bool, torch.Tensor | None]:
         """After a mid step: returns (keep, the updated model's raw mask on the window)."""
         with model.lock, torch.no_grad():
-            after = (model.logits(image_c, clicks_c, prev_c) > 0).float()
+            after = (model.logits(image_c, clicks_c, prev_c, box=box) > 0).float()
         params_ok = all(torch.isfinite(p).all() for p in model.adapter.trainable_parameters())
         agree = _dice(after[0, 0], shown_c.reshape(after.shape)[0, 0])
         kept_before = clicks_kept(shown_c.reshape(after.shape)[0, 0], clicks_c)
@@ -153,21 +155,21 @@ class OnlineGuard:
         scores = []
         with model.lock, torch.no_grad():
             for case in self.cases:
-                pred = model.logits(case.image, [case.click], None) > 0
+                pred = model.logits(case.image, [] if case.click is None else [case.click], None, box=case.box) > 0
                 scores.append(_dice(pred[0, 0], case.target[0, 0]))
         return float(np.mean(scores))
 
-    def own_score(self, model, image_c, clicks_c: Sequence[Click], target_c: torch.Tensor) -> float:
+    def own_score(self, model, image_c, clicks_c: Sequence[Click], target_c: torch.Tensor, box=None) -> float:
         with model.lock, torch.no_grad():
-            pred = model.logits(image_c, clicks_c, None) > 0
+            pred = model.logits(image_c, clicks_c, None, box=box) > 0
         return _dice(pred[0, 0], target_c.reshape(pred.shape)[0, 0])
 
     def check_post(self, model, before_replay: float | None, before_own: float, image_c, clicks_c, target_c,
-                   case_id: str = "") -> bool:
+                   case_id: str = "", box=None) -> bool:
         params_ok = all(torch.isfinite(p).all() for p in model.adapter.trainable_parameters())
         if not params_ok:
             return self._decide("post", False, "non-finite adapter weights", case_id)
-        after_own = self.own_score(model, image_c, clicks_c, target_c)
+        after_own = self.own_score(model, image_c, clicks_c, target_c, box=box)
         if after_own < before_own - self.tolerance:
             return self._decide("post", False, f"the accepted image got worse with its own clicks (Dice {before_own:.3f} -> "
                                 f"{after_own:.3f})", case_id, before=before_own, after=after_own)
@@ -214,6 +216,8 @@ class OnlineGuard:
             self.anchor = current
         return True
 
-    def remember(self, image_c: torch.Tensor, target_c: torch.Tensor, click_c: Click) -> None:
+    def remember(self, image_c: torch.Tensor, target_c: torch.Tensor, click_c: Click | None, box=None) -> None:
+        """Keep an accepted case for replay: its first prompt (a click, or the box) in its window."""
         if self.replay:
-            self.cases.append(ReplayCase(image_c.detach(), target_c.detach().reshape(1, 1, *image_c.shape[2:]).float(), click_c))
+            self.cases.append(ReplayCase(image_c.detach(), target_c.detach().reshape(1, 1, *image_c.shape[2:]).float(),
+                                         click_c, box))

@@ -1,7 +1,8 @@
-"""One image (or volume) being annotated by one person: click, undo, accept.
+"""One image (or volume) being annotated by one person: a box or a click first, then clicks, undo, accept.
 
-Every prediction runs in a focus window (`fedpoint.shared.focus`): the first click in a context
-window centred on it, later clicks in the zoom window of the previous mask and every click. The
+Every prediction runs in a focus window (`fedpoint.shared.focus`): a box in its own zoom window,
+a first click in a context window centred on it, later clicks in the zoom window of the previous
+mask, every click and the box. A box stays an input of every later prediction of the session. The
 window's prediction is pasted back onto the whole image, and the click rule holds: the mask shown
 contains every positive click's voxel and none of the negative ones.
 """
@@ -18,7 +19,7 @@ import torch
 from fedpoint.client.site_model import SiteModel
 from fedpoint.client.online import mid_interaction_update, post_interaction_update
 from fedpoint.client.online_guard import restore, snapshot
-from fedpoint.shared.clicks import Click, check_point, check_spacing
+from fedpoint.shared.clicks import Box, Click, check_box, check_point, check_spacing
 from fedpoint.shared.focus import FocusWindow, crop, enforce_clicks, paste, zoom_window
 
 
@@ -60,7 +61,7 @@ def check_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 @dataclass
 class Step:
-    click: Click
+    click: Click | None         # None: the session's box (its first step)
     mask: torch.Tensor          # the mask shown after this click, bool (1, 1, *spatial): 1 byte a voxel
     input_mask: torch.Tensor | None  # the previous mask the model saw when predicting it
     predict_ms: float
@@ -89,6 +90,7 @@ class AnnotationSession:
     post_window: FocusWindow | None = None
     rejected: list[dict] = field(default_factory=list)  # online updates the guard rolled back, with reasons
     spacing: tuple[float, ...] | None = None  # mm per spatial axis: windows are cubes in mm (None: voxels)
+    drawn_box: Box | None = None  # the box the session started with, if any
 
     def __post_init__(self) -> None:
         cfg = self.model.model_cfg
@@ -103,7 +105,30 @@ class AnnotationSession:
     # --------------------------------------------------------------------------- interaction
     @property
     def clicks(self) -> list[Click]:
-        return [s.click for s in self.steps]
+        return [s.click for s in self.steps if s.click is not None]
+
+    def box(self, lo, hi) -> np.ndarray:
+        """Start the annotation with a box from corner `lo` to corner `hi` (exclusive), voxel
+        indices; returns its mask. Drawing again before any click replaces the box."""
+        if self.accepted is not None:
+            raise InputError("this annotation was already accepted")
+        if self.clicks:
+            raise InputError("a box starts an annotation: undo the clicks first")
+        model, shape = self.model, self.spatial_shape
+        if not model.model_cfg.takes_box:
+            raise InputError("this base takes no box prompt (it was trained with clicks only): start with a click")
+        try:
+            box = check_box(lo, hi, shape)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+        t0 = time.perf_counter()
+        window = model.window_for([], None, shape, self.spacing, box=box)
+        with model.lock, torch.no_grad():
+            pred_c = model.logits(crop(self._image_t, window), [], None, box=window.box(box)) > 0
+        mask = paste(pred_c, window, shape)
+        self.drawn_box = box
+        self.steps = [Step(None, mask, None, (time.perf_counter() - t0) * 1e3, 0.0, window)]
+        return self.mask
 
     @property
     def mask(self) -> np.ndarray:
@@ -121,12 +146,20 @@ class AnnotationSession:
         prev = self.steps[-1].mask if self.steps else None
         clicks = [*before, click]
         t0 = time.perf_counter()
-        window = model.window_for(clicks, None if prev is None else prev[0, 0] > 0, shape, self.spacing)
-        image_c = crop(self._image_t, window)
-        prev_c = None if prev is None else crop(prev, window, mask=True).float()
-        local = window.clicks(clicks)
-        with model.lock, torch.no_grad():
-            pred_c = model.logits(image_c, local, prev_c) > 0
+        if not self.steps and len(model.focus.scales) > 1:  # the first click, no box: which scale?
+            with model.lock, torch.no_grad():
+                window, logits_c = model.first_click(self._image_t, click, self.spacing)
+            pred_c = logits_c > 0
+            image_c, prev_c, local, box_c = crop(self._image_t, window), None, window.clicks(clicks), None
+        else:
+            window = model.window_for(clicks, None if prev is None else prev[0, 0] > 0, shape, self.spacing,
+                                      box=self.drawn_box)
+            image_c = crop(self._image_t, window)
+            prev_c = None if prev is None else crop(prev, window, mask=True).float()
+            local = window.clicks(clicks)
+            box_c = window.box(self.drawn_box)
+            with model.lock, torch.no_grad():
+                pred_c = model.logits(image_c, local, prev_c, box=box_c) > 0
         mask = enforce_clicks(paste(pred_c, window, shape), clicks)
         predict_ms = (time.perf_counter() - t0) * 1e3
         update_ms = 0.0
@@ -141,10 +174,10 @@ class AnnotationSession:
             # this snapshot and its restore would be undone with it.
             with model.lock:
                 snap = snapshot(model) if guard.enabled else None
-                mid_interaction_update(model, image_c, local[:-1], seen_c, local[-1], pseudo)
+                mid_interaction_update(model, image_c, local[:-1], seen_c, local[-1], pseudo, box=box_c)
                 after = None
                 if snap is not None:
-                    keep, after = guard.check_mid(model, image_c, local, prev_c, pred_c.float(), self.case_id)
+                    keep, after = guard.check_mid(model, image_c, local, prev_c, pred_c.float(), self.case_id, box=box_c)
                     if not keep:
                         restore(model, snap)
                         self.rejected.append(guard.events[-1])
@@ -156,7 +189,7 @@ class AnnotationSession:
             elif self.repredict:
                 t2 = time.perf_counter()
                 with model.lock, torch.no_grad():
-                    pred_c = model.logits(image_c, local, prev_c) > 0
+                    pred_c = model.logits(image_c, local, prev_c, box=box_c) > 0
                 mask = enforce_clicks(paste(pred_c, window, shape), clicks)
                 predict_ms += (time.perf_counter() - t2) * 1e3
         self.steps.append(Step(click, mask, prev, predict_ms, update_ms, window))
@@ -168,7 +201,8 @@ class AnnotationSession:
             raise InputError("this annotation was already accepted")
         if not self.steps:
             raise InputError("there is no click to undo")
-        self.steps.pop()
+        if self.steps.pop().click is None:
+            self.drawn_box = None
         return self.mask
 
     def accept(self, mask: np.ndarray | None = None) -> np.ndarray:
@@ -179,14 +213,15 @@ class AnnotationSession:
         cfg = self.model.adapt_cfg
         if cfg.uses_post and self.steps and cfg.post_steps:
             t0 = time.perf_counter()
-            first = self.steps[0].click
-            # The first click's own window: stage 1 teaches exactly the prediction a person sees
-            # after one click, so it trains in the window that prediction is made in.
+            first = self.steps[0].click  # None: the session started with its box
+            # The first prompt's own window: stage 1 teaches exactly the prediction a person sees
+            # after one click (or the box), so it trains in the window that prediction is made in.
             window = self.steps[0].window or zoom_window(final, [first], self.spatial_shape, self.model.model_cfg,
                                                          self.model.focus.expand, self.model.focus.min_size, self.spacing)
             target = crop(final, window, mask=True)
-            first_c = window.clicks([first])[0]
-            if first.positive and not target.any():  # an object thinner than a voxel of the window
+            first_c = None if first is None else window.clicks([first])[0]
+            box_c = window.box(self.drawn_box)
+            if first is not None and first.positive and not target.any():  # an object thinner than a voxel of the window
                 target[first_c.point] = True
             image_c = crop(self._image_t, window)
             target_t = torch.as_tensor(target, dtype=torch.float32, device=self.model.device)
@@ -199,16 +234,17 @@ class AnnotationSession:
                     last = self.steps[-1]
                     own = (crop(self._image_t, last.window), last.window.clicks(self.clicks),
                            torch.as_tensor(crop(final, last.window, mask=True), dtype=torch.float32, device=self.model.device))
-                    before_own = guard.own_score(self.model, *own)
+                    own_box = last.window.box(self.drawn_box)
+                    before_own = guard.own_score(self.model, *own, box=own_box)
                     before_replay = guard.replay_score(self.model)
-                post_interaction_update(self.model, image_c, first_c, target, np.random.default_rng(self.seed))
+                post_interaction_update(self.model, image_c, first_c, target, np.random.default_rng(self.seed), box=box_c)
                 if guard.enabled:
-                    if not guard.check_post(self.model, before_replay, before_own, *own, case_id=self.case_id):
+                    if not guard.check_post(self.model, before_replay, before_own, *own, case_id=self.case_id, box=own_box):
                         restore(self.model, snap)
                         self.rejected.append(guard.events[-1])
                     else:
                         guard.project(self.model)
-                    guard.remember(image_c, target_t, first_c)
+                    guard.remember(image_c, target_t, first_c, box_c)
                     if not guard.rolling_check(self.model, self.case_id):
                         self.rejected.append(guard.events[-1])
             self.post_window = window
@@ -222,7 +258,8 @@ class AnnotationSession:
         """What happened, for logs and evaluation (no image data)."""
         return {
             "case_id": self.case_id,
-            "clicks": [s.click.as_dict() for s in self.steps],
+            "clicks": [s.click.as_dict() for s in self.steps if s.click is not None],
+            "box": None if self.drawn_box is None else self.drawn_box.as_dict(),
             "predict_ms": [round(s.predict_ms, 3) for s in self.steps],
             "update_ms": [round(s.update_ms, 3) for s in self.steps],
             "post_ms": round(self.post_ms, 3),

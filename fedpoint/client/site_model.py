@@ -11,10 +11,11 @@ import torch.nn.functional as F
 
 from fedpoint.client.online_guard import OnlineGuard
 from fedpoint.shared.adapters import Adapter, State
-from fedpoint.shared.clicks import Click, encode_clicks
+from fedpoint.shared.clicks import Box, Click
 from fedpoint.shared.config import AdaptationConfig, ModelConfig
-from fedpoint.shared.focus import (FocusConfig, FocusWindow, crop, encode_window_clicks, enforce_clicks,
-                                   first_click_window, paste, zoom_window)
+from fedpoint.shared.focus import (FocusConfig, FocusWindow, box_window, choose_scale, crop, enforce_clicks,
+                                   first_click_window, paste, scale_score, zoom_window)
+from fedpoint.shared.inputs import build_inputs
 
 
 class SiteModel:
@@ -51,33 +52,51 @@ class SiteModel:
         return torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32, device=self.device)[None]
 
     def _inputs(self, image_t: torch.Tensor, clicks: Sequence[Click], prev: torch.Tensor | None,
-                window: FocusWindow | None = None) -> torch.Tensor:
-        sigma = self.model_cfg.click_sigma
-        if window is not None:  # image and previous mask cut out and resampled, clicks moved into the window
+                window: FocusWindow | None = None, box: Box | None = None) -> torch.Tensor:
+        if window is not None:  # image and previous mask cut out and resampled, prompts moved into the window
             image_t = crop(image_t, window)
-            maps = encode_window_clicks(clicks, window, sigma)
+            clicks = window.clicks(clicks)
+            box = window.box(box)
             if prev is not None:
                 prev = crop(prev.reshape(1, 1, *prev.shape[-window.ndim:]), window, mask=True)
-        else:
-            maps = encode_clicks(clicks, tuple(image_t.shape[2:]), sigma)
-        spatial = tuple(image_t.shape[2:])
-        maps = torch.from_numpy(maps).to(self.device)[None]
-        prev = torch.zeros((1, 1, *spatial), device=self.device) if prev is None else prev.reshape(1, 1, *spatial).float()
-        return torch.cat([image_t, maps, prev], dim=1)
+        return build_inputs(image_t, [clicks], None if prev is None else prev.float(), self.model_cfg, [box])
 
     # ------------------------------------------------------------------------------ focus
     def window_for(self, clicks: Sequence[Click], prev_mask, image_shape: Sequence[int],
-                   spacing: Sequence[float] | None = None) -> FocusWindow:
-        """The session's rule: no mask yet (the first click, or only background so far) -> a
-        `context` window around the clicks; else the zoom window of the mask and every click.
-        `spacing` (mm per axis) makes the windows cubes in millimetres (`fedpoint.shared.focus`)."""
+                   spacing: Sequence[float] | None = None, box: Box | None = None) -> FocusWindow:
+        """The session's rule: a box and no mask yet -> the box's zoom window; no mask yet (the first
+        click, or only background so far) -> a `context` window around the clicks; else the zoom
+        window of the mask, every click and the box. `spacing` (mm per axis) makes the windows cubes
+        in millimetres (`fedpoint.shared.focus`)."""
         f = self.focus
+        if box is not None:
+            return box_window(box, prev_mask, clicks, image_shape, self.model_cfg, f.expand, f.min_size, spacing)
         if prev_mask is None or not bool(prev_mask.any()):
             context = f.context_for(spacing)
             if len(clicks) == 1:
                 return first_click_window(clicks[0].point, image_shape, context, self.model_cfg, spacing)
             return zoom_window(None, clicks, image_shape, self.model_cfg, f.expand, context, spacing)
         return zoom_window(prev_mask, clicks, image_shape, self.model_cfg, f.expand, f.min_size, spacing)
+
+    def first_click(self, image_t: torch.Tensor, click: Click, spacing: Sequence[float] | None = None
+                    ) -> tuple[FocusWindow, torch.Tensor]:
+        """The first click of a session without a box: the structure's scale is unknown, so the
+        network predicts in a window of each side `focus.scales` names (x the context) and
+        `focus.rule` keeps one by its own prediction (`fedpoint.shared.focus.choose_scale`).
+        Returns (window, logits on its grid)."""
+        f, shape = self.focus, tuple(image_t.shape[2:])
+        base = f.context_for(spacing)
+        sides = sorted({max(1, int(round(base * m))) for m in f.scales})
+        windows, outs = [], []
+        for side in sides:
+            window = first_click_window(click.point, shape, side, self.model_cfg, spacing)
+            if windows and window == windows[-1]:  # the image is smaller than this side: the same window
+                continue
+            windows.append(window)
+            outs.append(self.logits(image_t, [click], None, window=window))
+        scores = [scale_score(o, w, click, shape, f.rule) for o, w in zip(outs, windows)] if len(windows) > 1 else [1.0]
+        best = choose_scale(scores, f.rule)
+        return windows[best], outs[best]
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         m = self.model_cfg.size_multiple
@@ -92,33 +111,33 @@ class SiteModel:
 
     # ------------------------------------------------------------------------------ forward
     def logits(self, image_t: torch.Tensor, clicks: Sequence[Click], prev: torch.Tensor | None = None,
-               grad: bool = False, window: FocusWindow | None = None) -> torch.Tensor:
-        """Logits for one image tensor of shape (1, C, *spatial); clicks and `prev` (a full-size mask)
-        in the image's coordinates. Without a window: on the whole image, shape (1, 1, *spatial).
+               grad: bool = False, window: FocusWindow | None = None, box: Box | None = None) -> torch.Tensor:
+        """Logits for one image tensor of shape (1, C, *spatial); clicks, the box and `prev` (a
+        full-size mask) in the image's coordinates. Without a window: on the whole image, shape (1, 1, *spatial).
         With one: on the window's grid, shape (1, 1, *window.out_size) (losses are taken there;
         `fedpoint.shared.focus.paste` maps them back)."""
-        x, spatial = self._pad(self._inputs(image_t, clicks, prev, window))
+        x, spatial = self._pad(self._inputs(image_t, clicks, prev, window, box))
         with torch.set_grad_enabled(grad):
             out = self.net(x)
         return out[(slice(None), slice(None), *(slice(0, n) for n in spatial))]
 
     def predict(self, image_t: torch.Tensor, clicks: Sequence[Click], prev: torch.Tensor | None = None,
-                window: FocusWindow | None = None) -> torch.Tensor:
+                window: FocusWindow | None = None, box: Box | None = None) -> torch.Tensor:
         """A binary mask (float 0/1 tensor, shape (1, 1, *spatial) of the whole image), no gradient;
         with a window, predicted in it and pasted back (background outside)."""
         with self.lock, torch.no_grad():
-            out = self.logits(image_t, clicks, prev, window=window) > 0
+            out = self.logits(image_t, clicks, prev, window=window, box=box) > 0
         if window is not None:
             out = paste(out, window, tuple(image_t.shape[2:]))
         return out.float()
 
     def predict_focused(self, image_t: torch.Tensor, clicks: Sequence[Click],
-                        prev: torch.Tensor | None = None) -> tuple[torch.Tensor, FocusWindow]:
-        """What a session shows for `clicks`, without updates: the window `window_for` picks, the
-        prediction in it pasted back, and the click rule. Returns (mask (1, 1, *spatial), window)."""
+                        prev: torch.Tensor | None = None, box: Box | None = None) -> tuple[torch.Tensor, FocusWindow]:
+        """What a session shows for `clicks` (and a box), without updates: the window `window_for`
+        picks, the prediction in it pasted back, and the click rule. Returns (mask (1, 1, *spatial), window)."""
         spatial = tuple(image_t.shape[2:])
-        window = self.window_for(clicks, None if prev is None else prev[0, 0] > 0, spatial)
-        mask = self.predict(image_t, clicks, prev, window)
+        window = self.window_for(clicks, None if prev is None else prev[0, 0] > 0, spatial, box=box)
+        mask = self.predict(image_t, clicks, prev, window, box)
         return enforce_clicks(mask, clicks), window
 
     # ------------------------------------------------------------------------------ updates

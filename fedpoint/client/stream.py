@@ -15,20 +15,36 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from fedpoint.client.engine import SiteEngine
-from fedpoint.shared.metrics import SUMMARY_KEYS, click_metrics
-from fedpoint.shared.simulated_user import simulate
+from fedpoint.shared.metrics import BOX_METRICS, SUMMARY_KEYS, box_metrics, click_metrics, dice
+from fedpoint.shared.simulated_user import simulate, tight_box
+
+PROMPTS = ("click", "box")  # the first interaction: a click at the object's deepest point, or a tight box
 
 
 def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int = 10, case_id: str | None = None,
-             spacing: tuple[float, ...] | None = None, accept_truth: bool = False) -> dict:
+             spacing: tuple[float, ...] | None = None, accept_truth: bool = False, prompt: str = "click") -> dict:
     """One image through the simulated user; with `spacing` (mm per axis) the user's "deepest
     point" and the focus crop are measured in millimetres. The user accepts the last mask as it
     is (a pseudo-label), or with `accept_truth` corrects it to the true mask first, as a clinician
-    who edits the mask does (CLoPA's setting: episodes then train on true labels)."""
+    who edits the mask does (CLoPA's setting: episodes then train on true labels).
+
+    `prompt="box"`: the CVPR 2025 challenge's protocol, a tight box around the truth first (one
+    interaction of the `clicks` budget), then clicks at the largest error of each prediction; the
+    record adds `BOX_METRICS`."""
+    if prompt not in PROMPTS:
+        raise ValueError(f"unknown prompt {prompt!r}; known: {', '.join(PROMPTS)}")
     session = engine.open(image, case_id, spacing=spacing)
-    steps = simulate(lambda chosen: session.click(chosen[-1].point, chosen[-1].positive), gt, clicks, spacing=spacing)
+    on_click = lambda chosen: session.click(chosen[-1].point, chosen[-1].positive)  # noqa: E731
+    dices = []
+    start = None
+    if prompt == "box":
+        box = tight_box(gt)
+        start = session.box(box.lo, box.hi)
+        dices.append(dice(start, gt))
+        clicks -= 1
+    steps = simulate(on_click, gt, clicks, spacing=spacing, start=start) if clicks > 0 else []
     t0 = time.perf_counter()
-    dices = [step.dice for step in steps]
+    dices += [step.dice for step in steps]
     if not dices:
         raise ValueError(f"{case_id}: the simulated user found nothing to click")
     final = session.mask
@@ -38,8 +54,10 @@ def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int 
     rec = session.record()
     return {
         "case_id": session.case_id,
+        "prompt": prompt,
         "dices": [round(d, 4) for d in dices],
         **click_metrics(dices),
+        **(box_metrics(dices) if prompt == "box" else {}),
         "predict_ms": float(np.mean(rec["predict_ms"])),
         "update_ms": float(np.mean(rec["update_ms"])),
         "post_ms": rec["post_ms"],
@@ -52,13 +70,14 @@ def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int 
 
 
 def run_stream(engine: SiteEngine, samples: Sequence, clicks: int = 10,
-               on_image: Callable[[int, dict], None] | None = None, accept_truth: bool = False) -> list[dict]:
+               on_image: Callable[[int, dict], None] | None = None, accept_truth: bool = False,
+               prompt: str = "click") -> list[dict]:
     """Annotate samples in order (objects with `.image`, `.mask`, `.case_id`, `.object_name`)."""
     records = []
     for i, sample in enumerate(samples):
         case_id = _case_id(sample, i)
         record = annotate(engine, sample.image, sample.mask, clicks, case_id, getattr(sample, "spacing", None),
-                          accept_truth)
+                          accept_truth, prompt)
         record.update(index=i, object=getattr(sample, "object_name", ""), modality=getattr(sample, "modality", ""))
         records.append(record)
         if on_image is not None:
@@ -74,5 +93,6 @@ def _case_id(sample, index: int) -> str:
 
 def summarize_stream(records: Iterable[dict]) -> dict[str, float]:
     records = list(records)
-    return {k: float(np.mean([r[k] for r in records])) for k in SUMMARY_KEYS} | {
+    keys = SUMMARY_KEYS + tuple(k for k in BOX_METRICS if records and all(k in r for r in records))
+    return {k: float(np.mean([r[k] for r in records])) for k in keys} | {
         "images": len(records), "guard_rejected": int(sum(r.get("guard_rejected", 0) for r in records))}

@@ -1,4 +1,4 @@
-"""Clicks and their encoding as Gaussian maps, in 2D or 3D."""
+"""The user's prompts and their encoding as input maps, in 2D or 3D: clicks (Gaussians) and a box."""
 
 from __future__ import annotations
 
@@ -30,6 +30,58 @@ def check_point(point: Sequence[float], shape: Sequence[int]) -> tuple[int, ...]
         raise ValueError(f"click {tuple(point)} lies outside the image of spatial shape {tuple(shape)}")
     return index
 
+
+
+@dataclass(frozen=True)
+class Box:
+    """A box prompt (a rectangle in 2D, a cuboid in 3D): voxel indices from `lo` (inclusive) to `hi`
+    (exclusive) on each spatial axis, array axis order. The user drew it around the structure."""
+
+    lo: tuple[int, ...]
+    hi: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.lo)
+
+    @property
+    def size(self) -> tuple[int, ...]:
+        return tuple(h - l for l, h in zip(self.lo, self.hi))
+
+    def corners(self) -> list[tuple[int, ...]]:
+        """Its first and last voxel: what a window must hold to hold the box."""
+        return [tuple(self.lo), tuple(h - 1 for h in self.hi)]
+
+    def as_dict(self) -> dict:
+        return {"lo": list(self.lo), "hi": list(self.hi)}
+
+
+def check_box(lo: Sequence[float], hi: Sequence[float], shape: Sequence[int], field: str = "box") -> Box:
+    """A box from two corners (`hi` exclusive), refused when it has the wrong dimension, is not
+    finite, is inverted or empty, or reaches outside the image. Messages name `field`."""
+    if len(lo) != len(shape) or len(hi) != len(shape):
+        raise ValueError(f"{field}: corners {tuple(lo)}, {tuple(hi)} must have {len(shape)} coordinates each "
+                         f"(the image has {len(shape)} spatial axes {tuple(shape)})")
+    values = [float(v) for v in (*lo, *hi)]
+    if not all(np.isfinite(v) for v in values):
+        raise ValueError(f"{field}: a corner coordinate is not a finite number")
+    a = tuple(int(round(float(v))) for v in lo)
+    b = tuple(int(round(float(v))) for v in hi)
+    if any(y <= x for x, y in zip(a, b)):
+        raise ValueError(f"{field}: from {a} to {b} is inverted or empty (each end must be above its start)")
+    if any(x < 0 or y > n for x, y, n in zip(a, b, shape)):
+        raise ValueError(f"{field}: from {a} to {b} reaches outside the image of spatial shape {tuple(shape)}")
+    return Box(a, b)
+
+
+def encode_box(box: Box | None, shape: Sequence[int]) -> np.ndarray:
+    """One float32 map of shape (1, *shape): 1 inside the box, 0 outside (all 0 without a box). The
+    box may reach past the grid; the part inside is drawn."""
+    out = np.zeros((1, *shape), dtype=np.float32)
+    if box is not None:
+        region = tuple(slice(max(0, l), min(n, h)) for l, h, n in zip(box.lo, box.hi, shape))
+        out[(0, *region)] = 1.0
+    return out
 
 
 def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:

@@ -40,8 +40,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The network's input channels by role, in order (`fedpoint.shared.inputs` builds them): the image
+# channel(s), the positive and negative click maps, the previous mask and, for a base trained for it,
+# the box prompt. A card without `inputs` is a click-only base.
+INPUT_ROLES = ("image", "pos", "neg", "prev", "box")
+CLICK_INPUTS = ("image", "pos", "neg", "prev")
+BOX_INPUTS = ("image", "pos", "neg", "prev", "box")
+
+
 class ModelConfig(_Strict):
-    """The interactive network: image channels + positive clicks + negative clicks + previous mask.
+    """The interactive network and its input contract: `inputs` names its input channels by role, in
+    order (`INPUT_ROLES`; "image" stands for `image_channels` channels).
 
     `arch` names the network (see `fedpoint.shared.model.ARCHITECTURES`): ``dynunet`` (MONAI's
     DynUNet: a full-resolution first level, plain 1x1 output convolution) is what the packaged base
@@ -57,6 +66,18 @@ class ModelConfig(_Strict):
     num_res_units: int = Field(1, ge=0, le=4)
     click_sigma: float = Field(3.0, gt=0, description="Gaussian click-map sigma, in voxels")
     input_size: int = Field(96, ge=16, le=1024, description="working size (voxels a side) of the focus crop the model predicts on")
+    inputs: tuple[str, ...] = Field(CLICK_INPUTS, description="input channels by role, in order (INPUT_ROLES)")
+
+    @field_validator("inputs")
+    @classmethod
+    def _known_roles(cls, inputs: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [r for r in inputs if r not in INPUT_ROLES]
+        if unknown or len(set(inputs)) != len(inputs):
+            raise ValueError(f"inputs must be distinct roles of {INPUT_ROLES}, got {inputs}")
+        missing = [r for r in CLICK_INPUTS if r not in inputs]
+        if missing:
+            raise ValueError(f"inputs must hold {', '.join(missing)}")
+        return inputs
 
     @field_validator("strides")
     @classmethod
@@ -68,7 +89,12 @@ class ModelConfig(_Strict):
 
     @property
     def in_channels(self) -> int:
-        return self.image_channels + 3
+        return self.image_channels + len(self.inputs) - 1
+
+    @property
+    def takes_box(self) -> bool:
+        """Was this network trained with a box prompt channel?"""
+        return "box" in self.inputs
 
     @property
     def size_multiple(self) -> int:

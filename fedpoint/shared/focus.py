@@ -8,7 +8,9 @@ so every prediction runs in a `FocusWindow`:
   (default `CONTEXT_FACTOR` x input_size), shifted to lie inside the image and clipped to it where
   the image is smaller;
 - **later clicks** look at the bounding box of the current mask and every click, expanded by
-  `expand` (1.4) and to at least `min_size` (input_size // 2), made square, inside the image.
+  `expand` (1.4) and to at least `min_size` (input_size // 2), made square, inside the image;
+- a **box prompt** is a zoom window from the start: the box (with the mask and the clicks once there
+  are any), expanded and made square the same way, so the box says the structure's scale.
 
 A window is resampled to the working size keeping its aspect (one scale for every axis), with each
 side rounded up to a multiple of the network's `size_multiple`. Nothing is ever upsampled: a window
@@ -42,10 +44,13 @@ import torch
 import torch.nn.functional as F
 
 from fedpoint.shared.clicker import mask_bounds
-from fedpoint.shared.clicks import Click, encode_clicks
+from fedpoint.shared.clicks import Box, Click, encode_clicks
 from fedpoint.shared.config import ModelConfig
 
 CONTEXT_FACTOR = 1          # first-click window side = CONTEXT_FACTOR * input_size native voxels (chosen on dev-split)
+FIRST_SCALES = (1.0,)       # first click: window sides tried, in multiples of the context (the scale choice)
+FIRST_RULE = "fixed"        # ... and how one is chosen: "fixed" (the first), "border" or "confidence" (`choose_scale`)
+SCALE_RULES = ("fixed", "border", "confidence")
 CONTEXT_MM_3D = 48.0        # 3D with a known spacing: first-click cube side in mm (chosen on dev-split-3d)
 ZOOM_EXPAND = 1.4           # later clicks: the mask + clicks box, expanded this much
 MIN_SIZE_FACTOR = 0.5       # ... and at least this share of input_size a side
@@ -60,8 +65,14 @@ class FocusConfig:
     context_mm: float | None = None  # 3D, spacing known: the side in mm instead (default CONTEXT_MM_3D unless `context` is given)
     expand: float = ZOOM_EXPAND     # zoom window: expansion of the mask + clicks bounding box
     min_size: int | None = None    # zoom window: smallest side, native voxels (default input_size // 2)
+    scales: tuple[float, ...] = FIRST_SCALES  # first click without a box: window sides tried (x context)
+    rule: str = FIRST_RULE         # how the first click's window is chosen among `scales`
 
     def __post_init__(self) -> None:
+        if not self.scales or any(not m > 0 for m in self.scales):
+            raise ValueError(f"focus scales must be positive multiples of the context, got {self.scales}")
+        if self.rule not in SCALE_RULES:
+            raise ValueError(f"focus rule must be one of {', '.join(SCALE_RULES)}, got {self.rule!r}")
         if self.context is not None and self.context < 1:
             raise ValueError(f"focus context must be at least 1 voxel, got {self.context}")
         if not self.expand >= 1.0:
@@ -81,6 +92,8 @@ class FocusConfig:
             expand=self.expand,
             min_size=self.min_size or max(1, int(cfg.input_size * MIN_SIZE_FACTOR)),
             context_mm=context_mm,
+            scales=tuple(self.scales),
+            rule=self.rule,
         )
 
     def context_for(self, spacing: Sequence[float] | None) -> int:
@@ -130,6 +143,19 @@ class FocusWindow:
     def clicks(self, clicks: Sequence[Click]) -> list[Click]:
         """Clicks in the window's coordinates (a click outside keeps its coordinates outside)."""
         return [Click(self.to_window(c.point), c.positive) for c in clicks]
+
+    def box(self, box: Box | None) -> Box | None:
+        """A box in the window's grid: every working voxel whose centre lies in the box (at least one
+        a side, so a box thinner than a working voxel still marks one); may reach past the grid."""
+        if box is None:
+            return None
+        lo, hi = [], []
+        for l, h, s, k in zip(box.lo, box.hi, self.start, self.scale):
+            a = int(math.floor((l - s) * k + 0.5))
+            b = max(a + 1, int(math.floor((h - s) * k + 0.5)))
+            lo.append(a)
+            hi.append(b)
+        return Box(tuple(lo), tuple(hi))
 
     def as_dict(self) -> dict:
         return {"start": list(self.start), "size": list(self.size), "out_size": list(self.out_size)}
@@ -221,6 +247,57 @@ def zoom_window(mask: np.ndarray | torch.Tensor | None, clicks: Sequence[Click],
     side = max(int(math.ceil(float(((hi - lo) * np.asarray(rel)).max()) * expand)), int(min_size))
     starts, sizes = _box_inside((lo + hi) / 2, side, image_shape, rel)
     return fit_window(starts, sizes, image_shape, cfg, spacing)
+
+
+def box_window(box: Box, mask, clicks: Sequence[Click], image_shape: Sequence[int], cfg: ModelConfig,
+               expand: float = ZOOM_EXPAND, min_size: int | None = None,
+               spacing: Sequence[float] | None = None) -> FocusWindow:
+    """The window of a session that started with a box: the zoom window of the box's corners, the
+    clicks and the mask (the box alone before the first prediction)."""
+    corners = [Click(p, True) for p in box.corners()]
+    return zoom_window(mask, [*corners, *clicks], image_shape, cfg, expand, min_size, spacing)
+
+
+def scale_score(logits: torch.Tensor, window: FocusWindow, click: Click, image_shape: Sequence[int], rule: str) -> float:
+    """How well a first-click window fits the structure, from the network's own prediction in it
+    (logits on the window's grid, shape (1, 1, *out_size)); higher is better.
+
+    - "border": the predicted part holding the click must not touch a side of the window that lies
+      inside the image (else the structure goes on past it): 1 when clear, 0 when it touches;
+    - "confidence": the network's certainty |2p - 1| on a band around the predicted part's
+      outline: a structure the window holds gets a sharp edge, a cut or unseen one a fuzzy edge.
+    """
+    from scipy import ndimage
+
+    p = torch.sigmoid(logits.detach().float()).reshape(window.out_size).cpu().numpy()
+    mask = p > 0.5
+    inside = window.to_window(click.point)
+    if all(0 <= q < n for q, n in zip(inside, window.out_size)) and mask[inside]:
+        parts, _ = ndimage.label(mask)
+        mask = parts == parts[inside]
+    if not mask.any():
+        return 0.0
+    if rule == "border":
+        for axis, (start, stop, n_img) in enumerate(zip(window.start, window.stop, image_shape)):
+            low, high = [slice(None)] * mask.ndim, [slice(None)] * mask.ndim
+            low[axis], high[axis] = 0, -1
+            if (start > 0 and mask[tuple(low)].any()) or (stop < n_img and mask[tuple(high)].any()):
+                return 0.0
+        return 1.0
+    band = ndimage.binary_dilation(mask, iterations=2) & ~ndimage.binary_erosion(mask, iterations=2)
+    return float(np.abs(2 * p[band] - 1).mean()) if band.any() else 0.0
+
+
+def choose_scale(scores: Sequence[float], rule: str) -> int:
+    """The index of the chosen candidate window (candidates from the smallest to the largest):
+    "fixed" the first; "border" the smallest that holds the structure (the largest if none does);
+    "confidence" the most confident (the smaller one on a tie)."""
+    if rule == "fixed" or len(scores) == 1:
+        return 0
+    if rule == "border":
+        clear = [i for i, s in enumerate(scores) if s > 0]
+        return clear[0] if clear else len(scores) - 1
+    return int(np.argmax(scores))
 
 
 # ---------------------------------------------------------------------------------- crop / paste

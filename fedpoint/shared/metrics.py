@@ -40,7 +40,7 @@ HEADERS = {
 def is_fraction(key: str) -> bool:
     """A metric in [0, 1] (Dice, Dice-AUC, the failure rate), shown with three decimals; the
     others are counts or milliseconds."""
-    return key.startswith("dice") or key == NOF
+    return key.startswith("dice") or key.startswith("dsc") or key == NOF
 
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -75,6 +75,22 @@ def nof(dices: Sequence[float], threshold: float = 0.90, budget: int = NOF_BUDGE
 def dice_auc(dices: Sequence[float]) -> float:
     """Area under Dice-vs-clicks, normalised to [0, 1] (the mean Dice over the clicks)."""
     return float(np.mean(dices)) if len(dices) else 0.0
+
+
+BOX_METRICS = ("dice_box", "dice_box5", "dsc_auc5")  # the box-then-clicks protocol (`box_metrics`)
+HEADERS |= {"dice_box": "Dice box", "dice_box5": "Dice box+5", "dsc_auc5": "DSC-AUC box+5"}
+
+
+def box_metrics(dices: Sequence[float], clicks: int = 5) -> dict[str, float]:
+    """The box-then-clicks protocol of the CVPR 2025 interactive segmentation challenge, from the
+    Dice after the box (`dices[0]`) and after each click: Dice after the box, Dice after the box and
+    `clicks` clicks (a user who stopped keeps the last mask), and the area under Dice over those
+    `clicks + 1` interactions by the trapezoidal rule, divided by `clicks` so it lies in [0, 1]."""
+    if not dices:
+        raise ValueError("need the Dice after the box")
+    curve = [dice_at(dices, k) for k in range(1, clicks + 2)]
+    area = sum((a + b) / 2 for a, b in zip(curve[:-1], curve[1:]))
+    return {"dice_box": curve[0], "dice_box5": curve[-1], "dsc_auc5": area / max(clicks, 1)}
 
 
 def click_metrics(dices: Sequence[float], budget: int = NOF_BUDGET) -> dict[str, float]:

@@ -20,8 +20,8 @@ from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from fedpoint.shared.clicker import Clicker
-from fedpoint.shared.clicks import Click
+from fedpoint.shared.clicker import Clicker, mask_bounds
+from fedpoint.shared.clicks import Box, Click
 from fedpoint.shared.metrics import dice
 
 Predict = Callable[[Sequence[Click]], np.ndarray]
@@ -55,6 +55,16 @@ class SimulatedUser:
         return click
 
 
+def tight_box(gt: np.ndarray) -> Box:
+    """The simulated user's box: the tightest box around the truth (the CVPR 2025 challenge's
+    protocol draws it from the ground truth the same way). Refuses an empty mask."""
+    bounds = mask_bounds(np.asarray(gt, bool))
+    if bounds is None:
+        raise ValueError("an empty mask has no box")
+    lo, hi = bounds
+    return Box(tuple(int(v) for v in lo), tuple(int(v) + 1 for v in hi))
+
+
 @dataclass(frozen=True)
 class ClickStep:
     """One click of a simulated interaction: the click (None for a click the user did not need,
@@ -67,17 +77,20 @@ class ClickStep:
 
 def simulate(predict: Predict, gt: np.ndarray, budget: int, *, mode: Literal["deepest", "random"] = "deepest",
              first: Click | None = None, seed: int | None = None, rng: np.random.Generator | None = None,
-             spacing: Sequence[float] | None = None, score: bool = True, fill: bool = False) -> Iterator[ClickStep]:
+             spacing: Sequence[float] | None = None, score: bool = True, fill: bool = False,
+             start: np.ndarray | None = None) -> Iterator[ClickStep]:
     """Up to `budget` clicks on one image; `predict(clicks)` gets every click so far (the newest
-    last) and returns the predicted mask. With `fill`, a user who stopped at a perfect mask still
+    last) and returns the predicted mask. `start` is the mask shown before the first click (after a
+    box prompt, the box's prediction): the first click then goes to its largest error. With `fill`, a user who stopped at a perfect mask still
     yields a ClickStep (click None, Dice 1.0) for each click left, so Dice-AUC counts the whole budget.
     The user is created now (its seed drawn from `rng` now), the clicks as the caller iterates."""
     user = SimulatedUser(gt, mode, first=first, seed=seed, rng=rng, spacing=spacing)
-    return _interaction(user, predict, gt, budget, score, fill)
+    return _interaction(user, predict, gt, budget, score, fill, start)
 
 
-def _interaction(user: SimulatedUser, predict: Predict, gt, budget: int, score: bool, fill: bool) -> Iterator[ClickStep]:
-    mask = None
+def _interaction(user: SimulatedUser, predict: Predict, gt, budget: int, score: bool, fill: bool,
+                 start: np.ndarray | None = None) -> Iterator[ClickStep]:
+    mask = start
     for k in range(budget):
         click = user.respond(mask)
         if click is None:  # a perfect mask: the user stops

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fedpoint.shared.config import AdaptationConfig, AdaptationMode, AdapterConfig
-from fedpoint.shared.metrics import HEADERS, SUMMARY_COLUMNS, is_fraction
+from fedpoint.shared.metrics import BOX_METRICS, HEADERS, SUMMARY_COLUMNS, is_fraction
 
 
 class EvaluationSpec(BaseModel):
@@ -36,6 +36,9 @@ class EvaluationSpec(BaseModel):
     split_components: bool = Field(False, description="each connected component of an object is its own target")
     context: Optional[int] = Field(None, ge=16, description="first-click window side in voxels (default: the focus crop's)")
     context_mm: Optional[float] = Field(None, gt=0, description="3D: first-click cube side in mm (default CONTEXT_MM_3D; choosing it only)")
+    prompt: Literal["click", "box"] = Field("click", description="first interaction: a click, or a tight box (then clicks)")
+    scales: Optional[tuple[float, ...]] = Field(None, description="first click: window sides tried, x context (default: the focus crop's)")
+    scale_rule: Optional[str] = Field(None, description="first click: how a window is chosen among `scales` (default: the focus crop's)")
     guard: bool = Field(True, description="the online guard (off only to measure what it prevents)")
     guard_consistency: Optional[float] = Field(None, ge=0, le=1, description="override the guard's mid threshold (tuning only)")
     guard_tolerance: Optional[float] = Field(None, ge=0, le=1, description="override the guard's post tolerance (tuning only)")
@@ -98,13 +101,11 @@ def run_evaluation(spec: EvaluationSpec, store: Path, data_dir: Path | None = No
     from fedpoint.client.stream import run_stream, summarize_stream
 
     samples, skipped = load_stream(spec, data_dir)
-    from fedpoint.shared.focus import FocusConfig
-
     overrides = {k: v for k in ("guard_consistency", "guard_tolerance") if (v := getattr(spec, k)) is not None}
     adaptation = AdaptationConfig(mode=spec.mode, lr=spec.lr, seed=spec.seed, guard=spec.guard, **overrides)
     engine = SiteEngine.create(spec.base, AdapterConfig(kind=spec.adapter), adaptation, store,
                                campaign_size=len(samples), background_episodes=False, adapter_dir=adapter_dir,
-                               focus=FocusConfig(context=spec.context, context_mm=spec.context_mm))
+                               focus=focus_config(spec))
     t0 = time.perf_counter()
     if progress:
         from rich.progress import BarColumn, Progress, TextColumn
@@ -117,9 +118,9 @@ def run_evaluation(spec: EvaluationSpec, store: Path, data_dir: Path | None = No
                 done.append(rec["dice3"])
                 bar.update(task, completed=i + 1, d3=sum(done) / len(done))
 
-            records = run_stream(engine, samples, spec.clicks, on_image=tick)
+            records = run_stream(engine, samples, spec.clicks, on_image=tick, prompt=spec.prompt)
     else:
-        records = run_stream(engine, samples, spec.clicks)
+        records = run_stream(engine, samples, spec.clicks, prompt=spec.prompt)
     episodes = [r.as_dict() for r in engine.scheduler.results] if engine.scheduler else []
     return {
         "spec": spec.model_dump(),
@@ -131,13 +132,22 @@ def run_evaluation(spec: EvaluationSpec, store: Path, data_dir: Path | None = No
     }
 
 
+def focus_config(spec: EvaluationSpec):
+    """The focus crop a spec asks for: the defaults, with what the spec overrides (tuning only)."""
+    from fedpoint.shared.focus import FocusConfig
+
+    given = {k: v for k, v in (("scales", spec.scales), ("rule", spec.scale_rule)) if v is not None}
+    return FocusConfig(context=spec.context, context_mm=spec.context_mm, **given)
+
+
 def summary_table(summaries: dict[str, dict], title: str = ""):
     from rich.table import Table
 
     table = Table(title=title)
     table.add_column("mode", no_wrap=True)
-    for col in SUMMARY_COLUMNS:
+    columns = SUMMARY_COLUMNS + tuple(k for k in BOX_METRICS if all(k in s for s in summaries.values()))
+    for col in columns:
         table.add_column(HEADERS[col], justify="right", no_wrap=True)
     for name, s in summaries.items():
-        table.add_row(name, *(f"{s[c]:.3f}" if is_fraction(c) else f"{s[c]:.1f}" for c in SUMMARY_COLUMNS))
+        table.add_row(name, *(f"{s[c]:.3f}" if is_fraction(c) else f"{s[c]:.1f}" for c in columns))
     return table

@@ -8,8 +8,12 @@ and 3D crops (axes permuted and flipped instead of rotated). The crop then follo
 one of the two regimes a person meets at inference through the focus crop:
 
 - *context* (the first click): a square window centred on the first click, of a random side between
-  one and three working sizes, which may cut the object;
-- *zoom* (later clicks): the object's bounding box, made square and expanded 1.1-2.5x.
+  one and five working sizes (log-uniform: small windows stay common, and a lung field or a body fits
+  in the largest), which may cut the object;
+- *zoom* (later clicks, and a box prompt): the object's bounding box, made square and expanded 1.1-2.5x.
+
+With probability `p_box` the draw's first interaction is a box (a zoom-regime crop, the object's box
+jittered by a few per cent of its size, as a person draws it) instead of the click.
 
 Windows smaller than the working size are taken at native resolution (inference never upsamples);
 larger ones are resized down to it. Intensities are then augmented to span modalities: CT windows
@@ -36,6 +40,7 @@ class ObjectDraw:
     click: tuple[int, ...]  # the first positive click, inside `mask`
     source: str
     regime: str
+    box: object = None  # a `fedpoint.shared.clicks.Box` in crop coordinates when the first interaction is a box
 
 
 @dataclass
@@ -54,6 +59,8 @@ class SamplerConfig:
     weights: dict[str, float] = field(default_factory=lambda: {"pseudo": 2.5})
     spatial_dims: int = 2
     spacing_mm: float = 1.5    # 3D: volumes are resampled to this isotropic spacing before cropping
+    p_box: float = 0.0         # share of draws whose first interaction is a box (a base with a box input)
+    box_jitter: float = 0.05   # box sides moved by N(0, box_jitter x the object's extent)
 
 
 class ObjectSampler:
@@ -147,9 +154,11 @@ class ObjectSampler:
         click = _interior_point(mask, rng)
         coords = np.argwhere(mask)
         lo, hi = coords.min(0), coords.max(0) + 1
-        if rng.random() < cfg.p_context:
+        with_box = cfg.p_box > 0 and rng.random() < cfg.p_box
+        if not with_box and rng.random() < cfg.p_context:
             regime = "context"
-            side = cfg.size * float(rng.uniform(*cfg.context_range))
+            lo_c, hi_c = cfg.context_range
+            side = cfg.size * float(np.exp(rng.uniform(np.log(lo_c), np.log(hi_c))))
             centre = np.array(click, float) + 0.5
         else:
             regime = "zoom"
@@ -178,10 +187,23 @@ class ObjectSampler:
         else:
             crop, crop_mask, c = _flip_turn(crop, crop_mask, c, rng)
         crop = _after_crop(crop, rng, cfg)
-        return ObjectDraw(crop[None].astype(np.float32), crop_mask, c, source, regime)
+        box = _jittered_box(crop_mask, cfg.box_jitter, rng) if with_box else None
+        return ObjectDraw(crop[None].astype(np.float32), crop_mask, c, source, regime, box)
 
 
 # -------------------------------------------------------------------------------------- pieces
+def _jittered_box(mask: np.ndarray, jitter: float, rng: np.random.Generator):
+    """The object's box with each side moved by N(0, jitter x extent) voxels, inside the crop, never empty."""
+    from fedpoint.shared.clicks import Box
+
+    coords = np.argwhere(mask)
+    lo, hi = coords.min(0), coords.max(0) + 1
+    extent = hi - lo
+    lo = np.clip(np.round(lo + rng.normal(0, jitter, mask.ndim) * extent), 0, np.array(mask.shape) - 1).astype(int)
+    hi = np.clip(np.round(hi + rng.normal(0, jitter, mask.ndim) * extent), lo + 1, mask.shape).astype(int)
+    return Box(tuple(int(v) for v in lo), tuple(int(v) for v in hi))
+
+
 def _interior_point(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, ...]:
     """A random voxel of `mask`, drawn with weight on its depth (people click inside, not on edges)."""
     box = ndimage.find_objects(mask.astype(np.uint8))[0]

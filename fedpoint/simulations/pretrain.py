@@ -21,13 +21,14 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from fedpoint.shared.clicks import Click, encode_clicks
+from fedpoint.shared.clicks import Click
 from fedpoint.shared.config import ModelConfig
 from fedpoint.shared.fileio import write_atomic_via
+from fedpoint.shared.inputs import build_inputs
 from fedpoint.shared.losses import interaction_loss
-from fedpoint.shared.metrics import click_metrics
+from fedpoint.shared.metrics import click_metrics, dice
 from fedpoint.shared.model import build_model, save_base
-from fedpoint.shared.simulated_user import SimulatedUser, simulate
+from fedpoint.shared.simulated_user import SimulatedUser, simulate, tight_box
 from fedpoint.simulations.objects import ObjectSampler, SamplerConfig
 from fedpoint.simulations.pretrain_config import BASE3D_MODEL_FIELDS, BASE_MODEL_FIELDS, METRIC_KEYS, PretrainConfig
 
@@ -41,7 +42,8 @@ def base_model_for(spatial_dims: int) -> ModelConfig:
 
 def sampler_config(cfg: PretrainConfig, model_cfg: ModelConfig, **overrides) -> SamplerConfig:
     fields = dict(size=model_cfg.input_size, synthetic=cfg.synthetic, spatial_dims=model_cfg.spatial_dims,
-                  context_range=tuple(cfg.context_range), min_pixels=cfg.min_voxels, spacing_mm=cfg.spacing_mm)
+                  context_range=tuple(cfg.context_range), min_pixels=cfg.min_voxels, spacing_mm=cfg.spacing_mm,
+                  p_box=cfg.p_box if model_cfg.takes_box else 0.0)
     return SamplerConfig(**(fields | overrides))
 
 def training_images(cfg: PretrainConfig, data_dir: Path | None = None, split: str = "train"):
@@ -53,12 +55,6 @@ def training_images(cfg: PretrainConfig, data_dir: Path | None = None, split: st
     if not images and split == "train":
         raise ValueError(f"no {cfg.spatial_dims}D training images: run `fedpoint data prepare --training` first")
     return images
-
-
-def _inputs(images: torch.Tensor, clicks: Sequence[Sequence[Click]], prev: torch.Tensor, sigma: float) -> torch.Tensor:
-    spatial = tuple(images.shape[2:])
-    maps = torch.from_numpy(np.stack([encode_clicks(c, spatial, sigma) for c in clicks]))
-    return torch.cat([images, maps, prev], dim=1)
 
 
 def _batch_loss(logits, target, clicks, cfg: PretrainConfig) -> torch.Tensor:
@@ -76,15 +72,21 @@ def train_step(net, optimizer, sampler: ObjectSampler, cfg: PretrainConfig, mode
     draws = sampler.batch(cfg.batch)
     images = torch.from_numpy(np.stack([d.image for d in draws]))
     target = torch.from_numpy(np.stack([d.mask for d in draws])[:, None].astype(np.float32))
-    # Half the simulated users click the deepest point of an error, half anywhere in it; the
-    # sampler's click is every user's first. The batch is predicted at once: the users answer in lockstep.
-    users = [SimulatedUser(d.mask, "deepest" if rng.random() < 0.5 else "random", first=Click(d.click, True), rng=rng)
-             for d in draws]
-    for user in users:
-        user.respond()
+    # Half the simulated users click the deepest point of an error, half anywhere in it. A draw's
+    # first interaction is its box (the box stays an input for the whole interaction) or the
+    # sampler's click. The batch is predicted at once: the users answer in lockstep.
+    users = [SimulatedUser(d.mask, "deepest" if rng.random() < 0.5 else "random",
+                           first=None if d.box is not None else Click(d.click, True), rng=rng) for d in draws]
+    boxes = [d.box for d in draws]
+    for user, box in zip(users, boxes):
+        if box is None:
+            user.respond()
     clicks = [user.clicks for user in users]
-    zeros = torch.zeros_like(target)
-    logits = net(_inputs(images, clicks, zeros, model_cfg.click_sigma))
+
+    def inputs(prev):
+        return build_inputs(images, clicks, prev, model_cfg, boxes)
+
+    logits = net(inputs(None))
     loss = _batch_loss(logits, target, clicks, cfg)
     k = extra_clicks(cfg, rng)
     if k:
@@ -94,8 +96,8 @@ def train_step(net, optimizer, sampler: ObjectSampler, cfg: PretrainConfig, mode
                 user.respond(prev[i, 0].numpy().astype(bool))
             if j < k - 1:
                 with torch.no_grad():
-                    prev = (net(_inputs(images, clicks, prev, model_cfg.click_sigma)) > 0).float()
-        logits = net(_inputs(images, clicks, prev, model_cfg.click_sigma))
+                    prev = (net(inputs(prev)) > 0).float()
+        logits = net(inputs(prev))
         loss = loss + _batch_loss(logits, target, clicks, cfg)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -113,22 +115,59 @@ def validation_objects(images, size: int, count: int, seed: int = 12345, sampler
     return ObjectSampler(images, cfg, seed=seed).batch(count)
 
 
-def validate(net, objects, model_cfg: ModelConfig, clicks: int = 20) -> dict[str, float]:
-    """Frozen evaluation with the deterministic simulated user on working-size crops."""
+def warm_start(net, model_cfg: ModelConfig, spec: str) -> dict:
+    """Load a base's weights into `net` where names and shapes match. The input convolution is
+    mapped by role (`ModelConfig.inputs`): a role both networks take keeps its weights, a role the
+    old base lacked (a new prompt channel) starts at zero, so the warm-started network predicts
+    exactly what the old base did until that channel is used. Returns the old base's card."""
+    from fedpoint.shared.model import load_base
+
+    old, old_cfg, card = load_base(spec)
+    if old_cfg.spatial_dims != model_cfg.spatial_dims or old_cfg.arch != model_cfg.arch:
+        raise ValueError(f"--init {spec}: a {old_cfg.spatial_dims}D {old_cfg.arch} cannot start a "
+                         f"{model_cfg.spatial_dims}D {model_cfg.arch}")
+    old_state, new_state = old.state_dict(), net.state_dict()
+    channels = {cfg: [r for r in cfg.inputs for _ in range(cfg.image_channels if r == "image" else 1)]
+                for cfg in (old_cfg, model_cfg)}
+    for name, weight in new_state.items():
+        src = old_state.get(name)
+        if src is None:
+            continue
+        if src.shape == weight.shape:
+            weight.copy_(src)
+        elif src.ndim >= 2 and src.shape[1] == old_cfg.in_channels and weight.shape[1] == model_cfg.in_channels \
+                and src.shape[0] == weight.shape[0]:
+            weight.zero_()
+            old_roles = channels[old_cfg]
+            for j, role in enumerate(channels[model_cfg]):
+                if role in old_roles:
+                    k = old_roles.index(role) + (j - channels[model_cfg].index(role))  # image channels keep their order
+                    weight[:, j] = src[:, k]
+    return card
+
+
+def validate(net, objects, model_cfg: ModelConfig, clicks: int = 20, prompt: str = "click") -> dict[str, float]:
+    """Frozen evaluation with the deterministic simulated user on working-size crops. `prompt`
+    "box": a tight box first (counted as the first interaction), then clicks at the largest error."""
     rows = []
     net.eval()
     for obj in objects:
         image = torch.from_numpy(obj.image)[None]
-        prev = torch.zeros((1, 1, *obj.mask.shape))
+        prev = None
+        box = tight_box(obj.mask) if prompt == "box" else None
 
         def predict(chosen):
             nonlocal prev
             with torch.no_grad():
-                prev = (net(_inputs(image, [chosen], prev, model_cfg.click_sigma)) > 0).float()
+                prev = (net(build_inputs(image, [chosen], prev, model_cfg, [box])) > 0).float()
             return prev[0, 0].numpy().astype(bool)
 
-        steps = simulate(predict, obj.mask, clicks, first=Click(obj.click, True), fill=True)
-        rows.append(click_metrics([step.dice for step in steps]))
+        if box is None:
+            dices = [step.dice for step in simulate(predict, obj.mask, clicks, first=Click(obj.click, True), fill=True)]
+        else:
+            first = predict([])
+            dices = [dice(first, obj.mask)] + [step.dice for step in simulate(predict, obj.mask, clicks - 1, fill=True, start=first)]
+        rows.append(click_metrics(dices))
     if not rows:
         return {}
     return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in METRIC_KEYS} | {"objects": len(rows)}
@@ -169,6 +208,7 @@ def pretrain(cfg: PretrainConfig, out: Path, model_cfg: ModelConfig | None = Non
     rng = np.random.default_rng(cfg.seed)
     sampler = ObjectSampler(images, sampler_config(cfg, model_cfg), seed=cfg.seed + 1)
     net = build_model(model_cfg).train()
+    init_card = warm_start(net, model_cfg, cfg.init) if cfg.init else None
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, cfg.steps // 50)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -208,16 +248,26 @@ def pretrain(cfg: PretrainConfig, out: Path, model_cfg: ModelConfig | None = Non
     train_seconds = seconds + time.perf_counter() - t0
     val = validation_objects(dev_images, model_cfg.input_size, cfg.val_objects, sampler_cfg=sampler_config(cfg, model_cfg))
     card = {
-        "provenance": _provenance(images, dev_images),
+        "provenance": _provenance(images, dev_images) | (
+            {"initialised_from": {"base": cfg.init, "fingerprint": init_card.get("fingerprint")}} if init_card else {}),
         "training": {**asdict(cfg), "seconds": round(train_seconds, 1), "threads_used": torch.get_num_threads(),
                      "final_loss": round(float(np.mean(losses[-100:])), 4)},
-        "validation": {"dev_split_crops": validate(net, val, model_cfg, cfg.val_clicks)},
+        "validation": _validation(net, val, model_cfg, cfg),
         "reproduce": "fedpoint data prepare --training && fedpoint pretrain"
                      + (" --spatial-dims 3" if cfg.spatial_dims == 3 else "") + f" --steps {cfg.steps} --batch {cfg.batch} "
-                     f"--lr {cfg.lr} --seed {cfg.seed}" + (f" --threads {cfg.threads}" if cfg.threads else "") + f" --out {out.name}",
+                     f"--lr {cfg.lr} --seed {cfg.seed}" + (f" --threads {cfg.threads}" if cfg.threads else "")
+                     + (f" --init {cfg.init}" if cfg.init else "") + f" --out {out.name}",
     }
     save_base(net.eval(), model_cfg, out, card)
     return card
+
+
+def _validation(net, objects, model_cfg: ModelConfig, cfg: PretrainConfig) -> dict:
+    out = {"dev_split_crops": validate(net, objects, model_cfg, cfg.val_clicks)}
+    if model_cfg.takes_box:  # box then clicks, on the zoom-regime crops (a box's window is the zoom window)
+        zoom = [o for o in objects if o.regime == "zoom"]
+        out["dev_split_crops_box"] = validate(net, zoom, model_cfg, cfg.val_clicks, prompt="box")
+    return out
 
 
 def _provenance(images, dev_images) -> dict:

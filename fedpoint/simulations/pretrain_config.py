@@ -10,7 +10,7 @@ from fedpoint.shared.metrics import CLICK_METRICS
 # ModelConfig fields: `fedpoint.simulations.pretrain.BASE_MODEL` builds it (pydantic stays off
 # `fedpoint --help`).
 BASE_MODEL_FIELDS = dict(arch="dynunet", channels=(8, 16, 32, 64, 128, 256), strides=(2, 2, 2, 2, 2),
-                         num_res_units=0, input_size=96)
+                         num_res_units=0, input_size=96, inputs=("image", "pos", "neg", "prev", "box"))
 # The packaged 3D base: MONAI's UNet (its first convolution strides), which on the 2-core CPU trains
 # 4-5x faster a step than a 3D DynUNet with a full-resolution level; a 48^3 working size, since a
 # correction click at 64^3 (four network passes) cost 667 ms p95 on that CPU (bench: docs/engine.md).
@@ -38,9 +38,11 @@ class PretrainConfig:
     checkpoint_minutes: float = 3.0
     checkpoint_steps: int = 0        # > 0: also every n steps (tests)
     spatial_dims: int = 2
-    context_range: tuple[float, float] = (1.0, 3.0)  # first-click crop side, in working sizes
+    context_range: tuple[float, float] = (1.0, 5.0)  # first-click crop side, in working sizes (log-uniform)
+    p_box: float = 0.5               # share of interactions that start with a box (bases with a box input)
     min_voxels: int = 12             # smallest object component drawn
     spacing_mm: float = 1.5          # 3D: volumes resampled to this isotropic spacing
+    init: str | None = None          # start from this base's weights (a packaged name or a path); new input roles start at zero
     extra: dict = field(default_factory=dict)
 
 
