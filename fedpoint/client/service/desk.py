@@ -32,7 +32,7 @@ from fedpoint.client.service.training import Training
 from fedpoint.client.service.users import AuditLog
 from fedpoint.client.session import InputError
 from fedpoint.client.site_store import SiteStore
-from fedpoint.shared.clicks import check_point
+from fedpoint.shared.clicks import check_box, check_point
 
 log = logging.getLogger("fedpoint.service")
 MAX_COORDINATE = 2**31 - 1
@@ -147,6 +147,35 @@ class AnnotationDesk:
             raise InputError(f"{err} (points are [x, y] or [x, y, z] in image index space)") from None
         return (index[-1], index[:-1]) if self.sliced(loaded) else (None, index)
 
+    def locate_box(self, loaded: LoadedImage, lo, hi, slice_index: int | None = None,
+                   field: str = "box") -> tuple[int | None, tuple[int, ...], tuple[int, ...]]:
+        """(slice or None, lo, hi) of a box in the session's image, `hi` exclusive; `lo` and `hi` are the
+        box's first and last voxel, [x, y] or [x, y, z]. On a volume that is annotated slice by slice the
+        box lies on one slice. Refused, naming `field`, when outside, inverted or of the wrong dimension."""
+        lo, hi = list(lo), list(hi)
+        if loaded.ndim == 2 and len(lo) == len(hi) == 3 and lo[2] == hi[2] == 0:
+            lo, hi = lo[:2], hi[:2]  # [x, y, 0] for a 2D image, as clients send points
+        sliced = self.sliced(loaded)
+        if sliced and len(lo) == len(hi) == 3:
+            if lo[2] != hi[2]:
+                raise InputError(f"{field}: from z = {lo[2]} to z = {hi[2]}: this site annotates {loaded.id} slice by "
+                                 "slice, so a box lies on one slice")
+            slice_index = int(lo[2])
+            lo, hi = lo[:2], hi[:2]
+        if sliced:
+            if slice_index is None:
+                raise InputError(f"{field}: {loaded.id} is a volume annotated slice by slice: give the slice")
+            if not 0 <= slice_index < loaded.shape[-1]:
+                raise InputError(f"{field}: slice {slice_index} is outside {loaded.id} ({loaded.shape[-1]} slices)")
+            shape = loaded.shape[:-1]
+        else:
+            shape = loaded.shape
+        try:
+            box = check_box(lo, [h + 1 for h in hi], shape, field)
+        except (ValueError, TypeError) as err:
+            raise InputError(f"{err} (corners are [x, y] or [x, y, z] in image index space)") from None
+        return (slice_index if sliced else None), box.lo, box.hi
+
     def session_image(self, loaded: LoadedImage, slice_index: int | None) -> np.ndarray:
         if slice_index is None:
             return loaded.model_input
@@ -198,6 +227,23 @@ class AnnotationDesk:
         self.last_click_ms = seconds * 1e3
         self.audit.record(user, "click", image_id, slice=z, structure=entry.structure, point=list(map(int, local)),
                           positive=bool(positive), clicks=result.clicks)
+        return result
+
+    def box(self, image_id: str, user: str, lo, hi, slice_index: int | None = None, structure: str | None = None,
+            field: str = "box") -> ClickResult:
+        """Start (or redraw) a session's box; `lo` and `hi` are its first and last voxel."""
+        loaded = self.load(image_id)
+        z, lo_i, hi_i = self.locate_box(loaded, lo, hi, slice_index, field)
+        entry = self.session(loaded, user, z, structure)
+        with entry.lock:
+            t0 = time.perf_counter()
+            mask = self._compute.submit(entry.session.box, lo_i, hi_i).result()
+            seconds = time.perf_counter() - t0
+            step = entry.session.steps[-1]
+            result = ClickResult(mask, z, len(entry.session.steps), seconds, step.predict_ms, step.update_ms)
+        self.last_click_ms = seconds * 1e3
+        self.audit.record(user, "box", image_id, slice=z, structure=entry.structure, lo=list(lo_i),
+                          hi=[int(h) - 1 for h in hi_i])
         return result
 
     def existing(self, image_id: str, user: str, slice_index: int | None, structure: str | None = None) -> OpenSession:

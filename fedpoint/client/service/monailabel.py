@@ -36,7 +36,7 @@ from fedpoint.client.service.security import valid_id
 from fedpoint.client.service.sessions import OpenSession
 from fedpoint.client.service.validation import InferParams, NextImageParams, SaveParams, TrainParams, check, json_body, parse_json
 from fedpoint.client.session import InputError
-from fedpoint.shared.clicks import Click
+from fedpoint.shared.clicks import Box, Click
 
 if TYPE_CHECKING:  # the state builds this module's LabelOperations
     from fedpoint.client.service.state import ServiceState
@@ -82,30 +82,43 @@ class LabelOperations:
         self.desk = desk
 
     def infer(self, image_id: str, user: str, foreground: list, background: list,
-              structure: str | None = None) -> tuple[np.ndarray, dict]:
-        """Bring the user's sessions on this image to exactly these points; returns (label volume, params).
+              structure: str | None = None, roi: list | None = None, roi_slice: int | None = None) -> tuple[np.ndarray, dict]:
+        """Bring the user's sessions on this image to exactly these points (and box); returns (label volume, params).
 
         Clients send every point each time. Points the session already has are kept (no repeated
         update); a point that disappeared undoes back to before it; new points are clicked in order.
+        `roi` is a box as MONAI Label's SAM2 integration sends it, [x0, y0, x1, y1] (end exclusive;
+        `roi_slice` its slice on a volume annotated slice by slice) or [x0, y0, z0, x1, y1, z1]; it
+        starts its session, and a changed box starts the session again.
         """
         desk = self.desk
         loaded = desk.load(image_id)
         structure = desk.structure(structure)
         max_points = desk.config.max_points
-        if len(foreground) + len(background) == 0:
-            raise InputError("give at least one foreground or background point")
+        if len(foreground) + len(background) == 0 and roi is None:
+            raise InputError("give at least one foreground or background point, or a box (params.roi)")
         if len(foreground) + len(background) > max_points:
             raise InputError(f"{len(foreground) + len(background)} points; at most {max_points} are accepted")
         groups: dict[int | None, list[Click]] = {}
+        boxes: dict[int | None, Box] = {}
+        if roi is not None:
+            if len(roi) not in (4, 6):
+                raise InputError(f"params.roi: {len(roi)} numbers; give [x0, y0, x1, y1] or [x0, y0, z0, x1, y1, z1]")
+            half = len(roi) // 2
+            lo, hi = list(roi[:half]), [v - 1 for v in roi[half:]]  # MONAI Label's roi ends are exclusive
+            z, lo_i, hi_i = desk.locate_box(loaded, lo, hi, roi_slice, field="params.roi")
+            boxes[z] = Box(lo_i, hi_i)
+            groups.setdefault(z, [])
         for points, positive in ((foreground, True), (background, False)):
             for point in points:
                 z, local = desk.locate(loaded, point)
                 groups.setdefault(z, []).append(Click(local, positive))
         t0 = time.perf_counter()
         for z, wanted in groups.items():
-            _sync(desk.session(loaded, user, z, structure), wanted)
+            _sync(desk.session(loaded, user, z, structure), wanted, boxes.get(z))
         label = self.label_volume(loaded, user, structure)
-        desk.audit.record(user, "infer", image_id, foreground=len(foreground), background=len(background))
+        desk.audit.record(user, "infer", image_id, foreground=len(foreground), background=len(background),
+                          box=roi is not None)
         params = {"label_names": {structure: desk.config.label_values[structure]}, "structure": structure,
                   "latencies": {"total": round(time.perf_counter() - t0, 4)},
                   "slices": [z for z in groups if z is not None], "adapter_version": desk.engine.model.version}
@@ -189,10 +202,16 @@ class LabelOperations:
         return desk.store_cases(accepted, key)
 
 
-def _sync(entry: OpenSession, wanted: list[Click]) -> None:
-    """The session's clicks become exactly `wanted`: the common prefix stays, the rest is undone, then clicked."""
+def _sync(entry: OpenSession, wanted: list[Click], box: Box | None = None) -> None:
+    """The session's box and clicks become exactly `box` and `wanted`: a different box starts the
+    session again; of the clicks the common prefix stays, the rest is undone, then clicked."""
     with entry.lock:
         session = entry.session
+        if box != session.drawn_box:
+            while session.steps:
+                session.undo()
+            if box is not None:
+                session.box(box.lo, box.hi)
         remaining = Counter(wanted)
         keep = 0
         for click in session.clicks:
@@ -200,7 +219,7 @@ def _sync(entry: OpenSession, wanted: list[Click]) -> None:
                 break
             remaining[click] -= 1
             keep += 1
-        for _ in range(len(session.steps) - keep):
+        for _ in range(len(session.clicks) - keep):
             session.undo()
         for click in wanted:
             if remaining[click] > 0:
@@ -273,7 +292,7 @@ def router(state: ServiceState, require) -> APIRouter:
         extension, dtype = request.result_extension or ".nii.gz", request.result_dtype or "uint8"
         check_result_format(extension, dtype)  # a bad format fails before any click
         label_volume, reply = state.labels.infer(valid_id(image), _client(request, named), request.foreground or [],
-                                                 request.background or [], request.label)
+                                                 request.background or [], request.label, request.roi, request.roi_slice)
         if output == "json":
             return reply
         data = label_file_bytes(label_volume, state.desk.load(image).affine, extension, dtype)

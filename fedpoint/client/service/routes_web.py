@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import FileResponse, Response
 from fedpoint.client.service.security import valid_id
 from fedpoint.client.service.state import ServiceState
-from fedpoint.client.service.validation import ClickBody, SliceBody
+from fedpoint.client.service.validation import BoxBody, ClickBody, SliceBody
 
 WEB = Path(__file__).resolve().parent / "web"
 DEFAULT_USER = "web"
@@ -71,6 +71,14 @@ def api_router(state: ServiceState, require) -> APIRouter:
             out.append({"point": point, "positive": click.positive})
         return out
 
+    def box_of(entry, z) -> dict | None:
+        """The session's box as the page draws it: first and last pixel, [x, y(, z)]."""
+        box = None if entry is None else entry.session.drawn_box
+        if box is None:
+            return None
+        extra = [z] if z is not None else []
+        return {"lo": [*box.lo, *extra], "hi": [*(h - 1 for h in box.hi), *extra]}
+
     def mask_slices(mask: np.ndarray) -> list[int] | None:
         """For a 3D session mask: the slices (last axis) it holds voxels on; None for 2D."""
         if mask.ndim != 3:
@@ -124,8 +132,8 @@ def api_router(state: ServiceState, require) -> APIRouter:
             mask, held = np.zeros(loaded.shape[:2], dtype=bool), None
         else:
             mask, held = desk.slice_of(entry.session.mask, slice), mask_slices(entry.session.mask)
-        return {"mask": mask_payload(mask), "clicks": clicks_of(entry, z), "slice": slice, "mask_slices": held,
-                "structure": structure}
+        return {"mask": mask_payload(mask), "clicks": clicks_of(entry, z), "box": box_of(entry, z), "slice": slice,
+                "mask_slices": held, "structure": structure}
 
     @router.post("/sessions/{image_id}/click")
     def click(image_id: str, body: ClickBody, user: str = Depends(user_of)) -> dict:
@@ -136,8 +144,21 @@ def api_router(state: ServiceState, require) -> APIRouter:
         entry = desk.sessions.get((image_id, user, result.slice, structure))
         return {"mask": mask_payload(desk.slice_of(result.mask, shown)), "slice": shown, "structure": structure,
                 "mask_slices": mask_slices(result.mask),
-                "clicks": clicks_of(entry, result.slice), "server_ms": round(result.seconds * 1e3, 2),
+                "clicks": clicks_of(entry, result.slice), "box": box_of(entry, result.slice),
+                "server_ms": round(result.seconds * 1e3, 2),
                 "predict_ms": round(result.predict_ms, 2), "update_ms": round(result.update_ms, 2)}
+
+    @router.post("/sessions/{image_id}/box")
+    def box(image_id: str, body: BoxBody, user: str = Depends(user_of)) -> dict:
+        """Start the annotation with a box (a base trained with box prompts); clicks then refine it."""
+        structure = desk.structure(body.structure)
+        result = desk.box(valid_id(image_id), user, body.lo, body.hi, body.slice, structure=structure)
+        shown = result.slice if result.slice is not None else 0
+        entry = desk.sessions.get((image_id, user, result.slice, structure))
+        return {"mask": mask_payload(desk.slice_of(result.mask, shown)), "slice": shown, "structure": structure,
+                "mask_slices": mask_slices(result.mask), "clicks": clicks_of(entry, result.slice),
+                "box": box_of(entry, result.slice), "server_ms": round(result.seconds * 1e3, 2),
+                "predict_ms": round(result.predict_ms, 2), "update_ms": 0.0}
 
     @router.post("/sessions/{image_id}/undo")
     def undo(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:
@@ -147,7 +168,7 @@ def api_router(state: ServiceState, require) -> APIRouter:
         mask, _ = desk.undo(image_id, user, z, structure)
         entry = desk.sessions.get((image_id, user, z, structure))
         return {"mask": mask_payload(desk.slice_of(mask, body.slice or 0)), "clicks": clicks_of(entry, z),
-                "mask_slices": mask_slices(mask)}
+                "box": box_of(entry, z), "mask_slices": mask_slices(mask)}
 
     @router.post("/sessions/{image_id}/accept")
     def accept(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:

@@ -55,6 +55,10 @@ class InferParams(BaseModel):
     model_config = ConfigDict(extra="ignore")
     foreground: list[Point] | None = None
     background: list[Point] | None = None
+    # A box prompt as MONAI Label's SAM2 integration sends one: [x0, y0, x1, y1] (2D; on a slice of a
+    # volume with `roi_slice`, or [x0, y0, z0, x1, y1, z1] in 3D), end exclusive, image index space.
+    roi: Annotated[list[Coordinate], Field(min_length=4, max_length=6)] | None = None
+    roi_slice: SliceIndex | None = None
     client_id: StrictStr | None = None
     label: StrictStr | None = None  # the structure the points are for (a segment's name); default the first
     result_extension: StrictStr | None = None  # OHIF asks for ".nrrd"; default ".nii.gz"
@@ -83,6 +87,16 @@ class ClickBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     point: Point = Field(description="[x, y] or [x, y, z], image index space")
     positive: StrictBool = True
+    structure: StrictStr | None = Field(None, max_length=128, description="which structure (site.toml labels); default the first")
+
+
+class BoxBody(BaseModel):
+    """A box drawn on the page: its first (`lo`) and last (`hi`) pixel, both inside the box, [x, y] or
+    [x, y, z] in image index space; on a slice of a volume, the slice is `z` or `slice`."""
+    model_config = ConfigDict(extra="forbid")
+    lo: Point = Field(description="the box's first corner, inside it")
+    hi: Point = Field(description="the box's last corner, inside it")
+    slice: SliceIndex | None = None
     structure: StrictStr | None = Field(None, max_length=128, description="which structure (site.toml labels); default the first")
 
 
