@@ -121,26 +121,28 @@ def multipart_parts(response: httpx.Response) -> dict[str, tuple[str | None, byt
     return parts
 
 
-def train_blob_base(path: Path, blob, steps: int = 80) -> Path:
-    """Train a small UNet on one-click blob segmentation (random click inside) and save it as a base."""
+def train_blob_base(path: Path, blob, steps: int = 80, box: bool = False) -> Path:
+    """Train a small UNet on one-click blob segmentation (random click inside; with `box`, every
+    other step a tight box instead) and save it as a base."""
     import torch
 
     from fedpoint.shared.clicker import Clicker
-    from fedpoint.shared.clicks import encode_clicks
-    from fedpoint.shared.config import ModelConfig
+    from fedpoint.shared.config import BOX_INPUTS, CLICK_INPUTS, ModelConfig
+    from fedpoint.shared.inputs import build_inputs
     from fedpoint.shared.losses import dice_ce
     from fedpoint.shared.model import build_model, save_base
+    from fedpoint.shared.simulated_user import tight_box
 
     torch.manual_seed(0)
-    cfg = ModelConfig(channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
+    cfg = ModelConfig(channels=(8, 16, 32), strides=(2, 2), num_res_units=1, inputs=BOX_INPUTS if box else CLICK_INPUTS)
     net = build_model(cfg)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     rng = np.random.default_rng(0)
     for step in range(steps):
         image, mask = blob((48, 48), seed=int(rng.integers(1_000_000)), contrast=float(rng.uniform(0.5, 1.5)))
-        click = Clicker(mask, mode="random", seed=step).next_click(None)
-        maps = encode_clicks([click], mask.shape, cfg.click_sigma)
-        x = torch.from_numpy(np.concatenate([image, maps, np.zeros((1, *mask.shape), np.float32)]))[None]
+        with_box = box and step % 2 == 1
+        clicks = [] if with_box else [Clicker(mask, mode="random", seed=step).next_click(None)]
+        x = build_inputs(torch.from_numpy(image)[None], [clicks], None, cfg, [tight_box(mask) if with_box else None])
         loss = dice_ce(net(x), torch.from_numpy(mask[None, None]).float())
         optimizer.zero_grad()
         loss.backward()

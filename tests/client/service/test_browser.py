@@ -237,3 +237,41 @@ def test_two_structures_and_a_named_user_in_the_page(make_config, blob, blob_bas
     assert cases == ["case-001.lesion", "case-001.liver"]
     metas = [json.loads((store / "cache" / c / "meta.json").read_text()) for c in cases]
     assert [(m["structure"], m["user"]) for m in metas] == [("lesion", "dr-lee"), ("liver", "dr-lee")]
+
+
+def test_a_box_dragged_in_the_page_gives_a_mask_and_undo_removes_it(make_config, blob, tmp_path):
+    from playwright.sync_api import expect
+
+    from service_helpers import train_blob_base
+
+    base = train_blob_base(tmp_path / "blob-box-base" / "blobbox2d", blob, steps=120, box=True)
+    images = tmp_path / "box-images"
+    images.mkdir()
+    image, mask = blob((128, 128), seed=21)
+    np.save(images / "case-001.npy", image[0])
+    config = make_config(images=str(images), store=str(tmp_path / "box-store"), base=str(base))
+    with opened_page(config, viewport=(1000, 800)) as (live, page, errors):
+        viewer = page.locator("#viewer")
+        expect(viewer).to_have_attribute("data-image", "case-001", timeout=60_000)
+        expect(viewer).to_have_attribute("data-busy", "0")
+        canvas = page.locator("#canvas").bounding_box()
+        xs, ys = np.nonzero(mask)  # the page shows x to the right and y down
+        scale = min(canvas["width"] / 128, canvas["height"] / 128) * 0.94
+        left = canvas["x"] + (canvas["width"] - 128 * scale) / 2
+        top = canvas["y"] + (canvas["height"] - 128 * scale) / 2
+        page.mouse.move(left + (xs.min() + 0.5) * scale, top + (ys.min() + 0.5) * scale)
+        page.mouse.down()
+        page.mouse.move(left + (xs.max() + 0.5) * scale, top + (ys.max() + 0.5) * scale, steps=8)
+        page.mouse.up()
+        expect(viewer).not_to_have_attribute("data-box", "", timeout=60_000)
+        expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)
+        lo_hi = [int(v) for v in viewer.get_attribute("data-box").split(",")]
+        assert abs(lo_hi[0] - xs.min()) <= 2 and abs(lo_hi[3] - ys.max()) <= 2, lo_hi
+        assert viewer.get_attribute("data-clicks") == "0", "a drag is a box, not a click"
+        session = live.state.sessions.get(("case-001", "web", None, live.state.desk.structure(None))).session
+        assert session.mask.sum() > 0 and int(viewer.get_attribute("data-mask-area")) == int(session.mask.sum())
+        assert (session.mask & mask).sum() / session.mask.sum() > 0.5, "the box's mask lies on the blob"
+        page.keyboard.press("z")
+        expect(viewer).to_have_attribute("data-box", "", timeout=60_000)
+        expect(viewer).to_have_attribute("data-mask-area", "0")
+        assert not errors, errors

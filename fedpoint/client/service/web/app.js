@@ -19,6 +19,7 @@ const S = {
   mask: null,          // Uint8Array, width * height
   area: 0,
   clicks: [],          // [{point: [x, y(, z)], positive}]
+  box: null,           // the session's box: {lo: [x, y(, z)], hi: [...]} (first and last pixel), or null
   width: 0, height: 0,
   win: 1, lev: 0.5,
   opacity: 0.45, overlayOn: true,
@@ -212,6 +213,8 @@ function applySession(r) {
   S.mask = unpackMask(r.mask);
   S.area = r.mask.area;
   S.clicks = r.clicks || [];
+  S.box = r.box || null;
+  viewer.dataset.box = S.box ? [...S.box.lo, ...S.box.hi].join(",") : "";
   viewer.dataset.maskArea = String(S.area);
   viewer.dataset.clicks = String(S.clicks.length);
   $("mask-area").textContent = `${S.area.toLocaleString()} px`;
@@ -307,7 +310,22 @@ function render() {
   drawClicks();
 }
 
+function drawBox(a, b, dashed) {
+  // a and b: first and last pixel [x, y]; the outline runs round the pixels' outer edges
+  const [x0, y0] = toScreen(Math.min(a[0], b[0]), Math.min(a[1], b[1]));
+  const [x1, y1] = toScreen(Math.max(a[0], b[0]), Math.max(a[1], b[1]));
+  const half = S.view.s / 2;
+  ctx.save();
+  ctx.lineWidth = 2 * (S.view.dpr || 1);
+  ctx.strokeStyle = structureColour();
+  if (dashed) ctx.setLineDash([6 * (S.view.dpr || 1), 4 * (S.view.dpr || 1)]);
+  ctx.strokeRect(Math.min(x0, x1) - half, Math.min(y0, y1) - half, Math.abs(x1 - x0) + 2 * half, Math.abs(y1 - y0) + 2 * half);
+  ctx.restore();
+}
+
 function drawClicks() {
+  if (S.box && (S.box.lo[2] === undefined || S.box.lo[2] === S.slice)) drawBox(S.box.lo, S.box.hi, false);
+  if (press && press.dragging) drawBox(press.start, press.end, true);
   const r = Math.max(4, 5 * (S.view.dpr || 1));
   for (const c of S.clicks) {
     const [x, y, z] = c.point;
@@ -329,12 +347,16 @@ function toScreen(x, y) {
   return [ox + (x + 0.5) * s, oy + (row + 0.5) * s];
 }
 
-function toImage(ev) {
+function toImage(ev, clamp = false) {
   const rect = canvas.getBoundingClientRect();
   const dpr = S.view.dpr || 1;
   const px = (ev.clientX - rect.left) * dpr, py = (ev.clientY - rect.top) * dpr;
-  const x = Math.floor((px - S.view.ox) / S.view.s);
-  const row = Math.floor((py - S.view.oy) / S.view.s);
+  let x = Math.floor((px - S.view.ox) / S.view.s);
+  let row = Math.floor((py - S.view.oy) / S.view.s);
+  if (clamp) {  // a box dragged past the image's edge ends at the edge
+    x = Math.min(S.width - 1, Math.max(0, x));
+    row = Math.min(S.height - 1, Math.max(0, row));
+  }
   if (x < 0 || row < 0 || x >= S.width || row >= S.height) return null;
   return [x, S.meta.flip_y ? S.height - 1 - row : row];
 }
@@ -368,6 +390,23 @@ function clickAt(point, positive) {
     render();
     const total = performance.now() - t0;
     $("hud-latency").innerHTML = `click → mask <b>${total.toFixed(0)} ms</b> · model ${r.server_ms.toFixed(0)} ms`;
+    viewer.dataset.latencyMs = total.toFixed(1);
+  });
+}
+
+function boxAt(a, b) {
+  const t0 = performance.now();
+  const id = S.meta.id;
+  const lo = [Math.min(a[0], b[0]), Math.min(a[1], b[1])], hi = [Math.max(a[0], b[0]), Math.max(a[1], b[1])];
+  const z = S.meta.shape.length === 3 ? [S.slice] : [];
+  return enqueue(async () => {
+    const r = await api(`/api/sessions/${encodeURIComponent(id)}/box`,
+      { method: "POST", json: { lo: [...lo, ...z], hi: [...hi, ...z], structure: S.structure } });
+    if (!S.meta || S.meta.id !== id) return;
+    applySession(r);
+    render();
+    const total = performance.now() - t0;
+    $("hud-latency").innerHTML = `box → mask <b>${total.toFixed(0)} ms</b> · model ${r.server_ms.toFixed(0)} ms`;
     viewer.dataset.latencyMs = total.toFixed(1);
   });
 }
@@ -427,7 +466,7 @@ function discard() {
   const id = S.meta.id;
   enqueue(async () => {
     await api(`/api/sessions/${encodeURIComponent(id)}/discard`, { method: "POST", json: sliceBody() });
-    applySession({ mask: { width: S.width, height: S.height, bits: "", area: 0 }, clicks: [] });
+    applySession({ mask: { width: S.width, height: S.height, bits: "", area: 0 }, clicks: [], box: null });
     S.mask = new Uint8Array(S.width * S.height);
     drawMaskLayer();
     render();
@@ -513,21 +552,42 @@ $("opacity").addEventListener("input", (e) => {
 });
 
 // ------------------------------------------------------------------------------------- input
+// Left button: a press that moves more than BOX_DRAG_PX on screen draws a box (shown while
+// drawing, sent on release); one that does not is a positive click. Right button: a negative
+// click. Shift + drag: window / level.
+const BOX_DRAG_PX = 5;
 let drag = null;
+let press = null;
 canvas.addEventListener("contextmenu", (e) => e.preventDefault());
 canvas.addEventListener("mousedown", (e) => {
   if (!S.meta) return;
   if (e.shiftKey) { drag = { x: e.clientX, y: e.clientY, win: S.win, lev: S.lev }; return; }
   if (e.button !== 0 && e.button !== 2) return;
   const point = toImage(e);
-  if (point) clickAt(point, e.button === 0);
+  if (!point) return;
+  if (e.button === 2) { clickAt(point, false); return; }
+  press = { x: e.clientX, y: e.clientY, start: point, end: point, dragging: false };
 });
 window.addEventListener("mousemove", (e) => {
-  if (!drag) return;
-  const k = rangeSpan() / 400;
-  setWindow(drag.win + (e.clientX - drag.x) * k, drag.lev + (e.clientY - drag.y) * k);
+  if (drag) {
+    const k = rangeSpan() / 400;
+    setWindow(drag.win + (e.clientX - drag.x) * k, drag.lev + (e.clientY - drag.y) * k);
+    return;
+  }
+  if (!press || !S.meta) return;
+  if (!press.dragging && Math.hypot(e.clientX - press.x, e.clientY - press.y) < BOX_DRAG_PX) return;
+  press.dragging = true;
+  press.end = toImage(e, true);
+  render();
 });
-window.addEventListener("mouseup", () => { drag = null; });
+window.addEventListener("mouseup", () => {
+  drag = null;
+  if (!press) return;
+  const done = press;
+  press = null;
+  if (done.dragging) boxAt(done.start, done.end); else clickAt(done.start, true);
+  render();
+});
 canvas.addEventListener("wheel", (e) => {
   if (!S.meta || S.meta.slices <= 1) return;
   e.preventDefault();
