@@ -30,7 +30,7 @@ from torch import nn
 from fedpoint.shared.adapter_kinds import AdapterKind, adapter_kind
 from fedpoint.shared.config import AdapterConfig
 from fedpoint.shared.fileio import write_json_atomic
-from fedpoint.shared.model import base_fingerprint, stem_and_head
+from fedpoint.shared.model import architecture_of, base_fingerprint, stem_and_head
 
 MANIFEST = "fedpoint_adapter.json"
 State = dict[str, torch.Tensor]
@@ -170,18 +170,13 @@ def register(cls: type[Adapter]) -> type[Adapter]:
     return cls
 
 
-def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, nn.modules.instancenorm._InstanceNorm) and module.affine
-
-
 @register
 class NormAdapter(Adapter):
     kind = "norm"
 
     def _open(self, net: nn.Module) -> nn.Module:
-        for module in net.modules():
-            if _is_norm(module):
-                module.requires_grad_(True)
+        for module in architecture_of(net).norm_layers(net):
+            module.requires_grad_(True)
         return net
 
 
@@ -205,8 +200,8 @@ class FullAdapter(Adapter):
 
 
 def conv_module_names(net: nn.Module) -> list[str]:
-    """Names of the plain convolutions (peft LoRA rejects ConvTranspose)."""
-    return [n for n, m in net.named_modules() if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d)]
+    """Names of the plain convolutions (peft LoRA rejects ConvTranspose): the architecture's LoRA targets."""
+    return architecture_of(net).lora_targets(net)
 
 
 def _peft():

@@ -1,14 +1,18 @@
 """The interactive segmentation network and the fingerprint that pins its frozen weights.
 
-A MONAI UNet (2D or 3D) with affine instance norm. Input channels: the image, a positive- and a
-negative-click map, and the previous mask; output: one logit map for the object.
+A MONAI network (2D or 3D) with affine instance norm. Its input channels are the config's
+`inputs` (`fedpoint.shared.inputs` builds them); output: one logit map for the object. Each
+architecture is one `Architecture` record: how it is built and the roles the adapter kinds open
+(norm layers, stem and head, LoRA targets), so another backbone is one record here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -19,7 +23,9 @@ from fedpoint.shared.monai_import import load_monai
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    return ARCHITECTURES[cfg.arch](cfg)
+    net = ARCHITECTURES[cfg.arch].build(cfg)
+    net.fedpoint_arch = cfg.arch  # a plain attribute: the adapters ask `architecture_of(net)` for its roles
+    return net
 
 
 def _dynunet(cfg: ModelConfig) -> nn.Module:
@@ -67,17 +73,52 @@ def _unet(cfg: ModelConfig) -> nn.Module:
     )
 
 
-ARCHITECTURES = {"unet": _unet, "dynunet": _dynunet}
+def _dynunet_stem_head(net: nn.Module) -> list[nn.Module]:
+    return [net.input_block, net.upsamples[-1], net.output_block]
+
+
+def _unet_stem_head(net: nn.Module) -> list[nn.Module]:
+    body = net.model  # MONAI UNet: model.0 (down), model.1 (skip), model.2 (up)
+    return [body[0], body[-1]]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A backbone and its roles: how it is built, and which parts each adapter kind opens."""
+
+    name: str
+    build: Callable[[ModelConfig], nn.Module]
+    stem_head: Callable[[nn.Module], list[nn.Module]]  # `norm+stem`: the input stem and the output head
+
+    @staticmethod
+    def norm_layers(net: nn.Module) -> list[nn.Module]:
+        """`norm` (CLoPA's IN group): the instance norms with affine weights."""
+        return [m for m in net.modules() if isinstance(m, nn.modules.instancenorm._InstanceNorm) and m.affine]
+
+    @staticmethod
+    def lora_targets(net: nn.Module) -> list[str]:
+        """`lora`: the plain convolutions by name (peft LoRA rejects ConvTranspose)."""
+        return [n for n, m in net.named_modules() if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d)]
+
+
+ARCHITECTURES = {
+    "unet": Architecture("unet", _unet, _unet_stem_head),
+    "dynunet": Architecture("dynunet", _dynunet, _dynunet_stem_head),
+}
+
+
+def architecture_of(net: nn.Module) -> Architecture:
+    """The record of a network `build_model` made (one built elsewhere: recognised by its blocks)."""
+    name = getattr(net, "fedpoint_arch", None) or ("dynunet" if hasattr(net, "input_block") else "unet")
+    return ARCHITECTURES[name]
 
 
 def stem_and_head(net: nn.Module) -> list[nn.Module]:
     """The blocks the `norm+stem` adapter opens: the input stem and the output head."""
-    if hasattr(net, "input_block") and hasattr(net, "output_block"):  # DynUNet
-        return [net.input_block, net.upsamples[-1], net.output_block]
-    body = getattr(net, "model", None)  # MONAI UNet: model.0 (down), model.1 (skip), model.2 (up)
-    if isinstance(body, nn.Sequential) and len(body) >= 3:
-        return [body[0], body[-1]]
-    raise ValueError("norm+stem needs a MONAI DynUNet or UNet")
+    try:
+        return architecture_of(net).stem_head(net)
+    except (AttributeError, IndexError, TypeError):
+        raise ValueError("norm+stem needs a MONAI DynUNet or UNet") from None
 
 
 def base_fingerprint(model: nn.Module) -> str:

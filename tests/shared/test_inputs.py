@@ -83,3 +83,19 @@ def test_box_checks_name_the_field():
             check_box(lo, hi, (10, 10), field="params.box")
         assert str(err.value).startswith("params.box")
     assert encode_box(Box((-3, 8), (2, 20)), (10, 10)).sum() == 2 * 2
+
+
+def test_each_architecture_states_the_roles_the_adapters_open():
+    from fedpoint.shared.model import ARCHITECTURES, architecture_of, build_model, stem_and_head
+
+    for arch in ARCHITECTURES:
+        cfg = ModelConfig(arch=arch, channels=(8, 16, 32), strides=(2, 2), inputs=BOX_INPUTS)
+        net = build_model(cfg)
+        record = architecture_of(net)
+        assert record.name == arch and net.fedpoint_arch == arch
+        norms = record.norm_layers(net)
+        assert norms and all(m.affine for m in norms)
+        assert record.lora_targets(net) and all("conv" in n or "model" in n for n in record.lora_targets(net))
+        assert stem_and_head(net) == record.stem_head(net)
+        first = next(p for p in net.parameters() if p.ndim >= 3)
+        assert first.shape[1] == cfg.in_channels == 5, "the stem takes the config's input channels"
