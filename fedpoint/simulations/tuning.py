@@ -1,7 +1,9 @@
 """Choosing defaults on the dev split, never on evaluation data.
 
 `python -m fedpoint.simulations.tuning lr` sweeps the online-update learning rate per adapter kind;
-`... context` sweeps the focus crop's first-click window; `... guard --kinds norm --lrs 1e-3,1e-2`
+`... context` sweeps the focus crop's first-click window; `... scale` the first click's scale choice
+(window sides tried and the rule that keeps one); `... box` how a box prompt is encoded;
+`... guard --kinds norm --lrs 1e-3,1e-2`
 sweeps the online guard's thresholds at the default and at a harmful learning rate. Both run the one evaluation entry point
 (`run_evaluation`) on `dev-split` (the held-out images of the pre-training sources, see
 `fedpoint.data.training.DEV_IMAGES`), full slices through the focus crop, with the demo's
@@ -86,6 +88,72 @@ def sweep_context(contexts, images: int, clicks: int, seeds, base: str | None = 
     return rows
 
 
+def sweep_scale(choices, images: int, clicks: int, seeds, base: str | None = None) -> dict:
+    """Frozen, clicks only: each `sides:rule` choice of the first click's window (e.g. "1:fixed",
+    "1,2,4:border"), its Dice@1, Dice@3 and NoC per seed."""
+    rows = {}
+    for choice in choices:
+        sides, _, rule = choice.partition(":")
+        for seed in seeds:
+            s = _run(mode="frozen", seed=seed, images=images, clicks=clicks, base=base,
+                     scales=tuple(float(m) for m in sides.split(",")), scale_rule=rule or "fixed")
+            row = rows.setdefault(choice, {k: [] for k in ("dice1", "dice3", "noc85", "noc90")})
+            for k in row:
+                row[k].append(s[k])
+            print(f"scales {choice:24s} seed {seed} Dice@1 {s['dice1']:.3f} Dice@3 {s['dice3']:.3f} "
+                  f"NoC85 {s['noc85']:.2f} NoC90 {s['noc90']:.2f}", flush=True)
+    return rows
+
+
+def choose_scale(rows: dict) -> str:
+    """Rule, fixed before the sweep: the highest mean Dice@1 among the choices whose mean Dice@3 is
+    within 1 point of the best Dice@3 (a window that finds the structure at click 1 must not cost
+    the clicks after it); on a tie (within 0.5 point of Dice@1), the one that tries more sides, since
+    it can also fit structures larger than the dev split's."""
+    best3 = max(np.mean(r["dice3"]) for r in rows.values())
+    ok = {c: r for c, r in rows.items() if np.mean(r["dice3"]) >= best3 - 0.01}
+    best1 = max(np.mean(r["dice1"]) for r in ok.values())
+    tied = [c for c, r in ok.items() if np.mean(r["dice1"]) >= best1 - 0.005]
+    return max(tied, key=lambda c: len(c.partition(":")[0].split(",")))
+
+
+def sweep_box(images: int, seed: int = 0, base: str | None = None) -> dict:
+    """Dice after a box (the simulated user's tight box) on the dev split, whole slices, frozen, for
+    each way to give the network the box: `channel+window` (the box's zoom window and the box
+    channel: `session.box`), `window+click` (the box's zoom window and a positive click at the box's
+    centre, the box channel empty: the box used only as a focus window, as a click-only base would)."""
+    import torch
+
+    from fedpoint.client.engine import SiteEngine
+    from fedpoint.shared.clicks import Click
+    from fedpoint.shared.config import AdaptationConfig
+    from fedpoint.shared.focus import box_window, enforce_clicks
+    from fedpoint.shared.metrics import dice
+    from fedpoint.shared.simulated_user import tight_box
+    from fedpoint.simulations.evaluation import load_stream
+
+    samples, _ = load_stream(EvaluationSpec(data="dev-split", full_slice=True, split_components=True, images=images,
+                                            seed=seed, base=base))
+    engine = SiteEngine.create(base, "norm", AdaptationConfig(mode="frozen"))
+    model = engine.model
+    rows = {"channel+window": [], "window+click": []}
+    for sample in samples:
+        box = tight_box(sample.mask)
+        if model.model_cfg.takes_box:
+            rows["channel+window"].append(dice(engine.open(sample.image).box(box.lo, box.hi), sample.mask))
+        centre = Click(tuple((l + h - 1) // 2 for l, h in zip(box.lo, box.hi)), True)
+        shape = sample.mask.shape
+        window = box_window(box, None, [], shape, model.model_cfg, model.focus.expand, model.focus.min_size)
+        image_t = model.image_tensor(sample.image)
+        with torch.no_grad():
+            mask = enforce_clicks(model.predict(image_t, [centre], None, window)[0, 0].bool().numpy(), [centre])
+        rows["window+click"].append(dice(mask, sample.mask))
+    out = {k: {"dice_box": float(np.mean(v)), "n": len(v)} for k, v in rows.items() if v}
+    for k, v in out.items():
+        print(f"box as {k:16s} Dice after the box {v['dice_box']:.3f} ({v['n']} objects)", flush=True)
+    return out
+
+
 def sweep_guard(consistencies, tolerances, lrs, shifts, images: int, clicks: int, seeds, kind: str = "norm",
                 base: str | None = None) -> dict:
     """Per (guard_consistency, guard_tolerance) and lr: mid+post minus frozen (Dice@3, NoC@90) over shifts x seeds.
@@ -128,7 +196,9 @@ def _print_paired(title: str, rows: dict, choice) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("lr", "context", "guard"))
+    parser.add_argument("what", choices=("lr", "context", "guard", "scale", "box"))
+    parser.add_argument("--scales", default="1:fixed;1,2,4:border;1,2,4:confidence",
+                        help="first-click choices 'sides:rule', separated by ';'")
     parser.add_argument("--consistencies", default="0.8,0.9,0.95")
     parser.add_argument("--tolerances", default="0,0.02,0.05")
     parser.add_argument("--kinds", default="norm,norm+stem,lora,full")
@@ -154,6 +224,15 @@ def main(argv=None) -> None:
                            seeds, kind, args.base)
         result = {"rows": rows, "choice": choose_guard(rows)}
         _print_paired("consistency/tolerance@lr", rows, result["choice"])
+    elif args.what == "scale":
+        rows = sweep_scale([c for c in args.scales.split(";") if c],  args.images, args.clicks, seeds, args.base)
+        result = {"rows": rows, "choice": choose_scale(rows)}
+        for c, r in rows.items():
+            print(f"scales {c:24s}: Dice@1 {np.mean(r['dice1']):.3f} Dice@3 {np.mean(r['dice3']):.3f} "
+                  f"NoC85 {np.mean(r['noc85']):.2f} NoC90 {np.mean(r['noc90']):.2f}")
+        print(f"chosen: {result['choice']}")
+    elif args.what == "box":
+        result = sweep_box(args.images, seeds[0], args.base)
     else:
         rows = sweep_context([int(c) for c in args.contexts.split(",")], args.images, args.clicks, seeds, args.base)
         result = {"rows": {str(k): v for k, v in rows.items()}}
