@@ -70,8 +70,13 @@ def main(argv=None) -> None:
     prompts = args.prompts.split(",")
     runs = [(base, mode, cube, prompt, scales) for base in args.base for mode in modes for cube in cubes
             for prompt in prompts for scales in (args.scales or [None])]
+    from fedpoint.shared.bases import base_config, locate_base
+
+    boxed = {base: base_config(locate_base(base)).takes_box for base in args.base}
     for data in args.datasets.split(","):
         for base, mode, cube, prompt, scales in runs:
+            if prompt == "box" and not boxed[base]:
+                continue  # a click-only base takes no box
             records = evaluate(base, data, args.images, args.clicks, mode, cube, prompt, scales)
             groups = {"all": records}
             for r in records:
