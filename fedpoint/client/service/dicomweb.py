@@ -82,7 +82,7 @@ def why(err: Exception) -> str:
 def open_site_images(config: SiteServiceConfig, model_channels: int):
     """(the images the service serves, the PACS source or None): the folder alone without `dicomweb`."""
     folder = None if config.images is None else ImageFolder(config.images, config.modality, model_channels,
-                                                            config.ct_window, config.image_cache)
+                                                            config.ct_window, config.image_cache, config.max_decoded_bytes)
     if config.dicomweb is None:
         return folder, None
     pacs = PacsImages(config, model_channels)
@@ -104,6 +104,7 @@ class PacsImages:
         self.url, self.shown = config.dicomweb, shown_url(config.dicomweb)
         self.modality, self.model_channels, self.ct_window = config.modality, model_channels, config.ct_window
         self.cache_size, self.site, self.structures = config.image_cache, config.site, config.structures
+        self.max_bytes = config.max_decoded_bytes
         self._headers = auth_headers(config)
         self._client = None
         self._lock = threading.Lock()
@@ -249,8 +250,9 @@ class PacsImages:
                 self._failed(f"{why(err)} fetching series {ref.series_uid}")
             raise ImageError(f"{image_id}: the PACS {why(err)} when asked for it") from None
         try:
-            series = read_series(datasets, f"{image_id} (PACS series {ref.series_uid})")
-            return open_image(image_id, Path(image_id), self.modality, self.model_channels, self.ct_window, series=series)
+            series = read_series(datasets, f"{image_id} (PACS series {ref.series_uid})", self.max_bytes)
+            return open_image(image_id, Path(image_id), self.modality, self.model_channels, self.ct_window, series=series,
+                              max_bytes=self.max_bytes)
         except (DicomError, ImageError, MemoryError) as err:
             reason = str(err) if not isinstance(err, MemoryError) else f"{image_id}: too large to decode"
             with self._lock:

@@ -35,11 +35,27 @@ class ImageError(ValueError):
 
 
 # ------------------------------------------------------------------------------------ reading
-def read_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(C, *spatial) float32 array and a 4x4 affine (index -> RAS mm; identity where unknown)."""
+DEFAULT_MAX_DECODED = 1 << 30  # max_decoded_mb's default
+
+
+def check_header(path: Path, max_bytes: int = DEFAULT_MAX_DECODED) -> None:
+    """The shared check before any decoder runs (`fedpoint.data.headers`): no data from another
+    file, nothing larger than `max_bytes` as float32, no stream inflating past its header."""
+    from fedpoint.data.headers import HeaderError, check_file
+
+    try:
+        check_file(path, max_bytes)
+    except HeaderError as err:
+        raise ImageError(f"{path.name}: {err}") from None
+
+
+def read_array(path: Path, max_bytes: int = DEFAULT_MAX_DECODED) -> tuple[np.ndarray, np.ndarray]:
+    """(C, *spatial) float32 array and a 4x4 affine (index -> RAS mm; identity where unknown).
+    The file's header is checked first (`check_header`): nothing is decoded past `max_bytes`."""
     if path.is_dir():  # a DICOM series folder
-        series = read_dicom_series(path)
+        series = read_dicom_series(path, max_bytes)
         return series.channels(), series.affine
+    check_header(path, max_bytes)
     suffix = split_suffix(path.name, SITE_IMAGE_SUFFIXES)
     if suffix and suffix[1] in NUMPY:
         try:
@@ -63,12 +79,12 @@ def read_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return array, affine
 
 
-def read_dicom_series(folder: Path):
+def read_dicom_series(folder: Path, max_bytes: int = DEFAULT_MAX_DECODED):
     """A folder holding one DICOM series, as a `fedpoint.data.dicom.DicomSeries`."""
     from fedpoint.data.dicom import DicomError, read_dicom_folder
 
     try:
-        return read_dicom_folder(folder)
+        return read_dicom_folder(folder, max_bytes)
     except DicomError as err:
         raise ImageError(str(err)) from None
 
@@ -240,11 +256,12 @@ def _fit_channels(raw: np.ndarray, path: Path, model_channels: int) -> np.ndarra
                      f"PNG/JPEG picture is turned grey for a one-channel model)")
 
 
-def open_image(image_id: str, path: Path, modality: str, model_channels: int, ct_window, series=None) -> LoadedImage:
+def open_image(image_id: str, path: Path, modality: str, model_channels: int, ct_window, series=None,
+               max_bytes: int = DEFAULT_MAX_DECODED) -> LoadedImage:
     """`series`: a DicomSeries already read (from a PACS); a folder at `path` is read as one."""
     if series is None and path.is_dir():
-        series = read_dicom_series(path)
-    raw, affine = (series.channels(), series.affine) if series is not None else read_array(path)
+        series = read_dicom_series(path, max_bytes)
+    raw, affine = (series.channels(), series.affine) if series is not None else read_array(path, max_bytes)
     raw = _fit_channels(raw, path, model_channels)
     if not np.isfinite(raw).all():
         raise ImageError(f"{path.name}: contains NaN or infinite values")
@@ -259,8 +276,9 @@ def open_image(image_id: str, path: Path, modality: str, model_channels: int, ct
 class ImageFolder:
     """The listing of a folder of images, and a small cache of decoded ones."""
 
-    def __init__(self, root: Path, modality: str, model_channels: int, ct_window=None, cache_size: int = 8):
-        self.root = Path(root)
+    def __init__(self, root: Path, modality: str, model_channels: int, ct_window=None, cache_size: int = 8,
+                 max_bytes: int = DEFAULT_MAX_DECODED):
+        self.root, self.max_bytes = Path(root), max_bytes
         if not self.root.is_dir():
             raise ImageError(f"images folder {self.root} does not exist")
         self.modality, self.model_channels, self.ct_window = modality, model_channels, ct_window
@@ -357,7 +375,8 @@ class ImageFolder:
                 return self._cache[image_id]
         try:
             stamp = self._file_stamp(path)
-            loaded = open_image(image_id, path, self.modality, self.model_channels, self.ct_window)
+            loaded = open_image(image_id, path, self.modality, self.model_channels, self.ct_window,
+                                max_bytes=self.max_bytes)
         except (ImageError, OSError, MemoryError) as err:
             reason = str(err) if isinstance(err, ImageError) else f"{path.name}: cannot be read ({type(err).__name__})"
             with self._lock:

@@ -316,7 +316,7 @@ def router(state: ServiceState, require) -> APIRouter:
         if len(data) > state.config.max_upload_mb * 2**20:
             raise HTTPException(413, "label file larger than max_upload_mb")
         if is_dicom(data, label.filename):
-            array, values = seg_label(data, loaded, state.config.label_values)
+            array, values = seg_label(data, loaded, state.config.label_values, state.config.max_decoded_bytes)
         else:
             array = read_label(data, label.filename or "label.nii.gz", loaded.shape,
                                int(state.config.max_decoded_mb * 2**20))
@@ -420,22 +420,24 @@ def is_dicom(data: bytes, filename: str | None) -> bool:
     return data[128:132] == b"DICM" or (filename or "").lower().endswith(".dcm")
 
 
-def seg_label(data: bytes, loaded, structures: dict[str, int]) -> tuple[np.ndarray, dict[str, int]]:
+def seg_label(data: bytes, loaded, structures: dict[str, int], max_bytes: int = 1 << 30) -> tuple[np.ndarray, dict[str, int]]:
     """A DICOM-SEG upload as a label map on a DICOM image: each segment whose label names one of
     the site's structures (a lone segment, for a one-structure site) takes that structure's value.
-    A SEG made on another series, or on an image that is not DICOM, is refused."""
-    import io
+    A SEG made on another series, or on an image that is not DICOM, is refused. Its frames are
+    checked against the image (size, count) before any is decoded."""
+    from pydicom.errors import InvalidDicomError
 
-    import pydicom
-
-    from fedpoint.data.dicom import DicomError, read_seg
+    from fedpoint.data.dicom import HEADER_ERRORS, DicomError, check_seg_frames, read_dataset, read_seg
 
     if loaded.dicom is None:
         raise InputError(f"{loaded.id} is not a DICOM series: send a NIfTI, NRRD, PNG or NPY label, not a DICOM-SEG")
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data))
+        dataset = read_dataset(data, "the uploaded DICOM-SEG", max_bytes)
         segments = {int(item.SegmentNumber): str(item.SegmentLabel) for item in dataset.SegmentSequence}
-    except Exception as err:  # noqa: BLE001 - not DICOM, or not a SEG
+        check_seg_frames(dataset, loaded.dicom, len(segments), max_bytes)
+    except DicomError as err:
+        raise InputError(str(err)) from None
+    except (InvalidDicomError, *HEADER_ERRORS, EOFError, OSError) as err:  # not DICOM, or not a SEG
         raise InputError(f"the uploaded DICOM is not a readable DICOM-SEG ({type(err).__name__})") from None
     chosen = {n: name for n, name in segments.items() if name in structures}
     if not chosen and len(structures) == 1 and len(segments) == 1:
