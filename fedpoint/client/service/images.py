@@ -36,6 +36,8 @@ class ImageError(ValueError):
 
 # ------------------------------------------------------------------------------------ reading
 DEFAULT_MAX_DECODED = 1 << 30  # max_decoded_mb's default
+SPACING_MM = (1e-3, 1e3)  # plausible mm per voxel; outside it the spacing is treated as unknown (voxels)
+MIN_SIDE = 8  # pixels along x and y: smaller is not an image a clinician annotates (nor one the model can pool)
 
 
 def check_header(path: Path, max_bytes: int = DEFAULT_MAX_DECODED) -> None:
@@ -100,18 +102,28 @@ def _channel_first_npy(array: np.ndarray, name: str) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def read_label(data: bytes, filename: str, shape: tuple[int, ...], max_bytes: int = 1 << 30) -> np.ndarray:
+AFFINE_TOL_MM = 1e-2
+
+
+def read_label(data: bytes, filename: str, shape: tuple[int, ...], max_bytes: int = 1 << 30,
+               affine: np.ndarray | None = None) -> np.ndarray:
     """An uploaded label file as an integer array of the image's spatial `shape`.
 
     Its header is read first: a declared shape that does not fit the image, or that would decode
-    to more than `max_bytes`, is refused before any voxel is decoded (see `uploads`)."""
-    from fedpoint.client.service.uploads import decode_label
+    to more than `max_bytes`, is refused before any voxel is decoded (see `uploads`). A NIfTI label
+    that gives a geometry of its own (an affine other than the identity) must give the image's
+    `affine`: the same shape on another grid is another place in the body."""
+    from fedpoint.client.service.uploads import decode_label, nifti_affine
 
     parts = split_suffix(filename or "label.nii.gz", LABEL_FILE_SUFFIXES)
     if parts is None:
         raise ImageError(f"label file {filename!r}: use one of {', '.join(LABEL_FILE_SUFFIXES)}")
     name = Path(filename or "label.nii.gz").name
     label = decode_label(data, name, parts[1], tuple(shape), max_bytes)
+    own = nifti_affine(data) if parts[1] in (".nii", ".nii.gz") else None
+    _check_label_grid(name, own, affine)
+    if label.dtype != np.bool_ and not np.issubdtype(label.dtype, np.number):  # RGB NIfTI, records, text
+        raise ImageError(f"label file {name!r}: holds {label.dtype} values, not label numbers (an RGB image?)")
     while label.ndim > len(shape) and label.shape[0] == 1:  # a channel axis of 1
         label = label[0]
     while label.ndim > len(shape) and label.shape[-1] == 1:  # a 2D label saved with a z of 1
@@ -123,6 +135,18 @@ def read_label(data: bytes, filename: str, shape: tuple[int, ...], max_bytes: in
     if not np.all(np.isfinite(label)) or np.any(label < 0) or np.any(label != np.round(label)) or np.any(label > 2**31 - 1):
         raise ImageError("label values must be non-negative integers")
     return label.astype(np.int32)
+
+
+def _check_label_grid(name: str, own: np.ndarray | None, image: np.ndarray | None) -> None:
+    if own is None or image is None or own.shape != (4, 4):
+        return
+    image = np.asarray(image, dtype=float)
+    if np.allclose(own, np.eye(4)) or np.allclose(image, np.eye(4)):
+        return  # one side gives no geometry: nothing to compare
+    if not np.allclose(own, image, atol=AFFINE_TOL_MM, rtol=1e-4):
+        raise ImageError(f"label file {name!r}: its affine (voxel to mm) differs from the image's; it was saved on "
+                         f"another grid (label origin {np.round(own[:3, 3], 2).tolist()}, image origin "
+                         f"{np.round(image[:3, 3], 2).tolist()})")
 
 
 def nifti_bytes(mask: np.ndarray, affine: np.ndarray, dtype: str = "uint8") -> bytes:
@@ -198,7 +222,8 @@ class LoadedImage:
         """mm per spatial axis from the affine's columns; None where the file gives none usable."""
         a = np.asarray(self.affine, dtype=float)[: self.ndim, : self.ndim]
         values = tuple(float(v) for v in np.linalg.norm(a, axis=0))
-        return values if all(np.isfinite(v) and v > 0 for v in values) else None
+        # 1 um to 1 m a voxel: beyond that a header is wrong, and a focus window in mm would be absurd
+        return values if all(np.isfinite(v) and SPACING_MM[0] <= v <= SPACING_MM[1] for v in values) else None
 
     @property
     def flip_y(self) -> bool:
@@ -263,6 +288,9 @@ def open_image(image_id: str, path: Path, modality: str, model_channels: int, ct
         series = read_dicom_series(path, max_bytes)
     raw, affine = (series.channels(), series.affine) if series is not None else read_array(path, max_bytes)
     raw = _fit_channels(raw, path, model_channels)
+    if min(raw.shape[1:3]) < MIN_SIDE:
+        raise ImageError(f"{path.name}: {tuple(raw.shape[1:])} pixels; an image needs at least {MIN_SIDE} on each "
+                         "side of a slice")
     if not np.isfinite(raw).all():
         raise ImageError(f"{path.name}: contains NaN or infinite values")
     display = raw.mean(axis=0) if raw.shape[0] > 1 else raw[0]

@@ -51,9 +51,10 @@ def _params(text: str | None, model):
     return check(model, parse_json(text, "params"), "params")
 
 
-def _client(params, named: str | None = None) -> str:
-    """Who is annotating: a named user's token says; with the site token the client's `client_id`."""
-    return named or valid_id(params.client_id or DEFAULT_CLIENT, "client_id")
+def _client(params, named: str | None, guard) -> str:
+    """Who is annotating: a named user's token says; with the site token the client's `client_id`
+    (never a named user's name)."""
+    return named or guard.shared_user(params.client_id, DEFAULT_CLIENT)
 
 
 def _media_type(filename: str) -> str:
@@ -139,8 +140,9 @@ class LabelOperations:
             if key in desk.requests:
                 return {"cases": list(desk.requests[key]), "duplicate": True}
             result = self._save_label(image_id, user, label, values, key)
-        desk.audit.record(user, "save_label", image_id, cases=result["cases"], structures=sorted(values))
-        return result
+        problems = result.pop("after_effects", []) + desk.audit.record(user, "save_label", image_id, cases=result["cases"],
+                                                                        structures=sorted(values))
+        return {**result, **({"after_effects": problems} if problems else {})}
 
     def _save_label(self, image_id: str, user: str, label: np.ndarray, values: dict[str, int | None], key: str) -> dict:
         """A final label from a client: each structure's annotated parts into the cache through a
@@ -159,7 +161,8 @@ class LabelOperations:
                 parts += self._label_parts(loaded, user, structure, mask)
         if not parts:
             raise InputError(f"the label is empty for {', '.join(values)}: nothing to save")
-        return {"cases": self._accept_labels(loaded, user, parts, key)}
+        names, problems = self._accept_labels(loaded, user, parts, key)
+        return {"cases": names, **({"after_effects": problems} if problems else {})}
 
     def _label_parts(self, loaded: LoadedImage, user: str, structure: str, mask: np.ndarray) -> list[tuple]:
         desk = self.desk
@@ -176,7 +179,7 @@ class LabelOperations:
         return [(z, structure, mask[..., z]) for z in sorted(chosen)]
 
     def _accept_labels(self, loaded: LoadedImage, user: str, parts: list[tuple[int | None, str, np.ndarray]],
-                       key: str) -> list[str]:
+                       key: str) -> tuple[list[str], list[str]]:
         """Each part's session accepts its mask (post update), then all parts land in the cache at once."""
         desk = self.desk
         accepted = []
@@ -272,7 +275,8 @@ def router(state: ServiceState, require) -> APIRouter:
         request = _params(params, InferParams)
         extension, dtype = request.result_extension or ".nii.gz", request.result_dtype or "uint8"
         check_result_format(extension, dtype)  # a bad format fails before any click
-        label_volume, reply = state.labels.infer(valid_id(image), _client(request, named), request.foreground or [],
+        user = _client(request, named, require.__self__)
+        label_volume, reply = state.labels.infer(valid_id(image), user, request.foreground or [],
                                                  request.background or [], request.label)
         if output == "json":
             return reply
@@ -319,9 +323,9 @@ def router(state: ServiceState, require) -> APIRouter:
             array, values = seg_label(data, loaded, state.config.label_values, state.config.max_decoded_bytes)
         else:
             array = read_label(data, label.filename or "label.nii.gz", loaded.shape,
-                               int(state.config.max_decoded_mb * 2**20))
+                               int(state.config.max_decoded_mb * 2**20), loaded.affine)
             values = label_values(request, state.config.label_values)
-        result = state.labels.save_label(image, _client(request, named), array, values, request.request_id)
+        result = state.labels.save_label(image, _client(request, named, require.__self__), array, values, request.request_id)
         return {"image": image, "label": image, **result}
 
     @api.post("/activelearning/{strategy}")
@@ -404,6 +408,8 @@ def auth_router(guard) -> APIRouter:
             named = guard.identify(password)
         except HTTPException:
             named = ""
+        if named is None and guard.has_users():  # the site token logs in as nobody once named users exist
+            named = ""
         if named == "" or (named is not None and named != username):
             raise HTTPException(401, "wrong user name or token: the password is the token `fedpoint site user add` printed",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -462,6 +468,9 @@ def label_values(params: SaveParams, structures: dict[str, int]) -> dict[str, in
     Without it, one structure takes every non-zero voxel and several take 1, 2, ... in site.toml order."""
     if params.label_info:
         named = {item.name: item.idx for item in params.label_info if item.name in structures}
+        if 0 in named.values():
+            zero = next(name for name, idx in named.items() if idx == 0)
+            raise InputError(f"label_info gives {zero!r} idx 0, the background value of a label map; give its own value")
         if not named:
             given = ", ".join(repr(item.name) for item in params.label_info)
             raise InputError(f"label_info names {given}; this site labels {', '.join(structures)}")

@@ -31,10 +31,11 @@ def mask_payload(mask: np.ndarray) -> dict:
 
 def user_dependency(require):
     """The request's user: a named user's token says who it is; with the site token the client
-    names the user (`X-Fedpoint-User`). FastAPI runs `require` once per request (cached)."""
+    names the user (`X-Fedpoint-User`), never a named user. FastAPI runs `require` once per request."""
+    guard = require.__self__
 
     def user_of(named: str | None = Depends(require), x_fedpoint_user: str | None = Header(None)) -> str:
-        return named or valid_id(x_fedpoint_user or DEFAULT_USER, "user name")
+        return named or guard.shared_user(x_fedpoint_user, DEFAULT_USER)
 
     return user_of
 
@@ -137,7 +138,8 @@ def api_router(state: ServiceState, require) -> APIRouter:
         return {"mask": mask_payload(desk.slice_of(result.mask, shown)), "slice": shown, "structure": structure,
                 "mask_slices": mask_slices(result.mask),
                 "clicks": clicks_of(entry, result.slice), "server_ms": round(result.seconds * 1e3, 2),
-                "predict_ms": round(result.predict_ms, 2), "update_ms": round(result.update_ms, 2)}
+                "predict_ms": round(result.predict_ms, 2), "update_ms": round(result.update_ms, 2),
+                **({"after_effects": result.problems} if result.problems else {})}
 
     @router.post("/sessions/{image_id}/undo")
     def undo(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:

@@ -49,7 +49,8 @@ class SiteServiceConfig(BaseModel):
     token_file: Path | None = Field(None, description="file holding the token")
     token_in_path: bool = Field(False, description="also accept /t/<token>/... for clients that cannot send headers")
     users_file: Path | None = Field(None, description="named users' hashed tokens (`fedpoint site user add`); default <store>/users.json")
-    allow_shared_token: bool = Field(True, description="the site token may annotate under a typed name; false: only named users' tokens")
+    allow_shared_token: bool | None = Field(None, description="the site token may annotate under a typed name (never a "
+                                                                "named user's); default: only while no users file exists")
     tls_cert: Path | None = Field(None, description="PEM certificate: serve HTTPS directly (with tls_key)")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N or auto (CUDA when torch sees one)")
