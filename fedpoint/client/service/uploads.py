@@ -124,6 +124,18 @@ def read_nifti(data: bytes, name: str, shape: tuple[int, ...], max_bytes: int) -
     return array
 
 
+def nifti_affine(data: bytes) -> np.ndarray | None:
+    """The voxel-to-world affine a NIfTI label's header gives (None where it cannot be read)."""
+    import nibabel as nib
+
+    try:
+        head = inflated_prefix(data, 544) if _is_gzip(data) else data[:544]
+        header_class = nib.Nifti1Header if declared_header_size(head) == 348 else nib.Nifti2Header
+        return np.asarray(header_class.from_fileobj(io.BytesIO(head), check=False).get_best_affine(), dtype=float)
+    except Exception:  # noqa: BLE001 - the decoder has refused a broken header already
+        return None
+
+
 def declared_header_size(head: bytes) -> int:
     return 348 if 348 in (struct.unpack("<i", head[:4])[0], struct.unpack(">i", head[:4])[0]) else 540
 
