@@ -349,7 +349,9 @@ class SiteStore:
         """`adapter_choice`, with each problem logged (naming its file); None if no version loads."""
         chosen, notes = self.adapter_choice(skip)
         for file, reason in notes:
-            self.log("adapter-skipped", file=file, reason=reason)
+            version = file.removeprefix("adapters/v")
+            where = {"version": int(version)} if version.isdigit() else {"file": file}
+            self.log("adapter-skipped", **where, reason=reason)
             _log.warning("site store: %s: %s", file, reason)
         if chosen is not None and notes:
             _log.warning("site store: using adapter version %s", chosen.name)

@@ -118,14 +118,14 @@ def nifti_declared(head: bytes) -> tuple[Declared, int]:
     import nibabel as nib
 
     if len(head) < 348:
-        raise HeaderError("too short for a NIfTI header")
+        raise HeaderError("cannot be read (too short for a NIfTI header)")
     size_le, size_be = struct.unpack("<i", head[:4])[0], struct.unpack(">i", head[:4])[0]
     if 348 in (size_le, size_be):
         header_class, header_size = nib.Nifti1Header, 348
     elif 540 in (size_le, size_be):
         header_class, header_size = nib.Nifti2Header, 540
     else:
-        raise HeaderError(f"not a NIfTI file (header size {size_le})")
+        raise HeaderError(f"cannot be read (not a NIfTI file: header size {size_le})")
     if len(head) < header_size:
         raise HeaderError("too short for a NIfTI-2 header")
     try:

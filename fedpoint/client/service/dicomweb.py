@@ -171,9 +171,11 @@ class PacsImages:
         return self._client
 
     # ------------------------------------------------------------------------------- listing
-    def refresh(self, force: bool = False, wait: bool = False) -> None:
+    def refresh(self, force: bool = False, wait: bool | None = None) -> None:
         """List the PACS's series when the last listing is older than LIST_TTL_S (or the back-off
-        ended): on the PACS's own threads; a request never waits for it (`wait` only at start)."""
+        ended): on the PACS's own threads; a request never waits for it. `force` (at start, or a
+        caller that needs the listing now) waits up to LIST_DEADLINE_S unless `wait` is False."""
+        wait = force if wait is None else wait
         if not force and time.monotonic() < self._due:
             return
         if not self._listing_lock.acquire(blocking=False):

@@ -32,7 +32,7 @@ from fedpoint.client.service.desk import AnnotationDesk
 from fedpoint.client.service.images import (LoadedImage, check_result_format, file_response_bytes, label_file_bytes,
                                             nifti_bytes, read_label)
 from fedpoint.client.service.next_image import CHOICES
-from fedpoint.client.service.security import valid_id
+from fedpoint.client.service.security import shared_name, valid_id
 from fedpoint.client.service.sessions import OpenSession
 from fedpoint.client.service.validation import InferParams, NextImageParams, SaveParams, TrainParams, check, json_body, parse_json
 from fedpoint.client.session import InputError
@@ -54,7 +54,7 @@ def _params(text: str | None, model):
 def _client(params, named: str | None, guard) -> str:
     """Who is annotating: a named user's token says; with the site token the client's `client_id`
     (never a named user's name)."""
-    return named or guard.shared_user(params.client_id, DEFAULT_CLIENT)
+    return named or shared_name(guard, params.client_id, DEFAULT_CLIENT)
 
 
 def _media_type(filename: str) -> str:
@@ -275,7 +275,7 @@ def router(state: ServiceState, require) -> APIRouter:
         request = _params(params, InferParams)
         extension, dtype = request.result_extension or ".nii.gz", request.result_dtype or "uint8"
         check_result_format(extension, dtype)  # a bad format fails before any click
-        user = _client(request, named, require.__self__)
+        user = _client(request, named, getattr(state, "guard", None))
         label_volume, reply = state.labels.infer(valid_id(image), user, request.foreground or [],
                                                  request.background or [], request.label)
         if output == "json":
@@ -325,7 +325,7 @@ def router(state: ServiceState, require) -> APIRouter:
             array = read_label(data, label.filename or "label.nii.gz", loaded.shape,
                                int(state.config.max_decoded_mb * 2**20), loaded.affine)
             values = label_values(request, state.config.label_values)
-        result = state.labels.save_label(image, _client(request, named, require.__self__), array, values, request.request_id)
+        result = state.labels.save_label(image, _client(request, named, getattr(state, "guard", None)), array, values, request.request_id)
         return {"image": image, "label": image, **result}
 
     @api.post("/activelearning/{strategy}")

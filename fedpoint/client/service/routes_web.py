@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import FileResponse, Response
-from fedpoint.client.service.security import valid_id
+from fedpoint.client.service.security import shared_name, valid_id
 from fedpoint.client.service.state import ServiceState
 from fedpoint.client.service.validation import ClickBody, SliceBody
 
@@ -29,13 +29,13 @@ def mask_payload(mask: np.ndarray) -> dict:
             "bits": base64.b64encode(np.packbits(rows.ravel()).tobytes()).decode()}
 
 
-def user_dependency(require):
+def user_dependency(require, guard=None):
     """The request's user: a named user's token says who it is; with the site token the client
-    names the user (`X-Fedpoint-User`), never a named user. FastAPI runs `require` once per request."""
-    guard = require.__self__
+    names the user (`X-Fedpoint-User`), never a named user (`guard.shared_user`). FastAPI runs
+    `require` once per request."""
 
     def user_of(named: str | None = Depends(require), x_fedpoint_user: str | None = Header(None)) -> str:
-        return named or guard.shared_user(x_fedpoint_user, DEFAULT_USER)
+        return named or shared_name(guard, x_fedpoint_user, DEFAULT_USER)
 
     return user_of
 
@@ -60,7 +60,7 @@ def page_router() -> APIRouter:
 
 def api_router(state: ServiceState, require) -> APIRouter:
     router = APIRouter(prefix="/api", dependencies=[Depends(require)])
-    user_of = user_dependency(require)
+    user_of = user_dependency(require, getattr(state, "guard", None))
     desk = state.desk
 
     def clicks_of(entry, z) -> list[dict]:

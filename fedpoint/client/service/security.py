@@ -47,6 +47,11 @@ class SiteTokenUser(str):
     the audit log marks each of its lines `"token": "site"`."""
 
 
+def shared_name(guard, typed: str | None, default: str) -> str:
+    """A name typed by a site-token client, checked by `guard` (none: only as a valid id)."""
+    return guard.shared_user(typed, default) if guard is not None else SiteTokenUser(valid_id(typed or default, "user name"))
+
+
 class TokenGuard:
     """The site token, and the named users' tokens (`users.UserRegistry`) when there are any.
 

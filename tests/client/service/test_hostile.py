@@ -350,6 +350,9 @@ def test_corrupt_current_pointer_falls_back_to_the_newest_valid_version(make_con
         assert any(e.get("file") == "adapters/current.json" for e in live.state.store.read_log())
 
 
+GROUP = "5f1e2d3c4b5a69788796a5b4c3d2e1f0"  # a group id as write_cases makes them (uuid4 hex)
+
+
 def test_an_interrupted_multi_slice_save_is_rolled_back(make_config, site):
     from fedpoint.client.service.journal import JOURNAL_PREFIX
     from fedpoint.client.site_store import SiteStore
@@ -358,9 +361,9 @@ def test_an_interrupted_multi_slice_save_is_rolled_back(make_config, site):
     store = SiteStore(site["store"])
     for z in range(3):  # what a kill -9 after the second of four renames leaves
         store.add_case(f"vol.z{z:04d}", np.zeros((1, 4, 4), np.float32), np.ones((4, 4), bool),
-                       {"image": "vol", "slice": z, "group": "g1" if z else None})
-    write_json_atomic(store.root / "cache" / f"{JOURNAL_PREFIX}g1.json",
-                      {"group": "g1", "cases": ["vol.z0001", "vol.z0002", "vol.z0003", "vol.z0004"]})
+                       {"image": "vol", "slice": z, "group": GROUP if z else None})
+    write_json_atomic(store.root / "cache" / f"{JOURNAL_PREFIX}{GROUP}.json",
+                      {"group": GROUP, "cases": ["vol.z0001", "vol.z0002", "vol.z0003", "vol.z0004"]})
     with LiveServer(make_config()) as live:
         assert live.state.store.case_ids() == ["vol.z0000"]  # the finished single accept stays
         assert not list((site["store"] / "cache").glob(f"{JOURNAL_PREFIX}*"))
