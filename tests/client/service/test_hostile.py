@@ -595,12 +595,14 @@ def test_kill_9_during_episode_swaps_leaves_a_loadable_adapter(tmp_path, tiny_ba
 
 def test_a_corrupt_or_misdirected_bank_is_refused_naming_the_file(live, site):
     store = live.state.store
+    live.state.banks.stop()  # reviews only on request here: the poll must not see the bank before it is cut
     folder = store.receive_bank("general", 7, live.state.engine.adapter)
     weights = next(folder.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:40])  # a bank cut in transfer
     checked = live.client.post("/api/banks/check").json()
-    review = checked["review"] or checked["last"]  # the watcher's own poll may have reviewed it first
+    review = checked["review"]
     assert review["accepted"] is False and "banks/general/v0007" in review["reason"]
+    assert str(site["root"]) not in json.dumps(checked) and str(site["root"].resolve()) not in json.dumps(checked)
     (site["store"] / "banks" / "latest.json").write_text('{"path": "../../etc"}')  # points outside the store
     assert live.client.post("/api/banks/check").status_code == 200
     (site["store"] / "banks" / "latest.json").write_text('{"pa')  # cut pointer
