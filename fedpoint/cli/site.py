@@ -97,7 +97,7 @@ def check(
     if (config is None) == (store is None):
         typer.echo("error: give exactly one of --config or --store", err=True)
         raise typer.Exit(2)
-    images_folder = None
+    images_folder, users_path, max_bytes = None, None, 1 << 30
     if config is not None:
         from fedpoint.client.service.site_config import ServiceConfigError, load_service_config
 
@@ -106,10 +106,14 @@ def check(
         except ServiceConfigError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
-        store, images_folder = cfg.store, cfg.images
-    report: CheckReport = check_store(store, quarantine=quarantine)
-    if images_folder is not None:
-        check_images(images_folder, report, decode=images)
+        store, images_folder, users_path, max_bytes = cfg.store, cfg.images, cfg.users_path, cfg.max_decoded_bytes
+    try:
+        report: CheckReport = check_store(store, quarantine=quarantine, users=users_path)
+        if images_folder is not None:
+            check_images(images_folder, report, decode=images, max_bytes=max_bytes)
+    except Exception as err:  # noqa: BLE001 - a check reports, it never ends in a traceback
+        typer.echo(f"ERROR   the check stopped: {type(err).__name__}: {err}")
+        raise typer.Exit(1) from None
     counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.counts.items())
     typer.echo(f"checked {counts}; adapter in use: {report.adapter_in_use or 'none saved yet'}")
     for finding in report.findings:

@@ -19,6 +19,7 @@ import torch
 from fedpoint.client.site_model import SiteModel
 from fedpoint.client.online import mid_interaction_update, post_interaction_update
 from fedpoint.client.online_guard import restore, snapshot
+from fedpoint.client.packed_masks import compact, expand
 from fedpoint.shared.clicks import Box, Click, check_box, check_point, check_spacing
 from fedpoint.shared.focus import FocusWindow, crop, enforce_clicks, paste, zoom_window
 
@@ -193,6 +194,7 @@ class AnnotationSession:
                 mask = enforce_clicks(paste(pred_c, window, shape), clicks)
                 predict_ms += (time.perf_counter() - t2) * 1e3
         self.steps.append(Step(click, mask, prev, predict_ms, update_ms, window))
+        compact(self.steps)  # older steps' masks bit-packed (issue 28: a 3D session's memory)
         return self.mask
 
     def undo(self) -> np.ndarray:
@@ -203,6 +205,7 @@ class AnnotationSession:
             raise InputError("there is no click to undo")
         if self.steps.pop().click is None:
             self.drawn_box = None
+        expand(self.steps)
         return self.mask
 
     def accept(self, mask: np.ndarray | None = None) -> np.ndarray:

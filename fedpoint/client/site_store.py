@@ -44,9 +44,13 @@ _log = logging.getLogger("fedpoint.store")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+class StoreDamage(ValueError):
+    """A store file the site needs is damaged; the message names it (relative to the store)."""
+
+
 def check_id(value: str, what: str = "id") -> str:
     """Ids become folder names: refuse anything that could escape the store."""
-    if not isinstance(value, str) or not _SAFE_ID.match(value) or ".." in value:
+    if not isinstance(value, str) or not _SAFE_ID.fullmatch(value) or ".." in value:  # fullmatch: `$` lets "x\n" pass
         raise ValueError(f"invalid {what} {value!r}: use letters, digits, '.', '_' or '-' (at most 128)")
     return value
 
@@ -281,10 +285,15 @@ class SiteStore:
         return None
 
     def current_adapter(self) -> Path | None:
+        """The version `adapters/current.json` names; None without the file. A pointer that names no
+        positive integer version (damaged, negative, a folder in its place) raises ValueError/OSError."""
         pointer = self.root / "adapters" / "current.json"
         if not pointer.exists():
             return None
-        return self.root / "adapters" / version_name(json.loads(pointer.read_text())["version"])
+        version = json.loads(pointer.read_text())["version"]
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"names version {version!r}, not a positive integer")
+        return self.root / "adapters" / version_name(version)
 
     def adapter_versions(self) -> list[int]:
         return version_numbers(self.root / "adapters")
@@ -294,31 +303,59 @@ class SiteStore:
         folder = self.root / "adapters" / version_name(version)
         return adapter_folder_problem(folder, f"adapters/{folder.name}")
 
-    def usable_adapter(self, skip: tuple[int, ...] = ()) -> Path | None:
-        """The current adapter version if it can be loaded, else the newest older one that can (each
-        skipped version is logged with the reason, naming its file); None if there is none.
-
-        A `current.json` that cannot be read counts as pointing at the newest version."""
+    def adapter_choice(self, skip: tuple[int, ...] = ()) -> tuple[Path | None, list[tuple[str, str]]]:
+        """(the adapter version to load, or None; the (file, reason) of each problem met on the way),
+        read-only. The current version if it loads, else the newest older one that does. A
+        `current.json` that is missing while versions exist, unreadable, or names a version the store
+        does not hold falls back to the newest version the log records as made current, else the
+        newest on disk: never to a fresh adapter while a valid version is there."""
         versions = self.adapter_versions()
+        notes: list[tuple[str, str]] = []
+        if not versions:
+            return None, notes
+        pointer = "adapters/current.json"
         try:
             current = self.current_adapter()
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            self.log("adapter-skipped", file="adapters/current.json", reason=f"{type(err).__name__}: {err}")
-            _log.warning("site store: adapters/current.json cannot be read (%s); using the newest valid version", err)
-            current = self.root / "adapters" / version_name(versions[-1]) if versions else None
-        if current is None:
-            return None
-        try:
-            start = int(current.name[1:])
-        except ValueError:
-            return None
+            start = None if current is None else int(current.name[1:])
+            if start is None:
+                notes.append((pointer, f"missing while {len(versions)} version(s) are stored"))
+            elif start not in versions:
+                notes.append((pointer, f"names version {start}, which is not in the store"))
+                start = None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            notes.append((pointer, f"cannot be read ({type(err).__name__}: {err})"))
+            start = None
+        if start is None:
+            recorded = [v for v in self._versions_made_current() if v in versions]
+            start = recorded[-1] if recorded else versions[-1]
         for version in reversed([v for v in versions if v <= start]):
             reason = "skipped by the caller" if version in skip else self.check_adapter(version)
             if reason is None:
-                return self.root / "adapters" / version_name(version)
-            self.log("adapter-skipped", version=version, reason=reason)
-            _log.warning("site store: adapter version %d skipped: %s", version, reason)
-        return None
+                return self.root / "adapters" / version_name(version), notes
+            notes.append((f"adapters/{version_name(version)}", reason))
+        return None, notes
+
+    def _versions_made_current(self) -> list[int]:
+        """Adapter versions the log records as made current, in order (for a lost current.json)."""
+        made = []
+        for event in self.read_log():
+            if event.get("event") == "adapter-current" or (event.get("event") == "adapter" and event.get("current")):
+                version = event.get("version")
+                if isinstance(version, int) and not isinstance(version, bool):
+                    made.append(version)
+        return made
+
+    def usable_adapter(self, skip: tuple[int, ...] = ()) -> Path | None:
+        """`adapter_choice`, with each problem logged (naming its file); None if no version loads."""
+        chosen, notes = self.adapter_choice(skip)
+        for file, reason in notes:
+            version = file.removeprefix("adapters/v")
+            where = {"version": int(version)} if version.isdigit() else {"file": file}
+            self.log("adapter-skipped", **where, reason=reason)
+            _log.warning("site store: %s: %s", file, reason)
+        if chosen is not None and notes:
+            _log.warning("site store: using adapter version %s", chosen.name)
+        return chosen
 
     # ------------------------------------------------------------------------ received banks
     def receive_bank(self, bank: str, version: int, adapter, meta: dict | None = None) -> Path:
@@ -356,8 +393,19 @@ class SiteStore:
 
     # ------------------------------------------------------------------------ splits and log
     def splits(self) -> dict[str, list[str]]:
+        """The episode splits; a damaged `splits.json` is a StoreDamage naming it (never rebuilt
+        silently: reassigning cases would let a judged case into training)."""
         path = self.root / "splits.json"
-        splits = json.loads(path.read_text()) if path.exists() else {}
+        if not path.exists():
+            return {"train": [], "val": [], "judge": []}
+        try:
+            splits = json.loads(path.read_text())
+            if not isinstance(splits, dict) or not all(
+                    isinstance(ids, list) and all(isinstance(c, str) for c in ids) for ids in splits.values()):
+                raise ValueError("not an object of lists of case ids")
+        except (OSError, ValueError, RecursionError) as err:
+            raise StoreDamage(f"splits.json: {type(err).__name__}: {str(err)[:200]}; episodes wait until it is "
+                              "repaired (fedpoint site check)") from None
         return {"train": [], "val": [], "judge": [], **splits}
 
     def save_splits(self, splits: dict[str, list[str]]) -> None:
@@ -386,11 +434,13 @@ class SiteStore:
         if not path.exists():
             return []
         out = []
-        for line in path.read_text().splitlines():
+        for line in path.read_text(errors="replace").splitlines():
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a crash: skip it, keep the rest
+                event = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):  # a line cut by a crash: skip it, keep the rest
                 continue
+            if isinstance(event, dict):  # a line of another shape is not an event (`site check` flags it)
+                out.append(event)
         return out
 
     def wipe_staging(self) -> None:

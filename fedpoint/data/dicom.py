@@ -22,6 +22,9 @@ SAME_TOL = 1e-4  # orientation cosines, pixel spacing
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SEG_SERIES_NUMBER = 9901
 PRIVATE_SCHEME = "99FEDPOINT"  # a site's free-text label: a private coding scheme, as DICOM allows
+DEFAULT_MAX_BYTES = 1 << 30  # the float32 volume a series may decode to (the service's max_decoded_mb)
+DEFLATED = "1.2.840.10008.1.2.1.99"  # inflated whole by pydicom before anything can be checked: refused
+HEADER_ERRORS = (AttributeError, KeyError, TypeError, ValueError, IndexError, OverflowError)  # a tag missing or of a wrong type
 
 
 class DicomError(ValueError):
@@ -44,12 +47,14 @@ class DicomSeries:
 
 
 # ------------------------------------------------------------------------------------ reading
-def read_dicom_folder(folder: Path) -> DicomSeries:
-    """The one series in `folder` (files with or without .dcm; files that are not DICOM are ignored)."""
+def read_dicom_folder(folder: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> DicomSeries:
+    """The one series in `folder` (files with or without .dcm; files that are not DICOM are ignored).
+    Nothing is decoded past `max_bytes`: a file larger than that, a deflated file (inflated whole by
+    the reader) and a series whose headers declare more pixels are refused first."""
     folder = Path(folder)
     name = f"{folder.name}/"
-    datasets = [ds for ds in (_read_file(p, name) for p in _series_files(folder, name)) if ds is not None]
-    return read_series(datasets, name)
+    datasets = [ds for ds in (_read_file(p, name, max_bytes) for p in _series_files(folder, name)) if ds is not None]
+    return read_series(datasets, name, max_bytes)
 
 
 def _series_files(folder: Path, name: str) -> list[Path]:
@@ -68,25 +73,71 @@ def _series_files(folder: Path, name: str) -> list[Path]:
     return files
 
 
-def _read_file(path: Path, name: str):
-    import pydicom
+def _read_file(path: Path, name: str, max_bytes: int = DEFAULT_MAX_BYTES):
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path)
+        return read_dataset(path, f"{name}{path.name}", max_bytes)
+    except DicomError:
+        raise
     except InvalidDicomError:
         return None  # a note or listing beside the slices
     except Exception as err:  # noqa: BLE001 - a truncated or damaged file: say which
         raise DicomError(f"{name}{path.name}: cannot be read as DICOM ({type(err).__name__}: {err})") from None
 
 
-def read_series(datasets: list, name: str) -> DicomSeries:
-    """One series from its instances (a folder's files, or what WADO-RS returned), checked and sorted."""
+def read_dataset(source: Path | bytes, name: str, max_bytes: int = DEFAULT_MAX_BYTES):
+    """One DICOM file (a path, or bytes from an upload or a PACS) read with pydicom, after the checks
+    that bound it: not larger than `max_bytes`, and not deflated (pydicom inflates a deflated file
+    whole before anything can be checked). Not DICOM at all: pydicom's InvalidDicomError."""
+    import io
+
+    import pydicom
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    size = source.stat().st_size if isinstance(source, Path) else len(source)
+    if size > max_bytes:
+        raise DicomError(f"{name}: {size / 2**20:.1f} MiB, more than the service decodes "
+                         f"({max_bytes / 2**20:.1f} MiB, max_decoded_mb)")
+    with (open(source, "rb") if isinstance(source, Path) else io.BytesIO(source)) as f:
+        read_preamble(f, False)
+        syntax = str(_read_file_meta_info(f).get("TransferSyntaxUID", ""))
+    if syntax == DEFLATED:
+        raise DicomError(f"{name}: a deflated DICOM file (inflated whole before it can be checked) is not accepted; "
+                         "export it uncompressed or with a pixel codec")
+    return pydicom.dcmread(source if isinstance(source, Path) else io.BytesIO(source))
+
+
+def read_series(datasets: list, name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> DicomSeries:
+    """One series from its instances (a folder's files, or what WADO-RS returned), checked and sorted;
+    a tag missing or of a wrong type is a DicomError naming the series, never another exception."""
+    try:
+        return _read_series(datasets, name, max_bytes)
+    except DicomError:
+        raise
+    except HEADER_ERRORS as err:
+        raise DicomError(f"{name}: a DICOM header is missing or of the wrong type ({type(err).__name__}: "
+                         f"{str(err)[:200]})") from None
+
+
+def check_pixels(rows: int, columns: int, frames: int, max_bytes: int, name: str, samples: int = 1) -> None:
+    """Refuse a declared pixel count before any decoder allocates it (float32 after rescaling)."""
+    if min(rows, columns, frames, samples) < 1:
+        raise DicomError(f"{name}: declares {rows} x {columns} pixels in {frames} frame(s): no image")
+    nbytes = rows * columns * frames * samples * 4
+    if nbytes > max_bytes:
+        raise DicomError(f"{name}: declares {frames} frame(s) of {rows} x {columns} pixels "
+                         f"({nbytes / 2**20:.1f} MiB decoded), more than the service decodes "
+                         f"({max_bytes / 2**20:.1f} MiB, max_decoded_mb)")
+
+
+def _read_series(datasets: list, name: str, max_bytes: int) -> DicomSeries:
     images = [ds for ds in datasets if "PixelData" in ds]
     if not images:
         raise DicomError(f"{name}: holds no DICOM image files")
     _check_one_series(images, name)
     _check_frames(images, name)
+    check_pixels(int(images[0].Rows), int(images[0].Columns), len(images), max_bytes, name)
     images, affine = _sort_and_place(images, name)
     array = np.stack([_frame(ds, name) for ds in images], axis=-1)
     if array.shape[-1] == 1:
@@ -237,6 +288,24 @@ def _code_value(label: str) -> str:
     return text or "OBJECT"
 
 
+def check_seg_frames(dataset, series: DicomSeries, segments: int, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    """A SEG's declared frames checked against its series before highdicom decodes any: pixel data
+    present, frames of the source's (rows, columns), at most one per source frame and segment."""
+    if "PixelData" not in dataset:
+        raise DicomError("the SEG holds no pixel data")
+    rows, columns = int(dataset.Rows), int(dataset.Columns)
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    source = series.array.shape  # (x, y[, z]): a frame is (rows = y, columns = x)
+    if (rows, columns) != (source[1], source[0]):
+        raise DicomError(f"the SEG's frames are {rows} x {columns} (rows x columns); the image's are "
+                         f"{source[1]} x {source[0]}")
+    most = (source[2] if len(source) == 3 else 1) * max(segments, 1)
+    if frames > most:
+        raise DicomError(f"the SEG declares {frames} frames; the image has {most // max(segments, 1)} slice(s) and the "
+                         f"SEG {segments} segment(s)")
+    check_pixels(rows, columns, frames, max_bytes, "the SEG")
+
+
 def read_seg(dataset, series: DicomSeries, segment: int = 1) -> np.ndarray:
     """A SEG's segment as a uint8 mask (x, y[, z]) on `series`; a SEG made on another series is refused."""
     import highdicom as hd
@@ -251,7 +320,10 @@ def read_seg(dataset, series: DicomSeries, segment: int = 1) -> np.ndarray:
                          f"not this image's series {series.series_uid}")
     if segment not in seg.get_segment_numbers():
         raise DicomError(f"the SEG has no segment {segment} (it has {seg.get_segment_numbers()})")
-    frames = seg.get_pixels_by_source_instance(list(series.sop_instance_uids), segment_numbers=[segment],
-                                               assert_missing_frames_are_empty=True)[..., 0]
+    try:
+        frames = seg.get_pixels_by_source_instance(list(series.sop_instance_uids), segment_numbers=[segment],
+                                                   assert_missing_frames_are_empty=True)[..., 0]
+    except Exception as err:  # noqa: BLE001 - frames that do not decode to what the SEG declares
+        raise DicomError(f"the SEG's frames cannot be decoded ({type(err).__name__}: {str(err)[:200]})") from None
     mask = np.ascontiguousarray(frames.T if series.array.ndim == 3 else frames[0].T)
     return (mask > 0).astype(np.uint8)

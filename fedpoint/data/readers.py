@@ -32,6 +32,7 @@ LABEL_NAME_ENDINGS = ("_label", "_labels", "_mask", "_seg")  # X_label.nii.gz is
 PAIR_META = "fedpoint.json"  # optional in a pairs folder: {"modality": "CT", "labels": {"1": "tumour"}}
 MAX_LABEL_VALUES = 1000  # more distinct values than this: an image, not a label map
 SPACING_RTOL = 1e-3
+MAX_DECODED = 16 << 30  # a dataset volume as float32: beyond this a header is a bomb, not a scan
 
 
 # ---------------------------------------------------------------------------------- entry point
@@ -357,6 +358,12 @@ def _check_values(path: Path, label: np.ndarray, allowed: set[int] | None) -> tu
 
 def read_image(path: Path, dtype=np.float32) -> tuple[np.ndarray, tuple[float, ...]]:
     """(C, *spatial) array and per-axis spacing, read with MONAI's LoadImage (`dtype` None: the file's)."""
+    from fedpoint.data.headers import HeaderError, check_file
+
+    try:  # the shared check: no detached data file, nothing past the bound (see `headers`)
+        check_file(path, MAX_DECODED)
+    except HeaderError as err:
+        raise DataError(path, str(err)) from None
     load_monai()
     from monai.transforms import LoadImage
 
@@ -410,6 +417,13 @@ def _nifti_header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
 def _nrrd_header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     import nrrd
 
+    from fedpoint.data.headers import MAX_HEADER, HeaderError, nrrd_fields
+
+    with open(path, "rb") as f:
+        try:
+            nrrd_fields(f.read(MAX_HEADER + 4))  # a detached data file is refused at listing time
+        except HeaderError as err:
+            raise DataError(path, str(err)) from None
     header = nrrd.read_header(str(path))
     sizes = tuple(int(n) for n in header["sizes"])
     if header.get("space directions") is None:  # MONAI's reader needs it too

@@ -17,14 +17,17 @@ from fedpoint.client.service.desk import Conflict
 from fedpoint.client.service.images import ImageError
 from fedpoint.client.service.security import (
     BodyLimitMiddleware,
+    HeadMiddleware,
     InvalidId,
     PathTokenMiddleware,
+    RedactQueryTokens,
     SecurityHeadersMiddleware,
     TokenGuard,
 )
 from fedpoint.client.service.state import ServiceState
 from fedpoint.client.service.training import NotEnoughCases, TrainingBusy
 from fedpoint.client.session import InputError
+from fedpoint.client.site_store import StoreDamage
 from fedpoint.shared.adapters import AdapterMismatchError
 from fedpoint.shared.validation_errors import describe_validation_error
 
@@ -40,6 +43,7 @@ ERROR_STATUS: list[tuple[type[BaseException], int]] = [
     (TrainingBusy, 409),
     (NotEnoughCases, 409),
     (Conflict, 409),
+    (StoreDamage, 409),
     (MemoryError, 413),
 ]
 # An absolute path in a message (/a/b/c.nii.gz): only its last part reaches a client.
@@ -90,9 +94,13 @@ def create_app(config: SiteServiceConfig, state: ServiceState | None = None) -> 
     guard = TokenGuard(config.resolve_token(), UserRegistry(config.users_path), config.allow_shared_token)
     _keep_uploads_in_memory(int(config.max_upload_mb * 2**20))
     state = state or ServiceState(config)
+    state.guard = guard  # the routes ask it who a site-token client may be
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        access = logging.getLogger("uvicorn.access")  # configured by now: a token in a query never reaches it
+        if not any(isinstance(f, RedactQueryTokens) for f in access.filters):
+            access.addFilter(RedactQueryTokens())
         state.start()
         try:
             yield
@@ -108,7 +116,7 @@ def create_app(config: SiteServiceConfig, state: ServiceState | None = None) -> 
     app.add_exception_handler(Exception, _unexpected)
 
     @app.get("/health", include_in_schema=False)
-    def health() -> dict:
+    async def health() -> dict:  # on the event loop: answered even while every worker thread is busy
         return {"status": "ok"}
 
     app.include_router(routes_web.page_router())
@@ -123,6 +131,7 @@ def create_app(config: SiteServiceConfig, state: ServiceState | None = None) -> 
                            allow_headers=["authorization", "content-type", "x-fedpoint-user"])
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(config.max_upload_mb * 2**20))
+    app.add_middleware(HeadMiddleware)
     if config.token_in_path:
         app.add_middleware(PathTokenMiddleware, guard=guard)
     return app

@@ -33,6 +33,12 @@ class BankWatcher:
     def _relative(self, path: Path) -> str:
         return str(Path(path).resolve().relative_to(Path(self.store.root).resolve()))
 
+    def _scrub(self, text: str) -> str:
+        """A reason shown in the status and the log: paths inside the store relative to it, never absolute."""
+        for root in {str(Path(self.store.root).resolve()), str(Path(self.store.root).absolute()), str(self.store.root)}:
+            text = text.replace(root.rstrip("/") + "/", "")
+        return text
+
     def _reviewed_latest(self) -> Path | None:
         latest = self.store.latest_bank()
         if latest is None:
@@ -80,9 +86,9 @@ class BankWatcher:
             candidate.load(path)
             state = candidate.state()
         except AdapterMismatchError as err:
-            event["reason"] = f"{type(err).__name__}: {err}"
+            event["reason"] = self._scrub(f"{type(err).__name__}: {err}")
         except Exception as err:  # a cut or corrupt bank file raises whatever its reader raises
-            event["reason"] = f"{self._relative(path)}: cannot be read ({type(err).__name__}: {err})"
+            event["reason"] = self._scrub(f"{self._relative(path)}: cannot be read ({type(err).__name__}: {err})")
         else:
             source = f"bank:{event['bank']}/v{event['version']}"
             review = self.engine.offer(state, source)

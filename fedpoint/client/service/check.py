@@ -7,12 +7,13 @@ the service does at start). Each finding names its file relative to the store or
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedpoint.client.service.images import ImageError, read_array
-from fedpoint.client.service.journal import JOURNAL_PREFIX
-from fedpoint.client.site_store import SiteStore, adapter_folder_problem, check_id
+from fedpoint.client.service.journal import JOURNAL_PREFIX, JournalError, read_journal
+from fedpoint.client.site_store import SiteStore, StoreDamage, adapter_folder_problem, check_id
 from fedpoint.data.formats import SITE_IMAGE_SUFFIXES, split_suffix
 
 
@@ -43,7 +44,8 @@ def _split(reason: str) -> tuple[str, str]:
     return file, why
 
 
-def check_store(root: Path, quarantine: bool = False) -> CheckReport:
+def check_store(root: Path, quarantine: bool = False, users: Path | None = None) -> CheckReport:
+    """Every file of the store the service reads at start, read the way the service reads it."""
     report = CheckReport()
     root = Path(root)
     if not root.is_dir():
@@ -63,34 +65,29 @@ def check_store(root: Path, quarantine: bool = False) -> CheckReport:
         report.add("error", *_split(reason))
         if quarantine:
             store.quarantine_case(folder.name, reason)
-    for journal in sorted(cache.glob(f"{JOURNAL_PREFIX}*.json")):
+    for journal in sorted(cache.glob(f"{JOURNAL_PREFIX}*")):
+        try:
+            read_journal(journal)
+        except JournalError as err:
+            report.add("error", *_split(f"{err}; the service removes nothing for it: look, then delete it"))
+            continue
         report.add("warning", f"cache/{journal.name}", "an interrupted multi-slice save; the service rolls it back at start")
     report.quarantined = store.quarantined()
     # adapter versions and the pointer
     versions = store.adapter_versions()
     report.counts["adapter_versions"] = len(versions)
-    valid = []
     for version in versions:
         reason = store.check_adapter(version)
         if reason:
             report.add("error", *_split(reason))
-        else:
-            valid.append(version)
-    pointer = root / "adapters" / "current.json"
-    current = None
-    if pointer.exists():
-        try:
-            current = int(json.loads(pointer.read_text())["version"])
-            if current not in versions:
-                report.add("error", "adapters/current.json", f"points at version {current}, which is not in the store")
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            report.add("error", "adapters/current.json", f"{type(err).__name__}: {err}")
-            current = versions[-1] if versions else None
-    usable = [v for v in valid if current is not None and v <= current]
-    report.adapter_in_use = f"v{usable[-1]:04d}" if usable else ("a fresh adapter" if versions or current else None)
-    if current is not None and usable and usable[-1] != current:
-        report.add("warning", "adapters/current.json",
-                   f"version {current} cannot be loaded; the service falls back to v{usable[-1]:04d}")
+    chosen, notes = store.adapter_choice()  # what a start would load: the service's own rule
+    for file, reason in notes:
+        if file == "adapters/current.json":
+            report.add("error", file, reason + (f"; the service uses {chosen.name}" if chosen else ""))
+    report.adapter_in_use = chosen.name if chosen else ("a fresh adapter" if versions else None)
+    if versions and chosen is None:
+        report.add("error", "adapters", f"none of the {len(versions)} stored versions loads: the service would start "
+                                        "from a fresh adapter")
     # received banks
     banks = root / "banks"
     for bank in sorted(p for p in banks.iterdir() if p.is_dir()):
@@ -106,31 +103,70 @@ def check_store(root: Path, quarantine: bool = False) -> CheckReport:
                 report.add("error", "banks/latest.json", f"points at {target}, which is not in the store")
         except (OSError, ValueError, KeyError, TypeError) as err:
             report.add("error", "banks/latest.json", f"{type(err).__name__}: {err}")
-    # splits and log
-    splits_path = root / "splits.json"
-    if splits_path.exists():
+    # splits and log: read as the service reads them
+    if (root / "splits.json").exists():
         try:
-            splits = json.loads(splits_path.read_text())
+            splits = store.splits()
             missing = sorted({c for ids in splits.values() for c in ids} - good)
             if missing:
                 report.add("warning", "splits.json", f"names {len(missing)} case(s) not in the cache (quarantined or "
                                                      f"removed): {', '.join(missing[:5])}")
-        except (OSError, ValueError, AttributeError, TypeError) as err:
-            report.add("error", "splits.json", f"{type(err).__name__}: {err}")
-    log_path = root / "log.jsonl"
-    if log_path.exists():
-        bad = 0
-        for line in log_path.read_text(errors="replace").splitlines():
-            try:
-                json.loads(line)
-            except ValueError:
-                bad += 1
-        if bad:
-            report.add("warning", "log.jsonl", f"{bad} line(s) cannot be read (cut by a crash?); they are skipped")
+        except StoreDamage as err:
+            report.add("error", *_split(str(err)))
+    check_lines(root / "log.jsonl", "log.jsonl", report)
+    users = Path(users) if users is not None else root / "users.json"
+    check_users(users, users.with_name("audit.jsonl"), report)
     return report
 
 
-def check_images(folder: Path, report: CheckReport, decode: bool = True) -> None:
+def check_lines(path: Path, rel: str, report: CheckReport) -> None:
+    """A JSON-lines file the service reads: a last line cut by a crash is a warning; anything else that
+    is not a JSON object per line (a bad byte, `5`, `null`, a cut line in the middle) is an error: the
+    service skips it, so what it recorded (a bank review, an audit entry) is lost to it."""
+    if not path.exists():
+        return
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        report.add("error", rel, f"cannot be read ({type(err).__name__})")
+        return
+    lines = raw.splitlines()
+    bad, cut = [], False
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            if isinstance(json.loads(line.decode("utf-8")), dict):
+                continue
+        except json.JSONDecodeError:
+            if number == len(lines):  # the last line, not JSON: a write a crash cut short
+                cut = True
+                continue
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            pass
+        bad.append(number)
+    if cut:
+        report.add("warning", rel, "its last line is cut (a crash while writing?); it is skipped")
+    if bad:
+        report.add("error", rel, f"{len(bad)} line(s) are not JSON objects (lines {', '.join(map(str, bad[:5]))}); "
+                                 "the service skips them")
+
+
+def check_users(users: Path, audit: Path, report: CheckReport) -> None:
+    """The named users' file (as the service parses it) and the audit log (readable, writable)."""
+    from fedpoint.client.service.users import UserError, parse_users
+
+    if users.exists():
+        try:
+            report.counts["users"] = len(parse_users(users.read_bytes()))
+        except (OSError, UserError) as err:
+            report.add("error", users.name, f"{err}; the service then refuses every user token")
+    check_lines(audit, audit.name, report)
+    if audit.exists() and not os.access(audit, os.W_OK):
+        report.add("error", audit.name, "not writable: clicks and accepts would go unrecorded")
+
+
+def check_images(folder: Path, report: CheckReport, decode: bool = True, max_bytes: int = 1 << 30) -> None:
     folder = Path(folder)
     if not folder.is_dir():
         report.add("error", "images", "the images folder does not exist")
@@ -154,7 +190,9 @@ def check_images(folder: Path, report: CheckReport, decode: bool = True) -> None
             continue
         if decode:
             try:
-                read_array(path)
+                read_array(path, max_bytes)
             except (ImageError, OSError, MemoryError) as err:
                 report.add("error", rel, str(err) if isinstance(err, ImageError) else type(err).__name__)
+            except Exception as err:  # noqa: BLE001 - a check must report, never crash with a traceback
+                report.add("error", rel, f"cannot be read ({type(err).__name__}: {str(err)[:200]})")
     report.counts["images"] = count

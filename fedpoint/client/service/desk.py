@@ -51,6 +51,7 @@ class ClickResult:
     seconds: float
     predict_ms: float
     update_ms: float
+    problems: list[str] | None = None  # what failed after the click took effect (the audit line)
 
 
 class AnnotationDesk:
@@ -225,7 +226,7 @@ class AnnotationDesk:
             step = entry.session.steps[-1]
             result = ClickResult(mask, z, len(entry.session.steps), seconds, step.predict_ms, step.update_ms)
         self.last_click_ms = seconds * 1e3
-        self.audit.record(user, "click", image_id, slice=z, structure=entry.structure, point=list(map(int, local)),
+        result.problems = self.audit.record(user, "click", image_id, slice=z, structure=entry.structure, point=list(map(int, local)),
                           positive=bool(positive), clicks=result.clicks)
         return result
 
@@ -278,15 +279,17 @@ class AnnotationDesk:
         return final
 
     def accept(self, entry: OpenSession, mask: np.ndarray | None = None, request: str | None = None) -> dict:
-        """Post-interaction update, then into the cache; the session closes."""
+        """Post-interaction update, then into the cache; the session closes. Once the case is in the
+        cache the reply says so, whatever fails after it (listed in `after_effects`)."""
         with entry.lock:
             final = self.finish(entry, mask, f"this annotation of {entry.image_id} by {entry.user!r} was already "
                                              "accepted by another request")
-            name = self.store_cases([(entry, final)], request)[0]
-        self.audit.record(entry.user, "accept", entry.image_id, slice=entry.slice, structure=entry.structure, case=name,
-                          clicks=len(entry.session.steps), voxels=int(np.count_nonzero(final)))
-        return {"case": name, "image": entry.image_id, "slice": entry.slice, "structure": entry.structure,
-                "post_ms": round(entry.session.post_ms, 1), "cache_size": self.cache_size()}
+            names, problems = self.store_cases([(entry, final)], request)
+        problems += self.audit.record(entry.user, "accept", entry.image_id, slice=entry.slice, structure=entry.structure,
+                                      case=names[0], clicks=len(entry.session.steps), voxels=int(np.count_nonzero(final)))
+        return {"case": names[0], "image": entry.image_id, "slice": entry.slice, "structure": entry.structure,
+                "post_ms": round(entry.session.post_ms, 1), "cache_size": self.cache_size(),
+                **({"after_effects": problems} if problems else {})}
 
     def accept_current(self, image_id: str, user: str, slice_index: int | None, request_id: str | None = None,
                        structure: str | None = None) -> dict:
@@ -318,8 +321,11 @@ class AnnotationDesk:
 
         return _Held()
 
-    def store_cases(self, parts: list[tuple[OpenSession, np.ndarray]], request: str | None) -> list[str]:
-        """Every part into the cache, all or none (see `journal`); then the index, adapter save, episodes."""
+    def store_cases(self, parts: list[tuple[OpenSession, np.ndarray]], request: str | None) -> tuple[list[str], list[str]]:
+        """Every part into the cache, all or none (see `journal`); then the index, the SEG to a PACS,
+        the adapter save and the episode scheduler. Returns (case names, problems after the write):
+        the cases are in the cache and indexed (so a retry with the same key is a duplicate), and a
+        step after them that fails is logged and reported, never turned into an error reply."""
         cases = []
         for entry, final in parts:
             session = entry.session
@@ -338,12 +344,24 @@ class AnnotationDesk:
             every = self.config.save_adapter_every
             before, self.accepts = self.accepts, self.accepts + len(names)
             save = bool(every) and before // every != self.accepts // every
+        steps = []
         if self.pacs is not None:  # a DICOM-SEG back to the PACS, in the background: a failure is logged, the case kept
-            self.images.write_back([entry.image_id for entry, _ in parts], self.stored_label)
+            steps.append(("the DICOM-SEG to the PACS",
+                          lambda: self.images.write_back([entry.image_id for entry, _ in parts], self.stored_label)))
         if save:  # the version carries its Adam state, so a restart continues the same optimizer
-            self.engine.save_version({"source": "online", "case": names[-1]})
-        self.training.after_accept()
-        return names
+            steps.append(("the adapter version", lambda: self.engine.save_version({"source": "online", "case": names[-1]})))
+        steps.append(("the episode scheduler", self.training.after_accept))
+        return names, [problem for what, step in steps if (problem := _after_effect(what, step, names))]
+
+
+def _after_effect(what: str, step, names: list[str]) -> str | None:
+    """Run a step that follows a write the client is told about; a failure is logged and described."""
+    try:
+        step()
+    except Exception as err:  # noqa: BLE001 - the cases are stored: say what did not follow, do not fail the reply
+        log.error("after storing %s: %s failed (%s: %s)", ", ".join(names), what, type(err).__name__, err)
+        return f"the case is stored; {what} failed ({type(err).__name__}: {str(err)[:200]}); the site's log has the details"
+    return None
 
 
 def _read_meta(store: SiteStore, case_id: str) -> dict:

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +38,11 @@ log = logging.getLogger("fedpoint.service")
 ID_PREFIX = "pacs-"
 LIST_TTL_S = 30.0  # new series in the PACS appear within this
 BACKOFF_S = (5, 10, 30, 60, 120)  # after the 1st, 2nd, ... failure in a row
-TIMEOUT_S = (3.0, 60.0)  # connect, read: a PACS that does not answer must not hold a request long
+TIMEOUT_S = (3.0, 20.0)  # connect, each read: a silent PACS is given up on
+LIST_DEADLINE_S = 10.0  # a whole QIDO listing (a PACS trickling bytes cannot hold the start longer)
+FETCH_DEADLINE_S = 60.0  # a whole WADO series, as a request waits for it
+PACS_WORKERS, PACS_QUEUE, PACS_WAITERS = 2, 8, 4  # its own threads, jobs queued, requests waiting: never all workers
+MAX_QIDO_BYTES = 32 << 20  # a listing page as decoded JSON (5000 series take a few MB): a gzip bomb stops here
 PAGE, MAX_SERIES = 500, 5000  # a whole hospital archive is not a worklist: the listing stops there
 NOT_IMAGES = {"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "REG", "FID", "DOC", "ECG", "AU"}
 DICOM_MODALITY = {"CT": "CT", "MR": "MR", "microscopy": "SM"}  # the site's modality as a QIDO filter
@@ -70,6 +76,8 @@ def why(err: Exception) -> str:
     """A failed DICOMweb call in a few words."""
     import requests
 
+    if isinstance(err, PacsRefused):
+        return f"answered in a way fedpoint refuses: it {err}"
     if isinstance(err, requests.Timeout):
         return "unreachable (no answer in time)"
     if isinstance(err, requests.ConnectionError):
@@ -82,11 +90,38 @@ def why(err: Exception) -> str:
 def open_site_images(config: SiteServiceConfig, model_channels: int):
     """(the images the service serves, the PACS source or None): the folder alone without `dicomweb`."""
     folder = None if config.images is None else ImageFolder(config.images, config.modality, model_channels,
-                                                            config.ct_window, config.image_cache)
+                                                            config.ct_window, config.image_cache, config.max_decoded_bytes)
     if config.dicomweb is None:
         return folder, None
     pacs = PacsImages(config, model_channels)
     return SiteImages(folder, pacs), pacs
+
+
+class PacsBusy(RuntimeError):
+    """The PACS's own queue is full: a request is refused at once, never left waiting."""
+
+
+class PacsRefused(RuntimeError):
+    """A PACS answer fedpoint will not use (too large, too slow, not what was asked for)."""
+
+
+def multipart_parts(body: bytes, content_type: str) -> list[bytes]:
+    """The parts of a multipart/related body (WADO-RS), by the boundary its content type gives."""
+    boundary = ""
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if not content_type.lower().startswith("multipart/") or not boundary:
+        raise PacsRefused(f"answered with {content_type[:60] or 'no content type'}, not multipart/related")
+    parts = []
+    for chunk in body.split(b"--" + boundary.encode())[1:]:
+        if chunk.startswith(b"--"):
+            break
+        _, sep, data = chunk.partition(b"\r\n\r\n")
+        if sep:
+            parts.append(data[:-2] if data.endswith(b"\r\n") else data)
+    return parts
 
 
 @dataclass(frozen=True)
@@ -104,19 +139,25 @@ class PacsImages:
         self.url, self.shown = config.dicomweb, shown_url(config.dicomweb)
         self.modality, self.model_channels, self.ct_window = config.modality, model_channels, config.ct_window
         self.cache_size, self.site, self.structures = config.image_cache, config.site, config.structures
+        self.max_bytes = config.max_decoded_bytes
         self._headers = auth_headers(config)
         self._client = None
         self._lock = threading.Lock()
         self._listing_lock = threading.Lock()
-        self._gates: dict[str, threading.Lock] = {}
         self._listing: dict[str, SeriesRef] = {}
         self._cache: OrderedDict[str, LoadedImage] = OrderedDict()
         self._unreadable: dict[str, str] = {}
         self.error: str | None = None
         self._failures, self._due = 0, 0.0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedpoint-seg")
+        # PACS calls run on threads of their own, a bounded number queued; a request waits on one
+        # for at most its deadline, and only PACS_WAITERS requests wait at once.
+        self._pool = ThreadPoolExecutor(max_workers=PACS_WORKERS, thread_name_prefix="fedpoint-pacs")
+        self._queued = threading.BoundedSemaphore(PACS_QUEUE)
+        self._waiters = threading.BoundedSemaphore(PACS_WAITERS)
+        self._fetches: dict[str, Future] = {}
         self.written = {"stored": 0, "failed": 0, "pending": 0, "last": None}
-        self.refresh()
+        self.refresh(force=True, wait=True)  # at start: the listing, within LIST_DEADLINE_S
         if self.error is None:
             log.info("PACS %s: %d image series", self.shown, len(self._listing))
 
@@ -130,19 +171,33 @@ class PacsImages:
         return self._client
 
     # ------------------------------------------------------------------------------- listing
-    def refresh(self, force: bool = False) -> None:
-        """List the PACS's series when the last listing is older than LIST_TTL_S (or the back-off ended)."""
+    def refresh(self, force: bool = False, wait: bool | None = None) -> None:
+        """List the PACS's series when the last listing is older than LIST_TTL_S (or the back-off
+        ended): on the PACS's own threads; a request never waits for it. `force` (at start, or a
+        caller that needs the listing now) waits up to LIST_DEADLINE_S unless `wait` is False."""
+        wait = force if wait is None else wait
         if not force and time.monotonic() < self._due:
             return
         if not self._listing_lock.acquire(blocking=False):
-            return  # another request is listing: this one uses the last listing
+            return  # a listing is under way: this one uses the last listing
+        try:
+            future = self._submit(self._list)
+        except PacsBusy:
+            self._listing_lock.release()
+            return
+        future.add_done_callback(lambda _f: self._listing_lock.release())
+        if wait:
+            try:
+                future.result(LIST_DEADLINE_S)
+            except FutureTimeout:
+                self._failed(f"unreachable (no complete answer in {LIST_DEADLINE_S:.0f} s) listing series")
+
+    def _list(self) -> None:
         try:
             listing = self._parse(self._search())
         except Exception as err:  # noqa: BLE001 - whatever the PACS or the network did: keep serving
             self._failed(f"{why(err)} listing series")
             return
-        finally:
-            self._listing_lock.release()
         with self._lock:
             self._listing = listing
             for gone in set(self._cache) - set(listing):
@@ -151,14 +206,43 @@ class PacsImages:
         self._reached()
         self._due = time.monotonic() + LIST_TTL_S
 
+    def _submit(self, job) -> Future:
+        """`job` on the PACS's threads; PacsBusy when PACS_QUEUE jobs are queued already."""
+        if not self._queued.acquire(blocking=False):
+            raise PacsBusy(f"the PACS {self.shown} is busy with {PACS_QUEUE} requests; try again shortly")
+        future = self._pool.submit(job)
+        future.add_done_callback(lambda _f: self._queued.release())
+        return future
+
+    def _get(self, path: str, params: dict | None, accept: str, limit: int, deadline: float) -> tuple[bytes, str]:
+        """(body, content type) of a GET under the root: each read timed out, the whole call bounded
+        by `deadline` (monotonic) and the body, as decoded (gzip included), by `limit` bytes."""
+        import requests
+
+        headers = {**self._headers, "Accept": accept}
+        with requests.get(f"{self.url}{path}", params=params, headers=headers, timeout=TIMEOUT_S, stream=True) as response:
+            response.raise_for_status()
+            body = bytearray()
+            for chunk in response.iter_content(1 << 16):
+                body += chunk
+                if len(body) > limit:
+                    raise PacsRefused(f"sent more than {limit / 2**20:.0f} MiB for {path.split('?')[0]}")
+                if time.monotonic() > deadline:
+                    raise PacsRefused(f"did not finish sending in time ({path.split('?')[0]})")
+            return bytes(body), response.headers.get("content-type", "")
+
     def _search(self) -> list[dict]:
         """QIDO-RS pages of series (offset/limit) until an empty page, or MAX_SERIES."""
         modality = canonical_modality(self.modality)
         filters = {"Modality": DICOM_MODALITY[modality]} if modality in DICOM_MODALITY else None
         rows: list[dict] = []
+        deadline = time.monotonic() + LIST_DEADLINE_S
         while len(rows) < MAX_SERIES:
-            page = self._dicomweb().search_for_series(fields=["StudyInstanceUID", "Modality"], search_filters=filters,
-                                                      offset=len(rows), limit=PAGE)
+            params = {"includefield": ["0020000D", "00080060"], "offset": len(rows), "limit": PAGE, **(filters or {})}
+            body, _ = self._get("/series", params, "application/dicom+json", MAX_QIDO_BYTES, deadline)
+            page = json.loads(body) if body.strip() else []
+            if not isinstance(page, list) or not all(isinstance(row, dict) for row in page):
+                raise PacsRefused("answered a series search with something other than a list of series")
             if not page:
                 return rows
             rows.extend(page)
@@ -169,8 +253,9 @@ class PacsImages:
     @staticmethod
     def _parse(rows: list[dict]) -> dict[str, SeriesRef]:
         def value(row: dict, tag: str) -> str:
-            found = row.get(tag, {}).get("Value") or [""]
-            return str(found[0])
+            element = row.get(tag)
+            found = element.get("Value") if isinstance(element, dict) else None
+            return str(found[0]) if isinstance(found, list) and found and isinstance(found[0], str) else ""
 
         listing = {}
         for row in rows:
@@ -227,35 +312,77 @@ class PacsImages:
             if image_id in self._cache:
                 self._cache.move_to_end(image_id)
                 return self._cache[image_id]
-            gate = self._gates.setdefault(image_id, threading.Lock())
-        with gate:  # several requests opening one new series: one fetch
-            with self._lock:
-                if image_id in self._cache:
-                    return self._cache[image_id]
-            loaded = self._fetch(image_id, ref)
-            with self._lock:
-                self._cache[image_id] = loaded
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
+            future = self._fetches.get(image_id)
+            if future is None:  # several requests opening one new series: one fetch
+                try:
+                    future = self._fetches[image_id] = self._submit(lambda: self._fetch(image_id, ref))
+                except PacsBusy as err:
+                    raise ImageError(f"{image_id}: {err}") from None
+                future.add_done_callback(lambda _f: self._forget(image_id))
+        if not self._waiters.acquire(blocking=False):
+            raise ImageError(f"{image_id}: still arriving from the PACS {self.shown}; try again shortly")
+        try:
+            loaded = future.result(FETCH_DEADLINE_S)
+        except FutureTimeout:
+            raise ImageError(f"{image_id}: the PACS {self.shown} has not delivered it within {FETCH_DEADLINE_S:.0f} s; "
+                             "try again shortly") from None
+        finally:
+            self._waiters.release()
+        with self._lock:
+            self._cache[image_id] = loaded
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         return loaded
+
+    def _forget(self, image_id: str) -> None:
+        with self._lock:
+            self._fetches.pop(image_id, None)
 
     def _fetch(self, image_id: str, ref: SeriesRef) -> LoadedImage:
         from fedpoint.data.dicom import DicomError, read_series
 
         try:
-            datasets = self._dicomweb().retrieve_series(ref.study_uid, ref.series_uid)
+            datasets = self._retrieve(ref)
+        except DicomError as err:
+            with self._lock:
+                self._unreadable[image_id] = f"{image_id}: {err}"
+            raise ImageError(f"{image_id}: {err}") from None
         except Exception as err:  # noqa: BLE001 - not this image's fault: not marked unreadable
             if "unreachable" in why(err):  # the PACS is down, not just this series: back off the listing too
                 self._failed(f"{why(err)} fetching series {ref.series_uid}")
             raise ImageError(f"{image_id}: the PACS {why(err)} when asked for it") from None
         try:
-            series = read_series(datasets, f"{image_id} (PACS series {ref.series_uid})")
-            return open_image(image_id, Path(image_id), self.modality, self.model_channels, self.ct_window, series=series)
+            series = read_series(datasets, f"{image_id} (PACS series {ref.series_uid})", self.max_bytes)
+            return open_image(image_id, Path(image_id), self.modality, self.model_channels, self.ct_window, series=series,
+                              max_bytes=self.max_bytes)
         except (DicomError, ImageError, MemoryError) as err:
             reason = str(err) if not isinstance(err, MemoryError) else f"{image_id}: too large to decode"
             with self._lock:
                 self._unreadable[image_id] = reason
             raise ImageError(reason) from None
+
+    def _retrieve(self, ref: SeriesRef) -> list:
+        """WADO-RS of one series, bounded (time, bytes, each instance as a folder's file is), and
+        checked to be the series asked for: a PACS answering with another is refused."""
+        from fedpoint.data.dicom import DicomError, read_dataset
+
+        deadline = time.monotonic() + FETCH_DEADLINE_S
+        body, content_type = self._get(f"/studies/{ref.study_uid}/series/{ref.series_uid}", None,
+                                       'multipart/related; type="application/dicom"', self.max_bytes, deadline)
+        datasets = []
+        for k, part in enumerate(multipart_parts(body, content_type)):
+            try:
+                datasets.append(read_dataset(part, f"instance {k + 1}", self.max_bytes))
+            except DicomError:
+                raise
+            except Exception as err:  # noqa: BLE001 - a damaged instance: say so
+                raise DicomError(f"instance {k + 1} is not readable DICOM ({type(err).__name__})") from None
+        for ds in datasets:
+            got = (str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")))
+            if got != (ref.study_uid, ref.series_uid):
+                raise DicomError(f"the PACS answered with series {got[1] or '(none)'} when asked for {ref.series_uid}; "
+                                 "refused")
+        return datasets
 
     # ------------------------------------------------------------------------------- SEG back
     def write_back(self, image_ids: list[str], label_of) -> None:

@@ -44,7 +44,7 @@ port = 8000
 # the bearer token (or token_env = "NAME" to read it from the environment); clinicians get their
 # own with `fedpoint site user add NAME --config <this file>`
 token_file = "site-token"
-# allow_shared_token = false   # once every clinician has a token of their own
+# allow_shared_token = true    # keep the site token working beside named users (never as one of them)
 # tls_cert = "site.crt"        # serve HTTPS directly (with tls_key)
 # tls_key = "site.key"
 max_upload_mb = 64

@@ -35,11 +35,29 @@ class ImageError(ValueError):
 
 
 # ------------------------------------------------------------------------------------ reading
-def read_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(C, *spatial) float32 array and a 4x4 affine (index -> RAS mm; identity where unknown)."""
+DEFAULT_MAX_DECODED = 1 << 30  # max_decoded_mb's default
+SPACING_MM = (1e-3, 1e3)  # plausible mm per voxel; outside it the spacing is treated as unknown (voxels)
+MIN_SIDE = 8  # pixels along x and y: smaller is not an image a clinician annotates (nor one the model can pool)
+
+
+def check_header(path: Path, max_bytes: int = DEFAULT_MAX_DECODED) -> None:
+    """The shared check before any decoder runs (`fedpoint.data.headers`): no data from another
+    file, nothing larger than `max_bytes` as float32, no stream inflating past its header."""
+    from fedpoint.data.headers import HeaderError, check_file
+
+    try:
+        check_file(path, max_bytes)
+    except HeaderError as err:
+        raise ImageError(f"{path.name}: {err}") from None
+
+
+def read_array(path: Path, max_bytes: int = DEFAULT_MAX_DECODED) -> tuple[np.ndarray, np.ndarray]:
+    """(C, *spatial) float32 array and a 4x4 affine (index -> RAS mm; identity where unknown).
+    The file's header is checked first (`check_header`): nothing is decoded past `max_bytes`."""
     if path.is_dir():  # a DICOM series folder
-        series = read_dicom_series(path)
+        series = read_dicom_series(path, max_bytes)
         return series.channels(), series.affine
+    check_header(path, max_bytes)
     suffix = split_suffix(path.name, SITE_IMAGE_SUFFIXES)
     if suffix and suffix[1] in NUMPY:
         try:
@@ -63,12 +81,12 @@ def read_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return array, affine
 
 
-def read_dicom_series(folder: Path):
+def read_dicom_series(folder: Path, max_bytes: int = DEFAULT_MAX_DECODED):
     """A folder holding one DICOM series, as a `fedpoint.data.dicom.DicomSeries`."""
     from fedpoint.data.dicom import DicomError, read_dicom_folder
 
     try:
-        return read_dicom_folder(folder)
+        return read_dicom_folder(folder, max_bytes)
     except DicomError as err:
         raise ImageError(str(err)) from None
 
@@ -84,18 +102,28 @@ def _channel_first_npy(array: np.ndarray, name: str) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def read_label(data: bytes, filename: str, shape: tuple[int, ...], max_bytes: int = 1 << 30) -> np.ndarray:
+AFFINE_TOL_MM = 1e-2
+
+
+def read_label(data: bytes, filename: str, shape: tuple[int, ...], max_bytes: int = 1 << 30,
+               affine: np.ndarray | None = None) -> np.ndarray:
     """An uploaded label file as an integer array of the image's spatial `shape`.
 
     Its header is read first: a declared shape that does not fit the image, or that would decode
-    to more than `max_bytes`, is refused before any voxel is decoded (see `uploads`)."""
-    from fedpoint.client.service.uploads import decode_label
+    to more than `max_bytes`, is refused before any voxel is decoded (see `uploads`). A NIfTI label
+    that gives a geometry of its own (an affine other than the identity) must give the image's
+    `affine`: the same shape on another grid is another place in the body."""
+    from fedpoint.client.service.uploads import decode_label, nifti_affine
 
     parts = split_suffix(filename or "label.nii.gz", LABEL_FILE_SUFFIXES)
     if parts is None:
         raise ImageError(f"label file {filename!r}: use one of {', '.join(LABEL_FILE_SUFFIXES)}")
     name = Path(filename or "label.nii.gz").name
     label = decode_label(data, name, parts[1], tuple(shape), max_bytes)
+    own = nifti_affine(data) if parts[1] in (".nii", ".nii.gz") else None
+    _check_label_grid(name, own, affine)
+    if label.dtype != np.bool_ and not np.issubdtype(label.dtype, np.number):  # RGB NIfTI, records, text
+        raise ImageError(f"label file {name!r}: holds {label.dtype} values, not label numbers (an RGB image?)")
     while label.ndim > len(shape) and label.shape[0] == 1:  # a channel axis of 1
         label = label[0]
     while label.ndim > len(shape) and label.shape[-1] == 1:  # a 2D label saved with a z of 1
@@ -107,6 +135,18 @@ def read_label(data: bytes, filename: str, shape: tuple[int, ...], max_bytes: in
     if not np.all(np.isfinite(label)) or np.any(label < 0) or np.any(label != np.round(label)) or np.any(label > 2**31 - 1):
         raise ImageError("label values must be non-negative integers")
     return label.astype(np.int32)
+
+
+def _check_label_grid(name: str, own: np.ndarray | None, image: np.ndarray | None) -> None:
+    if own is None or image is None or own.shape != (4, 4):
+        return
+    image = np.asarray(image, dtype=float)
+    if np.allclose(own, np.eye(4)) or np.allclose(image, np.eye(4)):
+        return  # one side gives no geometry: nothing to compare
+    if not np.allclose(own, image, atol=AFFINE_TOL_MM, rtol=1e-4):
+        raise ImageError(f"label file {name!r}: its affine (voxel to mm) differs from the image's; it was saved on "
+                         f"another grid (label origin {np.round(own[:3, 3], 2).tolist()}, image origin "
+                         f"{np.round(image[:3, 3], 2).tolist()})")
 
 
 def nifti_bytes(mask: np.ndarray, affine: np.ndarray, dtype: str = "uint8") -> bytes:
@@ -182,7 +222,8 @@ class LoadedImage:
         """mm per spatial axis from the affine's columns; None where the file gives none usable."""
         a = np.asarray(self.affine, dtype=float)[: self.ndim, : self.ndim]
         values = tuple(float(v) for v in np.linalg.norm(a, axis=0))
-        return values if all(np.isfinite(v) and v > 0 for v in values) else None
+        # 1 um to 1 m a voxel: beyond that a header is wrong, and a focus window in mm would be absurd
+        return values if all(np.isfinite(v) and SPACING_MM[0] <= v <= SPACING_MM[1] for v in values) else None
 
     @property
     def flip_y(self) -> bool:
@@ -240,12 +281,16 @@ def _fit_channels(raw: np.ndarray, path: Path, model_channels: int) -> np.ndarra
                      f"PNG/JPEG picture is turned grey for a one-channel model)")
 
 
-def open_image(image_id: str, path: Path, modality: str, model_channels: int, ct_window, series=None) -> LoadedImage:
+def open_image(image_id: str, path: Path, modality: str, model_channels: int, ct_window, series=None,
+               max_bytes: int = DEFAULT_MAX_DECODED) -> LoadedImage:
     """`series`: a DicomSeries already read (from a PACS); a folder at `path` is read as one."""
     if series is None and path.is_dir():
-        series = read_dicom_series(path)
-    raw, affine = (series.channels(), series.affine) if series is not None else read_array(path)
+        series = read_dicom_series(path, max_bytes)
+    raw, affine = (series.channels(), series.affine) if series is not None else read_array(path, max_bytes)
     raw = _fit_channels(raw, path, model_channels)
+    if min(raw.shape[1:3]) < MIN_SIDE:
+        raise ImageError(f"{path.name}: {tuple(raw.shape[1:])} pixels; an image needs at least {MIN_SIDE} on each "
+                         "side of a slice")
     if not np.isfinite(raw).all():
         raise ImageError(f"{path.name}: contains NaN or infinite values")
     display = raw.mean(axis=0) if raw.shape[0] > 1 else raw[0]
@@ -259,8 +304,9 @@ def open_image(image_id: str, path: Path, modality: str, model_channels: int, ct
 class ImageFolder:
     """The listing of a folder of images, and a small cache of decoded ones."""
 
-    def __init__(self, root: Path, modality: str, model_channels: int, ct_window=None, cache_size: int = 8):
-        self.root = Path(root)
+    def __init__(self, root: Path, modality: str, model_channels: int, ct_window=None, cache_size: int = 8,
+                 max_bytes: int = DEFAULT_MAX_DECODED):
+        self.root, self.max_bytes = Path(root), max_bytes
         if not self.root.is_dir():
             raise ImageError(f"images folder {self.root} does not exist")
         self.modality, self.model_channels, self.ct_window = modality, model_channels, ct_window
@@ -357,7 +403,8 @@ class ImageFolder:
                 return self._cache[image_id]
         try:
             stamp = self._file_stamp(path)
-            loaded = open_image(image_id, path, self.modality, self.model_channels, self.ct_window)
+            loaded = open_image(image_id, path, self.modality, self.model_channels, self.ct_window,
+                                max_bytes=self.max_bytes)
         except (ImageError, OSError, MemoryError) as err:
             reason = str(err) if isinstance(err, ImageError) else f"{path.name}: cannot be read ({type(err).__name__})"
             with self._lock:

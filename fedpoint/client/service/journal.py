@@ -9,6 +9,11 @@ A label save on a volume adds several cases; renaming N folders is not one atomi
 3. at start (`recover`), a journal still present means a crash cut step 2: the cases it names that
    carry its group id are removed, so the save has not happened at all.
 
+A journal is trusted only as far as it is one of ours (`read_journal`): its file name carries a
+group id of 32 hex digits, it names that same group, and every case it names is a valid case id,
+a folder directly inside `cache/`. Anything else (a leftover naming `""`, `../adapters`, another
+group's cases) removes nothing: it is kept, logged and flagged by `fedpoint site check`.
+
 The reply to the client is sent only after step 2, so an acknowledged save is never rolled back.
 Each case's meta carries `group` (and the idempotency key of the request that saved it).
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import shutil
 import time
 import uuid
@@ -30,6 +36,31 @@ from fedpoint.shared.fileio import commit_folder, fsync_dir, fsync_tree, staged_
 
 log = logging.getLogger("fedpoint.service")
 JOURNAL_PREFIX = ".group-"
+_GROUP = re.compile(r"^[0-9a-f]{32}$")
+
+
+class JournalError(ValueError):
+    """A journal file that is not one fedpoint wrote: nothing it names is touched."""
+
+
+def read_journal(path: Path) -> tuple[str, list[str]]:
+    """(group, case folder names) of a journal of our own making; JournalError otherwise."""
+    group = path.name[len(JOURNAL_PREFIX):-len(".json")] if path.name.endswith(".json") else ""
+    if not path.name.startswith(JOURNAL_PREFIX) or not _GROUP.match(group):
+        raise JournalError(f"cache/{path.name}: not a journal name fedpoint writes")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise JournalError(f"cache/{path.name}: cannot be read ({type(err).__name__})") from None
+    names = data.get("cases") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or data.get("group") != group or not isinstance(names, list) or not names:
+        raise JournalError(f"cache/{path.name}: not a journal of group {group} with a list of cases")
+    for name in names:
+        try:
+            check_id(name, "case")
+        except ValueError:
+            raise JournalError(f"cache/{path.name}: names {str(name)[:60]!r}, not a case folder of the cache") from None
+    return group, names
 
 
 def _stage(staging: Path, case_id: str, image: np.ndarray, mask: np.ndarray, meta: dict) -> None:
@@ -74,26 +105,30 @@ def write_cases(store: SiteStore, cases: list[tuple[str, np.ndarray, np.ndarray,
 
 
 def recover(store: SiteStore) -> list[str]:
-    """Undo multi-case writes a crash cut short; returns the case folders removed."""
+    """Undo multi-case writes a crash cut short; returns the case folders removed. Only a journal of
+    our own making removes anything, and only case folders inside the cache that carry its group."""
     cache = store.root / "cache"
     removed: list[str] = []
     with store.locked():
-        for journal in sorted(cache.glob(f"{JOURNAL_PREFIX}*.json")):
-            group = journal.name[len(JOURNAL_PREFIX):-len(".json")]
+        for journal in sorted(cache.glob(f"{JOURNAL_PREFIX}*")):
             try:
-                names = json.loads(journal.read_text())["cases"]
-            except (OSError, ValueError, KeyError, TypeError):
-                names = []  # written atomically: unreadable means it never named a rename
+                group, names = read_journal(journal)
+            except JournalError as err:
+                store.log("journal-refused", file=f"cache/{journal.name}", reason=str(err))
+                log.warning("%s; nothing removed (run `fedpoint site check`, then delete it after a look)", err)
+                continue
+            cut = []
             for name in names:
-                folder = cache / str(name)
+                folder = cache / name
                 try:
                     same = json.loads((folder / "meta.json").read_text()).get("group") == group
                 except (OSError, ValueError, AttributeError):
-                    same = folder.is_dir()
-                if same and folder.is_dir():
+                    same = False  # fully written before its rename: unreadable means not this group's
+                if same and folder.parent == cache and folder.is_dir() and not folder.is_symlink():
                     shutil.rmtree(folder)
-                    removed.append(folder.name)
+                    cut.append(folder.name)
             journal.unlink()
-            store.log("group-rollback", group=group, removed=len(removed))
-            log.warning("rolled back an interrupted multi-slice save (group %s): removed %s", group, removed)
+            removed += cut
+            store.log("group-rollback", group=group, removed=len(cut))
+            log.warning("rolled back an interrupted multi-slice save (group %s): removed %s", group, cut)
     return removed

@@ -32,7 +32,7 @@ from fedpoint.client.service.desk import AnnotationDesk
 from fedpoint.client.service.images import (LoadedImage, check_result_format, file_response_bytes, label_file_bytes,
                                             nifti_bytes, read_label)
 from fedpoint.client.service.next_image import CHOICES
-from fedpoint.client.service.security import valid_id
+from fedpoint.client.service.security import shared_name, valid_id
 from fedpoint.client.service.sessions import OpenSession
 from fedpoint.client.service.validation import InferParams, NextImageParams, SaveParams, TrainParams, check, json_body, parse_json
 from fedpoint.client.session import InputError
@@ -51,9 +51,10 @@ def _params(text: str | None, model):
     return check(model, parse_json(text, "params"), "params")
 
 
-def _client(params, named: str | None = None) -> str:
-    """Who is annotating: a named user's token says; with the site token the client's `client_id`."""
-    return named or valid_id(params.client_id or DEFAULT_CLIENT, "client_id")
+def _client(params, named: str | None, guard) -> str:
+    """Who is annotating: a named user's token says; with the site token the client's `client_id`
+    (never a named user's name)."""
+    return named or shared_name(guard, params.client_id, DEFAULT_CLIENT)
 
 
 def _media_type(filename: str) -> str:
@@ -152,8 +153,9 @@ class LabelOperations:
             if key in desk.requests:
                 return {"cases": list(desk.requests[key]), "duplicate": True}
             result = self._save_label(image_id, user, label, values, key)
-        desk.audit.record(user, "save_label", image_id, cases=result["cases"], structures=sorted(values))
-        return result
+        problems = result.pop("after_effects", []) + desk.audit.record(user, "save_label", image_id, cases=result["cases"],
+                                                                        structures=sorted(values))
+        return {**result, **({"after_effects": problems} if problems else {})}
 
     def _save_label(self, image_id: str, user: str, label: np.ndarray, values: dict[str, int | None], key: str) -> dict:
         """A final label from a client: each structure's annotated parts into the cache through a
@@ -172,7 +174,8 @@ class LabelOperations:
                 parts += self._label_parts(loaded, user, structure, mask)
         if not parts:
             raise InputError(f"the label is empty for {', '.join(values)}: nothing to save")
-        return {"cases": self._accept_labels(loaded, user, parts, key)}
+        names, problems = self._accept_labels(loaded, user, parts, key)
+        return {"cases": names, **({"after_effects": problems} if problems else {})}
 
     def _label_parts(self, loaded: LoadedImage, user: str, structure: str, mask: np.ndarray) -> list[tuple]:
         desk = self.desk
@@ -189,7 +192,7 @@ class LabelOperations:
         return [(z, structure, mask[..., z]) for z in sorted(chosen)]
 
     def _accept_labels(self, loaded: LoadedImage, user: str, parts: list[tuple[int | None, str, np.ndarray]],
-                       key: str) -> list[str]:
+                       key: str) -> tuple[list[str], list[str]]:
         """Each part's session accepts its mask (post update), then all parts land in the cache at once."""
         desk = self.desk
         accepted = []
@@ -291,7 +294,8 @@ def router(state: ServiceState, require) -> APIRouter:
         request = _params(params, InferParams)
         extension, dtype = request.result_extension or ".nii.gz", request.result_dtype or "uint8"
         check_result_format(extension, dtype)  # a bad format fails before any click
-        label_volume, reply = state.labels.infer(valid_id(image), _client(request, named), request.foreground or [],
+        user = _client(request, named, getattr(state, "guard", None))
+        label_volume, reply = state.labels.infer(valid_id(image), user, request.foreground or [],
                                                  request.background or [], request.label, request.roi, request.roi_slice)
         if output == "json":
             return reply
@@ -335,12 +339,12 @@ def router(state: ServiceState, require) -> APIRouter:
         if len(data) > state.config.max_upload_mb * 2**20:
             raise HTTPException(413, "label file larger than max_upload_mb")
         if is_dicom(data, label.filename):
-            array, values = seg_label(data, loaded, state.config.label_values)
+            array, values = seg_label(data, loaded, state.config.label_values, state.config.max_decoded_bytes)
         else:
             array = read_label(data, label.filename or "label.nii.gz", loaded.shape,
-                               int(state.config.max_decoded_mb * 2**20))
+                               int(state.config.max_decoded_mb * 2**20), loaded.affine)
             values = label_values(request, state.config.label_values)
-        result = state.labels.save_label(image, _client(request, named), array, values, request.request_id)
+        result = state.labels.save_label(image, _client(request, named, getattr(state, "guard", None)), array, values, request.request_id)
         return {"image": image, "label": image, **result}
 
     @api.post("/activelearning/{strategy}")
@@ -423,6 +427,8 @@ def auth_router(guard) -> APIRouter:
             named = guard.identify(password)
         except HTTPException:
             named = ""
+        if named is None and guard.has_users():  # the site token logs in as nobody once named users exist
+            named = ""
         if named == "" or (named is not None and named != username):
             raise HTTPException(401, "wrong user name or token: the password is the token `fedpoint site user add` printed",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -439,22 +445,24 @@ def is_dicom(data: bytes, filename: str | None) -> bool:
     return data[128:132] == b"DICM" or (filename or "").lower().endswith(".dcm")
 
 
-def seg_label(data: bytes, loaded, structures: dict[str, int]) -> tuple[np.ndarray, dict[str, int]]:
+def seg_label(data: bytes, loaded, structures: dict[str, int], max_bytes: int = 1 << 30) -> tuple[np.ndarray, dict[str, int]]:
     """A DICOM-SEG upload as a label map on a DICOM image: each segment whose label names one of
     the site's structures (a lone segment, for a one-structure site) takes that structure's value.
-    A SEG made on another series, or on an image that is not DICOM, is refused."""
-    import io
+    A SEG made on another series, or on an image that is not DICOM, is refused. Its frames are
+    checked against the image (size, count) before any is decoded."""
+    from pydicom.errors import InvalidDicomError
 
-    import pydicom
-
-    from fedpoint.data.dicom import DicomError, read_seg
+    from fedpoint.data.dicom import HEADER_ERRORS, DicomError, check_seg_frames, read_dataset, read_seg
 
     if loaded.dicom is None:
         raise InputError(f"{loaded.id} is not a DICOM series: send a NIfTI, NRRD, PNG or NPY label, not a DICOM-SEG")
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data))
+        dataset = read_dataset(data, "the uploaded DICOM-SEG", max_bytes)
         segments = {int(item.SegmentNumber): str(item.SegmentLabel) for item in dataset.SegmentSequence}
-    except Exception as err:  # noqa: BLE001 - not DICOM, or not a SEG
+        check_seg_frames(dataset, loaded.dicom, len(segments), max_bytes)
+    except DicomError as err:
+        raise InputError(str(err)) from None
+    except (InvalidDicomError, *HEADER_ERRORS, EOFError, OSError) as err:  # not DICOM, or not a SEG
         raise InputError(f"the uploaded DICOM is not a readable DICOM-SEG ({type(err).__name__})") from None
     chosen = {n: name for n, name in segments.items() if name in structures}
     if not chosen and len(structures) == 1 and len(segments) == 1:
@@ -479,6 +487,9 @@ def label_values(params: SaveParams, structures: dict[str, int]) -> dict[str, in
     Without it, one structure takes every non-zero voxel and several take 1, 2, ... in site.toml order."""
     if params.label_info:
         named = {item.name: item.idx for item in params.label_info if item.name in structures}
+        if 0 in named.values():
+            zero = next(name for name, idx in named.items() if idx == 0)
+            raise InputError(f"label_info gives {zero!r} idx 0, the background value of a label map; give its own value")
         if not named:
             given = ", ".join(repr(item.name) for item in params.label_info)
             raise InputError(f"label_info names {given}; this site labels {', '.join(structures)}")

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import TYPE_CHECKING, Callable
 
@@ -29,6 +30,7 @@ from fedpoint.shared.focus import paste
 if TYPE_CHECKING:
     from fedpoint.client.service.desk import AnnotationDesk
 
+log = logging.getLogger("fedpoint.service")
 CHOICES = {
     "first": "the first unlabelled image, in id order",
     "random": "a random unlabelled image",
@@ -108,5 +110,9 @@ class NextImageChoice:
             except ImageError:
                 return None
             z = loaded.slices // 2 if self.desk.sliced(loaded) else None
-            self._scores[key] = flip_uncertainty(model, self.desk.session_image(loaded, z))
+            try:
+                self._scores[key] = flip_uncertainty(model, self.desk.session_image(loaded, z))
+            except Exception as err:  # noqa: BLE001 - one image the model cannot score must not stop the choice for everyone
+                log.warning("next-image choice: %s cannot be scored (%s: %s); skipped", image_id, type(err).__name__, err)
+                return None
         return self._scores[key]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import FileResponse, Response
-from fedpoint.client.service.security import valid_id
+from fedpoint.client.service.security import shared_name, valid_id
 from fedpoint.client.service.state import ServiceState
 from fedpoint.client.service.validation import BoxBody, ClickBody, SliceBody
 
@@ -29,12 +29,13 @@ def mask_payload(mask: np.ndarray) -> dict:
             "bits": base64.b64encode(np.packbits(rows.ravel()).tobytes()).decode()}
 
 
-def user_dependency(require):
+def user_dependency(require, guard=None):
     """The request's user: a named user's token says who it is; with the site token the client
-    names the user (`X-Fedpoint-User`). FastAPI runs `require` once per request (cached)."""
+    names the user (`X-Fedpoint-User`), never a named user (`guard.shared_user`). FastAPI runs
+    `require` once per request."""
 
     def user_of(named: str | None = Depends(require), x_fedpoint_user: str | None = Header(None)) -> str:
-        return named or valid_id(x_fedpoint_user or DEFAULT_USER, "user name")
+        return named or shared_name(guard, x_fedpoint_user, DEFAULT_USER)
 
     return user_of
 
@@ -59,7 +60,7 @@ def page_router() -> APIRouter:
 
 def api_router(state: ServiceState, require) -> APIRouter:
     router = APIRouter(prefix="/api", dependencies=[Depends(require)])
-    user_of = user_dependency(require)
+    user_of = user_dependency(require, getattr(state, "guard", None))
     desk = state.desk
 
     def clicks_of(entry, z) -> list[dict]:
@@ -146,7 +147,8 @@ def api_router(state: ServiceState, require) -> APIRouter:
                 "mask_slices": mask_slices(result.mask),
                 "clicks": clicks_of(entry, result.slice), "box": box_of(entry, result.slice),
                 "server_ms": round(result.seconds * 1e3, 2),
-                "predict_ms": round(result.predict_ms, 2), "update_ms": round(result.update_ms, 2)}
+                "predict_ms": round(result.predict_ms, 2), "update_ms": round(result.update_ms, 2),
+                **({"after_effects": result.problems} if result.problems else {})}
 
     @router.post("/sessions/{image_id}/box")
     def box(image_id: str, body: BoxBody, user: str = Depends(user_of)) -> dict:

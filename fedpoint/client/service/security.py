@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 
 from fastapi import HTTPException, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,25 +42,59 @@ def valid_id(value: str, what: str = "image id") -> str:
         raise InvalidId(str(err)) from None
 
 
+class SiteTokenUser(str):
+    """A user name typed by a client holding the site token (not proven by a token of its own):
+    the audit log marks each of its lines `"token": "site"`."""
+
+
+def shared_name(guard, typed: str | None, default: str) -> str:
+    """A name typed by a site-token client, checked by `guard` (none: only as a valid id)."""
+    return guard.shared_user(typed, default) if guard is not None else SiteTokenUser(valid_id(typed or default, "user name"))
+
+
 class TokenGuard:
     """The site token, and the named users' tokens (`users.UserRegistry`) when there are any.
 
     `identify` answers who a token is: None for the site token (the client names the user), a
-    name for a user token; a wrong, lapsed or (with `allow_shared` off) shared token is a 401."""
+    name for a user token; a wrong, lapsed or (shared tokens off) shared token is a 401.
+    `allow_shared` None (the default) means: on while the site has no users file, off once it has.
+    The site token never acts as a named user: `shared_user` refuses their names."""
 
-    def __init__(self, token: str, users=None, allow_shared: bool = True):
+    def __init__(self, token: str, users=None, allow_shared: bool | None = None):
         self._token = token.encode()
         self.users, self.allow_shared = users, allow_shared
 
     def matches(self, candidate: str | None) -> bool:
         return candidate is not None and hmac.compare_digest(candidate.encode(), self._token)
 
+    def has_users(self) -> bool:
+        return self.users is not None and self.users.path.exists()
+
+    def shared_allowed(self) -> bool:
+        return self.allow_shared if self.allow_shared is not None else not self.has_users()
+
+    def shared_user(self, typed: str | None, default: str) -> SiteTokenUser:
+        """The name a site-token client types, checked: never the name of a named user (their
+        own token proves who they are; a shared token cannot borrow it)."""
+        from fedpoint.client.service.users import UserError
+
+        name = valid_id(typed or default, "user name")
+        try:
+            named = {u.name for u in self.users.users()} if self.has_users() else set()
+        except UserError:
+            named = None  # a broken users file: no name can be checked, so none is lent
+        if named is None or name in named:
+            raise HTTPException(403, f"the site token cannot act as {name!r}: that is a named user; use their own "
+                                     "token" if named is not None else "the users file cannot be read; fix it first")
+        return SiteTokenUser(name)
+
     def identify(self, candidate: str | None) -> str | None:
         from fedpoint.client.service.users import TokenRefused, UserError
 
         if candidate and self.matches(candidate):
-            if not self.allow_shared:
-                raise _unauthorized("this site accepts only named users' tokens (allow_shared_token = false)")
+            if not self.shared_allowed():
+                raise _unauthorized("this site accepts only named users' tokens (it has named users; "
+                                    "allow_shared_token = true turns the site token back on for other names)")
             return None
         try:
             name = self.users.resolve(candidate) if (candidate and self.users is not None) else None
@@ -112,8 +147,13 @@ class PathTokenMiddleware:
         await self.app(scope, receive, send)
 
 
+MAX_PLAIN_BODY = 1 << 20  # a JSON (or any non-upload) body: clicks and params are a few hundred bytes
+
+
 class BodyLimitMiddleware:
-    """413 for a request body over the limit, declared or streamed."""
+    """413 for a request body over the limit, declared or streamed, before anything parses it: an
+    upload (multipart) up to `max_bytes`, any other body (JSON) up to MAX_PLAIN_BODY, since the
+    framework parses JSON on the event loop, where a huge body would stall every request."""
 
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -121,9 +161,12 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await _send_json(send, 413, self._message())
+        headers = dict(scope.get("headers", []))
+        upload = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
+        limit = self.max_bytes if upload else min(self.max_bytes, MAX_PLAIN_BODY)
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _send_json(send, 413, self._message(limit, upload))
         received = 0
 
         async def counted() -> Message:
@@ -131,14 +174,16 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(413, self._message())
+                if received > limit:
+                    raise HTTPException(413, self._message(limit, upload))
             return message
 
         await self.app(scope, counted, send)
 
-    def _message(self) -> str:
-        return f"request body larger than the service's limit of {self.max_bytes / 2**20:.1f} MiB (max_upload_mb)"
+    @staticmethod
+    def _message(limit: int, upload: bool) -> str:
+        what = "max_upload_mb" if upload else "a JSON body; uploads go as multipart/form-data"
+        return f"request body larger than the service's limit of {limit / 2**20:.1f} MiB ({what})"
 
 
 class SecurityHeadersMiddleware:
@@ -159,3 +204,46 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+class HeadMiddleware:
+    """HEAD answered wherever GET is: the GET's status and headers, no body."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b"", "more_body": False} if not message.get("more_body") else None
+            if message is not None:
+                await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)
+
+
+SECRET_WORDS = ("token", "key", "pass", "auth", "secret", "credential")
+
+
+def redact_query(path: str) -> str:
+    """A request target with the values of secret-looking query parameters replaced (for the access log)."""
+    base, sep, query = path.partition("?")
+    if not sep:
+        return path
+    parts = []
+    for item in query.split("&"):
+        name, eq, _ = item.partition("=")
+        parts.append(f"{name}=[redacted]" if eq and any(w in name.lower() for w in SECRET_WORDS) else item)
+    return f"{base}?{'&'.join(parts)}"
+
+
+class RedactQueryTokens(logging.Filter):
+    """On uvicorn's access log: a token a client put in the address never reaches the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
+            record.args = (*record.args[:2], redact_query(record.args[2]), *record.args[3:])
+        return True

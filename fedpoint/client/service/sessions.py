@@ -4,13 +4,14 @@ Two clinicians on one image never share clicks: each has a session of their own.
 2D model is annotated slice by slice, so its key carries the slice; a 2D image or a 3D model has
 slice None. Several structures per image (site.toml `labels`) each get their own session, so a
 liver and a lesion on one slice are two annotations. Each session has its own lock (one person's clicks apply in order); the model's lock
-already serialises the weights. Idle sessions expire, and the oldest go first past a limit.
+already serialises the weights. Idle sessions expire; past a limit, the oldest of the user holding the most go first.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -50,11 +51,16 @@ class SessionRegistry:
         self._lock = threading.Lock()
 
     def _expire(self) -> None:
+        """Idle sessions go after the TTL. Past `max_sessions`, the user holding the most sessions
+        loses their oldest: one person opening many slices never closes another's unsaved work."""
         now = time.monotonic()
         for key in [k for k, s in self._open.items() if now - s.touched > self.ttl_s]:
             del self._open[key]
         while len(self._open) > self.max_sessions:
-            del self._open[min(self._open, key=lambda k: self._open[k].touched)]
+            held = Counter(k[1] for k in self._open)
+            most = max(held.values())
+            heavy = {user for user, n in held.items() if n == most}
+            del self._open[min((k for k in self._open if k[1] in heavy), key=lambda k: self._open[k].touched)]
 
     def get(self, key: SessionKey) -> OpenSession | None:
         with self._lock:

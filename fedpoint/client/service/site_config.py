@@ -49,7 +49,8 @@ class SiteServiceConfig(BaseModel):
     token_file: Path | None = Field(None, description="file holding the token")
     token_in_path: bool = Field(False, description="also accept /t/<token>/... for clients that cannot send headers")
     users_file: Path | None = Field(None, description="named users' hashed tokens (`fedpoint site user add`); default <store>/users.json")
-    allow_shared_token: bool = Field(True, description="the site token may annotate under a typed name; false: only named users' tokens")
+    allow_shared_token: bool | None = Field(None, description="the site token may annotate under a typed name (never a "
+                                                                "named user's); default: only while no users file exists")
     tls_cert: Path | None = Field(None, description="PEM certificate: serve HTTPS directly (with tls_key)")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N or auto (CUDA when torch sees one)")
@@ -58,7 +59,8 @@ class SiteServiceConfig(BaseModel):
     labels: list[str] | None = Field(None, description='several structures per image, e.g. ["liver", "lesion"] (replaces label)')
     max_upload_mb: float = Field(64.0, gt=0, le=4096)
     max_decoded_mb: float = Field(1024.0, gt=0, le=65536,
-                                  description="most bytes an uploaded label may decode to (its header is checked first)")
+                                  description="most bytes an image (as float32) or an uploaded label may decode to; "
+                                              "every header is checked against it before decoding")
     max_points: int = Field(64, ge=1, le=10_000, description="most clicks one request or one session may carry")
     max_sessions: int = Field(64, ge=1, description="open annotation sessions kept in memory (oldest idle dropped)")
     session_ttl_s: float = Field(3600.0, gt=0, description="an idle session is dropped after this")
@@ -159,6 +161,10 @@ class SiteServiceConfig(BaseModel):
     def label_values(self) -> dict[str, int]:
         """Each structure's value in a label map: the one rule for label maps in and out."""
         return {name: i + 1 for i, name in enumerate(self.structures)}
+
+    @property
+    def max_decoded_bytes(self) -> int:
+        return int(self.max_decoded_mb * 2**20)
 
     @property
     def users_path(self) -> Path:

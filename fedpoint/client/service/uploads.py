@@ -24,20 +24,13 @@ import zlib
 import numpy as np
 
 from fedpoint.client.service.images import ImageError
+from fedpoint.data.headers import (MAX_HEADER, NRRD_ALIASES, HeaderError, inflated_prefix, nifti_declared,
+                                    nrrd_fields)
 
 NIFTI_DTYPES = {2: np.uint8, 4: np.int16, 8: np.int32, 16: np.float32, 64: np.float64, 256: np.int8, 512: np.uint16,
                 768: np.uint32, 1024: np.int64, 1280: np.uint64}
 NRRD_TYPES = {"int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2", "int32": "i4", "uint32": "u4",
               "int64": "i8", "uint64": "u8", "float": "f4", "double": "f8"}
-NRRD_ALIASES = {"signed char": "int8", "int8_t": "int8", "uchar": "uint8", "unsigned char": "uint8", "uint8_t": "uint8",
-                "short": "int16", "short int": "int16", "signed short": "int16", "signed short int": "int16",
-                "int16_t": "int16", "ushort": "uint16", "unsigned short": "uint16", "unsigned short int": "uint16",
-                "uint16_t": "uint16", "int": "int32", "signed int": "int32", "int32_t": "int32", "uint": "uint32",
-                "unsigned int": "uint32", "uint32_t": "uint32", "longlong": "int64", "long long": "int64",
-                "long long int": "int64", "signed long long": "int64", "signed long long int": "int64",
-                "int64_t": "int64", "ulonglong": "uint64", "unsigned long long": "uint64",
-                "unsigned long long int": "uint64", "uint64_t": "uint64"}
-MAX_HEADER = 1 << 16  # an NRRD text header or NIfTI extensions beyond 64 KiB are not a label
 
 
 class UploadError(ImageError):
@@ -110,26 +103,15 @@ def read_nifti(data: bytes, name: str, shape: tuple[int, ...], max_bytes: int) -
     import nibabel as nib
 
     compressed = _is_gzip(data)
-    head = bounded_decompress_prefix(data, 540 + 4, name) if compressed else data[:544]
-    if len(head) < 348:
-        raise UploadError(f"label file {name!r}: cannot be read (too short for a NIfTI header)")
-    size_le, size_be = struct.unpack("<i", head[:4])[0], struct.unpack(">i", head[:4])[0]
-    if 348 in (size_le, size_be):
-        header_class, header_size = nib.Nifti1Header, 348
-    elif 540 in (size_le, size_be):
-        header_class, header_size = nib.Nifti2Header, 540
-    else:
-        raise UploadError(f"label file {name!r}: cannot be read (not a NIfTI file: header size {size_le})")
     try:
-        header = header_class.from_fileobj(io.BytesIO(head[:header_size]), check=False)
-        declared = tuple(int(n) for n in header.get_data_shape())
-        dtype = np.dtype(header.get_data_dtype())
-        offset = int(header.get_data_offset())
-    except Exception as err:  # nibabel raises many kinds for a malformed header
-        raise UploadError(f"label file {name!r}: not a valid NIfTI header ({type(err).__name__}: {err})") from None
-    if not 0 <= offset <= MAX_HEADER + header_size:
-        raise UploadError(f"label file {name!r}: NIfTI data offset {offset} is not plausible")
-    nbytes = check_declared(name, declared, dtype.itemsize, shape, max_bytes)
+        head = inflated_prefix(data, 544) if compressed else data[:544]
+        declared_header, offset = nifti_declared(head)
+    except HeaderError as err:
+        raise UploadError(f"label file {name!r}: {err}") from None
+    header_size = declared_header_size(head)
+    header_class = nib.Nifti1Header if header_size == 348 else nib.Nifti2Header
+    declared = declared_header.shape
+    nbytes = check_declared(name, declared, declared_header.itemsize, shape, max_bytes)
     raw = bounded_decompress(data, offset + nbytes + 64 * 1024, name) if compressed else data
     if len(raw) < offset + nbytes:
         raise UploadError(f"label file {name!r}: truncated ({max(0, len(raw) - offset)} of the {nbytes} voxel bytes "
@@ -142,31 +124,27 @@ def read_nifti(data: bytes, name: str, shape: tuple[int, ...], max_bytes: int) -
     return array
 
 
-def bounded_decompress_prefix(data: bytes, length: int, name: str) -> bytes:
-    """The first `length` decompressed bytes (for a header), whatever the stream holds after them."""
+def nifti_affine(data: bytes) -> np.ndarray | None:
+    """The voxel-to-world affine a NIfTI label's header gives (None where it cannot be read)."""
+    import nibabel as nib
+
     try:
-        return zlib.decompressobj(wbits=47).decompress(data, length)
-    except zlib.error as err:
-        raise UploadError(f"label file {name!r}: cannot be read (decompression failed: {err})") from None
+        head = inflated_prefix(data, 544) if _is_gzip(data) else data[:544]
+        header_class = nib.Nifti1Header if declared_header_size(head) == 348 else nib.Nifti2Header
+        return np.asarray(header_class.from_fileobj(io.BytesIO(head), check=False).get_best_affine(), dtype=float)
+    except Exception:  # noqa: BLE001 - the decoder has refused a broken header already
+        return None
+
+
+def declared_header_size(head: bytes) -> int:
+    return 348 if 348 in (struct.unpack("<i", head[:4])[0], struct.unpack(">i", head[:4])[0]) else 540
 
 
 def read_nrrd(data: bytes, name: str, shape: tuple[int, ...], max_bytes: int) -> np.ndarray:
-    end = data.find(b"\n\n", 0, MAX_HEADER)
-    cut = 2
-    if end < 0:
-        end, cut = data.find(b"\r\n\r\n", 0, MAX_HEADER), 4
-    if not data.startswith(b"NRRD") or end < 0:
-        raise UploadError(f"label file {name!r}: not an NRRD file with a header under {MAX_HEADER // 1024} KiB")
-    fields: dict[str, str] = {}
-    for line in data[:end].decode("latin-1").splitlines()[1:]:
-        if line.startswith("#") or ":=" in line or not line.strip():
-            continue
-        key, sep, value = line.partition(":")
-        if not sep:
-            raise UploadError(f"label file {name!r}: NRRD header line {line[:40]!r} is not 'field: value'")
-        fields[key.strip().lower()] = value.strip()
-    if "data file" in fields or "datafile" in fields:
-        raise UploadError(f"label file {name!r}: a detached NRRD data file is not accepted; send the data in the file")
+    try:
+        fields, start = nrrd_fields(data)  # a detached data file is refused here, as for every reader
+    except HeaderError as err:
+        raise UploadError(f"label file {name!r}: {err}") from None
     kind = NRRD_ALIASES.get(fields.get("type", ""), fields.get("type", ""))
     if kind not in NRRD_TYPES:
         raise UploadError(f"label file {name!r}: NRRD type {fields.get('type')!r} is not supported")
@@ -181,7 +159,7 @@ def read_nrrd(data: bytes, name: str, shape: tuple[int, ...], max_bytes: int) ->
     if dtype.itemsize > 1:
         dtype = dtype.newbyteorder(">" if fields.get("endian", "little") == "big" else "<")
     nbytes = check_declared(name, sizes, dtype.itemsize, shape, max_bytes)
-    body = data[end + cut:]
+    body = data[start:]
     encoding = fields.get("encoding", "raw").lower()
     if encoding in ("gz", "gzip"):
         body = bounded_decompress(body, nbytes, name)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import threading
 import time
@@ -23,6 +24,8 @@ from pathlib import Path
 
 from fedpoint.client.site_store import check_id
 from fedpoint.shared.fileio import ProcessLock, append_line, write_json_atomic
+
+log = logging.getLogger("fedpoint.service")
 
 TOKEN_PREFIX = "fpu_"  # tells a user token from the site token at a glance (and in a leaked log)
 
@@ -67,6 +70,36 @@ def digest_of(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _number(value, what: str, optional: bool = True) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise UserError(f"{what} is {str(value)[:40]!r}, not a time in seconds")
+    return float(value)
+
+
+def parse_users(raw: bytes) -> dict[str, User]:
+    """The users file's content, every field of its declared type; UserError says what is wrong.
+    (Read by the service on each change and by `fedpoint site check`.)"""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"cannot be read (not UTF-8 at byte {err.start})") from None
+    except (ValueError, RecursionError) as err:
+        raise UserError(f"cannot be read ({type(err).__name__}: {str(err)[:120]})") from None
+    entries = data.get("users", {}) if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        raise UserError("must hold {\"users\": {name: {...}}}")
+    users = {}
+    for name, entry in entries.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str) or entry.get("name", name) != name:
+            raise UserError(f"user {name[:40]!r}: needs a name and a digest (text)")
+        users[name] = User(name, entry["digest"], _number(entry.get("created"), f"user {name!r} created", False),
+                           _number(entry.get("expires"), f"user {name!r} expires"),
+                           _number(entry.get("revoked"), f"user {name!r} revoked"))
+    return users
+
+
 class UserRegistry:
     """The users file (`users.json`): read-modify-write under a lock file, re-read when it changes."""
 
@@ -88,11 +121,13 @@ class UserRegistry:
         if stamp == self._stamp:
             return
         try:
-            raw = json.loads(self.path.read_text())
-            users = {name: User(**entry) for name, entry in raw.get("users", {}).items()}
-        except (json.JSONDecodeError, TypeError, AttributeError) as err:
+            users = parse_users(self.path.read_bytes())
+        except OSError as err:
+            raise UserError(f"{self.path.name}: cannot be read ({type(err).__name__}); no user token is accepted "
+                            "until it is fixed") from None
+        except UserError as err:
             # A broken registry must not let anyone in: keep no user, and say so.
-            raise UserError(f"{self.path.name}: cannot be read ({err}); no user token is accepted until it is fixed") from None
+            raise UserError(f"{self.path.name}: {err}; no user token is accepted until it is fixed") from None
         self._users, self._stamp = users, stamp
         self._by_digest = {u.digest: u for u in users.values()}
 
@@ -173,21 +208,33 @@ class AuditLog:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.Lock()
+        self.failures = 0
 
-    def record(self, user: str, action: str, image: str | None = None, **fields) -> None:
-        line = json.dumps({"time": round(time.time(), 3), "user": user, "action": action,
+    def record(self, user: str, action: str, image: str | None = None, **fields) -> list[str]:
+        """Append one line; returns what went wrong (an unwritable log), never raises: a line is
+        written after its action took effect, and the reply must still say that it did."""
+        shared = {"token": "site"} if type(user).__name__ == "SiteTokenUser" else {}  # a typed name, not proven
+        line = json.dumps({"time": round(time.time(), 3), "user": user, "action": action, **shared,
                            **({"image": image} if image is not None else {}), **fields})
-        with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            append_line(self.path, line, durable=action in self.DURABLE)
+        try:
+            with self._lock:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                append_line(self.path, line, durable=action in self.DURABLE)
+        except OSError as err:
+            self.failures += 1
+            log.error("audit log %s cannot be written (%s): %s by %s not recorded", self.path.name, err, action, user)
+            return [f"the audit log cannot be written ({type(err).__name__}); this {action} is not in it"]
+        return []
 
     def read(self) -> list[dict]:
         if not self.path.exists():
             return []
         out = []
-        for line in self.path.read_text().splitlines():
+        for line in self.path.read_text(errors="replace").splitlines():
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line a crash cut: the rest stays readable
+                entry = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):  # a line a crash cut: the rest stays readable
                 continue
+            if isinstance(entry, dict):
+                out.append(entry)
         return out

@@ -86,9 +86,8 @@ def test_the_user_comes_from_the_token_not_the_header(named, site):
     audit = AuditLog(site["store"] / "audit.jsonl").read()
     assert [(e["user"], e["action"], e["image"]) for e in audit] == [("alice", "click", "img0"), ("alice", "accept", "img0")]
     assert audit[1]["case"] == r.json()["case"] and audit[1]["voxels"] > 0
-    # the site token still names its user by header (shared tokens are allowed by default)
-    shared = live.client.get("/api/me", headers={"X-Fedpoint-User": "carol"}).json()
-    assert shared == {"user": "carol", "named": False}
+    # with named users, the site token is off unless allow_shared_token = true (test_hostile_roots)
+    assert live.client.get("/api/me", headers={"X-Fedpoint-User": "carol"}).status_code == 401
 
 
 def test_revoking_takes_effect_on_the_running_service(named, site, toml):
