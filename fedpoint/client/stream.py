@@ -17,15 +17,17 @@ import numpy as np
 from fedpoint.client.engine import SiteEngine
 from fedpoint.shared.metrics import SUMMARY_KEYS, click_metrics
 from fedpoint.shared.simulated_user import simulate
+from fedpoint.shared.tasks import structure_of
 
 
 def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int = 10, case_id: str | None = None,
-             spacing: tuple[float, ...] | None = None, accept_truth: bool = False) -> dict:
+             spacing: tuple[float, ...] | None = None, accept_truth: bool = False, task: str | None = None) -> dict:
     """One image through the simulated user; with `spacing` (mm per axis) the user's "deepest
     point" and the focus crop are measured in millimetres. The user accepts the last mask as it
     is (a pseudo-label), or with `accept_truth` corrects it to the true mask first, as a clinician
-    who edits the mask does (CLoPA's setting: episodes then train on true labels)."""
-    session = engine.open(image, case_id, spacing=spacing)
+    who edits the mask does (CLoPA's setting: episodes then train on true labels). `task` names the
+    structure whose adapter the session adapts (None: the engine's primary task)."""
+    session = engine.open(image, case_id, spacing=spacing, task=task)
     steps = simulate(lambda chosen: session.click(chosen[-1].point, chosen[-1].positive), gt, clicks, spacing=spacing)
     t0 = time.perf_counter()
     dices = [step.dice for step in steps]
@@ -52,14 +54,20 @@ def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int 
 
 
 def run_stream(engine: SiteEngine, samples: Sequence, clicks: int = 10,
-               on_image: Callable[[int, dict], None] | None = None, accept_truth: bool = False) -> list[dict]:
-    """Annotate samples in order (objects with `.image`, `.mask`, `.case_id`, `.object_name`)."""
+               on_image: Callable[[int, dict], None] | None = None, accept_truth: bool = False,
+               per_task: bool = False) -> list[dict]:
+    """Annotate samples in order (objects with `.image`, `.mask`, `.case_id`, `.object_name`); with
+    `per_task` each sample adapts the adapter of its structure (`.object_name` without its
+    instance number), else the engine's
+    primary one."""
     records = []
     for i, sample in enumerate(samples):
         case_id = _case_id(sample, i)
+        task = structure_of(getattr(sample, "object_name", "")) if per_task else None
         record = annotate(engine, sample.image, sample.mask, clicks, case_id, getattr(sample, "spacing", None),
-                          accept_truth)
-        record.update(index=i, object=getattr(sample, "object_name", ""), modality=getattr(sample, "modality", ""))
+                          accept_truth, task)
+        record.update(index=i, object=getattr(sample, "object_name", ""), modality=getattr(sample, "modality", ""),
+                      task=engine.task if task is None else task)
         records.append(record)
         if on_image is not None:
             on_image(i, record)
