@@ -21,7 +21,7 @@ from fedpoint.shared.metrics import CLICKS, DICE_AUC, DICE_KEYS, NOC_KEYS, NOF, 
 
 # Every image record carries these keys (see docs/results-schema.md).
 IMAGE_KEYS = ("strategy", "seed", "site", "modality", "shift", "shifted", "late", "join_round", "round", "index",
-              "case_id", "object", "dices", *DICE_KEYS, DICE_AUC, *NOC_KEYS, NOF, CLICKS, *TIMING_KEYS, "seconds")
+              "case_id", "object", "task", "dices", *DICE_KEYS, DICE_AUC, *NOC_KEYS, NOF, CLICKS, *TIMING_KEYS, "seconds")
 ROUND_KEYS = ("strategy", "seed", "round", "site", "bytes_up", "bytes_down", "images", "seconds")
 
 
@@ -95,6 +95,7 @@ def image_record(raw: dict, *, strategy: str, seed: int, site, round_: int) -> d
         "index": int(raw["index"]),
         "case_id": raw.get("case_id", ""),
         "object": raw.get("object", ""),
+        "task": site_task(site),
         "dices": [float(d) for d in raw["dices"]],
     }
     for key in (*DICE_KEYS, NOF, *TIMING_KEYS, "seconds"):
@@ -103,6 +104,13 @@ def image_record(raw: dict, *, strategy: str, seed: int, site, round_: int) -> d
     for key in (*NOC_KEYS, CLICKS):
         record[key] = int(raw[key])
     return record
+
+
+def site_task(site) -> str:
+    """The task (structure) a site's images adapt, normalised; "default" when it declares none."""
+    from fedpoint.shared.tasks import normalise_task
+
+    return normalise_task(site.spec.task)
 
 
 def dice_auc(dices: list[float]) -> float:
@@ -136,7 +144,7 @@ def annotate_site(strategy: Strategy, experiment, seed: int, site, store_dir, on
         adaptation = adaptation.model_copy(update=dict(strategy.adaptation))
     engine = SiteEngine.create(
         experiment.base, kind, adaptation,
-        store=store_dir, campaign_size=len(site.samples), background_episodes=False)
+        store=store_dir, campaign_size=len(site.samples), background_episodes=False, task=site.spec.task)
     records: list[dict] = []
 
     def tick(i: int, raw: dict) -> None:
