@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,6 +17,8 @@ import torch
 
 from fedpoint.client import splits as episode_splits
 from fedpoint.client.episodes import EpisodeScheduler, GuardReview, RegressionGuard, load_cases
+from fedpoint.client.online_guard import Snapshot, snapshot
+from fedpoint.client.replay_judge import ReplayJudge
 from fedpoint.client.site_model import SiteModel
 from fedpoint.client.session import AnnotationSession, check_mask
 from fedpoint.client.site_store import SiteStore
@@ -37,6 +40,8 @@ class TaskSlot:
     store: SiteStore | None
     guard: RegressionGuard
     scheduler: EpisodeScheduler | None
+    judge: ReplayJudge | None = None  # the replay judge, when the adaptation config turns it on
+    activity: int = 0  # sessions opened and accepted: a held-back case is undone only if nothing ran between
 
 
 ModelFactory = Callable[[str, "SiteStore | None"], SiteModel]
@@ -56,6 +61,7 @@ class SiteEngine:
         self.task = normalise_task(task)
         self.slots: dict[str, TaskSlot] = {}
         self._slots_lock = threading.Lock()
+        self._held: dict[int, tuple[weakref.ref, Snapshot, int]] = {}  # held-back sessions: the state before them
         self._add_slot(self.task, model)
         self._opened = 0
 
@@ -69,7 +75,13 @@ class SiteEngine:
             if store is None:
                 raise ValueError(f"mode {model.adapt_cfg.mode!r} trains on the annotation cache: give the engine a site store")
             scheduler = EpisodeScheduler(model, store, self.campaign_size, self.background_episodes, guard)
-        slot = self.slots[task] = TaskSlot(task, model, store, guard, scheduler)
+        judge = None
+        if model.adapt_cfg.judge and model.adapt_cfg.mode != "frozen":
+            judge = ReplayJudge.from_config(model.adapt_cfg)
+            judge.start(model)
+            if store is not None:
+                judge.listener = lambda event: store.log("replay-judge-rolled-back", **event)
+        slot = self.slots[task] = TaskSlot(task, model, store, guard, scheduler, judge)
         return slot
 
     def slot(self, task: str | None = None) -> TaskSlot:
@@ -147,8 +159,12 @@ class SiteEngine:
         slot = self.slot(task)
         self._opened += 1
         on_accept = functools.partial(self._accepted, slot) if into_cache else None
-        return AnnotationSession(slot.model, image, case_id or f"case-{self._opened:05d}", on_accept,
-                                 seed=self._opened if seed is None else seed, spacing=spacing)
+        session = AnnotationSession(slot.model, image, case_id or f"case-{self._opened:05d}", on_accept,
+                                    seed=self._opened if seed is None else seed, spacing=spacing)
+        slot.activity += 1
+        if slot.judge is not None and slot.judge.holds_back():
+            self._held[id(session)] = (weakref.ref(session), snapshot(slot.model), slot.activity)
+        return session
 
     def accept(self, session: AnnotationSession, mask: np.ndarray | None = None) -> np.ndarray:
         """The one way an annotation is accepted: the session's accept (post-interaction update,
@@ -156,7 +172,23 @@ class SiteEngine:
         gets one at the mask's deepest point: the post update learns from a first click."""
         if mask is not None and not session.steps:
             session.click(deepest_point(check_mask(mask, session.spatial_shape)), True)
-        return session.accept(mask)
+        held = self._held.pop(id(session), None)
+        if held is not None and held[0]() is not session:  # an id reused after an earlier session was dropped
+            held = None
+        slot = self._slot_of(session)
+        final = session.accept(mask)
+        if slot is not None and slot.judge is not None:
+            if held is not None:  # a held-back case: what its session taught is undone, it joins the judge's set
+                _, before, activity = held
+                slot.judge.hold_back(slot.model, session.image, final, before if slot.activity == activity else None)
+            else:
+                slot.judge.judge(slot.model, session.case_id)
+        if slot is not None:
+            slot.activity += 1
+        return final
+
+    def _slot_of(self, session: AnnotationSession) -> TaskSlot | None:
+        return next((s for s in self.slots.values() if s.model is session.model), None)
 
     def _accepted(self, slot: TaskSlot, session: AnnotationSession, mask: np.ndarray) -> None:
         if slot.store is None:
@@ -180,6 +212,8 @@ class SiteEngine:
         review = slot.guard.review(slot.model, state, self.held_out(slot.task), source, slot.store, unvalidated_pass=True)
         if review.accepted:
             slot.model.swap_state(state, reset_optimizer=False)
+            if slot.judge is not None:  # the bank is the task's new start
+                slot.judge.rebase(slot.model)
         return review
 
     def wait(self) -> None:

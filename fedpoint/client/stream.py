@@ -34,9 +34,12 @@ def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int 
     if not dices:
         raise ValueError(f"{case_id}: the simulated user found nothing to click")
     final = session.mask
+    judge = engine.slot(task).judge
+    judged = len(judge.seconds) if judge is not None else 0
     if final.any():
         engine.accept(session, gt if accept_truth else None)
     seconds = time.perf_counter() - t0
+    judge_ms = 1e3 * judge.seconds[-1] if judge is not None and len(judge.seconds) > judged else 0.0
     rec = session.record()
     return {
         "case_id": session.case_id,
@@ -50,6 +53,7 @@ def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int 
         "windows": rec["windows"],  # where the network looked for each click (focus crop)
         "guard_rejected": rec["guard_rejected"],  # online updates the guard rolled back on this image
         "guard_reasons": rec["guard_reasons"],
+        "judge_ms": round(judge_ms, 3),  # the replay judge's time on this accept (0: not judged)
     }
 
 
