@@ -63,6 +63,9 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("local-post", "local", "post", "ablation: post-interaction updates only", ablation=True),
     Strategy("local-online-noccg", "local", "mid+post", "ablation: online updates with the click-consistency "
              "guidance off (ccg_beta = 0)", adaptation=(("ccg_beta", 0.0),), ablation=True),
+    Strategy("local-judged", "local", "mid+post", "online updates kept only while the replay judge finds the site "
+             "needs no more clicks on its held-back cases (fedpoint.client.replay_judge)",
+             adaptation=(("judge", True),), ablation=True),
     # CLoPA's claims: most of the gain after one episode; episodes as the paper runs them, on true labels
     Strategy("local-episodes-1", "local", "episodes", "ablation: one episode per campaign (pseudo-labels)",
              adaptation=(("episode_max", 1),), ablation=True),

@@ -35,6 +35,7 @@ from fedpoint.shared.adapter_kinds import adapter_kind
 from fedpoint.shared.config import AdaptationConfig, AdapterConfig
 from fedpoint.shared.validation_errors import describe_validation_error
 from fedpoint.simulations.arms import ABLATIONS, DEFAULT_STRATEGIES, STRATEGY_NAMES
+from fedpoint.simulations.source_base import SourceBase
 
 try:
     import tomllib
@@ -77,6 +78,8 @@ class ExperimentConfig(BaseModel):
     adaptation: dict[str, Any] = Field(default_factory=dict, description="episode_* fields of AdaptationConfig")
     ablations: bool = Field(False, description="also run the ablation arms (mid only, post only, CCG off) "
                             "when `strategies` is not given")
+    source_base: SourceBase | None = Field(None, description="change of modality: a base pre-trained on these "
+                                           "training sources only, built once by the runner (replaces `base`)")
     sites: list[SiteSpec] = Field(min_length=2)
 
     @model_validator(mode="before")

@@ -25,7 +25,7 @@ from fedpoint.simulations.plots import write_plots
 from fedpoint.simulations.report import compute_headline, evaluate_targets, write_report
 from fedpoint.simulations.arms import STRATEGIES, run_federated, run_local
 
-SCHEMA = "fedpoint.results/1"
+SCHEMA = "fedpoint.results/2"  # /2: learning curves (`curves`), image `task`
 
 
 def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool = True,
@@ -40,6 +40,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.perf_counter()
+    if config.source_base is not None:  # change of modality: the base trained on one family only
+        from fedpoint.simulations.source_base import ensure_source_base
+
+        base = ensure_source_base(config.source_base, Path(data_dir) if data_dir else None, progress)
+        config = config.model_copy(update={"base": str(base)})
     datasets: dict = {}  # each dataset read once for every seed
     first, data = build_experiment_sites(config, config.seeds[0], data_dir, datasets)  # bad sites fail here, first
     built, building = {config.seeds[0]: first}, threading.Lock()
@@ -141,6 +146,7 @@ def fresh_folder(path: Path) -> Path:
 
 
 def assemble(config: ExperimentConfig, images, rounds, episodes, federation, data, strategy_seconds, seconds) -> dict:
+    from fedpoint.simulations.curves import learning_curves
     from fedpoint.simulations.statistics import comparisons
 
     headline = compute_headline(images, rounds, config.images_per_round)
@@ -153,6 +159,7 @@ def assemble(config: ExperimentConfig, images, rounds, episodes, federation, dat
         "environment": environment(config),
         "data": data,
         "headline": headline,
+        "curves": learning_curves(images),
         "targets": evaluate_targets(headline, comps),
         "comparisons": comps,
         "images": images,

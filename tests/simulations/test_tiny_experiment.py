@@ -36,7 +36,7 @@ def tiny_run(tiny_base_2d, tmp_path_factory):
 def test_every_strategy_produces_numbers(tiny_run):
     out, stdout = tiny_run
     results = json.loads((out / "results.json").read_text())
-    assert results["schema"] == "fedpoint.results/1"
+    assert results["schema"] == "fedpoint.results/2"
     assert list(results["headline"]) == list(STRATEGY_NAMES)
     sites = {s["name"] for s in results["data"]["sites"]}
     for name in STRATEGY_NAMES:
