@@ -375,6 +375,7 @@ def write_report(results: dict, path, plots: Sequence[str] = ()) -> str:
         "payloads up and down, all sites, per round.",
         "",
         *curves_markdown(results.get("curves")),
+        *companions_markdown(results.get("companions", [])),
         "## Targets",
         "",
         targets_markdown(results["targets"]),
@@ -438,6 +439,20 @@ def curves_markdown(curves: dict | None) -> list[str]:
             "images: NoC as the relative reduction (positive: fewer clicks), Dice@1 as the gain in points; "
             "95% bootstrap intervals over seeds, then images. The curves are in the first plot below.", "",
             markdown_table(["strategy", "metric", "arm vs frozen", "change [95% CI]", "images"], table), ""]
+
+
+def companions_markdown(companions: list[dict]) -> list[str]:
+    """The companion scenarios (where the field sees large gains): their curves and second halves."""
+    if not companions:
+        return []
+    parts = ["## Companion scenarios", ""]
+    for c in companions:
+        folder = c["folder"]
+        parts += [f"### `{c['name']}`: {c['description']}", "",
+                  f"Full report: [{folder}/report.md]({folder}/report.md) ({c['seconds']:.0f} s).", "",
+                  f"![learning curves of {c['name']}]({folder}/learning_curves.png)", ""]
+        parts += curves_markdown({"second_half": c["second_half"]})[4:]  # the table, without the section heading
+    return parts
 
 
 def federated_evaluation_markdown(federation: list[dict]) -> str:

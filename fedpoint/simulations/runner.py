@@ -29,10 +29,11 @@ SCHEMA = "fedpoint.results/2"  # /2: learning curves (`curves`), image `task`
 
 
 def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool = True,
-                   data_dir: str | Path | None = None) -> dict:
+                   data_dir: str | Path | None = None, full: bool = False) -> dict:
     """Run all strategies of `config` on all seeds; write results.json, the plots and report.md into
     `out_dir` and return the results dict. The records are in (seed, strategy) order whatever the
-    lanes (`config.lanes`) ran at once."""
+    lanes (`config.lanes`) ran at once. Then each companion scenario (`config.companions`, loaded
+    with the same `full`) runs into `out_dir/<its name>/`, and the main report shows its curves."""
     import torch
 
     out_dir = Path(out_dir)
@@ -86,7 +87,24 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool
     results = assemble(config, images, rounds, episodes, federation, data, dict(strategy_seconds),
                        time.perf_counter() - started)
     write_outputs(results, out_dir)
+    if config.companions:
+        results["companions"] = [run_companion(name, out_dir, progress, data_dir, full) for name in config.companions]
+        results["seconds"] = round(time.perf_counter() - started, 1)
+        write_outputs(results, out_dir)
     return results
+
+
+def run_companion(name: str, out_dir: Path, progress: bool, data_dir, full: bool) -> dict:
+    """One companion scenario into `out_dir/<name>/`; what the main results keep of it."""
+    from fedpoint.simulations.experiment import load_experiment
+
+    companion = load_experiment(name, full=full)
+    if companion.companions:
+        raise ExperimentError(f"{name}: a companion scenario has no companions of its own")
+    results = run_experiment(companion, out_dir / companion.name, progress, data_dir)
+    return {"name": companion.name, "description": companion.description, "folder": companion.name,
+            "seconds": results["seconds"], "second_half": results["curves"]["second_half"],
+            "headline": results["headline"]}
 
 
 def run_in_lanes(jobs: list, run: Callable, lane_of: Callable[[object], int],

@@ -68,3 +68,25 @@ def test_a_source_base_is_reused_when_its_card_matches(tmp_path):
     out.with_suffix(".json").write_text(json.dumps({"training": {"sources": ["dipy-t1"], "steps": 3, "batch": 2}}))
     assert ensure_source_base(spec, tmp_path) == out
     assert not spec.matches({"training": {"sources": ["dipy-t1"], "steps": 4, "batch": 2}})
+
+
+def test_the_demo_runs_a_scenario_where_adaptation_should_pay_beside_the_realistic_one():
+    demo, full = load_experiment("demo"), load_experiment("demo", full=True)
+    assert demo.companions == ["demo-specialise"] and full.companions == ["specialise"]
+    for name in (*demo.companions, *full.companions):
+        companion = load_experiment(name)
+        assert {"frozen", "local-online", "fed-banks"} <= set(companion.strategies)
+        assert len({s.task for s in companion.sites}) == 1 and all(s.task for s in companion.sites)
+        assert not companion.companions
+    assert load_experiment("demo-specialise").stream_length(load_experiment("demo-specialise").sites[0]) >= 16
+
+
+def test_the_report_shows_each_companions_curves():
+    from fedpoint.simulations.report import companions_markdown
+
+    row = {"strategy": "local-online", "metric": "noc90", "n": 16, "seeds": 1, "mean": 6.0, "frozen": 10.0,
+           "reduction": 0.4, "reduction_low": 0.2, "reduction_high": 0.55}
+    text = "\n".join(companions_markdown([{"name": "demo-specialise", "description": "d", "folder": "demo-specialise",
+                                           "seconds": 100.0, "second_half": [row], "headline": {}}]))
+    assert "![learning curves of demo-specialise](demo-specialise/learning_curves.png)" in text
+    assert "| local-online | NoC@90 | 6.00 vs 10.00 | +40% fewer [+20, +55] | 16 |" in text
