@@ -1,6 +1,7 @@
-"""A source-only base for the change-of-modality scenario: pre-trained on one family of training
-images (e.g. brain MR only) and deployed on sites of other modalities, the regime of both seed
-papers (You Point, I Learn; CLoPA).
+"""A source-only base for the change-of-modality scenario, pre-trained on one family of images only.
+
+Trained on one family of training images (e.g. brain MR only) and deployed on sites of other
+modalities: the regime of both seed papers (You Point, I Learn; CLoPA).
 
 The experiment names it in a `[source_base]` table; the runner trains it once with `fedpoint
 pretrain`'s own code (the named training sources only, never an evaluation dataset) into the data
