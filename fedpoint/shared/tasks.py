@@ -14,7 +14,8 @@ import re
 
 DEFAULT_TASK = "default"
 MAX_TASK = 48
-_SEPARATORS = re.compile(r"[\s_-]+")
+_SEPARATORS = re.compile(r"[ _-]+")
+_RAW = re.compile(r"^[A-Za-z0-9 ._-]+$")
 _TASK = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 
 
@@ -26,7 +27,7 @@ def normalise_task(name: str | None) -> str:
     if not isinstance(name, str):
         raise ValueError(f"task name must be text, got {type(name).__name__}")
     slug = _SEPARATORS.sub("-", name.strip().lower()).strip("-")
-    if not _TASK.match(slug) or ".." in slug or len(slug) > MAX_TASK:
+    if not _RAW.match(name.strip()) or not _TASK.match(slug) or ".." in slug or len(slug) > MAX_TASK:
         raise ValueError(f"invalid task (structure) name {name!r}: use letters, digits, '.', spaces, '_' or '-' "
                          f"(at most {MAX_TASK} characters)")
     return slug

@@ -83,3 +83,21 @@ def test_a_reply_that_claims_another_task_is_rejected(coordinator):
     site = last_round(c)["sites"]["site-1"]
     assert site["status"] == "rejected" and "declared" in site["reason"] and "lesion-margin" in site["reason"]
     assert "task-lesion-margin" not in c.store.banks()
+
+
+def _query_reply(node: int, config: dict):
+    from flwr.app import Message, MessageType, RecordDict
+
+    query = Message(RecordDict({P.CONFIG: ConfigRecord({})}), dst_node_id=node, message_type=MessageType.QUERY)
+    return Message(RecordDict({P.CONFIG: ConfigRecord(config)}), reply_to=query)
+
+
+def test_the_identity_query_carries_the_task_normalised_and_refuses_a_bad_one(coordinator):
+    s = coordinator.strategy
+    info = s.resolve_identity(7, _query_reply(7, {P.SITE_ID: "site-7", P.MODALITY: "CT", P.TASK: "Lesion  Core"}))
+    assert info.task == "lesion-core"
+    assert s.resolve_identity(8, _query_reply(8, {P.SITE_ID: "site-8", P.MODALITY: "CT"})).task is None
+    for bad in ("../liver", "liver\nWARNING forged", "x" * 200):
+        with pytest.raises(ValueError) as err:
+            s.resolve_identity(9, _query_reply(9, {P.SITE_ID: "site-9", P.MODALITY: "CT", P.TASK: bad}))
+        assert "\n" not in str(err.value)
