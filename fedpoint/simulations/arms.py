@@ -21,7 +21,8 @@ from fedpoint.shared.metrics import CLICKS, DICE_AUC, DICE_KEYS, NOC_KEYS, NOF, 
 
 # Every image record carries these keys (see docs/results-schema.md).
 IMAGE_KEYS = ("strategy", "seed", "site", "modality", "shift", "shifted", "late", "join_round", "round", "index",
-              "case_id", "object", "task", "dices", *DICE_KEYS, DICE_AUC, *NOC_KEYS, NOF, CLICKS, *TIMING_KEYS, "seconds")
+              "case_id", "object", "task", "dices", *DICE_KEYS, DICE_AUC, *NOC_KEYS, NOF, CLICKS, *TIMING_KEYS, "judge_ms",
+              "seconds")
 ROUND_KEYS = ("strategy", "seed", "round", "site", "bytes_up", "bytes_down", "images", "seconds")
 
 
@@ -101,7 +102,7 @@ def image_record(raw: dict, *, strategy: str, seed: int, site, round_: int) -> d
         "task": site_task(site),
         "dices": [float(d) for d in raw["dices"]],
     }
-    for key in (*DICE_KEYS, NOF, *TIMING_KEYS, "seconds"):
+    for key in (*DICE_KEYS, NOF, *TIMING_KEYS, "judge_ms", "seconds"):
         record[key] = float(raw.get(key, 0.0))
     record[DICE_AUC] = dice_auc(record["dices"])
     for key in (*NOC_KEYS, CLICKS):
