@@ -190,6 +190,37 @@ def box_to_mask_512(net, cfg: ModelConfig, device: str, boxes: int = CLICKS_512,
             "boxes": len(box_ms), "image": source}
 
 
+ACCEPTS = 8
+
+
+def accept_cost(net, cfg: ModelConfig, device: str, accepts: int = ACCEPTS, sync=lambda: None) -> dict:
+    """Per accept on a 512 x 512 slice (mode mid+post, `norm`): the post update and the replay
+    judge's time (`fedpoint.client.replay_judge`, its default cases and clicks), side by side on
+    the same accepts; the judge runs on accept only, so a click costs what it did."""
+    from fedpoint.client.engine import SiteEngine
+    from fedpoint.client.site_model import SiteModel
+    from fedpoint.client.stream import annotate
+
+    image, masks, source = _slice_512()
+    cfg_judged = AdaptationConfig(mode="mid+post", judge=True)
+    engine = SiteEngine(SiteModel(make_adapter(net, "norm"), cfg, cfg_judged, device))
+    post, judge = [], []
+    k = 0
+    while len(judge) < accepts and k < 4 * accepts:  # bounded: a model that never gives a mask accepts nothing
+        sync()
+        record = annotate(engine, image, masks[k % len(masks)], 5, f"bench-accept-{k}")
+        k += 1
+        if record["judge_ms"] > 0:  # a held-back case is not judged
+            post.append(record["post_ms"])
+            judge.append(record["judge_ms"])
+    if not judge:
+        return {"image": source, "accepts": 0, "post_ms": None, "judge_ms": None, "judge_to_post_ratio": None}
+    post_p, judge_p = _percentiles(post), _percentiles(judge)
+    return {"image": source, "accepts": len(judge), "judge_cases": cfg_judged.judge_cases,
+            "judge_clicks": cfg_judged.judge_clicks, "post_ms": post_p, "judge_ms": judge_p,
+            "judge_to_post_ratio": {q: round(judge_p[q] / post_p[q], 3) for q in ("p50", "p95")}}
+
+
 CLICKS_3D = 12
 
 
@@ -296,6 +327,7 @@ def run(size: int = 256, repeats: int = 30, spatial_dims: int = 2, device: str =
 
     big = click_to_mask_512(net, cfg, device, max(CLICKS_512, repeats), sync) if spatial_dims == 2 else None
     boxed = box_to_mask_512(net, cfg, device, max(CLICKS_512, repeats), sync) if spatial_dims == 2 and cfg.takes_box else None
+    accept = accept_cost(net, cfg, device, sync=sync) if spatial_dims == 2 else None
     vol = click_to_mask_3d(device, sync=sync) if volumes else None
 
     step_p50 = {k: float(np.percentile(v, 50)) for k, v in steps.items()}
@@ -315,6 +347,7 @@ def run(size: int = 256, repeats: int = 30, spatial_dims: int = 2, device: str =
                                                        "adapter": "norm", "click_after_box_ms": boxed["click_after_box"]},
         "click_to_mask_3d_ms": None if vol is None else {k: {"p50": vol[k]["p50"], "p95": vol[k]["p95"]} for k in ("crop96", "volume128")},
         "click_to_mask_3d": vol,
+        "accept_ms": accept,  # the replay judge's cost per accept, beside the post update's
         "click_to_forward_ratio": {"p50": round(click_p["p50"] / fwd_p["p50"], 3), "p95": round(click_p["p95"] / fwd_p["p95"], 3)},
         "step_ms": {k: round(v, 3) for k, v in step_p50.items()},
         "step_ratio_vs_full": {k: round(v / step_p50["full"], 3) for k, v in step_p50.items()},

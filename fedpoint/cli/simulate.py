@@ -60,13 +60,19 @@ def simulate(
     console.print(f"experiment [bold]{experiment.name}[/]: {len(experiment.sites)} sites, {experiment.rounds} rounds x "
                   f"{experiment.images_per_round} images, seeds {experiment.seeds}, {len(experiment.strategies)} strategies")
     try:
-        results = run_experiment(experiment, out, progress=not quiet, data_dir=data_dir)
+        results = run_experiment(experiment, out, progress=not quiet, data_dir=data_dir, full=full)
     except (ExperimentError, FileNotFoundError) as err:
         fail(str(err))
     console.print(headline_table(results))
     for target in results["targets"]:
         mark = {True: "[green]held[/]", False: "[red]missed[/]", None: "[yellow]not measured[/]"}[target["held"]]
         console.print(f"  {mark}  {target['text']}")
+    for companion in results.get("companions", []):
+        console.print(f"companion [bold]{companion['name']}[/]: {Path(out) / companion['folder'] / 'report.md'}")
+        for row in companion["second_half"]:
+            if "reduction" in row:
+                console.print(f"  {row['strategy']} {row['metric']} second half: {100 * row['reduction']:+.0f}% fewer "
+                              f"clicks than frozen [{100 * row['reduction_low']:+.0f}, {100 * row['reduction_high']:+.0f}]")
     console.print(f"report: {Path(out) / 'report.md'}   results: {Path(out) / 'results.json'}   "
                   f"({results['seconds']:.0f} s)")
 

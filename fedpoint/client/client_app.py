@@ -75,8 +75,8 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
 
         fed = parse_run_config(context.run_config, defaults, SiteRoundConfig)
         site = identify(context.node_config, fed)
-        return Message(RecordDict({P.CONFIG: ConfigRecord({P.SITE_ID: site.site_id, P.MODALITY: site.modality})}),
-                       reply_to=msg)
+        who = {P.SITE_ID: site.site_id, P.MODALITY: site.modality} | ({P.TASK: site.task} if site.task else {})
+        return Message(RecordDict({P.CONFIG: ConfigRecord(who)}), reply_to=msg)
 
     return app
 

@@ -43,6 +43,12 @@ class SiteIdentity:
     modality: str
     store: Path
     partition: int | None = None  # simulation only
+    task: str | None = None  # the structure it labels (normalised); None: the default task
+
+    @property
+    def task_store(self) -> SiteStore:
+        """The store of the site's task (the root store for the default task)."""
+        return SiteStore(self.store).for_task(self.task)
 
     @property
     def simulated(self) -> bool:
@@ -66,13 +72,20 @@ def identify(node_config: Mapping, fed: SiteRoundConfig) -> SiteIdentity:
             raise ValueError(f"node config of site {node_config[P.NODE_SITE_ID]!r} lacks {', '.join(missing)}")
         site_id = check_id(str(node_config[P.NODE_SITE_ID]), "site id")
         store = Path(str(node_config[P.NODE_SITE_STORE])).expanduser()
-        return SiteIdentity(site_id, str(node_config[P.NODE_MODALITY]), store)
+        return SiteIdentity(site_id, str(node_config[P.NODE_MODALITY]), store, task=_task(node_config.get(P.NODE_TASK)))
     if P.PARTITION_ID in node_config:
         partition = int(node_config[P.PARTITION_ID])
         site = simulated_site(fed.sites_config, partition, fed.size, base_dims(fed.base), fed.site_streams)
-        return SiteIdentity(site.name, site.modality, fed.simulated_site_store(site.name), partition)
+        return SiteIdentity(site.name, site.modality, fed.simulated_site_store(site.name), partition, _task(site.spec.task))
     raise ValueError(f"node config needs {P.NODE_SITE_ID!r}, {P.NODE_MODALITY!r} and {P.NODE_SITE_STORE!r} "
                      f"(deployment) or Flower's {P.PARTITION_ID!r} (simulation); got {sorted(node_config)}")
+
+
+def _task(name) -> str | None:
+    from fedpoint.shared.tasks import DEFAULT_TASK, normalise_task
+
+    task = normalise_task(None if name is None else str(name))
+    return None if task == DEFAULT_TASK else task
 
 
 def base_dims(spec: str | Path) -> int:
@@ -153,7 +166,7 @@ def train_round(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstr
 
     t0 = time.perf_counter()
     adapter, model_cfg, bank_state = bank_adapter(bank_arrays, instruction, site, fed, "train on")
-    store = SiteStore(site.store)
+    store = site.task_store
     store.receive_bank(instruction.bank, instruction.bank_version, adapter, {"round": instruction.server_round})
 
     adaptation = AdaptationConfig(mode=instruction.mode, lr=instruction.lr or None, seed=instruction.seed)
@@ -191,7 +204,7 @@ def evaluate_bank(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundIns
     from fedpoint.client.site_model import SiteModel
 
     adapter, model_cfg, _ = bank_adapter(bank_arrays, instruction, site, fed, "score")
-    store = SiteStore(site.store)
+    store = site.task_store
     rng = np.random.default_rng(instruction.seed)
     splits = store.assign_new_cases(lambda new: episode_splits.split_rule(new, rng))
     held_out = episode_splits.held_out(splits)[-EVAL_MAX_CASES:]
@@ -211,6 +224,8 @@ def make_reply(adapter, bank_state, order: list[str], metrics: dict, site: SiteI
     arrays = {name: delta[name] for name in order}
     config = {P.SITE_ID: site.site_id, P.MODALITY: site.modality, P.BANK: instruction.bank,
               P.BANK_VERSION: instruction.bank_version, P.BASE_FINGERPRINT: adapter.base_fingerprint}
+    if site.task:
+        config[P.TASK] = site.task
     return SiteReply(arrays, metrics, config)
 
 
@@ -225,7 +240,7 @@ def annotate_next(model, store: SiteStore, site: SiteIdentity, instruction: P.Ro
                             fed.site_streams).samples
     start = stream_position(store)
     samples = [stream[(start + i) % len(stream)] for i in range(instruction.images)]
-    engine = SiteEngine(model, store, background_episodes=False)
+    engine = SiteEngine(model, SiteStore(site.store), background_episodes=False, task=site.task)
     records = run_stream(engine, samples, instruction.clicks)
     for i, record in enumerate(records):
         record["index"] = start + i  # position in the whole stream, across rounds

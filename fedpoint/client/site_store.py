@@ -5,6 +5,12 @@
     <root>/banks/<bank>/v0001/...                             adapters received from the federation
     <root>/splits.json                                        cumulative episode train/val split
     <root>/log.jsonl                                          one line per update, episode, bank
+    <root>/tasks/<task>/...                                   the same layout, one per structure (task)
+
+The root holds the default task: a store written before tasks existed is the default task's
+store, read as it always was. Each other task (a structure the site labels, normalised by
+`fedpoint.shared.tasks`) keeps its own cache, adapter versions, optimizer state, splits, banks
+and log under `tasks/<task>/` (`for_task`), so its episodes train on its own cases only.
 
 Every write goes to a temporary name in the same folder and is renamed into place, so a crash
 mid-write leaves either the old state or the new one, never half a case. The annotation service
@@ -40,6 +46,7 @@ from fedpoint.shared.fileio import (
 )
 
 OPTIMIZER_FILE = "optimizer.pt"
+TASKS_DIR = "tasks"
 _log = logging.getLogger("fedpoint.store")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -124,6 +131,24 @@ class SiteStore:
         self._bank_pointer_problem: str | None = None  # last logged reason banks/latest.json is unusable
         for sub in ("cache", "adapters", "banks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------------ tasks
+    def for_task(self, task: str | None) -> "SiteStore":
+        """The store of one task: this store itself for the default task, else `tasks/<task>/`."""
+        from fedpoint.shared.tasks import DEFAULT_TASK, normalise_task
+
+        name = normalise_task(task)
+        if name == DEFAULT_TASK:
+            return self
+        return SiteStore(self.root / TASKS_DIR / check_id(name, "task name"))
+
+    def tasks(self) -> list[str]:
+        """The default task and every task that has a folder under `tasks/`."""
+        from fedpoint.shared.tasks import DEFAULT_TASK
+
+        folder = self.root / TASKS_DIR
+        named = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+        return [DEFAULT_TASK, *named]
 
     @contextmanager
     def locked(self) -> Iterator[None]:

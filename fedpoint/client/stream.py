@@ -17,12 +17,14 @@ import numpy as np
 from fedpoint.client.engine import SiteEngine
 from fedpoint.shared.metrics import BOX_METRICS, SUMMARY_KEYS, box_metrics, click_metrics, dice
 from fedpoint.shared.simulated_user import simulate, tight_box
+from fedpoint.shared.tasks import structure_of
 
 PROMPTS = ("click", "box")  # the first interaction: a click at the object's deepest point, or a tight box
 
 
 def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int = 10, case_id: str | None = None,
-             spacing: tuple[float, ...] | None = None, accept_truth: bool = False, prompt: str = "click") -> dict:
+             spacing: tuple[float, ...] | None = None, accept_truth: bool = False, prompt: str = "click",
+             task: str | None = None) -> dict:
     """One image through the simulated user; with `spacing` (mm per axis) the user's "deepest
     point" and the focus crop are measured in millimetres. The user accepts the last mask as it
     is (a pseudo-label), or with `accept_truth` corrects it to the true mask first, as a clinician
@@ -30,10 +32,11 @@ def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int 
 
     `prompt="box"`: the CVPR 2025 challenge's protocol, a tight box around the truth first (one
     interaction of the `clicks` budget), then clicks at the largest error of each prediction; the
-    record adds `BOX_METRICS`."""
+    record adds `BOX_METRICS`. `task` names the structure whose adapter the session adapts (None:
+    the engine's primary task)."""
     if prompt not in PROMPTS:
         raise ValueError(f"unknown prompt {prompt!r}; known: {', '.join(PROMPTS)}")
-    session = engine.open(image, case_id, spacing=spacing)
+    session = engine.open(image, case_id, spacing=spacing, task=task)
     on_click = lambda chosen: session.click(chosen[-1].point, chosen[-1].positive)  # noqa: E731
     dices = []
     start = None
@@ -48,9 +51,12 @@ def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int 
     if not dices:
         raise ValueError(f"{case_id}: the simulated user found nothing to click")
     final = session.mask
+    judge = engine.slot(task).judge
+    judged = len(judge.seconds) if judge is not None else 0
     if final.any():
         engine.accept(session, gt if accept_truth else None)
     seconds = time.perf_counter() - t0
+    judge_ms = 1e3 * judge.seconds[-1] if judge is not None and len(judge.seconds) > judged else 0.0
     rec = session.record()
     return {
         "case_id": session.case_id,
@@ -66,19 +72,24 @@ def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int 
         "windows": rec["windows"],  # where the network looked for each click (focus crop)
         "guard_rejected": rec["guard_rejected"],  # online updates the guard rolled back on this image
         "guard_reasons": rec["guard_reasons"],
+        "judge_ms": round(judge_ms, 3),  # the replay judge's time on this accept (0: not judged)
     }
 
 
 def run_stream(engine: SiteEngine, samples: Sequence, clicks: int = 10,
                on_image: Callable[[int, dict], None] | None = None, accept_truth: bool = False,
-               prompt: str = "click") -> list[dict]:
-    """Annotate samples in order (objects with `.image`, `.mask`, `.case_id`, `.object_name`)."""
+               prompt: str = "click", per_task: bool = False) -> list[dict]:
+    """Annotate samples in order (objects with `.image`, `.mask`, `.case_id`, `.object_name`); with
+    `per_task` each sample adapts the adapter of its structure (`.object_name` without its
+    instance number), else the engine's primary one."""
     records = []
     for i, sample in enumerate(samples):
         case_id = _case_id(sample, i)
+        task = structure_of(getattr(sample, "object_name", "")) if per_task else None
         record = annotate(engine, sample.image, sample.mask, clicks, case_id, getattr(sample, "spacing", None),
-                          accept_truth, prompt)
-        record.update(index=i, object=getattr(sample, "object_name", ""), modality=getattr(sample, "modality", ""))
+                          accept_truth, prompt, task)
+        record.update(index=i, object=getattr(sample, "object_name", ""), modality=getattr(sample, "modality", ""),
+                      task=engine.task if task is None else task)
         records.append(record)
         if on_image is not None:
             on_image(i, record)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedpoint.data.load import load_dataset
 from fedpoint.data.samples import CropInfo, Sample, full_slice_samples, make_samples
@@ -61,6 +61,18 @@ class SiteSpec(BaseModel):
     slices: tuple[int, int] | None = None  # [lo, hi): slices lo..hi-1 on the slicing axis (the last)
     box: tuple[tuple[int, int], ...] | None = None  # [[x0, x1], [y0, y1]): a pixel box on the other axes
     whole_slices: bool = False  # 2D: whole slices (or the whole image / box) at native resolution, not object crops
+    task: str | None = None  # the structure the site labels, as it declares it: its adapter and its task bank
+    label_margin: int = Field(0, ge=0, le=16, description="the site's label protocol: masks dilated by this many "
+                              "pixels (e.g. 'lesion with margin' against 'lesion core')")
+
+    @field_validator("task")
+    @classmethod
+    def _task_name(cls, value: str | None) -> str | None:
+        from fedpoint.shared.tasks import normalise_task
+
+        if value is not None:
+            normalise_task(value)
+        return value
 
     @field_validator("slices")
     @classmethod
@@ -149,7 +161,16 @@ def build_site(
     for index, sample in enumerate(samples):
         sample.image = apply_shift(sample.image, spec.shift, sample_seed(spec.seed, index))
         sample.modality = modality
+        if spec.label_margin:
+            sample.mask = with_margin(sample.mask, spec.label_margin)
     return Site(spec.name, modality, spec.shift, samples, spec, skipped=list(data.skipped))
+
+
+def with_margin(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """A label protocol that includes a margin: the mask grown by `pixels` (city-block, per axis)."""
+    from scipy.ndimage import binary_dilation
+
+    return binary_dilation(mask, iterations=pixels)
 
 
 # ------------------------------------------------------------------------------------ built streams

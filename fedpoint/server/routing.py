@@ -1,8 +1,11 @@
 """Which adapter bank a site receives and which banks its reply updates.
 
 One site-general bank learns from every site; one bank per modality learns only from sites of that
-modality. Strategy "banks" sends a site its modality bank once that bank exists (else the general
-one); strategy "general" is plain federated averaging of one shared adapter.
+modality; one bank per task (the structure a site declares it labels, normalised by
+`fedpoint.shared.tasks`: "Lung field" and "lung-field" are one task) learns only from sites of that
+task. Strategy "banks" sends a site the most specific of its banks that exists: its task bank, else
+its modality bank, else the general one (`route` says which and why); strategy "general" is plain
+federated averaging of one shared adapter. A task bank is never updated by another task's reply.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Iterable
 
 GENERAL = "general"
 MODALITY_PREFIX = "modality-"
+TASK_PREFIX = "task-"
 STRATEGIES = ("general", "banks")
 
 _SAFE_BANK = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -58,17 +62,56 @@ def _check_strategy(strategy: str) -> str:
     return strategy
 
 
-def bank_for_site(modality: str | None, strategy: str, existing_banks: Iterable[str]) -> str:
-    """The bank whose adapter a site of this modality receives this round."""
-    if _check_strategy(strategy) == "general" or not modality:
-        return GENERAL
-    own = modality_bank(modality)
-    return own if own in set(existing_banks) else GENERAL
+def task_bank(task: str) -> str:
+    """The bank of a task: "task-" and the normalised structure name ("Lesion core" -> "task-lesion-core")."""
+    from fedpoint.shared.tasks import DEFAULT_TASK, normalise_task
+
+    name = normalise_task(task)
+    if name == DEFAULT_TASK:
+        raise ValueError("the default task has no task bank: it is the site's modality and general banks")
+    return check_bank_name(TASK_PREFIX + name.replace(".", "-"))
 
 
-def banks_to_update(modality: str | None, strategy: str) -> list[str]:
-    """The banks a site's reply is aggregated into: always the general bank, plus its modality
-    bank under strategy "banks"."""
-    if _check_strategy(strategy) == "general" or not modality:
+def _task_of(task: str | None) -> str | None:
+    from fedpoint.shared.tasks import DEFAULT_TASK, normalise_task
+
+    name = normalise_task(task)
+    return None if name == DEFAULT_TASK else name
+
+
+def route(modality: str | None, strategy: str, existing_banks: Iterable[str], task: str | None = None) -> tuple[str, str]:
+    """(the bank a site of this modality and task receives this round, why: words for the ledger)."""
+    if _check_strategy(strategy) == "general":
+        return GENERAL, "strategy general: one bank for every site"
+    existing = set(existing_banks)
+    own_task = _task_of(task)
+    if own_task is not None:
+        bank = task_bank(own_task)
+        if bank in existing:
+            return bank, f"task bank of {own_task!r}"
+    if modality:
+        bank = modality_bank(modality)
+        if bank in existing:
+            why = f"no bank of task {own_task!r} yet" if own_task else "no task declared"
+            return bank, f"modality bank of {modality!r} ({why})"
+    missing = [f"task {own_task!r}"] * bool(own_task) + [f"modality {modality!r}"] * bool(modality)
+    return GENERAL, "general bank" + (f" (no bank of {' or '.join(missing)} yet)" if missing else " (no modality declared)")
+
+
+def bank_for_site(modality: str | None, strategy: str, existing_banks: Iterable[str], task: str | None = None) -> str:
+    """The bank whose adapter a site of this modality (and task) receives this round."""
+    return route(modality, strategy, existing_banks, task)[0]
+
+
+def banks_to_update(modality: str | None, strategy: str, task: str | None = None) -> list[str]:
+    """The banks a site's reply is aggregated into: always the general bank, plus, under strategy
+    "banks", its modality bank and its own task's bank (never another task's)."""
+    if _check_strategy(strategy) == "general":
         return [GENERAL]
-    return [GENERAL, modality_bank(modality)]
+    banks = [GENERAL]
+    if modality:
+        banks.append(modality_bank(modality))
+    own_task = _task_of(task)
+    if own_task is not None:
+        banks.append(task_bank(own_task))
+    return banks

@@ -44,7 +44,7 @@ from fedpoint.server.checks import (HISTORY_VERSIONS, DriftDetector, Reply, clip
                                     norm_bound, screen_norms, screen_replies)
 from fedpoint.server.ledger import RoundLedger, RoundRecord, SiteRound
 from fedpoint.server.registry import SiteRegistry
-from fedpoint.server.routing import GENERAL, bank_for_site, banks_to_update
+from fedpoint.server.routing import GENERAL, banks_to_update, route
 from fedpoint.shared import protocol as P
 from fedpoint.shared.payload import EgressError, decode_arrays, encode_arrays, payload_nbytes
 from fedpoint.shared.protocol import printable
@@ -56,6 +56,7 @@ BANK_SEPARATOR = "/"  # update keys are "<bank>/<parameter name>"; parameter nam
 class SiteInfo:
     site_id: str
     modality: str
+    task: str | None = None  # the structure it declared (normalised): its task bank
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Sent:
     bank: str
     version: int
     nbytes: int
+    route: str = ""  # why this bank (routing.route)
 
 
 class BankStrategy(FedAvg):
@@ -194,30 +196,35 @@ class BankStrategy(FedAvg):
         if unknown:
             raise ValueError(f"the answer holds records {printable(', '.join(unknown))} besides {P.CONFIG!r}")
         config = reply.content.config_records.get(P.CONFIG, {})
-        extra = sorted(set(config) - {P.SITE_ID, P.MODALITY})
+        extra = sorted(set(config) - {P.SITE_ID, P.MODALITY, P.TASK})
         if extra:
-            raise ValueError(f"the answer holds fields {printable(', '.join(extra))} besides site id and modality")
+            raise ValueError(f"the answer holds fields {printable(', '.join(extra))} besides site id, modality and task")
         site_id = P.check_site_id(config.get(P.SITE_ID))
         modality = P.check_modality(config.get(P.MODALITY))
+        task = declared_task(config.get(P.TASK))
         from fedpoint.server.routing import modality_bank
 
         modality_bank(modality)  # a modality that gives no bank name is refused here, not mid-round
         if self.registry is not None:
             entry = self.registry.resolve(node, site_id, modality)
-            return SiteInfo(entry.site_id, entry.modality if entry.modality is not None else modality)
+            return SiteInfo(entry.site_id, entry.modality if entry.modality is not None else modality, task)
         holder = next((n for n, i in self.sites.items() if i.site_id == site_id and n != node), None)
         if holder is not None:
             raise ValueError(f"node {node} claims site {site_id!r}, which is node {holder}")
-        return SiteInfo(site_id, modality)
+        return SiteInfo(site_id, modality, task)
 
     def bank_for(self, node_id: int) -> str:
+        return self.route_for(node_id)[0]
+
+    def route_for(self, node_id: int) -> tuple[str, str]:
+        """(bank, why) for one node: its task bank, modality bank or the general one (`routing.route`)."""
         info = self.sites.get(node_id)
-        return bank_for_site(info.modality if info else None, self.bank_strategy, self.store.banks())
+        return route(info.modality if info else None, self.bank_strategy, self.store.banks(), info.task if info else None)
 
     def instruct(self, node_id: int, server_round: int, config: Mapping | None = None,
                  message_type: str = MessageType.TRAIN) -> Message:
         """The train (or evaluate) message for one node: its bank's latest version and the round instruction."""
-        bank = self.bank_for(node_id)
+        bank, why = self.route_for(node_id)
         latest = self.store.latest(bank)
         instruction = P.RoundInstruction(server_round=self.federation_round(server_round), bank=bank,
                                          bank_version=latest.version, base_fingerprint=self.fingerprint, **self.settings)
@@ -226,7 +233,7 @@ class BankStrategy(FedAvg):
             P.ARRAYS: encode_arrays(state),
             P.CONFIG: ConfigRecord({**dict(config or {}), **instruction.to_config()}),
         })
-        self.sent[node_id] = Sent(bank, latest.version, payload_nbytes(state))
+        self.sent[node_id] = Sent(bank, latest.version, payload_nbytes(state), why)
         return Message(content, dst_node_id=node_id, message_type=message_type)
 
     # ------------------------------------------------------------------------ aggregate
@@ -327,6 +334,9 @@ class BankStrategy(FedAvg):
         modality = config.get(P.MODALITY, "")
         if modality and modality != self.sites[node].modality:
             raise ValueError(f"reply claims modality {modality!r}, but site {self.sites[node].site_id!r} is {self.sites[node].modality!r}")
+        task = declared_task(config.get(P.TASK))
+        if task != self.sites[node].task:
+            raise ValueError(f"reply claims task {task!r}, but site {self.sites[node].site_id!r} declared {self.sites[node].task!r}")
         for key, expected in ((P.BANK, sent.bank), (P.BANK_VERSION, sent.version)):
             if key in config and config[key] != expected:
                 raise ValueError(f"reply says it trained from {key} {config[key]!r}, but {expected!r} was sent")
@@ -515,9 +525,9 @@ class BankStrategy(FedAvg):
                              "eval-dice-auc": sum(e["cases"] * e["dice_auc"] for e in summary.values()) / cases})
 
     def _targets(self, reply: Reply) -> list[str]:
-        """The banks a reply updates: the general one, and its site's modality bank under "banks"."""
-        modality = next((i.modality for i in self.sites.values() if i.site_id == reply.site_id), "")
-        return banks_to_update(modality, self.bank_strategy)
+        """The banks a reply updates: the general one, and its site's modality and task banks under "banks"."""
+        info = next((i for i in self.sites.values() if i.site_id == reply.site_id), None)
+        return banks_to_update(info.modality if info else "", self.bank_strategy, info.task if info else None)
 
     def _restore_ledger(self) -> None:
         """Rounds the bank store committed but federation.json missed (a crash in between) are
@@ -541,6 +551,7 @@ class BankStrategy(FedAvg):
                 bank=sent.bank, bank_version=sent.version, bytes_down=sent.nbytes,
                 bytes_up=payload_nbytes(reply.delta) if reply else 0, weight=float(reply.weight) if reply else 0.0,
                 status=outcome.status, reason=outcome.reason, metrics=reply.metrics if reply else {},
+                **_route_fields(self.sites.get(node), sent),
             )
         for node, reason in self.refused_nodes.items():
             sites.setdefault(f"node-{node}", SiteRound(node=node, status="refused", reason=reason))
@@ -606,6 +617,21 @@ def bank_strategy_of(runner: BankStrategy | PrivateBankStrategy) -> BankStrategy
 
 
 # ------------------------------------------------------------------------------ helpers
+def declared_task(value) -> str | None:
+    """A site's declared task, normalised (None when it declares none); ValueError for a bad name."""
+    from fedpoint.shared.tasks import DEFAULT_TASK, normalise_task
+
+    if value is None:
+        return None
+    task = normalise_task(str(value)[:P.MAX_REPLY_STRING])
+    return None if task == DEFAULT_TASK else task
+
+
+def _route_fields(info: SiteInfo | None, sent: Sent) -> dict:
+    """The ledger's words on routing: the site's task (when it declared one) and why it got its bank."""
+    return ({"task": info.task} if info is not None and info.task else {}) | ({"route": sent.route} if sent.route else {})
+
+
 def _finite(delta: Mapping) -> bool:
     try:
         return all(np.isfinite(np.asarray(v, dtype=np.float64)).all() for v in delta.values())

@@ -142,6 +142,13 @@ class AdaptationConfig(_Strict):
     guard_replay: int = Field(4, ge=0, le=64)
     guard_tolerance: float = Field(0.02, ge=0, le=1.0)
     guard_radius: float = Field(0.02, ge=0, description="trust region around the last validated adapter (RMS per value); 0: off")
+    # the replay judge (fedpoint.client.replay_judge): clicks counted on held-back accepted cases
+    judge: bool = Field(False, description="roll an update back when the simulated user, replayed on held-back "
+                        "accepted cases, needs more clicks with it (off: the online guard alone)")
+    judge_cases: int = Field(3, ge=1, le=32, description="held-back cases the judge replays (the newest)")
+    judge_clicks: int = Field(5, ge=1, le=20, description="clicks the judge's simulated user makes on each")
+    judge_every: int = Field(4, ge=1, le=100, description="every n-th accepted case is held back (the first included)")
+    judge_tolerance: float = Field(0.01, ge=0, le=1.0, description="Dice-AUC fall allowed at equal NoC@90")
     mid_steps: int = Field(1, ge=0, le=20)
     post_steps: int = Field(1, ge=0, le=20)
     post_clicks: int = Field(10, ge=0, le=100, description="artificial clicks in stage 2, largest error components")

@@ -14,7 +14,8 @@ A reply (site -> coordinator):
     "config"  ConfigRecord  who answered: site id, modality, the bank it trained from, its base
 
 A query (coordinator -> site, once per node and run) asks only who the site is, so the
-coordinator can route it to its modality bank; the answer is that "config" record alone.
+coordinator can route it to its task or modality bank; the answer is that "config" record alone
+(site id, modality and, when the site declares one, its task).
 
 The run config (`[tool.flwr.app.config]` in pyproject.toml, plus `--run-config` overrides) is
 parsed in `fedpoint.shared.run_config`.
@@ -59,7 +60,8 @@ CLIPPING_NORM = "clipping_norm"  # Flower's key, set by its client-side DP wrapp
 # reply config keys (who answered)
 SITE_ID = "site-id"
 MODALITY = "modality"
-REPLY_CONFIG_KEYS = frozenset({SITE_ID, MODALITY, BANK, BANK_VERSION, BASE_FINGERPRINT})
+TASK = "task"  # the structure the site labels (fedpoint.shared.tasks), for its task bank; absent: none
+REPLY_CONFIG_KEYS = frozenset({SITE_ID, MODALITY, TASK, BANK, BANK_VERSION, BASE_FINGERPRINT})
 MAX_REPLY_STRING = 128  # a site id or modality; longer strings have no business leaving a site
 
 # reply metric keys
@@ -69,6 +71,7 @@ NUM_EXAMPLES = "num-examples"
 NODE_SITE_ID = "site-id"
 NODE_MODALITY = "modality"
 NODE_SITE_STORE = "site-store"
+NODE_TASK = "task"  # optional: the structure this site labels (its adapter in the store, its task bank)
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 

@@ -21,7 +21,8 @@ from fedpoint.shared.metrics import CLICKS, DICE_AUC, DICE_KEYS, NOC_KEYS, NOF, 
 
 # Every image record carries these keys (see docs/results-schema.md).
 IMAGE_KEYS = ("strategy", "seed", "site", "modality", "shift", "shifted", "late", "join_round", "round", "index",
-              "case_id", "object", "dices", *DICE_KEYS, DICE_AUC, *NOC_KEYS, NOF, CLICKS, *TIMING_KEYS, "seconds")
+              "case_id", "object", "task", "dices", *DICE_KEYS, DICE_AUC, *NOC_KEYS, NOF, CLICKS, *TIMING_KEYS, "judge_ms",
+              "seconds")
 ROUND_KEYS = ("strategy", "seed", "round", "site", "bytes_up", "bytes_down", "images", "seconds")
 
 
@@ -63,6 +64,9 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("local-post", "local", "post", "ablation: post-interaction updates only", ablation=True),
     Strategy("local-online-noccg", "local", "mid+post", "ablation: online updates with the click-consistency "
              "guidance off (ccg_beta = 0)", adaptation=(("ccg_beta", 0.0),), ablation=True),
+    Strategy("local-judged", "local", "mid+post", "online updates kept only while the replay judge finds the site "
+             "needs no more clicks on its held-back cases (fedpoint.client.replay_judge)",
+             adaptation=(("judge", True),), ablation=True),
     # CLoPA's claims: most of the gain after one episode; episodes as the paper runs them, on true labels
     Strategy("local-episodes-1", "local", "episodes", "ablation: one episode per campaign (pseudo-labels)",
              adaptation=(("episode_max", 1),), ablation=True),
@@ -95,14 +99,22 @@ def image_record(raw: dict, *, strategy: str, seed: int, site, round_: int) -> d
         "index": int(raw["index"]),
         "case_id": raw.get("case_id", ""),
         "object": raw.get("object", ""),
+        "task": site_task(site),
         "dices": [float(d) for d in raw["dices"]],
     }
-    for key in (*DICE_KEYS, NOF, *TIMING_KEYS, "seconds"):
+    for key in (*DICE_KEYS, NOF, *TIMING_KEYS, "judge_ms", "seconds"):
         record[key] = float(raw.get(key, 0.0))
     record[DICE_AUC] = dice_auc(record["dices"])
     for key in (*NOC_KEYS, CLICKS):
         record[key] = int(raw[key])
     return record
+
+
+def site_task(site) -> str:
+    """The task (structure) a site's images adapt, normalised; "default" when it declares none."""
+    from fedpoint.shared.tasks import normalise_task
+
+    return normalise_task(site.spec.task)
 
 
 def dice_auc(dices: list[float]) -> float:
@@ -136,7 +148,7 @@ def annotate_site(strategy: Strategy, experiment, seed: int, site, store_dir, on
         adaptation = adaptation.model_copy(update=dict(strategy.adaptation))
     engine = SiteEngine.create(
         experiment.base, kind, adaptation,
-        store=store_dir, campaign_size=len(site.samples), background_episodes=False)
+        store=store_dir, campaign_size=len(site.samples), background_episodes=False, task=site.spec.task)
     records: list[dict] = []
 
     def tick(i: int, raw: dict) -> None:

@@ -35,6 +35,7 @@ from fedpoint.shared.adapter_kinds import adapter_kind
 from fedpoint.shared.config import AdaptationConfig, AdapterConfig
 from fedpoint.shared.validation_errors import describe_validation_error
 from fedpoint.simulations.arms import ABLATIONS, DEFAULT_STRATEGIES, STRATEGY_NAMES
+from fedpoint.simulations.source_base import SourceBase
 
 try:
     import tomllib
@@ -43,7 +44,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 # Keys `--full` may override; the sites stay as declared (their stream lengths follow the rounds).
 FULL_OVERRIDABLE = ("rounds", "images_per_round", "clicks", "size", "whole_slices", "seeds", "strategies", "adaptation",
-                    "lr", "full_lr", "ablations")
+                    "lr", "full_lr", "ablations", "companions")
 
 
 class ExperimentError(ValueError):
@@ -77,6 +78,10 @@ class ExperimentConfig(BaseModel):
     adaptation: dict[str, Any] = Field(default_factory=dict, description="episode_* fields of AdaptationConfig")
     ablations: bool = Field(False, description="also run the ablation arms (mid only, post only, CCG off) "
                             "when `strategies` is not given")
+    companions: list[str] = Field(default_factory=list, description="scenarios (packaged names or TOML paths) run "
+                                  "after this one, into folders of their own; the report shows their learning curves")
+    source_base: SourceBase | None = Field(None, description="change of modality: a base pre-trained on these "
+                                           "training sources only, built once by the runner (replaces `base`)")
     sites: list[SiteSpec] = Field(min_length=2)
 
     @model_validator(mode="before")

@@ -21,6 +21,8 @@ COLOURS = {
     "fed-general": "#ff7f0e",
     "fed-banks": "#d62728",
     "fed-full": "#2ca02c",
+    "local-judged": "#8c564b",
+    "local-full": "#e377c2",
 }
 STYLES = {"local": "--", "federated": "-"}
 
@@ -137,6 +139,34 @@ def clicks_saved(images: list[dict], path: Path, reference: str = "frozen") -> P
     return _save(fig, path)
 
 
+def learning_curves(curves: dict, path: Path) -> Path:
+    """The headline: NoC@90, NoC@85 and Dice@1 against images annotated, one line per arm with its
+    bootstrap interval (shaded), from results.json's `curves`."""
+    plt = _pyplot()
+    metrics = curves["metrics"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    arms = [n for n in STRATEGIES if any(p["strategy"] == n for p in curves["points"])]
+    for ax, metric in zip(axes[0], metrics):
+        for name in arms:
+            pts = sorted((p for p in curves["points"] if p["strategy"] == name and p["metric"] == metric),
+                         key=lambda p: p["bin"])
+            if not pts:
+                continue
+            xs = np.array([(p["images_from"] + p["images_to"]) / 2 for p in pts])
+            ax.plot(xs, [p["mean"] for p in pts], marker="o", markersize=3, **_style(name))
+            ax.fill_between(xs, [p["low"] for p in pts], [p["high"] for p in pts], alpha=0.15,
+                            color=COLOURS.get(name))
+        ax.set_xlabel(f"images annotated (bins of {curves['bin_width']})")
+        ax.set_ylabel({"noc90": "NoC@90", "noc85": "NoC@85", "dice1": "Dice@1"}.get(metric, metric))
+        if metric.startswith("dice"):
+            ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(7, len(labels)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return _save(fig, path)
+
+
 def bytes_bars(headline: dict[str, dict], path: Path) -> Path:
     """Bytes per round per strategy on a log axis; strategies that send nothing are labelled, not drawn."""
     plt = _pyplot()
@@ -179,12 +209,13 @@ def _save(fig, path: Path) -> Path:
 
 
 def write_plots(results: dict, out_dir: Path) -> list[str]:
-    """All four plots into `out_dir`; returns their file names, in report order."""
+    """Every plot (learning curves first) into `out_dir`; returns their file names, in report order."""
     out_dir = Path(out_dir)
     images, headline = results["images"], results["headline"]
     if not images:
         return []
-    written = [
+    written = [learning_curves(results["curves"], out_dir / "learning_curves.png")] if results.get("curves") else []
+    written += [
         dice_vs_images(images, out_dir / "dice_vs_images.png"),
         noc90_bars(headline, images, out_dir / "noc90.png"),
     ]

@@ -331,6 +331,8 @@ def targets_markdown(targets: list[dict]) -> str:
 
 # ------------------------------------------------------------------------------------ report.md
 PLOT_CAPTIONS = {
+    "learning_curves.png": "The headline: NoC@90, NoC@85 and Dice@1 against images annotated, per arm (mean over "
+                           "seeds, sites and the images of each bin; shaded: 95% bootstrap interval over seeds, then images).",
     "dice_vs_images.png": "Dice@3 and Dice@5 against images annotated, per site (mean over seeds).",
     "noc90.png": "NoC@90 per strategy on the headline sites (bars: mean over seeds; dots: sites).",
     "clicks_saved.png": "Cumulative clicks (NoC@90) saved against the frozen model, over all sites' images in round order.",
@@ -372,6 +374,8 @@ def write_report(results: dict, path, plots: Sequence[str] = ()) -> str:
         "curve. Late Dice@3: the late joiners' first round of images. Bytes/round: adapter "
         "payloads up and down, all sites, per round.",
         "",
+        *curves_markdown(results.get("curves")),
+        *companions_markdown(results.get("companions", [])),
         "## Targets",
         "",
         targets_markdown(results["targets"]),
@@ -414,6 +418,41 @@ def write_report(results: dict, path, plots: Sequence[str] = ()) -> str:
 
     Path(path).write_text(text)
     return text
+
+
+def curves_markdown(curves: dict | None) -> list[str]:
+    """The learning-curve section: each arm against frozen over the second half of the streams."""
+    rows = (curves or {}).get("second_half") or []
+    if not rows:
+        return []
+    table = []
+    for r in rows:
+        if r["metric"].startswith("noc"):
+            change = f"{100 * r['reduction']:+.0f}% fewer [{100 * r['reduction_low']:+.0f}, {100 * r['reduction_high']:+.0f}]"
+            values = f"{r['mean']:.2f} vs {r['frozen']:.2f}"
+        else:
+            change = f"{100 * r['gain']:+.1f} pts [{100 * r['gain_low']:+.1f}, {100 * r['gain_high']:+.1f}]"
+            values = f"{r['mean']:.3f} vs {r['frozen']:.3f}"
+        table.append([r["strategy"], HEADERS.get(r["metric"], r["metric"]), values, change, str(r["n"])])
+    return ["## Learning curves", "",
+            "Second half of every site's stream (present from round 1), each arm against frozen on the same "
+            "images: NoC as the relative reduction (positive: fewer clicks), Dice@1 as the gain in points; "
+            "95% bootstrap intervals over seeds, then images. The curves are in the first plot below.", "",
+            markdown_table(["strategy", "metric", "arm vs frozen", "change [95% CI]", "images"], table), ""]
+
+
+def companions_markdown(companions: list[dict]) -> list[str]:
+    """The companion scenarios (where the field sees large gains): their curves and second halves."""
+    if not companions:
+        return []
+    parts = ["## Companion scenarios", ""]
+    for c in companions:
+        folder = c["folder"]
+        parts += [f"### `{c['name']}`: {c['description']}", "",
+                  f"Full report: [{folder}/report.md]({folder}/report.md) ({c['seconds']:.0f} s).", "",
+                  f"![learning curves of {c['name']}]({folder}/learning_curves.png)", ""]
+        parts += curves_markdown({"second_half": c["second_half"]})[4:]  # the table, without the section heading
+    return parts
 
 
 def federated_evaluation_markdown(federation: list[dict]) -> str:

@@ -25,14 +25,15 @@ from fedpoint.simulations.plots import write_plots
 from fedpoint.simulations.report import compute_headline, evaluate_targets, write_report
 from fedpoint.simulations.arms import STRATEGIES, run_federated, run_local
 
-SCHEMA = "fedpoint.results/1"
+SCHEMA = "fedpoint.results/2"  # /2: learning curves (`curves`), image `task`
 
 
 def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool = True,
-                   data_dir: str | Path | None = None) -> dict:
+                   data_dir: str | Path | None = None, full: bool = False) -> dict:
     """Run all strategies of `config` on all seeds; write results.json, the plots and report.md into
     `out_dir` and return the results dict. The records are in (seed, strategy) order whatever the
-    lanes (`config.lanes`) ran at once."""
+    lanes (`config.lanes`) ran at once. Then each companion scenario (`config.companions`, loaded
+    with the same `full`) runs into `out_dir/<its name>/`, and the main report shows its curves."""
     import torch
 
     out_dir = Path(out_dir)
@@ -40,6 +41,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.perf_counter()
+    if config.source_base is not None:  # change of modality: the base trained on one family only
+        from fedpoint.simulations.source_base import ensure_source_base
+
+        base = ensure_source_base(config.source_base, Path(data_dir) if data_dir else None, progress)
+        config = config.model_copy(update={"base": str(base)})
     datasets: dict = {}  # each dataset read once for every seed
     first, data = build_experiment_sites(config, config.seeds[0], data_dir, datasets)  # bad sites fail here, first
     built, building = {config.seeds[0]: first}, threading.Lock()
@@ -81,7 +87,24 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool
     results = assemble(config, images, rounds, episodes, federation, data, dict(strategy_seconds),
                        time.perf_counter() - started)
     write_outputs(results, out_dir)
+    if config.companions:
+        results["companions"] = [run_companion(name, out_dir, progress, data_dir, full) for name in config.companions]
+        results["seconds"] = round(time.perf_counter() - started, 1)
+        write_outputs(results, out_dir)
     return results
+
+
+def run_companion(name: str, out_dir: Path, progress: bool, data_dir, full: bool) -> dict:
+    """One companion scenario into `out_dir/<name>/`; what the main results keep of it."""
+    from fedpoint.simulations.experiment import load_experiment
+
+    companion = load_experiment(name, full=full)
+    if companion.companions:
+        raise ExperimentError(f"{name}: a companion scenario has no companions of its own")
+    results = run_experiment(companion, out_dir / companion.name, progress, data_dir)
+    return {"name": companion.name, "description": companion.description, "folder": companion.name,
+            "seconds": results["seconds"], "second_half": results["curves"]["second_half"],
+            "headline": results["headline"]}
 
 
 def run_in_lanes(jobs: list, run: Callable, lane_of: Callable[[object], int],
@@ -141,6 +164,7 @@ def fresh_folder(path: Path) -> Path:
 
 
 def assemble(config: ExperimentConfig, images, rounds, episodes, federation, data, strategy_seconds, seconds) -> dict:
+    from fedpoint.simulations.curves import learning_curves
     from fedpoint.simulations.statistics import comparisons
 
     headline = compute_headline(images, rounds, config.images_per_round)
@@ -153,6 +177,7 @@ def assemble(config: ExperimentConfig, images, rounds, episodes, federation, dat
         "environment": environment(config),
         "data": data,
         "headline": headline,
+        "curves": learning_curves(images),
         "targets": evaluate_targets(headline, comps),
         "comparisons": comps,
         "images": images,

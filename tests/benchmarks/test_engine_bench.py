@@ -31,3 +31,14 @@ def test_3d_click_to_mask_is_timed_on_a_96_crop_and_a_128_volume():
         assert d["p95"] >= d["p50"] > 0 and d["clicks"] == 2 and d["ratio_to_forward"]["p50"] > 0
         assert [side] * 3 in d["windows"]  # the first click's window (a large mask can widen later ones)
         assert max(d["working_size"]) <= 64
+
+
+def test_the_replay_judges_cost_per_accept_is_timed_beside_the_post_update(tiny_base_2d):
+    from fedpoint.benchmarks.engine import accept_cost
+    from fedpoint.shared.model import load_base
+
+    net, cfg, _ = load_base(tiny_base_2d)
+    data = accept_cost(net, cfg, "cpu", accepts=2)
+    assert data["accepts"] == 2 and data["judge_cases"] >= 1
+    assert data["judge_ms"]["p95"] >= data["judge_ms"]["p50"] > 0 and data["post_ms"]["p50"] > 0
+    assert data["judge_to_post_ratio"]["p50"] > 0

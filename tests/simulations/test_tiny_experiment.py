@@ -36,7 +36,7 @@ def tiny_run(tiny_base_2d, tmp_path_factory):
 def test_every_strategy_produces_numbers(tiny_run):
     out, stdout = tiny_run
     results = json.loads((out / "results.json").read_text())
-    assert results["schema"] == "fedpoint.results/1"
+    assert results["schema"] == "fedpoint.results/2"
     assert list(results["headline"]) == list(STRATEGY_NAMES)
     sites = {s["name"] for s in results["data"]["sites"]}
     for name in STRATEGY_NAMES:
@@ -81,7 +81,8 @@ def test_report_opens_with_the_table_and_plots(tiny_run):
     report = (out / "report.md").read_text()
     assert report.splitlines()[0].startswith("# fedpoint experiment `tiny`")
     assert report.index("| strategy |") < report.index("## Targets") < report.index("## Plots") < report.index("## Per site")
-    for png in ("dice_vs_images.png", "noc90.png", "clicks_saved.png", "bytes_per_round.png"):
+    assert report.index("| strategy |") < report.index("## Learning curves") < report.index("## Targets")
+    for png in ("learning_curves.png", "dice_vs_images.png", "noc90.png", "clicks_saved.png", "bytes_per_round.png"):
         assert f"]({png})" in report
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert "## Data" in report and "stardist-nuclei" in report and "subjects" in report

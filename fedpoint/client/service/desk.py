@@ -207,7 +207,12 @@ class AnnotationDesk:
         spacing = loaded.spacing if self.model_cfg.spatial_dims == 3 and loaded.ndim == 3 else None
         return self.sessions.get_or_open(
             key, lambda: self.engine.open(self.session_image(loaded, slice_index), case,
-                                          seed=zlib.crc32(repr(key).encode()), spacing=spacing, into_cache=False))
+                                          seed=zlib.crc32(repr(key).encode()), spacing=spacing, into_cache=False,
+                                          task=self.task_of(structure)))
+
+    def task_of(self, structure: str) -> str | None:
+        """The adapter a structure's sessions adapt: its own with `labels`, else the site's one."""
+        return structure if self.config.labels else None
 
     def click(self, image_id: str, user: str, point, positive: bool, slice_index: int | None = None,
               structure: str | None = None) -> ClickResult:
@@ -349,7 +354,9 @@ class AnnotationDesk:
             steps.append(("the DICOM-SEG to the PACS",
                           lambda: self.images.write_back([entry.image_id for entry, _ in parts], self.stored_label)))
         if save:  # the version carries its Adam state, so a restart continues the same optimizer
-            steps.append(("the adapter version", lambda: self.engine.save_version({"source": "online", "case": names[-1]})))
+            for task in {self.task_of(entry.structure) for entry, _ in parts}:
+                steps.append((f"the adapter version ({task})",
+                              lambda task=task: self.engine.save_version({"source": "online", "case": names[-1]}, task=task)))
         steps.append(("the episode scheduler", self.training.after_accept))
         return names, [problem for what, step in steps if (problem := _after_effect(what, step, names))]
 

@@ -109,24 +109,29 @@ def _create_engine(config: SiteServiceConfig) -> SiteEngine:
 
     store = SiteStore(config.store)
     net, model_cfg, _card = load_base(config.base, config.device)
-    tried: list[int] = []
-    adapter = None
-    while adapter is None:
-        resume = store.usable_adapter(skip=tuple(tried))
-        if resume is None:
-            if tried or store.adapter_versions():
-                log.warning("no adapter version in the store loads; starting from a fresh %s adapter", config.adapter.kind)
-            adapter = make_adapter(net, config.adapter)
-            break
-        try:
-            adapter = load_adapter(net, resume)
-        except Exception as err:  # noqa: BLE001 - passed the file checks but does not load (shapes, kind...)
-            version = int(resume.name[1:])
-            store.log("adapter-skipped", version=version, reason=f"adapters/{resume.name}: {type(err).__name__}: {err}")
-            log.warning("adapter version %d (adapters/%s) does not load (%s); trying the previous one", version,
-                        resume.name, err)
-            tried.append(version)
-    model = SiteModel(adapter, model_cfg, config.adaptation_config(), config.device, None)
-    model.load_optimizer_state(store.latest_optimizer_state(adapter.kind))
-    return SiteEngine(model, store, config.campaign_size, True)
+
+    def task_model(_task: str, task_store: SiteStore) -> SiteModel:  # each structure (task) opens its own the same way
+        tried: list[int] = []
+        adapter = None
+        while adapter is None:
+            resume = task_store.usable_adapter(skip=tuple(tried))
+            if resume is None:
+                if tried or task_store.adapter_versions():
+                    log.warning("no adapter version in the store loads; starting from a fresh %s adapter",
+                                config.adapter.kind)
+                adapter = make_adapter(net, config.adapter)
+                break
+            try:
+                adapter = load_adapter(net, resume)
+            except Exception as err:  # noqa: BLE001 - passed the file checks but does not load (shapes, kind...)
+                version = int(resume.name[1:])
+                task_store.log("adapter-skipped", version=version, reason=f"adapters/{resume.name}: {type(err).__name__}: {err}")
+                log.warning("adapter version %d (adapters/%s) does not load (%s); trying the previous one", version,
+                            resume.name, err)
+                tried.append(version)
+        model = SiteModel(adapter, model_cfg, config.adaptation_config(), config.device, None)
+        model.load_optimizer_state(task_store.latest_optimizer_state(adapter.kind))
+        return model
+
+    return SiteEngine(task_model("default", store), store, config.campaign_size, True, factory=task_model)
 

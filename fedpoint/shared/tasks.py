@@ -1,0 +1,46 @@
+"""Tasks: the structure a site labels ("liver", "lesion core"), named once for sites and coordinator.
+
+A site keeps one adapter per task, and the federation one bank per task. A task's name is the
+structure name as the site declares it, normalised so that "Lung field", "lung_field" and
+"lung-field" are one task: lowercase, every run of spaces, underscores and dashes one dash.
+The default task (`DEFAULT_TASK`) is the site's adapter from before tasks existed.
+
+Standard library only: the CLI and the coordinator import it without torch.
+"""
+
+from __future__ import annotations
+
+import re
+
+DEFAULT_TASK = "default"
+MAX_TASK = 48
+_SEPARATORS = re.compile(r"[ _-]+")
+_RAW = re.compile(r"^[A-Za-z0-9 ._-]+$")
+_TASK = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+
+
+def normalise_task(name: str | None) -> str:
+    """The one form of a structure name ("Lung  Field" -> "lung-field"); None or "" -> the default
+    task. ValueError for a name that is not letters, digits, '.', spaces, '_' or '-'."""
+    if name is None or not str(name).strip():
+        return DEFAULT_TASK
+    if not isinstance(name, str):
+        raise ValueError(f"task name must be text, got {type(name).__name__}")
+    slug = _SEPARATORS.sub("-", name.strip().lower()).strip("-")
+    if not _RAW.match(name.strip()) or not _TASK.match(slug) or ".." in slug or len(slug) > MAX_TASK:
+        raise ValueError(f"invalid task (structure) name {name!r}: use letters, digits, '.', spaces, '_' or '-' "
+                         f"(at most {MAX_TASK} characters)")
+    return slug
+
+
+_INSTANCE = re.compile(r"(#\d+|-\d+)$")
+
+
+def structure_of(object_name: str) -> str:
+    """The structure an object instance belongs to, as a task: "nucleus-17" and "lesion#2" are
+    instances of "nucleus" and "lesion"; "lung-field" is its own structure."""
+    return normalise_task(_INSTANCE.sub("", object_name or "") or None)
+
+
+def is_default(task: str | None) -> bool:
+    return normalise_task(task) == DEFAULT_TASK
