@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from fedpoint.cli.choices import ADAPTER_KINDS, MODES, SHIFTS, choice
+from fedpoint.cli.choices import ADAPTER_KINDS, MODES, SHIFTS, VOLUME_ROUTES, choice
 from fedpoint.shared.adapter_kinds import adapter_kind
 from fedpoint.simulations.pretrain_config import PRETRAIN3D_DEFAULTS, PRETRAIN_DEFAULTS
 
@@ -126,6 +126,9 @@ def evaluate(
     full_slice: bool = typer.Option(False, "--full-slice", help="Whole slices at native resolution (one per object "
                                     "and slice) instead of crops around each object; the focus crop zooms."),
     split_components: bool = typer.Option(False, help="Each connected component of an object is its own target."),
+    route: Optional[str] = typer.Option(None, click_type=choice(VOLUME_ROUTES),
+                                        help="Volumes: 'propagate' (the 2D base, its mask carried through the slices) or "
+                                             "'3d' (the 3D base, default base3d); --clicks counts interactions on the volume."),
 ) -> None:
     """Annotate a stream of images with the simulated user and report Dice@k, NoC and timings."""
     from rich.console import Console
@@ -145,7 +148,7 @@ def evaluate(
     try:
         spec = EvaluationSpec(data=data, mode=mode, adapter=adapter, base=base, clicks=clicks, images=images, shift=shift,
                               size=size, lr=lr, seed=seed, strict=strict, full_slice=full_slice,
-                              split_components=split_components)
+                              split_components=split_components, route=route)
     except ValueError as err:
         fail(describe(err))
     with tempfile.TemporaryDirectory(prefix="fedpoint-eval-") as tmp:
@@ -162,7 +165,7 @@ def evaluate(
         return
     console = Console()
     console.print(summary_table({mode: result["summary"]}, title=f"{spec.data}: {len(result['images'])} "
-                                                                  f"{'full slices' if full_slice else 'images'}, {clicks} clicks"))
+                                                                  f"{'volumes, route ' + route if route else 'full slices' if full_slice else 'images'}, {clicks} clicks"))
     for name, reason in result.get("skipped", []):
         console.print(f"[yellow]skipped[/] {name}: {reason}")
     if out:

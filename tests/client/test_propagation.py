@@ -124,3 +124,23 @@ def test_bad_input_is_refused_with_a_message(engine, tiny_base_3d):
         open_volume(engine3d, image)
     with pytest.raises(ValueError, match="min_overlap"):
         PropagationConfig(min_overlap=1.5)
+
+
+def test_the_stop_rule_and_the_gate():
+    neighbour = np.zeros((12, 12), bool)
+    neighbour[2:6, 2:6] = True                      # 16 voxels
+    grown = np.zeros_like(neighbour)
+    grown[1:8, 1:8] = True                          # 49 voxels, holding the neighbour
+    apart = np.zeros_like(neighbour)
+    apart[8:11, 8:11] = True
+    rule = PropagationConfig(max_growth=2.0)
+    assert rule.continues(neighbour, neighbour) and PropagationConfig().continues(grown, neighbour)
+    assert not rule.continues(grown, neighbour), "more than twice the neighbour: a leak"
+    assert not rule.continues(apart, neighbour) and not rule.continues(np.zeros_like(neighbour), neighbour)
+    image = np.full((1, 12, 12), 0.2, np.float32)
+    image[0, 2:6, 2:6] = 0.8                        # the object is bright on both slices
+    kept = PropagationConfig(band=0.0).gate(grown, image, neighbour, image)
+    assert np.array_equal(kept, neighbour), "the gate keeps the voxels that look like the neighbour's object"
+    assert np.array_equal(PropagationConfig(band=None).gate(grown, image, neighbour, image), grown)
+    with pytest.raises(ValueError, match="max_growth"):
+        PropagationConfig(max_growth=0.5)
