@@ -73,7 +73,7 @@ class PropagationConfig:
     min_voxels: int = 1
     min_overlap: float = 0.0
     band: float | None = 0.0  # intensity gate: keep voxels within the neighbour's object band, widened this much
-    max_growth: float | None = None
+    max_growth: float | None = 1.2  # chosen on dev-split-3d (docs/engine.md)
 
     def __post_init__(self) -> None:
         if self.min_voxels < 1:

@@ -45,7 +45,7 @@ def test_one_click_propagates_through_the_object_and_stops_at_its_end(engine):
 def test_without_the_intensity_gate_the_2d_base_copies_its_mask_past_the_end(engine):
     """Why the gate exists: the base trusts its previous-mask input, so the bare click prompt never stops."""
     image, truth = _ellipsoid()
-    session = open_volume(engine, image, "vol", spacing=(1.0, 1.0, 2.0), config=PropagationConfig(band=None))
+    session = open_volume(engine, image, "vol", spacing=(1.0, 1.0, 2.0), config=PropagationConfig(band=None, max_growth=None))
     session.click((32, 32, 12))
     assert set(session.slices_reached()) - _slices(truth)
 
@@ -134,7 +134,7 @@ def test_the_stop_rule_and_the_gate():
     apart = np.zeros_like(neighbour)
     apart[8:11, 8:11] = True
     rule = PropagationConfig(max_growth=2.0)
-    assert rule.continues(neighbour, neighbour) and PropagationConfig().continues(grown, neighbour)
+    assert rule.continues(neighbour, neighbour) and PropagationConfig(max_growth=None).continues(grown, neighbour)
     assert not rule.continues(grown, neighbour), "more than twice the neighbour: a leak"
     assert not rule.continues(apart, neighbour) and not rule.continues(np.zeros_like(neighbour), neighbour)
     image = np.full((1, 12, 12), 0.2, np.float32)
