@@ -55,6 +55,7 @@ def load_stream(spec: EvaluationSpec, data_dir: Path | None = None):
 
     from fedpoint.data import apply_shift, full_slice_samples, load_dataset, make_samples
     from fedpoint.data.samples import LazyVolumes, volume_refs
+
     dataset = load_dataset(spec.data, data_dir=data_dir, strict=spec.strict)
 
     def shifted(sample, i: int):  # the stream's i-th sample, under the spec's shift (seeded by position)
@@ -62,8 +63,11 @@ def load_stream(spec: EvaluationSpec, data_dir: Path | None = None):
             sample.image = apply_shift(sample.image, spec.shift, spec.seed * 100003 + i)
         return sample
 
-    if volume_route(spec) is not None:  # whole volumes: the 3D focus crop, or propagation through the slices
+    route = volume_route(spec)
+    if route is not None:  # whole volumes: the 3D focus crop, or propagation through the slices
         volumes = [c for c in dataset.cases if c.ndim == 3]
+        if not volumes and route == "propagate":
+            raise ValueError(f"{spec.data}: route 'propagate' needs volumes; the dataset has no volumes (drop --route for 2D images)")
         if not volumes:
             raise ValueError(f"{spec.data}: the base is 3D but the dataset has no volumes (use a 2D base for 2D images)")
         for case in volumes:

@@ -39,6 +39,8 @@ def test_a_route_and_a_base_that_do_not_fit_are_refused(volumes, tiny_base_2d, t
                        tmp_path / "b")
     with pytest.raises(ValueError, match="route"):
         EvaluationSpec(data=str(volumes), route="slices")
+    with pytest.raises(ValueError, match="needs volumes"):
+        run_evaluation(EvaluationSpec(data="stardist-nuclei", route="propagate", clicks=1, images=1), tmp_path / "c")
 
 
 def test_the_cli_evaluates_volumes_by_route(volumes, tiny_base_2d, tmp_path):
