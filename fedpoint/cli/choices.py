@@ -18,6 +18,8 @@ ADAPTER_KINDS: tuple[str, ...] = tuple(_KINDS)
 # fedpoint.data.shifts.SHIFTS (descriptions: `fedpoint data shifts`)
 SHIFTS: tuple[str, ...] = ("none", "gamma-low", "gamma-high", "bias", "noise", "blur", "lowres", "scale",
                            "scanner-b", "scanner-c")
+# fedpoint.client.stream.VOLUME_ROUTES
+VOLUME_ROUTES: tuple[str, ...] = ("propagate", "3d")
 
 
 def choice(names: tuple[str, ...]) -> click.Choice:

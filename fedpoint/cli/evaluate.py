@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from fedpoint.cli.choices import ADAPTER_KINDS, MODES, SHIFTS, choice
+from fedpoint.cli.choices import ADAPTER_KINDS, MODES, SHIFTS, VOLUME_ROUTES, choice
 from fedpoint.shared.adapter_kinds import adapter_kind
 from fedpoint.simulations.pretrain_config import PRETRAIN3D_DEFAULTS, PRETRAIN_DEFAULTS
 
@@ -130,6 +130,9 @@ def evaluate(
     prompt: str = typer.Option("click", click_type=choice(("click", "box")),
                                help="The first interaction: a click at the object's deepest point, or a tight box "
                                     "around it (then clicks at the largest error, the CVPR 2025 challenge's protocol)."),
+    route: Optional[str] = typer.Option(None, click_type=choice(VOLUME_ROUTES),
+                                        help="Volumes: 'propagate' (the 2D base, its mask carried through the slices) or "
+                                             "'3d' (the 3D base, default base3d); --clicks counts interactions on the volume."),
 ) -> None:
     """Annotate a stream of images with the simulated user and report Dice@k, NoC and timings."""
     from rich.console import Console
@@ -149,7 +152,7 @@ def evaluate(
     try:
         spec = EvaluationSpec(data=data, mode=mode, adapter=adapter, base=base, clicks=clicks, images=images, shift=shift,
                               size=size, lr=lr, seed=seed, strict=strict, full_slice=full_slice,
-                              split_components=split_components, prompt=prompt)
+                              split_components=split_components, prompt=prompt, route=route)
     except ValueError as err:
         fail(describe(err))
     with tempfile.TemporaryDirectory(prefix="fedpoint-eval-") as tmp:
@@ -166,7 +169,7 @@ def evaluate(
         return
     console = Console()
     console.print(summary_table({mode: result["summary"]}, title=f"{spec.data}: {len(result['images'])} "
-                                f"{'full slices' if full_slice else 'images'}, {clicks} "
+                                f"{'volumes, route ' + route if route else 'full slices' if full_slice else 'images'}, {clicks} "
                                 f"{'interactions (a box, then clicks)' if prompt == 'box' else 'clicks'}"))
     for name, reason in result.get("skipped", []):
         console.print(f"[yellow]skipped[/] {name}: {reason}")

@@ -15,11 +15,13 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from fedpoint.client.engine import SiteEngine
-from fedpoint.shared.metrics import BOX_METRICS, SUMMARY_KEYS, box_metrics, click_metrics, dice
+from fedpoint.shared.metrics import BOX_METRICS, DICE_AUC, SUMMARY_KEYS, box_metrics, click_metrics, dice
 from fedpoint.shared.simulated_user import simulate, tight_box
 from fedpoint.shared.tasks import structure_of
+from fedpoint.shared.volume_user import INTERACTION_P50, INTERACTION_P95, simulate_volume, volume_metrics
 
 PROMPTS = ("click", "box")  # the first interaction: a click at the object's deepest point, or a tight box
+VOLUME_ROUTES = ("propagate", "3d")  # how a volume is annotated: the 2D base through its slices, or the 3D base
 
 
 def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int = 10, case_id: str | None = None,
@@ -76,18 +78,63 @@ def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int 
     }
 
 
+def annotate_volume(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, route: str, clicks: int = 5,
+                    case_id: str | None = None, spacing: tuple[float, ...] | None = None,
+                    accept_truth: bool = False, propagation=None) -> dict:
+    """One volume through the 3D simulated user (`fedpoint.shared.volume_user`) by `route`:
+    "propagate" (the engine's 2D base, `fedpoint.client.propagation`) or "3d" (its 3D base).
+    Interactions, Dice and NoC are counted on the 3D mask; the user accepts the last mask.
+    `propagation` (a `PropagationConfig`) compares stop rules on the dev volumes."""
+    if route == "propagate":
+        from fedpoint.client.propagation import open_volume
+
+        session = open_volume(engine, image, case_id or "volume", spacing, config=propagation)
+    elif route == "3d":
+        session = engine.open(image, case_id, spacing=spacing)
+    else:
+        raise ValueError(f"unknown volume route {route!r}; use one of {', '.join(VOLUME_ROUTES)}")
+    steps = simulate_volume(lambda click: session.click(click.point, click.positive), gt, clicks, spacing)
+    if not steps:
+        raise ValueError(f"{case_id}: the simulated user found nothing to click")
+    t0 = time.perf_counter()
+    final = np.asarray(session.mask, bool)
+    if final.any():
+        if route == "3d":
+            engine.accept(session, gt if accept_truth else None)
+        else:
+            session.accept(gt if accept_truth else None)
+    ms = [round(s.ms, 3) for s in steps]
+    return {
+        "case_id": case_id or "volume",
+        "route": route,
+        "dices": [round(s.dice, 4) for s in steps],
+        **volume_metrics(steps),
+        "interaction_ms": ms,
+        "predict_ms": float(np.mean(ms)),
+        "update_ms": 0.0,
+        "post_ms": round((time.perf_counter() - t0) * 1e3, 3),
+        "accepted": bool(final.any()),
+        "clicks_at": [list(s.click.point) for s in steps],
+        "slices_predicted": session.record().get("slices_predicted", [1] * len(steps)),
+    }
+
+
 def run_stream(engine: SiteEngine, samples: Sequence, clicks: int = 10,
                on_image: Callable[[int, dict], None] | None = None, accept_truth: bool = False,
-               prompt: str = "click", per_task: bool = False) -> list[dict]:
+               prompt: str = "click", per_task: bool = False, route: str | None = None) -> list[dict]:
     """Annotate samples in order (objects with `.image`, `.mask`, `.case_id`, `.object_name`); with
     `per_task` each sample adapts the adapter of its structure (`.object_name` without its
-    instance number), else the engine's primary one."""
+    instance number), else the engine's primary one; with a `route`, each sample is a volume
+    annotated by that route (`annotate_volume`)."""
     records = []
     for i, sample in enumerate(samples):
         case_id = _case_id(sample, i)
+        spacing = getattr(sample, "spacing", None)
         task = structure_of(getattr(sample, "object_name", "")) if per_task else None
-        record = annotate(engine, sample.image, sample.mask, clicks, case_id, getattr(sample, "spacing", None),
-                          accept_truth, prompt, task)
+        if route is not None:
+            record = annotate_volume(engine, sample.image, sample.mask, route, clicks, case_id, spacing, accept_truth)
+        else:
+            record = annotate(engine, sample.image, sample.mask, clicks, case_id, spacing, accept_truth, prompt, task)
         record.update(index=i, object=getattr(sample, "object_name", ""), modality=getattr(sample, "modality", ""),
                       task=engine.task if task is None else task)
         records.append(record)
@@ -105,5 +152,10 @@ def _case_id(sample, index: int) -> str:
 def summarize_stream(records: Iterable[dict]) -> dict[str, float]:
     records = list(records)
     keys = SUMMARY_KEYS + tuple(k for k in BOX_METRICS if records and all(k in r for r in records))
-    return {k: float(np.mean([r[k] for r in records])) for k in keys} | {
+    summary = {k: float(np.mean([r[k] for r in records])) for k in keys} | {
         "images": len(records), "guard_rejected": int(sum(r.get("guard_rejected", 0) for r in records))}
+    if records and all("interaction_ms" in r for r in records):  # volumes: Dice-AUC, and times over every interaction
+        pooled = np.concatenate([r["interaction_ms"] for r in records])
+        summary |= {DICE_AUC: float(np.mean([r[DICE_AUC] for r in records])),
+                    INTERACTION_P50: float(np.percentile(pooled, 50)), INTERACTION_P95: float(np.percentile(pooled, 95))}
+    return summary

@@ -15,7 +15,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fedpoint.shared.config import AdaptationConfig, AdaptationMode, AdapterConfig
-from fedpoint.shared.metrics import BOX_METRICS, HEADERS, SUMMARY_COLUMNS, is_fraction
+from fedpoint.shared.metrics import BOX_METRICS, DICE_AUC, HEADERS, SUMMARY_COLUMNS, is_fraction
 
 
 class EvaluationSpec(BaseModel):
@@ -42,6 +42,8 @@ class EvaluationSpec(BaseModel):
     guard: bool = Field(True, description="the online guard (off only to measure what it prevents)")
     guard_consistency: Optional[float] = Field(None, ge=0, le=1, description="override the guard's mid threshold (tuning only)")
     guard_tolerance: Optional[float] = Field(None, ge=0, le=1, description="override the guard's post tolerance (tuning only)")
+    route: Optional[Literal["propagate", "3d"]] = Field(None, description="volumes: 'propagate' (the 2D base "
+                                                         "through the slices) or '3d' (the 3D base); clicks are interactions on the volume")
 
     @field_validator("adapter")
     @classmethod
@@ -56,7 +58,6 @@ def load_stream(spec: EvaluationSpec, data_dir: Path | None = None):
 
     from fedpoint.data import apply_shift, full_slice_samples, load_dataset, make_samples
     from fedpoint.data.samples import LazyVolumes, volume_refs
-    from fedpoint.shared.bases import base_config, locate_base
 
     dataset = load_dataset(spec.data, data_dir=data_dir, strict=spec.strict)
 
@@ -65,8 +66,11 @@ def load_stream(spec: EvaluationSpec, data_dir: Path | None = None):
             sample.image = apply_shift(sample.image, spec.shift, spec.seed * 100003 + i)
         return sample
 
-    if base_config(locate_base(spec.base)).spatial_dims == 3:  # whole volumes: the 3D focus crop zooms
+    route = volume_route(spec)
+    if route is not None:  # whole volumes: the 3D focus crop, or propagation through the slices
         volumes = [c for c in dataset.cases if c.ndim == 3]
+        if not volumes and route == "propagate":
+            raise ValueError(f"{spec.data}: route 'propagate' needs volumes; the dataset has no volumes (drop --route for 2D images)")
         if not volumes:
             raise ValueError(f"{spec.data}: the base is 3D but the dataset has no volumes (use a 2D base for 2D images)")
         for case in volumes:
@@ -86,6 +90,24 @@ def load_stream(spec: EvaluationSpec, data_dir: Path | None = None):
     return [shifted(samples[i], k) for k, i in enumerate(order)], dataset.skipped
 
 
+def volume_route(spec: EvaluationSpec) -> str | None:
+    """How the stream's volumes are annotated: the spec's route, "3d" for a 3D base without one,
+    None for 2D work. A route and a base that do not fit are refused."""
+    from fedpoint.shared.bases import base_config, locate_base
+
+    dims = base_config(locate_base(route_base(spec))).spatial_dims
+    if spec.route == "propagate" and dims != 2:
+        raise ValueError("route: 'propagate' carries the 2D base through the slices; give a 2D base (or none)")
+    if spec.route == "3d" and dims != 3:
+        raise ValueError("route: '3d' needs a 3D base such as base3d (or none)")
+    return spec.route or ("3d" if dims == 3 else None)
+
+
+def route_base(spec: EvaluationSpec) -> str | None:
+    """The base a route runs on when none is given: base3d for '3d', the packaged 2D base otherwise."""
+    return spec.base if spec.base is not None or spec.route != "3d" else "base3d"
+
+
 def _check_spacing(case) -> None:
     from fedpoint.shared.clicks import check_spacing
 
@@ -103,7 +125,7 @@ def run_evaluation(spec: EvaluationSpec, store: Path, data_dir: Path | None = No
     samples, skipped = load_stream(spec, data_dir)
     overrides = {k: v for k in ("guard_consistency", "guard_tolerance") if (v := getattr(spec, k)) is not None}
     adaptation = AdaptationConfig(mode=spec.mode, lr=spec.lr, seed=spec.seed, guard=spec.guard, **overrides)
-    engine = SiteEngine.create(spec.base, AdapterConfig(kind=spec.adapter), adaptation, store,
+    engine = SiteEngine.create(route_base(spec), AdapterConfig(kind=spec.adapter), adaptation, store,
                                campaign_size=len(samples), background_episodes=False, adapter_dir=adapter_dir,
                                focus=focus_config(spec))
     t0 = time.perf_counter()
@@ -118,9 +140,9 @@ def run_evaluation(spec: EvaluationSpec, store: Path, data_dir: Path | None = No
                 done.append(rec["dice3"])
                 bar.update(task, completed=i + 1, d3=sum(done) / len(done))
 
-            records = run_stream(engine, samples, spec.clicks, on_image=tick, prompt=spec.prompt)
+            records = run_stream(engine, samples, spec.clicks, on_image=tick, prompt=spec.prompt, route=spec.route)
     else:
-        records = run_stream(engine, samples, spec.clicks, prompt=spec.prompt)
+        records = run_stream(engine, samples, spec.clicks, prompt=spec.prompt, route=spec.route)
     episodes = [r.as_dict() for r in engine.scheduler.results] if engine.scheduler else []
     return {
         "spec": spec.model_dump(),
@@ -143,11 +165,16 @@ def focus_config(spec: EvaluationSpec):
 def summary_table(summaries: dict[str, dict], title: str = ""):
     from rich.table import Table
 
+    from fedpoint.shared.volume_user import INTERACTION_P95
+
+    columns = SUMMARY_COLUMNS
+    if all(INTERACTION_P95 in s for s in summaries.values()):  # volumes by a route: Dice-AUC and p95 s per interaction
+        columns = (*SUMMARY_COLUMNS[:-2], DICE_AUC, INTERACTION_P95)
     table = Table(title=title)
     table.add_column("mode", no_wrap=True)
-    columns = SUMMARY_COLUMNS + tuple(k for k in BOX_METRICS if all(k in s for s in summaries.values()))
+    columns = columns + tuple(k for k in BOX_METRICS if all(k in s for s in summaries.values()))
     for col in columns:
-        table.add_column(HEADERS[col], justify="right", no_wrap=True)
+        table.add_column(HEADERS.get(col, "p95 ms/interaction"), justify="right", no_wrap=True)
     for name, s in summaries.items():
         table.add_row(name, *(f"{s[c]:.3f}" if is_fraction(c) else f"{s[c]:.1f}" for c in columns))
     return table

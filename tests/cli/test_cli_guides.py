@@ -24,6 +24,10 @@ def test_choices_mirror_the_registries():
     assert MODES == ADAPTATION_MODES
     assert set(ADAPTER_KINDS) == set(REGISTERED_KINDS)
     assert SHIFTS == tuple(REGISTERED_SHIFTS)
+    from fedpoint.cli.choices import VOLUME_ROUTES
+    from fedpoint.client.stream import VOLUME_ROUTES as ROUTES
+
+    assert VOLUME_ROUTES == ROUTES
 
 
 def test_version():
