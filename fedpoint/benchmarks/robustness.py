@@ -59,6 +59,8 @@ class Scenario:
 
 
 UNEVEN = (Site("mr-a", "MR", 0.25, 3), Site("mr-b", "MR", 0.15, 4), Site("ct-a", "CT", 0.3, 2))
+MIXED = (Site("mr-a", "MR", 0.25, 3), Site("ct-a", "CT", 0.3, 2), Site("mr-b", "MR", 0.15, 4),
+         Site("nuclei", "microscopy", 0.2, 3), Site("ct-b", "CT", 0.2, 3))  # the five: peer groups of 2, 2, 1
 FIVE = tuple(Site(f"mr-{i}", "MR", step, weight) for i, (step, weight) in
              enumerate([(0.25, 3), (0.15, 2), (0.35, 4), (0.2, 3), (0.3, 2)], start=1))
 
@@ -83,6 +85,9 @@ SCENARIOS = {
     "collusion": Scenario(FIVE, ("mr-4", "mr-5"), "collusion"),
     "slow-poisoning": Scenario(FIVE, ("mr-5",), "slow-poisoning"),
     "reverse": Scenario(FIVE, ("mr-5",), "reverse"),
+    # beyond an honest majority of peers: each colluder has one honest peer (a pair has no majority)
+    "honest-mixed": Scenario(MIXED, zero_rounds={"ct-b": (15,)}),
+    "collusion-mixed": Scenario(MIXED, ("mr-b", "ct-b"), "collusion"),
 }
 
 

@@ -52,7 +52,7 @@ def robustness(
 
     from fedpoint.benchmarks.robustness import run
 
-    logging.getLogger("flwr").setLevel(logging.ERROR)  # one line per rejection and version otherwise
+    logging.getLogger("flwr").setLevel(logging.ERROR)  # after flwr's import: one line per rejection and version otherwise
     _emit(run(rounds=rounds, seeds=tuple(range(seeds))), as_json)
 
 

@@ -228,7 +228,7 @@ class PeerScreen:
       round); with 2 peers, the pair rule of `DriftDetector`.
 
     A suspect is rejected, but never starved: after `readmit_after` rounds in a row it is accepted
-    once, clipped to the reference. A round in which nothing is clipped or suspect leaves every reply
+    once, clipped to the reference and with the smallest weight among its unsuspected peers. A round in which nothing is clipped or suspect leaves every reply
     untouched, so the bank's weighted mean stays exact.
     """
 
@@ -280,8 +280,11 @@ class PeerScreen:
                 self.suspect[group][reply.site_id] = 0
             elif count >= s.readmit_after:
                 self.suspect[group][reply.site_id] = 0
-                verdicts[i] = Verdict(replace(reply, delta=clip_delta(verdicts[i].reply.delta, ref)[0]), "accepted",
-                                      f"re-admitted after {count} rounds rejected, clipped to the reference ({ref:.3g}); "
+                others = [float(replies[j].weight) for j in live if j != i and replies[j].site_id not in suspects]
+                weight = min([float(reply.weight), *others])
+                verdicts[i] = Verdict(replace(reply, delta=clip_delta(verdicts[i].reply.delta, ref)[0], weight=weight),
+                                      "accepted", f"re-admitted after {count} rounds rejected, clipped to the reference "
+                                      f"({ref:.3g}) with the smallest weight of its peers ({weight:g}); "
                                       f"still {suspects[reply.site_id]}")
             else:
                 self.suspect[group][reply.site_id] = count + 1
