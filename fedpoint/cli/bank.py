@@ -32,9 +32,11 @@ def _console():
 def _open(store: Path):
     from fedpoint.server.banks import BankStore
 
+    from fedpoint.server.banks import BankStoreError
+
     try:
         return BankStore(store, create=False)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, BankStoreError) as err:
         _fail(str(err))
 
 
@@ -93,10 +95,14 @@ def verify(
     store: Path = typer.Option(..., "--store", help=STORE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Check every version of every bank against its manifest (sha256 of weights and identity, readable,
-    finite, parameter count); exits 1 when any version is damaged (readers skip those versions)."""
+    """Check every version of every bank against its manifest (the coordinator's HMAC signature, sha256
+    of weights and identity, readable, finite, parameter count); exits 1 when any version is damaged
+    or rewritten (readers skip those versions)."""
     banks = _open(store)
     report = banks.verify()
+    if not banks.signed and not as_json:
+        _console().print(f"this store has no signing key ({banks.key_path}): its manifests are not checked against "
+                         "rewrites; adopt it with `fedpoint bank sign` after this check")
     if as_json:
         typer.echo(json.dumps(report, indent=1))
     else:
@@ -106,11 +112,27 @@ def verify(
         for column in ("bank", "version", "round", "checksum", "health"):
             table.add_column(column)
         for row in report:
-            table.add_row(row["bank"], str(row["version"]), str(row["round"]), "sha256" if row["checksum"] else "none",
+            table.add_row(row["bank"], str(row["version"]), str(row["round"]),
+                          ("sha256" if row["checksum"] else "none") + ("+hmac" if row["signed"] else ""),
                           "ok" if row["healthy"] else f"BAD: {row['problem']}")
         _console().print(table if report else f"no bank versions in {store}")
     if any(not row["healthy"] for row in report):
         raise typer.Exit(1)
+
+
+@app.command()
+def sign(store: Path = typer.Option(..., "--store", help=STORE_HELP)) -> None:
+    """Adopt a store made before bank manifests were signed: create its signing key beside it and sign
+    every version that verifies now (check them first with `fedpoint bank verify`). Refused when the
+    store already has a key: a key is never replaced."""
+    from fedpoint.server.banks import BankStoreError
+
+    banks = _open(store)
+    try:
+        signed = banks.sign_all()
+    except BankStoreError as err:
+        _fail(str(err))
+    typer.echo(f"signed {len(signed)} version(s); key {banks.key_path} (keep it with the coordinator, back it up)")
 
 
 @app.command()

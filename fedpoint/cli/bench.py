@@ -42,6 +42,21 @@ def federation(as_json: bool = typer.Option(False, "--json", help="Print JSON on
 
 
 @app.command()
+def robustness(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+    rounds: int = typer.Option(30, min=1, help="Rounds per federation."),
+    seeds: int = typer.Option(3, min=1, help="Seeds per scenario (the worst displacement is reported)."),
+) -> None:
+    """Honest site-rounds rejected, and each attack's bank displacement against its honest twin."""
+    import logging
+
+    from fedpoint.benchmarks.robustness import run
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)  # after flwr's import: one line per rejection and version otherwise
+    _emit(run(rounds=rounds, seeds=tuple(range(seeds))), as_json)
+
+
+@app.command()
 def service(as_json: bool = typer.Option(False, "--json", help="Print JSON only.")) -> None:
     """Click round trip over HTTP against the in-process click latency."""
     from fedpoint.benchmarks.service import run

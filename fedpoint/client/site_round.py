@@ -191,7 +191,7 @@ def train_round(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstr
     return reply
 
 
-EVAL_MAX_CASES = 16  # at most this many held-out cases (the newest), so a round stays short
+EVAL_MAX_CASES = P.EVAL_MAX_CASES  # at most this many held-out cases (the newest), so a round stays short
 
 
 def evaluate_bank(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstruction, site: SiteIdentity,

@@ -10,7 +10,8 @@ from fedpoint.data.types import DataError, Dataset
 
 def load_dataset(spec: str | Path, *, data_dir: Path | None = None, strict: bool = False) -> Dataset:
     """A built-in dataset by name (prepared on first use), `dev-split` (the held-out images of the
-    pre-training sources, for choosing defaults; `dev-split-3d`: their volumes), or a folder: a Medical Segmentation
+    pre-training sources, for choosing defaults; `dev-split-large`: each of their slices' whole labelled
+    region, a large structure; `dev-split-3d`: their volumes), or a folder: a Medical Segmentation
     Decathlon task, an nnU-Net v2 raw dataset, or a folder of image/label pairs.
 
     Non-strict: cases with problems are skipped and listed in `Dataset.skipped` as (file, reason).
@@ -22,6 +23,10 @@ def load_dataset(spec: str | Path, *, data_dir: Path | None = None, strict: bool
         from fedpoint.data.training import dev_dataset
 
         return dev_dataset(data_dir)
+    if isinstance(spec, str) and spec == "dev-split-large":  # ... each slice's whole labelled region: large structures
+        from fedpoint.data.training import dev_dataset
+
+        return dev_dataset(data_dir, whole=True)
     if isinstance(spec, str) and spec == "dev-split-3d":  # ... their volumes, for a 3D base
         from fedpoint.data.training import dev_volumes
 

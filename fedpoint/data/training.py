@@ -680,11 +680,13 @@ def list_training(data_dir: Path | None = None) -> list[dict]:
 DEV_DATASET = "dev-split"
 
 
-def dev_dataset(data_dir: Path | None = None, slices_per_volume: int = 4, min_pixels: int = 30):
+def dev_dataset(data_dir: Path | None = None, slices_per_volume: int = 4, min_pixels: int = 30, whole: bool = False):
     """The dev images as an evaluation `Dataset` (2D cases), for choosing defaults with the one
     evaluation entry point (`fedpoint evaluate --data dev-split`). Volumes give
     `slices_per_volume` evenly spaced slices along their last axis through the labelled extent;
-    every label value with at least `min_pixels` on a case is an object. Never an evaluation
+    every label value with at least `min_pixels` on a case is an object. With `whole`
+    (`dev-split-large`), a case's one object is its whole labelled region (every label at once): the
+    dev split's large structures, the scale of a lung field or a body. Never an evaluation
     dataset's data: `load_training` refuses those."""
     from fedpoint.data.types import Case, Dataset, LabelledObject
 
@@ -700,13 +702,15 @@ def dev_dataset(data_dir: Path | None = None, slices_per_volume: int = 4, min_pi
             counts = np.bincount(labels.ravel())
             values = [int(v) for v in np.flatnonzero(counts >= min_pixels) if v > 0]
             objects = [LabelledObject(f"region-{v}", v, label_map=labels) for v in values]
+            if whole and objects:
+                objects = [LabelledObject("whole", 1, label_map=(labels > 0).astype(np.uint8))]
             if objects:
                 spacing = tuple(item.spacing[:2]) if item.spacing else (1.0, 1.0)
                 cases.append(Case(item.name + suffix, np.ascontiguousarray(image, dtype=np.float32)[None], spacing,
                                   item.modality, objects, source=item.meta.get("origin", item.source)))
     if not cases:
         raise DataError(_training_dir(data_dir), f"no dev image is prepared; run `{PREPARE_COMMAND}`")
-    return Dataset(DEV_DATASET, "mixed", cases, source="dev split of the pre-training sources (DEV_IMAGES)",
+    return Dataset(DEV_DATASET + ("-large" if whole else ""), "mixed", cases, source="dev split of the pre-training sources (DEV_IMAGES)",
                    labels="mixed")
 
 

@@ -25,8 +25,9 @@ Robust rules (`rule=`), for the linear kinds only, on the deltas relative to the
 
 Neither is the weighted mean of the site updates (so they are not exact in that sense), they ignore
 the weights by design (a weight is a claim), and they need each site's individual delta, so they
-are NOT possible under secure aggregation. With fewer than 3 replies both fall back to the plain
-mean of the deltas (nothing can be trimmed; the median of two is their mean).
+are NOT possible under secure aggregation. With fewer than 3 replies nothing can be trimmed and the
+median of two is their mean, so both take the mean of the deltas each scaled down to the smaller
+norm: neither of two sites can carry the bank by the size of its delta, and each holds half.
 """
 
 from __future__ import annotations
@@ -122,15 +123,28 @@ def aggregate(
 
 
 def robust_delta(name: str, replies: Sequence, rule: str, trim: float = 0.2) -> np.ndarray:
-    """Coordinate-wise trimmed mean or median of the replies' deltas for one parameter."""
+    """Coordinate-wise trimmed mean or median of the replies' deltas for one parameter. With fewer
+    than 3 replies (nothing to trim, no majority) each delta is first scaled down to the smallest
+    norm among them (`equalized_scales`), so neither can carry the mean by its size."""
     stack = np.stack([np.asarray(r.delta[name], dtype=np.float64) for r in replies])
     if len(replies) < 3:
-        return stack.mean(axis=0)
+        return (stack * equalized_scales(replies).reshape((-1,) + (1,) * (stack.ndim - 1))).mean(axis=0)
     if rule == "median":
         return np.median(stack, axis=0)
     cut = int(np.floor(trim * len(replies)))
     ordered = np.sort(stack, axis=0)
     return ordered[cut:len(replies) - cut].mean(axis=0)
+
+
+def equalized_scales(replies: Sequence) -> np.ndarray:
+    """Per reply, the factor that scales its whole delta (all parameters) down to the smallest
+    positive delta norm among the replies (1 for that one, and for zero deltas)."""
+    norms = np.array([np.sqrt(sum(float(np.square(np.asarray(v, dtype=np.float64)).sum()) for v in r.delta.values()))
+                      for r in replies])
+    positive = norms[norms > 0]
+    if positive.size == 0:
+        return np.ones(len(replies))
+    return np.where(norms > 0, np.minimum(1.0, positive.min() / np.where(norms > 0, norms, 1.0)), 1.0)
 
 
 # ----------------------------------------------------------------------- LoRA in product space

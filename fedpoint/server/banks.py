@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -74,6 +75,7 @@ WEIGHTS = "adapter.safetensors"
 LATEST = "latest.json"
 EVALUATION = "evaluation.json"  # the federated evaluation round's scores of a version
 SALT = "salt"
+KEY_SUFFIX = ".key"  # the signing key lives beside the store folder: <store>.key, never inside it
 JOURNAL = "journal"
 STORE_LOCK = ".coordinator.lock"
 STORE_HOLDER = ".coordinator.holder"  # who holds STORE_LOCK, for the message that refuses a second
@@ -92,6 +94,17 @@ class BankIntegrityError(ValueError):
 
 class StoreLockedError(RuntimeError):
     """Another coordinator holds this bank store."""
+
+
+class BankStoreError(RuntimeError):
+    """The store cannot be opened as it is (a missing salt or signing key); the message says what to do."""
+
+
+def sign_manifest(key: bytes, manifest: Mapping) -> str:
+    """HMAC-SHA256 of a manifest (every field but the signature itself), as hex."""
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    return hmac.new(key, json.dumps(body, sort_keys=True, separators=(",", ":"), default=_plain).encode(),
+                    hashlib.sha256).hexdigest()
 
 
 
@@ -113,12 +126,24 @@ class BankVersion:
 class BankStore:
     """Adapter banks under `root`; `create=False` refuses a folder that is not a bank store yet."""
 
-    def __init__(self, root: str | Path, create: bool = True):
+    def __init__(self, root: str | Path, create: bool = True, key_path: str | Path | None = None):
         self.root = Path(root)
+        self.key_path = Path(key_path) if key_path else self.root.with_name(self.root.name + KEY_SUFFIX)
         if not create and not (self.root / SALT).is_file():
+            if self._holds_banks():
+                raise BankStoreError(f"{self.root}: the salt file {SALT} is missing, so the site hashes in its manifests "
+                                     "could not be matched again; restore it from a backup (it is never recreated)")
             raise FileNotFoundError(f"{self.root} is not a bank store (no {SALT} file); has the coordinator run?")
+        fresh = not (self.root / SALT).is_file() and not self._holds_banks()
+        if not fresh and not (self.root / SALT).is_file():
+            raise BankStoreError(f"{self.root}: the salt file {SALT} is missing but the store holds banks; the site "
+                                 "hashes in its manifests could not be matched again, so it is not recreated: restore it "
+                                 "from a backup, or start a new store")
         self.root.mkdir(parents=True, exist_ok=True)
+        if fresh and create:
+            write_new_file_atomic(self.key_path, secrets.token_hex(32).encode(), mode=0o600)
         self._salt = self._load_or_create_salt()
+        self._key = self._load_key()
         self._lock: ProcessLock | None = None
         self.problems: dict[tuple[str, int], str] = {}  # (bank, version) -> why it was skipped
 
@@ -203,6 +228,7 @@ class BankStore:
                     manifest = json.loads((entry / MANIFEST).read_text())
                 report.append({"bank": folder.name, "version": version, "round": manifest.get("round"),
                                "checksum": bool((manifest.get("integrity") or {}).get("weights_sha256")),
+                               "signed": bool(manifest.get("signature")) and self._key is not None,
                                "healthy": problem is None, "problem": problem})
         return report
 
@@ -220,6 +246,13 @@ class BankStore:
             raise BankIntegrityError(f"{manifest_path}: unreadable manifest ({err})") from None
         if not isinstance(manifest, dict):
             raise BankIntegrityError(f"{manifest_path}: not a manifest")
+        if self._key is None and "signature" in manifest:
+            raise BankIntegrityError(f"{manifest_path}: signed, but the store's signing key {self.key_path} is missing; "
+                                     "restore it (it is never recreated)")
+        if self._key is not None and not hmac.compare_digest(str(manifest.get("signature", "")),
+                                                             sign_manifest(self._key, manifest)):
+            raise BankIntegrityError(f"{manifest_path}: {'no signature' if 'signature' not in manifest else 'signature does not match'}"
+                                     " (the manifest or its weights were rewritten without the coordinator's key)")
         integrity = manifest.get("integrity") or {}
         if integrity.get("weights_sha256") and sha256_file(weights_path) != integrity["weights_sha256"]:
             raise BankIntegrityError(f"{weights_path}: sha256 differs from the one in {MANIFEST}")
@@ -306,6 +339,8 @@ class BankStore:
                 manifest = self._manifest(bank, version, state, identity, fields, parent)
                 manifest["integrity"] = {"weights_sha256": sha256_file(staging / WEIGHTS),
                                          "identity_sha256": identity_sha256(manifest)}
+                if self._key is not None:
+                    manifest["signature"] = sign_manifest(self._key, manifest)
                 (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_plain))
                 commit_folder(staging, target)  # the commit
             write_json_atomic(folder / LATEST, {"version": version, "path": target.name})
@@ -374,7 +409,9 @@ class BankStore:
         return entries
 
     def recover(self) -> list[str]:
-        """Roll back rounds that did not commit (their versions are removed); returns what was done."""
+        """Roll back rounds that did not commit; returns what was done. Only versions it can prove
+        uncommitted are removed (`_pending_versions`); a stale pending entry (its round committed, or
+        its versions named by a committed round or written by another round) is dropped, nothing else."""
         done = []
         for bank, versions in self._pending_versions().items():
             for version in sorted(versions):
@@ -416,15 +453,95 @@ class BankStore:
             self._lock = None
 
     def _pending_versions(self) -> dict[str, set[int]]:
+        """Versions provably written by a round that did not commit: named by a pending entry whose
+        round has no committed entry, not named by any committed entry, and (when the version's
+        manifest is readable) written for that pending round. Anything else is kept and read."""
         folder = self.root / JOURNAL
         out: dict[str, set[int]] = {}
-        if not folder.is_dir():
+        entries = sorted(folder.glob("round-*.pending.json")) if folder.is_dir() else []
+        if not entries:
             return out
-        for path in folder.glob("round-*.pending.json"):
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                for bank, version in json.loads(path.read_text()).get("planned", {}).items():
+        committed_rounds, committed = set(), set()
+        for entry in self.journal():
+            with contextlib.suppress(TypeError, ValueError, AttributeError):
+                committed_rounds.add(int(entry.get("round")))
+                committed |= {(bank, int(v)) for bank, v in dict(entry.get("versions") or {}).items()}
+        for path in entries:
+            with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+                pending = json.loads(path.read_text())
+                round_ = int(pending.get("round"))
+                if round_ in committed_rounds:
+                    continue  # stale: that round committed
+                for bank, version in dict(pending.get("planned", {})).items():
+                    if (bank, int(version)) in committed or self._written_for_another_round(bank, int(version), round_):
+                        continue
                     out.setdefault(bank, set()).add(int(version))
         return out
+
+    def _written_for_another_round(self, bank: str, version: int, round_: int) -> bool:
+        try:
+            manifest = json.loads((self._version_dir(bank, version) / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return False  # absent or unreadable: nothing to keep
+        return isinstance(manifest, dict) and manifest.get("round") not in (None, round_)
+
+    def _holds_banks(self) -> bool:
+        """Whether the folder holds any bank version or journal entry (it is not a fresh store)."""
+        if not self.root.is_dir():
+            return False
+        for entry in self.root.iterdir():
+            if entry.is_dir() and entry.name == JOURNAL and any(entry.glob("round-*.json")):
+                return True
+            if entry.is_dir() and _is_bank_name(entry.name) and any(version_of(v.name) for v in entry.iterdir()):
+                return True
+        return False
+
+    def _load_key(self) -> bytes | None:
+        """The signing key, or None (a store made before manifests were signed: `fedpoint bank sign`)."""
+        try:
+            text = self.key_path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        try:
+            key = bytes.fromhex(text)
+        except ValueError:
+            raise BankStoreError(f"{self.key_path}: not a signing key (64 hex digits expected)") from None
+        if len(key) < 16:
+            raise BankStoreError(f"{self.key_path}: a signing key of {len(key)} bytes is too short")
+        return key
+
+    @property
+    def signed(self) -> bool:
+        return self._key is not None
+
+    def require_key(self) -> "BankStore":
+        """A coordinator writes only to a store whose signing key it holds."""
+        if self._key is None:
+            raise BankStoreError(
+                f"bank store {self.root} has no signing key at {self.key_path}. A key is made once, when the store is "
+                "created, and never recreated, so that rewritten versions cannot be signed again. Restore the key from a "
+                "backup; for a store made before manifests were signed, check it with `fedpoint bank verify` and adopt "
+                "it with `fedpoint bank sign`")
+        return self
+
+    def sign_all(self) -> list[str]:
+        """Adopt a store made before signing: create its key (refused if one exists) and sign every
+        version that verifies; returns what was signed. Check the store first (`verify`)."""
+        if self._key is not None or self.key_path.exists():
+            raise BankStoreError(f"{self.key_path} exists: the store is already signed (a key is never replaced)")
+        report = self.verify()
+        write_new_file_atomic(self.key_path, secrets.token_hex(32).encode(), mode=0o600)
+        self._key = self._load_key()
+        signed = []
+        for row in report:
+            if not row["healthy"]:
+                continue
+            path = self._version_dir(row["bank"], row["version"]) / MANIFEST
+            manifest = json.loads(path.read_text())
+            manifest["signature"] = sign_manifest(self._key, manifest)
+            write_text_atomic(path, json.dumps(manifest, indent=2, default=_plain))
+            signed.append(str(path))
+        return signed
 
     def _version_dir(self, bank: str, version: int) -> Path:
         return self.root / check_bank_name(bank) / version_name(version)

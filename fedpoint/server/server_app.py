@@ -17,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from fedpoint.server.banks import BankStore
+from fedpoint.server.checks import ScreenSettings
 from fedpoint.server.ledger import SUMMARY_FILE
 from fedpoint.server.registry import SiteRegistry
 from fedpoint.server.routing import GENERAL
@@ -39,7 +40,7 @@ def build_server_app(defaults: Mapping | None = None) -> ServerApp:
 def run_coordinator(grid: Grid, fed: CoordinatorConfig) -> list[dict]:
     """Run the federation's rounds; returns the per-round summary (also in output-dir)."""
     adapter = base_adapter(fed)
-    store = BankStore(fed.bank_store_path).lock()  # a second coordinator on this store is refused
+    store = BankStore(fed.bank_store_path).require_key().lock()  # unsigned: refused; a second coordinator: refused
     try:
         return _run(grid, fed, adapter, store)
     finally:
@@ -92,7 +93,8 @@ def _run(grid: Grid, fed: CoordinatorConfig, adapter, store: BankStore) -> list[
         registry=site_registry(fed), aggregation_rule=fed.aggregation_rule, trim_fraction=fed.trim_fraction,
         weight_cap_factor=fed.weight_cap_factor, norm_cap_rms=fed.norm_cap_rms, history_factor=fed.history_factor,
         drift_window=fed.drift_window, drift_ratio=fed.drift_ratio, join_rounds=site_join_rounds(fed),
-        evaluate_banks=fed.evaluate_banks,
+        evaluate_banks=fed.evaluate_banks, screen=ScreenSettings(**fed.screen_settings()), max_share=fed.max_share,
+        silent_rounds=fed.silent_rounds,
     )
     if fed.dp:
         log(INFO, "central DP on: noise multiplier %g, client-side clipping norm %g", fed.dp_noise_multiplier,
@@ -116,6 +118,10 @@ def base_adapter(fed: CoordinatorConfig):
 def open_banks(store: BankStore, adapter) -> int:
     """Create the general bank from the base adapter in an empty store; otherwise check that the
     store was made for this base and adapter config. Returns the last aggregated round."""
+    if not store.banks() and store.verify():
+        problem = next((r["problem"] for r in store.verify() if not r["healthy"]), "none verifies")
+        raise ValueError(f"bank store {store.root} holds bank versions but none verifies ({problem}); it is not "
+                         "re-created over them: inspect it with `fedpoint bank verify`, restore the files, or use another bank-store")
     if not store.banks():
         store.init_bank(GENERAL, adapter.state(), adapter.base_fingerprint, adapter.kind, adapter.cfg,
                         {"source": "base adapter (untrained)"})

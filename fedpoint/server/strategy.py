@@ -4,12 +4,13 @@ Each round:
 1. `configure_train` samples sites as FedAvg does, asks sites it has not met yet who they are
    (a "query" message: site id and modality), and sends each the latest version of the bank that
    fits it (its modality bank, or the general bank), with a `RoundInstruction`.
-2. `aggregate_train` turns replies into `Reply` objects, screens them (`screen_replies`: base
-   fingerprint, names, shapes, dtypes, finite values, allowed metrics, norm outliers), optionally
-   clips them, and aggregates them exactly (`aggregate`) into every bank they update: the general
-   bank and, under "banks", their modality bank (created from the bank they trained from the first
-   time a site of that modality replies). A rejected or failed reply is logged with its site id and
-   the round goes on without it.
+2. `aggregate_train` turns replies into `Reply` objects and `aggregate_replies` screens them
+   (`screen_round`: structure, then each peer group's `PeerScreen`, weights and reported scores),
+   optionally clips them, and aggregates them exactly (`aggregate`) into every bank they update:
+   the general bank and, under "banks", their modality bank (created from the bank they trained from
+   the first time a site of that modality replies). A rejected or failed reply is logged with its
+   site id and the round goes on without it; a site silent `silent_rounds` times in a row gets only
+   a short probe until it answers again (`leave_out_silent`).
 3. The new versions are written to the `BankStore`, which is also where a restarted coordinator
    resumes from (round numbers continue from the latest version's round), and the round's record
    to the round ledger (`fedpoint.server.ledger`, federation.json).
@@ -40,11 +41,12 @@ from flwr.supercore.differential_privacy import compute_stdv
 
 from fedpoint.server.aggregate import aggregate, check_rule, round_record
 from fedpoint.server.banks import BankStore
-from fedpoint.server.checks import (HISTORY_VERSIONS, DriftDetector, Reply, clip_delta, clip_weights, delta_norm,
-                                    norm_bound, screen_norms, screen_replies)
+from fedpoint.server.checks import (HISTORY_VERSIONS, PeerScreen, Reply, ScreenSettings, bound_metrics, bounded_scores,
+                                    cap_shares,
+                                    clip_delta, clip_weights, delta_norm, norm_bound, structural_problem)
 from fedpoint.server.ledger import RoundLedger, RoundRecord, SiteRound
 from fedpoint.server.registry import SiteRegistry
-from fedpoint.server.routing import GENERAL, banks_to_update, route
+from fedpoint.server.routing import GENERAL, banks_to_update, modality_bank, route, task_bank
 from fedpoint.shared import protocol as P
 from fedpoint.shared.payload import EgressError, decode_arrays, encode_arrays, payload_nbytes
 from fedpoint.shared.protocol import printable
@@ -66,6 +68,7 @@ class Outcome:
     status: str
     reason: str | None = None
     reply: Reply | None = None
+    note: str | None = None  # what the screens did to an accepted reply (clipped, no weight, re-admitted)
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,9 @@ class BankStrategy(FedAvg):
                  registry: SiteRegistry | None = None, aggregation_rule: str = "weighted-mean",
                  trim_fraction: float = 0.2, weight_cap_factor: float = 4.0, norm_cap_rms: float = 0.0,
                  history_factor: float = 10.0, drift_window: int = 3, drift_ratio: float = 2.0,
-                 join_rounds: Mapping[str, int] | None = None, evaluate_banks: bool = False):
+                 join_rounds: Mapping[str, int] | None = None, evaluate_banks: bool = False,
+                 screen: ScreenSettings | None = None, max_share: float = 0.5, silent_rounds: int = 2,
+                 probe_timeout: float = 30.0):
         # Flower's evaluate stage is the federated evaluation round: the sites that trained score
         # the bank versions the round produced (`configure_evaluate`, `aggregate_evaluate`).
         super().__init__(fraction_train=fraction_train, fraction_evaluate=1.0 if evaluate_banks else 0.0,
@@ -116,8 +121,13 @@ class BankStrategy(FedAvg):
         self.weight_cap_factor = weight_cap_factor
         self.norm_cap_rms = norm_cap_rms
         self.history_factor = history_factor
-        self.drift_ratio = drift_ratio
-        self.drift = DriftDetector(drift_window, drift_ratio)
+        self.screen = PeerScreen(replace(screen or ScreenSettings(), norm_factor=norm_factor,
+                                         drift_window=drift_window, drift_ratio=drift_ratio))
+        self.max_share = max_share
+        self.silent_rounds = silent_rounds  # a node silent this many times in a row is left out until it answers
+        self.probe_timeout = min(probe_timeout, query_timeout)
+        self.silent: dict[int, int] = {}  # node -> timeouts in a row (identity query, training, evaluation)
+        self.dropped: dict[int, str] = {}  # this round: nodes left out for their silence, with why
         self.refused_nodes: dict[int, str] = {}  # nodes whose identity was refused, with why
         self.join_rounds = dict(join_rounds or {})  # simulation: site id -> rounds it misses before joining
         self._restore_ledger()
@@ -140,6 +150,7 @@ class BankStrategy(FedAvg):
         if self.join_rounds:  # simulation: sample only among the sites that have joined by this round
             node_ids = self.joined_sample(grid, all_nodes, server_round)
         log(INFO, "configure_train: sampled %d sites (out of %d)", len(node_ids), len(all_nodes))
+        node_ids = self.leave_out_silent(grid, node_ids, server_round)
         self.identify(grid, node_ids)
         self.sent = {}
         for node in node_ids:
@@ -163,6 +174,37 @@ class BankStrategy(FedAvg):
         size = min(len(joined), max(int(len(joined) * self.fraction_train), self.min_train_nodes))
         return sorted(random.sample(joined, size))
 
+    def leave_out_silent(self, grid: Grid, node_ids: list[int], server_round: int) -> list[int]:
+        """Nodes silent `silent_rounds` times in a row (no answer to an identity query, a training or
+        an evaluation within its timeout) get only a short query (`probe_timeout`) instead of a round:
+        one that answers is back in this round, the others are left out until they answer. So a site
+        that left costs the others one probe a round, not a round timeout."""
+        self.dropped = {}
+        quiet = [n for n in node_ids if self.silent_rounds and self.silent.get(n, 0) >= self.silent_rounds]
+        if not quiet:
+            return node_ids
+        queries = [Message(RecordDict({P.CONFIG: ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
+                   for n in quiet]
+        answered = {m.metadata.src_node_id for m in grid.send_and_receive(queries, timeout=self.probe_timeout)}
+        fed_round = self.federation_round(server_round)
+        for node in quiet:
+            if node in answered:
+                self.silent[node] = 0
+                log(INFO, "round %d: site %s (node %d) answers again; it is back", fed_round,
+                    printable(self._site_name(node)), node)
+            else:
+                self.dropped[node] = (f"silent {self.silent[node]} times in a row: left out until it answers "
+                                      f"(probed for {self.probe_timeout:g} s)")
+                log(WARNING, "round %d: site %s (node %d) %s", fed_round, printable(self._site_name(node)), node,
+                    self.dropped[node])
+        return [n for n in node_ids if n not in self.dropped]
+
+    def note_silence(self, asked: Iterable[int], answered: Iterable[int]) -> None:
+        """Count timeouts in a row per node: reset by any answer (an error is an answer)."""
+        answered = set(answered)
+        for node in asked:
+            self.silent[node] = 0 if node in answered else self.silent.get(node, 0) + 1
+
     def identify(self, grid: Grid, node_ids: list[int]) -> None:
         """Ask sites not met yet for their id and modality (one small query message each)."""
         unknown = [n for n in node_ids if n not in self.sites]
@@ -182,6 +224,7 @@ class BankStrategy(FedAvg):
             except ValueError as err:
                 self.refused_nodes[node] = f"identity refused: {err}"
                 log(WARNING, "node %d: identity refused, the federation goes on without it: %s", node, err)
+        self.note_silence(unknown, answered)
         for node in unknown:
             if node in self.sites:
                 log(INFO, "site %s (%s) is node %d", printable(self.sites[node].site_id),
@@ -224,22 +267,27 @@ class BankStrategy(FedAvg):
     def instruct(self, node_id: int, server_round: int, config: Mapping | None = None,
                  message_type: str = MessageType.TRAIN) -> Message:
         """The train (or evaluate) message for one node: its bank's latest version and the round instruction."""
-        bank, why = self.route_for(node_id)
-        latest = self.store.latest(bank)
-        instruction = P.RoundInstruction(server_round=self.federation_round(server_round), bank=bank,
-                                         bank_version=latest.version, base_fingerprint=self.fingerprint, **self.settings)
-        state = {name: latest.state[name] for name in self.schema}
+        state = self.assign(node_id)
+        sent = self.sent[node_id]
+        instruction = P.RoundInstruction(server_round=self.federation_round(server_round), bank=sent.bank,
+                                         bank_version=sent.version, base_fingerprint=self.fingerprint, **self.settings)
         content = RecordDict({
             P.ARRAYS: encode_arrays(state),
             P.CONFIG: ConfigRecord({**dict(config or {}), **instruction.to_config()}),
         })
-        self.sent[node_id] = Sent(bank, latest.version, payload_nbytes(state), why)
         return Message(content, dst_node_id=node_id, message_type=message_type)
+
+    def assign(self, node_id: int) -> dict[str, np.ndarray]:
+        """Note what one node is sent this round (its bank's latest version) and return that state."""
+        bank, why = self.route_for(node_id)
+        latest = self.store.latest(bank)
+        state = {name: latest.state[name] for name in self.schema}
+        self.sent[node_id] = Sent(bank, latest.version, payload_nbytes(state), why)
+        return state
 
     # ------------------------------------------------------------------------ aggregate
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = [m for m in replies if m.metadata.src_node_id in self.sent]  # only nodes asked this round
-        fed_round = self.federation_round(server_round)
         valid = [m for m in replies if not m.has_error()]
         outcomes = {m.metadata.src_node_id: Outcome("failed", error_text(m.error)) for m in replies if m.has_error()}
         parsed: dict[int, Reply] = {}
@@ -248,43 +296,21 @@ class BankStrategy(FedAvg):
                 parsed[msg.metadata.src_node_id] = self.to_reply(msg)
             except (KeyError, TypeError, ValueError, EgressError) as err:
                 outcomes[msg.metadata.src_node_id] = Outcome("rejected", f"unreadable reply: {printable(str(err), 300)}")
-        for node, reply in list(parsed.items()):
-            if reply.site_id in self.drift.refused:
-                outcomes[node] = Outcome("rejected", self.drift.refused[reply.site_id])
-                del parsed[node]
+        return self.aggregate_replies(server_round, parsed, outcomes)
+
+    def aggregate_replies(self, server_round: int, parsed: Mapping[int, Reply],
+                          outcomes: dict[int, Outcome]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The round's readable replies (node -> Reply; `outcomes` already holds the failed and
+        unreadable ones) screened, aggregated into every bank they update, and (in this variant)
+        committed. Free of Flower messages, so a synthetic federation can drive it."""
+        fed_round = self.federation_round(server_round)
         if self.clip_norm > 0:  # clip instead of reject: before the size screens
             parsed = {n: replace(r, delta=clip_delta(r.delta, self.clip_norm)[0]) if _finite(r.delta) else r
                       for n, r in parsed.items()}
-        node_of = {id(r): node for node, r in parsed.items()}
-        by_bank: dict[str, list[Reply]] = {}
-        for r in parsed.values():
-            by_bank.setdefault(r.bank, []).append(r)
-        accepted = []
-        for bank, group in sorted(by_bank.items()):  # the absolute bound is the received bank's
-            kept, screened_out = screen_replies(group, self.schema, self.fingerprint, self.norm_factor,
-                                                norm_bound=self.bound_for(bank), drift_ratio=self.drift_ratio)
-            for r, reason in screened_out:
-                outcomes[node_of[id(r)]] = Outcome("rejected", reason)
-            accepted += kept
-        if len(by_bank) > 1:  # the relative screens across every well-formed reply of the round
-            accepted, screened_out = screen_norms(accepted, self.norm_factor, norm_bound=None, drift_ratio=self.drift_ratio)
-            for r, reason in screened_out:
-                outcomes[node_of[id(r)]] = Outcome("rejected", reason)
-        accepted = sorted(accepted, key=lambda r: node_of[id(r)])
-        self.drift.observe(accepted)
-        for r in [r for r in accepted if r.site_id in self.drift.refused]:  # refused from this round on
-            outcomes[node_of[id(r)]] = Outcome("rejected", self.drift.refused[r.site_id])
-        accepted = [r for r in accepted if r.site_id not in self.drift.refused]
-        weighed, notes = clip_weights(accepted, self.weight_cap_factor, self.registry.max_weights() if self.registry else None)
-        node_of |= {id(c): node_of[id(r)] for r, c in zip(accepted, weighed)}
-        accepted = weighed
+        accepted, notes = self.screen_round(fed_round, parsed, outcomes)
         for note in notes:
-            log(WARNING, "round %d: %s", fed_round, note)
-        accepted, late = self.screen_applied(accepted)
-        for r, reason in late:
-            outcomes[node_of[id(r)]] = Outcome("rejected", reason)
-        for r in accepted:
-            outcomes[node_of[id(r)]] = Outcome("accepted", None, r)
+            log(WARNING, "round %d: %s", fed_round, printable(note, 400))
+        self.note_silence(self.sent, outcomes)
         for node in self.sent:
             if node not in outcomes:
                 log(WARNING, "round %d: site %s (node %d) sent no reply within the round timeout", fed_round,
@@ -353,28 +379,57 @@ class BankStrategy(FedAvg):
                 history.append(float((self.store.get(bank, version).manifest.get("screen") or {}).get("max_norm") or 0))
         return norm_bound(self.settings["adapter"].kind, n_values, history, self.history_factor, self.norm_cap_rms)
 
-    def screen_applied(self, accepted: list[Reply]) -> tuple[list[Reply], list[tuple[Reply, str]]]:
-        """Screen what each reply would actually change in every bank it feeds (its rebased delta),
-        with the same bounds; a reply that fails for one bank is left out of all of them."""
-        rejected: list[tuple[Reply, str]] = []
-        for _ in range(len(accepted) + 1):
-            failed = {}
-            for target, group in self._groups(accepted).items():
-                latest = self.store.latest(target)
-                if latest is None:
+    def peer_group(self, reply: Reply) -> str:
+        """Whom a reply is compared with: the sites of the same modality (named by their modality
+        bank). Within a round they all trained from the same bank (routing depends on the modality
+        only), and a lone modality is never judged against another one's majority. The group keeps
+        its name when its sites move from the general bank to their own, so its memory carries on."""
+        info = next((i for i in self.sites.values() if i.site_id == reply.site_id), None)
+        if info is not None and info.task and task_bank_or_none(info.task):  # a task's sites trained from their task's banks
+            return task_bank_or_none(info.task)
+        modality = self._modality(reply.site_id)
+        return modality_bank(modality) if modality else reply.bank
+
+    def screen_round(self, fed_round: int, parsed: Mapping[int, Reply],
+                     outcomes: dict[int, "Outcome"]) -> tuple[list[Reply], list[str]]:
+        """The screens on one round's readable replies: structure, then each peer group's size and
+        direction screens (`PeerScreen`), then weights (clipped, shares capped) and the reported
+        scores (bounded by the others'). Fills `outcomes`; returns the replies to aggregate, in node
+        order, and notes to log."""
+        groups: dict[str, list[tuple[int, Reply]]] = {}
+        for node, reply in sorted(parsed.items()):
+            groups.setdefault(self.peer_group(reply), []).append((node, reply))
+        counted: list[tuple[int, Reply]] = []
+        notes: dict[int, str] = {}
+        for group, members in sorted(groups.items()):
+            well_formed = []
+            for node, reply in members:
+                problem = structural_problem(reply, self.schema, self.fingerprint)
+                if problem:
+                    outcomes[node] = Outcome("rejected", f"site {reply.site_id}: {problem}")
+                else:
+                    well_formed.append((node, reply))
+            verdicts = self.screen.screen(group, [r for _, r in well_formed], self.bound_for(members[0][1].bank))
+            for (node, _), verdict in zip(well_formed, verdicts):
+                if verdict.status == "rejected":
+                    outcomes[node] = Outcome("rejected", verdict.reason)
                     continue
-                rebased = [self.rebase(r, latest.state) for r in group]
-                if all(a is b for a, b in zip(rebased, group)):
-                    continue  # every delta is already relative to this bank: screened above
-                _, out = screen_norms(rebased, self.norm_factor, norm_bound=self.bound_for(target),
-                                      drift_ratio=self.drift_ratio, what=f"update of bank {target}")
-                for r, reason in out:
-                    failed.setdefault(r.site_id, reason)
-            if not failed:
-                break
-            rejected += [(r, failed[r.site_id]) for r in accepted if r.site_id in failed]
-            accepted = [r for r in accepted if r.site_id not in failed]
-        return accepted, rejected
+                if verdict.reason:
+                    notes[node] = verdict.reason
+                if verdict.counts:
+                    counted.append((node, verdict.reply))
+                else:
+                    outcomes[node] = Outcome("accepted", None, replace(verdict.reply, weight=0.0), note=verdict.reason)
+        counted.sort(key=lambda item: item[0])
+        replies = [r for _, r in counted]
+        replies, weight_notes = clip_weights(replies, self.weight_cap_factor,
+                                             self.registry.max_weights() if self.registry else None)
+        replies, share_notes = cap_shares(replies, self.max_share)
+        replies, score_notes = bound_metrics(replies)
+        for (node, _), reply in zip(counted, replies):
+            outcomes[node] = Outcome("accepted", None, reply, note=notes.get(node))
+        logged = [f"site {self._site_name(n)}: {note}" for n, note in sorted(notes.items())]
+        return replies, logged + weight_notes + share_notes + score_notes
 
     def _groups(self, accepted: list[Reply]) -> dict[str, list[Reply]]:
         by_target: dict[str, list[Reply]] = {}
@@ -382,6 +437,9 @@ class BankStrategy(FedAvg):
             for target in self._targets(reply):
                 by_target.setdefault(target, []).append(reply)
         return by_target
+
+    def _modality(self, site_id: str) -> str:
+        return next((i.modality for i in self.sites.values() if i.site_id == site_id), "")
 
     def _site_name(self, node: int) -> str:
         return self.sites[node].site_id if node in self.sites else f"node-{node}"
@@ -454,7 +512,7 @@ class BankStrategy(FedAvg):
                 writes.append(("write", bank, state, fields))
         entry = self._round_entry(server_round, pending, {}, dp)
         if writes:
-            versions = self.store.commit_round(fed_round, writes, {"entry": entry.as_json(), "drift": self.drift.state()})
+            versions = self.store.commit_round(fed_round, writes, {"entry": entry.as_json(), "screen": self.screen.state()})
         for bank, version in versions.items():
             log(INFO, "round %d: bank %s -> v%d", fed_round, bank, version)
         self.ledger.record(self._round_entry(server_round, pending, versions, dp))
@@ -470,7 +528,7 @@ class BankStrategy(FedAvg):
             return []
         trained, self.evaluating = dict(self.sent), {}
         messages = []
-        for node in sorted(trained):
+        for node in sorted(n for n in trained if self.silent.get(n, 0) == 0):  # a node silent in training is not asked
             messages.append(self.instruct(node, server_round, config, MessageType.EVALUATE))
             self.evaluating[node] = self.sent[node]
         self.sent = trained  # `instruct` notes what it sends; the round's ledger keeps the train sends
@@ -479,50 +537,88 @@ class BankStrategy(FedAvg):
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Check each site's scores (allowed metrics only, the bank and version it was sent), then
-        write the per-version summary beside the bank version and into federation.json."""
-        from fedpoint.shared.payload import check_metrics
-
+        """Check each site's scores (`read_scores`: only scores and id fields, the bank and version it
+        was sent, at most the cases it can hold), bound each version's scores by the other sites'
+        (`bounded_scores`), then write the per-version summary beside the bank version and into
+        federation.json."""
         fed_round = self.federation_round(server_round)
         per_site: dict[str, dict] = {}
-        per_version: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        per_version: dict[tuple[str, int], dict[str, tuple[float, float]]] = {}
+        answered = set()
         for msg in replies:
             node = msg.metadata.src_node_id
+            answered.add(node)
             sent = self.evaluating.get(node)
             name = self._site_name(node)
             if msg.has_error():
                 per_site[name] = {"status": "failed", "reason": error_text(msg.error)}
                 continue
             try:
-                metrics = dict(msg.content.get(P.METRICS) or {})
-                check_metrics(metrics)
-                config = dict(msg.content.get(P.CONFIG) or {})
-                if sent is None or config.get(P.BANK) != sent.bank or config.get(P.BANK_VERSION) != sent.version:
-                    raise EgressError(f"scores for {config.get(P.BANK)}@v{config.get(P.BANK_VERSION)}, "
-                                      f"not the version sent ({sent.bank if sent else '?'}@v{sent.version if sent else '?'})")
+                cases, score = self.read_scores(msg, sent)
             except (EgressError, ValueError, TypeError) as err:
-                per_site[name] = {"status": "refused", "reason": str(err)[:300]}
-                log(WARNING, "round %d: evaluation reply of %s refused: %s", fed_round, name, err)
+                per_site[name] = {"status": "refused", "reason": printable(str(err), 300)}
+                log(WARNING, "round %d: evaluation reply of %s refused: %s", fed_round, printable(name), printable(str(err), 300))
                 continue
-            cases = float(metrics.get("eval-cases", 0))
-            per_site[name] = {"status": "scored", "bank": sent.bank, "bank_version": sent.version, **metrics}
-            if cases > 0 and "eval-dice-auc" in metrics:
-                per_version.setdefault((sent.bank, sent.version), []).append((cases, float(metrics["eval-dice-auc"])))
+            per_site[name] = {"status": "scored", "bank": sent.bank, "bank_version": sent.version, "eval-cases": cases,
+                              **({"eval-dice-auc": score} if score is not None else {})}
+            if cases > 0 and score is not None:
+                per_version.setdefault((sent.bank, sent.version), {})[name] = (cases, score)
+        self.note_silence(self.evaluating, answered)
         summary = {}
-        for (bank, version), scores in sorted(per_version.items()):
-            total = sum(c for c, _ in scores)
-            entry = {"round": fed_round, "sites": len(scores), "cases": int(total),
-                     "dice_auc": round(sum(c * d for c, d in scores) / total, 6), "clicks": P.EVAL_CLICKS}
+        for (bank, version), by_site in sorted(per_version.items()):
+            bounded, notes = bounded_scores({n: d for n, (_, d) in by_site.items()})
+            for note in notes:
+                log(WARNING, "round %d: %s v%d: %s", fed_round, bank, version, printable(note, 300))
+            total = sum(c for c, _ in by_site.values())
+            entry = {"round": fed_round, "sites": len(by_site), "cases": int(total),
+                     "dice_auc": round(sum(c * bounded[n] for n, (c, _) in by_site.items()) / total, 6),
+                     "clicks": P.EVAL_CLICKS}
             summary[f"{bank}@v{version}"] = entry
             self.store.record_evaluation(bank, version, entry)
             log(INFO, "round %d: %s v%d scored by %d site(s) on %d held-out case(s): Dice-AUC %.3f", fed_round, bank,
-                version, len(scores), int(total), entry["dice_auc"])
+                version, len(by_site), int(total), entry["dice_auc"])
         self.ledger.add_evaluation(fed_round, summary, per_site)
         if not summary:
             return None
         cases = sum(e["cases"] for e in summary.values())
         return MetricRecord({"eval-cases": cases,
                              "eval-dice-auc": sum(e["cases"] * e["dice_auc"] for e in summary.values()) / cases})
+
+    def read_scores(self, msg: Message, sent: Sent | None) -> tuple[int, float | None]:
+        """(cases, Dice-AUC) of one evaluation reply, or EgressError/ValueError naming what is wrong:
+        records besides scores and id fields, unknown or long fields, another bank version than the
+        one sent, more cases than a site scores (`protocol.EVAL_MAX_CASES`, or its registry
+        `max-weight`), or a score without cases."""
+        from fedpoint.shared.payload import check_metrics
+
+        extra = sorted(set(msg.content.keys()) - {P.METRICS, P.CONFIG})
+        if extra or msg.content.array_records:
+            raise EgressError(f"an evaluation reply carries scores and id fields only, not {printable(', '.join(extra) or 'arrays')}")
+        if len(msg.content.metric_records) > 1 or len(msg.content.config_records) > 1:
+            raise EgressError("an evaluation reply holds more than one record of a kind")
+        metrics = dict(msg.content.metric_records.get(P.METRICS) or {})
+        config = dict(msg.content.config_records.get(P.CONFIG) or {})
+        unknown = sorted(set(metrics) - {"eval-cases", "eval-dice-auc"})
+        if unknown:
+            raise EgressError(f"an evaluation reply may hold eval-cases and eval-dice-auc only, not {printable(', '.join(unknown))}")
+        check_metrics(metrics)
+        P.check_reply_config(config)
+        if sent is None or config.get(P.BANK) != sent.bank or config.get(P.BANK_VERSION) != sent.version:
+            raise EgressError(f"scores for {printable(str(config.get(P.BANK)))}@v{printable(str(config.get(P.BANK_VERSION)))}, "
+                              f"not the version sent ({sent.bank if sent else '?'}@v{sent.version if sent else '?'})")
+        cases = metrics.get("eval-cases", 0)
+        if float(cases) != int(cases):
+            raise EgressError(f"eval-cases {cases!r} is not a whole number")
+        cap = P.EVAL_MAX_CASES
+        site = next((i.site_id for n, i in self.sites.items() if n == msg.metadata.src_node_id), None)
+        registry_cap = (self.registry.max_weights() if self.registry else {}).get(site)
+        if registry_cap:
+            cap = min(cap, int(registry_cap))
+        if int(cases) > cap:
+            raise EgressError(f"eval-cases {int(cases)} is more than a site scores ({cap})")
+        if "eval-dice-auc" in metrics and int(cases) == 0:
+            raise EgressError("a score on 0 cases")
+        return int(cases), float(metrics["eval-dice-auc"]) if "eval-dice-auc" in metrics else None
 
     def _targets(self, reply: Reply) -> list[str]:
         """The banks a reply updates: the general one, and its site's modality and task banks under "banks"."""
@@ -531,14 +627,14 @@ class BankStrategy(FedAvg):
 
     def _restore_ledger(self) -> None:
         """Rounds the bank store committed but federation.json missed (a crash in between) are
-        added back from the store's journal; the drift detector resumes from the last entry."""
+        added back from the store's journal; the peer screens resume from the last entry."""
         journal = self.store.journal()
         restored = self.ledger.restore(journal)
         if restored:
             log(WARNING, "federation.json lacked round(s) %s; restored them from the bank store's journal",
                 ", ".join(str(r) for r in restored))
         if journal:
-            self.drift.load(journal[-1].get("summary", {}).get("drift"))
+            self.screen.load(journal[-1].get("summary", {}).get("screen"))
 
     def _round_entry(self, server_round: int, pending: dict | None, versions: dict, dp: Mapping | None) -> RoundRecord:
         outcomes = pending["outcomes"] if pending else {}
@@ -552,7 +648,10 @@ class BankStrategy(FedAvg):
                 bytes_up=payload_nbytes(reply.delta) if reply else 0, weight=float(reply.weight) if reply else 0.0,
                 status=outcome.status, reason=outcome.reason, metrics=reply.metrics if reply else {},
                 **_route_fields(self.sites.get(node), sent),
+                **({"note": outcome.note} if outcome.note else {}),
             )
+        for node, reason in self.dropped.items():
+            sites[self._site_name(node)] = SiteRound(node=node, status="dropped", reason=reason)
         for node, reason in self.refused_nodes.items():
             sites.setdefault(f"node-{node}", SiteRound(node=node, status="refused", reason=reason))
         return RoundRecord(round=self.federation_round(server_round), time=round(time.time(), 3), sites=sites,
@@ -625,6 +724,14 @@ def declared_task(value) -> str | None:
         return None
     task = normalise_task(str(value)[:P.MAX_REPLY_STRING])
     return None if task == DEFAULT_TASK else task
+
+
+def task_bank_or_none(task: str | None) -> str | None:
+    """The bank of a declared task, None for the default task (whose sites are grouped by modality)."""
+    try:
+        return task_bank(task) if task else None
+    except ValueError:
+        return None
 
 
 def _route_fields(info: SiteInfo | None, sent: Sent) -> dict:

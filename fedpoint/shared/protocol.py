@@ -94,6 +94,8 @@ SITE_ERRORS: dict[str, int] = {
 }
 SITE_ERROR_NAMES = {code: name for name, code in SITE_ERRORS.items()}
 EVAL_CLICKS = 5  # the federated evaluation round: the simulated user's clicks per held-out case
+EVAL_MAX_CASES = 16  # and at most this many held-out cases a site (the newest), so a round stays short;
+# the coordinator refuses a claim of more
 
 
 # ------------------------------------------------------------------------------ names

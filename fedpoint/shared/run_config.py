@@ -101,13 +101,25 @@ class CoordinatorConfig(_Shared):
     weight_cap_factor: float = Field(4.0, ge=1, description="a weight is clipped to this x the median of the others")
     norm_cap_rms: float = Field(0.0, ge=0, description="absolute bound on a delta's RMS per value; 0: the kind's default")
     history_factor: float = Field(10.0, gt=1, description="a delta may be at most this x the largest one a bank took")
-    drift_window: int = Field(3, ge=0, description="rounds of outsized, opposed updates before a site is refused; 0: off")
+    drift_window: int = Field(3, ge=0, description="two peers: rounds of outsized, opposed updates before a site is a suspect; 0: off")
     drift_ratio: float = Field(2.0, gt=1)
+    clip_factor: float = Field(3.0, gt=1, description="a delta over this x its peer group's reference norm is clipped to it")
+    outlier_factor: float = Field(2.0, gt=0, description="suspect: farther than this x the reference from the peers' median")
+    pull_ratio: float = Field(1.5, gt=0, description="suspect: a recent mean pull from the peers' median over this x the reference")
+    readmit_after: int = Field(3, ge=1, description="a suspect rejected this many rounds in a row is re-admitted, clipped")
+    max_share: float = Field(0.5, gt=0, le=1, description="from 3 replies on, one site's largest share of a bank's weight")
+    silent_rounds: int = Field(2, ge=0, description="timeouts in a row before a site gets only a short probe; 0: never")
     site_registry: str = Field("", description="deployment: JSON registry node -> site id, modality (register-sites.sh)")
     round_timeout: float = Field(600.0, gt=0)
     evaluate_banks: bool = Field(True, description="after each aggregation the sites score the new bank versions "
                                                    "on their held-out cached cases (only the scores come back)")
     seed: int = 0
+
+    def screen_settings(self):
+        """The peer screens' factors (`fedpoint.server.checks.ScreenSettings` takes them by name)."""
+        return {"norm_factor": self.norm_factor, "clip_factor": self.clip_factor, "outlier_factor": self.outlier_factor,
+                "pull_ratio": self.pull_ratio, "readmit_after": self.readmit_after,
+                "drift_window": self.drift_window, "drift_ratio": self.drift_ratio}
 
     def adapter_config(self) -> AdapterConfig:
         return AdapterConfig(kind=self.adapter_kind, lora_rank=self.lora_rank, lora_freeze_a=self.lora_freeze_a)

@@ -25,9 +25,9 @@ from fedpoint.simulations.evaluation import EvaluationSpec, run_evaluation
 DEMO_SHIFTS = ("scanner-b", "gamma-high", "noise", "bias", "blur", "scanner-c")
 
 
-def _run(**spec) -> dict:
+def _run(data: str = "dev-split", **spec) -> dict:
     with tempfile.TemporaryDirectory(prefix="fedpoint-tune-") as tmp:
-        return run_evaluation(EvaluationSpec(data="dev-split", full_slice=True, split_components=True, **spec), Path(tmp))["summary"]
+        return run_evaluation(EvaluationSpec(data=data, full_slice=True, split_components=True, **spec), Path(tmp))["summary"]
 
 
 def _frozen_cells(shifts, seeds, images: int, clicks: int, base):
@@ -88,19 +88,22 @@ def sweep_context(contexts, images: int, clicks: int, seeds, base: str | None = 
     return rows
 
 
-def sweep_scale(choices, images: int, clicks: int, seeds, base: str | None = None) -> dict:
+def sweep_scale(choices, images: int, clicks: int, seeds, base: str | None = None,
+                datasets=("dev-split", "dev-split-large")) -> dict:
     """Frozen, clicks only: each `sides:rule` choice of the first click's window (e.g. "1:fixed",
-    "1,2,4:border"), its Dice@1, Dice@3 and NoC per seed."""
+    "1,2,4:border"), its Dice@1, Dice@3 and NoC per seed and dev set: the dev split's regions and
+    (`dev-split-large`) their slices' whole labelled regions, so that small and large structures
+    both count."""
     rows = {}
     for choice in choices:
         sides, _, rule = choice.partition(":")
-        for seed in seeds:
-            s = _run(mode="frozen", seed=seed, images=images, clicks=clicks, base=base,
+        for seed, data in ((seed, data) for seed in seeds for data in datasets):
+            s = _run(data=data, mode="frozen", seed=seed, images=images, clicks=clicks, base=base,
                      scales=tuple(float(m) for m in sides.split(",")), scale_rule=rule or "fixed")
             row = rows.setdefault(choice, {k: [] for k in ("dice1", "dice3", "noc85", "noc90")})
             for k in row:
                 row[k].append(s[k])
-            print(f"scales {choice:24s} seed {seed} Dice@1 {s['dice1']:.3f} Dice@3 {s['dice3']:.3f} "
+            print(f"scales {choice:24s} {data:16s} seed {seed} Dice@1 {s['dice1']:.3f} Dice@3 {s['dice3']:.3f} "
                   f"NoC85 {s['noc85']:.2f} NoC90 {s['noc90']:.2f}", flush=True)
     return rows
 

@@ -197,13 +197,13 @@ def test_a_rogue_reply_cannot_move_a_bank(name, tiny_base_2d, tmp_path, honest_r
 @pytest.mark.parametrize("weight", [1e12, 1e6])
 def test_a_huge_weight_is_capped(weight, tiny_base_2d, tmp_path, honest_round):
     """The rogue's delta is honest-sized but opposed; its weight claim is clipped to 4x the median
-    of the others, so its share of the general bank is bounded (4 of 10), not total."""
+    of the others and then to half of the bank's weight, so it cannot hold most of the general bank."""
     make = lambda ins, bank: craft(ins, {k: -v for k, v in honest_delta(bank, 1).items()}, weight=weight)
     s, entry, _ = attack_round(tiny_base_2d, tmp_path, make, sites={1: "MR", 2: "MR", 3: "CT"}, **{"drift-window": 0})
     rogue = entry["sites"][f"site-{ROGUE}"]
     if rogue["status"] == "accepted":
-        assert rogue["weight"] == pytest.approx(4 * 2.0)  # clipped to 4 x median(2, 2, 2)
-        RESULTS[f"weight-{weight:g}"] = "bounded (weight clipped to 4x median)"
+        assert rogue["weight"] <= 2.0 * 3  # at most the others' 2 + 2 + 2: half of the general bank
+        RESULTS[f"weight-{weight:g}"] = "bounded (weight clipped, at most half of a bank)"
     else:
         RESULTS[f"weight-{weight:g}"] = "rejected"
 
@@ -244,23 +244,22 @@ def test_minus_3x_among_three_is_rejected_at_once(tiny_base_2d, tmp_path, honest
     RESULTS["three-sites-minus-3x"] = "rejected"
 
 
-def test_the_applied_update_is_screened_after_rebasing(tiny_base_2d, tmp_path):
-    """A site alone in its modality drifts its own bank; what it would then add to the general bank
-    (its bank + delta - general) is screened too."""
+def test_a_lone_modality_is_not_blamed_for_its_banks_gap(tiny_base_2d, tmp_path):
+    """A site alone in its modality has its own bank, far from the general one after a while. What
+    it adds to the general bank (its bank + delta - general) holds that gap, which is the
+    coordinator's own state: the site is judged on its delta among its peers, and accepted."""
     s = coordinator(tiny_base_2d, tmp_path, **{"drift-window": 0})
     msgs = send(s, {1: "MR", 2: "MR", 3: "CT"})
     s.aggregate_train(1, [craft(msgs[n], honest_delta(bank_of(msgs[n]), n)) for n in (1, 2, 3)])
-    # the CT bank is tampered into a far state by a (hypothetical) earlier poisoned round
-    ct = s.store.latest("modality-ct").state
+    ct = s.store.latest("modality-ct").state  # the CT bank drifts far from general, as 30 rounds would take it
     s.store.write("modality-ct", {k: v + 0.09 for k, v in ct.items()}, {"round": 1, "screen": {"max_norm": 0.0}})
     msgs = send(s, {1: "MR", 2: "MR", 3: "CT"}, server_round=2)
     general_before = s.store.latest("general").state
     s.aggregate_train(2, [craft(msgs[n], honest_delta(bank_of(msgs[n]), n, 2)) for n in (1, 2, 3)])
     entry = json.loads(s.summary_path.read_text())["rounds"][-1]
-    assert entry["sites"]["site-3"]["status"] == "rejected"
-    assert "update of bank general" in entry["sites"]["site-3"]["reason"]
+    assert all(entry["sites"][f"site-{n}"]["status"] == "accepted" for n in (1, 2, 3))
     assert not np.array_equal(s.store.latest("general").state[first_key(general_before)], general_before[first_key(general_before)])
-    RESULTS["rebased-update-of-drifted-bank"] = "rejected"
+    RESULTS["lone-modality-with-a-far-bank"] = "accepted (judged among its peers)"
 
 
 def test_robust_rules_are_selectable(tiny_base_2d, tmp_path):

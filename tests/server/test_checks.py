@@ -42,7 +42,7 @@ def test_each_bad_reply_is_rejected_with_a_reason_and_the_good_ones_accepted(rou
     assert "shape" in reasons["shape-site"]
     assert "not an adapter parameter" in reasons["extra-site"]
     assert "base" in reasons["base-site"]
-    assert "median" in reasons["huge-site"]
+    assert "reference norm of its peers" in reasons["huge-site"]
     assert "not positive" in reasons["empty-site"]
     assert "patient-name" in reasons["metric-site"]
     assert all(reason.startswith(f"site {site}:") for site, reason in reasons.items())
@@ -56,14 +56,12 @@ def test_missing_key_is_rejected(round_of_replies):
     assert "missing" in rejected[0][1]
 
 
-def test_norm_bound_needs_enough_replies(round_of_replies):
+def test_a_pair_cannot_raise_its_own_bar(round_of_replies):
+    """Two replies: the reference is their lower median, so a 1000x outlier cannot raise its own bar."""
     schema, fingerprint, _, good = round_of_replies
     huge = _bad(good[0], "huge-site", delta={k: v * 1000 for k, v in good[0].delta.items()})
-    accepted, rejected = screen_replies([good[1], huge], schema, fingerprint, min_for_median=3)
-    assert len(accepted) == 2 and not rejected
-    accepted, rejected = screen_replies([good[1], huge], schema, fingerprint, min_for_median=2, norm_factor=5.0)
-    # the median is taken over the *other* replies, so the outlier cannot raise its own bar
-    assert [r.site_id for r, _ in rejected] == ["huge-site"]
+    accepted, rejected = screen_replies([good[1], huge], schema, fingerprint)
+    assert [r.site_id for r in accepted] == ["site-1"] and [r.site_id for r, _ in rejected] == ["huge-site"]
 
 
 def test_clip_delta_scales_to_the_bound_and_leaves_small_deltas_alone(round_of_replies):

@@ -1,0 +1,6 @@
+"""Robustness benchmark: `python bench/robustness.py` (same as `fedpoint bench robustness --json`)."""
+
+from fedpoint.cli import app
+
+if __name__ == "__main__":
+    app(["bench", "robustness", "--json"])
