@@ -79,7 +79,9 @@ class PrivacyAccountant:
 def epsilon_of(events: Iterable[tuple[float, float]], delta: float) -> float:
     """Epsilon at `delta` of Poisson-sampled Gaussian events (rate, noise multiplier), by RDP;
     identical events are composed together (one RDP computation each)."""
-    import dp_accounting
+    from fedpoint.extras import require
+
+    dp_accounting = require("dp_accounting", "the central-DP privacy accountant")
     from dp_accounting.rdp import rdp_privacy_accountant
 
     counts: dict[tuple[float, float], int] = {}
