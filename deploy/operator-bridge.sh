@@ -30,7 +30,7 @@ case "$listen" in
   127.*|localhost:*|"[::1]":*) ;;
   *) echo "LISTEN=$listen: the bridge acts as the operator for whoever reaches it; keep it on loopback" >&2; exit 2 ;;
 esac
-nginx=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+nginx=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 [[ -x "$nginx" ]] || { echo "no nginx (install Debian's package: apt-get install nginx)" >&2; exit 2; }
 python=${PYTHON:-python3}
 "$python" - "$(dirname "$0")/nginx/operator-bridge.conf.in" "$state/bridge.conf" <<PY

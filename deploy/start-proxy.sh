@@ -11,7 +11,7 @@
 # request: route, status, operator or not, bytes in and out), the error log and nginx's pid file.
 # LISTEN (default 0.0.0.0:9092): the public address the sites use. UPSTREAM (default 127.0.0.1:9093):
 # where the SuperLink listens (keep it on loopback). MAX_BODY (default 1g): the largest request.
-# NGINX (default: nginx on PATH, else /usr/sbin/nginx).
+# NGINX_BIN (default: nginx on PATH, else /usr/sbin/nginx).
 # The script `exec`s nginx in the foreground, so its process id is nginx's master process.
 set -euo pipefail
 
@@ -25,7 +25,7 @@ state=$(cd "$2" && pwd)
 for f in ca.crt superlink.pem superlink.key operator.pem; do
   [[ -f "$certs/$f" ]] || { echo "missing $certs/$f (run deploy/make-certs.sh)" >&2; exit 2; }
 done
-nginx=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+nginx=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 [[ -x "$nginx" ]] || { echo "no nginx (install Debian's package: apt-get install nginx)" >&2; exit 2; }
 upstream=${UPSTREAM:-127.0.0.1:9093}
 case "$upstream" in

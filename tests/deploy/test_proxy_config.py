@@ -59,7 +59,7 @@ def proxy(tmp_path_factory):
     upstream.socket = context.wrap_socket(upstream.socket, server_side=True)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     port = free_port()
-    env |= {"LISTEN": f"127.0.0.1:{port}", "UPSTREAM": f"127.0.0.1:{upstream.server_address[1]}", "NGINX": NGINX}
+    env |= {"LISTEN": f"127.0.0.1:{port}", "UPSTREAM": f"127.0.0.1:{upstream.server_address[1]}", "NGINX_BIN": NGINX}
     log = open(root / "proxy.log", "w")
     process = subprocess.Popen([REPO / "deploy" / "start-proxy.sh", certs, root / "state"], env=env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
@@ -137,7 +137,7 @@ def test_the_access_log_counts_each_requests_bytes(proxy):
 
 
 def test_the_superlink_must_sit_on_loopback(tmp_path, proxy):
-    env = {**os.environ, "UPSTREAM": "10.0.0.5:9093", "NGINX": NGINX}
+    env = {**os.environ, "UPSTREAM": "10.0.0.5:9093", "NGINX_BIN": NGINX}
     done = subprocess.run([REPO / "deploy" / "start-proxy.sh", proxy["certs"], tmp_path], env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and "loopback" in done.stderr

@@ -39,7 +39,7 @@ def door(tmp_path_factory, tiny_base_2d):
 
     root = tmp_path_factory.mktemp("door")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(root / "operator-flwr"),
-           "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "CA_BITS": "2048", "NGINX": NGINX,
+           "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "CA_BITS": "2048", "NGINX_BIN": NGINX,
            "PYTHON": sys.executable}
     c = Consortium(root, env)  # c.port: the proxy's public port, where the sites connect
     c.link_port, bridge_port = free_port(), free_port()

@@ -68,3 +68,39 @@ def test_bad_delta_or_budget_is_refused():
         PrivacyAccountant(0.0)
     with pytest.raises(ValueError, match="dp-epsilon-budget"):
         PrivacyAccountant(1e-5, budget=-1)
+
+
+def test_the_strategy_accounts_each_noised_round_and_stops_before_passing_the_budget(tiny_base_2d, tmp_path,
+                                                                                 task_identity):
+    """Flower's DP wrapper around the bank strategy, with real Messages: each noised round adds one
+    event; epsilon lands in the manifest and federation.json; the round that would pass the budget
+    is refused before anything is written."""
+    from test_strategy import delta_like, make_coordinator, received, reply, send
+
+    from fedpoint.server.ledger import read_rounds
+    from fedpoint.server.strategy import NoisedBankStrategy, PrivateBankStrategy
+
+    c = make_coordinator(tiny_base_2d, tmp_path / "fed", variant=NoisedBankStrategy)
+    z, clip = 1.0, 0.1  # stdv = z * clip / 2 sites = 0.05
+    # Two MR sites of equal weight: each is half of the general bank's and half of modality-mr's
+    # update, so each release has multiplier 0.05 / (0.1 * 0.5) = 1, and the two compose to 1/sqrt(2).
+    z_round = 1 / math.sqrt(2)
+    budget = epsilon_of([(1.0, z_round)] * 2, 1e-5) * 1.001
+    private = PrivateBankStrategy(c.strategy, z, clip, 2, PrivacyAccountant(1e-5, budget))
+    for server_round in (1, 2):
+        msgs = send(c.strategy, {1: "MR", 2: "MR"}, server_round)
+        bank = received(msgs[1])
+        private.aggregate_train(server_round, [reply(msgs[n], delta_like(bank, n + 10 * server_round)) for n in (1, 2)])
+    dp = c.store.latest("general").manifest["dp"]
+    assert dp["effective_noise_multiplier"] == pytest.approx(z_round) and dp["sampling_rate"] == 1.0
+    assert dp["epsilon"] == pytest.approx(independent_epsilon([(1.0, z_round)] * 2, 1e-5), rel=1e-9)
+    history = [r["dp"]["epsilon"] for r in read_rounds(tmp_path / "fed")]
+    assert len(history) == 2 and history[0] < history[1] == pytest.approx(dp["epsilon"])
+
+    before = {bank: c.store.versions(bank) for bank in c.store.banks()}
+    msgs = send(c.strategy, {1: "MR", 2: "MR"}, 3)
+    bank = received(msgs[1])
+    with pytest.raises(BudgetExceeded, match="round 3 would bring epsilon"):
+        private.aggregate_train(3, [reply(msgs[n], delta_like(bank, n + 30)) for n in (1, 2)])
+    assert {bank: c.store.versions(bank) for bank in c.store.banks()} == before  # nothing written
+    assert [j["round"] for j in c.store.journal()] == [1, 2]
