@@ -599,7 +599,6 @@ class PrivateBankStrategy(DifferentialPrivacyClientSideFixedClipping):
             metrics["dp-noise-stdv"] = float(dp["noise_stdv"])
         return updates, metrics
 
-
     def account(self, server_round: int, released: bool) -> dict:
         """The round's event for the accountant (when noised updates are released) and epsilon after
         it; BudgetExceeded, before anything is written, when this very round would pass the budget."""
@@ -607,9 +606,9 @@ class PrivateBankStrategy(DifferentialPrivacyClientSideFixedClipping):
         pending = bank._pending if bank._pending and bank._pending["round"] == server_round else None
         out = {"delta": self.privacy.delta, "sampling_rate": self.num_sampled_clients / self.available,
                "accountant": "RDP (dp-accounting)"}
-        if released and pending and pending["accepted"]:
-            shares = weight_shares(pending["accepted"], bank._targets)
-            z = round_noise_multiplier(self.noise_stdv(), self.clipping_norm, shares)
+        shares = weight_shares(pending["accepted"], bank._targets) if released and pending else {}
+        z = round_noise_multiplier(self.noise_stdv(), self.clipping_norm, shares)
+        if math.isfinite(z):  # inf: no site's delta moved any bank (all weights 0), nothing to count
             self.privacy.check_next(out["sampling_rate"], z, bank.federation_round(server_round))
             out["effective_noise_multiplier"] = z
             self.privacy.record(out["sampling_rate"], z)
