@@ -62,6 +62,7 @@ def test_simulated_federation_fills_the_bank_store_despite_a_failing_site(fast_r
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two simulated federations
 def test_a_coordinator_killed_between_its_commit_and_its_ledger_resumes_with_nothing_lost_or_repeated(
         fast_run_config, tmp_path, monkeypatch):
     """The moment the issue's flaky run hit by chance: round 1 is in the bank store's journal, not yet
