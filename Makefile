@@ -11,7 +11,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 
 .PHONY: setup system-packages system-packages-note test test-fast demo demo-full bench data dist fab clean
 
-SYSTEM_PACKAGES := chromium mricron-data invesalius-examples orthanc orthanc-dicomweb
+SYSTEM_PACKAGES := chromium mricron-data invesalius-examples orthanc orthanc-dicomweb nginx
 
 # Installs the Python side only; system packages are installed by `make system-packages` (or by
 # `make test`, which needs Chromium), and `make setup` says what it would install.
@@ -30,23 +30,24 @@ $(STAMP): pyproject.toml
 # with its DICOMweb plugin for the PACS test and, optionally, the Colin27 brain with its AAL atlas and
 # InVesalius's head CT (training data). All best effort: tests say when one is missing. Runs apt-get
 # only as root on a machine with apt. (Debian starts an `orthanc` service on port 8042; the test runs
-# its own Orthanc on free ports.)
+# its own Orthanc on free ports.) nginx is the coordinator's proxy (deploy/start-proxy.sh) in the
+# proxy tests, which start their own nginx on free ports.
 system-packages:
 	@if ! command -v chromium >/dev/null 2>&1 || [ ! -d /usr/share/mricron/templates ] \
 	    || [ ! -d /usr/share/doc/invesalius-examples/examples ] || [ ! -x /usr/sbin/Orthanc ] \
-	    || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
+	    || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || [ ! -x /usr/sbin/nginx ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq >/dev/null && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null \
-	    || echo "note: could not install $(SYSTEM_PACKAGES) from apt; the browser test, the Orthanc test, colin27 and the head-CT training source will be skipped"; \
-	  else echo "note: apt not available (or not root): install chromium (browser test) and orthanc orthanc-dicomweb (PACS test) yourself"; fi; \
+	    || echo "note: could not install $(SYSTEM_PACKAGES) from apt; the browser test, the Orthanc test, the proxy tests, colin27 and the head-CT training source will be skipped"; \
+	  else echo "note: apt not available (or not root): install chromium (browser test), orthanc orthanc-dicomweb (PACS test) and nginx (proxy tests) yourself"; fi; \
 	fi
 
 system-packages-note:
 	@if ! command -v chromium >/dev/null 2>&1 || [ ! -d /usr/share/mricron/templates ] \
 	    || [ ! -d /usr/share/doc/invesalius-examples/examples ] || [ ! -x /usr/sbin/Orthanc ] \
-	    || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
-	  echo "note: optional system packages missing: $(SYSTEM_PACKAGES) (browser test, Orthanc PACS test, colin27, head-CT training source)."; \
+	    || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || [ ! -x /usr/sbin/nginx ]; then \
+	  echo "note: optional system packages missing: $(SYSTEM_PACKAGES) (browser test, Orthanc PACS test, colin27, head-CT training source, coordinator proxy tests)."; \
 	  echo "      \`make system-packages\` (as root, Debian/Ubuntu) would run: apt-get install $(SYSTEM_PACKAGES)"; \
 	fi
 

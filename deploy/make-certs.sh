@@ -5,7 +5,10 @@
 #
 # Writes, into OUT_DIR:
 #   ca.crt, ca.key                 the consortium CA (keep ca.key offline; give ca.crt to every site)
-#   superlink.pem, superlink.key   the SuperLink's TLS certificate, signed by the CA
+#   superlink.pem, superlink.key   the SuperLink's TLS certificate, signed by the CA (the proxy in
+#                                  front of it, deploy/start-proxy.sh, presents the same one)
+#   operator.pem, operator.key     the operator's client certificate (CN "fedpoint operator"): the
+#                                  proxy forwards the Control API only to a client that presents it
 #   sites/<SITE_ID>, .pub          one ECDSA P-384 key pair per site (OpenSSH format); the site keeps
 #                                  the private key, the coordinator registers the .pub
 # The certificate names 127.0.0.1 and localhost; add the coordinator's real names with
@@ -43,6 +46,16 @@ if [[ ! -f "$out/superlink.pem" ]]; then
   echo "made SuperLink certificate $out/superlink.pem ($san)"
 fi
 
+if [[ ! -f "$out/operator.pem" ]]; then
+  openssl req -newkey "rsa:$bits" -nodes -sha256 -keyout "$out/operator.key" -out "$out/operator.csr" \
+    -subj "/CN=fedpoint operator" 2>/dev/null
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n' > "$out/operator.ext"
+  openssl x509 -req -sha256 -days "$days" -in "$out/operator.csr" -CA "$out/ca.crt" -CAkey "$out/ca.key" \
+    -CAcreateserial -out "$out/operator.pem" -extfile "$out/operator.ext" 2>/dev/null
+  rm -f "$out/operator.csr" "$out/operator.ext"
+  echo "made operator client certificate $out/operator.pem (CN=fedpoint operator)"
+fi
+
 for site in "$@"; do
   if [[ ! "$site" =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ ]]; then
     echo "invalid site id '$site': use letters, digits, '.', '_' or '-'" >&2
@@ -53,4 +66,4 @@ for site in "$@"; do
     echo "made key pair $out/sites/$site(.pub)"
   fi
 done
-chmod 644 "$out/ca.crt" "$out/superlink.pem" "$out"/sites/*.pub 2>/dev/null || true
+chmod 644 "$out/ca.crt" "$out/superlink.pem" "$out/operator.pem" "$out"/sites/*.pub 2>/dev/null || true

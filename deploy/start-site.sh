@@ -6,8 +6,11 @@
 # The SuperNode connects to the SuperLink over TLS (the consortium CA), authenticates with the
 # site's private key, and gives every ClientApp it starts the node config
 #   site-id, modality, site-store
+#   and, when the site file sets it, device (cpu, cuda, cuda:N or auto)
 # The site store is the one the site's annotation service writes (`fedpoint site serve`): the
-# ClientApp trains on its annotation cache and leaves each received bank there.
+# ClientApp trains on its annotation cache and leaves each received bank there. A device this
+# machine does not have (cuda without a GPU that torch sees) stops the script here, before the
+# SuperNode starts.
 # The script `exec`s the SuperNode, so its process id is the SuperNode's.
 set -euo pipefail
 
@@ -16,8 +19,8 @@ if [[ $# -ne 1 ]]; then
   exit 2
 fi
 python=${PYTHON:-python3}
-# shellcheck disable=SC2046
-eval $("$python" - "$1" <<'PY'
+# The site file, read and checked; a bad one stops the script here (set -e on the assignment).
+settings=$("$python" - "$1" <<'PY'
 import pathlib, shlex, sys, tomllib
 
 path = pathlib.Path(sys.argv[1])
@@ -29,6 +32,13 @@ if missing:
 def local(key):  # paths in the file are relative to the file
     return str((path.parent / str(site[key])).expanduser().resolve())
 node_config = f'site-id="{site["site-id"]}" modality="{site["modality"]}" site-store="{local("site-store")}"'
+if "device" in site:  # checked now: a missing GPU fails the start, not every round
+    from fedpoint.shared.device import resolve_device
+    try:
+        resolve_device(str(site["device"]))
+    except ValueError as err:
+        sys.exit(f"{path}: device: {err}")
+    node_config += f' device="{site["device"]}"'
 values = {
     "SUPERLINK": site["superlink"], "ROOT_CERTS": local("root-certificates"), "PRIVATE_KEY": local("private-key"),
     "NODE_CONFIG": node_config, "RUNTIME_PORT": str(site.get("port", 9094)), "SITE_STORE": local("site-store"),
@@ -37,6 +47,7 @@ values = {
 print(" ".join(f"{k}={shlex.quote(v)}" for k, v in values.items()))
 PY
 )
+eval "$settings"
 
 mkdir -p "$SITE_STORE" "$SITE_FLWR_HOME"
 export FLWR_HOME=$SITE_FLWR_HOME  # each SuperNode keeps its installed apps apart

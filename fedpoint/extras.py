@@ -4,7 +4,8 @@ The base install is what a site needs to annotate and adapt (`norm`, `norm+stem`
 Everything else is an extra of the `fedpoint` package (see pyproject.toml):
 
 - `lora`: peft (LoRA adapters)
-- `federation` (alias `coordinator`): flwr (SuperLink/ServerApp, SuperNode/ClientApp)
+- `federation`: flwr (SuperLink/ServerApp, SuperNode/ClientApp)
+- `coordinator`: `federation` and dp-accounting (the central-DP variant's epsilon)
 - `simulation`: Flower's Ray engine, plots, nilearn and the training sources
 - `dicom`: pydicom (DICOM series at a site)
 - `dev`: test tools
@@ -25,6 +26,7 @@ EXTRA_OF: dict[str, str] = {
     "transformers": "lora",
     "flwr": "federation",
     "threadpoolctl": "federation",
+    "dp_accounting": "coordinator",
     "ray": "simulation",
     "matplotlib": "simulation",
     "nilearn": "simulation",
@@ -43,6 +45,7 @@ EXTRA_OF: dict[str, str] = {
 EXTRA_PURPOSE: dict[str, str] = {
     "lora": "LoRA adapters",
     "federation": "Flower federations (coordinator and SuperNode)",
+    "coordinator": "the central-DP privacy accountant",
     "simulation": "simulated federations, plots and the training data",
     "dicom": "DICOM images, a PACS over DICOMweb and DICOM-SEG",
     "dev": "tests and benchmarks",

@@ -59,6 +59,8 @@ def _summary(manifest: dict) -> dict:
         "kind": manifest.get("kind"),
         "sites": len(manifest.get("sites") or []),
         "accepted_cases": counts.get("accepted_cases", 0),
+        # central DP: epsilon (at the manifest's delta) after the round that wrote this version
+        "epsilon": (manifest.get("dp") or {}).get("epsilon"),
         "updated": manifest.get("created"),
     }
 
@@ -174,11 +176,13 @@ def _print_show(bank: str, manifest: dict, history: list[dict]) -> None:
             value = f"{len(value)} (salted hashes: {', '.join(value)})" if value else "0"
         details.add_row(key, value if isinstance(value, str) else json.dumps(value))
     past = Table(title="history")
-    for column in ("version", "round", "sites", "accepted cases", "scored Dice-AUC (cases)", "updated"):
+    for column in ("version", "round", "sites", "accepted cases", "scored Dice-AUC (cases)", "DP epsilon", "updated"):
         past.add_column(column)
     for row in history:
         scored = "-" if row.get("eval_dice_auc") is None else f"{row['eval_dice_auc']:.3f} ({row['eval_cases']})"
-        past.add_row(*(str(row[k]) for k in ("version", "round", "sites", "accepted_cases")), scored, str(row["updated"]))
+        epsilon = "-" if row.get("epsilon") is None else f"{row['epsilon']:.4g}"
+        past.add_row(*(str(row[k]) for k in ("version", "round", "sites", "accepted_cases")), scored, epsilon,
+                     str(row["updated"]))
     console = _console()
     console.print(details)
     console.print(past)

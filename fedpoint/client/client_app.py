@@ -47,7 +47,7 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
         site = identify(context.node_config, fed)
         instruction = P.RoundInstruction.from_config(msg.content[P.CONFIG])
         bank = decode_arrays(msg.content[P.ARRAYS])
-        reply = train_round(bank, instruction, site, fed, **_device_argument(train_round, device))
+        reply = train_round(bank, instruction, site, fed, device=device)
         content = RecordDict({
             P.ARRAYS: encode_arrays(reply.arrays),
             P.METRICS: MetricRecord(reply.metrics),
@@ -84,26 +84,20 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
 NODE_DEVICE = "device"  # SuperNode --node-config "device='cuda:0'": cpu, cuda, cuda:N or auto
 
 
+class DeviceError(ValueError):
+    """The node config asks for a device this machine does not have."""
+
+
 def node_device(node_config: Mapping) -> str:
-    """The torch device this site trains on: the node config's `device` (default `cpu`), resolved
-    (`auto` -> `cuda` when torch sees a GPU); ValueError for an unknown or absent device."""
+    """The torch device this site trains and scores on: the node config's `device` (default `cpu`),
+    resolved (`auto` -> `cuda` when torch sees a GPU); DeviceError for an unknown or absent device,
+    raised before the round loads or trains anything."""
     from fedpoint.shared.device import resolve_device
 
-    return resolve_device(str(node_config.get(NODE_DEVICE, "cpu")))
-
-
-def _device_argument(train_round, device: str) -> dict:
-    """`device=` for train_round once it takes one; until then a GPU request is logged, not ignored silently."""
-    import inspect
-
-    if "device" in inspect.signature(train_round).parameters:
-        return {"device": device}
-    if device != "cpu":
-        from flwr.supercore import log
-        import logging
-
-        log(logging.WARNING, "node config device=%s: this fedpoint trains federation rounds on the CPU", device)
-    return {}
+    try:
+        return resolve_device(str(node_config.get(NODE_DEVICE, "cpu")))
+    except ValueError as err:
+        raise DeviceError(f"node config {NODE_DEVICE}: {err}") from None
 
 
 # ------------------------------------------------------------------------------ errors and instructions
@@ -120,7 +114,8 @@ def error_code_mod(msg: Message, context: Context, call_next) -> Message:
         reply = call_next(msg, context)
     except Exception as err:  # every failure, whatever raised it
         logging.getLogger("fedpoint.site").exception("%s message failed", msg.metadata.message_type)
-        name = ("egress-refused" if isinstance(err, EgressError) else "adapter-mismatch"
+        name = ("egress-refused" if isinstance(err, EgressError) else "device-unavailable"
+                if isinstance(err, DeviceError) else "adapter-mismatch"
                 if isinstance(err, AdapterMismatchError) else "instruction-refused" if isinstance(err, InstructionError)
                 else "query-failed" if msg.metadata.message_type.startswith("query")
                 else "evaluate-failed" if msg.metadata.message_type.startswith("evaluate") else "train-failed")

@@ -160,8 +160,9 @@ def bank_adapter(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInst
 
 
 def train_round(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstruction, site: SiteIdentity,
-                fed: SiteRoundConfig) -> SiteReply:
-    """Start from the bank, train, and return the reply (the ClientApp's egress mod checks it)."""
+                fed: SiteRoundConfig, device: str = "cpu") -> SiteReply:
+    """Start from the bank, train on `device` (a resolved torch device: the ClientApp gives the
+    node config's), and return the reply (the ClientApp's egress mod checks it)."""
     from fedpoint.client.site_model import SiteModel
 
     t0 = time.perf_counter()
@@ -171,7 +172,7 @@ def train_round(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstr
 
     adaptation = AdaptationConfig(mode=instruction.mode, lr=instruction.lr or None, seed=instruction.seed)
     if site.simulated:
-        model = SiteModel(adapter, model_cfg, adaptation)
+        model = SiteModel(adapter, model_cfg, adaptation, device=device)
         # The site's Adam state continues across rounds, as a local stream's does: the arms then
         # differ in what they are named for (where the weights come from), not in optimizer resets.
         model.load_optimizer_state(store.latest_optimizer_state(adapter.kind))
@@ -181,7 +182,7 @@ def train_round(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstr
     else:
         episodes = AdaptationConfig(**{**adaptation.model_dump(), "mode": "mid+post+episodes",
                                        "episode_epochs": instruction.local_epochs})
-        model = SiteModel(adapter, model_cfg, episodes)
+        model = SiteModel(adapter, model_cfg, episodes, device=device)
         weight, metrics = episode_on_cache(model, store)
     metrics = {P.NUM_EXAMPLES: weight, **metrics, "seconds": round(time.perf_counter() - t0, 3),
                "bank-version": instruction.bank_version}

@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from fedpoint.server.aggregate import aggregation_rule, exact_under_secure_aggregation
+from fedpoint.server.crashpoints import crash_point
 from fedpoint.server.routing import check_bank_name
 from fedpoint.shared.config import AdapterConfig
 from fedpoint.shared.fileio import (
@@ -392,6 +393,8 @@ class BankStore:
             if versions[bank] != planned[bank]:
                 raise RuntimeError(f"bank {bank!r}: wrote v{versions[bank]} but the journal planned v{planned[bank]} "
                                    "(is another coordinator writing this store?)")
+            if len(versions) == 1:
+                crash_point("mid-commit", server_round)  # a test hook (FEDPOINT_CRASH_AT); a no-op otherwise
         write_json_atomic(pending, {"round": int(server_round), "planned": planned, "versions": versions,
                                     "summary": dict(summary or {})})
         replace_file(pending, journal / f"round-{int(server_round):04d}.json")  # the round's commit

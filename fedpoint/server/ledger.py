@@ -67,6 +67,14 @@ def read_rounds(path: str | Path | None) -> list[dict]:
     return list(json.loads(path.read_text()).get("rounds", []))
 
 
+def last_round(journal: Iterable[Mapping], rounds: Iterable[Mapping]) -> int:
+    """The federation's last round: the highest round number in the bank store's journal (every
+    round a coordinator finished commits an entry there, with or without new versions) or in
+    federation.json (`rounds`); 0 before the first. A restarted coordinator runs the round after
+    it, and a run reports the rounds after the last round there was when it started."""
+    return max([int(j.get("round") or 0) for j in journal] + [int(r.get("round") or 0) for r in rounds] + [0])
+
+
 class RoundLedger:
     """The rounds of one federation, written atomically to `path` after every change (None: kept
     in memory only)."""

@@ -18,7 +18,8 @@ from flwr.supercore import log
 
 from fedpoint.server.banks import BankStore
 from fedpoint.server.checks import ScreenSettings
-from fedpoint.server.ledger import SUMMARY_FILE
+from fedpoint.server.ledger import SUMMARY_FILE, last_round, read_rounds
+from fedpoint.server.privacy_accountant import BudgetExceeded, PrivacyAccountant
 from fedpoint.server.registry import SiteRegistry
 from fedpoint.server.routing import GENERAL
 from fedpoint.server.strategy import bank_strategy_of, build_strategy
@@ -81,12 +82,12 @@ def site_join_rounds(fed: CoordinatorConfig) -> dict[str, int]:
 def _run(grid: Grid, fed: CoordinatorConfig, adapter, store: BankStore) -> list[dict]:
     for line in store.recover():
         log(WARNING, "bank store: %s", line)
-    last_round = open_banks(store, adapter)
-    log(INFO, "bank store %s: banks %s, resuming after round %d", store.root, ", ".join(store.banks()), last_round)
+    resume_after = resume_point(store, fed, open_banks(store, adapter))
+    log(INFO, "bank store %s: banks %s, resuming after round %d", store.root, ", ".join(store.banks()), resume_after)
     runner = build_strategy(
         fed.privacy, store, noise_multiplier=fed.dp_noise_multiplier, clipping_norm=fed.dp_clipping_norm,
         fingerprint=adapter.base_fingerprint, schema=adapter.schema(), settings=P.instruction_settings(fed),
-        bank_strategy=fed.bank_strategy, norm_factor=fed.norm_factor, clip_norm=fed.clip_norm, round_offset=last_round,
+        bank_strategy=fed.bank_strategy, norm_factor=fed.norm_factor, clip_norm=fed.clip_norm, round_offset=resume_after,
         fraction_train=fed.fraction_train, min_train_nodes=fed.min_train_nodes,
         query_timeout=min(fed.round_timeout, 300.0),
         summary_path=fed.output_path / SUMMARY_FILE if fed.output_path else None,
@@ -94,15 +95,39 @@ def _run(grid: Grid, fed: CoordinatorConfig, adapter, store: BankStore) -> list[
         weight_cap_factor=fed.weight_cap_factor, norm_cap_rms=fed.norm_cap_rms, history_factor=fed.history_factor,
         drift_window=fed.drift_window, drift_ratio=fed.drift_ratio, join_rounds=site_join_rounds(fed),
         evaluate_banks=fed.evaluate_banks, screen=ScreenSettings(**fed.screen_settings()), max_share=fed.max_share,
-        silent_rounds=fed.silent_rounds,
+        silent_rounds=fed.silent_rounds, accountant=privacy_accountant(store, fed),
     )
     if fed.dp:
-        log(INFO, "central DP on: noise multiplier %g, client-side clipping norm %g", fed.dp_noise_multiplier,
-            fed.dp_clipping_norm)
+        log(INFO, "central DP on: noise multiplier %g, client-side clipping norm %g, delta %g, epsilon budget %s",
+            fed.dp_noise_multiplier, fed.dp_clipping_norm, fed.dp_delta, fed.dp_epsilon_budget or "none")
     general = store.latest(GENERAL).state
     initial = encode_arrays({k: general[k] for k in adapter.schema()})
-    runner.start(grid, initial, num_rounds=fed.num_server_rounds, timeout=fed.round_timeout, train_config=ConfigRecord())
+    try:
+        runner.start(grid, initial, num_rounds=fed.num_server_rounds, timeout=fed.round_timeout, train_config=ConfigRecord())
+    except BudgetExceeded as stop:  # a planned end: the rounds before it are all written
+        log(WARNING, "privacy budget: %s", stop)
     return bank_strategy_of(runner).ledger.as_json()
+
+
+def privacy_accountant(store: BankStore, fed: CoordinatorConfig) -> PrivacyAccountant | None:
+    """Under central DP: the accountant, resumed from the rounds in the store's journal."""
+    if not fed.dp:
+        return None
+    rounds = [(j.get("summary") or {}).get("entry") or {} for j in store.journal()]
+    return PrivacyAccountant.from_rounds(fed.dp_delta, fed.dp_epsilon_budget, rounds)
+
+
+def resume_point(store: BankStore, fed: CoordinatorConfig, banks_round: int = 0) -> int:
+    """The round this coordinator resumes after: the last round of the store's journal or of
+    federation.json (`ledger.last_round`), whichever is later, so a round that was committed, or
+    recorded without new versions, is never run or reported twice. `banks_round` (the newest
+    version's round) only matters for a store written before rounds were journaled."""
+    summary = fed.output_path / SUMMARY_FILE if fed.output_path else None
+    journaled = last_round(store.journal(), read_rounds(summary))
+    if banks_round > journaled:
+        log(WARNING, "bank store %s: versions of round %d but no journal entry for it (an older store); resuming "
+            "after round %d", store.root, banks_round, banks_round)
+    return max(journaled, banks_round)
 
 
 def base_adapter(fed: CoordinatorConfig):

@@ -44,7 +44,9 @@ from fedpoint.server.banks import BankStore
 from fedpoint.server.checks import (HISTORY_VERSIONS, PeerScreen, Reply, ScreenSettings, bound_metrics, bounded_scores,
                                     cap_shares,
                                     clip_delta, clip_weights, delta_norm, norm_bound, structural_problem)
+from fedpoint.server.crashpoints import crash_point
 from fedpoint.server.ledger import RoundLedger, RoundRecord, SiteRound
+from fedpoint.server.privacy_accountant import PrivacyAccountant, round_noise_multiplier
 from fedpoint.server.registry import SiteRegistry
 from fedpoint.server.routing import GENERAL, banks_to_update, modality_bank, route, task_bank
 from fedpoint.shared import protocol as P
@@ -145,6 +147,7 @@ class BankStrategy(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        crash_point("round-start", self.federation_round(server_round))
         sample_size = max(int(len(list(grid.get_node_ids())) * self.fraction_train), self.min_train_nodes)
         node_ids, all_nodes = sample_nodes(grid, self.min_available_nodes, sample_size)
         if self.join_rounds:  # simulation: sample only among the sites that have joined by this round
@@ -511,11 +514,14 @@ class BankStrategy(FedAvg):
             else:
                 writes.append(("write", bank, state, fields))
         entry = self._round_entry(server_round, pending, {}, dp)
-        if writes:
-            versions = self.store.commit_round(fed_round, writes, {"entry": entry.as_json(), "screen": self.screen.state()})
+        crash_point("before-commit", fed_round)
+        # Journaled even when it wrote nothing: a restart resumes after the journal's last round.
+        versions = self.store.commit_round(fed_round, writes, {"entry": entry.as_json(), "screen": self.screen.state()})
+        crash_point("after-commit", fed_round)
         for bank, version in versions.items():
             log(INFO, "round %d: bank %s -> v%d", fed_round, bank, version)
         self.ledger.record(self._round_entry(server_round, pending, versions, dp))
+        crash_point("after-ledger", fed_round)
         self._pending = None
         return versions
 
@@ -578,6 +584,7 @@ class BankStrategy(FedAvg):
             log(INFO, "round %d: %s v%d scored by %d site(s) on %d held-out case(s): Dice-AUC %.3f", fed_round, bank,
                 version, len(by_site), int(total), entry["dice_auc"])
         self.ledger.add_evaluation(fed_round, summary, per_site)
+        crash_point("after-evaluate", fed_round)
         if not summary:
             return None
         cases = sum(e["cases"] for e in summary.values())
@@ -670,14 +677,21 @@ class PrivateBankStrategy(DifferentialPrivacyClientSideFixedClipping):
     their deltas (`fixedclipping_mod`), Flower adds Gaussian noise to each bank's aggregated update,
     and only then are the banks written. Flower skips a round in which any site failed."""
 
-    def __init__(self, banks: NoisedBankStrategy, noise_multiplier: float, clipping_norm: float, num_sampled_clients: int):
+    def __init__(self, banks: NoisedBankStrategy, noise_multiplier: float, clipping_norm: float, num_sampled_clients: int,
+                 accountant: PrivacyAccountant | None = None):
         if banks.commits_round:  # it would write every round's versions before the noise
             raise TypeError(f"central DP wraps a NoisedBankStrategy, not a {type(banks).__name__}")
         super().__init__(banks, noise_multiplier, clipping_norm, num_sampled_clients)
+        self.privacy = accountant  # fedpoint's (Flower's own `accountant` refuses weighted, screened rounds)
+        self.available = num_sampled_clients
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self.num_sampled_clients = max(len(messages), 1)  # the noise scale divides by the real sample
+        self.available = max(len(list(grid.get_node_ids())), self.num_sampled_clients)
+        if self.privacy is not None:  # stop before a round the budget cannot pay for (projected as the last one)
+            last = self.privacy.events[-1][1] if self.privacy.events else self.noise_multiplier
+            self.privacy.check_next(self.num_sampled_clients / self.available, last, self.strategy.federation_round(server_round))
         return messages
 
     def noise_stdv(self) -> float:
@@ -687,26 +701,57 @@ class PrivateBankStrategy(DifferentialPrivacyClientSideFixedClipping):
         updates, metrics = super().aggregate_train(server_round, replies)
         dp = {"noise_multiplier": self.noise_multiplier, "clipping_norm": self.clipping_norm,
               "sampled_sites": self.num_sampled_clients, "noise_stdv": self.noise_stdv(), "mechanism": "client-side fixed clipping"}
+        if self.privacy is not None:
+            dp |= self.account(server_round, released=updates is not None)
         self.strategy.commit(server_round, updates, dp)
         if metrics is not None:
             metrics["dp-noise-multiplier"] = float(self.noise_multiplier)
             metrics["dp-noise-stdv"] = float(dp["noise_stdv"])
         return updates, metrics
 
+    def account(self, server_round: int, released: bool) -> dict:
+        """The round's event for the accountant (when noised updates are released) and epsilon after
+        it; BudgetExceeded, before anything is written, when this very round would pass the budget."""
+        bank = self.strategy
+        pending = bank._pending if bank._pending and bank._pending["round"] == server_round else None
+        out = {"delta": self.privacy.delta, "sampling_rate": self.num_sampled_clients / self.available,
+               "accountant": "RDP (dp-accounting)"}
+        shares = weight_shares(pending["accepted"], bank._targets) if released and pending else {}
+        z = round_noise_multiplier(self.noise_stdv(), self.clipping_norm, shares)
+        if math.isfinite(z):  # inf: no site's delta moved any bank (all weights 0), nothing to count
+            self.privacy.check_next(out["sampling_rate"], z, bank.federation_round(server_round))
+            out["effective_noise_multiplier"] = z
+            self.privacy.record(out["sampling_rate"], z)
+        out["epsilon"] = self.privacy.epsilon()
+        return out
+
+
+def weight_shares(accepted: list[Reply], targets) -> dict[str, list[float]]:
+    """Per site, its weight share in each bank its reply fed (`targets(reply)` names them)."""
+    totals: dict[str, float] = {}
+    for r in accepted:
+        for bank in targets(r):
+            totals[bank] = totals.get(bank, 0.0) + float(r.weight)
+    return {r.site_id: [float(r.weight) / totals[b] for b in targets(r) if totals[b] > 0] for r in accepted}
+
 
 PRIVACY = ("none", "central-dp")  # the strategy variants, by name (CoordinatorConfig.privacy)
 
 
 def build_strategy(privacy: str, store: BankStore, *, noise_multiplier: float = 0.0, clipping_norm: float = 1.0,
-                   **settings) -> BankStrategy | PrivateBankStrategy:
+                   accountant: PrivacyAccountant | None = None, **settings) -> BankStrategy | PrivateBankStrategy:
     """The strategy Flower runs for a privacy variant; `settings` are BankStrategy's. Under central
-    DP the noise scale starts from `min_train_nodes` sites (it follows the real sample each round).
+    DP the noise scale starts from `min_train_nodes` sites (it follows the real sample each round),
+    and `accountant` (if given) counts epsilon and stops at its budget.
     The bank strategy itself is the result under "none", its `.strategy` under "central-dp"."""
     if privacy == "none":
         return BankStrategy(store, **settings)
     if privacy == "central-dp":
         banks = NoisedBankStrategy(store, **settings)
-        return PrivateBankStrategy(banks, noise_multiplier, clipping_norm, banks.min_train_nodes)
+        if accountant is not None and banks.rule != "weighted-mean":
+            raise ValueError(f"the privacy accountant counts the weighted-mean rule, not {banks.rule!r}: "
+                             "set aggregation-rule = \"weighted-mean\" under central DP")
+        return PrivateBankStrategy(banks, noise_multiplier, clipping_norm, banks.min_train_nodes, accountant)
     raise ValueError(f"unknown privacy variant {privacy!r} (known: {', '.join(PRIVACY)})")
 
 

@@ -91,6 +91,7 @@ SITE_ERRORS: dict[str, int] = {
     "egress-refused": SITE_ERROR_BASE + 4,
     "adapter-mismatch": SITE_ERROR_BASE + 5,
     "evaluate-failed": SITE_ERROR_BASE + 6,
+    "device-unavailable": SITE_ERROR_BASE + 7,  # the node config's device is not on the site's machine
 }
 SITE_ERROR_NAMES = {code: name for name, code in SITE_ERRORS.items()}
 EVAL_CLICKS = 5  # the federated evaluation round: the simulated user's clicks per held-out case

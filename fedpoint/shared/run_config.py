@@ -95,6 +95,9 @@ class CoordinatorConfig(_Shared):
     clip_norm: float = Field(0.0, ge=0, description="> 0: the coordinator clips each delta to this L2 norm")
     dp_noise_multiplier: float = Field(0.0, ge=0, description="> 0: Flower's central DP, client-side fixed clipping")
     dp_clipping_norm: float = Field(1.0, gt=0)
+    dp_delta: float = Field(1e-5, gt=0, lt=1, description="central DP: the delta epsilon is reported at")
+    dp_epsilon_budget: float = Field(0.0, ge=0, description="central DP: > 0 stops the federation before the "
+                                     "round that would take epsilon past it")
     norm_factor: float = Field(5.0, gt=1)
     aggregation_rule: Literal["weighted-mean", "trimmed-mean", "median"] = "weighted-mean"
     trim_fraction: float = Field(0.2, ge=0, lt=0.5, description="trimmed-mean: fraction cut at each end per coordinate")

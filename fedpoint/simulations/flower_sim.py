@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from fedpoint.server.ledger import read_rounds
+from fedpoint.server.ledger import last_round, read_rounds
 from fedpoint.shared.run_config import SimulationConfig, parse_run_config
 
 
@@ -29,11 +29,23 @@ def run_federation(config: Mapping, num_sites: int, *, timeout: float = 1800.0, 
     fed = parse_run_config(config, reader=SimulationConfig)
     if fed.output_path is None:
         raise ValueError("run_federation reads its results from output-dir: set output-dir")
-    before = len(_rounds(fed.output_path))
+    after = resume_point(fed)  # the rounds this run reports are those after it, whatever the files held
     t0 = time.perf_counter()
     _run_isolated(parse_run_config(config).to_run_config(), num_sites, timeout, verbose, log_path)  # the whole config, for both apps
     seconds = time.perf_counter() - t0
-    return summarize_federation(fed, _rounds(fed.output_path)[before:], seconds)
+    return summarize_federation(fed, [r for r in _rounds(fed.output_path) if r["round"] > after], seconds)
+
+
+def resume_point(fed: SimulationConfig) -> int:
+    """The round the coordinator will resume after, from the bank store's journal and
+    federation.json, as the ServerApp computes it (`fedpoint.server.ledger.last_round`)."""
+    from fedpoint.server.banks import BankStore
+
+    try:
+        journal = BankStore(fed.bank_store_path, create=False).journal()
+    except FileNotFoundError:  # no store yet: a new federation
+        journal = []
+    return last_round(journal, _rounds(fed.output_path))
 
 
 def simulate(run_config: dict, num_sites: int, verbose: bool = False) -> None:
@@ -83,6 +95,7 @@ def _run_isolated(run_config: dict, num_sites: int, timeout: float, verbose: boo
         _stop_group(process)
         raise TimeoutError(f"the simulated federation did not finish within {timeout:g} s; {_where(log_path)}")
     if process.exitcode != 0:
+        _stop_group(process)  # what the simulation left behind (Ray's processes), when it died hard
         raise RuntimeError(f"the simulated federation failed (exit code {process.exitcode}); {_where(log_path)}")
 
 
@@ -138,6 +151,8 @@ def summarize_federation(fed: SimulationConfig, rounds: list[dict], seconds: flo
         "metrics": [round_means(r) for r in rounds],
         "status": [{site: s["status"] for site, s in r["sites"].items()} for r in rounds],
         "versions_written": [r["versions"] for r in rounds],
+        # central DP: epsilon after each round at the configured delta (None without the accountant)
+        "epsilon": [(r.get("dp") or {}).get("epsilon") for r in rounds],
         # the federated evaluation round: each new bank version as the sites scored it (held-out cases)
         "evaluation": [(r.get("evaluation") or {}).get("banks", {}) for r in rounds],
         "banks": {bank: store.versions(bank) for bank in store.banks()},

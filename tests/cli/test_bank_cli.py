@@ -108,3 +108,15 @@ def test_show_gives_the_sites_scores_of_a_version(bank_store):
     assert [(h["version"], h["eval_dice_auc"]) for h in shown["history"]] == [(1, None), (2, 0.612)]
     table = _run("show", "general", "--store", bank_store.root).output
     assert "0.612 (7)" in table
+
+
+def test_show_gives_the_epsilon_a_dp_round_reached(bank_store):
+    """A version written under central DP carries epsilon in its manifest; `bank show` lists it."""
+    state = bank_store.latest("general").state
+    dp = {"noise_multiplier": 1.0, "clipping_norm": 0.1, "delta": 1e-5, "sampling_rate": 1.0,
+          "effective_noise_multiplier": 1.0, "epsilon": 3.25}
+    bank_store.write("modality-ct", state, {"round": 2, "dp": dp})
+    shown = json.loads(_run("show", "modality-ct", "--store", bank_store.root, "--json").output)
+    assert shown["manifest"]["dp"]["epsilon"] == 3.25
+    assert [h["epsilon"] for h in shown["history"]] == [None, 3.25]
+    assert "3.25" in _run("show", "modality-ct", "--store", bank_store.root).output

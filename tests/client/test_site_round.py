@@ -248,3 +248,43 @@ def test_the_evaluation_round_scores_the_bank_on_held_out_cases_and_sends_only_s
     foreign, other = bank_of(fed, fingerprint="f" * 32)
     refused = app(Message(train_message(foreign, other).content, dst_node_id=11, message_type="evaluate"), site_context(node))
     assert refused.has_error() and refused.error.code == P.SITE_ERRORS["adapter-mismatch"]
+
+
+# ------------------------------------------------------------------------------ the site's device
+def test_the_node_configs_device_reaches_the_training_round(fed, fast_run_config, task_identity, monkeypatch):
+    """The ClientApp resolves the node config's `device` and trains the round's model on it."""
+    import fedpoint.client.site_model as site_model
+    import fedpoint.client.site_round as site_round
+
+    seen = {"train_round": [], "model": []}
+    real_round, real_model = site_round.train_round, site_model.SiteModel
+
+    def spy_round(*args, **kwargs):
+        seen["train_round"].append(kwargs.get("device"))
+        return real_round(*args, **kwargs)
+
+    class SpyModel(real_model):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen["model"].append(str(self.device))
+
+    monkeypatch.setattr(site_round, "train_round", spy_round)
+    monkeypatch.setattr(site_model, "SiteModel", SpyModel)
+    bank, instruction = bank_of(fed)
+    out = build_client_app(fast_run_config)(train_message(bank, instruction),
+                                            site_context({P.PARTITION_ID: 0, P.NUM_PARTITIONS: 2, "device": "cpu"}))
+    assert not out.has_error(), out.error
+    assert seen == {"train_round": ["cpu"], "model": ["cpu"]}  # the CPU path: what it always was
+
+
+def test_a_cuda_request_on_a_machine_without_cuda_fails_before_the_round_starts(fed, fast_run_config, task_identity,
+                                                                              monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CUDA-less machine, whatever this one has
+    node = {P.NODE_SITE_ID: "hospital-a", P.NODE_MODALITY: "MR", P.NODE_SITE_STORE: str(tmp_path / "store"),
+            "device": "cuda"}
+    bank, instruction = bank_of(fed)
+    out = build_client_app(fast_run_config)(train_message(bank, instruction), site_context(node))
+    assert out.has_error() and out.error.code == P.SITE_ERRORS["device-unavailable"]
+    assert not (tmp_path / "store" / "banks").exists()  # nothing received, loaded or trained

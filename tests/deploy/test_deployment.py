@@ -47,7 +47,8 @@ class Consortium:
 
     def __init__(self, root: Path, env: dict):
         self.root, self.env, self.processes = root, env, []
-        self.port = free_port()
+        self.port = free_port()  # where the SuperNodes connect (the SuperLink, or the proxy in front of it)
+        self.connection = "consortium"  # the operator's `flwr` connection
 
     def start(self, args: list, log: str, **env) -> subprocess.Popen:
         handle = open(self.root / log, "w")
@@ -78,13 +79,13 @@ class Consortium:
         """`flwr run` with a run config file; returns the run id."""
         config = self.root / f"run-{time.monotonic_ns()}.toml"
         config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in run_config.items()))
-        done = self.cli(BIN / "flwr", "run", ".", "consortium", "--run-config", config, "--format", "json")
+        done = self.cli(BIN / "flwr", "run", ".", self.connection, "--run-config", config, "--format", "json")
         assert done.returncode == 0, done.stdout + done.stderr
         return json.loads(done.stdout[done.stdout.index("{"):])["run-id"]
 
     def wait_run(self, run_id: str) -> str:
         def finished():
-            done = self.cli(BIN / "flwr", "ls", "consortium", "--run-id", run_id, "--format", "json")
+            done = self.cli(BIN / "flwr", "ls", self.connection, "--run-id", run_id, "--format", "json")
             if done.returncode != 0:
                 return None
             status = json.loads(done.stdout[done.stdout.index("{"):])["runs"][0]["status"]
