@@ -48,8 +48,8 @@ from fedpoint.shared.clicks import Box, Click, encode_clicks
 from fedpoint.shared.config import ModelConfig
 
 CONTEXT_FACTOR = 1          # first-click window side = CONTEXT_FACTOR * input_size native voxels (chosen on dev-split)
-FIRST_SCALES = (1.0,)       # first click: window sides tried, in multiples of the context (the scale choice)
-FIRST_RULE = "fixed"        # ... and how one is chosen: "fixed" (the first), "border" or "confidence" (`choose_scale`)
+FIRST_SCALES = (1.0, 2.0, 4.0)  # first click: window sides tried, in multiples of the context (chosen on dev-split + dev-split-large)
+FIRST_RULE = "border"       # ... and how one is chosen: "fixed" (the first), "border" or "confidence" (`choose_scale`)
 SCALE_RULES = ("fixed", "border", "confidence")
 CONTEXT_MM_3D = 48.0        # 3D with a known spacing: first-click cube side in mm (chosen on dev-split-3d)
 ZOOM_EXPAND = 1.4           # later clicks: the mask + clicks box, expanded this much
@@ -65,13 +65,13 @@ class FocusConfig:
     context_mm: float | None = None  # 3D, spacing known: the side in mm instead (default CONTEXT_MM_3D unless `context` is given)
     expand: float = ZOOM_EXPAND     # zoom window: expansion of the mask + clicks bounding box
     min_size: int | None = None    # zoom window: smallest side, native voxels (default input_size // 2)
-    scales: tuple[float, ...] = FIRST_SCALES  # first click without a box: window sides tried (x context)
-    rule: str = FIRST_RULE         # how the first click's window is chosen among `scales`
+    scales: tuple[float, ...] | None = None  # first click without a box: window sides tried (x context); 2D default FIRST_SCALES
+    rule: str | None = None        # how the first click's window is chosen among `scales`; 2D default FIRST_RULE
 
     def __post_init__(self) -> None:
-        if not self.scales or any(not m > 0 for m in self.scales):
+        if self.scales is not None and (not self.scales or any(not m > 0 for m in self.scales)):
             raise ValueError(f"focus scales must be positive multiples of the context, got {self.scales}")
-        if self.rule not in SCALE_RULES:
+        if self.rule is not None and self.rule not in SCALE_RULES:
             raise ValueError(f"focus rule must be one of {', '.join(SCALE_RULES)}, got {self.rule!r}")
         if self.context is not None and self.context < 1:
             raise ValueError(f"focus context must be at least 1 voxel, got {self.context}")
@@ -92,8 +92,9 @@ class FocusConfig:
             expand=self.expand,
             min_size=self.min_size or max(1, int(cfg.input_size * MIN_SIZE_FACTOR)),
             context_mm=context_mm,
-            scales=tuple(self.scales),
-            rule=self.rule,
+            # 3D keeps one first-click cube (chosen on dev-split-3d before the scale choice existed)
+            scales=tuple(self.scales) if self.scales is not None else (FIRST_SCALES if cfg.spatial_dims == 2 else (1.0,)),
+            rule=self.rule or (FIRST_RULE if cfg.spatial_dims == 2 else "fixed"),
         )
 
     def context_for(self, spacing: Sequence[float] | None) -> int:

@@ -10,7 +10,12 @@ from fedpoint.shared.config import AdaptationConfig
 
 
 def _engine(base, mode="frozen", **kw):
-    return SiteEngine.create(base, "norm", AdaptationConfig(mode=mode, lr=1e-2, **kw))
+    """One first-click window, so forward counts and window sizes are the crop's (the scale choice
+    has its own tests in test_box_prompt.py)."""
+    from fedpoint.shared.focus import FocusConfig
+
+    return SiteEngine.create(base, "norm", AdaptationConfig(mode=mode, lr=1e-2, **kw),
+                             focus=FocusConfig(scales=(1.0,), rule="fixed"))
 
 
 class _Constant(torch.nn.Module):
