@@ -63,6 +63,12 @@ def blob():
     return blob_image
 
 
+@pytest.fixture(scope="session")
+def blob_maker():
+    """`blob_image` for fixtures of a wider scope than `blob` (module- or session-scoped)."""
+    return blob_image
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "hostile: hostile inputs and faults against the site service (run by default)")
 

@@ -50,6 +50,14 @@ def robustness(
     """Honest site-rounds rejected, and each attack's bank displacement against its honest twin."""
     import logging
 
+    from fedpoint.extras import MissingExtraError, check_installed
+
+    try:
+        check_installed("flwr", feature="fedpoint bench robustness (the coordinator's strategy)")
+    except MissingExtraError as err:
+        from fedpoint.cli.errors import fail
+
+        fail(str(err))
     from fedpoint.benchmarks.robustness import run
 
     logging.getLogger("flwr").setLevel(logging.ERROR)  # after flwr's import: one line per rejection and version otherwise

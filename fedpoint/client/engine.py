@@ -111,6 +111,11 @@ class SiteEngine:
     def scheduler(self) -> EpisodeScheduler | None:
         return self.slots[self.task].scheduler
 
+    @scheduler.setter
+    def scheduler(self, scheduler: EpisodeScheduler | None) -> None:
+        """Replace the primary task's episode scheduler (tests and callers that build their own)."""
+        self.slots[self.task].scheduler = scheduler
+
     @classmethod
     def create(cls, base: str | Path | None = None, adapter: AdapterConfig | str = "norm",
                adaptation: AdaptationConfig | None = None, store: SiteStore | str | Path | None = None,

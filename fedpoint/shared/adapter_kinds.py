@@ -90,7 +90,9 @@ def _freeze_a(cfg: Any) -> bool:
 # applied, never on an evaluation dataset (docs/engine.md, "Choosing the defaults"). Honest deltas
 # of a round have an RMS of 1e-4..1e-2; `full` moves every weight of the base, so its cap is tighter.
 ADAPTER_KINDS: dict[str, AdapterKind] = {kind.name: kind for kind in (
-    AdapterKind("norm", "instance-norm affine weights and biases (CLoPA's IN group)", lr=1e-3, delta_rms_cap=0.1),
+    # norm: 1e-4 since the box base (re-chosen on the dev split, 2026-12-07); the others were chosen on
+    # the click-only base before it and not re-swept.
+    AdapterKind("norm", "instance-norm affine weights and biases (CLoPA's IN group)", lr=1e-4, delta_rms_cap=0.1),
     AdapterKind("norm+stem", "the norm affines plus the input stem and the output head (CLoPA's IN+Conv group)",
                 lr=1e-4, delta_rms_cap=0.1),
     AdapterKind("full", "every parameter (the full-model FedAvg baseline)", lr=1e-4, delta_rms_cap=0.05,

@@ -19,10 +19,8 @@ from service_helpers import train_blob_base  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def blob_base(tmp_path_factory):
-    from conftest import blob_image
-
-    return train_blob_base(tmp_path_factory.mktemp("judge-base") / "blob2d", blob_image)
+def blob_base(tmp_path_factory, blob_maker):
+    return train_blob_base(tmp_path_factory.mktemp("judge-base") / "blob2d", blob_maker)
 
 
 def _engine(base, judge: bool, store):

@@ -22,6 +22,7 @@ BASE = {"torch", "monai", "numpy", "scipy", "pydantic", "pydantic_core", "typer"
 EXTRA_MODULES = {
     "fedpoint.server": "federation",  # the coordinator (ServerApp, strategy): Flower
     "fedpoint.client.client_app": "federation",  # the SuperNode's ClientApp: Flower
+    "fedpoint.benchmarks.robustness": "federation",  # drives the coordinator's strategy: Flower
 }
 
 
