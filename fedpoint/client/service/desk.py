@@ -18,12 +18,12 @@ import logging
 import threading
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedpoint.client.engine import SiteEngine
+from fedpoint.client.service.compute import FairCompute
 from fedpoint.client.service.site_config import SiteServiceConfig
 from fedpoint.client.service.images import ImageError, LoadedImage
 from fedpoint.client.service.journal import write_cases
@@ -61,7 +61,7 @@ class AnnotationDesk:
         self.sessions, self.audit, self.training = sessions, audit, training
         self.store: SiteStore = engine.store
         self.model_cfg = engine.model.model_cfg
-        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedpoint-model")
+        self._compute = FairCompute("fedpoint-model")  # one model thread, users served in turn
         self.requests: dict[str, list[str]] = {}  # idempotency key -> the cases its request saved
         self.cases_by_image = self._index_cache()
         self.accepts = 0
@@ -226,7 +226,7 @@ class AnnotationDesk:
             # On one long-lived thread: torch's OpenMP pool belongs to the calling thread, and the web
             # server's worker threads change from request to request (a new pool each time doubled
             # the click latency over HTTP).
-            mask = self._compute.submit(entry.session.click, local, positive).result()
+            mask = self._compute.submit(user, entry.session.click, local, positive).result()
             seconds = time.perf_counter() - t0
             step = entry.session.steps[-1]
             result = ClickResult(mask, z, len(entry.session.steps), seconds, step.predict_ms, step.update_ms)
@@ -243,7 +243,7 @@ class AnnotationDesk:
         entry = self.session(loaded, user, z, structure)
         with entry.lock:
             t0 = time.perf_counter()
-            mask = self._compute.submit(entry.session.box, lo_i, hi_i).result()
+            mask = self._compute.submit(user, entry.session.box, lo_i, hi_i).result()
             seconds = time.perf_counter() - t0
             step = entry.session.steps[-1]
             result = ClickResult(mask, z, len(entry.session.steps), seconds, step.predict_ms, step.update_ms)
