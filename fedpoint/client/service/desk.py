@@ -222,18 +222,21 @@ class AnnotationDesk:
         with entry.lock:
             if len(entry.session.steps) >= self.config.max_points:
                 raise InputError(f"a session takes at most {self.config.max_points} clicks; accept or undo")
-            t0 = time.perf_counter()
-            # On one long-lived thread: torch's OpenMP pool belongs to the calling thread, and the web
-            # server's worker threads change from request to request (a new pool each time doubled
-            # the click latency over HTTP).
-            mask = self._compute.submit(user, entry.session.click, local, positive).result()
-            seconds = time.perf_counter() - t0
-            step = entry.session.steps[-1]
-            result = ClickResult(mask, z, len(entry.session.steps), seconds, step.predict_ms, step.update_ms)
-        self.last_click_ms = seconds * 1e3
+            result = self._interact(entry, user, z, entry.session.click, local, positive)
         result.problems = self.audit.record(user, "click", image_id, slice=z, structure=entry.structure, point=list(map(int, local)),
                           positive=bool(positive), clicks=result.clicks)
         return result
+
+    def _interact(self, entry: OpenSession, user: str, z: int | None, action, *args) -> ClickResult:
+        """One click or box of a session (the caller holds `entry.lock`), timed, on the model's thread:
+        torch's OpenMP pool belongs to the calling thread, and the web server's worker threads change
+        from request to request (a new pool each time doubled the click latency over HTTP)."""
+        t0 = time.perf_counter()
+        mask = self._compute.submit(user, action, *args).result()
+        seconds = time.perf_counter() - t0
+        step = entry.session.steps[-1]
+        self.last_click_ms = seconds * 1e3
+        return ClickResult(mask, z, len(entry.session.steps), seconds, step.predict_ms, step.update_ms)
 
     def box(self, image_id: str, user: str, lo, hi, slice_index: int | None = None, structure: str | None = None,
             field: str = "box") -> ClickResult:
@@ -242,14 +245,9 @@ class AnnotationDesk:
         z, lo_i, hi_i = self.locate_box(loaded, lo, hi, slice_index, field)
         entry = self.session(loaded, user, z, structure)
         with entry.lock:
-            t0 = time.perf_counter()
-            mask = self._compute.submit(user, entry.session.box, lo_i, hi_i).result()
-            seconds = time.perf_counter() - t0
-            step = entry.session.steps[-1]
-            result = ClickResult(mask, z, len(entry.session.steps), seconds, step.predict_ms, step.update_ms)
-        self.last_click_ms = seconds * 1e3
-        self.audit.record(user, "box", image_id, slice=z, structure=entry.structure, lo=list(lo_i),
-                          hi=[int(h) - 1 for h in hi_i])
+            result = self._interact(entry, user, z, entry.session.box, lo_i, hi_i)
+        result.problems = self.audit.record(user, "box", image_id, slice=z, structure=entry.structure, lo=list(lo_i),
+                                            hi=[int(h) - 1 for h in hi_i])
         return result
 
     def existing(self, image_id: str, user: str, slice_index: int | None, structure: str | None = None) -> OpenSession:

@@ -160,7 +160,8 @@ def api_router(state: ServiceState, require) -> APIRouter:
         return {"mask": mask_payload(desk.slice_of(result.mask, shown)), "slice": shown, "structure": structure,
                 "mask_slices": mask_slices(result.mask), "clicks": clicks_of(entry, result.slice),
                 "box": box_of(entry, result.slice), "server_ms": round(result.seconds * 1e3, 2),
-                "predict_ms": round(result.predict_ms, 2), "update_ms": 0.0}
+                "predict_ms": round(result.predict_ms, 2), "update_ms": 0.0,
+                **({"after_effects": result.problems} if result.problems else {})}
 
     @router.post("/sessions/{image_id}/undo")
     def undo(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:
