@@ -24,7 +24,6 @@ import numpy as np
 
 from fedpoint.client.online_guard import Snapshot, restore, snapshot
 from fedpoint.shared.metrics import dice_auc
-from fedpoint.shared.simulated_user import simulate
 
 Case = tuple[np.ndarray, np.ndarray]  # (image, accepted mask)
 
@@ -45,15 +44,7 @@ def replay_score(model, cases: list[Case], clicks: int) -> ReplayScore:
     """The simulated user (deterministic) on each case against its accepted mask, no updates."""
     nocs, aucs = [], []
     for image, mask in cases:
-        image_t = model.image_tensor(image)
-        prev = None
-
-        def predict(chosen):
-            nonlocal prev
-            prev, _ = model.predict_focused(image_t, chosen, prev)
-            return prev[0, 0].bool().cpu().numpy()
-
-        dices = [step.dice for step in simulate(predict, mask, clicks, fill=True)]
+        dices = model.replay(image, mask, clicks)
         nocs.append(next((k + 1 for k, d in enumerate(dices) if d >= 0.90), clicks + 1))
         aucs.append(dice_auc(dices))
     return ReplayScore(float(np.mean(nocs)), float(np.mean(aucs)))

@@ -140,6 +140,22 @@ class SiteModel:
         mask = self.predict(image_t, clicks, prev, window, box)
         return enforce_clicks(mask, clicks), window
 
+    def replay(self, image: np.ndarray, mask: np.ndarray, clicks: int) -> list[float]:
+        """Dice after each click of the deterministic simulated user on one image against `mask`,
+        predicting as a session shows it (focus windows, click rule), no updates; a user who stops
+        at a perfect mask fills the budget (`simulate(fill=True)`)."""
+        from fedpoint.shared.simulated_user import simulate
+
+        image_t = self.image_tensor(image)
+        prev = None
+
+        def predict(chosen):
+            nonlocal prev
+            prev, _ = self.predict_focused(image_t, chosen, prev)
+            return prev[0, 0].bool().cpu().numpy()
+
+        return [step.dice for step in simulate(predict, mask, clicks, fill=True)]
+
     # ------------------------------------------------------------------------------ updates
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
