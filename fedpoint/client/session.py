@@ -75,8 +75,9 @@ class AnnotationSession:
     """Interactive annotation of one image with optional online updates on each click and on accept.
 
     With a mid-interaction update, the mask shown for a click is the prediction made before the
-    update (the pseudo-label the update learns from); the update benefits later clicks. Set
-    `repredict=True` to predict again after the update instead (one more forward per click).
+    update (the pseudo-label the update learns from); the update benefits later clicks. With
+    `repredict` (default: the adaptation config's) the updated model predicts again and that mask is
+    shown, as You Point, I Learn does (one more forward per click when the guard is off).
     """
 
     model: SiteModel
@@ -87,13 +88,15 @@ class AnnotationSession:
     steps: list[Step] = field(default_factory=list)
     accepted: np.ndarray | None = None
     post_ms: float = 0.0
-    repredict: bool = False
+    repredict: bool | None = None  # None: AdaptationConfig.repredict
     post_window: FocusWindow | None = None
     rejected: list[dict] = field(default_factory=list)  # online updates the guard rolled back, with reasons
     spacing: tuple[float, ...] | None = None  # mm per spatial axis: windows are cubes in mm (None: voxels)
     drawn_box: Box | None = None  # the box the session started with, if any
 
     def __post_init__(self) -> None:
+        if self.repredict is None:
+            self.repredict = self.model.adapt_cfg.repredict
         cfg = self.model.model_cfg
         self.image = check_image(self.image, cfg.spatial_dims, cfg.image_channels)
         try:

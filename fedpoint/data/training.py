@@ -680,18 +680,25 @@ def list_training(data_dir: Path | None = None) -> list[dict]:
 DEV_DATASET = "dev-split"
 
 
-def dev_dataset(data_dir: Path | None = None, slices_per_volume: int = 4, min_pixels: int = 30, whole: bool = False):
+def dev_dataset(data_dir: Path | None = None, slices_per_volume: int = 4, min_pixels: int = 30, whole: bool = False,
+                only: tuple[str, ...] = ()):
     """The dev images as an evaluation `Dataset` (2D cases), for choosing defaults with the one
     evaluation entry point (`fedpoint evaluate --data dev-split`). Volumes give
     `slices_per_volume` evenly spaced slices along their last axis through the labelled extent;
     every label value with at least `min_pixels` on a case is an object. With `whole`
     (`dev-split-large`), a case's one object is its whole labelled region (every label at once): the
     dev split's large structures, the scale of a lung field or a body. Never an evaluation
-    dataset's data: `load_training` refuses those."""
+    dataset's data: `load_training` refuses those. `only`: the dev images whose names start with
+    one of these (`dev-split:skimage-cell`, one structure type for an adaptation stream)."""
     from fedpoint.data.types import Case, Dataset, LabelledObject
 
+    unknown = [n for n in only if not any(d.startswith(n) or n.startswith(d) for d in DEV_IMAGES)]
+    if unknown:
+        raise DataError(_training_dir(data_dir), f"{', '.join(unknown)}: not a dev image ({', '.join(sorted(DEV_IMAGES))})")
     cases = []
     for item in load_training(data_dir, split="dev"):
+        if only and not item.name.startswith(only):
+            continue
         planes = [(item.image, item.labels, "")]
         if item.labels.ndim == 3:
             zs = np.flatnonzero(item.labels.reshape(-1, item.labels.shape[-1]).any(0))
@@ -710,7 +717,7 @@ def dev_dataset(data_dir: Path | None = None, slices_per_volume: int = 4, min_pi
                                   item.modality, objects, source=item.meta.get("origin", item.source)))
     if not cases:
         raise DataError(_training_dir(data_dir), f"no dev image is prepared; run `{PREPARE_COMMAND}`")
-    return Dataset(DEV_DATASET + ("-large" if whole else ""), "mixed", cases, source="dev split of the pre-training sources (DEV_IMAGES)",
+    return Dataset(DEV_DATASET + ("-large" if whole else "") + (":" + ",".join(only) if only else ""), "mixed", cases, source="dev split of the pre-training sources (DEV_IMAGES)",
                    labels="mixed")
 
 

@@ -149,6 +149,8 @@ class AdaptationConfig(_Strict):
     judge_clicks: int = Field(5, ge=1, le=20, description="clicks the judge's simulated user makes on each")
     judge_every: int = Field(4, ge=1, le=100, description="every n-th accepted case is held back (the first included)")
     judge_tolerance: float = Field(0.01, ge=0, le=1.0, description="Dice-AUC fall allowed at equal NoC@90")
+    repredict: bool = Field(False, description="after a mid update, show the updated model's mask (You Point, I "
+                            "Learn) instead of the one it learnt from")
     mid_steps: int = Field(1, ge=0, le=20)
     post_steps: int = Field(1, ge=0, le=20)
     post_clicks: int = Field(10, ge=0, le=100, description="artificial clicks in stage 2, largest error components")

@@ -42,8 +42,19 @@ class EvaluationSpec(BaseModel):
     guard: bool = Field(True, description="the online guard (off only to measure what it prevents)")
     guard_consistency: Optional[float] = Field(None, ge=0, le=1, description="override the guard's mid threshold (tuning only)")
     guard_tolerance: Optional[float] = Field(None, ge=0, le=1, description="override the guard's post tolerance (tuning only)")
+    tune: dict = Field(default_factory=dict, description="other AdaptationConfig fields to override (tuning and "
+                       "ablations on the dev split only), e.g. {'judge': True, 'mid_steps': 3}")
     route: Optional[Literal["propagate", "3d"]] = Field(None, description="volumes: 'propagate' (the 2D base "
                                                          "through the slices) or '3d' (the 3D base); clicks are interactions on the volume")
+
+    @field_validator("tune")
+    @classmethod
+    def _tune(cls, fields: dict) -> dict:
+        fixed = sorted(set(fields) & {"mode", "lr", "seed", "guard", "guard_consistency", "guard_tolerance"})
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)}: a field of the spec itself, not of `tune`")
+        AdaptationConfig(**fields)  # unknown fields and bad values refused here, by name
+        return fields
 
     @field_validator("adapter")
     @classmethod
@@ -124,7 +135,7 @@ def run_evaluation(spec: EvaluationSpec, store: Path, data_dir: Path | None = No
 
     samples, skipped = load_stream(spec, data_dir)
     overrides = {k: v for k in ("guard_consistency", "guard_tolerance") if (v := getattr(spec, k)) is not None}
-    adaptation = AdaptationConfig(mode=spec.mode, lr=spec.lr, seed=spec.seed, guard=spec.guard, **overrides)
+    adaptation = AdaptationConfig(mode=spec.mode, lr=spec.lr, seed=spec.seed, guard=spec.guard, **overrides, **spec.tune)
     engine = SiteEngine.create(route_base(spec), AdapterConfig(kind=spec.adapter), adaptation, store,
                                campaign_size=len(samples), background_episodes=False, adapter_dir=adapter_dir,
                                focus=focus_config(spec))
