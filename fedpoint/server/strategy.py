@@ -804,3 +804,111 @@ def _split_updates(record: ArrayRecord | None) -> dict[str, dict[str, np.ndarray
         bank, _, name = key.partition(BANK_SEPARATOR)
         out.setdefault(bank, {})[name] = array
     return out
+class NoisedBankStrategy(BankStrategy):
+    """The bank strategy inside Flower's central-DP wrapper: `aggregate_train` hands the round's
+    update to `PrivateBankStrategy`, which commits it once the noise is added."""
+
+    commits_round = False
+
+
+class PrivateBankStrategy(DifferentialPrivacyClientSideFixedClipping):
+    """Flower's central DP with client-side fixed clipping around the bank strategy: sites clip
+    their deltas (`fixedclipping_mod`), Flower adds Gaussian noise to each bank's aggregated update,
+    and only then are the banks written. Flower skips a round in which any site failed."""
+
+    def __init__(self, banks: NoisedBankStrategy, noise_multiplier: float, clipping_norm: float, num_sampled_clients: int,
+                 accountant: PrivacyAccountant | None = None):
+        if banks.commits_round:  # it would write every round's versions before the noise
+            raise TypeError(f"central DP wraps a NoisedBankStrategy, not a {type(banks).__name__}")
+        super().__init__(banks, noise_multiplier, clipping_norm, num_sampled_clients)
+        self.privacy = accountant  # fedpoint's (Flower's own `accountant` refuses weighted, screened rounds)
+        self.available = num_sampled_clients
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self.num_sampled_clients = max(len(messages), 1)  # the noise scale divides by the real sample
+        self.available = max(len(list(grid.get_node_ids())), self.num_sampled_clients)
+        if self.privacy is not None:  # stop before a round the budget cannot pay for (projected as the last one)
+            last = self.privacy.events[-1][1] if self.privacy.events else self.noise_multiplier
+            self.privacy.check_next(self.num_sampled_clients / self.available, last, self.strategy.federation_round(server_round))
+        return messages
+
+    def noise_stdv(self) -> float:
+        return compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        updates, metrics = super().aggregate_train(server_round, replies)
+        dp = {"noise_multiplier": self.noise_multiplier, "clipping_norm": self.clipping_norm,
+              "sampled_sites": self.num_sampled_clients, "noise_stdv": self.noise_stdv(), "mechanism": "client-side fixed clipping"}
+        if self.privacy is not None:
+            dp |= self.account(server_round, released=updates is not None)
+        self.strategy.commit(server_round, updates, dp)
+        if metrics is not None:
+            metrics["dp-noise-multiplier"] = float(self.noise_multiplier)
+            metrics["dp-noise-stdv"] = float(dp["noise_stdv"])
+        return updates, metrics
+
+    def account(self, server_round: int, released: bool) -> dict:
+        """The round's event for the accountant (when noised updates are released) and epsilon after
+        it; BudgetExceeded, before anything is written, when this very round would pass the budget."""
+        bank = self.strategy
+        pending = bank._pending if bank._pending and bank._pending["round"] == server_round else None
+        out = {"delta": self.privacy.delta, "sampling_rate": self.num_sampled_clients / self.available,
+               "accountant": "RDP (dp-accounting)"}
+        shares = weight_shares(pending["accepted"], bank._targets) if released and pending else {}
+        z = round_noise_multiplier(self.noise_stdv(), self.clipping_norm, shares)
+        if math.isfinite(z):  # inf: no site's delta moved any bank (all weights 0), nothing to count
+            self.privacy.check_next(out["sampling_rate"], z, bank.federation_round(server_round))
+            out["effective_noise_multiplier"] = z
+            self.privacy.record(out["sampling_rate"], z)
+        out["epsilon"] = self.privacy.epsilon()
+        return out
+
+
+def weight_shares(accepted: list[Reply], targets) -> dict[str, list[float]]:
+    """Per site, its weight share in each bank its reply fed (`targets(reply)` names them)."""
+    totals: dict[str, float] = {}
+    for r in accepted:
+        for bank in targets(r):
+            totals[bank] = totals.get(bank, 0.0) + float(r.weight)
+    return {r.site_id: [float(r.weight) / totals[b] for b in targets(r) if totals[b] > 0] for r in accepted}
+
+
+PRIVACY = ("none", "central-dp")  # the strategy variants, by name (CoordinatorConfig.privacy)
+
+
+def build_strategy(privacy: str, store: BankStore, *, noise_multiplier: float = 0.0, clipping_norm: float = 1.0,
+                   accountant: PrivacyAccountant | None = None, **settings) -> BankStrategy | PrivateBankStrategy:
+    """The strategy Flower runs for a privacy variant; `settings` are BankStrategy's. Under central
+    DP the noise scale starts from `min_train_nodes` sites (it follows the real sample each round),
+    and `accountant` (if given) counts epsilon and stops at its budget.
+    The bank strategy itself is the result under "none", its `.strategy` under "central-dp"."""
+    if privacy == "none":
+        return BankStrategy(store, **settings)
+    if privacy == "central-dp":
+        banks = NoisedBankStrategy(store, **settings)
+        if accountant is not None and banks.rule != "weighted-mean":
+            raise ValueError(f"the privacy accountant counts the weighted-mean rule, not {banks.rule!r}: "
+                             "set aggregation-rule = \"weighted-mean\" under central DP")
+        return PrivateBankStrategy(banks, noise_multiplier, clipping_norm, banks.min_train_nodes, accountant)
+    raise ValueError(f"unknown privacy variant {privacy!r} (known: {', '.join(PRIVACY)})")
+
+
+def bank_strategy_of(runner: BankStrategy | PrivateBankStrategy) -> BankStrategy:
+    """The bank strategy a runner from `build_strategy` drives (the one that keeps the ledger)."""
+    return runner if isinstance(runner, BankStrategy) else runner.strategy
+
+
+# ------------------------------------------------------------------------------ helpers
+def _queries(nodes: Iterable[int]) -> list[Message]:
+    """The identity query (also a silent node's probe): an empty config, answered with who the site is."""
+    return [Message(RecordDict({P.CONFIG: ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
+            for n in nodes]
+
+
+def _split_updates(record: ArrayRecord | None) -> dict[str, dict[str, np.ndarray]]:
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key, array in decode_arrays(record).items():
+        bank, _, name = key.partition(BANK_SEPARATOR)
+        out.setdefault(bank, {})[name] = array
+    return out

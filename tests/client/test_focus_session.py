@@ -142,6 +142,20 @@ def test_repredict_after_the_mid_update_is_optional(tiny_base_2d, large_2d):
     assert counts == {(False, False): 3, (False, True): 4, (True, False): 4, (True, True): 4}
 
 
+def test_repredict_follows_the_adaptation_config(tiny_base_2d, large_2d):
+    image, _ = large_2d
+    assert _engine(tiny_base_2d, "mid").open(image).repredict is False
+    engine = _engine(tiny_base_2d, "mid", repredict=True)
+    engine.model.online_guard.enabled = False
+    shapes: list = []
+    hook = _record_inputs(engine.model.net, shapes)
+    session = engine.open(image)
+    session.click((332, 132), True)
+    session.click((300, 100), False)
+    hook.remove()
+    assert session.repredict is True and len(shapes) == 4  # the updated model predicted again
+
+
 def test_episodes_train_and_score_in_focus_windows(tiny_base_2d, large_2d):
     image, mask = large_2d
     engine = _engine(tiny_base_2d, "mid+post")
