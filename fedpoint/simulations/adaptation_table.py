@@ -43,9 +43,9 @@ def _done(out: Path) -> set[tuple]:
     return {(r["data"], r["shift"], r["seed"], r["mode"]) for r in rows}
 
 
-def run_table(datasets, shifts, seeds, images: int, clicks: int, out: Path) -> None:
+def run_table(datasets, shifts, seeds, images: int, clicks: int, out: Path, modes=MODES) -> None:
     done = _done(out)
-    cells = [(d, s, seed, m) for d in datasets for s in shifts for seed in seeds for m in MODES]
+    cells = [(d, s, seed, m) for d in datasets for s in shifts for seed in seeds for m in modes]
     todo = [c for c in cells if c not in done]
     print(f"{len(cells)} runs, {len(cells) - len(todo)} already in {out}", flush=True)
     for n, (data, shift, seed, mode) in enumerate(todo, 1):
@@ -69,13 +69,16 @@ def table(rows: list[dict]) -> list[dict]:
     out = []
     for data, shift in dict.fromkeys((r["data"], r["shift"]) for r in rows):
         for mode in MODES[1:]:
-            d3, n90, rej, seeds = [], [], 0, []
+            d3, n90, d3_late, n90_late, rej, seeds = [], [], [], [], 0, []
             for (dd, ss, seed, mm), r in by.items():
                 frozen = by.get((dd, ss, seed, "frozen"))
                 if (dd, ss, mm) != (data, shift, mode) or frozen is None:
                     continue
                 d3.append(np.mean(r["dice3"]) - np.mean(frozen["dice3"]))
                 n90.append(np.mean(r["noc90"]) - np.mean(frozen["noc90"]))
+                half = len(r["dice3"]) // 2  # the second half of the stream: where harm would grow
+                d3_late.append(np.mean(r["dice3"][half:]) - np.mean(frozen["dice3"][half:]))
+                n90_late.append(np.mean(r["noc90"][half:]) - np.mean(frozen["noc90"][half:]))
                 rej += r["guard_rejected"]
                 seeds.append(seed)
             if seeds:
@@ -84,7 +87,9 @@ def table(rows: list[dict]) -> list[dict]:
                             "frozen_dice3": float(np.mean([np.mean(f["dice3"]) for f in frozen])),
                             "frozen_noc90": float(np.mean([np.mean(f["noc90"]) for f in frozen])),
                             "d_dice3": float(np.mean(d3)), "d_noc90": float(np.mean(n90)), "rejected": rej,
-                            "within_bar": bool(np.mean(d3) >= -DICE_BAR and np.mean(n90) <= NOC_BAR)})
+                            "d_dice3_second": float(np.mean(d3_late)), "d_noc90_second": float(np.mean(n90_late)),
+                            "within_bar": bool(np.mean(d3) >= -DICE_BAR and np.mean(n90) <= NOC_BAR),
+                            "within_bar_second": bool(np.mean(d3_late) >= -DICE_BAR and np.mean(n90_late) <= NOC_BAR)})
     return out
 
 
@@ -117,16 +122,19 @@ def demo_cells() -> set:
 def show(path: Path) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     cells = table(rows)
-    print("| dataset | shift | mode | seeds | frozen Dice@3 | dDice@3 (pts) | frozen NoC@90 | dNoC@90 | rejected | within bar |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| dataset | shift | mode | seeds | frozen Dice@3 | dDice@3 (pts) | frozen NoC@90 | dNoC@90 | rejected | within bar "
+          "| 2nd half dDice@3, dNoC@90 | within bar |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for c in cells:
         print(f"| {c['data']} | {c['shift']} | {c['mode']} | {c['seeds']} | {c['frozen_dice3']:.3f} | "
               f"{100 * c['d_dice3']:+.1f} | {c['frozen_noc90']:.2f} | {c['d_noc90']:+.2f} | {c['rejected']} | "
-              f"{'yes' if c['within_bar'] else '**no**'} |")
+              f"{'yes' if c['within_bar'] else '**no**'} | {100 * c['d_dice3_second']:+.1f}, {c['d_noc90_second']:+.2f} | "
+              f"{'yes' if c['within_bar_second'] else '**no**'} |")
     for mode in MODES[1:]:
         mine = [c for c in cells if c["mode"] == mode]
         if mine:
-            print(f"{mode}: {sum(c['within_bar'] for c in mine)}/{len(mine)} cells within the bar; "
+            print(f"{mode}: {sum(c['within_bar'] for c in mine)}/{len(mine)} cells within the bar "
+                  f"({sum(c['within_bar_second'] for c in mine)} over the second half); "
                   f"mean dDice@3 {100 * np.mean([c['d_dice3'] for c in mine]):+.2f} pts, "
                   f"mean dNoC@90 {np.mean([c['d_noc90'] for c in mine]):+.3f}")
     for mode in MODES[1:]:
@@ -152,13 +160,14 @@ def main(argv=None) -> None:
     run.add_argument("--seeds", default="0,1,2")
     run.add_argument("--images", type=int, default=8)
     run.add_argument("--clicks", type=int, default=10)
+    run.add_argument("--modes", default=",".join(MODES), help="comma-separated, frozen included")
     view = sub.add_parser("show")
     view.add_argument("path", type=Path)
     args = parser.parse_args(argv)
     if args.what == "run":
         shifts = args.shifts.split(",") if args.shifts else demo_shifts()
         run_table(args.datasets.split(","), shifts, [int(s) for s in args.seeds.split(",")], args.images,
-                  args.clicks, args.out)
+                  args.clicks, args.out, tuple(args.modes.split(",")))
     else:
         show(args.path)
 
