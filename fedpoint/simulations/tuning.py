@@ -200,8 +200,10 @@ ABLATION_ARMS: dict[str, dict] = {
     "judge-not-guard": {"guard": False, "tune": {"judge": True}},
     "steps-3": {"tune": {"mid_steps": 3, "post_steps": 3}},
     "lr-x3": {"lr_factor": 3.0},
+    "lr-x10": {"lr_factor": 10.0},
     "norm+stem": {"adapter": "norm+stem"},
     "lora": {"adapter": "lora"},
+    "full": {"adapter": "full"},
     "episodes": {"mode": "mid+post+episodes", "tune": {"episode_min_cases": 4}},
 }
 ABLATION_METRICS = (("noc90", False), ("noc85", False), ("dice1", True), ("dice3", True))
