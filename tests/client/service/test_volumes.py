@@ -89,7 +89,12 @@ def test_a_box_on_one_slice_propagates_then_corrections_undo_and_accept(packaged
     undone = c.post("/api/volumes/vol/undo", params={"slice": 16}, json={}).json()
     assert undone["user_slices"] == [12] and undone["mask"] == before["mask"]
 
+    model = live.state.engine.model  # the 2D base with the site's adapter serves the route, and learns from its accept
+    entry = live.state.volumes.sessions.get(("vol", "web", None, live.state.desk.structure(None)))
+    assert entry.session.model is model
+    steps = model.steps
     accepted = c.post("/api/volumes/vol/accept", json={"request_id": "vol-1"}).json()
+    assert model.steps > steps, "the user slice's post-interaction update did not run on the site's adapter"
     assert accepted["slices"] == sorted(held) and accepted["route"] == "propagate"
     assert accepted["cases"] == [f"vol.z{z:04d}" for z in sorted(held)], accepted
     assert "after_effects" not in accepted
