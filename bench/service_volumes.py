@@ -10,7 +10,9 @@ reading and normalising the file is not a click's work); each interaction's time
 trip of that click (the propagation included; reading the 3D mask back for the simulated user is
 not timed). The same
 clicks are then replayed on a `PropagationSession` in this process: the ratio is the service's
-overhead. Last, one MONAI Label `/infer` of the volume (a new client, one point): the reply's bytes
+overhead. The service's CPU time per interaction (`server_cpu_ms`, the process's CPU time over the
+click; with `--threads 1` the work alone, which other jobs on a loaded machine do not inflate) is
+reported beside the wall times. Last, one MONAI Label `/infer` of the volume (a new client, one point): the reply's bytes
 and seconds. Prints one JSON line per volume and a summary (p50/p95 per interaction).
 """
 
@@ -75,6 +77,7 @@ def run_volume(url: str, image_id: str, truth: np.ndarray, spacing, clicks: int)
         body = reply.json()
         mask = volume_mask(client, image_id, truth.shape, body["mask_slices"])
         rows.append({"click": list(click.point), "positive": click.positive, "http_ms": ms, "server_ms": body["server_ms"],
+                     "server_cpu_ms": body["server_cpu_ms"],
                      "slices_predicted": body["slices_predicted"], "dice": dice(mask, truth)})
     client.post(f"/api/volumes/{image_id}/discard", json={})
     # MONAI Label: one infer of the whole volume for a new client
@@ -88,17 +91,18 @@ def run_volume(url: str, image_id: str, truth: np.ndarray, spacing, clicks: int)
             "infer_bytes": len(reply.content)}
 
 
-def in_process(engine, image: np.ndarray, spacing, rows: list[dict]) -> list[float]:
-    """The same clicks on a PropagationSession in this process (no HTTP, no service)."""
+def in_process(engine, image: np.ndarray, spacing, rows: list[dict]) -> tuple[list[float], list[float]]:
+    """The same clicks on a PropagationSession in this process (no HTTP, no service): wall and CPU ms."""
     from fedpoint.client.propagation import open_volume
 
     session = open_volume(engine, image, "bench", spacing)
-    out = []
+    wall, cpu = [], []
     for row in rows:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         session.click(row["click"], row["positive"])
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
+        wall.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
+    return wall, cpu
 
 
 def main(argv=None) -> None:
@@ -107,6 +111,7 @@ def main(argv=None) -> None:
     parser.add_argument("--objects", default="lesion,tumour", help="object names to annotate (the lesion volumes)")
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--limit", type=int, default=2, help="volumes per dataset")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1: CPU time measures the work alone)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
@@ -133,17 +138,20 @@ def main(argv=None) -> None:
                         break
         config = make_service_config({"site": "bench", "modality": "CT", "store": str(Path(tmp) / "store"),
                                       "images": str(images), "base": "base2d", "token": TOKEN, "mode": "frozen",
-                                      "bank_poll_s": 3600}, "bench")
+                                      "bank_poll_s": 3600, "threads": args.threads}, "bench")
         app, server, thread, url = serve(config)
         engine = SiteEngine.create(None, "norm", AdaptationConfig(mode="frozen"))
         try:
             for image_id, (truth, spacing, _) in truths.items():
                 rec = run_volume(url, image_id, truth, spacing, args.clicks)
                 loaded = app.state.service.desk.load(image_id)
-                rec["in_process_ms"] = in_process(engine, loaded.model_input, loaded.spacing, rec["rows"])
+                rec["in_process_ms"], rec["in_process_cpu_ms"] = in_process(engine, loaded.model_input, loaded.spacing,
+                                                                            rec["rows"])
                 results.append(rec)
                 print(json.dumps({"image": image_id, "http_ms": [round(r["http_ms"]) for r in rec["rows"]],
                                   "in_process_ms": [round(v) for v in rec["in_process_ms"]],
+                                  "server_cpu_ms": [round(r["server_cpu_ms"]) for r in rec["rows"]],
+                                  "in_process_cpu_ms": [round(v) for v in rec["in_process_cpu_ms"]],
                                   "slices_predicted": [r["slices_predicted"] for r in rec["rows"]],
                                   "dice": [round(r["dice"], 3) for r in rec["rows"]],
                                   "infer_s": round(rec["infer_s"], 2), "infer_bytes": rec["infer_bytes"]}), flush=True)
@@ -152,11 +160,13 @@ def main(argv=None) -> None:
             thread.join(30)
     http = np.array([r["http_ms"] for rec in results for r in rec["rows"]])
     local = np.array([v for rec in results for v in rec["in_process_ms"]])
+    cpu = np.array([r["server_cpu_ms"] for rec in results for r in rec["rows"]])
     summary = {"volumes": len(results), "interactions": int(http.size),
                "http_p50_s": float(np.percentile(http, 50)) / 1e3, "http_p95_s": float(np.percentile(http, 95)) / 1e3,
                "in_process_p50_s": float(np.percentile(local, 50)) / 1e3,
                "in_process_p95_s": float(np.percentile(local, 95)) / 1e3,
                "http_over_in_process_p50": float(np.percentile(http, 50) / np.percentile(local, 50)),
+               "server_cpu_p50_s": float(np.percentile(cpu, 50)) / 1e3, "server_cpu_p95_s": float(np.percentile(cpu, 95)) / 1e3,
                "infer_s": [round(r["infer_s"], 3) for r in results], "infer_bytes": [r["infer_bytes"] for r in results]}
     print(json.dumps(summary))
     if args.out:

@@ -252,7 +252,8 @@ def info(state: ServiceState) -> dict:
             "labels": config.label_values,
             "dimension": dims,
             "description": f"{dims}D click model, adapter {state.engine.adapter.kind}, mode {config.mode}"
-                           + ("; a volume is annotated slice by slice (last axis)" if dims == 2 else ""),
+                           + ("; a volume: params.route propagate (default: the mask carried through the slices) "
+                              "or slice (one slice at a time, last axis)" if dims == 2 else ""),
         }},
         "trainers": {MODEL_NAME: {"description": "a training episode on the site's annotation cache"}},
         "strategies": {name: {"description": text} for name, text in CHOICES.items()},

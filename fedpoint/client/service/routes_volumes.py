@@ -47,7 +47,8 @@ def payload(view: VolumeView, shown: int) -> dict:
     """A view as the page draws it: the shown slice's mask, the slices the 3D mask holds, the prompts."""
     return {"route": view.route, "slice": shown, "mask": mask_payload(view.mask[..., shown]),
             "mask_slices": view.mask_slices, "user_slices": view.user_slices, "clicks": view.clicks,
-            "boxes": view.boxes, "server_ms": round(view.seconds * 1e3, 2), "slices_predicted": view.predicted,
+            "boxes": view.boxes, "server_ms": round(view.seconds * 1e3, 2),
+            "server_cpu_ms": round(view.cpu_seconds * 1e3, 2), "slices_predicted": view.predicted,
             **({"after_effects": view.problems} if view.problems else {})}
 
 

@@ -78,6 +78,7 @@ class VolumeView:
     boxes: list[dict]  # {"lo": [x, y, z], "hi": [x, y, z]}: first and last voxel, on one slice
     user_slices: list[int]
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # the service process's CPU time over the interaction (other load does not inflate it)
     predicted: int = 0  # slices the last interaction predicted
     problems: list[str] | None = None
 
@@ -199,7 +200,7 @@ class VolumeOperations:
         steps = session.interactions
         boxes = [{"lo": [*b.lo, z], "hi": [*(h - 1 for h in b.hi), z]} for z, b in sorted(session.user_boxes.items())]
         return VolumeView(PROPAGATE, np.array(session.mask), [c.as_dict() for c in session.clicks], boxes,
-                          session.user_slices, seconds, steps[-1].predicted if steps else 0)
+                          session.user_slices, seconds=seconds, predicted=steps[-1].predicted if steps else 0)
 
     @staticmethod
     def _view_3d(loaded: LoadedImage, entry: OpenSession | None, seconds: float = 0.0) -> VolumeView:
@@ -210,7 +211,7 @@ class VolumeOperations:
         boxes = [] if box is None else [{"lo": list(box.lo), "hi": [h - 1 for h in box.hi]}]
         clicks = [c.as_dict() for c in session.clicks]
         return VolumeView(THREE_D, np.asarray(session.mask, bool), clicks, boxes,
-                          sorted({int(c.point[-1]) for c in session.clicks}), seconds, 1)
+                          sorted({int(c.point[-1]) for c in session.clicks}), seconds=seconds, predicted=1)
 
     # ---------------------------------------------------------------------------------- interaction
     def click(self, image_id: str, user: str, point, positive: bool, route: str | None = None,
@@ -257,14 +258,16 @@ class VolumeOperations:
         session: PropagationSession = entry.session
         progress = self.progress_of(entry.key)
         progress.start(_reach(session, z) - 1)  # the slices it may carry the mask to
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             self.desk._compute.submit(user, _volume_call, action, *args).result()  # the desk's one model thread
         finally:
             progress.running = False
         seconds = time.perf_counter() - t0
         self.desk.last_click_ms = seconds * 1e3
-        return self._view_propagated(session, seconds)
+        view = self._view_propagated(session, seconds)
+        view.cpu_seconds = time.process_time() - c0
+        return view
 
     def undo(self, image_id: str, user: str, route: str | None = None, structure: str | None = None) -> VolumeView:
         loaded, route = self.volume(image_id, route)
