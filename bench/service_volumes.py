@@ -123,41 +123,42 @@ def main(argv=None) -> None:
 
     wanted = set(args.objects.split(","))
     results = []
-    with tempfile.TemporaryDirectory(prefix="fedpoint-bench-volumes-") as tmp:
-        images = Path(tmp) / "images"
-        images.mkdir()
-        truths = {}
-        for name in args.datasets.split(","):
-            dataset = load_dataset(name)
+    engine = SiteEngine.create(None, "norm", AdaptationConfig(mode="frozen"))
+    for name in args.datasets.split(","):  # one site per dataset: its modality normalises its images
+        dataset = load_dataset(name)
+        with tempfile.TemporaryDirectory(prefix="fedpoint-bench-volumes-") as tmp:
+            images = Path(tmp) / "images"
+            images.mkdir()
+            truths = {}
             for case in dataset.cases[: args.limit]:
                 for obj in case.objects:
                     if obj.name in wanted:
                         image_id = f"{case.case_id}-{obj.name}"
                         _save_nifti(images / f"{image_id}.nii.gz", case.image[0], case.spacing)
-                        truths[image_id] = (obj.mask.astype(bool), case.spacing, dataset.modality)
+                        truths[image_id] = (obj.mask.astype(bool), case.spacing)
                         break
-        config = make_service_config({"site": "bench", "modality": "CT", "store": str(Path(tmp) / "store"),
-                                      "images": str(images), "base": "base2d", "token": TOKEN, "mode": "frozen",
-                                      "bank_poll_s": 3600, "threads": args.threads}, "bench")
-        app, server, thread, url = serve(config)
-        engine = SiteEngine.create(None, "norm", AdaptationConfig(mode="frozen"))
-        try:
-            for image_id, (truth, spacing, _) in truths.items():
-                rec = run_volume(url, image_id, truth, spacing, args.clicks)
-                loaded = app.state.service.desk.load(image_id)
-                rec["in_process_ms"], rec["in_process_cpu_ms"] = in_process(engine, loaded.model_input, loaded.spacing,
-                                                                            rec["rows"])
-                results.append(rec)
-                print(json.dumps({"image": image_id, "http_ms": [round(r["http_ms"]) for r in rec["rows"]],
-                                  "in_process_ms": [round(v) for v in rec["in_process_ms"]],
-                                  "server_cpu_ms": [round(r["server_cpu_ms"]) for r in rec["rows"]],
-                                  "in_process_cpu_ms": [round(v) for v in rec["in_process_cpu_ms"]],
-                                  "slices_predicted": [r["slices_predicted"] for r in rec["rows"]],
-                                  "dice": [round(r["dice"], 3) for r in rec["rows"]],
-                                  "infer_s": round(rec["infer_s"], 2), "infer_bytes": rec["infer_bytes"]}), flush=True)
-        finally:
-            server.should_exit = True
-            thread.join(30)
+            config = make_service_config({"site": "bench", "modality": dataset.modality, "store": str(Path(tmp) / "store"),
+                                          "images": str(images), "base": "base2d", "token": TOKEN, "mode": "frozen",
+                                          "bank_poll_s": 3600, "threads": args.threads}, "bench")
+            app, server, thread, url = serve(config)
+            try:
+                for image_id, (truth, spacing) in truths.items():
+                    rec = run_volume(url, image_id, truth, spacing, args.clicks)
+                    loaded = app.state.service.desk.load(image_id)
+                    rec["in_process_ms"], rec["in_process_cpu_ms"] = in_process(engine, loaded.model_input,
+                                                                                loaded.spacing, rec["rows"])
+                    results.append(rec)
+                    print(json.dumps({"image": image_id, "modality": dataset.modality,
+                                      "http_ms": [round(r["http_ms"]) for r in rec["rows"]],
+                                      "in_process_ms": [round(v) for v in rec["in_process_ms"]],
+                                      "server_cpu_ms": [round(r["server_cpu_ms"]) for r in rec["rows"]],
+                                      "in_process_cpu_ms": [round(v) for v in rec["in_process_cpu_ms"]],
+                                      "slices_predicted": [r["slices_predicted"] for r in rec["rows"]],
+                                      "dice": [round(r["dice"], 3) for r in rec["rows"]],
+                                      "infer_s": round(rec["infer_s"], 2), "infer_bytes": rec["infer_bytes"]}), flush=True)
+            finally:
+                server.should_exit = True
+                thread.join(30)
     http = np.array([r["http_ms"] for rec in results for r in rec["rows"]])
     local = np.array([v for rec in results for v in rec["in_process_ms"]])
     cpu = np.array([r["server_cpu_ms"] for rec in results for r in rec["rows"]])
