@@ -7,6 +7,9 @@ the slice before it (`click_prompt`: its mask as the previous-mask input and a p
 its deepest point), and propagation stops where the prediction vanishes or stops overlapping the
 slice it came from. One session, one 3D mask.
 
+A box on a slice (a 2D base that takes a box) starts that slice's interaction again, with the box as
+its prompt (it stays an input of the slice's later clicks), and propagates like a click.
+
 A correction (a click on any slice) continues that slice's own interaction (its clicks so far and
 its current mask as the previous mask), makes it a *user slice*, and propagates from it outward
 until the next user slice on each side: user slices are never changed by propagation, and the
@@ -31,10 +34,11 @@ import numpy as np
 import torch
 
 from fedpoint.shared.clicker import deepest_point
-from fedpoint.shared.clicks import Click, check_point, check_spacing
+from fedpoint.shared.clicks import Box, Click, check_box, check_point, check_spacing
 
 if TYPE_CHECKING:
     from fedpoint.client.engine import SiteEngine
+    from fedpoint.client.session import AnnotationSession
 
 NO_SOURCE = -1  # a slice no interaction has reached
 
@@ -109,28 +113,34 @@ class PropagationConfig:
 
 @dataclass
 class Interaction:
-    """One click on the volume and what it cost: the slices predicted (the clicked one included)
-    and the wall time of the click and its propagation."""
+    """One click (or box) on the volume and what it cost: the slices predicted (the clicked one
+    included) and the wall time of the interaction and its propagation."""
 
-    click: Click
+    click: Click | None  # None: a box (`box`, on slice `z`)
     predicted: int
     ms: float
     changed: dict[int, tuple[np.ndarray, int]] = field(default_factory=dict, repr=False)  # undo: old mask, source
     clicks_before: list[Click] | None = field(default=None, repr=False)  # the slice's clicks before (None: not a user slice)
+    z: int = 0
+    box: Box | None = None  # the box drawn (2D, on slice z)
+    box_before: Box | None = field(default=None, repr=False)
 
 
 class PropagationSession:
     """One volume annotated with the 2D base by one person: click, undo, accept.
 
     `click` takes a voxel of the volume (the last axis picks the slice) and returns the 3D mask;
-    `slices_reached` says where it is. `accept` sends each user slice's final mask through the
-    engine's accept (the post-interaction update and the site's cache, as 2D cases named
-    `<case_id>.z0042`): the 2D base and its adapters learn from the slices a person worked on."""
+    `box` a box on one slice; `slices_reached` says where it is. `accept` sends each user slice's
+    final mask through the engine's accept (the post-interaction update and the site's cache, as 2D
+    cases named `<case_id>.z0042`): the 2D base and its adapters (`task`'s, None: the primary
+    one) learn from the slices a person worked on. `on_progress(slice)` is called after each
+    slice a propagation predicts (a page shows how far a long run is)."""
 
     def __init__(self, engine: "SiteEngine", volume: np.ndarray, case_id: str = "volume",
                  spacing: Sequence[float] | None = None, prompt: Prompt = click_prompt,
-                 config: PropagationConfig | None = None, on_progress: Callable[[int], None] | None = None):
-        model = engine.model
+                 config: PropagationConfig | None = None, on_progress: Callable[[int], None] | None = None,
+                 task: str | None = None):
+        model = engine.slot(task).model
         if model.model_cfg.spatial_dims != 2:
             raise VolumeInputError("propagation carries 2D predictions through slices: it needs a 2D base "
                                    "(a 3D base annotates the volume in one session of its own)")
@@ -143,16 +153,18 @@ class PropagationSession:
             self.spacing = check_spacing(spacing, 3)
         except ValueError as err:
             raise VolumeInputError(str(err)) from None
-        self.engine, self.model, self.case_id = engine, model, case_id
+        self.engine, self.model, self.case_id, self.task = engine, model, case_id, task
         self.prompt, self.config, self.on_progress = prompt, config or PropagationConfig(), on_progress
         self.spatial_shape = tuple(volume.shape[1:])
         # slice-major copies: a slice is one contiguous block
         self._slices = np.ascontiguousarray(np.moveaxis(volume.astype(np.float32, copy=False), -1, 0))
         self._mask = np.zeros((self.spatial_shape[-1], *self.spatial_shape[:-1]), dtype=bool)
         self.source = np.full(self.spatial_shape[-1], NO_SOURCE, dtype=np.int64)
-        self.user_clicks: dict[int, list[Click]] = {}
+        self.user_clicks: dict[int, list[Click]] = {}  # every user slice (a box's slice too) -> its clicks
+        self.user_boxes: dict[int, Box] = {}
         self.interactions: list[Interaction] = []
         self.accepted: np.ndarray | None = None
+        self.slice_sessions: dict[int, "AnnotationSession"] = {}  # after accept: each user slice's 2D session
 
     # --------------------------------------------------------------------------- state
     @property
@@ -164,11 +176,15 @@ class PropagationSession:
 
     @property
     def clicks(self) -> list[Click]:
-        return [i.click for i in self.interactions]
+        return [i.click for i in self.interactions if i.click is not None]
 
     @property
     def user_slices(self) -> list[int]:
         return sorted(self.user_clicks)
+
+    def slice_image(self, z: int) -> np.ndarray:
+        """Slice z of the volume, (C, x, y) float32: the image a 2D case of that slice holds."""
+        return self._slices[z]
 
     def slices_reached(self) -> list[int]:
         return [int(z) for z in np.flatnonzero(self._mask.reshape(len(self._mask), -1).any(1))]
@@ -184,13 +200,40 @@ class PropagationSession:
             raise VolumeInputError(str(err)) from None
         t0 = time.perf_counter()
         z, click = p[-1], Click(p[:-1], bool(positive))
-        step = Interaction(Click(p, bool(positive)), 0, 0.0, clicks_before=self.user_clicks.get(z))
+        step = Interaction(Click(p, bool(positive)), 0, 0.0, clicks_before=self.user_clicks.get(z), z=z,
+                           box_before=self.user_boxes.get(z))
         clicks = [*self.user_clicks.get(z, []), click]
         current = self._mask[z]
-        pred = self._predict(z, clicks, current if current.any() else None)
+        pred = self._predict(z, clicks, current if current.any() else None, self.user_boxes.get(z))
         for c in clicks:  # the click rule on the clicked slice
             pred[c.point] = c.positive
         self.user_clicks[z] = clicks
+        return self._run(step, z, pred, t0)
+
+    def box(self, lo: Sequence[float], hi: Sequence[float], z: int) -> np.ndarray:
+        """A box on slice `z` from corner `lo` to corner `hi` (exclusive; [x, y]): that slice's
+        interaction starts again from the box, then propagates outward; returns the 3D mask."""
+        if self.accepted is not None:
+            raise VolumeInputError("this annotation was already accepted")
+        if not self.model.model_cfg.takes_box:
+            raise VolumeInputError("this base takes no box prompt (it was trained with clicks only): start with a click")
+        n = self.spatial_shape[-1]
+        if isinstance(z, bool) or not isinstance(z, (int, np.integer)) or not 0 <= z < n:
+            raise VolumeInputError(f"slice {z} is outside the volume ({n} slices)")
+        try:
+            box = check_box(lo, hi, self.spatial_shape[:-1])
+        except ValueError as err:
+            raise VolumeInputError(str(err)) from None
+        t0 = time.perf_counter()
+        z = int(z)
+        step = Interaction(None, 0, 0.0, clicks_before=self.user_clicks.get(z), z=z, box=box,
+                           box_before=self.user_boxes.get(z))
+        pred = self._predict(z, [], None, box)
+        self.user_clicks[z], self.user_boxes[z] = [], box
+        return self._run(step, z, pred, t0)
+
+    def _run(self, step: Interaction, z: int, pred: np.ndarray, t0: float) -> np.ndarray:
+        """Write the user slice's new mask, propagate from it both ways, record the interaction."""
         self._write(step, z, pred, z)
         step.predicted = 1
         for direction in (1, -1):
@@ -208,16 +251,22 @@ class PropagationSession:
         step = self.interactions.pop()
         for z, (old, src) in step.changed.items():
             self._mask[z], self.source[z] = old, src
-        z = step.click.point[-1]
+        z = step.z
         if step.clicks_before is None:
             self.user_clicks.pop(z, None)
         else:
             self.user_clicks[z] = step.clicks_before
+        if step.box_before is None:
+            self.user_boxes.pop(z, None)
+        else:
+            self.user_boxes[z] = step.box_before
         return self.mask
 
-    def accept(self, mask: np.ndarray | None = None) -> np.ndarray:
+    def accept(self, mask: np.ndarray | None = None, into_cache: bool = True) -> np.ndarray:
         """Accept the 3D mask (or one the person edited). Each user slice that holds the object goes
-        through the engine's accept as a 2D case (post update; the cache when the engine has one)."""
+        through the engine's accept as a 2D case (post update; the cache when the engine has one,
+        unless `into_cache` is False: then the caller stores the cases, as the site service does
+        in one all-or-none write); its 2D session is kept in `slice_sessions`."""
         if self.accepted is not None:
             raise VolumeInputError("this annotation was already accepted")
         final = self.mask if mask is None else np.asarray(mask)
@@ -229,8 +278,10 @@ class PropagationSession:
         for z in self.user_slices:
             plane = np.ascontiguousarray(final[..., z])
             if plane.any():
-                session = self.engine.open(self._slices[z], f"{self.case_id}.z{z:04d}")
+                session = self.engine.open(self._slices[z], f"{self.case_id}.z{z:04d}", into_cache=into_cache,
+                                           task=self.task)
                 self.engine.accept(session, plane)
+                self.slice_sessions[z] = session
         self.accepted = final.copy()
         return self.accepted
 
@@ -238,7 +289,8 @@ class PropagationSession:
         """What happened, for logs and evaluation (no image data)."""
         return {
             "case_id": self.case_id,
-            "clicks": [i.click.as_dict() for i in self.interactions],
+            "clicks": [i.click.as_dict() for i in self.interactions if i.click is not None],
+            "boxes": {int(z): b.as_dict() for z, b in self.user_boxes.items()},
             "interaction_ms": [round(i.ms, 3) for i in self.interactions],
             "slices_predicted": [i.predicted for i in self.interactions],
             "user_slices": self.user_slices,
@@ -278,20 +330,21 @@ class PropagationSession:
         self._mask[z] = mask
         self.source[z] = source if mask.any() else NO_SOURCE
 
-    def _predict(self, z: int, clicks: list[Click], prev: np.ndarray | None) -> np.ndarray:
+    def _predict(self, z: int, clicks: list[Click], prev: np.ndarray | None, box: Box | None = None) -> np.ndarray:
         """The 2D base on slice z through the focus crop: the window `SiteModel.window_for` picks
-        for these clicks and this previous mask, the prediction pasted back (bool, the slice's shape)."""
+        for these clicks, this previous mask and the slice's box, the prediction pasted back (bool,
+        the slice's shape)."""
         model = self.model
         shape = self._mask.shape[1:]
         spacing = None if self.spacing is None else self.spacing[:-1]
-        window = model.window_for(clicks, prev, shape, spacing)
+        window = model.window_for(clicks, prev, shape, spacing, box=box)
         prev_t = None if prev is None else torch.as_tensor(prev, device=model.device).reshape(1, 1, *shape).float()
-        out = model.predict(model.image_tensor(self._slices[z]), clicks, prev_t, window)
+        out = model.predict(model.image_tensor(self._slices[z]), clicks, prev_t, window, box)
         return out[0, 0].cpu().numpy() > 0.5
 
 
 def open_volume(engine: "SiteEngine", volume: np.ndarray, case_id: str = "volume",
                 spacing: Sequence[float] | None = None, **options) -> PropagationSession:
     """A propagation session on `volume` ((C, x, y, slices) or (x, y, slices)) with the engine's 2D
-    model; `options` go to `PropagationSession` (prompt, config, on_progress)."""
+    model; `options` go to `PropagationSession` (prompt, config, on_progress, task)."""
     return PropagationSession(engine, volume, case_id, spacing, **options)

@@ -144,3 +144,28 @@ def test_the_stop_rule_and_the_gate():
     assert np.array_equal(PropagationConfig(band=None).gate(grown, image, neighbour, image), grown)
     with pytest.raises(ValueError, match="max_growth"):
         PropagationConfig(max_growth=0.5)
+
+
+def test_a_box_on_one_slice_propagates_and_undo_takes_it_back(engine):
+    image, truth = _ellipsoid()
+    session = open_volume(engine, image, "vol", spacing=(1.0, 1.0, 2.0))
+    xs, ys = np.nonzero(truth[..., 12])
+    out = session.box((xs.min(), ys.min()), (xs.max() + 1, ys.max() + 1), 12)
+    assert {11, 12, 13} <= set(session.slices_reached()) <= _slices(truth)
+    assert dice(out[..., 12], truth[..., 12]) > 0.8 and session.user_slices == [12] and session.clicks == []
+    session.click((32, 32, 12))  # a click on the box's slice keeps the box as an input
+    assert session.user_boxes[12].lo == (xs.min(), ys.min()) and session.record()["boxes"]
+    session.undo()
+    assert session.user_slices == [12] and 12 in session.user_boxes
+    assert not session.undo().any() and session.user_slices == [] and not session.user_boxes
+    with pytest.raises(VolumeInputError, match="outside the volume"):
+        session.box((1, 1), (5, 5), 24)
+
+
+def test_accept_without_the_cache_keeps_each_user_slice_session(engine, tmp_path):
+    image, truth = _ellipsoid()
+    session = open_volume(engine, image, "vol", spacing=(1.0, 1.0, 2.0))
+    session.click((32, 32, 12))
+    session.accept(into_cache=False)
+    assert list(session.slice_sessions) == [12] and session.slice_sessions[12].accepted is not None
+    assert session.slice_image(12).shape == (1, 64, 64)

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
-from fedpoint.client.service import monailabel, routes_web
+from fedpoint.client.service import monailabel, routes_volumes, routes_web
 from fedpoint.client.service.site_config import SiteServiceConfig
 from fedpoint.client.service.desk import Conflict
 from fedpoint.client.service.images import ImageError
@@ -121,6 +121,7 @@ def create_app(config: SiteServiceConfig, state: ServiceState | None = None) -> 
 
     app.include_router(routes_web.page_router())
     app.include_router(routes_web.api_router(state, guard.require))
+    app.include_router(routes_volumes.volume_router(state, guard.require))
     app.include_router(monailabel.router(state, guard.require))
     app.include_router(monailabel.auth_router(guard))
 

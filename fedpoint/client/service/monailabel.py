@@ -40,6 +40,7 @@ from fedpoint.shared.clicks import Box, Click
 
 if TYPE_CHECKING:  # the state builds this module's LabelOperations
     from fedpoint.client.service.state import ServiceState
+    from fedpoint.client.service.volumes import VolumeOperations
 
 MODEL_NAME = "fedpoint"
 DEFAULT_CLIENT = "monailabel"
@@ -79,18 +80,20 @@ class LabelOperations:
     """MONAI Label's label work on the desk: `infer` brings a user's sessions to a client's points,
     `save_label` puts a client's final label into the cache through the sessions' accept."""
 
-    def __init__(self, desk: AnnotationDesk):
-        self.desk = desk
+    def __init__(self, desk: AnnotationDesk, volumes: "VolumeOperations | None" = None):
+        self.desk, self.volumes = desk, volumes
 
     def infer(self, image_id: str, user: str, foreground: list, background: list,
-              structure: str | None = None, roi: list | None = None, roi_slice: int | None = None) -> tuple[np.ndarray, dict]:
+              structure: str | None = None, roi: list | None = None, roi_slice: int | None = None,
+              route: str | None = None) -> tuple[np.ndarray, dict]:
         """Bring the user's sessions on this image to exactly these points (and box); returns (label volume, params).
 
         Clients send every point each time. Points the session already has are kept (no repeated
         update); a point that disappeared undoes back to before it; new points are clicked in order.
         `roi` is a box as MONAI Label's SAM2 integration sends it, [x0, y0, x1, y1] (end exclusive;
         `roi_slice` its slice on a volume annotated slice by slice) or [x0, y0, z0, x1, y1, z1]; it
-        starts its session, and a changed box starts the session again.
+        starts its session, and a changed box starts the session again. On a volume, `route`
+        (`volumes.ROUTES`; default the site's) picks how: `propagate` is `VolumeOperations.infer`.
         """
         desk = self.desk
         loaded = desk.load(image_id)
@@ -100,11 +103,14 @@ class LabelOperations:
             raise InputError("give at least one foreground or background point, or a box (params.roi)")
         if len(foreground) + len(background) > max_points:
             raise InputError(f"{len(foreground) + len(background)} points; at most {max_points} are accepted")
+        if roi is not None and len(roi) not in (4, 6):
+            raise InputError(f"params.roi: {len(roi)} numbers; give [x0, y0, x1, y1] or [x0, y0, z0, x1, y1, z1]")
+        if self.volumes is not None and (route is not None or loaded.ndim == 3):
+            if self.volumes.route_for(loaded, route, "params.route") == "propagate":
+                return self.volumes.infer(loaded, user, structure, foreground, background, roi, roi_slice)
         groups: dict[int | None, list[Click]] = {}
         boxes: dict[int | None, Box] = {}
         if roi is not None:
-            if len(roi) not in (4, 6):
-                raise InputError(f"params.roi: {len(roi)} numbers; give [x0, y0, x1, y1] or [x0, y0, z0, x1, y1, z1]")
             half = len(roi) // 2
             lo, hi = list(roi[:half]), [v - 1 for v in roi[half:]]  # MONAI Label's roi ends are exclusive
             z, lo_i, hi_i = desk.locate_box(loaded, lo, hi, roi_slice, field="params.roi")
@@ -184,6 +190,9 @@ class LabelOperations:
         area = mask.reshape(-1, mask.shape[-1]).sum(axis=0)
         mine = desk.sessions.of_user(loaded.id, user, structure)
         clicked = [e.slice for e in mine if area[e.slice] > 0]
+        if self.volumes is not None:  # the slices a person worked on in a propagated volume count as clicked
+            clicked += [z for z in self.volumes.user_slices(loaded.id, user, structure) if area[z] > 0 and z not in clicked]
+            self.volumes.close(loaded.id, user, structure)
         largest = [int(z) for z in np.argsort(-area, kind="stable") if area[z] > 0 and int(z) not in clicked]
         chosen = (clicked + largest)[: desk.config.max_label_slices]
         for entry in mine:
@@ -243,7 +252,8 @@ def info(state: ServiceState) -> dict:
             "labels": config.label_values,
             "dimension": dims,
             "description": f"{dims}D click model, adapter {state.engine.adapter.kind}, mode {config.mode}"
-                           + ("; a volume is annotated slice by slice (last axis)" if dims == 2 else ""),
+                           + ("; a volume: params.route propagate (default: the mask carried through the slices) "
+                              "or slice (one slice at a time, last axis)" if dims == 2 else ""),
         }},
         "trainers": {MODEL_NAME: {"description": "a training episode on the site's annotation cache"}},
         "strategies": {name: {"description": text} for name, text in CHOICES.items()},
@@ -296,7 +306,8 @@ def router(state: ServiceState, require) -> APIRouter:
         check_result_format(extension, dtype)  # a bad format fails before any click
         user = _client(request, named, getattr(state, "guard", None))
         label_volume, reply = state.labels.infer(valid_id(image), user, request.foreground or [],
-                                                 request.background or [], request.label, request.roi, request.roi_slice)
+                                                 request.background or [], request.label, request.roi, request.roi_slice,
+                                                 request.route)
         if output == "json":
             return reply
         data = label_file_bytes(label_volume, state.desk.load(image).affine, extension, dtype)

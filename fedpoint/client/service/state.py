@@ -5,6 +5,7 @@ serves every clinician. The owners the routers call:
 
 - `desk` (`desk.AnnotationDesk`): open sessions, their slice geometry, accept-to-cache, the cache index;
 - `labels` (`monailabel.LabelOperations`): MONAI Label's infer and label saves, on the desk;
+- `volumes` (`volumes.VolumeOperations`): a whole volume by a route (propagation, 3D), its progress;
 - `next_image` (`next_image.NextImageChoice`): which image to annotate next;
 - `training`, `banks`, `images`/`pacs`, `sessions`, `audit`: episodes, bank deliveries, the image
   sources, the session registry and the audit log.
@@ -25,6 +26,7 @@ from fedpoint.client.service.next_image import NextImageChoice
 from fedpoint.client.service.sessions import SessionRegistry
 from fedpoint.client.service.training import Training
 from fedpoint.client.service.users import AuditLog
+from fedpoint.client.service.volumes import VolumeOperations
 from fedpoint.client.site_store import SiteStore
 
 log = logging.getLogger("fedpoint.service")
@@ -50,7 +52,8 @@ class ServiceState:
         self.training = Training(self.engine)
         self.banks = BankWatcher(self.engine, config.bank_poll_s)
         self.desk = AnnotationDesk(config, self.engine, self.images, self.pacs, self.sessions, self.audit, self.training)
-        self.labels = LabelOperations(self.desk)
+        self.volumes = VolumeOperations(self.desk)  # whole-volume annotations (propagation) and their progress
+        self.labels = LabelOperations(self.desk, self.volumes)
         self.next_image = NextImageChoice(self.desk, config.al_candidates)
 
     def start(self) -> None:

@@ -61,6 +61,7 @@ class InferParams(BaseModel):
     roi_slice: SliceIndex | None = None
     client_id: StrictStr | None = None
     label: StrictStr | None = None  # the structure the points are for (a segment's name); default the first
+    route: StrictStr | None = None  # a volume: propagate, 3d or slice (`volumes.ROUTES`); default the site's
     result_extension: StrictStr | None = None  # OHIF asks for ".nrrd"; default ".nii.gz"
     result_dtype: StrictStr | None = None      # default "uint8"
 

@@ -144,8 +144,8 @@ def test_training_episode_on_request(live, site):
 
 
 def test_slicer_style_volume_infer_returns_the_slice(live):
-    c = live.client
-    params = {"foreground": [[20, 20, 5]], "background": [], "client_id": "slicer"}
+    c = live.client  # slice by slice on request (a 2D base's default for a volume is propagation)
+    params = {"foreground": [[20, 20, 5]], "background": [], "client_id": "slicer", "route": "slice"}
     reply = c.post("/infer/fedpoint", params={"image": "vol", "output": "image"}, data={"params": json.dumps(params)})
     assert reply.status_code == 200, reply.text
     image = nifti(reply.content)

@@ -275,3 +275,63 @@ def test_a_box_dragged_in_the_page_gives_a_mask_and_undo_removes_it(make_config,
         expect(viewer).to_have_attribute("data-box", "", timeout=60_000)
         expect(viewer).to_have_attribute("data-mask-area", "0")
         assert not errors, errors
+
+
+def test_a_box_on_one_slice_of_a_volume_shows_masks_on_its_neighbours(make_config, tmp_path):
+    """The propagation route in the page: a box drawn on one slice of a volume (the packaged 2D base)
+    is carried to the neighbouring slices; the page shows a progress while it runs, marks the
+    slices that hold the mask and draws the mask on a neighbour; accept stores every slice."""
+    from playwright.sync_api import expect
+    from test_volumes import write_volume_site
+
+    images = tmp_path / "volume-images"
+    truth = write_volume_site(images)
+    (images / "flat.npy").unlink()
+    store = tmp_path / "volume-store"
+    config = make_config(images=str(images), store=str(store), base="base2d")
+    with opened_page(config, viewport=(1000, 800)) as (live, page, errors):
+        viewer = page.locator("#viewer")
+        expect(viewer).to_have_attribute("data-image", "vol", timeout=60_000)
+        expect(viewer).to_have_attribute("data-route", "propagate")
+        expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)
+        expect(page.locator("#slice-value")).to_have_text("13 / 24")  # the middle slice, 12
+        meta = live.client.get("/api/images/vol").json()
+        canvas = page.locator("#canvas").bounding_box()
+        scale = min(canvas["width"] / 64, canvas["height"] / 64) * 0.94
+        left = canvas["x"] + (canvas["width"] - 64 * scale) / 2
+        top = canvas["y"] + (canvas["height"] - 64 * scale) / 2
+
+        def screen(x, y):
+            row = 63 - y if meta["flip_y"] else y
+            return left + (x + 0.5) * scale, top + (row + 0.5) * scale
+
+        xs, ys = np.nonzero(truth[..., 12])
+        model = live.state.engine.model
+        with model.lock:  # hold the model so the page shows the propagation's progress
+            page.mouse.move(*screen(xs.min(), ys.min()))
+            page.mouse.down()
+            page.mouse.move(*screen(xs.max(), ys.max()), steps=8)
+            page.mouse.up()
+            expect(page.locator("#volume-progress")).to_be_visible(timeout=60_000)
+            expect(page.locator("#volume-progress-text")).to_contain_text("0 / ≤ 23 slices")
+        expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)
+        expect(page.locator("#volume-progress")).to_be_hidden()
+        held = [int(z) for z in viewer.get_attribute("data-mask-slices").split(",")]
+        assert {11, 12, 13} <= set(held), held
+        assert viewer.get_attribute("data-user-slices") == "12"
+        expect(page.locator("#mask-slices")).to_contain_text("mask on slices")
+        expect(page.locator("#slice-marks span.user")).to_have_count(1)
+        expect(page.locator("#slice-marks span.on")).to_have_count(len(held) - 1)
+        page.keyboard.press("ArrowUp")  # the next slice: its propagated mask is drawn
+        expect(page.locator("#slice-value")).to_have_text("14 / 24")
+        expect(viewer).not_to_have_attribute("data-mask-area", "0", timeout=60_000)
+        area = int(viewer.get_attribute("data-mask-area"))
+        page.mouse.click(*screen(32, 32))  # a correction on this slice makes it a user slice
+        expect(viewer).to_have_attribute("data-user-slices", "12,13", timeout=60_000)
+        expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)
+        page.keyboard.press("Enter")
+        expect(viewer).to_have_attribute("data-accepted", "1", timeout=60_000)
+        assert not errors, errors
+    cases = sorted(p.name for p in (store / "cache").iterdir() if p.is_dir())
+    assert len(cases) >= 3 and "vol.z0012" in cases and "vol.z0013" in cases, cases
+    assert area > 0 and np.load(store / "cache" / "vol.z0013" / "mask.npy").any()

@@ -331,7 +331,8 @@ def test_orthanc_series_annotated_and_seg_stored_back(make_config, site, orthanc
         assert ohif.status_code == 200, ohif.text
         header = nrrd.read_header(io.BytesIO(ohif.content))
         assert header["type"] in ("uint16", "unsigned short") and list(header["sizes"]) == [24, 24, 6]
-        assert live.state.sessions.get((image_id, "monailabel", 4, "vessel")) is not None
+        # a volume on a 2D base: propagated from the clicked slice (the default route), one session per volume
+        assert live.state.volumes.user_slices(image_id, "monailabel", "vessel") == [4]
 
         # A label a MONAI Label client saves (a known one): the next SEG carries it, beside the accepted slice.
         known = np.zeros(hu.shape, np.uint8)

@@ -14,7 +14,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from service_helpers import LiveServer
+from service_helpers import TOKEN, LiveServer
 
 from fedpoint.client.service.users import UserRegistry
 
@@ -84,3 +84,25 @@ def test_monailabel_client_end_to_end(client_module, make_config, site, tmp_path
         status = client.train_status()
         assert status["status"] in ("NONE", "DONE", "RUNNING", "ERROR")
         assert client.train_status(check_if_running=True) in (True, False)
+
+
+@pytest.mark.slow
+def test_monailabel_client_gets_a_3d_label_of_a_volume_by_propagation(client_module, make_config, tmp_path):
+    """A click on one slice of a volume through MONAI Label's own client, on a 2D base: the label
+    that comes back is 3D, carried from the clicked slice to its neighbours (the default route)."""
+    import nibabel as nib
+    from test_volumes import SHAPE, slices_of, write_volume_site
+
+    images = tmp_path / "volume-images"
+    truth = write_volume_site(images)
+    with LiveServer(make_config(images=str(images), store=str(tmp_path / "store"), base="base2d")) as live:
+        client = client_module.MONAILabelClient(live.url, tmpdir=str(tmp_path), client_id="slicer")
+        client.update_auth(client.auth_token("site", TOKEN))
+        label_file, params = client.infer("fedpoint", "vol", {"foreground": [[32, 32, 12]]})
+        label = np.asarray(nib.load(label_file).dataobj)
+        assert label.shape == SHAPE and params["route"] == "propagate"
+        held = slices_of(label > 0)
+        assert {11, 12, 13} <= held <= slices_of(truth), sorted(held)
+        box_file, box_params = client.infer("fedpoint", "vol", {"roi": [20, 22, 45, 43], "roi_slice": 12})
+        boxed = np.asarray(nib.load(box_file).dataobj)
+        assert box_params["user_slices"] == [12] and len(slices_of(boxed > 0)) > 1

@@ -30,6 +30,10 @@ const S = {
   structures: [],      // [{name, value, color}] from /api/status
   structure: null,     // the structure being annotated (its own session per image)
   named: false,        // the token is a named user's: the page cannot rename them
+  route: null,         // a volume's route: "propagate" (one 3D mask, /api/volumes), "slice" or "3d" (/api/sessions)
+  routes: [],          // the routes the site's base runs for a volume, its default first
+  maskSlices: [],      // slices the volume's mask holds; userSlices: those the user worked on
+  userSlices: [],
 };
 const imageLayer = document.createElement("canvas");
 const maskLayer = document.createElement("canvas");
@@ -181,7 +185,88 @@ async function openImage(id) {
   buildPresets(meta);
   syncWindowSliders();
   document.querySelectorAll("#image-list li").forEach((li) => li.classList.toggle("current", li.dataset.id === id));
+  await chooseRoutes(volume);
   await showSlice(S.slice);
+}
+
+// ------------------------------------------------------------------------------------- volume routes
+// A volume on the propagation route is one annotation of the whole volume (/api/volumes): a box
+// or click on any slice carries the mask through the next slices; the slider's marks show which
+// slices hold it, and a progress bar shows a long propagation while it runs.
+function propagating() {
+  return S.route === "propagate";
+}
+
+async function chooseRoutes(volume) {
+  const select = $("route");
+  S.routes = [];
+  if (volume) {
+    try { S.routes = (await api(`/api/volumes/${encodeURIComponent(S.meta.id)}?slice=${S.slice}`)).routes || []; } catch (_) { S.routes = []; }
+  }
+  S.route = S.routes.includes(S.route) ? S.route : (S.routes[0] || null);
+  select.replaceChildren(...S.routes.map((r) => {
+    const o = document.createElement("option");
+    o.value = r;
+    o.textContent = { propagate: "propagate through slices", slice: "one slice at a time", "3d": "3D" }[r] || r;
+    return o;
+  }));
+  select.value = S.route || "";
+  select.hidden = $("route").previousElementSibling.hidden = S.routes.length < 2;
+  viewer.dataset.route = S.route || "";
+}
+
+$("route").addEventListener("change", (e) => {
+  S.route = e.target.value;
+  viewer.dataset.route = S.route;
+  if (S.meta) showSlice(S.slice).catch((err) => toast(err.message, true));
+});
+
+function volumePath(action = "") {
+  return `/api/volumes/${encodeURIComponent(S.meta.id)}${action ? "/" + action : ""}`;
+}
+
+function volumeBody(extra = {}) {
+  return { route: S.route, structure: S.structure, ...extra };
+}
+
+function drawSliceMarks(current = S.slice) {
+  const box = $("slice-marks");
+  if (!S.meta || S.meta.shape.length !== 3) { box.replaceChildren(); return; }
+  const on = new Set(S.maskSlices), user = new Set(S.userSlices);
+  box.replaceChildren(...Array.from({ length: S.meta.slices }, (_, z) => {
+    const span = document.createElement("span");
+    span.className = (user.has(z) ? "user" : on.has(z) ? "on" : "") + (z === current ? " current" : "");
+    return span;
+  }));
+}
+
+// While a volume's interaction runs, its progress is polled beside the pending request.
+function watchProgress(id) {
+  const el = $("volume-progress");
+  let stopped = false;
+  const poll = async () => {
+    if (stopped) return;
+    try {
+      const p = await api(`/api/volumes/${encodeURIComponent(id)}/progress${S.structure ? `?structure=${encodeURIComponent(S.structure)}` : ""}`);
+      if (stopped) return;
+      if (p.running) {
+        el.hidden = false;
+        $("volume-progress-bar").max = Math.max(p.total, 1);
+        $("volume-progress-bar").value = p.done;
+        $("volume-progress-text").textContent = `propagating · ${p.done} / ≤ ${p.total} slices`;
+        viewer.dataset.propagating = "1";
+        viewer.dataset.progressDone = String(p.done);
+      }
+    } catch (_) { /* the request itself reports errors */ }
+    if (!stopped) timer = setTimeout(poll, 200);
+  };
+  let timer = setTimeout(poll, 150);
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+    el.hidden = true;
+    viewer.dataset.propagating = "0";
+  };
 }
 
 async function showSlice(z) {
@@ -195,7 +280,9 @@ async function showSlice(z) {
     S.pixels.set(z, new Float32Array(await res.arrayBuffer()));
   }
   const which = S.structure ? `&structure=${encodeURIComponent(S.structure)}` : "";
-  const session = await api(`/api/sessions/${encodeURIComponent(S.meta.id)}?slice=${z}${which}`);
+  const session = propagating()
+    ? await api(`${volumePath()}?slice=${z}&route=${S.route}${which}`)
+    : await api(`/api/sessions/${encodeURIComponent(S.meta.id)}?slice=${z}${which}`);
   applySession(session);
   drawImageLayer();
   render();
@@ -213,7 +300,8 @@ function applySession(r) {
   S.mask = unpackMask(r.mask);
   S.area = r.mask.area;
   S.clicks = r.clicks || [];
-  S.box = r.box || null;
+  // a volume's boxes lie on their own slices: show the one on this slice
+  S.box = r.box || (r.boxes || []).find((b) => b.lo[2] === (r.slice ?? S.slice)) || null;
   viewer.dataset.box = S.box ? [...S.box.lo, ...S.box.hi].join(",") : "";
   viewer.dataset.maskArea = String(S.area);
   viewer.dataset.clicks = String(S.clicks.length);
@@ -224,6 +312,10 @@ function applySession(r) {
   const held = r.mask_slices;
   $("mask-slices").textContent = held && held.length ? `mask on ${sliceRanges(held)}` : "";
   viewer.dataset.maskSlices = held ? held.join(",") : "";
+  S.maskSlices = held || [];
+  S.userSlices = r.user_slices || [];
+  viewer.dataset.userSlices = S.userSlices.join(",");
+  drawSliceMarks();
   drawMaskLayer();
 }
 
@@ -383,9 +475,16 @@ function clickAt(point, positive) {
   const id = S.meta.id;
   const full = S.meta.shape.length === 3 ? [...point, S.slice] : point;
   return enqueue(async () => {
-    const r = await api(`/api/sessions/${encodeURIComponent(id)}/click`,
-      { method: "POST", json: { point: full, positive, structure: S.structure } });
+    const done = propagating() ? watchProgress(id) : () => {};
+    let r;
+    try {
+      r = propagating()
+        ? await api(`${volumePath("click")}`, { method: "POST", json: volumeBody({ point: full, positive }) })
+        : await api(`/api/sessions/${encodeURIComponent(id)}/click`,
+          { method: "POST", json: { point: full, positive, structure: S.structure } });
+    } finally { done(); }
     if (!S.meta || S.meta.id !== id) return;
+    if (propagating() && r.slice !== S.slice) r = await reshow();
     applySession(r);
     render();
     const total = performance.now() - t0;
@@ -400,15 +499,28 @@ function boxAt(a, b) {
   const lo = [Math.min(a[0], b[0]), Math.min(a[1], b[1])], hi = [Math.max(a[0], b[0]), Math.max(a[1], b[1])];
   const z = S.meta.shape.length === 3 ? [S.slice] : [];
   return enqueue(async () => {
-    const r = await api(`/api/sessions/${encodeURIComponent(id)}/box`,
-      { method: "POST", json: { lo: [...lo, ...z], hi: [...hi, ...z], structure: S.structure } });
+    const done = propagating() ? watchProgress(id) : () => {};
+    let r;
+    try {
+      r = propagating()
+        ? await api(`${volumePath("box")}`, { method: "POST", json: volumeBody({ lo: [...lo, ...z], hi: [...hi, ...z] }) })
+        : await api(`/api/sessions/${encodeURIComponent(id)}/box`,
+          { method: "POST", json: { lo: [...lo, ...z], hi: [...hi, ...z], structure: S.structure } });
+    } finally { done(); }
     if (!S.meta || S.meta.id !== id) return;
+    if (propagating() && r.slice !== S.slice) r = await reshow();
     applySession(r);
     render();
     const total = performance.now() - t0;
     $("hud-latency").innerHTML = `box → mask <b>${total.toFixed(0)} ms</b> · model ${r.server_ms.toFixed(0)} ms`;
     viewer.dataset.latencyMs = total.toFixed(1);
   });
+}
+
+// The user moved to another slice while the interaction ran: show that slice of the new mask.
+async function reshow() {
+  const which = S.structure ? `&structure=${encodeURIComponent(S.structure)}` : "";
+  return api(`${volumePath()}?slice=${S.slice}&route=${S.route}${which}`);
 }
 
 function sliceBody() {
@@ -455,7 +567,9 @@ function undo() {
   if (!S.meta) return;
   const id = S.meta.id;
   enqueue(async () => {
-    const r = await api(`/api/sessions/${encodeURIComponent(id)}/undo`, { method: "POST", json: sliceBody() });
+    const r = propagating()
+      ? await api(`${volumePath("undo")}?slice=${S.slice}`, { method: "POST", json: volumeBody() })
+      : await api(`/api/sessions/${encodeURIComponent(id)}/undo`, { method: "POST", json: sliceBody() });
     applySession(r);
     render();
   });
@@ -465,7 +579,8 @@ function discard() {
   if (!S.meta) return;
   const id = S.meta.id;
   enqueue(async () => {
-    await api(`/api/sessions/${encodeURIComponent(id)}/discard`, { method: "POST", json: sliceBody() });
+    if (propagating()) await api(volumePath("discard"), { method: "POST", json: volumeBody() });
+    else await api(`/api/sessions/${encodeURIComponent(id)}/discard`, { method: "POST", json: sliceBody() });
     applySession({ mask: { width: S.width, height: S.height, bits: "", area: 0 }, clicks: [], box: null });
     S.mask = new Uint8Array(S.width * S.height);
     drawMaskLayer();
@@ -477,16 +592,21 @@ function accept() {
   if (!S.meta) return;
   const id = S.meta.id;
   enqueue(async () => {
-    const r = await api(`/api/sessions/${encodeURIComponent(id)}/accept`, { method: "POST", json: sliceBody() });
+    const volume = propagating();
+    const r = volume
+      ? await api(volumePath("accept"), { method: "POST", json: volumeBody() })
+      : await api(`/api/sessions/${encodeURIComponent(id)}/accept`, { method: "POST", json: sliceBody() });
     S.accepted += 1;
     viewer.dataset.accepted = String(S.accepted);
-    const where = (r.slice === null || r.slice === undefined ? "" : ` slice ${r.slice + 1}`)
+    const n = (r.slices || r.cases || []).length;
+    const where = (volume ? ` (${n} slice${n === 1 ? "" : "s"})`
+      : r.slice === null || r.slice === undefined ? "" : ` slice ${r.slice + 1}`)
       + (S.structures.length > 1 ? ` · ${r.structure}` : "");
     toast(`Saved ${id}${where} to the annotation cache`);
     logLine(`accepted <b>${escapeHtml(id)}</b>${where} · update ${r.post_ms.toFixed(0)} ms`);
     await refreshImages();
     refreshStatus();
-    if ($("auto-next").checked && !S.meta.per_slice) {
+    if ($("auto-next").checked && (!S.meta.per_slice || volume)) {
       await nextImage();
     } else {
       await showSlice(S.slice);
@@ -602,6 +722,7 @@ function stepSlice(delta) {
 }
 function scheduleSlice(z) {
   $("slice-value").textContent = `${z + 1} / ${S.meta.slices}`;
+  drawSliceMarks(z);
   clearTimeout(sliceTimer);
   sliceTimer = setTimeout(() => showSlice(z).catch((err) => toast(err.message, true)), 60);
 }
