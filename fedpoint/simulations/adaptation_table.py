@@ -108,6 +108,8 @@ def pooled(rows: list[dict], mode: str, cells: set | None = None) -> dict:
             x.extend(r[key])
             y.extend(frozen[key])
     (d3x, d3y), (nx, ny) = ((np.array(x, float), np.array(y, float)) for x, y in pairs.values())
+    if not len(d3x):  # the mode was not run
+        return {"n": 0}
     return {"n": len(d3x), "dice3": bootstrap_ci(d3x, d3y), "noc90": bootstrap_ci(nx, ny),
             "noc90_reduction": bootstrap_ci(nx, ny, relative=True)}
 
