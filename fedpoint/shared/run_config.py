@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from fedpoint.shared.config import AdaptationMode, AdapterConfig
 from fedpoint.shared.validation_errors import describe_validation_error
@@ -91,7 +91,9 @@ class CoordinatorConfig(_Shared):
     clicks: int = Field(5, ge=1, le=50)
     mode: AdaptationMode = "mid+post"
     lr: float = Field(0.0, ge=0, le=1.0, description="0: the adapter kind's default (shared.adapter_kinds, AdapterKind.lr)")
-    bank_strategy: Literal["banks", "general"] = "banks"
+    bank_routing: Literal["banks", "general"] = Field(
+        "banks", validation_alias=AliasChoices("bank-routing", "bank_routing", "bank-strategy"),
+        description="which bank a site receives (fedpoint.server.routing); `bank-strategy` is its old name, still accepted")
     clip_norm: float = Field(0.0, ge=0, description="> 0: the coordinator clips each delta to this L2 norm")
     dp_noise_multiplier: float = Field(0.0, ge=0, description="> 0: Flower's central DP, client-side fixed clipping")
     dp_clipping_norm: float = Field(1.0, gt=0)
@@ -133,7 +135,7 @@ class CoordinatorConfig(_Shared):
 
     @property
     def privacy(self) -> str:
-        """The coordinator's strategy variant by name (`fedpoint.server.strategy.PRIVACY`)."""
+        """The coordinator's privacy variant by name (`fedpoint.server.strategy.PRIVACY`)."""
         return "central-dp" if self.dp else "none"
 
 

@@ -18,6 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageTy
 from fedpoint.server.banks import BankIntegrityError, BankStore, StoreLockedError
 from fedpoint.server.registry import SiteEntry, SiteRegistry
 from fedpoint.server.server_app import base_adapter, open_banks
+from fedpoint.server.policy import CoordinatorPolicy
 from fedpoint.server.strategy import BankStrategy, SiteInfo
 from fedpoint.shared import protocol as P
 from fedpoint.shared.run_config import parse_run_config
@@ -45,11 +46,8 @@ def coordinator(base, output, registry=None, **overrides):
     adapter = base_adapter(fed)
     store = BankStore(fed.bank_store_path)
     last = open_banks(store, adapter)
-    return BankStrategy(store, fingerprint=adapter.base_fingerprint, schema=adapter.schema(),
-                        settings=P.instruction_settings(fed), bank_strategy=fed.bank_strategy,
-                        norm_factor=fed.norm_factor, round_offset=last, registry=registry,
-                        aggregation_rule=fed.aggregation_rule, weight_cap_factor=fed.weight_cap_factor,
-                        drift_window=fed.drift_window, drift_ratio=fed.drift_ratio,
+    return BankStrategy(store, CoordinatorPolicy.from_config(fed), fingerprint=adapter.base_fingerprint,
+                        schema=adapter.schema(), round_offset=last, registry=registry,
                         summary_path=fed.output_path / "federation.json")
 
 
