@@ -167,3 +167,30 @@ def eval_case_cap(site_id: str | None, registry: SiteRegistry | None) -> int:
     cap = P.EVAL_MAX_CASES
     registry_cap = (registry.max_weights() if registry else {}).get(site_id)
     return min(cap, int(registry_cap)) if registry_cap else cap
+
+
+def read_evaluations(messages: Iterable[Message], evaluating: Mapping[int, Sent], sites: Mapping[int, SiteInfo],
+                     registry: SiteRegistry | None = None):
+    """A federated evaluation round's answers: per site name, what became of its scores (scored,
+    failed, refused with why); per (bank, version), each site's (cases, score); the nodes that answered."""
+    per_site: dict[str, dict] = {}
+    per_version: dict[tuple[str, int], dict[str, tuple[int, float]]] = {}
+    answered = set()
+    for msg in messages:
+        node = msg.metadata.src_node_id
+        answered.add(node)
+        sent, site = evaluating.get(node), sites.get(node)
+        name = site.site_id if site else f"node-{node}"
+        if msg.has_error():
+            per_site[name] = {"status": "failed", "reason": error_text(msg.error)}
+            continue
+        try:
+            cases, score = read_scores(msg, sent, eval_case_cap(site.site_id if site else None, registry))
+        except (EgressError, ValueError, TypeError) as err:
+            per_site[name] = {"status": "refused", "reason": printable(str(err), 300)}
+            continue
+        per_site[name] = {"status": "scored", "bank": sent.bank, "bank_version": sent.version, "eval-cases": cases,
+                          **({"eval-dice-auc": score} if score is not None else {})}
+        if cases > 0 and score is not None:
+            per_version.setdefault((sent.bank, sent.version), {})[name] = (cases, score)
+    return per_site, per_version, answered

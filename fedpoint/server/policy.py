@@ -1,5 +1,7 @@
-"""How the coordinator runs its rounds, as one frozen record: sampling, timeouts, bank routing,
-the screens' factors, clipping and the aggregation rule, and the settings every instruction carries.
+"""The coordinator's policy: every setting of its rounds, as one frozen record.
+
+Sampling, timeouts, bank routing, the screens' factors, clipping and the aggregation rule, and the
+settings every instruction carries.
 
 `CoordinatorPolicy.from_config` is the one translation from the run config (`CoordinatorConfig`)
 to the coordinator; `BankStrategy` takes the policy whole instead of a keyword per setting.

@@ -22,8 +22,8 @@ import numpy as np
 
 from fedpoint.server.aggregate import aggregate, round_record, weighted_metrics
 from fedpoint.server.bank_reads import RoundReads
-from fedpoint.server.checks import (HISTORY_VERSIONS, PeerScreen, bound_metrics, cap_shares, clip_delta, clip_weights,
-                                    norm_bound, structural_problem)
+from fedpoint.server.checks import (HISTORY_VERSIONS, PeerScreen, bound_metrics, bounded_scores, cap_shares, clip_delta,
+                                    clip_weights, norm_bound, structural_problem)
 from fedpoint.server.ledger import RoundRecord, SiteRound
 from fedpoint.server.policy import CoordinatorPolicy
 from fedpoint.server.records import BankUpdate, Outcome, Reply, RoundPlan, Sent, SiteInfo
@@ -204,6 +204,20 @@ def _manifest_fields(plan: RoundPlan, planned: BankUpdate, fed_round: int, polic
     if dp:
         fields["dp"] = dict(dp)
     return fields
+
+
+def evaluation_summary(fed_round: int, per_version: Mapping[tuple[str, int], Mapping[str, tuple[int, float]]]):
+    """Per scored bank version ("bank@vN"), the cases-weighted mean Dice-AUC of the sites' scores,
+    each bounded by the other sites' (`bounded_scores`); and notes naming each bounded score."""
+    summary, notes = {}, []
+    for (bank, version), by_site in sorted(per_version.items()):
+        bounded, bounded_notes = bounded_scores({n: d for n, (_, d) in by_site.items()})
+        notes += [f"{bank} v{version}: {note}" for note in bounded_notes]
+        total = sum(c for c, _ in by_site.values())
+        summary[f"{bank}@v{version}"] = {
+            "round": fed_round, "sites": len(by_site), "cases": int(total),
+            "dice_auc": round(sum(c * bounded[n] for n, (c, _) in by_site.items()) / total, 6), "clicks": P.EVAL_CLICKS}
+    return summary, notes
 
 
 def round_entry(fed_round: int, *, sent: Mapping[int, Sent], plan: RoundPlan | None, sites: Mapping[int, SiteInfo],

@@ -45,9 +45,9 @@ from fedpoint.server import round_pipeline as rp
 from fedpoint.server.aggregate import check_rule
 from fedpoint.server.bank_reads import RoundReads
 from fedpoint.server.banks import BankStore
-from fedpoint.server.checks import PeerScreen, bounded_scores
+from fedpoint.server.checks import PeerScreen
 from fedpoint.server.crashpoints import crash_point
-from fedpoint.server.intake import error_text, eval_case_cap, read_identity, read_replies, read_scores
+from fedpoint.server.intake import error_text, read_evaluations, read_identity, read_replies
 from fedpoint.server.ledger import RoundLedger
 from fedpoint.server.policy import CoordinatorPolicy
 from fedpoint.server.privacy_accountant import PrivacyAccountant, round_noise_multiplier
@@ -55,7 +55,7 @@ from fedpoint.server.records import Outcome, Reply, RoundPlan, Sent, SiteInfo
 from fedpoint.server.registry import SiteRegistry
 from fedpoint.server.routing import route
 from fedpoint.shared import protocol as P
-from fedpoint.shared.payload import EgressError, decode_arrays, encode_arrays, payload_nbytes
+from fedpoint.shared.payload import decode_arrays, encode_arrays, payload_nbytes
 from fedpoint.shared.protocol import printable
 
 BANK_SEPARATOR = "/"  # update keys are "<bank>/<parameter name>"; parameter names never hold "/"
@@ -95,6 +95,11 @@ class BankStrategy(FedAvg):
     @property
     def rule(self) -> str:
         return self.policy.aggregation_rule
+
+    @property
+    def summary_path(self) -> Path | None:
+        """federation.json, where the ledger is kept (None: in memory only)."""
+        return self.ledger.path
 
     def summary(self) -> None:
         log(INFO, "\t├──> Adapter banks: %s (routing %r) in %s", ", ".join(self.store.banks()) or "none",
@@ -311,24 +316,23 @@ class BankStrategy(FedAvg):
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Check each site's scores (`intake.read_scores`), bound each version's scores by the other
-        sites' (`bounded_scores`), then write the per-version summary beside the bank version and
-        into federation.json."""
+        """Check each site's scores (`intake.read_evaluations`), sum them per bank version with each
+        version's scores bounded by the other sites' (`round_pipeline.evaluation_summary`), then
+        write the summary beside each bank version and into federation.json."""
         fed_round = self.federation_round(server_round)
-        per_site, per_version = self._read_evaluations(fed_round, replies)
-        summary = {}
-        for (bank, version), by_site in sorted(per_version.items()):
-            bounded, notes = bounded_scores({n: d for n, (_, d) in by_site.items()})
-            for note in notes:
-                log(WARNING, "round %d: %s v%d: %s", fed_round, bank, version, printable(note, 300))
-            total = sum(c for c, _ in by_site.values())
-            entry = {"round": fed_round, "sites": len(by_site), "cases": int(total),
-                     "dice_auc": round(sum(c * bounded[n] for n, (c, _) in by_site.items()) / total, 6),
-                     "clicks": P.EVAL_CLICKS}
-            summary[f"{bank}@v{version}"] = entry
-            self.store.record_evaluation(bank, version, entry)
-            log(INFO, "round %d: %s v%d scored by %d site(s) on %d held-out case(s): Dice-AUC %.3f", fed_round, bank,
-                version, len(by_site), int(total), entry["dice_auc"])
+        per_site, per_version, answered = read_evaluations(replies, self.evaluating, self.sites, self.registry)
+        for name, row in per_site.items():
+            if row["status"] == "refused":
+                log(WARNING, "round %d: evaluation reply of %s refused: %s", fed_round, printable(name), row["reason"])
+        self.note_silence(self.evaluating, answered)
+        summary, notes = rp.evaluation_summary(fed_round, per_version)
+        for note in notes:
+            log(WARNING, "round %d: %s", fed_round, printable(note, 300))
+        for key, entry in summary.items():
+            bank, _, version = key.rpartition("@v")
+            self.store.record_evaluation(bank, int(version), entry)
+            log(INFO, "round %d: %s scored by %d site(s) on %d held-out case(s): Dice-AUC %.3f", fed_round, key,
+                entry["sites"], entry["cases"], entry["dice_auc"])
         self.ledger.add_evaluation(fed_round, summary, per_site)
         crash_point("after-evaluate", fed_round)
         if not summary:
@@ -336,32 +340,6 @@ class BankStrategy(FedAvg):
         cases = sum(e["cases"] for e in summary.values())
         return MetricRecord({"eval-cases": cases,
                              "eval-dice-auc": sum(e["cases"] * e["dice_auc"] for e in summary.values()) / cases})
-
-    def _read_evaluations(self, fed_round: int, replies: Iterable[Message]):
-        """Per site, what became of its scores; per (bank, version), each site's (cases, score)."""
-        per_site: dict[str, dict] = {}
-        per_version: dict[tuple[str, int], dict[str, tuple[float, float]]] = {}
-        answered = set()
-        for msg in replies:
-            node = msg.metadata.src_node_id
-            answered.add(node)
-            sent, name = self.evaluating.get(node), self._site_name(node)
-            if msg.has_error():
-                per_site[name] = {"status": "failed", "reason": error_text(msg.error)}
-                continue
-            try:
-                site = self.sites[node].site_id if node in self.sites else None
-                cases, score = read_scores(msg, sent, eval_case_cap(site, self.registry))
-            except (EgressError, ValueError, TypeError) as err:
-                per_site[name] = {"status": "refused", "reason": printable(str(err), 300)}
-                log(WARNING, "round %d: evaluation reply of %s refused: %s", fed_round, printable(name), printable(str(err), 300))
-                continue
-            per_site[name] = {"status": "scored", "bank": sent.bank, "bank_version": sent.version, "eval-cases": cases,
-                              **({"eval-dice-auc": score} if score is not None else {})}
-            if cases > 0 and score is not None:
-                per_version.setdefault((sent.bank, sent.version), {})[name] = (cases, score)
-        self.note_silence(self.evaluating, answered)
-        return per_site, per_version
 
     # ------------------------------------------------------------------------ across restarts
     def _restore_ledger(self) -> None:

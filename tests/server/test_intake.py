@@ -75,3 +75,20 @@ def test_scores_are_read_within_the_sites_cap(task_identity):
         read_scores(scores(4, version=2), SENT[5])
     with pytest.raises(EgressError, match="a score on 0 cases"):
         read_scores(scores(0), SENT[5])
+
+
+def test_an_evaluation_round_reads_into_scores_per_version(task_identity):
+    from fedpoint.server.intake import read_evaluations
+
+    def scores(node, cases, version):
+        bank = SENT[node].bank
+        return answer(node, {P.METRICS: MetricRecord({"eval-cases": cases, "eval-dice-auc": 0.6}),
+                             P.CONFIG: ConfigRecord({P.BANK: bank, P.BANK_VERSION: version})}, MessageType.EVALUATE)
+
+    failed = Message(Error(code=P.SITE_ERRORS["evaluate-failed"], reason="x"),
+                     reply_to=Message(RecordDict({}), dst_node_id=7, message_type=MessageType.EVALUATE))
+    per_site, per_version, answered = read_evaluations([scores(5, 4, 3), scores(6, 2, 1), failed], SENT, SITES)
+    assert per_version == {("modality-ct", 3): {"ct-a": (4, 0.6)}}
+    assert per_site["ct-a"]["status"] == "scored" and per_site["mr-a"]["status"] == "refused"
+    assert "not the version sent" in per_site["mr-a"]["reason"] and per_site["node-7"]["status"] == "failed"
+    assert answered == {5, 6, 7}

@@ -36,3 +36,15 @@ def test_the_policy_is_frozen_and_a_probe_never_waits_longer_than_a_query():
         policy.clip_norm = 1.0
     with pytest.raises(TypeError):
         policy.settings["images"] = 99  # the instruction settings are read-only too
+
+
+def test_an_override_in_the_old_name_wins_over_pyprojects_new_one():
+    """Flower merges `--run-config` over pyproject.toml's table, which now says bank-routing: a user's
+    `bank-strategy='general'` must not be silently outvoted by the file's default."""
+    import tomllib
+    from pathlib import Path
+
+    table = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert table["bank-routing"] == "banks"
+    assert parse_run_config({**table, "bank-strategy": "general"}).bank_routing == "general"
+    assert parse_run_config(table, defaults={"bank-strategy": "general"}).bank_routing == "banks"  # the run config wins

@@ -139,3 +139,13 @@ def test_the_ledger_entry_and_the_weight_shares():
     assert {r["status"] for r in skipped.as_json()["sites"].values()} == {"skipped"}
     shares = rp.weight_shares([reply(1, 1, weight=1), reply(3, 3, weight=3)], lambda r: rp.targets(r, SITES, "banks"))
     assert shares == {"mr-1": [0.25, 1.0], "ct-1": [0.75, 1.0]}
+
+
+def test_the_evaluation_summary_bounds_each_score_by_the_others():
+    per_version = {(GENERAL, 2): {"a": (4, 0.5), "b": (4, 0.55), "c": (2, 1.0)}}
+    summary, notes = rp.evaluation_summary(3, per_version)
+    entry = summary["general@v2"]
+    assert (entry["round"], entry["sites"], entry["cases"]) == (3, 3, 10)
+    # each score within the others' median +- 0.2: c (1.0) to 0.725, and a (0.5) up to 0.575
+    assert entry["dice_auc"] == pytest.approx((4 * 0.575 + 4 * 0.55 + 2 * 0.725) / 10)
+    assert [n.split(":")[1].strip() for n in notes] == ["site a", "site c"] and notes[0].startswith("general v2")
