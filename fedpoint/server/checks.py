@@ -223,9 +223,24 @@ class PeerScreen:
     # --- the screens ----------------------------------------------------------------------------
     def screen(self, group: str, replies: list[Reply], hard_bound: float | None = None) -> list[Verdict]:
         """Verdicts for one peer group's well-formed replies, in their order."""
-        s = self.settings
         norms = [r.norm for r in replies]
         verdicts = [Verdict(r, "accepted") for r in replies]
+        live = self._within_bound(replies, norms, verdicts, hard_bound)
+        zero = 1e-9 * (hard_bound or 1.0)
+        ref = self.reference(group, [norms[i] for i in live if norms[i] > zero])
+        if ref is None:
+            return verdicts
+        live = self._size_screens(replies, norms, verdicts, live, ref)
+        self._direction_screens(group, replies, verdicts, live, ref)
+        kept = [v.reply.norm for v in verdicts if v.status == "accepted" and v.counts]
+        positive = sorted(n for n in kept if n > zero)
+        if positive:
+            self.norms[group] = (self.norms.get(group, []) + [positive[(len(positive) - 1) // 2]])[-self.settings.history:]
+        return verdicts
+
+    @staticmethod
+    def _within_bound(replies: list[Reply], norms: list[float], verdicts: list[Verdict], hard_bound: float | None) -> list[int]:
+        """Reject each reply over the bank's absolute bound; the indices of the others."""
         live = []
         for i, (reply, norm) in enumerate(zip(replies, norms)):
             if hard_bound is not None and not norm <= hard_bound:
@@ -233,10 +248,13 @@ class PeerScreen:
                                                          f"absolute bound {hard_bound:.3g}")
             else:
                 live.append(i)
-        zero = 1e-9 * (hard_bound or 1.0)
-        ref = self.reference(group, [norms[i] for i in live if norms[i] > zero])
-        if ref is None:
-            return verdicts
+        return live
+
+    def _size_screens(self, replies: list[Reply], norms: list[float], verdicts: list[Verdict], live: list[int],
+                      ref: float) -> list[int]:
+        """Against the reference norm: reject the far too large, give a minority's tiny deltas no
+        weight, clip the large; the indices still judged by direction."""
+        s = self.settings
         for i in list(live):
             if norms[i] > s.norm_factor * ref:
                 verdicts[i] = Verdict(replies[i], "rejected", f"site {replies[i].site_id}: delta norm {norms[i]:.3g} is over "
@@ -253,28 +271,29 @@ class PeerScreen:
                 clipped, _ = clip_delta(replies[i].delta, s.clip_factor * ref, norms[i])
                 verdicts[i] = Verdict(replace(replies[i], delta=clipped), "accepted",
                                       f"delta norm {norms[i]:.3g} clipped to {s.clip_factor:g}x the reference ({ref:.3g})")
+        return live
+
+    def _direction_screens(self, group: str, replies: list[Reply], verdicts: list[Verdict], live: list[int],
+                           ref: float) -> None:
+        """Reject the suspects (`_suspects`), re-admitting one suspect `readmit_after` rounds in a row."""
         suspects = self._suspects(group, [verdicts[i].reply for i in live], ref)
         for i in live:
             reply = replies[i]
             count = self.suspect.setdefault(group, {}).get(reply.site_id, 0)
             if reply.site_id not in suspects:
                 self.suspect[group][reply.site_id] = 0
-            elif count >= s.readmit_after:
+            elif count >= self.settings.readmit_after:
                 self.suspect[group][reply.site_id] = 0
                 others = [float(replies[j].weight) for j in live if j != i and replies[j].site_id not in suspects]
                 weight = min([float(reply.weight), *others])
-                verdicts[i] = Verdict(replace(reply, delta=clip_delta(verdicts[i].reply.delta, ref, verdicts[i].reply.norm)[0], weight=weight),
+                screened = verdicts[i].reply
+                verdicts[i] = Verdict(replace(reply, delta=clip_delta(screened.delta, ref, screened.norm)[0], weight=weight),
                                       "accepted", f"re-admitted after {count} rounds rejected, clipped to the reference "
                                       f"({ref:.3g}) with the smallest weight of its peers ({weight:g}); "
                                       f"still {suspects[reply.site_id]}")
             else:
                 self.suspect[group][reply.site_id] = count + 1
                 verdicts[i] = Verdict(reply, "rejected", f"site {reply.site_id}: {suspects[reply.site_id]}")
-        kept = [v.reply.norm for v in verdicts if v.status == "accepted" and v.counts]
-        positive = sorted(n for n in kept if n > zero)
-        if positive:
-            self.norms[group] = (self.norms.get(group, []) + [positive[(len(positive) - 1) // 2]])[-s.history:]
-        return verdicts
 
     def reference(self, group: str, positive_norms: list[float]) -> float | None:
         """The group's reference norm: the median of its remembered references and this round's

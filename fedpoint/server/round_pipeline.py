@@ -102,16 +102,7 @@ def screen_round(replies: Mapping[int, Reply], outcomes: dict[int, Outcome], *, 
             else:
                 well_formed.append((node, reply))
         verdicts = screen.screen(group, [r for _, r in well_formed], bound(members[0][1].bank))
-        for (node, _), verdict in zip(well_formed, verdicts):
-            if verdict.status == "rejected":
-                outcomes[node] = Outcome("rejected", verdict.reason)
-                continue
-            if verdict.reason:
-                notes[node] = verdict.reason
-            if verdict.counts:
-                counted.append((node, verdict.reply))
-            else:
-                outcomes[node] = Outcome("accepted", None, replace(verdict.reply, weight=0.0), note=verdict.reason)
+        counted += _sort_verdicts(well_formed, verdicts, outcomes, notes)
     counted.sort(key=lambda item: item[0])
     accepted, weight_notes = clip_weights([r for _, r in counted], policy.weight_cap_factor, weight_caps)
     accepted, share_notes = cap_shares(accepted, policy.max_share)
@@ -120,6 +111,24 @@ def screen_round(replies: Mapping[int, Reply], outcomes: dict[int, Outcome], *, 
         outcomes[node] = Outcome("accepted", None, reply, note=notes.get(node))
     logged = [f"site {_name(n, sites)}: {note}" for n, note in sorted(notes.items())]
     return accepted, logged + weight_notes + share_notes + score_notes
+
+
+def _sort_verdicts(well_formed: list[tuple[int, Reply]], verdicts, outcomes: dict[int, Outcome],
+                   notes: dict[int, str]) -> list[tuple[int, Reply]]:
+    """A peer group's verdicts into outcomes (rejected; accepted without weight) and notes; the
+    (node, reply) pairs that count in the banks' means."""
+    counted = []
+    for (node, _), verdict in zip(well_formed, verdicts):
+        if verdict.status == "rejected":
+            outcomes[node] = Outcome("rejected", verdict.reason)
+            continue
+        if verdict.reason:
+            notes[node] = verdict.reason
+        if verdict.counts:
+            counted.append((node, verdict.reply))
+        else:
+            outcomes[node] = Outcome("accepted", None, replace(verdict.reply, weight=0.0), note=verdict.reason)
+    return counted
 
 
 # ------------------------------------------------------------------------ rebase and aggregate
