@@ -83,7 +83,7 @@ def _task_of(task: str | None) -> str | None:
 def route(modality: str | None, routing: str, existing_banks: Iterable[str], task: str | None = None) -> tuple[str, str]:
     """(the bank a site of this modality and task receives this round, why: words for the ledger)."""
     if _check_routing(routing) == "general":
-        return GENERAL, "strategy general: one bank for every site"
+        return GENERAL, "routing general: one bank for every site"
     existing = set(existing_banks)
     own_task = _task_of(task)
     if own_task is not None:
