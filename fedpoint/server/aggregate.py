@@ -17,6 +17,9 @@ values as square roots into both factors. That is exact up to the rank-r truncat
 n rank-r products can have rank n*r) and needs every site's individual factors, so it is NOT
 possible under secure aggregation.
 
+The rules are named variants in one registry (`AGGREGATION_RULES`: `WeightedMean`, the default
+described above, and the coordinate rules below); `aggregate(..., rule=name)` looks one up.
+
 Robust rules (`rule=`), for the linear kinds only, on the deltas relative to the bank:
 
 - ``trimmed-mean``: per coordinate, drop the `trim` fraction of the lowest and of the highest
