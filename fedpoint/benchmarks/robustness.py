@@ -26,10 +26,10 @@ import numpy as np
 
 from fedpoint.server.banks import BankStore
 from fedpoint.server.checks import Reply
+from fedpoint.server.policy import CoordinatorPolicy
 from fedpoint.server.registry import SiteEntry, SiteRegistry
 from fedpoint.server.routing import GENERAL
 from fedpoint.server.strategy import BankStrategy, SiteInfo
-from fedpoint.shared import protocol as P
 from fedpoint.shared.config import AdapterConfig
 from fedpoint.shared.payload import state_schema
 from fedpoint.shared.run_config import CoordinatorConfig, parse_run_config
@@ -99,13 +99,8 @@ def coordinator(root: Path, sites: tuple[Site, ...], **config) -> BankStrategy:
     store.init_bank(GENERAL, start, FINGERPRINT, "norm", AdapterConfig(kind="norm"))
     registry = SiteRegistry([SiteEntry(s.site_id, s.modality, node_id=i + 1, max_weight=MAX_WEIGHT)
                              for i, s in enumerate(sites)])
-    from fedpoint.server.checks import ScreenSettings
-
-    strategy = BankStrategy(store, fingerprint=FINGERPRINT, schema=state_schema(start),
-                            settings=P.instruction_settings(fed), bank_strategy=fed.bank_strategy,
-                            norm_factor=fed.norm_factor, registry=registry, weight_cap_factor=fed.weight_cap_factor,
-                            drift_window=fed.drift_window, drift_ratio=fed.drift_ratio,
-                            screen=ScreenSettings(**fed.screen_settings()), max_share=fed.max_share)
+    strategy = BankStrategy(store, CoordinatorPolicy.from_config(fed), fingerprint=FINGERPRINT,
+                            schema=state_schema(start), registry=registry)
     for i, site in enumerate(sites):
         strategy.sites[i + 1] = SiteInfo(site.site_id, site.modality)
     return strategy

@@ -17,6 +17,9 @@ values as square roots into both factors. That is exact up to the rank-r truncat
 n rank-r products can have rank n*r) and needs every site's individual factors, so it is NOT
 possible under secure aggregation.
 
+The rules are named variants in one registry (`AGGREGATION_RULES`: `WeightedMean`, the default
+described above, and the coordinate rules below); `aggregate(..., rule=name)` looks one up.
+
 Robust rules (`rule=`), for the linear kinds only, on the deltas relative to the bank:
 
 - ``trimmed-mean``: per coordinate, drop the `trim` fraction of the lowest and of the highest
@@ -37,11 +40,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from fedpoint.server.records import delta_norm
 from fedpoint.shared.adapter_kinds import adapter_kind
 from fedpoint.shared.config import AdapterConfig
-
-RULES = ("weighted-mean", "trimmed-mean", "median")
-
 
 def _adapter_cfg(kind: str, adapter_cfg: AdapterConfig | Mapping | None) -> AdapterConfig:
     if adapter_cfg is None:
@@ -56,10 +57,84 @@ def is_linear(kind: str, adapter_cfg: AdapterConfig | Mapping | None = None) -> 
     return adapter_kind(kind).is_linear(_adapter_cfg(kind, adapter_cfg))
 
 
-def check_rule(rule: str, kind: str, adapter_cfg: AdapterConfig | Mapping | None = None) -> str:
-    if rule not in RULES:
+# ------------------------------------------------------------------------ the rules, by name
+class WeightedMean:
+    """The weighted mean of the deltas (of the LoRA products when A is trained): exact, and
+    computable from the weighted sum alone for the kinds that say so."""
+
+    name = "weighted-mean"
+    linear_only = False
+    secure_aggregation = True  # the rule allows it; the kind decides (AdapterKind.exact_under_secure_aggregation)
+
+    def describe(self, kind: str, cfg: AdapterConfig, trim: float) -> str:
+        return adapter_kind(kind).aggregation(cfg)
+
+    def apply(self, bank_state: Mapping, replies: Sequence, cfg: AdapterConfig, trim: float) -> dict[str, np.ndarray]:
+        fractions = _weights(replies)
+        if adapter_kind(cfg.kind).is_linear(cfg):
+            return {name: (np.asarray(value, dtype=np.float64) + _weighted_mean_delta(name, replies, fractions)).astype(np.float32)
+                    for name, value in bank_state.items()}
+        return _aggregate_free_lora(bank_state, replies, fractions, cfg.lora_rank)
+
+
+class CoordinateRule:
+    """A robust rule per coordinate of the deltas: unweighted (a weight is a claim), linear kinds
+    only, and never under secure aggregation (it needs each site's delta)."""
+
+    name = ""
+    linear_only = True
+    secure_aggregation = False
+
+    def center(self, stack: np.ndarray, trim: float) -> np.ndarray:
+        raise NotImplementedError
+
+    def apply(self, bank_state: Mapping, replies: Sequence, cfg: AdapterConfig, trim: float) -> dict[str, np.ndarray]:
+        _weights(replies)  # the same refusal of empty rounds and non-positive weights as the mean
+        return {name: (np.asarray(value, dtype=np.float64) + robust_delta(name, replies, self, trim)).astype(np.float32)
+                for name, value in bank_state.items()}
+
+
+class TrimmedMean(CoordinateRule):
+    """Per coordinate: drop the `trim` fraction of the lowest and of the highest values, average the rest."""
+
+    name = "trimmed-mean"
+
+    def describe(self, kind: str, cfg: AdapterConfig, trim: float) -> str:
+        return f"coordinate-trimmed-mean-{trim:g}-of-deltas"
+
+    def center(self, stack: np.ndarray, trim: float) -> np.ndarray:
+        cut = int(np.floor(trim * len(stack)))
+        return np.sort(stack, axis=0)[cut:len(stack) - cut].mean(axis=0)
+
+
+class Median(CoordinateRule):
+    """Per coordinate: the median."""
+
+    name = "median"
+
+    def describe(self, kind: str, cfg: AdapterConfig, trim: float) -> str:
+        return "coordinate-median-of-deltas"
+
+    def center(self, stack: np.ndarray, trim: float) -> np.ndarray:
+        return np.median(stack, axis=0)
+
+
+AGGREGATION_RULES = {rule.name: rule for rule in (WeightedMean(), TrimmedMean(), Median())}
+RULES = tuple(AGGREGATION_RULES)  # their names (CoordinatorConfig.aggregation_rule)
+
+
+def rule_named(rule) -> WeightedMean | CoordinateRule:
+    """The rule of a name (a rule object is returned as it is); ValueError for an unknown name."""
+    if not isinstance(rule, str):
+        return rule
+    if rule not in AGGREGATION_RULES:
         raise ValueError(f"unknown aggregation rule {rule!r}; known: {', '.join(RULES)}")
-    if rule != "weighted-mean" and not is_linear(kind, adapter_cfg):
+    return AGGREGATION_RULES[rule]
+
+
+def check_rule(rule: str, kind: str, adapter_cfg: AdapterConfig | Mapping | None = None) -> str:
+    """The rule's name, once it is known to fit the adapter kind (ValueError otherwise)."""
+    if rule_named(rule).linear_only and not is_linear(kind, adapter_cfg):
         raise ValueError(f"aggregation rule {rule!r} needs a linear adapter; LoRA with A trained is aggregated in "
                          "product space and supports only 'weighted-mean'")
     return rule
@@ -68,18 +143,14 @@ def check_rule(rule: str, kind: str, adapter_cfg: AdapterConfig | Mapping | None
 def aggregation_rule(kind: str, adapter_cfg: AdapterConfig | Mapping | None = None, rule: str = "weighted-mean",
                      trim: float = 0.2) -> str:
     """A short description of how this bank is aggregated (written into bank manifests)."""
-    if rule == "trimmed-mean":
-        return f"coordinate-trimmed-mean-{trim:g}-of-deltas"
-    if rule == "median":
-        return "coordinate-median-of-deltas"
-    return adapter_kind(kind).aggregation(_adapter_cfg(kind, adapter_cfg))
+    return rule_named(rule).describe(kind, _adapter_cfg(kind, adapter_cfg), trim)
 
 
 def exact_under_secure_aggregation(kind: str, adapter_cfg: AdapterConfig | Mapping | None = None,
                                    rule: str = "weighted-mean") -> bool:
     """Whether this bank's aggregate is computable from the weighted sum alone (robust rules need
     each site's delta)."""
-    return rule == "weighted-mean" and adapter_kind(kind).exact_under_secure_aggregation(_adapter_cfg(kind, adapter_cfg))
+    return rule_named(rule).secure_aggregation and adapter_kind(kind).exact_under_secure_aggregation(_adapter_cfg(kind, adapter_cfg))
 
 
 def _weights(replies: Sequence) -> np.ndarray:
@@ -106,41 +177,30 @@ def aggregate(
     rule: str = "weighted-mean",
     trim: float = 0.2,
 ) -> dict[str, np.ndarray]:
-    """The bank's next state from screened replies whose deltas are relative to `bank_state`."""
-    fractions = _weights(replies)
+    """The bank's next state from screened replies whose deltas are relative to `bank_state`,
+    by the named rule (`AGGREGATION_RULES`)."""
+    _weights(replies)
     for reply in replies:
         if set(reply.delta) != set(bank_state):
             raise ValueError(f"site {reply.site_id}: delta keys do not match the bank (screen replies first)")
-    if check_rule(rule, kind, adapter_cfg) != "weighted-mean":
-        return {name: (np.asarray(value, dtype=np.float64) + robust_delta(name, replies, rule, trim)).astype(np.float32)
-                for name, value in bank_state.items()}
-    if is_linear(kind, adapter_cfg):
-        return {
-            name: (np.asarray(value, dtype=np.float64) + _weighted_mean_delta(name, replies, fractions)).astype(np.float32)
-            for name, value in bank_state.items()
-        }
-    return _aggregate_free_lora(bank_state, replies, fractions, _adapter_cfg(kind, adapter_cfg).lora_rank)
+    check_rule(rule, kind, adapter_cfg)
+    return rule_named(rule).apply(bank_state, replies, _adapter_cfg(kind, adapter_cfg), trim)
 
 
-def robust_delta(name: str, replies: Sequence, rule: str, trim: float = 0.2) -> np.ndarray:
-    """Coordinate-wise trimmed mean or median of the replies' deltas for one parameter. With fewer
+def robust_delta(name: str, replies: Sequence, rule, trim: float = 0.2) -> np.ndarray:
+    """A coordinate rule (by name or object) on the replies' deltas for one parameter. With fewer
     than 3 replies (nothing to trim, no majority) each delta is first scaled down to the smallest
     norm among them (`equalized_scales`), so neither can carry the mean by its size."""
     stack = np.stack([np.asarray(r.delta[name], dtype=np.float64) for r in replies])
     if len(replies) < 3:
         return (stack * equalized_scales(replies).reshape((-1,) + (1,) * (stack.ndim - 1))).mean(axis=0)
-    if rule == "median":
-        return np.median(stack, axis=0)
-    cut = int(np.floor(trim * len(replies)))
-    ordered = np.sort(stack, axis=0)
-    return ordered[cut:len(replies) - cut].mean(axis=0)
+    return rule_named(rule).center(stack, trim)
 
 
 def equalized_scales(replies: Sequence) -> np.ndarray:
     """Per reply, the factor that scales its whole delta (all parameters) down to the smallest
     positive delta norm among the replies (1 for that one, and for zero deltas)."""
-    norms = np.array([np.sqrt(sum(float(np.square(np.asarray(v, dtype=np.float64)).sum()) for v in r.delta.values()))
-                      for r in replies])
+    norms = np.array([r.norm if hasattr(r, "norm") else delta_norm(r.delta) for r in replies])  # a Reply's, measured once
     positive = norms[norms > 0]
     if positive.size == 0:
         return np.ones(len(replies))

@@ -67,7 +67,7 @@ from fedpoint.shared.fileio import (
     write_new_file_atomic,
     write_text_atomic,
 )
-from fedpoint.shared.payload import payload_nbytes, state_schema, to_numpy
+from fedpoint.shared.payload import adapter_arrays_problem, payload_nbytes, state_schema, to_numpy
 
 # The `Adapter.save` file names; repeated here so that reading banks (`fedpoint bank list`) does not
 # import torch. tests/server/test_banks.py pins them to fedpoint.shared.adapters.
@@ -151,8 +151,12 @@ class BankStore:
     # --- reading -------------------------------------------------------------------------------
     def banks(self) -> list[str]:
         """Banks with at least one valid version (folders with other names are ignored)."""
+        return [bank for bank in self.bank_folders() if self.latest(bank) is not None]
+
+    def bank_folders(self) -> list[str]:
+        """The folders named as banks, sorted, whether or not a version of theirs verifies."""
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
-                      and p.name != JOURNAL and _is_bank_name(p.name) and self.latest(p.name) is not None)
+                      and p.name != JOURNAL and _is_bank_name(p.name))
 
     def versions(self, bank: str) -> list[int]:
         """Complete, committed versions of a bank (folder with manifest and weights, not named by
@@ -172,7 +176,7 @@ class BankStore:
             try:
                 return self.get(bank, version)
             except BankIntegrityError as err:
-                self._report(bank, version, str(err))
+                self.report_skipped(bank, version, str(err))
         return None
 
     def get(self, bank: str, version: int) -> BankVersion:
@@ -273,7 +277,8 @@ class BankStore:
             raise BankIntegrityError(f"{weights_path}: {sum(v.size for v in state.values())} values, the manifest says {manifest['parameters']}")
         return BankVersion(bank, version, state, manifest, path)
 
-    def _report(self, bank: str, version: int, reason: str) -> None:
+    def report_skipped(self, bank: str, version: int, reason: str) -> None:
+        """Log once (per reason) that a version fails verification and an earlier one is used."""
         if self.problems.get((bank, version)) != reason:
             self.problems[(bank, version)] = reason
             logger.warning("bank %s v%d skipped, falling back to an earlier version: %s", bank, version, reason)
@@ -299,13 +304,16 @@ class BankStore:
         identity = {"kind": cfg.kind, "config": cfg.model_dump(mode="json"), "base_fingerprint": base_fingerprint}
         return self._commit(bank, to_numpy(state), identity, {"round": 0, **(manifest_fields or {})}, parent=None)
 
-    def write(self, bank: str, state: Mapping, manifest_fields: Mapping | None = None) -> int:
+    def write(self, bank: str, state: Mapping, manifest_fields: Mapping | None = None,
+              parent: BankVersion | None = None) -> int:
         """Write the next version of an existing bank; returns its version number.
 
         `manifest_fields` usually comes from `fedpoint.server.aggregate.round_record`: round,
         sites (raw ids; stored as salted hashes), counts, metrics, plus any extra fields.
+        `parent`: the bank's latest version when the caller has read it already (the coordinator's
+        round reads, `fedpoint.server.bank_reads`); otherwise it is read here.
         """
-        parent = self.latest(bank)
+        parent = parent if parent is not None else self.latest(bank)
         if parent is None:
             raise BankNotFoundError(f"bank {bank!r} does not exist yet: create it with init_bank")
         identity = {k: parent.manifest[k] for k in ("kind", "config", "base_fingerprint")}
@@ -313,11 +321,12 @@ class BankStore:
             if key in identity and value != identity[key]:
                 raise ValueError(f"bank {bank!r}: {key} cannot change between versions ({identity[key]!r} -> {value!r})")
         state = to_numpy(state)
-        expected = state_schema(parent.state)
-        if state_schema({k: np.asarray(v, dtype=np.float32) for k, v in state.items()}) != expected:
+        problem = adapter_arrays_problem({k: np.asarray(v, dtype=np.float32) for k, v in state.items()},
+                                         state_schema(parent.state))
+        if problem:
             from fedpoint.shared.adapters import AdapterMismatchError
 
-            raise AdapterMismatchError(f"bank {bank!r}: new state's names or shapes differ from version {parent.version}")
+            raise AdapterMismatchError(f"bank {bank!r}: the new state does not fit version {parent.version}: {problem}")
         return self._commit(bank, state, identity, dict(manifest_fields or {}), parent=parent.version)
 
     def _commit(self, bank: str, state: dict, identity: dict, fields: dict, parent: int | None) -> int:
@@ -372,6 +381,7 @@ class BankStore:
     def commit_round(self, server_round: int, writes: list[tuple], summary: Mapping | None = None) -> dict[str, int]:
         """Write a round's versions so that they commit together. `writes` holds
         ("init", bank, state, base_fingerprint, kind, adapter_cfg, fields) or ("write", bank, state, fields).
+        (a "write" may end with the bank's latest version as read by the caller: its parent).
         Returns {bank: version}. A crash before the journal entry is renamed leaves a pending entry,
         whose versions are invisible and removed by `recover()`."""
         journal = self.root / JOURNAL
@@ -388,8 +398,8 @@ class BankStore:
                 _, bank, state, fingerprint, kind, cfg, fields = item
                 versions[bank] = self.init_bank(bank, state, fingerprint, kind, cfg, fields)
             else:
-                _, bank, state, fields = item
-                versions[bank] = self.write(bank, state, fields)
+                _, bank, state, fields, *parent = item
+                versions[bank] = self.write(bank, state, fields, *parent)
             if versions[bank] != planned[bank]:
                 raise RuntimeError(f"bank {bank!r}: wrote v{versions[bank]} but the journal planned v{planned[bank]} "
                                    "(is another coordinator writing this store?)")

@@ -24,32 +24,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from fedpoint.server.records import Rejection, Reply, delta_norm  # noqa: F401 (the records, where the screens always had them)
 from fedpoint.shared.adapter_kinds import ADAPTER_KINDS
-from fedpoint.shared.payload import EgressError, Schema, check_arrays, check_metrics, is_number
+from fedpoint.shared.payload import EgressError, Schema, adapter_arrays_problem, check_metrics, is_number
 
 
-@dataclass
-class Reply:
-    """One site's answer for one round.
-
-    `bank` is the bank the site received and `delta` is relative to (its trained adapter state
-    minus that bank's state); `weight` is the number of accepted cases it trained on.
-    """
-
-    site_id: str
-    bank: str
-    delta: dict[str, np.ndarray]
-    weight: float
-    fingerprint: str
-    metrics: dict = field(default_factory=dict)
-    bank_version: int | None = None
-
-
-Rejection = tuple[Reply, str]
 
 # The absolute cap on a delta's RMS (per value) before any history exists is the kind's
 # (`AdapterKind.delta_rms_cap`): a 1000x or 3e38 delta is far over it. An unknown kind gets this one.
@@ -68,16 +51,12 @@ def norm_bound(kind: str, n_values: int, history: list[float] | None = None, his
     return min(cap, history_factor * max(past)) if past else cap
 
 
-def delta_norm(delta: dict[str, np.ndarray]) -> float:
-    """L2 norm over every array of a delta, accumulated in float64."""
-    return math.sqrt(sum(float(np.square(np.asarray(a, dtype=np.float64)).sum()) for a in delta.values()))
-
-
-def clip_delta(delta: dict[str, np.ndarray], max_norm: float) -> tuple[dict[str, np.ndarray], float]:
-    """Scale a delta down to at most `max_norm` (global L2); returns (delta, scale applied)."""
+def clip_delta(delta: dict[str, np.ndarray], max_norm: float, norm: float | None = None) -> tuple[dict[str, np.ndarray], float]:
+    """Scale a delta down to at most `max_norm` (global L2); returns (delta, scale applied). `norm`:
+    the delta's norm when it is already known (`Reply.norm`); an unclipped delta is returned as it is."""
     if max_norm <= 0:
         raise ValueError(f"max_norm must be positive, got {max_norm}")
-    norm = delta_norm(delta)
+    norm = delta_norm(delta) if norm is None else norm
     if norm <= max_norm:
         return delta, 1.0
     scale = max_norm / norm
@@ -92,8 +71,10 @@ def structural_problem(reply: Reply, schema: Schema, fingerprint: str) -> str | 
         return f"weight {reply.weight} is not positive (no accepted cases)"
     if reply.fingerprint != fingerprint:
         return f"made on base {reply.fingerprint!r}, the bank's base is {fingerprint!r}"
+    problem = adapter_arrays_problem(reply.delta, schema)
+    if problem:
+        return problem
     try:
-        check_arrays(reply.delta, schema)
         check_metrics(reply.metrics)
     except EgressError as err:
         return str(err)
@@ -157,7 +138,7 @@ class DriftDetector:
         """Update the streaks from one round of two peers; returns {site: reason} for the suspects."""
         if self.window <= 0 or len(replies) != 2:
             return {}
-        norms = [delta_norm(r.delta) for r in replies]
+        norms = [r.norm for r in replies]
         flat = _flat([r.delta for r in replies])
         cosine = _cosine(flat[0], flat[1])
         out = {}
@@ -242,9 +223,24 @@ class PeerScreen:
     # --- the screens ----------------------------------------------------------------------------
     def screen(self, group: str, replies: list[Reply], hard_bound: float | None = None) -> list[Verdict]:
         """Verdicts for one peer group's well-formed replies, in their order."""
-        s = self.settings
-        norms = [delta_norm(r.delta) for r in replies]
+        norms = [r.norm for r in replies]
         verdicts = [Verdict(r, "accepted") for r in replies]
+        live = self._within_bound(replies, norms, verdicts, hard_bound)
+        zero = 1e-9 * (hard_bound or 1.0)
+        ref = self.reference(group, [norms[i] for i in live if norms[i] > zero])
+        if ref is None:
+            return verdicts
+        live = self._size_screens(replies, norms, verdicts, live, ref)
+        self._direction_screens(group, replies, verdicts, live, ref)
+        kept = [v.reply.norm for v in verdicts if v.status == "accepted" and v.counts]
+        positive = sorted(n for n in kept if n > zero)
+        if positive:
+            self.norms[group] = (self.norms.get(group, []) + [positive[(len(positive) - 1) // 2]])[-self.settings.history:]
+        return verdicts
+
+    @staticmethod
+    def _within_bound(replies: list[Reply], norms: list[float], verdicts: list[Verdict], hard_bound: float | None) -> list[int]:
+        """Reject each reply over the bank's absolute bound; the indices of the others."""
         live = []
         for i, (reply, norm) in enumerate(zip(replies, norms)):
             if hard_bound is not None and not norm <= hard_bound:
@@ -252,10 +248,13 @@ class PeerScreen:
                                                          f"absolute bound {hard_bound:.3g}")
             else:
                 live.append(i)
-        zero = 1e-9 * (hard_bound or 1.0)
-        ref = self.reference(group, [norms[i] for i in live if norms[i] > zero])
-        if ref is None:
-            return verdicts
+        return live
+
+    def _size_screens(self, replies: list[Reply], norms: list[float], verdicts: list[Verdict], live: list[int],
+                      ref: float) -> list[int]:
+        """Against the reference norm: reject the far too large, give a minority's tiny deltas no
+        weight, clip the large; the indices still judged by direction."""
+        s = self.settings
         for i in list(live):
             if norms[i] > s.norm_factor * ref:
                 verdicts[i] = Verdict(replies[i], "rejected", f"site {replies[i].site_id}: delta norm {norms[i]:.3g} is over "
@@ -269,31 +268,32 @@ class PeerScreen:
                 live.remove(i)
         for i in live:
             if norms[i] > s.clip_factor * ref:
-                clipped, _ = clip_delta(replies[i].delta, s.clip_factor * ref)
+                clipped, _ = clip_delta(replies[i].delta, s.clip_factor * ref, norms[i])
                 verdicts[i] = Verdict(replace(replies[i], delta=clipped), "accepted",
                                       f"delta norm {norms[i]:.3g} clipped to {s.clip_factor:g}x the reference ({ref:.3g})")
+        return live
+
+    def _direction_screens(self, group: str, replies: list[Reply], verdicts: list[Verdict], live: list[int],
+                           ref: float) -> None:
+        """Reject the suspects (`_suspects`), re-admitting one suspect `readmit_after` rounds in a row."""
         suspects = self._suspects(group, [verdicts[i].reply for i in live], ref)
         for i in live:
             reply = replies[i]
             count = self.suspect.setdefault(group, {}).get(reply.site_id, 0)
             if reply.site_id not in suspects:
                 self.suspect[group][reply.site_id] = 0
-            elif count >= s.readmit_after:
+            elif count >= self.settings.readmit_after:
                 self.suspect[group][reply.site_id] = 0
                 others = [float(replies[j].weight) for j in live if j != i and replies[j].site_id not in suspects]
                 weight = min([float(reply.weight), *others])
-                verdicts[i] = Verdict(replace(reply, delta=clip_delta(verdicts[i].reply.delta, ref)[0], weight=weight),
+                screened = verdicts[i].reply
+                verdicts[i] = Verdict(replace(reply, delta=clip_delta(screened.delta, ref, screened.norm)[0], weight=weight),
                                       "accepted", f"re-admitted after {count} rounds rejected, clipped to the reference "
                                       f"({ref:.3g}) with the smallest weight of its peers ({weight:g}); "
                                       f"still {suspects[reply.site_id]}")
             else:
                 self.suspect[group][reply.site_id] = count + 1
                 verdicts[i] = Verdict(reply, "rejected", f"site {reply.site_id}: {suspects[reply.site_id]}")
-        kept = [delta_norm(v.reply.delta) for v in verdicts if v.status == "accepted" and v.counts]
-        positive = sorted(n for n in kept if n > zero)
-        if positive:
-            self.norms[group] = (self.norms.get(group, []) + [positive[(len(positive) - 1) // 2]])[-s.history:]
-        return verdicts
 
     def reference(self, group: str, positive_norms: list[float]) -> float | None:
         """The group's reference norm: the median of its remembered references and this round's

@@ -3,9 +3,10 @@
 One site-general bank learns from every site; one bank per modality learns only from sites of that
 modality; one bank per task (the structure a site declares it labels, normalised by
 `fedpoint.shared.tasks`: "Lung field" and "lung-field" are one task) learns only from sites of that
-task. Strategy "banks" sends a site the most specific of its banks that exists: its task bank, else
-its modality bank, else the general one (`route` says which and why); strategy "general" is plain
+task. Routing "banks" sends a site the most specific of its banks that exists: its task bank, else
+its modality bank, else the general one (`route` says which and why); routing "general" is plain
 federated averaging of one shared adapter. A task bank is never updated by another task's reply.
+(The run-config key is `bank-routing`; its old name `bank-strategy` is still accepted.)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterable
 GENERAL = "general"
 MODALITY_PREFIX = "modality-"
 TASK_PREFIX = "task-"
-STRATEGIES = ("general", "banks")
+ROUTINGS = ("general", "banks")
 
 _SAFE_BANK = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -56,10 +57,10 @@ def check_bank_name(bank: str) -> str:
     return bank
 
 
-def _check_strategy(strategy: str) -> str:
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown bank strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
-    return strategy
+def _check_routing(routing: str) -> str:
+    if routing not in ROUTINGS:
+        raise ValueError(f"unknown bank routing {routing!r}; known: {', '.join(ROUTINGS)}")
+    return routing
 
 
 def task_bank(task: str) -> str:
@@ -79,10 +80,10 @@ def _task_of(task: str | None) -> str | None:
     return None if name == DEFAULT_TASK else name
 
 
-def route(modality: str | None, strategy: str, existing_banks: Iterable[str], task: str | None = None) -> tuple[str, str]:
+def route(modality: str | None, routing: str, existing_banks: Iterable[str], task: str | None = None) -> tuple[str, str]:
     """(the bank a site of this modality and task receives this round, why: words for the ledger)."""
-    if _check_strategy(strategy) == "general":
-        return GENERAL, "strategy general: one bank for every site"
+    if _check_routing(routing) == "general":
+        return GENERAL, "routing general: one bank for every site"
     existing = set(existing_banks)
     own_task = _task_of(task)
     if own_task is not None:
@@ -98,15 +99,15 @@ def route(modality: str | None, strategy: str, existing_banks: Iterable[str], ta
     return GENERAL, "general bank" + (f" (no bank of {' or '.join(missing)} yet)" if missing else " (no modality declared)")
 
 
-def bank_for_site(modality: str | None, strategy: str, existing_banks: Iterable[str], task: str | None = None) -> str:
+def bank_for_site(modality: str | None, routing: str, existing_banks: Iterable[str], task: str | None = None) -> str:
     """The bank whose adapter a site of this modality (and task) receives this round."""
-    return route(modality, strategy, existing_banks, task)[0]
+    return route(modality, routing, existing_banks, task)[0]
 
 
-def banks_to_update(modality: str | None, strategy: str, task: str | None = None) -> list[str]:
-    """The banks a site's reply is aggregated into: always the general bank, plus, under strategy
+def banks_to_update(modality: str | None, routing: str, task: str | None = None) -> list[str]:
+    """The banks a site's reply is aggregated into: always the general bank, plus, under routing
     "banks", its modality bank and its own task's bank (never another task's)."""
-    if _check_strategy(strategy) == "general":
+    if _check_routing(routing) == "general":
         return [GENERAL]
     banks = [GENERAL]
     if modality:

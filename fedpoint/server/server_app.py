@@ -17,13 +17,12 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from fedpoint.server.banks import BankStore
-from fedpoint.server.checks import ScreenSettings
 from fedpoint.server.ledger import SUMMARY_FILE, last_round, read_rounds
+from fedpoint.server.policy import CoordinatorPolicy
 from fedpoint.server.privacy_accountant import BudgetExceeded, PrivacyAccountant
 from fedpoint.server.registry import SiteRegistry
 from fedpoint.server.routing import GENERAL
 from fedpoint.server.strategy import bank_strategy_of, build_strategy
-from fedpoint.shared import protocol as P
 from fedpoint.shared.payload import encode_arrays
 from fedpoint.shared.run_config import CoordinatorConfig, parse_run_config
 
@@ -85,17 +84,11 @@ def _run(grid: Grid, fed: CoordinatorConfig, adapter, store: BankStore) -> list[
     resume_after = resume_point(store, fed, open_banks(store, adapter))
     log(INFO, "bank store %s: banks %s, resuming after round %d", store.root, ", ".join(store.banks()), resume_after)
     runner = build_strategy(
-        fed.privacy, store, noise_multiplier=fed.dp_noise_multiplier, clipping_norm=fed.dp_clipping_norm,
-        fingerprint=adapter.base_fingerprint, schema=adapter.schema(), settings=P.instruction_settings(fed),
-        bank_strategy=fed.bank_strategy, norm_factor=fed.norm_factor, clip_norm=fed.clip_norm, round_offset=resume_after,
-        fraction_train=fed.fraction_train, min_train_nodes=fed.min_train_nodes,
-        query_timeout=min(fed.round_timeout, 300.0),
-        summary_path=fed.output_path / SUMMARY_FILE if fed.output_path else None,
-        registry=site_registry(fed), aggregation_rule=fed.aggregation_rule, trim_fraction=fed.trim_fraction,
-        weight_cap_factor=fed.weight_cap_factor, norm_cap_rms=fed.norm_cap_rms, history_factor=fed.history_factor,
-        drift_window=fed.drift_window, drift_ratio=fed.drift_ratio, join_rounds=site_join_rounds(fed),
-        evaluate_banks=fed.evaluate_banks, screen=ScreenSettings(**fed.screen_settings()), max_share=fed.max_share,
-        silent_rounds=fed.silent_rounds, accountant=privacy_accountant(store, fed),
+        fed.privacy, store, CoordinatorPolicy.from_config(fed), noise_multiplier=fed.dp_noise_multiplier,
+        clipping_norm=fed.dp_clipping_norm, accountant=privacy_accountant(store, fed),
+        fingerprint=adapter.base_fingerprint, schema=adapter.schema(), registry=site_registry(fed),
+        summary_path=fed.output_path / SUMMARY_FILE if fed.output_path else None, round_offset=resume_after,
+        join_rounds=site_join_rounds(fed),
     )
     if fed.dp:
         log(INFO, "central DP on: noise multiplier %g, client-side clipping norm %g, delta %g, epsilon budget %s",

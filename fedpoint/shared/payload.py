@@ -133,22 +133,34 @@ def check_metrics(metrics: Mapping) -> None:
             raise EgressError(f"metric {key!r} is {float(value):.3g}, outside its range [{low:g}, {high:g}]")
 
 
-def check_arrays(arrays: Mapping, schema: Schema) -> None:
+def adapter_arrays_problem(arrays: Mapping, schema: Schema) -> str | None:
+    """Why `arrays` are not exactly the adapter's parameters (every name of `schema` and no other,
+    numpy arrays of its shapes and dtypes, finite values), or None. The one statement of that rule:
+    a site's egress and the coordinator's intake both ask it."""
     missing = sorted(set(schema) - set(arrays))
     if missing:
-        raise EgressError(f"adapter parameter {missing[0]!r} is missing from the payload ({len(missing)} missing)")
+        return f"adapter parameter {missing[0]!r} is missing from the payload ({len(missing)} missing)"
     for name, value in arrays.items():
         if name not in schema:
-            raise EgressError(f"array {name!r} is not an adapter parameter: refusing to send it")
+            return f"array {name!r} is not an adapter parameter: refusing to send it"
         if not isinstance(value, np.ndarray):
-            raise EgressError(f"array {name!r} is a {type(value).__name__}, not a numpy array")
+            return f"array {name!r} is a {type(value).__name__}, not a numpy array"
         shape, dtype = schema[name]
         if tuple(value.shape) != tuple(shape):
-            raise EgressError(f"array {name!r} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+            return f"array {name!r} has shape {tuple(value.shape)}, expected {tuple(shape)}"
         if value.dtype.name != dtype:
-            raise EgressError(f"array {name!r} has dtype {value.dtype.name}, expected {dtype}")
+            return f"array {name!r} has dtype {value.dtype.name}, expected {dtype}"
         if not np.isfinite(value).all():
-            raise EgressError(f"array {name!r} holds non-finite values")
+            return f"array {name!r} holds non-finite values"
+    return None
+
+
+def check_arrays(arrays: Mapping, schema: Schema, error: type[Exception] = EgressError) -> None:
+    """Raise `error` (EgressError unless another is given) unless `arrays` are exactly the adapter's
+    parameters (`adapter_arrays_problem`)."""
+    problem = adapter_arrays_problem(arrays, schema)
+    if problem:
+        raise error(problem)
 
 
 def check_egress(arrays: Mapping, schema: Schema, metrics: Mapping | None = None) -> None:

@@ -91,7 +91,8 @@ class CoordinatorConfig(_Shared):
     clicks: int = Field(5, ge=1, le=50)
     mode: AdaptationMode = "mid+post"
     lr: float = Field(0.0, ge=0, le=1.0, description="0: the adapter kind's default (shared.adapter_kinds, AdapterKind.lr)")
-    bank_strategy: Literal["banks", "general"] = "banks"
+    bank_routing: Literal["banks", "general"] = Field(
+        "banks", description="which bank a site receives (fedpoint.server.routing); old name: bank-strategy")
     clip_norm: float = Field(0.0, ge=0, description="> 0: the coordinator clips each delta to this L2 norm")
     dp_noise_multiplier: float = Field(0.0, ge=0, description="> 0: Flower's central DP, client-side fixed clipping")
     dp_clipping_norm: float = Field(1.0, gt=0)
@@ -133,7 +134,7 @@ class CoordinatorConfig(_Shared):
 
     @property
     def privacy(self) -> str:
-        """The coordinator's strategy variant by name (`fedpoint.server.strategy.PRIVACY`)."""
+        """The coordinator's privacy variant by name (`fedpoint.server.strategy.PRIVACY`)."""
         return "central-dp" if self.dp else "none"
 
 
@@ -143,12 +144,25 @@ class FederationConfig(CoordinatorConfig, SiteRoundConfig, SimulationConfig):
 
 Reader = TypeVar("Reader", bound=_Shared)
 
+# Keys renamed, old name -> new name. An old name is still accepted; within one layer (the defaults,
+# or the run config: pyproject.toml with `--run-config` on top) it wins over the new name, which
+# pyproject.toml holds, because only a user's override can still say it.
+RENAMED_KEYS = {"bank-strategy": "bank-routing"}
+
+
+def _current_names(layer: Mapping | None) -> dict:
+    out = dict(layer or {})
+    for old, new in RENAMED_KEYS.items():
+        if old in out:
+            out[new] = out.pop(old)
+    return out
+
 
 def parse_run_config(run_config: Mapping | None, defaults: Mapping | None = None,
                      reader: type[Reader] = FederationConfig) -> Reader:
     """Defaults, then the run config on top, checked as a whole (errors name the run-config key;
     a key no reader knows is refused); returns the part `reader` reads."""
-    merged = {**(defaults or {}), **dict(run_config or {})}
+    merged = {**_current_names(defaults), **_current_names(run_config)}
     try:
         whole = FederationConfig(**merged)
     except ValidationError as err:

@@ -18,6 +18,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageTy
 from fedpoint.server.banks import BankIntegrityError, BankStore, StoreLockedError
 from fedpoint.server.registry import SiteEntry, SiteRegistry
 from fedpoint.server.server_app import base_adapter, open_banks
+from fedpoint.server.intake import read_identity
+from fedpoint.server.policy import CoordinatorPolicy
 from fedpoint.server.strategy import BankStrategy, SiteInfo
 from fedpoint.shared import protocol as P
 from fedpoint.shared.run_config import parse_run_config
@@ -45,11 +47,8 @@ def coordinator(base, output, registry=None, **overrides):
     adapter = base_adapter(fed)
     store = BankStore(fed.bank_store_path)
     last = open_banks(store, adapter)
-    return BankStrategy(store, fingerprint=adapter.base_fingerprint, schema=adapter.schema(),
-                        settings=P.instruction_settings(fed), bank_strategy=fed.bank_strategy,
-                        norm_factor=fed.norm_factor, round_offset=last, registry=registry,
-                        aggregation_rule=fed.aggregation_rule, weight_cap_factor=fed.weight_cap_factor,
-                        drift_window=fed.drift_window, drift_ratio=fed.drift_ratio,
+    return BankStrategy(store, CoordinatorPolicy.from_config(fed), fingerprint=adapter.base_fingerprint,
+                        schema=adapter.schema(), round_offset=last, registry=registry,
                         summary_path=fed.output_path / "federation.json")
 
 
@@ -301,7 +300,7 @@ def test_a_bad_identity_is_refused_and_the_federation_goes_on(name, tiny_base_2d
     s = coordinator(tiny_base_2d, tmp_path)
     s.sites[1] = SiteInfo("site-1", "MR")
     with pytest.raises(ValueError) as err:
-        s.resolve_identity(ROGUE, query_reply(ROGUE, IDENTITY_ATTACKS[name]))
+        read_identity(ROGUE, query_reply(ROGUE, IDENTITY_ATTACKS[name]), s.sites, s.registry)
     assert "\n" not in str(err.value)
     RESULTS[f"query-{name}"] = "refused"
 
@@ -311,7 +310,7 @@ def test_honest_unicode_and_long_modalities_get_a_bank(modality, tiny_base_2d, t
     from fedpoint.server.routing import modality_bank
 
     s = coordinator(tiny_base_2d, tmp_path)
-    info = s.resolve_identity(4, query_reply(4, {P.SITE_ID: "site-4", P.MODALITY: modality}))
+    info = read_identity(4, query_reply(4, {P.SITE_ID: "site-4", P.MODALITY: modality}), s.sites, s.registry)
     msgs = send(s, {4: info.modality})
     s.aggregate_train(1, [craft(msgs[4], honest_delta(bank_of(msgs[4]), 4))])
     assert modality_bank(modality) in s.store.banks() and len(modality_bank(modality)) <= 63
@@ -320,22 +319,23 @@ def test_honest_unicode_and_long_modalities_get_a_bank(modality, tiny_base_2d, t
 def test_the_registry_decides_who_a_node_is(tiny_base_2d, tmp_path):
     registry = SiteRegistry([SiteEntry("hospital-a", "MR", node_id=11), SiteEntry("hospital-b", "CT", node_id=12)])
     s = coordinator(tiny_base_2d, tmp_path, registry=registry)
-    assert s.resolve_identity(11, query_reply(11, {P.SITE_ID: "hospital-a", P.MODALITY: "MR"})).site_id == "hospital-a"
+    claim = query_reply(11, {P.SITE_ID: "hospital-a", P.MODALITY: "MR"})
+    assert read_identity(11, claim, s.sites, s.registry).site_id == "hospital-a"
     for node, claim, what in [(12, {P.SITE_ID: "hospital-b", P.MODALITY: "MR"}, "registry-modality-disagrees"),
                               (12, {P.SITE_ID: "hospital-a", P.MODALITY: "CT"}, "registry-id-disagrees"),
                               (13, {P.SITE_ID: "hospital-c", P.MODALITY: "MR"}, "registry-unknown-node")]:
         with pytest.raises(ValueError, match="registry"):
-            s.resolve_identity(node, query_reply(node, claim))
+            read_identity(node, query_reply(node, claim), s.sites, s.registry)
         RESULTS[what] = "refused"
 
 
 def test_simulation_binds_each_site_name_once(tiny_base_2d, tmp_path):
     s = coordinator(tiny_base_2d, tmp_path, registry=SiteRegistry.from_site_names(["mr-site", "ct-site"]))
-    s.sites[1] = s.resolve_identity(1, query_reply(1, {P.SITE_ID: "mr-site", P.MODALITY: "MR"}))
+    s.sites[1] = read_identity(1, query_reply(1, {P.SITE_ID: "mr-site", P.MODALITY: "MR"}), s.sites, s.registry)
     with pytest.raises(ValueError, match="node 1"):
-        s.resolve_identity(2, query_reply(2, {P.SITE_ID: "mr-site", P.MODALITY: "MR"}))
+        read_identity(2, query_reply(2, {P.SITE_ID: "mr-site", P.MODALITY: "MR"}), s.sites, s.registry)
     with pytest.raises(ValueError, match="does not have"):
-        s.resolve_identity(3, query_reply(3, {P.SITE_ID: "rogue", P.MODALITY: "MR"}))
+        read_identity(3, query_reply(3, {P.SITE_ID: "rogue", P.MODALITY: "MR"}), s.sites, s.registry)
     RESULTS["sim-duplicate-partition-claim"] = "refused"
     RESULTS["sim-unknown-site-name"] = "refused"
 
@@ -413,11 +413,11 @@ def test_a_crash_between_bank_writes_loses_no_round(tiny_base_2d, tmp_path, monk
     original = BankStore.write
     calls = {"n": 0}
 
-    def dying_write(self, bank, state, fields=None):
+    def dying_write(self, bank, state, fields=None, *parent):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt("killed")
-        return original(self, bank, state, fields)
+        return original(self, bank, state, fields, *parent)
 
     s.aggregate_train(1, [craft(msgs[n], honest_delta(bank_of(msgs[n]), n)) for n in HONEST])  # round 1 fine
     msgs = send(s, HONEST, server_round=2)

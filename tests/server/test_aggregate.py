@@ -161,3 +161,32 @@ def test_each_kinds_rules_are_what_aggregation_does(adapter_state, variant):
     assert same_from_sum is rules.exact_under_secure_aggregation(cfg) is EXACT_UNDER_SECAGG[variant]
     assert aggregation_rule(cfg.kind, cfg) == rules.aggregation(cfg)
     assert rules.aggregation(cfg).startswith("weighted-mean-of-deltas" if rules.is_linear(cfg) else "weighted-mean-of-lora-products")
+
+
+def test_the_rules_are_a_registry_of_named_variants(monkeypatch):
+    from fedpoint.server import aggregate as A
+
+    assert A.RULES == ("weighted-mean", "trimmed-mean", "median")
+    assert [A.rule_named(n).name for n in A.RULES] == list(A.RULES)
+    assert A.aggregation_rule("norm", rule="trimmed-mean", trim=0.1) == "coordinate-trimmed-mean-0.1-of-deltas"
+    assert not A.exact_under_secure_aggregation("norm", rule="median") and A.exact_under_secure_aggregation("norm")
+    with pytest.raises(ValueError, match="unknown aggregation rule 'mean'"):
+        A.check_rule("mean", "norm")
+    with pytest.raises(ValueError, match="needs a linear adapter"):
+        A.check_rule("median", "lora", AdapterConfig(kind="lora", lora_freeze_a=False))
+
+    class Largest(A.CoordinateRule):  # a new rule is one small class in the registry, no switch to edit
+        name = "largest"
+
+        def describe(self, kind, cfg, trim):
+            return "coordinate-max-of-deltas"
+
+        def center(self, stack, trim):
+            return stack.max(axis=0)
+
+    monkeypatch.setitem(A.AGGREGATION_RULES, "largest", Largest())
+    bank = {"w": np.zeros(3, np.float32)}
+    replies = [Reply(f"s{i}", "general", {"w": np.array(d, np.float32)}, 1.0, "") for i, d in
+               enumerate([[1, 0, 0], [0, 2, 0], [0, 0, 3]])]
+    np.testing.assert_array_equal(aggregate(bank, replies, "norm", rule="largest")["w"], [1, 2, 3])
+    assert A.aggregation_rule("norm", rule="largest") == "coordinate-max-of-deltas"

@@ -109,3 +109,28 @@ def test_the_payload_module_does_not_import_flower():
 
     code = "import sys, fedpoint.shared.payload; assert 'flwr' not in sys.modules, 'flwr imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_one_rule_says_whether_arrays_are_the_adapters_parameters_on_both_ends(tmp_path):
+    """The site's egress, the coordinator's intake and the bank store's write ask the same question."""
+    from fedpoint.server.banks import BankStore
+    from fedpoint.server.checks import Reply, structural_problem
+    from fedpoint.shared.adapters import AdapterMismatchError
+    from fedpoint.shared.config import AdapterConfig
+    from fedpoint.shared.payload import adapter_arrays_problem, check_arrays, state_schema
+
+    state = {"w": np.ones(4, np.float32)}
+    schema = state_schema(state)
+    assert adapter_arrays_problem(state, schema) is None
+    wide = {"w": np.ones(5, np.float32)}
+    problem = adapter_arrays_problem(wide, schema)
+    assert "shape (5,)" in problem
+    with pytest.raises(EgressError, match="shape"):
+        check_egress(wide, schema)  # the site's egress
+    assert structural_problem(Reply("s", "general", wide, 1.0, "fp"), schema, "fp") == problem  # the intake
+    with pytest.raises(KeyError, match="shape"):
+        check_arrays(wide, schema, error=KeyError)
+    store = BankStore(tmp_path / "banks")
+    store.init_bank("general", state, "fp", "norm", AdapterConfig(kind="norm"))
+    with pytest.raises(AdapterMismatchError, match="shape"):  # and the store, before it writes a version
+        store.write("general", wide)

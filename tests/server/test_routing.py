@@ -26,5 +26,5 @@ def test_bank_for_site_falls_back_to_general_until_the_modality_bank_exists():
 def test_banks_to_update():
     assert banks_to_update("CT", "banks") == [GENERAL, "modality-ct"]
     assert banks_to_update("CT", "general") == [GENERAL]
-    with pytest.raises(ValueError, match="unknown bank strategy"):
+    with pytest.raises(ValueError, match="unknown bank routing"):
         banks_to_update("CT", "fedprox")

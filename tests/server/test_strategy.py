@@ -12,6 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 
 from fedpoint.server.banks import BankStore
 from fedpoint.server.checks import delta_norm
+from fedpoint.server.policy import CoordinatorPolicy
 from fedpoint.server.server_app import base_adapter, open_banks
 from fedpoint.server.strategy import BankStrategy, NoisedBankStrategy, PrivateBankStrategy, SiteInfo
 from fedpoint.shared import protocol as P
@@ -23,10 +24,8 @@ def make_coordinator(base, output, variant=BankStrategy, **overrides):
     adapter = base_adapter(fed)
     store = BankStore(fed.bank_store_path)
     last = open_banks(store, adapter)
-    strategy = variant(store, fingerprint=adapter.base_fingerprint, schema=adapter.schema(),
-                            settings=P.instruction_settings(fed), bank_strategy=fed.bank_strategy,
-                            norm_factor=fed.norm_factor, clip_norm=fed.clip_norm, round_offset=last,
-                            summary_path=fed.output_path / "federation.json")
+    strategy = variant(store, CoordinatorPolicy.from_config(fed), fingerprint=adapter.base_fingerprint,
+                       schema=adapter.schema(), round_offset=last, summary_path=fed.output_path / "federation.json")
     return SimpleNamespace(strategy=strategy, store=store, adapter=adapter, fed=fed)
 
 
@@ -237,10 +236,11 @@ def test_the_privacy_variant_is_chosen_by_name_when_the_strategy_is_built(coordi
     from fedpoint.server.strategy import bank_strategy_of, build_strategy
 
     c = coordinator
-    kwargs = dict(fingerprint=c.adapter.base_fingerprint, schema=c.adapter.schema(), settings=P.instruction_settings(c.fed))
-    plain = build_strategy("none", c.store, **kwargs)
+    kwargs = dict(fingerprint=c.adapter.base_fingerprint, schema=c.adapter.schema())
+    plain = build_strategy("none", c.store, CoordinatorPolicy.from_config(c.fed), **kwargs)
     assert type(plain) is BankStrategy and plain.commits_round and bank_strategy_of(plain) is plain
-    private = build_strategy("central-dp", c.store, noise_multiplier=0.5, clipping_norm=0.1, **kwargs)
+    private = build_strategy("central-dp", c.store, CoordinatorPolicy.from_config(c.fed), noise_multiplier=0.5,
+                             clipping_norm=0.1, **kwargs)
     assert isinstance(private, PrivateBankStrategy) and type(bank_strategy_of(private)) is NoisedBankStrategy
     assert not bank_strategy_of(private).commits_round and private.noise_multiplier == 0.5
     with pytest.raises(TypeError, match="NoisedBankStrategy"):  # a committing strategy would write before the noise

@@ -92,12 +92,13 @@ def _query_reply(node: int, config: dict):
     return Message(RecordDict({P.CONFIG: ConfigRecord(config)}), reply_to=query)
 
 
-def test_the_identity_query_carries_the_task_normalised_and_refuses_a_bad_one(coordinator):
-    s = coordinator.strategy
-    info = s.resolve_identity(7, _query_reply(7, {P.SITE_ID: "site-7", P.MODALITY: "CT", P.TASK: "Lesion  Core"}))
+def test_the_identity_query_carries_the_task_normalised_and_refuses_a_bad_one(task_identity):
+    from fedpoint.server.intake import read_identity
+
+    info = read_identity(7, _query_reply(7, {P.SITE_ID: "site-7", P.MODALITY: "CT", P.TASK: "Lesion  Core"}), {}, None)
     assert info.task == "lesion-core"
-    assert s.resolve_identity(8, _query_reply(8, {P.SITE_ID: "site-8", P.MODALITY: "CT"})).task is None
+    assert read_identity(8, _query_reply(8, {P.SITE_ID: "site-8", P.MODALITY: "CT"}), {}, None).task is None
     for bad in ("../liver", "liver\nWARNING forged", "x" * 200):
         with pytest.raises(ValueError) as err:
-            s.resolve_identity(9, _query_reply(9, {P.SITE_ID: "site-9", P.MODALITY: "CT", P.TASK: bad}))
+            read_identity(9, _query_reply(9, {P.SITE_ID: "site-9", P.MODALITY: "CT", P.TASK: bad}), {}, None)
         assert "\n" not in str(err.value)

@@ -7,6 +7,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedpoint.server.banks import BankStore
 from fedpoint.server.server_app import base_adapter, open_banks, site_join_rounds
+from fedpoint.server.policy import CoordinatorPolicy
 from fedpoint.server.strategy import BankStrategy
 from fedpoint.shared import protocol as P
 from fedpoint.shared.run_config import parse_run_config
@@ -39,8 +40,9 @@ def strategy_for(base, tmp_path, join_rounds, **kw) -> BankStrategy:
     adapter = base_adapter(fed)
     store = BankStore(fed.bank_store_path)
     open_banks(store, adapter)
-    return BankStrategy(store, fingerprint=adapter.base_fingerprint, schema=adapter.schema(),
-                        settings=P.instruction_settings(fed), min_train_nodes=2, join_rounds=join_rounds, **kw)
+    policy = CoordinatorPolicy(settings=P.instruction_settings(fed), min_train_nodes=2, **kw)
+    return BankStrategy(store, policy, fingerprint=adapter.base_fingerprint, schema=adapter.schema(),
+                        join_rounds=join_rounds)
 
 
 def sampled(strategy: BankStrategy, grid: FakeGrid, server_round: int) -> dict[str, str]:
