@@ -56,10 +56,12 @@ data: $(STAMP)
 
 # Two pytest workers (pytest-xdist): most tests wait on servers, subprocesses or one torch thread, so
 # two share a 2-core machine well. A test file stays on one worker and the simulated Flower federations
-# run one after another (tests/conftest.py). TEST_WORKERS=0 runs in one process.
+# run one after another (tests/conftest.py). --no-loadscope-reorder keeps the conftest's order of those
+# groups, the longest first (xdist would queue the groups with most tests first, leaving the few-test,
+# minutes-long ones to one worker at the end). TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 test: setup system-packages data
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # workers share the cores: one torch/BLAS thread each (and their children)
@@ -69,20 +70,52 @@ def blob_maker():
     return blob_image
 
 
+@pytest.fixture(scope="session")
+def blob_base_2d(tmp_path_factory) -> Path:
+    """A tiny base trained for a few seconds to segment bright blobs from one click (the random tiny
+    base predicts noise): the page shows a real-looking mask, the replay judge sees clicks saved.
+    Trained once per session (per xdist worker), not once per test."""
+    helpers = str(Path(__file__).parent / "client" / "service")
+    if helpers not in sys.path:
+        sys.path.insert(0, helpers)
+    from service_helpers import train_blob_base
+
+    return train_blob_base(tmp_path_factory.mktemp("blob-base") / "blob2d", blob_image)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "hostile: hostile inputs and faults against the site service (run by default)")
+
+
+# Groups queued first (make test passes --no-loadscope-reorder, so xdist keeps this order): the longest
+# serial groups and the fresh-venv install, then every group holding a slow test. xdist's default orders
+# groups by their number of tests, which queued these few-test, minutes-long groups last, where one
+# worker ran them alone.
+FIRST_GROUPS = ("flower-simulation", "deploy-consortium", "tests/packaging/test_fresh_install.py")
 
 
 def pytest_collection_modifyitems(config, items):
     """With `--dist loadgroup` (make test): a test file stays on one worker (its module fixtures are
     built once), and every simulated (Ray) Flower federation shares one group, so two never compete for
-    the cores (under that contention their rounds time out). The deployment tests (real SuperLink and
-    SuperNodes, no Ray) keep their own file group."""
+    the cores (under that contention their rounds time out). The deployment tests that run a real
+    SuperLink and SuperNodes (no Ray) share one group, so its one consortium (tests/deploy/conftest.py,
+    session-scoped) is started once. Items are then ordered by group: FIRST_GROUPS, the groups with a
+    slow test, the rest (each in collection order)."""
+    groups = {}
     for item in items:
         path = item.nodeid.split("::")[0]
-        ray = item.get_closest_marker("flower") and not path.startswith("tests/deploy/")
-        item.add_marker(pytest.mark.xdist_group("flower-simulation" if ray else path))
+        group = path
+        if item.get_closest_marker("flower"):
+            group = "deploy-consortium" if path.startswith("tests/deploy/") else "flower-simulation"
+        item.add_marker(pytest.mark.xdist_group(group))
+        groups[item.nodeid] = group
+    slow = {groups[i.nodeid] for i in items if i.get_closest_marker("slow")}
 
+    def rank(item) -> int:
+        group = groups[item.nodeid]
+        return FIRST_GROUPS.index(group) if group in FIRST_GROUPS else len(FIRST_GROUPS) + (group not in slow)
+
+    items.sort(key=rank)  # stable: collection order within a rank
 
 
 @pytest.fixture

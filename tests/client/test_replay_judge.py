@@ -3,9 +3,6 @@ cases is rolled back (to the last good state, or to the frozen start)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -13,14 +10,6 @@ from fedpoint.client.engine import SiteEngine
 from fedpoint.client.replay_judge import replay_score
 from fedpoint.client.stream import annotate
 from fedpoint.shared.config import AdaptationConfig
-
-sys.path.insert(0, str(Path(__file__).parent / "service"))
-from service_helpers import train_blob_base  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def blob_base(tmp_path_factory, blob_maker):
-    return train_blob_base(tmp_path_factory.mktemp("judge-base") / "blob2d", blob_maker)
 
 
 def _engine(base, judge: bool, store):
@@ -33,8 +22,8 @@ def _weights(model):
 
 
 @pytest.mark.parametrize("judge", [True, False])
-def test_an_adapter_made_worse_is_rolled_back_only_with_the_judge(judge, blob_base, blob, tmp_path):
-    engine = _engine(blob_base, judge, tmp_path / "store")
+def test_an_adapter_made_worse_is_rolled_back_only_with_the_judge(judge, blob_base_2d, blob, tmp_path):
+    engine = _engine(blob_base_2d, judge, tmp_path / "store")
     start = _weights(engine.model)
     held_image, held_mask = blob((48, 48), seed=1)
     annotate(engine, held_image, held_mask, 3, "held")  # the first case is held back: its update is undone
@@ -63,8 +52,8 @@ def test_an_adapter_made_worse_is_rolled_back_only_with_the_judge(judge, blob_ba
         assert after.worse_than(good, 0.01)
 
 
-def test_a_good_update_is_kept_and_the_judge_cost_is_recorded(blob_base, blob, tmp_path):
-    engine = _engine(blob_base, True, tmp_path / "store")
+def test_a_good_update_is_kept_and_the_judge_cost_is_recorded(blob_base_2d, blob, tmp_path):
+    engine = _engine(blob_base_2d, True, tmp_path / "store")
     records = [annotate(engine, *blob((48, 48), seed=s), 3, f"c{s}") for s in range(4)]
     judge = engine.slot().judge
     assert judge.counts["held_back"] == 2  # cases 0 and 2
@@ -72,6 +61,6 @@ def test_a_good_update_is_kept_and_the_judge_cost_is_recorded(blob_base, blob, t
     assert [r["judge_ms"] > 0 for r in records] == [False, True, False, True]
 
 
-def test_the_judge_is_off_by_default_and_in_frozen_mode(blob_base, tmp_path):
-    assert SiteEngine.create(blob_base, "norm", AdaptationConfig(mode="post")).slot().judge is None
-    assert SiteEngine.create(blob_base, "norm", AdaptationConfig(mode="frozen", judge=True)).slot().judge is None
+def test_the_judge_is_off_by_default_and_in_frozen_mode(blob_base_2d, tmp_path):
+    assert SiteEngine.create(blob_base_2d, "norm", AdaptationConfig(mode="post")).slot().judge is None
+    assert SiteEngine.create(blob_base_2d, "norm", AdaptationConfig(mode="frozen", judge=True)).slot().judge is None

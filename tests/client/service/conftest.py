@@ -30,12 +30,3 @@ def make_config(site, tiny_base_2d):
 def live(make_config):
     with LiveServer(make_config()) as server:
         yield server
-
-
-@pytest.fixture
-def blob_base_2d(tmp_path_factory, blob):
-    """A tiny base trained for a few seconds to segment bright blobs from one click, so the page
-    shows a real-looking mask (the random tiny base predicts noise)."""
-    from service_helpers import train_blob_base
-
-    return train_blob_base(tmp_path_factory.mktemp("blob-base") / "blob2d", blob)
