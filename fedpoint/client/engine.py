@@ -202,8 +202,8 @@ class SiteEngine:
         return load_cases(slot.store, episode_splits.held_out(slot.store.splits()))
 
     def offer(self, state: State, source: str, task: str | None = None) -> GuardReview:
-        """An adapter offered from outside (a federation bank) for `task`: swap it in if the guard
-        passes it; returns the guard's review. A task with no held-out case yet takes it
+        """An adapter offered from outside (a federation bank) for `task`: swap it in if the regression guard
+        passes it; returns its review. A task with no held-out case yet takes it
         unvalidated (said so in the log): it has nothing better to start from."""
         slot = self.slot(task)
         review = slot.regression_guard.review(slot.model, state, self.held_out(slot.task), source, slot.store, unvalidated_pass=True)

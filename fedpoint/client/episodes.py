@@ -133,7 +133,7 @@ class EpisodeScheduler:
 
     def run_episode(self) -> EpisodeResult:
         """Train a copy on the cache, pick its best epoch on `val`, re-base that epoch's change onto
-        the live adapter (online updates made meanwhile are kept) and let the guard judge the
+        the live adapter (online updates made meanwhile are kept) and let the regression guard judge the
         result on `judge`, cases the selection never saw."""
         t0 = time.perf_counter()
         splits = self._assign_split()

@@ -89,7 +89,7 @@ class AnnotationSession:
     post_ms: float = 0.0
     repredict: bool = False
     post_window: FocusWindow | None = None
-    rejected: list[dict] = field(default_factory=list)  # online updates the guard rolled back, with reasons
+    rejected: list[dict] = field(default_factory=list)  # online updates the online guard rolled back, with reasons
     spacing: tuple[float, ...] | None = None  # mm per spatial axis: windows are cubes in mm (None: voxels)
     drawn_box: Box | None = None  # the box the session started with, if any
 
@@ -173,23 +173,23 @@ class AnnotationSession:
         pseudo = enforce_clicks(pred_c.float(), view.clicks)
         seen = self.steps[-1].input_mask
         seen_c = None if seen is None else view.window.crop(seen, mask=True).float()
-        guard = model.online_guard
+        online_guard = model.online_guard
         # One trial at a time on the site's shared model: another person's step landing between
         # this snapshot and its restore would be undone with it.
         with model.lock:
-            snap = snapshot(model) if guard.enabled else None
+            snap = snapshot(model) if online_guard.enabled else None
             mid_interaction_update(model, view.image, view.clicks[:-1], seen_c, view.clicks[-1], pseudo, box=view.box)
             after = None
             if snap is not None:
-                keep, after = guard.check_mid(model, view.image, view.clicks, view.prev, pred_c.float(), self.case_id,
+                keep, after = online_guard.check_mid(model, view.image, view.clicks, view.prev, pred_c.float(), self.case_id,
                                               box=view.box)
                 if not keep:
                     restore(model, snap)
-                    self.rejected.append(guard.events[-1])
-                elif guard.project(model):
+                    self.rejected.append(online_guard.events[-1])
+                elif online_guard.project(model):
                     after = None  # the projected model differs from the one checked
         update_ms = (time.perf_counter() - t1) * 1e3
-        if self.repredict and after is not None:  # the guard already predicted with the updated model
+        if self.repredict and after is not None:  # the online guard already predicted with the updated model
             mask = enforce_clicks(view.paste(after.bool()), clicks)
         elif self.repredict:
             t2 = time.perf_counter()
@@ -241,27 +241,27 @@ class AnnotationSession:
         """The post-interaction update in the first prompt's window, as a trial the online guard
         keeps or rolls back: judged on the accepted image in its last click's window and on the
         replay cases, then remembered for replay and checked against the anchor."""
-        model, guard = self.model, self.model.online_guard
-        if guard.enabled:
+        model, online_guard = self.model, self.model.online_guard
+        if online_guard.enabled:
             snap = snapshot(model)
             last = self.steps[-1].window
             own = last.cut(self._image_t, self.clicks, None, self.drawn_box)
             own_target = torch.as_tensor(last.crop(final, mask=True), dtype=torch.float32, device=model.device)
-            before_own = guard.own_score(model, own.image, own.clicks, own_target, box=own.box)
-            before_replay = guard.replay_score(model)
+            before_own = online_guard.own_score(model, own.image, own.clicks, own_target, box=own.box)
+            before_replay = online_guard.replay_score(model)
         post_interaction_update(model, first_view.image, first_c, target, np.random.default_rng(self.seed), box=first_view.box)
-        if not guard.enabled:
+        if not online_guard.enabled:
             return
-        if not guard.check_post(model, before_replay, before_own, own.image, own.clicks, own_target,
+        if not online_guard.check_post(model, before_replay, before_own, own.image, own.clicks, own_target,
                                 case_id=self.case_id, box=own.box):
             restore(model, snap)
-            self.rejected.append(guard.events[-1])
+            self.rejected.append(online_guard.events[-1])
         else:
-            guard.project(model)
+            online_guard.project(model)
         target_t = torch.as_tensor(target, dtype=torch.float32, device=model.device)
-        guard.remember(first_view.image, target_t, first_c, first_view.box)
-        if not guard.rolling_check(model, self.case_id):
-            self.rejected.append(guard.events[-1])
+        online_guard.remember(first_view.image, target_t, first_c, first_view.box)
+        if not online_guard.rolling_check(model, self.case_id):
+            self.rejected.append(online_guard.events[-1])
 
     def record(self) -> dict:
         """What happened, for logs and evaluation (no image data)."""
