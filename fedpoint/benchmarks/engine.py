@@ -144,10 +144,10 @@ def simulated_clicks(engine, image: np.ndarray, masks: list[np.ndarray], clicks:
 def click_to_mask_512(net, cfg: ModelConfig, device: str, clicks: int = CLICKS_512, sync=lambda: None) -> dict:
     """p50/p95 of `session.click` on a 512 x 512 slice, mode mid+post, `norm` adapter (see module doc)."""
     from fedpoint.client.engine import SiteEngine
-    from fedpoint.client.site_model import SiteModel
+    from fedpoint.client.site_model import SiteModelFactory
 
     image, masks, source = _slice_512()
-    engine = SiteEngine(SiteModel(make_adapter(net, "norm"), cfg, AdaptationConfig(mode="mid+post"), device))
+    engine = SiteEngine(SiteModelFactory(net, cfg, AdaptationConfig(mode="mid+post"), device).fresh())
     times = simulated_clicks(engine, image, masks, clicks, per_object=5, warmup=3, sync=sync)
     return {**_percentiles(times), "clicks": len(times), "image": source}
 
@@ -157,11 +157,11 @@ def box_to_mask_512(net, cfg: ModelConfig, device: str, boxes: int = CLICKS_512,
     correction click that follows it (the simulated user's, with its mid-interaction update), mode
     mid+post, `norm` adapter; each object's mask accepted as a user would."""
     from fedpoint.client.engine import SiteEngine
-    from fedpoint.client.site_model import SiteModel
+    from fedpoint.client.site_model import SiteModelFactory
     from fedpoint.shared.simulated_user import SimulatedUser, tight_box
 
     image, masks, source = _slice_512()
-    engine = SiteEngine(SiteModel(make_adapter(net, "norm"), cfg, AdaptationConfig(mode="mid+post"), device))
+    engine = SiteEngine(SiteModelFactory(net, cfg, AdaptationConfig(mode="mid+post"), device).fresh())
     box_ms, click_ms, warmup, k = [], [], 3, 0
     while len(box_ms) < boxes:
         mask = masks[k % len(masks)]
@@ -198,12 +198,12 @@ def accept_cost(net, cfg: ModelConfig, device: str, accepts: int = ACCEPTS, sync
     judge's time (`fedpoint.client.replay_judge`, its default cases and clicks), side by side on
     the same accepts; the judge runs on accept only, so a click costs what it did."""
     from fedpoint.client.engine import SiteEngine
-    from fedpoint.client.site_model import SiteModel
+    from fedpoint.client.site_model import SiteModelFactory
     from fedpoint.client.stream import annotate
 
     image, masks, source = _slice_512()
     cfg_judged = AdaptationConfig(mode="mid+post", judge=True)
-    engine = SiteEngine(SiteModel(make_adapter(net, "norm"), cfg, cfg_judged, device))
+    engine = SiteEngine(SiteModelFactory(net, cfg, cfg_judged, device).fresh())
     post, judge = [], []
     k = 0
     while len(judge) < accepts and k < 4 * accepts:  # bounded: a model that never gives a mask accepts nothing
@@ -254,7 +254,7 @@ def click_to_mask_3d(device: str, clicks: int = CLICKS_3D, sync=lambda: None) ->
     """p50/p95 of `session.click` on volumes with the 3D base, mode mid+post, `norm` adapter, and
     the ratio to the bare forward at the working size (see the module doc)."""
     from fedpoint.client.engine import SiteEngine
-    from fedpoint.client.site_model import SiteModel
+    from fedpoint.client.site_model import SiteModelFactory
     from fedpoint.shared.focus import FocusConfig
 
     net, cfg, name = _base3d(device)
@@ -262,7 +262,7 @@ def click_to_mask_3d(device: str, clicks: int = CLICKS_3D, sync=lambda: None) ->
     for label, side, window in (("crop96", 160, 96), ("volume128", 128, 128)):
         image, masks = _balls(side, 4)
         focus = FocusConfig(context=window, min_size=window)  # every window `window`^3 native voxels
-        engine = SiteEngine(SiteModel(make_adapter(net, "norm"), cfg, AdaptationConfig(mode="mid+post"), device, focus))
+        engine = SiteEngine(SiteModelFactory(net, cfg, AdaptationConfig(mode="mid+post"), device, focus).fresh())
         sizes = set()
         times = simulated_clicks(engine, image, masks, clicks, per_object=4, warmup=2, sync=sync,
                                  on_click=lambda s: sizes.add((tuple(s.steps[-1].window.size), tuple(s.steps[-1].window.out_size))))
@@ -283,7 +283,7 @@ def click_to_mask_3d(device: str, clicks: int = CLICKS_3D, sync=lambda: None) ->
 
 def run(size: int = 256, repeats: int = 30, spatial_dims: int = 2, device: str = "cpu", volumes: bool = True) -> dict:
     from fedpoint.client.engine import SiteEngine
-    from fedpoint.client.site_model import SiteModel
+    from fedpoint.client.site_model import SiteModelFactory
     from fedpoint.client.online import mid_interaction_update
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -296,7 +296,7 @@ def run(size: int = 256, repeats: int = 30, spatial_dims: int = 2, device: str =
         with torch.no_grad():
             net(x)
 
-    frozen = SiteEngine(SiteModel(make_adapter(net, "norm"), cfg, AdaptationConfig(mode="frozen"), device))
+    frozen = SiteEngine(SiteModelFactory(net, cfg, AdaptationConfig(mode="frozen"), device).fresh())
     session = frozen.open(image, "bench")
     offsets = np.random.default_rng(1).integers(-size // 8, size // 8, size=(repeats + 10, spatial_dims))
     points = iter([tuple(int(c + o) for c, o in zip(centre, off)) for off in offsets])
@@ -320,7 +320,7 @@ def run(size: int = 256, repeats: int = 30, spatial_dims: int = 2, device: str =
     clicks = [Click(centre, True)]
     for kind in ADAPTER_CLASSES:
         adapter = make_adapter(net, kind)
-        model = SiteModel(adapter, cfg, AdaptationConfig(mode="mid"), device)
+        model = SiteModelFactory(net, cfg, AdaptationConfig(mode="mid"), device).wrap(adapter)
         steps[kind] = _timed(lambda: mid_interaction_update(model, image_t, clicks, prev, clicks[0], target),
                              max(5, repeats // 3), warmup=2, sync=sync)
         params[kind], nbytes[kind] = adapter.num_trainable(), adapter.nbytes()

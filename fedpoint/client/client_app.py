@@ -81,9 +81,6 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
     return app
 
 
-NODE_DEVICE = "device"  # SuperNode --node-config "device='cuda:0'": cpu, cuda, cuda:N or auto
-
-
 class DeviceError(ValueError):
     """The node config asks for a device this machine does not have."""
 
@@ -92,12 +89,12 @@ def node_device(node_config: Mapping) -> str:
     """The torch device this site trains and scores on: the node config's `device` (default `cpu`),
     resolved (`auto` -> `cuda` when torch sees a GPU); DeviceError for an unknown or absent device,
     raised before the round loads or trains anything."""
-    from fedpoint.shared.device import resolve_device
+    from fedpoint.shared.device import DEFAULT_DEVICE, resolve_device
 
-    try:
-        return resolve_device(str(node_config.get(NODE_DEVICE, "cpu")))
+    try:  # SuperNode --node-config "device='cuda:0'"
+        return resolve_device(str(node_config.get(P.NODE_DEVICE, DEFAULT_DEVICE)))
     except ValueError as err:
-        raise DeviceError(f"node config {NODE_DEVICE}: {err}") from None
+        raise DeviceError(f"node config {P.NODE_DEVICE}: {err}") from None
 
 
 # ------------------------------------------------------------------------------ errors and instructions

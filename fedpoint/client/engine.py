@@ -16,15 +16,16 @@ import numpy as np
 import torch
 
 from fedpoint.client import splits as episode_splits
-from fedpoint.client.episodes import EpisodeScheduler, GuardReview, RegressionGuard, load_cases
-from fedpoint.client.online_guard import Snapshot, snapshot
+from fedpoint.client.episodes import EpisodeScheduler, load_cases
+from fedpoint.client.guards import GuardReview, RegressionGuard, Snapshot, snapshot
 from fedpoint.client.replay_judge import ReplayJudge
-from fedpoint.client.site_model import SiteModel
+from fedpoint.client.site_model import SiteModel, SiteModelFactory
 from fedpoint.client.session import AnnotationSession, check_mask
 from fedpoint.client.site_store import SiteStore
-from fedpoint.shared.adapters import Adapter, State, load_adapter, make_adapter
+from fedpoint.shared.adapters import Adapter, State
 from fedpoint.shared.clicker import deepest_point
 from fedpoint.shared.config import AdaptationConfig, AdapterConfig
+from fedpoint.shared.device import DEFAULT_DEVICE
 from fedpoint.shared.focus import FocusConfig
 from fedpoint.shared.model import load_base
 from fedpoint.shared.tasks import normalise_task
@@ -38,17 +39,17 @@ class TaskSlot:
     task: str
     model: SiteModel
     store: SiteStore | None
-    guard: RegressionGuard
+    regression_guard: RegressionGuard
     scheduler: EpisodeScheduler | None
     judge: ReplayJudge | None = None  # the replay judge, when the adaptation config turns it on
     activity: int = 0  # sessions opened and accepted: a held-back case is undone only if nothing ran between
 
 
-ModelFactory = Callable[[str, "SiteStore | None"], SiteModel]
+ModelFactory = Callable[[str, "SiteStore | None"], SiteModel]  # SiteModelFactory, or a test's own
 
 
 class SiteEngine:
-    """A site's adaptation, one slot per task. `model`, `store`, `guard` and `scheduler` are the
+    """A site's adaptation, one slot per task. `model`, `store`, `regression_guard` and `scheduler` are the
     primary task's (the default task unless `task` says otherwise): code that knows nothing of
     tasks sees the site's one adapter, as before. Another task's slot is made on first use by
     `factory` (`create` gives one: a fresh adapter on the frozen base, or the task's saved one)."""
@@ -69,19 +70,19 @@ class SiteEngine:
         store = self.root_store.for_task(task) if self.root_store is not None else None
         if store is not None:  # every rolled-back online update lands in the task's log, with its reason
             model.online_guard.listener = lambda event: store.log("online-guard-rejected", **event)
-        guard = RegressionGuard(clicks=model.adapt_cfg.episode_val_clicks)
+        regression_guard = RegressionGuard(clicks=model.adapt_cfg.episode_val_clicks)
         scheduler = None
         if model.adapt_cfg.uses_episodes:
             if store is None:
                 raise ValueError(f"mode {model.adapt_cfg.mode!r} trains on the annotation cache: give the engine a site store")
-            scheduler = EpisodeScheduler(model, store, self.campaign_size, self.background_episodes, guard)
+            scheduler = EpisodeScheduler(model, store, self.campaign_size, self.background_episodes, regression_guard)
         judge = None
         if model.adapt_cfg.judge and model.adapt_cfg.mode != "frozen":
             judge = ReplayJudge.from_config(model.adapt_cfg)
             judge.start(model)
             if store is not None:
                 judge.listener = lambda event: store.log("replay-judge-rolled-back", **event)
-        slot = self.slots[task] = TaskSlot(task, model, store, guard, scheduler, judge)
+        slot = self.slots[task] = TaskSlot(task, model, store, regression_guard, scheduler, judge)
         return slot
 
     def slot(self, task: str | None = None) -> TaskSlot:
@@ -104,8 +105,8 @@ class SiteEngine:
         return self.slots[self.task].store
 
     @property
-    def guard(self) -> RegressionGuard:
-        return self.slots[self.task].guard
+    def regression_guard(self) -> RegressionGuard:
+        return self.slots[self.task].regression_guard
 
     @property
     def scheduler(self) -> EpisodeScheduler | None:
@@ -119,25 +120,16 @@ class SiteEngine:
     @classmethod
     def create(cls, base: str | Path | None = None, adapter: AdapterConfig | str = "norm",
                adaptation: AdaptationConfig | None = None, store: SiteStore | str | Path | None = None,
-               device: str = "cpu", campaign_size: int | None = None, background_episodes: bool = True,
+               device: str = DEFAULT_DEVICE, campaign_size: int | None = None, background_episodes: bool = True,
                adapter_dir: str | Path | None = None, focus: FocusConfig | None = None,
                task: str | None = None) -> "SiteEngine":
-        """Load the base, open the adapter kind and (optionally) resume the store's current adapter
-        of `task` (None: the default task); other tasks open the same way on first use."""
+        """Load the base and open `task`'s model (None: the default task) through the one
+        `SiteModelFactory`: `adapter_dir`, else the store's newest adapter version that loads, else
+        a fresh adapter of the kind `adapter` names; other tasks open the same way on first use."""
         net, model_cfg, _card = load_base(base, device)
         if isinstance(store, (str, Path)):
             store = SiteStore(store)
-        adaptation = adaptation or AdaptationConfig()
-
-        def factory(name: str, task_store: SiteStore | None, adapter_dir: str | Path | None = None) -> SiteModel:
-            resume = adapter_dir or (task_store.usable_adapter() if task_store is not None else None)
-            # a saved adapter brings its own kind and settings (an exported bank may use LoRA rank 2, say)
-            adapt = load_adapter(net, resume) if resume is not None else make_adapter(net, adapter)
-            model = SiteModel(adapt, model_cfg, adaptation, device, focus)
-            if task_store is not None and adapter_dir is None:  # the task's Adam state continues with its adapter
-                model.load_optimizer_state(task_store.latest_optimizer_state(adapt.kind))
-            return model
-
+        factory = SiteModelFactory(net, model_cfg, adaptation or AdaptationConfig(), device, focus, adapter)
         primary = normalise_task(task)
         model = factory(primary, store.for_task(primary) if store is not None else None, adapter_dir)
         return cls(model, store, campaign_size, background_episodes, primary, factory)
@@ -210,11 +202,11 @@ class SiteEngine:
         return load_cases(slot.store, episode_splits.held_out(slot.store.splits()))
 
     def offer(self, state: State, source: str, task: str | None = None) -> GuardReview:
-        """An adapter offered from outside (a federation bank) for `task`: swap it in if the guard
-        passes it; returns the guard's review. A task with no held-out case yet takes it
+        """An adapter offered from outside (a federation bank) for `task`: swap it in if the regression guard
+        passes it; returns its review. A task with no held-out case yet takes it
         unvalidated (said so in the log): it has nothing better to start from."""
         slot = self.slot(task)
-        review = slot.guard.review(slot.model, state, self.held_out(slot.task), source, slot.store, unvalidated_pass=True)
+        review = slot.regression_guard.review(slot.model, state, self.held_out(slot.task), source, slot.store, unvalidated_pass=True)
         if review.accepted:
             slot.model.swap_state(state, reset_optimizer=False)
             if slot.judge is not None:  # the bank is the task's new start

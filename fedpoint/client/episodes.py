@@ -1,4 +1,4 @@
-"""CLoPA-style training episodes on the growing annotation cache, and the regression guard.
+"""CLoPA-style training episodes on the growing annotation cache.
 
 An episode starts when the accepted cases not yet used reach a fraction of the campaign size (or a
 count). New cases are split into cumulative train, validation (picks the best epoch) and
@@ -7,7 +7,8 @@ E epochs x I iterations of simulated-click training (a first click, then up to N
 step's Dice+CE averaged); after each epoch the validation Dice-AUC over clicks (EMA-smoothed) picks
 the best epoch. The live model keeps serving clicks meanwhile: training runs on a copy, and what
 the best epoch changed is re-based onto the live adapter (so online updates made meanwhile stay)
-and swapped in atomically only if the regression guard passes it on the judgement cases.
+and swapped in atomically only if the regression guard (`fedpoint.client.guards`) passes it on the
+judgement cases.
 
 Episodes see the images the way the annotation session does: every prediction in the focus
 window the session would pick (first click: context window; later: zoom window of the previous
@@ -16,31 +17,22 @@ mask and the clicks), losses on that window's grid, masks pasted back with the c
 
 from __future__ import annotations
 
-import copy
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from fedpoint.client.guards import RegressionGuard, simulated_dice_auc
 from fedpoint.client.site_model import SiteModel
 from fedpoint.client.splits import split_rule
 from fedpoint.client.site_store import SiteStore
 from fedpoint.shared.adapters import State
-from fedpoint.shared.focus import crop, enforce_clicks, paste
+from fedpoint.shared.focus import enforce_clicks
 from fedpoint.shared.losses import dice_ce
-from fedpoint.shared.metrics import dice_auc
 from fedpoint.shared.simulated_user import simulate
-
-
-def simulated_dice_auc(model: SiteModel, samples: list[tuple[np.ndarray, np.ndarray]], clicks: int) -> float:
-    """Mean over samples of the Dice-AUC of a deterministic simulated user, no updates."""
-    if not samples:
-        return float("nan")
-    scores = [dice_auc(model.replay(image, mask, clicks)) for image, mask in samples]
-    return float(np.mean(scores))
 
 
 def train_iteration(model: SiteModel, image: np.ndarray, mask: np.ndarray, max_edits: int, rng: np.random.Generator) -> float:
@@ -52,12 +44,12 @@ def train_iteration(model: SiteModel, image: np.ndarray, mask: np.ndarray, max_e
 
     def step(clicks):  # a prediction with gradient; its loss is accumulated for the one optimizer step
         nonlocal prev
-        window = model.window_for(clicks, None if prev is None else prev[0, 0] > 0, spatial)
-        logits = model.logits(image_t, clicks, prev, grad=True, window=window)
-        loss = dice_ce(logits, crop(target, window, mask=True).float()) / (1 + max_edits)
+        view = model.look(image_t, clicks, prev)
+        logits = model.logits_in(view, grad=True)
+        loss = dice_ce(logits, view.window.crop(target, mask=True).float()) / (1 + max_edits)
         loss.backward()
         losses.append(loss.item())
-        prev = enforce_clicks(paste(logits.detach() > 0, window, spatial).float(), clicks)
+        prev = enforce_clicks(view.paste(logits.detach() > 0).float(), clicks)
         return prev[0, 0].bool().cpu().numpy()
 
     steps = simulate(step, mask, 1 + max_edits, mode="random", rng=rng, score=False)
@@ -85,88 +77,17 @@ class EpisodeResult:
         return dict(self.__dict__)
 
 
-@dataclass(frozen=True)
-class GuardReview:
-    """The regression guard's verdict on one candidate adapter (what it logs as a "guard" event).
-    `candidate` and `current` are None when nothing could be judged (`unvalidated`)."""
-
-    source: str
-    accepted: bool
-    unvalidated: bool
-    val_cases: int
-    reason: str
-    candidate: float | None = None
-    current: float | None = None
-
-    def as_dict(self) -> dict:
-        """The logged entry: an unvalidated review names no scores."""
-        if self.unvalidated:
-            return {"source": self.source, "accepted": self.accepted, "unvalidated": True, "val_cases": self.val_cases,
-                    "reason": self.reason}
-        return {"source": self.source, "accepted": self.accepted, "unvalidated": False, "candidate": self.candidate,
-                "current": self.current, "val_cases": self.val_cases, "reason": self.reason}
-
-
-@dataclass
-class RegressionGuard:
-    """Rejects an adapter that scores worse than the current one on held-out cached cases.
-
-    With fewer than `require_cases` cases nothing can be judged: the review says so
-    (`unvalidated`) and passes or refuses by `unvalidated_pass` (banks: pass, so a new site starts
-    from the federation; episodes: refuse, since nothing checked what they learned)."""
-
-    clicks: int = 5
-    tolerance: float = 0.0
-    min_cases: int = 1
-    history: list[dict] = field(default_factory=list)
-
-    def review(self, model: SiteModel, candidate: State, val: list[tuple[np.ndarray, np.ndarray]], source: str,
-               store: SiteStore | None = None, candidate_score: float | None = None,
-               require_cases: int = 0, unvalidated_pass: bool = False) -> GuardReview:
-        if len(val) < max(require_cases, 1):
-            return self._record(GuardReview(
-                source, unvalidated_pass, True, len(val), f"{len(val)} held-out case(s), {max(require_cases, 1)} needed: "
-                + ("passed unvalidated" if unvalidated_pass else "refused unvalidated")), store)
-        bad = [k for k, v in candidate.items() if not torch.isfinite(torch.as_tensor(v)).all()]
-        current = simulated_dice_auc(model, val, self.clicks)
-        if bad:
-            candidate_score = float("nan")
-            ok, reason = False, f"non-finite values in {bad[0]}"
-        else:
-            if candidate_score is None:
-                trial = _copy_model(model)
-                trial.adapter.load_state(candidate)
-                candidate_score = simulated_dice_auc(trial, val, self.clicks)
-            ok = candidate_score >= current - self.tolerance
-            reason = "" if ok else f"Dice-AUC {candidate_score:.4f} < current {current:.4f} on {len(val)} held-out case(s)"
-        return self._record(GuardReview(source, ok, False, len(val), reason, candidate_score, current), store)
-
-    def _record(self, review: GuardReview, store: SiteStore | None) -> GuardReview:
-        entry = review.as_dict()
-        self.history.append(entry)
-        if store is not None:
-            store.log("guard", **entry)
-        return review
-
-
-def _copy_model(model: SiteModel, lr: float | None = None) -> SiteModel:
-    with model.lock:
-        adapter = copy.deepcopy(model.adapter)
-    cfg = model.adapt_cfg if lr is None else model.adapt_cfg.model_copy(update={"lr": lr})
-    return SiteModel(adapter, model.model_cfg, cfg, model.device, model.focus)
-
-
 class EpisodeScheduler:
     """Decides when an episode runs, runs it (in the background by default) and swaps the result in."""
 
     def __init__(self, model: SiteModel, store: SiteStore, campaign_size: int | None = None,
-                 background: bool = True, guard: RegressionGuard | None = None, make_current: bool = True):
+                 background: bool = True, regression_guard: RegressionGuard | None = None, make_current: bool = True):
         self.model, self.store = model, store
-        self.make_current = make_current  # False in the ClientApp: the service's guard decides
+        self.make_current = make_current  # False in the ClientApp: the service's regression guard decides
         self.cfg = model.adapt_cfg
         self.campaign_size = campaign_size
         self.background = background
-        self.guard = guard or RegressionGuard(clicks=self.cfg.episode_val_clicks)
+        self.regression_guard = regression_guard or RegressionGuard(clicks=self.cfg.episode_val_clicks)
         self.results: list[EpisodeResult] = []
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -212,12 +133,12 @@ class EpisodeScheduler:
 
     def run_episode(self) -> EpisodeResult:
         """Train a copy on the cache, pick its best epoch on `val`, re-base that epoch's change onto
-        the live adapter (online updates made meanwhile are kept) and let the guard judge the
+        the live adapter (online updates made meanwhile are kept) and let the regression guard judge the
         result on `judge`, cases the selection never saw."""
         t0 = time.perf_counter()
         splits = self._assign_split()
         train, val, judge = self._load(splits["train"]), self._load(splits["val"]), self._load(splits["judge"])
-        trainer = _copy_model(self.model, self.cfg.episode_lr)
+        trainer = self.model.copy(lr=self.cfg.episode_lr)
         start_state = trainer.adapter.state()
         baseline = simulated_dice_auc(trainer, val, self.cfg.episode_val_clicks)
         best_state, best_score, best_epoch, ema, scores = start_state, baseline, 0, None, []
@@ -233,8 +154,8 @@ class EpisodeScheduler:
         accepted, version, rebased = False, None, None
         if best_epoch:
             rebased = rebase(best_state, start_state, self.model.adapter.state())
-            accepted = self.guard.review(self.model, rebased, judge, "episode", self.store,
-                                         require_cases=self.guard.min_cases).accepted
+            accepted = self.regression_guard.review(self.model, rebased, judge, "episode", self.store,
+                                         require_cases=self.regression_guard.min_cases).accepted
         if accepted:
             self.model.swap_state(rebased, reset_optimizer=False)
             version = self.store.save_adapter(self.model.adapter, {"source": "episode", "val_dice_auc": best_score},

@@ -331,16 +331,17 @@ class PropagationSession:
         self.source[z] = source if mask.any() else NO_SOURCE
 
     def _predict(self, z: int, clicks: list[Click], prev: np.ndarray | None, box: Box | None = None) -> np.ndarray:
-        """The 2D base on slice z through the focus crop: the window `SiteModel.window_for` picks
-        for these clicks, this previous mask and the slice's box, the prediction pasted back (bool,
-        the slice's shape)."""
+        """The 2D base on slice z through the focus crop: the window `SiteModel.look` picks for these
+        clicks, this previous mask and the slice's box, the prediction pasted back (bool, the slice's
+        shape)."""
         model = self.model
         shape = self._mask.shape[1:]
         spacing = None if self.spacing is None else self.spacing[:-1]
-        window = model.window_for(clicks, prev, shape, spacing, box=box)
         prev_t = None if prev is None else torch.as_tensor(prev, device=model.device).reshape(1, 1, *shape).float()
-        out = model.predict(model.image_tensor(self._slices[z]), clicks, prev_t, window, box)
-        return out[0, 0].cpu().numpy() > 0.5
+        view = model.look(model.image_tensor(self._slices[z]), clicks, prev_t, box=box, spacing=spacing)
+        with model.lock, torch.no_grad():
+            out = view.paste(model.logits_in(view) > 0)
+        return out[0, 0].cpu().numpy()
 
 
 def open_volume(engine: "SiteEngine", volume: np.ndarray, case_id: str = "volume",

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from fedpoint.client.online_guard import Snapshot, restore, snapshot
+from fedpoint.client.guards import Snapshot, restore, snapshot
 from fedpoint.shared.metrics import dice_auc
 
 Case = tuple[np.ndarray, np.ndarray]  # (image, accepted mask)

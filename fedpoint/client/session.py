@@ -18,10 +18,10 @@ import torch
 
 from fedpoint.client.site_model import SiteModel
 from fedpoint.client.online import mid_interaction_update, post_interaction_update
-from fedpoint.client.online_guard import restore, snapshot
+from fedpoint.client.guards import restore, snapshot
 from fedpoint.client.packed_masks import compact, expand
 from fedpoint.shared.clicks import Box, Click, check_box, check_point, check_spacing
-from fedpoint.shared.focus import FocusWindow, crop, enforce_clicks, paste, zoom_window
+from fedpoint.shared.focus import FocusWindow, WindowView, enforce_clicks
 
 
 class InputError(ValueError):
@@ -67,7 +67,7 @@ class Step:
     input_mask: torch.Tensor | None  # the previous mask the model saw when predicting it
     predict_ms: float
     update_ms: float
-    window: FocusWindow | None = None  # where the network looked for this click
+    window: FocusWindow  # where the network looked for this click (or the box)
 
 
 @dataclass
@@ -90,7 +90,7 @@ class AnnotationSession:
     post_ms: float = 0.0
     repredict: bool | None = None  # None: AdaptationConfig.repredict
     post_window: FocusWindow | None = None
-    rejected: list[dict] = field(default_factory=list)  # online updates the guard rolled back, with reasons
+    rejected: list[dict] = field(default_factory=list)  # online updates the online guard rolled back, with reasons
     spacing: tuple[float, ...] | None = None  # mm per spatial axis: windows are cubes in mm (None: voxels)
     drawn_box: Box | None = None  # the box the session started with, if any
 
@@ -126,12 +126,11 @@ class AnnotationSession:
         except ValueError as err:
             raise InputError(str(err)) from None
         t0 = time.perf_counter()
-        window = model.window_for([], None, shape, self.spacing, box=box)
+        view = model.look(self._image_t, [], None, box, self.spacing)
         with model.lock, torch.no_grad():
-            pred_c = model.logits(crop(self._image_t, window), [], None, box=window.box(box)) > 0
-        mask = paste(pred_c, window, shape)
+            mask = view.paste(model.logits_in(view) > 0)
         self.drawn_box = box
-        self.steps = [Step(None, mask, None, (time.perf_counter() - t0) * 1e3, 0.0, window)]
+        self.steps = [Step(None, mask, None, (time.perf_counter() - t0) * 1e3, 0.0, view.window)]
         return self.mask
 
     @property
@@ -150,55 +149,58 @@ class AnnotationSession:
         prev = self.steps[-1].mask if self.steps else None
         clicks = [*before, click]
         t0 = time.perf_counter()
-        if not self.steps and len(model.focus.scales) > 1:  # the first click, no box: which scale?
-            with model.lock, torch.no_grad():
-                window, logits_c = model.first_click(self._image_t, click, self.spacing)
-            pred_c = logits_c > 0
-            image_c, prev_c, local, box_c = crop(self._image_t, window), None, window.clicks(clicks), None
-        else:
-            window = model.window_for(clicks, None if prev is None else prev[0, 0] > 0, shape, self.spacing,
-                                      box=self.drawn_box)
-            image_c = crop(self._image_t, window)
-            prev_c = None if prev is None else crop(prev, window, mask=True).float()
-            local = window.clicks(clicks)
-            box_c = window.box(self.drawn_box)
-            with model.lock, torch.no_grad():
-                pred_c = model.logits(image_c, local, prev_c, box=box_c) > 0
-        mask = enforce_clicks(paste(pred_c, window, shape), clicks)
+        with model.lock, torch.no_grad():
+            if not self.steps and model.focus.weighs_scales:  # the first click, no box: which scale?
+                view, logits_c = model.first_click(self._image_t, click, self.spacing)
+            else:
+                view = model.look(self._image_t, clicks, prev, self.drawn_box, self.spacing)
+                logits_c = model.logits_in(view)
+        pred_c = logits_c > 0
+        mask = enforce_clicks(view.paste(pred_c), clicks)
         predict_ms = (time.perf_counter() - t0) * 1e3
         update_ms = 0.0
         if model.adapt_cfg.uses_mid and self.steps and model.adapt_cfg.mid_steps:
-            # the model that made the previous mask steps toward this click's prediction, on this crop
-            t1 = time.perf_counter()
-            pseudo = enforce_clicks(pred_c.float(), local)
-            seen = self.steps[-1].input_mask
-            seen_c = None if seen is None else crop(seen, window, mask=True).float()
-            guard = model.online_guard
-            # One trial at a time on the site's shared model: another person's step landing between
-            # this snapshot and its restore would be undone with it.
-            with model.lock:
-                snap = snapshot(model) if guard.enabled else None
-                mid_interaction_update(model, image_c, local[:-1], seen_c, local[-1], pseudo, box=box_c)
-                after = None
-                if snap is not None:
-                    keep, after = guard.check_mid(model, image_c, local, prev_c, pred_c.float(), self.case_id, box=box_c)
-                    if not keep:
-                        restore(model, snap)
-                        self.rejected.append(guard.events[-1])
-                    elif guard.project(model):
-                        after = None  # the projected model differs from the one checked
-            update_ms = (time.perf_counter() - t1) * 1e3
-            if self.repredict and after is not None:  # the guard already predicted with the updated model
-                mask = enforce_clicks(paste(after.bool(), window, shape), clicks)
-            elif self.repredict:
-                t2 = time.perf_counter()
-                with model.lock, torch.no_grad():
-                    pred_c = model.logits(image_c, local, prev_c, box=box_c) > 0
-                mask = enforce_clicks(paste(pred_c, window, shape), clicks)
-                predict_ms += (time.perf_counter() - t2) * 1e3
-        self.steps.append(Step(click, mask, prev, predict_ms, update_ms, window))
+            update_ms, mask, extra_ms = self._mid_update(view, pred_c, clicks, mask)
+            predict_ms += extra_ms
+        self.steps.append(Step(click, mask, prev, predict_ms, update_ms, view.window))
         compact(self.steps)  # older steps' masks bit-packed (issue 28: a 3D session's memory)
         return self.mask
+
+    def _mid_update(self, view: WindowView, pred_c: torch.Tensor, clicks: list[Click], mask: torch.Tensor
+                    ) -> tuple[float, torch.Tensor, float]:
+        """The model that made the previous mask steps toward this click's prediction, in this
+        click's window, as a trial the online guard keeps or rolls back. Returns (update ms, the
+        mask to show, extra predict ms of a `repredict`)."""
+        model, extra_ms = self.model, 0.0
+        t1 = time.perf_counter()
+        pseudo = enforce_clicks(pred_c.float(), view.clicks)
+        seen = self.steps[-1].input_mask
+        seen_c = None if seen is None else view.window.crop(seen, mask=True).float()
+        online_guard = model.online_guard
+        # One trial at a time on the site's shared model: another person's step landing between
+        # this snapshot and its restore would be undone with it.
+        with model.lock:
+            snap = snapshot(model) if online_guard.enabled else None
+            mid_interaction_update(model, view.image, view.clicks[:-1], seen_c, view.clicks[-1], pseudo, box=view.box)
+            after = None
+            if snap is not None:
+                keep, after = online_guard.check_mid(model, view.image, view.clicks, view.prev, pred_c.float(), self.case_id,
+                                              box=view.box)
+                if not keep:
+                    restore(model, snap)
+                    self.rejected.append(online_guard.events[-1])
+                elif online_guard.project(model):
+                    after = None  # the projected model differs from the one checked
+        update_ms = (time.perf_counter() - t1) * 1e3
+        if self.repredict and after is not None:  # the online guard already predicted with the updated model
+            mask = enforce_clicks(view.paste(after.bool()), clicks)
+        elif self.repredict:
+            t2 = time.perf_counter()
+            with model.lock, torch.no_grad():
+                pred_c = model.logits_in(view) > 0
+            mask = enforce_clicks(view.paste(pred_c), clicks)
+            extra_ms = (time.perf_counter() - t2) * 1e3
+        return update_ms, mask, extra_ms
 
     def undo(self) -> np.ndarray:
         """Remove the last click; the mask goes back to what it was before it (updates stay)."""
@@ -221,44 +223,48 @@ class AnnotationSession:
             t0 = time.perf_counter()
             first = self.steps[0].click  # None: the session started with its box
             # The first prompt's own window: stage 1 teaches exactly the prediction a person sees
-            # after one click (or the box), so it trains in the window that prediction is made in.
-            window = self.steps[0].window or zoom_window(final, [first], self.spatial_shape, self.model.model_cfg,
-                                                         self.model.focus.expand, self.model.focus.min_size, self.spacing)
-            target = crop(final, window, mask=True)
-            first_c = None if first is None else window.clicks([first])[0]
-            box_c = window.box(self.drawn_box)
+            # after one click (or the box), so it trains in the window that prediction was made in.
+            first_view = self.steps[0].window.cut(self._image_t, [] if first is None else [first], None, self.drawn_box)
+            first_c = None if first is None else first_view.clicks[0]
+            target = first_view.window.crop(final, mask=True)
             if first is not None and first.positive and not target.any():  # an object thinner than a voxel of the window
                 target[first_c.point] = True
-            image_c = crop(self._image_t, window)
-            target_t = torch.as_tensor(target, dtype=torch.float32, device=self.model.device)
             # The whole trial (snapshot, step, checks, replay memory, rolling check) holds the model:
             # concurrent accepts on one site would otherwise roll back each other's steps.
             with self.model.lock:
-                guard = self.model.online_guard
-                if guard.enabled:
-                    snap = snapshot(self.model)
-                    last = self.steps[-1]
-                    own = (crop(self._image_t, last.window), last.window.clicks(self.clicks),
-                           torch.as_tensor(crop(final, last.window, mask=True), dtype=torch.float32, device=self.model.device))
-                    own_box = last.window.box(self.drawn_box)
-                    before_own = guard.own_score(self.model, *own, box=own_box)
-                    before_replay = guard.replay_score(self.model)
-                post_interaction_update(self.model, image_c, first_c, target, np.random.default_rng(self.seed), box=box_c)
-                if guard.enabled:
-                    if not guard.check_post(self.model, before_replay, before_own, *own, case_id=self.case_id, box=own_box):
-                        restore(self.model, snap)
-                        self.rejected.append(guard.events[-1])
-                    else:
-                        guard.project(self.model)
-                    guard.remember(image_c, target_t, first_c, box_c)
-                    if not guard.rolling_check(self.model, self.case_id):
-                        self.rejected.append(guard.events[-1])
-            self.post_window = window
+                self._post_update(first_view, first_c, target, final)
+            self.post_window = first_view.window
             self.post_ms = (time.perf_counter() - t0) * 1e3
         self.accepted = final
         if self.on_accept is not None:
             self.on_accept(self, final)
         return final
+
+    def _post_update(self, first_view: WindowView, first_c: Click | None, target: np.ndarray, final: np.ndarray) -> None:
+        """The post-interaction update in the first prompt's window, as a trial the online guard
+        keeps or rolls back: judged on the accepted image in its last click's window and on the
+        replay cases, then remembered for replay and checked against the anchor."""
+        model, online_guard = self.model, self.model.online_guard
+        if online_guard.enabled:
+            snap = snapshot(model)
+            last = self.steps[-1].window
+            own = last.cut(self._image_t, self.clicks, None, self.drawn_box)
+            own_target = torch.as_tensor(last.crop(final, mask=True), dtype=torch.float32, device=model.device)
+            before_own = online_guard.own_score(model, own.image, own.clicks, own_target, box=own.box)
+            before_replay = online_guard.replay_score(model)
+        post_interaction_update(model, first_view.image, first_c, target, np.random.default_rng(self.seed), box=first_view.box)
+        if not online_guard.enabled:
+            return
+        if not online_guard.check_post(model, before_replay, before_own, own.image, own.clicks, own_target,
+                                case_id=self.case_id, box=own.box):
+            restore(model, snap)
+            self.rejected.append(online_guard.events[-1])
+        else:
+            online_guard.project(model)
+        target_t = torch.as_tensor(target, dtype=torch.float32, device=model.device)
+        online_guard.remember(first_view.image, target_t, first_c, first_view.box)
+        if not online_guard.rolling_check(model, self.case_id):
+            self.rejected.append(online_guard.events[-1])
 
     def record(self) -> dict:
         """What happened, for logs and evaluation (no image data)."""

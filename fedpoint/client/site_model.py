@@ -1,21 +1,36 @@
-"""The model a site clicks with: frozen base + adapter + optimizer, safe to share between threads."""
+"""The model a site clicks with: frozen base + adapter + optimizer, safe to share between threads.
+
+`SiteModelFactory` is the one place a `SiteModel` is built: the engine's task slots (from a site
+store's adapter versions), the service, a federation round (from a bank), an episode's trial copy.
+"""
 
 from __future__ import annotations
 
+import copy
+import logging
 import threading
-from typing import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedpoint.client.online_guard import OnlineGuard
-from fedpoint.shared.adapters import Adapter, State
+from fedpoint.client.guards import OnlineGuard
+from fedpoint.shared.adapters import Adapter, State, load_adapter, make_adapter
 from fedpoint.shared.clicks import Box, Click
-from fedpoint.shared.config import AdaptationConfig, ModelConfig
-from fedpoint.shared.focus import (FocusConfig, FocusWindow, box_window, choose_scale, crop, enforce_clicks,
-                                   first_click_window, paste, scale_score, zoom_window)
+from fedpoint.shared.config import AdaptationConfig, AdapterConfig, ModelConfig
+from fedpoint.shared.device import DEFAULT_DEVICE
+from fedpoint.shared.focus import Focus, FocusConfig, FocusWindow, WindowView, choose_scale, enforce_clicks, scale_score
 from fedpoint.shared.inputs import build_inputs
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fedpoint.client.site_store import SiteStore
+
+_log = logging.getLogger("fedpoint.store")
 
 
 class SiteModel:
@@ -24,16 +39,16 @@ class SiteModel:
     `lock` guards the weights: a prediction never sees a half-swapped adapter, and a background
     episode trains on its own copy and swaps in under the lock.
 
-    `focus` says where the network looks (`fedpoint.shared.focus`); the caller (the annotation
-    session, an episode) picks the window with `window_for` and passes it to `logits` / `predict`.
+    `focus` says where the network looks (`fedpoint.shared.focus.Focus`): a caller asks `look` for
+    the window and what the network sees in it, predicts with `logits_in` and pastes back with the view.
     """
 
     def __init__(self, adapter: Adapter, model_cfg: ModelConfig, adapt_cfg: AdaptationConfig | None = None,
-                 device: str | torch.device = "cpu", focus: FocusConfig | None = None):
+                 device: str | torch.device = DEFAULT_DEVICE, focus: FocusConfig | None = None):
         self.adapter = adapter
         self.model_cfg = model_cfg
         self.adapt_cfg = adapt_cfg or AdaptationConfig()
-        self.focus = (focus or FocusConfig()).resolve(model_cfg)
+        self.focus = Focus.of(focus, model_cfg)
         self.device = torch.device(device)
         self.net = adapter.net.to(self.device).eval()  # instance norm: eval and train behave alike
         self.optimizer = torch.optim.Adam(adapter.trainable_parameters(), lr=self.lr)
@@ -45,58 +60,40 @@ class SiteModel:
 
     @property
     def lr(self) -> float:
-        return self.adapt_cfg.lr or self.adapter.rules.lr
+        return self.adapter.rules.lr_for(self.adapt_cfg.lr)
+
+    def copy(self, lr: float | None = None) -> "SiteModel":
+        """A trial copy (an episode trains on it; the regression guard scores a candidate on it):
+        its own adapter and optimizer, the same base, configs and focus; `lr` overrides the rate."""
+        with self.lock:
+            adapter = copy.deepcopy(self.adapter)
+        adaptation = self.adapt_cfg if lr is None else self.adapt_cfg.model_copy(update={"lr": lr})
+        return SiteModelFactory(self.net, self.model_cfg, adaptation, self.device, self.focus.config).wrap(adapter)
 
     # ------------------------------------------------------------------------------ inputs
     def image_tensor(self, image: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32, device=self.device)[None]
 
-    def _inputs(self, image_t: torch.Tensor, clicks: Sequence[Click], prev: torch.Tensor | None,
-                window: FocusWindow | None = None, box: Box | None = None) -> torch.Tensor:
-        if window is not None:  # image and previous mask cut out and resampled, prompts moved into the window
-            image_t = crop(image_t, window)
-            clicks = window.clicks(clicks)
-            box = window.box(box)
-            if prev is not None:
-                prev = crop(prev.reshape(1, 1, *prev.shape[-window.ndim:]), window, mask=True)
-        return build_inputs(image_t, [clicks], None if prev is None else prev.float(), self.model_cfg, [box])
-
     # ------------------------------------------------------------------------------ focus
-    def window_for(self, clicks: Sequence[Click], prev_mask, image_shape: Sequence[int],
-                   spacing: Sequence[float] | None = None, box: Box | None = None) -> FocusWindow:
-        """The session's rule: a box and no mask yet -> the box's zoom window; no mask yet (the first
-        click, or only background so far) -> a `context` window around the clicks; else the zoom
-        window of the mask, every click and the box. `spacing` (mm per axis) makes the windows cubes
-        in millimetres (`fedpoint.shared.focus`)."""
-        f = self.focus
-        if box is not None:
-            return box_window(box, prev_mask, clicks, image_shape, self.model_cfg, f.expand, f.min_size, spacing)
-        if prev_mask is None or not bool(prev_mask.any()):
-            context = f.context_for(spacing)
-            if len(clicks) == 1:
-                return first_click_window(clicks[0].point, image_shape, context, self.model_cfg, spacing)
-            return zoom_window(None, clicks, image_shape, self.model_cfg, f.expand, context, spacing)
-        return zoom_window(prev_mask, clicks, image_shape, self.model_cfg, f.expand, f.min_size, spacing)
+    def look(self, image_t: torch.Tensor, clicks: Sequence[Click], prev: torch.Tensor | None = None,
+             box: Box | None = None, spacing: Sequence[float] | None = None) -> WindowView:
+        """Where the network looks for these prompts (the `focus` rule) and what it sees there:
+        clicks, the box and `prev` (a full-size mask, or None) in the image's coordinates."""
+        spatial = tuple(image_t.shape[2:])
+        seen = None if prev is None else prev.reshape(prev.shape[-len(spatial):]) > 0
+        return self.focus.window(clicks, seen, spatial, spacing, box).cut(image_t, clicks, prev, box)
 
     def first_click(self, image_t: torch.Tensor, click: Click, spacing: Sequence[float] | None = None
-                    ) -> tuple[FocusWindow, torch.Tensor]:
+                    ) -> tuple[WindowView, torch.Tensor]:
         """The first click of a session without a box: the structure's scale is unknown, so the
-        network predicts in a window of each side `focus.scales` names (x the context) and
-        `focus.rule` keeps one by its own prediction (`fedpoint.shared.focus.choose_scale`).
-        Returns (window, logits on its grid)."""
-        f, shape = self.focus, tuple(image_t.shape[2:])
-        base = f.context_for(spacing)
-        sides = sorted({max(1, int(round(base * m))) for m in f.scales})
-        windows, outs = [], []
-        for side in sides:
-            window = first_click_window(click.point, shape, side, self.model_cfg, spacing)
-            if windows and window == windows[-1]:  # the image is smaller than this side: the same window
-                continue
-            windows.append(window)
-            outs.append(self.logits(image_t, [click], None, window=window))
-        scores = [scale_score(o, w, click, shape, f.rule) for o, w in zip(outs, windows)] if len(windows) > 1 else [1.0]
-        best = choose_scale(scores, f.rule)
-        return windows[best], outs[best]
+        network predicts in each of `focus.first_click_windows` and `focus.config.rule` keeps one
+        by its own prediction (`fedpoint.shared.focus.choose_scale`). Returns (view, its logits)."""
+        shape, rule = tuple(image_t.shape[2:]), self.focus.config.rule
+        views = [w.cut(image_t, [click]) for w in self.focus.first_click_windows(click.point, shape, spacing)]
+        outs = [self.logits_in(v) for v in views]
+        scores = [scale_score(o, v.window, click, shape, rule) for o, v in zip(outs, views)] if len(views) > 1 else [1.0]
+        best = choose_scale(scores, rule)
+        return views[best], outs[best]
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         m = self.model_cfg.size_multiple
@@ -111,34 +108,37 @@ class SiteModel:
 
     # ------------------------------------------------------------------------------ forward
     def logits(self, image_t: torch.Tensor, clicks: Sequence[Click], prev: torch.Tensor | None = None,
-               grad: bool = False, window: FocusWindow | None = None, box: Box | None = None) -> torch.Tensor:
-        """Logits for one image tensor of shape (1, C, *spatial); clicks, the box and `prev` (a
-        full-size mask) in the image's coordinates. Without a window: on the whole image, shape (1, 1, *spatial).
-        With one: on the window's grid, shape (1, 1, *window.out_size) (losses are taken there;
-        `fedpoint.shared.focus.paste` maps them back)."""
-        x, spatial = self._pad(self._inputs(image_t, clicks, prev, window, box))
+               grad: bool = False, box: Box | None = None) -> torch.Tensor:
+        """Logits of shape (1, 1, *spatial) for one image tensor of shape (1, C, *spatial), on the
+        grid it is given (a window's, from `look`: the one way to predict in a window); clicks, the
+        box and `prev` (float 0/1) in that grid's coordinates."""
+        inputs = build_inputs(image_t, [clicks], None if prev is None else prev.float(), self.model_cfg, [box])
+        x, spatial = self._pad(inputs)
         with torch.set_grad_enabled(grad):
             out = self.net(x)
         return out[(slice(None), slice(None), *(slice(0, n) for n in spatial))]
 
+    def logits_in(self, view: WindowView, grad: bool = False) -> torch.Tensor:
+        """Logits on a window's grid, shape (1, 1, *view.window.out_size) (losses are taken there;
+        `view.paste` maps a prediction back)."""
+        return self.logits(view.image, view.clicks, view.prev, grad, view.box)
+
     def predict(self, image_t: torch.Tensor, clicks: Sequence[Click], prev: torch.Tensor | None = None,
-                window: FocusWindow | None = None, box: Box | None = None) -> torch.Tensor:
-        """A binary mask (float 0/1 tensor, shape (1, 1, *spatial) of the whole image), no gradient;
-        with a window, predicted in it and pasted back (background outside)."""
+                box: Box | None = None) -> torch.Tensor:
+        """A binary mask (float 0/1 tensor, shape (1, 1, *spatial)) on the grid given, no gradient."""
         with self.lock, torch.no_grad():
-            out = self.logits(image_t, clicks, prev, window=window, box=box) > 0
-        if window is not None:
-            out = paste(out, window, tuple(image_t.shape[2:]))
-        return out.float()
+            return (self.logits(image_t, clicks, prev, box=box) > 0).float()
 
     def predict_focused(self, image_t: torch.Tensor, clicks: Sequence[Click],
-                        prev: torch.Tensor | None = None, box: Box | None = None) -> tuple[torch.Tensor, FocusWindow]:
-        """What a session shows for `clicks` (and a box), without updates: the window `window_for`
-        picks, the prediction in it pasted back, and the click rule. Returns (mask (1, 1, *spatial), window)."""
-        spatial = tuple(image_t.shape[2:])
-        window = self.window_for(clicks, None if prev is None else prev[0, 0] > 0, spatial, box=box)
-        mask = self.predict(image_t, clicks, prev, window, box)
-        return enforce_clicks(mask, clicks), window
+                        prev: torch.Tensor | None = None, box: Box | None = None,
+                        spacing: Sequence[float] | None = None) -> tuple[torch.Tensor, FocusWindow]:
+        """What a session shows for `clicks` (and a box) after its first prediction, without
+        updates: the window `look` picks, the prediction in it pasted back (background outside),
+        and the click rule. Returns (mask (1, 1, *spatial) float 0/1, window)."""
+        view = self.look(image_t, clicks, prev, box, spacing)
+        with self.lock, torch.no_grad():
+            out = self.logits_in(view) > 0
+        return enforce_clicks(view.paste(out).float(), clicks), view.window
 
     def replay(self, image: np.ndarray, mask: np.ndarray, clicks: int) -> list[float]:
         """Dice after each click of the deterministic simulated user on one image against `mask`,
@@ -187,3 +187,52 @@ class SiteModel:
                 self.optimizer = torch.optim.Adam(self.adapter.trainable_parameters(), lr=self.lr)
             self.online_guard.set_anchor(self)  # what the guard validated against has changed
             self.version += 1
+
+
+@dataclass
+class SiteModelFactory:
+    """The composition root of `SiteModel`: a frozen base opened once (`net`, `model_cfg`) and what
+    every model built on it shares. `wrap` puts an adapter on it; calling the factory opens a
+    task's model from its store (`fedpoint.client.engine.SiteEngine` calls it per task)."""
+
+    net: "nn.Module"
+    model_cfg: ModelConfig
+    adaptation: AdaptationConfig
+    device: str | torch.device = DEFAULT_DEVICE
+    focus: FocusConfig | None = None
+    adapter: AdapterConfig | str = "norm"  # the kind a task with no usable saved version starts with
+
+    def wrap(self, adapter: Adapter, adaptation: AdaptationConfig | None = None) -> SiteModel:
+        return SiteModel(adapter, self.model_cfg, adaptation or self.adaptation, self.device, self.focus)
+
+    def __call__(self, task: str, task_store: "SiteStore | None", adapter_dir: str | Path | None = None) -> SiteModel:
+        """A task's model: `adapter_dir` when given (an exported bank, say: it must load), else the
+        newest version of the task's store that loads (a damaged one is logged and skipped), else a
+        fresh adapter; the store's Adam state continues with a stored version."""
+        if adapter_dir is not None:  # a saved adapter brings its own kind and settings (LoRA rank 2, say)
+            return self.wrap(load_adapter(self.net, adapter_dir))
+        if task_store is None:
+            return self.fresh()
+        model = self.wrap(self._stored_adapter(task_store))
+        model.load_optimizer_state(task_store.latest_optimizer_state(model.adapter.kind))
+        return model
+
+    def fresh(self, adaptation: AdaptationConfig | None = None) -> SiteModel:
+        """A fresh adapter of the configured kind on the base."""
+        return self.wrap(make_adapter(self.net, self.adapter), adaptation)
+
+    def _stored_adapter(self, task_store: "SiteStore") -> Adapter:
+        tried: list[int] = []
+        while (resume := task_store.usable_adapter(skip=tuple(tried))) is not None:
+            try:
+                return load_adapter(self.net, resume)
+            except Exception as err:  # noqa: BLE001 - passed the file checks but does not load (shapes, kind...)
+                version = int(resume.name[1:])
+                task_store.log("adapter-skipped", version=version, reason=f"adapters/{resume.name}: {type(err).__name__}: {err}")
+                _log.warning("adapter version %d (adapters/%s) does not load (%s); trying the previous one", version,
+                             resume.name, err)
+                tried.append(version)
+        if tried or task_store.adapter_versions():
+            kind = self.adapter if isinstance(self.adapter, str) else self.adapter.kind
+            _log.warning("no adapter version in the store loads; starting from a fresh %s adapter", kind)
+        return make_adapter(self.net, self.adapter)

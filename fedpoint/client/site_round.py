@@ -30,6 +30,7 @@ from fedpoint.client import splits as episode_splits
 from fedpoint.client.site_store import SiteStore, check_id
 from fedpoint.shared import protocol as P
 from fedpoint.shared.config import AdaptationConfig
+from fedpoint.shared.device import DEFAULT_DEVICE
 from fedpoint.shared.fileio import write_json_atomic
 from fedpoint.shared.payload import from_numpy, to_numpy
 from fedpoint.shared.run_config import SiteRoundConfig
@@ -144,9 +145,11 @@ def load_site_base(spec: str | Path):
 
 # ------------------------------------------------------------------------------ one round
 def bank_adapter(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstruction, site: SiteIdentity,
-                 fed: SiteRoundConfig, purpose: str):
-    """(the bank as an adapter on the site's base, model config, bank state); a bank made on
-    another base, or with foreign names or shapes, raises AdapterMismatchError before anything runs."""
+                 fed: SiteRoundConfig, purpose: str, device: str = DEFAULT_DEVICE):
+    """(the bank as an adapter on the site's base, the `SiteModelFactory` of that base, bank state);
+    a bank made on another base, or with foreign names or shapes, raises AdapterMismatchError
+    before anything runs. `device` is resolved (the ClientApp gives the node config's)."""
+    from fedpoint.client.site_model import SiteModelFactory
     from fedpoint.shared.adapters import AdapterMismatchError, make_adapter
 
     base, model_cfg, fingerprint = load_site_base(fed.base)
@@ -156,23 +159,21 @@ def bank_adapter(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInst
     adapter = make_adapter(base, instruction.adapter, fingerprint)
     bank_state = from_numpy(bank_arrays)
     adapter.load_state(bank_state)
-    return adapter, model_cfg, bank_state
+    return adapter, SiteModelFactory(base, model_cfg, AdaptationConfig(mode="frozen"), device), bank_state
 
 
 def train_round(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstruction, site: SiteIdentity,
-                fed: SiteRoundConfig, device: str = "cpu") -> SiteReply:
+                fed: SiteRoundConfig, device: str = DEFAULT_DEVICE) -> SiteReply:
     """Start from the bank, train on `device` (a resolved torch device: the ClientApp gives the
     node config's), and return the reply (the ClientApp's egress mod checks it)."""
-    from fedpoint.client.site_model import SiteModel
-
     t0 = time.perf_counter()
-    adapter, model_cfg, bank_state = bank_adapter(bank_arrays, instruction, site, fed, "train on")
+    adapter, factory, bank_state = bank_adapter(bank_arrays, instruction, site, fed, "train on", device)
     store = site.task_store
     store.receive_bank(instruction.bank, instruction.bank_version, adapter, {"round": instruction.server_round})
 
     adaptation = AdaptationConfig(mode=instruction.mode, lr=instruction.lr or None, seed=instruction.seed)
     if site.simulated:
-        model = SiteModel(adapter, model_cfg, adaptation, device=device)
+        model = factory.wrap(adapter, adaptation)
         # The site's Adam state continues across rounds, as a local stream's does: the arms then
         # differ in what they are named for (where the weights come from), not in optimizer resets.
         model.load_optimizer_state(store.latest_optimizer_state(adapter.kind))
@@ -182,7 +183,7 @@ def train_round(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstr
     else:
         episodes = AdaptationConfig(**{**adaptation.model_dump(), "mode": "mid+post+episodes",
                                        "episode_epochs": instruction.local_epochs})
-        model = SiteModel(adapter, model_cfg, episodes, device=device)
+        model = factory.wrap(adapter, episodes)
         weight, metrics = episode_on_cache(model, store)
     metrics = {P.NUM_EXAMPLES: weight, **metrics, "seconds": round(time.perf_counter() - t0, 3),
                "bank-version": instruction.bank_version}
@@ -196,22 +197,22 @@ EVAL_MAX_CASES = P.EVAL_MAX_CASES  # at most this many held-out cases (the newes
 
 
 def evaluate_bank(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstruction, site: SiteIdentity,
-                  fed: SiteRoundConfig, device: str = "cpu") -> dict[str, float]:
+                  fed: SiteRoundConfig, device: str = DEFAULT_DEVICE) -> dict[str, float]:
     """Score a bank version as sent (no training) on the site's held-out cached cases: the mean
     Dice-AUC of the simulated user over `protocol.EVAL_CLICKS` clicks. The held-out cases are the store's
     validation and judgement splits (new cases are assigned first, under the store's lock), so no
     episode has trained on them. Nothing is written but the splits; only the two numbers leave."""
-    from fedpoint.client.episodes import load_cases, simulated_dice_auc
-    from fedpoint.client.site_model import SiteModel
+    from fedpoint.client.episodes import load_cases
+    from fedpoint.client.guards import simulated_dice_auc
 
-    adapter, model_cfg, _ = bank_adapter(bank_arrays, instruction, site, fed, "score")
+    adapter, factory, _ = bank_adapter(bank_arrays, instruction, site, fed, "score", device)
     store = site.task_store
     rng = np.random.default_rng(instruction.seed)
     splits = store.assign_new_cases(lambda new: episode_splits.split_rule(new, rng))
     held_out = episode_splits.held_out(splits)[-EVAL_MAX_CASES:]
     if not held_out:
         return {"eval-cases": 0}
-    model = SiteModel(adapter, model_cfg, AdaptationConfig(mode="frozen"), device=device)
+    model = factory.wrap(adapter)  # frozen: scored as sent
     score = simulated_dice_auc(model, load_cases(store, held_out), P.EVAL_CLICKS)
     store.log("federation-evaluate", round=instruction.server_round, bank=instruction.bank,
               bank_version=instruction.bank_version, cases=len(held_out), dice_auc=round(score, 4))

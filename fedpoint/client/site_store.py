@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from contextlib import contextmanager
@@ -44,11 +43,11 @@ from fedpoint.shared.fileio import (
     write_atomic_via,
     write_json_atomic,
 )
+from fedpoint.shared.protocol import is_safe_id
 
 OPTIMIZER_FILE = "optimizer.pt"
 TASKS_DIR = "tasks"
 _log = logging.getLogger("fedpoint.store")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class StoreDamage(ValueError):
@@ -56,8 +55,8 @@ class StoreDamage(ValueError):
 
 
 def check_id(value: str, what: str = "id") -> str:
-    """Ids become folder names: refuse anything that could escape the store."""
-    if not isinstance(value, str) or not _SAFE_ID.fullmatch(value) or ".." in value:  # fullmatch: `$` lets "x\n" pass
+    """Ids become folder names: refuse anything that could escape the store (`protocol.is_safe_id`)."""
+    if not is_safe_id(value):
         raise ValueError(f"invalid {what} {value!r}: use letters, digits, '.', '_' or '-' (at most 128)")
     return value
 

@@ -1,6 +1,6 @@
 """The one evaluation entry point: a stream of images through the simulated user.
 
-Every strategy, test and benchmark that reports Dice@k or NoC goes through `annotate` and
+Every experiment arm, test and benchmark that reports Dice@k or NoC goes through `annotate` and
 `run_stream`, so numbers are comparable. The simulated user (`fedpoint.shared.simulated_user`)
 clicks deterministically, up to `clicks` times (stopping early only when the mask is perfect),
 then accepts the final mask. Its accepted mask is the model's final prediction, not the ground truth: online

@@ -38,6 +38,11 @@ class AdapterKind:
     save_format: str = FEDPOINT_FORMAT
     requires: tuple[str, ...] = ()  # packages it needs beyond the core install (fedpoint.extras names their extra)
 
+    def lr_for(self, lr: float | None) -> float:
+        """The one learning-rate rule: a rate given, else this kind's default. "Not given" is None in
+        Python configs and 0 where a value is required (the run config, the round instruction)."""
+        return lr or self.lr
+
     def variant(self, cfg: Any = None) -> str:
         """The name of the rule set that applies with this config (a key of `EXACT_UNDER_SECAGG`)."""
         return self.name

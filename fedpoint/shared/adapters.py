@@ -31,6 +31,7 @@ from fedpoint.shared.adapter_kinds import AdapterKind, adapter_kind
 from fedpoint.shared.config import AdapterConfig
 from fedpoint.shared.fileio import write_json_atomic
 from fedpoint.shared.model import architecture_of, base_fingerprint, stem_and_head
+from fedpoint.shared.payload import state_schema
 
 MANIFEST = "fedpoint_adapter.json"
 State = dict[str, torch.Tensor]
@@ -77,7 +78,7 @@ class Adapter:
 
     def schema(self) -> dict[str, tuple[tuple[int, ...], str]]:
         params = dict(self.net.named_parameters())
-        return {n: (tuple(params[n].shape), str(params[n].dtype).removeprefix("torch.")) for n in self.names}
+        return state_schema({n: params[n] for n in self.names})
 
     def load_state(self, state: State) -> None:
         self.check_state(state)

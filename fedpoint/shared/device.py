@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 DEVICE_CHOICES = "cpu, cuda, cuda:N or auto"
+DEFAULT_DEVICE = "cpu"  # a site's device unless its site.toml or node config says otherwise
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
 

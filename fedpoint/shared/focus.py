@@ -28,6 +28,10 @@ one) every axis counts the same, as above.
 Click maps are encoded in the window's coordinates at the working size, with the model's sigma, so
 a click's Gaussian has the size the network was trained with.
 
+One rule, one window object: `Focus` (a resolved config and the model's sizes) picks the window
+for a set of prompts; `FocusWindow.cut` gives what the network sees there (a `WindowView`) and
+`WindowView.paste` maps its prediction back. Callers never crop or pick a window by hand.
+
 Resampling is linear (bilinear / trilinear, voxel centres aligned, `align_corners=False`), the same
 sampling `fedpoint.data.samples` cuts training and evaluation crops with. Dimension-agnostic: 2D
 and 3D, numpy or torch in, the same kind out.
@@ -160,6 +164,86 @@ class FocusWindow:
 
     def as_dict(self) -> dict:
         return {"start": list(self.start), "size": list(self.size), "out_size": list(self.out_size)}
+
+    # crop and paste together: what goes into the window and what comes back out of it
+    def crop(self, x, mask: bool = False):
+        """`x` cut out and resampled onto the window's grid (see `crop`)."""
+        return crop(x, self, mask)
+
+    def paste(self, x, image_shape: Sequence[int], fill: float | bool | None = None):
+        """A prediction on the window's grid mapped back onto the whole image (see `paste`)."""
+        return paste(x, self, image_shape, fill)
+
+    def cut(self, image_t: torch.Tensor, clicks: Sequence[Click], prev: torch.Tensor | None = None,
+            box: Box | None = None) -> "WindowView":
+        """What the network sees in this window: the image (1, C, *spatial) and the previous mask
+        (full size, any leading axes) cut out and resampled, the clicks and the box moved onto the grid."""
+        if prev is not None:
+            prev = self.crop(prev.reshape(1, 1, *prev.shape[-self.ndim:]), mask=True).float()
+        return WindowView(self, tuple(int(n) for n in image_t.shape[-self.ndim:]), self.crop(image_t),
+                          self.clicks(clicks), prev, self.box(box))
+
+
+@dataclass(frozen=True)
+class WindowView:
+    """One window's inputs on its grid, and the way back: `paste` puts a prediction made on them
+    onto the whole image (`image_shape`)."""
+
+    window: FocusWindow
+    image_shape: tuple[int, ...]
+    image: torch.Tensor             # (1, C, *window.out_size)
+    clicks: list[Click]             # in the window's grid
+    prev: torch.Tensor | None       # (1, 1, *window.out_size) float 0/1, or None
+    box: Box | None                 # in the window's grid, or None
+
+    def paste(self, x, fill: float | bool | None = None):
+        return self.window.paste(x, self.image_shape, fill)
+
+
+@dataclass(frozen=True)
+class Focus:
+    """The one rule for where the network looks, for one model: a resolved `FocusConfig` and the
+    model's sizes. Every caller (the session, replay, episodes, propagation, the next-image choice)
+    asks `window`; a session's first click without a box also weighs `first_click_windows`."""
+
+    config: FocusConfig
+    model_cfg: ModelConfig
+
+    @classmethod
+    def of(cls, config: FocusConfig | None, model_cfg: ModelConfig) -> "Focus":
+        return cls((config or FocusConfig()).resolve(model_cfg), model_cfg)
+
+    def window(self, clicks: Sequence[Click], prev_mask, image_shape: Sequence[int],
+               spacing: Sequence[float] | None = None, box: Box | None = None) -> FocusWindow:
+        """A box and no mask yet -> the box's zoom window; no mask yet (the first click, or only
+        background so far) -> a `context` window around the clicks; else the zoom window of the mask,
+        every click and the box. `spacing` (mm per axis) makes the windows cubes in millimetres."""
+        f, cfg = self.config, self.model_cfg
+        if box is not None:
+            return box_window(box, prev_mask, clicks, image_shape, cfg, f.expand, f.min_size, spacing)
+        if prev_mask is None or not bool(prev_mask.any()):
+            context = f.context_for(spacing)
+            if len(clicks) == 1:
+                return first_click_window(clicks[0].point, image_shape, context, cfg, spacing)
+            return zoom_window(None, clicks, image_shape, cfg, f.expand, context, spacing)
+        return zoom_window(prev_mask, clicks, image_shape, cfg, f.expand, f.min_size, spacing)
+
+    def first_click_windows(self, point: Sequence[int], image_shape: Sequence[int],
+                            spacing: Sequence[float] | None = None) -> list[FocusWindow]:
+        """The first click's candidate windows, one per side `scales` names (x the context), from
+        the smallest; a side past the image's size gives the same window, kept once."""
+        base = self.config.context_for(spacing)
+        windows: list[FocusWindow] = []
+        for side in sorted({max(1, int(round(base * m))) for m in self.config.scales}):
+            window = first_click_window(point, image_shape, side, self.model_cfg, spacing)
+            if not windows or window != windows[-1]:
+                windows.append(window)
+        return windows
+
+    @property
+    def weighs_scales(self) -> bool:
+        """Whether a first click (no box) tries several windows (`first_click_windows`)."""
+        return len(self.config.scales) > 1
 
 
 # ---------------------------------------------------------------------------------- windows

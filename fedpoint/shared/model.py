@@ -19,6 +19,7 @@ from torch import nn
 
 from fedpoint.shared.bases import read_card
 from fedpoint.shared.config import ModelConfig
+from fedpoint.shared.device import DEFAULT_DEVICE
 from fedpoint.shared.monai_import import load_monai
 
 
@@ -145,7 +146,7 @@ def save_base(model: nn.Module, cfg: ModelConfig, path: Path, meta: dict | None 
     return path
 
 
-def load_base(spec: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig, dict]:
+def load_base(spec: str | Path | None = None, device: str | torch.device = DEFAULT_DEVICE) -> tuple[nn.Module, ModelConfig, dict]:
     """Load a frozen base model; returns (model, config, model card)."""
     from safetensors.torch import load_file
 

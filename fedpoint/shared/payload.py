@@ -108,9 +108,16 @@ def decode_arrays(record) -> dict[str, np.ndarray]:
     return {name: array.numpy() for name, array in (record or {}).items()}
 
 
-def state_schema(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
-    """The schema (`{name: (shape, dtype)}`, like `Adapter.schema()`) of a state held as arrays."""
-    return {name: (tuple(np.shape(a)), np.asarray(a).dtype.name) for name, a in arrays.items()}
+def state_schema(arrays: Mapping) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The one schema rule, `{name: (shape, dtype name)}`, of a state held as numpy arrays or as
+    torch tensors (`Adapter.schema()` gives its parameters here): both sides compare these."""
+    return {name: _shape_and_dtype(a) for name, a in arrays.items()}
+
+
+def _shape_and_dtype(value) -> tuple[tuple[int, ...], str]:
+    if isinstance(value, np.ndarray) or not hasattr(value, "dtype"):
+        return tuple(np.shape(value)), np.asarray(value).dtype.name
+    return tuple(value.shape), str(value.dtype).removeprefix("torch.")  # a tensor: no copy to numpy
 
 
 def is_number(value) -> bool:

@@ -72,6 +72,7 @@ NODE_SITE_ID = "site-id"
 NODE_MODALITY = "modality"
 NODE_SITE_STORE = "site-store"
 NODE_TASK = "task"  # optional: the structure this site labels (its adapter in the store, its task bank)
+NODE_DEVICE = "device"  # optional: cpu, cuda, cuda:N or auto (`fedpoint.shared.device`; default cpu)
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 
@@ -100,14 +101,21 @@ EVAL_MAX_CASES = 16  # and at most this many held-out cases a site (the newest),
 
 
 # ------------------------------------------------------------------------------ names
-_SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_MODALITY = 64
 _MODALITY_PUNCTUATION = frozenset(" -_.+/")
 
 
+def is_safe_id(value) -> bool:
+    """The one id rule (site ids; and case, task, image and user ids, which become folder names at
+    a site: `fedpoint.client.site_store.check_id`): ASCII letters, digits, '.', '_' and '-',
+    1..128 characters, starting with a letter or digit, no '..'."""
+    return isinstance(value, str) and _SAFE_ID.fullmatch(value) is not None and ".." not in value
+
+
 def check_site_id(value) -> str:
-    """A site id: ASCII letters, digits, '.', '_' and '-', 1..128 characters, no '..'."""
-    if not isinstance(value, str) or not _SITE_ID.match(value) or ".." in value:
+    """A site id (`is_safe_id`)."""
+    if not is_safe_id(value):
         raise ValueError(f"invalid site id {printable(value)}: use letters, digits, '.', '_' or '-' (at most 128)")
     return value
 
@@ -142,7 +150,9 @@ def _escape(char: str) -> str:
 
 # ------------------------------------------------------------------------------ instruction
 class RoundInstruction(BaseModel):
-    """What a site is asked to do in one round (the "config" record of a train message)."""
+    """What a site is asked to do in one round (the "config" record of a train message). The
+    defaults below, the one place they live, fill what an instruction leaves out; a coordinator
+    sends every field (`instruction_settings`, from its run config)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -151,12 +161,12 @@ class RoundInstruction(BaseModel):
     bank_version: int = Field(ge=0)
     base_fingerprint: str
     adapter: AdapterConfig
-    images: int = Field(ge=1)
+    images: int = Field(1, ge=1)
     local_epochs: int = Field(4, ge=1)
-    clicks: int = Field(ge=1)
-    mode: str
-    lr: float = Field(ge=0, description="0: the adapter kind's default")
-    size: int = Field(ge=16)
+    clicks: int = Field(5, ge=1)
+    mode: str = "mid+post"
+    lr: float = Field(0.0, ge=0, description="0: the adapter kind's default (AdapterKind.lr_for)")
+    size: int = Field(96, ge=16)
     seed: int = 0
     clipping_norm: float | None = None
 
@@ -185,14 +195,14 @@ class RoundInstruction(BaseModel):
         adapter = AdapterConfig(**json.loads(str(config[ADAPTER_CONFIG])))
         if config.get(ADAPTER_KIND, adapter.kind) != adapter.kind:
             raise ValueError(f"instruction names adapter kind {config[ADAPTER_KIND]!r} but sends a {adapter.kind!r} config")
-        return cls(
-            server_round=config[SERVER_ROUND], bank=config[BANK], bank_version=config[BANK_VERSION],
-            base_fingerprint=config[BASE_FINGERPRINT], adapter=adapter,
-            images=config.get(IMAGES, 1), local_epochs=config.get(LOCAL_EPOCHS, 4), clicks=config.get(CLICKS, 5),
-            mode=config.get(MODE, "mid+post"),
-            lr=config.get(LR, 0.0), size=config.get(SIZE, 96), seed=config.get(SEED, 0),
-            clipping_norm=config.get(CLIPPING_NORM),
-        )
+        given = {field: config[key] for field, key in _OPTIONAL_FIELDS.items() if key in config}
+        return cls(server_round=config[SERVER_ROUND], bank=config[BANK], bank_version=config[BANK_VERSION],
+                   base_fingerprint=config[BASE_FINGERPRINT], adapter=adapter, **given)
+
+
+# an instruction's fields a coordinator may leave out (the model's defaults apply), by config key
+_OPTIONAL_FIELDS = {"images": IMAGES, "local_epochs": LOCAL_EPOCHS, "clicks": CLICKS, "mode": MODE, "lr": LR,
+                    "size": SIZE, "seed": SEED, "clipping_norm": CLIPPING_NORM}
 
 
 def instruction_settings(fed: CoordinatorConfig) -> dict:

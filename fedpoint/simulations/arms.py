@@ -1,11 +1,13 @@
-"""The strategies an experiment compares (eight by default, plus named ablation arms), and how each
-one runs.
+"""The arms an experiment compares (eight by default, plus named ablation arms), and how each one runs.
 
-Local strategies run the site code directly (`SiteEngine` + `run_stream`), one engine and one
+(The experiment TOML's `strategies = [...]`, `--strategies` and the records' "strategy" key
+keep the user's word for an arm; in the code, "strategy" is Flower's only.)
+
+Local arms run the site code directly (`SiteEngine` + `run_stream`), one engine and one
 site store per site; federated ones run the Flower ServerApp and ClientApp on Flower's simulation
 engine (`fedpoint.simulations.flower_sim.run_federation`). All of them annotate the same streams
 with the same simulated user, so their per-image records line up by (seed, site, index).
-Torch, MONAI and Flower are imported inside the functions that run a strategy.
+Torch, MONAI and Flower are imported inside the functions that run an arm.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ ROUND_KEYS = ("strategy", "seed", "round", "site", "bytes_up", "bytes_down", "im
 
 
 @dataclass(frozen=True)
-class Strategy:
+class Arm:
     name: str
     kind: Literal["local", "federated"]
     mode: str  # the adaptation mode at every site
     summary: str
     adapter: str | None = None  # None: the experiment's adapter kind
-    bank_strategy: str | None = None  # federated: "general" (one bank) or "banks" (general + modality banks)
+    routing: str | None = None  # federated: "general" (one bank) or "banks" (general + modality banks)
     adaptation: tuple[tuple[str, object], ...] = ()  # AdaptationConfig overrides (ablations; local only)
     ablation: bool = False  # not run unless named (`strategies = [...]` or --strategies)
     accept_truth: bool = False  # the simulated user corrects each mask to the truth before accepting (local only)
@@ -46,48 +48,48 @@ class Strategy:
         return self.adapter or default
 
 
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
-    Strategy("frozen", "local", "frozen", "the base model, no adaptation"),
-    Strategy("local-online", "local", "mid+post", "mid- and post-interaction updates at each site, alone"),
-    Strategy("local-full", "local", "mid+post", "online updates of every weight at each site, alone (the "
+ARMS: dict[str, Arm] = {s.name: s for s in (
+    Arm("frozen", "local", "frozen", "the base model, no adaptation"),
+    Arm("local-online", "local", "mid+post", "mid- and post-interaction updates at each site, alone"),
+    Arm("local-full", "local", "mid+post", "online updates of every weight at each site, alone (the "
              "fine-tuning baseline)", adapter="full"),
-    Strategy("local-episodes", "local", "episodes", "training episodes on each site's annotation cache (CLoPA)"),
-    Strategy("local-online+episodes", "local", "mid+post+episodes", "online updates and episodes, alone"),
-    Strategy("fed-general", "federated", "mid+post", "online updates, federated into one site-general bank",
-             bank_strategy="general"),
-    Strategy("fed-banks", "federated", "mid+post", "online updates, federated into general + modality banks "
-             "(fedpoint's default)", bank_strategy="banks"),
-    Strategy("fed-full", "federated", "mid+post", "online updates of every weight, full-model FedAvg into the "
-             "same general + modality banks as fed-banks (reference)", adapter="full", bank_strategy="banks"),
+    Arm("local-episodes", "local", "episodes", "training episodes on each site's annotation cache (CLoPA)"),
+    Arm("local-online+episodes", "local", "mid+post+episodes", "online updates and episodes, alone"),
+    Arm("fed-general", "federated", "mid+post", "online updates, federated into one site-general bank",
+             routing="general"),
+    Arm("fed-banks", "federated", "mid+post", "online updates, federated into general + modality banks "
+             "(fedpoint's default)", routing="banks"),
+    Arm("fed-full", "federated", "mid+post", "online updates of every weight, full-model FedAvg into the "
+             "same general + modality banks as fed-banks (reference)", adapter="full", routing="banks"),
     # ablations of the seeds' claims, on the same streams (local, so only the named setting differs)
-    Strategy("local-mid", "local", "mid", "ablation: mid-interaction updates only", ablation=True),
-    Strategy("local-post", "local", "post", "ablation: post-interaction updates only", ablation=True),
-    Strategy("local-online-noccg", "local", "mid+post", "ablation: online updates with the click-consistency "
+    Arm("local-mid", "local", "mid", "ablation: mid-interaction updates only", ablation=True),
+    Arm("local-post", "local", "post", "ablation: post-interaction updates only", ablation=True),
+    Arm("local-online-noccg", "local", "mid+post", "ablation: online updates with the click-consistency "
              "guidance off (ccg_beta = 0)", adaptation=(("ccg_beta", 0.0),), ablation=True),
-    Strategy("local-judged", "local", "mid+post", "online updates kept only while the replay judge finds the site "
+    Arm("local-judged", "local", "mid+post", "online updates kept only while the replay judge finds the site "
              "needs no more clicks on its held-back cases (fedpoint.client.replay_judge)",
              adaptation=(("judge", True),), ablation=True),
     # CLoPA's claims: most of the gain after one episode; episodes as the paper runs them, on true labels
-    Strategy("local-episodes-1", "local", "episodes", "ablation: one episode per campaign (pseudo-labels)",
+    Arm("local-episodes-1", "local", "episodes", "ablation: one episode per campaign (pseudo-labels)",
              adaptation=(("episode_max", 1),), ablation=True),
-    Strategy("local-episodes-3", "local", "episodes", "ablation: up to three episodes per campaign (pseudo-labels)",
+    Arm("local-episodes-3", "local", "episodes", "ablation: up to three episodes per campaign (pseudo-labels)",
              adaptation=(("episode_max", 3),), ablation=True),
-    Strategy("local-episodes-true", "local", "episodes", "ablation: episodes on true labels (the user corrects "
+    Arm("local-episodes-true", "local", "episodes", "ablation: episodes on true labels (the user corrects "
              "each mask before accepting, as in CLoPA)", ablation=True, accept_truth=True),
-    Strategy("local-episodes-1-true", "local", "episodes", "ablation: one episode per campaign, on true labels",
+    Arm("local-episodes-1-true", "local", "episodes", "ablation: one episode per campaign, on true labels",
              adaptation=(("episode_max", 1),), ablation=True, accept_truth=True),
 )}
-STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)  # every known arm, in canonical order
-DEFAULT_STRATEGIES: tuple[str, ...] = tuple(n for n, s in STRATEGIES.items() if not s.ablation)
-ABLATIONS: tuple[str, ...] = tuple(n for n, s in STRATEGIES.items() if s.ablation)
-DEFAULT_STRATEGY = "fed-banks"  # fedpoint's default: the one the headline targets are about
+ARM_NAMES: tuple[str, ...] = tuple(ARMS)  # every known arm, in canonical order
+DEFAULT_ARMS: tuple[str, ...] = tuple(n for n, s in ARMS.items() if not s.ablation)
+ABLATIONS: tuple[str, ...] = tuple(n for n, s in ARMS.items() if s.ablation)
+DEFAULT_ARM = "fed-banks"  # fedpoint's default: the one the headline targets are about
 
 
-def image_record(raw: dict, *, strategy: str, seed: int, site, round_: int) -> dict:
+def image_record(raw: dict, *, arm: str, seed: int, site, round_: int) -> dict:
     """One annotated image in the results' flat form (a `run_stream`/ClientApp record plus where it ran).
     `site` is a `fedpoint.data.Site`."""
     record = {
-        "strategy": strategy,
+        "strategy": arm,  # the record's key keeps the experiment TOML's word
         "seed": seed,
         "site": site.name,
         "modality": site.modality,
@@ -123,42 +125,42 @@ def dice_auc(dices: list[float]) -> float:
     return float(sum(dices) / len(dices)) if dices else 0.0
 
 
-def run_local(strategy: Strategy, experiment, seed: int, sites: list, work, on_image: Callable[[dict], None] | None = None) -> dict:
+def run_local(arm: Arm, experiment, seed: int, sites: list, work, on_image: Callable[[dict], None] | None = None) -> dict:
     """Annotate every site's stream with its own engine and store; no bytes leave a site.
     Returns {"images": [...], "rounds": [...], "episodes": [...]}."""
     images, rounds, episodes = [], [], []
     for site in sites:
-        records, engine = annotate_site(strategy, experiment, seed, site, Path(work) / site.name, on_image)
+        records, engine = annotate_site(arm, experiment, seed, site, Path(work) / site.name, on_image)
         if engine.scheduler is not None:
-            episodes += [{"strategy": strategy.name, "seed": seed, "site": site.name, **r.as_dict()}
+            episodes += [{"strategy": arm.name, "seed": seed, "site": site.name, **r.as_dict()}
                          for r in engine.scheduler.results]
         images += records
-        rounds += local_rounds(strategy.name, seed, site.name, records)
+        rounds += local_rounds(arm.name, seed, site.name, records)
     return {"images": images, "rounds": rounds, "episodes": episodes}
 
 
-def annotate_site(strategy: Strategy, experiment, seed: int, site, store_dir, on_image=None):
+def annotate_site(arm: Arm, experiment, seed: int, site, store_dir, on_image=None):
     """One site's whole stream through its own `SiteEngine`; returns (image records, engine)."""
     from fedpoint.client.engine import SiteEngine
     from fedpoint.client.stream import run_stream
 
-    kind = strategy.adapter_kind(experiment.adapter)
-    adaptation = experiment.adaptation_config(strategy.mode, seed, kind)
-    if strategy.adaptation:
-        adaptation = adaptation.model_copy(update=dict(strategy.adaptation))
+    kind = arm.adapter_kind(experiment.adapter)
+    adaptation = experiment.adaptation_config(arm.mode, seed, kind)
+    if arm.adaptation:
+        adaptation = adaptation.model_copy(update=dict(arm.adaptation))
     engine = SiteEngine.create(
         experiment.base, kind, adaptation,
         store=store_dir, campaign_size=len(site.samples), background_episodes=False, task=site.spec.task)
     records: list[dict] = []
 
     def tick(i: int, raw: dict) -> None:
-        rec = image_record(raw, strategy=strategy.name, seed=seed, site=site,
+        rec = image_record(raw, arm=arm.name, seed=seed, site=site,
                            round_=local_round(site, i, experiment.images_per_round))
         records.append(rec)
         if on_image is not None:
             on_image(rec)
 
-    run_stream(engine, site.samples, experiment.clicks, on_image=tick, accept_truth=strategy.accept_truth)
+    run_stream(engine, site.samples, experiment.clicks, on_image=tick, accept_truth=arm.accept_truth)
     return records, engine
 
 
@@ -168,18 +170,18 @@ def local_round(site, index: int, images_per_round: int) -> int:
     return site.spec.join_round + index // images_per_round + 1
 
 
-def local_rounds(strategy: str, seed: int, site: str, records: list[dict]) -> list[dict]:
-    """Round rows of a local strategy: the images of each round, nothing sent or received."""
+def local_rounds(arm: str, seed: int, site: str, records: list[dict]) -> list[dict]:
+    """Round rows of a local arm: the images of each round, nothing sent or received."""
     by_round: dict[int, list[dict]] = {}
     for rec in records:
         by_round.setdefault(rec["round"], []).append(rec)
-    return [{"strategy": strategy, "seed": seed, "round": r, "site": site, "bytes_up": 0, "bytes_down": 0,
+    return [{"strategy": arm, "seed": seed, "round": r, "site": site, "bytes_up": 0, "bytes_down": 0,
              "images": len(recs), "seconds": round(sum(x["seconds"] for x in recs), 3)}
             for r, recs in sorted(by_round.items())]
 
 
 # ------------------------------------------------------------------------------------ federated
-def run_federated(strategy: Strategy, experiment, seed: int, sites: list, work,
+def run_federated(arm: Arm, experiment, seed: int, sites: list, work,
                   on_image: Callable[[dict], None] | None = None) -> dict:
     """Run the Flower ServerApp and ClientApp on Flower's simulation engine, one virtual node per
     site, and read back what the sites annotated. Late joiners are nodes from the start, but the
@@ -193,7 +195,7 @@ def run_federated(strategy: Strategy, experiment, seed: int, sites: list, work,
     work.mkdir(parents=True, exist_ok=True)
     starting = [s for s in sites if s.spec.join_round == 0]
     sites_toml = write_sites_toml([s.spec for s in sites], work / "sites.toml")  # partition i = sites[i]
-    run_config = federation_run_config(strategy, experiment, seed, sites_toml, work) | {"min-train-nodes": len(starting)}
+    run_config = federation_run_config(arm, experiment, seed, sites_toml, work) | {"min-train-nodes": len(starting)}
     if experiment.spatial_dims == 2:  # the workers load these streams instead of reading the datasets again
         for site in sites:
             save_site_stream(site, work / "streams")
@@ -202,12 +204,12 @@ def run_federated(strategy: Strategy, experiment, seed: int, sites: list, work,
 
     def progress(raw: dict, site_name: str, round_: int) -> None:
         if on_image is not None:
-            on_image(image_record(raw, strategy=strategy.name, seed=seed, site=by_name[site_name], round_=round_))
+            on_image(image_record(raw, arm=arm.name, seed=seed, site=by_name[site_name], round_=round_))
 
     with RecordWatcher(work / "records", progress):
         outcome = run_federation(run_config, num_sites=len(sites), log_path=work / "flower.log")
-    images = read_records(work / "records", strategy.name, seed, by_name)
-    rounds = federation_rounds(work, strategy.name, seed, images)
+    images = read_records(work / "records", arm.name, seed, by_name)
+    rounds = federation_rounds(work, arm.name, seed, images)
     late = joined_banks(work, [s.name for s in sites if s.spec.join_round > 0])
     return {"images": images, "rounds": rounds, "federation": {"outcome": _plain(outcome), "late": late}}
 
@@ -226,20 +228,20 @@ def joined_banks(work, late_sites: list[str]) -> list[dict]:
     return out
 
 
-def federation_run_config(strategy: Strategy, experiment, seed: int, sites_toml, work) -> dict:
-    """The Flower run config (kebab-case keys) of one federated strategy and seed."""
+def federation_run_config(arm: Arm, experiment, seed: int, sites_toml, work) -> dict:
+    """The Flower run config (kebab-case keys) of one federated arm and seed."""
     return {
         "num-server-rounds": experiment.rounds,
-        "adapter-kind": strategy.adapter_kind(experiment.adapter),
+        "adapter-kind": arm.adapter_kind(experiment.adapter),
         "images-per-round": experiment.images_per_round,
         "clicks": experiment.clicks,
-        "mode": strategy.mode,
-        "lr": experiment.lr_for(strategy.adapter_kind(experiment.adapter)),
+        "mode": arm.mode,
+        "lr": experiment.lr_for(arm.adapter_kind(experiment.adapter)),
         "sites-config": str(sites_toml),
         "size": experiment.size,
         "base": experiment.base or "",
         "bank-store": str(work / "banks"),
-        "bank-strategy": strategy.bank_strategy,
+        "bank-strategy": arm.routing,
         "output-dir": str(work),
         "seed": seed,
     }
@@ -256,18 +258,18 @@ def write_sites_toml(specs: list, path) -> Path:
     return path
 
 
-def read_records(records_dir, strategy: str, seed: int, sites: dict) -> list[dict]:
+def read_records(records_dir, arm: str, seed: int, sites: dict) -> list[dict]:
     """The per-image records the ClientApps wrote: `<records>/<site>/round-<r>.json`."""
     images = []
     for path in sorted(Path(records_dir).glob("*/round-*.json")):
         payload = json.loads(path.read_text())
         site = sites[payload["site"]]
-        images += [image_record(raw, strategy=strategy, seed=seed, site=site, round_=payload["round"])
+        images += [image_record(raw, arm=arm, seed=seed, site=site, round_=payload["round"])
                    for raw in payload["records"]]
     return sorted(images, key=lambda r: (r["site"], r["index"]))
 
 
-def federation_rounds(work, strategy: str, seed: int, images: list[dict]) -> list[dict]:
+def federation_rounds(work, arm: str, seed: int, images: list[dict]) -> list[dict]:
     """Round rows from the coordinator's round summary (`<output-dir>/federation.json`: bytes sent
     to and received from each site), with each site's annotation seconds of that round."""
     seconds: dict[tuple, float] = {}
@@ -281,7 +283,7 @@ def federation_rounds(work, strategy: str, seed: int, images: list[dict]) -> lis
     for entry in history:
         for site, info in sorted(entry["sites"].items()):
             key = (int(entry["round"]), site)
-            rows.append({"strategy": strategy, "seed": seed, "round": key[0], "site": site,
+            rows.append({"strategy": arm, "seed": seed, "round": key[0], "site": site,
                          "bytes_up": int(info["bytes_up"]), "bytes_down": int(info["bytes_down"]),
                          "images": counts.get(key, 0), "seconds": round(seconds.get(key, 0.0), 3),
                          "status": info.get("status", ""), "bank": info.get("bank", "")})

@@ -34,7 +34,7 @@ from fedpoint.data import SiteSpec
 from fedpoint.shared.adapter_kinds import adapter_kind
 from fedpoint.shared.config import AdaptationConfig, AdapterConfig
 from fedpoint.shared.validation_errors import describe_validation_error
-from fedpoint.simulations.arms import ABLATIONS, DEFAULT_STRATEGIES, STRATEGY_NAMES
+from fedpoint.simulations.arms import ABLATIONS, DEFAULT_ARMS, ARM_NAMES
 from fedpoint.simulations.source_base import SourceBase
 
 try:
@@ -69,7 +69,7 @@ class ExperimentConfig(BaseModel):
     full_lr: float | None = Field(None, gt=0, le=1.0, description="learning rate when every weight is tuned "
                                   "(fed-full, local-full, or adapter = full); default: the full kind's")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    strategies: list[str] = Field(default_factory=lambda: list(DEFAULT_STRATEGIES), min_length=1,
+    strategies: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS), min_length=1,
                                   description="default: every strategy but the ablation arms (ABLATIONS)")
     base: str | None = Field(None, description="base checkpoint name or path; default: the packaged base2d")
     threads: int | None = Field(None, ge=1, le=256, description="torch threads in the runner process")
@@ -95,7 +95,7 @@ class ExperimentConfig(BaseModel):
     @classmethod
     def _with_ablations(cls, table):
         if isinstance(table, dict) and table.get("ablations") and "strategies" not in table:
-            table = {**table, "strategies": list(DEFAULT_STRATEGIES) + list(ABLATIONS)}
+            table = {**table, "strategies": list(DEFAULT_ARMS) + list(ABLATIONS)}
         return table
 
     @field_validator("adapter")
@@ -114,12 +114,12 @@ class ExperimentConfig(BaseModel):
     @field_validator("strategies")
     @classmethod
     def _known_strategies(cls, names: list[str]) -> list[str]:
-        unknown = [n for n in names if n not in STRATEGY_NAMES]
+        unknown = [n for n in names if n not in ARM_NAMES]
         if unknown:
-            raise ValueError(f"unknown {', '.join(unknown)}; known: {', '.join(STRATEGY_NAMES)}")
+            raise ValueError(f"unknown {', '.join(unknown)}; known: {', '.join(ARM_NAMES)}")
         if len(set(names)) != len(names):
             raise ValueError("each strategy may appear once")
-        return [n for n in STRATEGY_NAMES if n in names]  # the canonical order, for tables and plots
+        return [n for n in ARM_NAMES if n in names]  # the canonical order, for tables and plots
 
     @field_validator("adaptation")
     @classmethod
@@ -156,7 +156,7 @@ class ExperimentConfig(BaseModel):
         """An explicit override (`full_lr` for a kind that tunes every weight, which wants a smaller
         step than tuning a few norm affines), else the kind's one default."""
         rules = adapter_kind(kind)
-        return (self.full_lr if rules.every_weight else self.lr) or rules.lr
+        return rules.lr_for(self.full_lr if rules.every_weight else self.lr)
 
     def adaptation_config(self, mode: str, seed: int, kind: str | None = None) -> AdaptationConfig:
         lr = self.lr_for(kind or self.adapter)

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fedpoint.simulations.arms import STRATEGIES
+from fedpoint.simulations.arms import ARMS
 
 COLOURS = {
     "frozen": "#7f7f7f",
@@ -37,13 +37,13 @@ def _pyplot():
 
 
 def _style(name: str) -> dict:
-    return {"color": COLOURS.get(name), "linestyle": STYLES[STRATEGIES[name].kind] if name in STRATEGIES else "-",
+    return {"color": COLOURS.get(name), "linestyle": STYLES[ARMS[name].kind] if name in ARMS else "-",
             "label": name, "linewidth": 2.2 if name == "fed-banks" else 1.4}
 
 
 def _order(images: list[dict]) -> list[str]:
     present = {r["strategy"] for r in images}
-    return [n for n in STRATEGIES if n in present]
+    return [n for n in ARMS if n in present]
 
 
 def _mean_over_seeds(records: list[dict], metric: str, key: str = "index") -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +145,7 @@ def learning_curves(curves: dict, path: Path) -> Path:
     plt = _pyplot()
     metrics = curves["metrics"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
-    arms = [n for n in STRATEGIES if any(p["strategy"] == n for p in curves["points"])]
+    arms = [n for n in ARMS if any(p["strategy"] == n for p in curves["points"])]
     for ax, metric in zip(axes[0], metrics):
         for name in arms:
             pts = sorted((p for p in curves["points"] if p["strategy"] == name and p["metric"] == metric),

@@ -20,7 +20,7 @@ import numpy as np
 
 from fedpoint.shared.metrics import HEADERS, SITE_METRICS, is_fraction
 from fedpoint.shared.protocol import EVAL_CLICKS
-from fedpoint.simulations.arms import DEFAULT_STRATEGY, STRATEGIES
+from fedpoint.simulations.arms import DEFAULT_ARM, ARMS
 
 REFERENCE = "frozen"
 FULL = "fed-full"
@@ -94,7 +94,7 @@ def compute_headline(images: list[dict], rounds: list[dict], images_per_round: i
     by_strategy = _group(images, "strategy")
     rounds_by = _group(rounds, "strategy", "seed")
     headline = {}
-    for name in [n for n in STRATEGIES if (n,) in by_strategy]:
+    for name in [n for n in ARMS if (n,) in by_strategy]:
         recs = by_strategy[(name,)]
         seeds = sorted({r["seed"] for r in recs})
         per_seed = [seed_summary([r for r in recs if r["seed"] == s], rounds_by.get((name, s), []), images_per_round)
@@ -117,7 +117,7 @@ def evaluate_targets(headline: dict[str, dict], comps: list[dict] | None = None)
     (`verdict`: held / refuted / unresolved), and late joiners are compared with local-online."""
     if comps is not None:
         return _targets_on_intervals(headline, comps)
-    ours, frozen, full = (headline.get(n) for n in (DEFAULT_STRATEGY, REFERENCE, FULL))
+    ours, frozen, full = (headline.get(n) for n in (DEFAULT_ARM, REFERENCE, FULL))
     targets = []
 
     held, value = None, None
@@ -148,21 +148,21 @@ def _targets_on_intervals(headline: dict[str, dict], comps: list[dict]) -> list[
     from fedpoint.simulations.statistics import find, verdict
 
     out = []
-    c = find(comps, DEFAULT_STRATEGY, REFERENCE, "noc90", "shifted")
+    c = find(comps, DEFAULT_ARM, REFERENCE, "noc90", "shifted")
     v = None if c is None else verdict(c["reduction_low"], c["reduction_high"], 0.20)
     out.append({"name": "noc90-reduction", "verdict": v, "held": None if v is None else v == "held",
                 "value": None if c is None else c["reduction"], "ci": None if c is None else [c["reduction_low"], c["reduction_high"]],
                 "threshold": 0.20, "n": None if c is None else c["n"],
                 "text": "on shifted sites, fed-banks lowers NoC@90 by at least 20% against frozen"})
-    c = find(comps, DEFAULT_STRATEGY, "local-online", "dice3", "late")
+    c = find(comps, DEFAULT_ARM, "local-online", "dice3", "late")
     v = None if c is None else verdict(c["ci_low"], c["ci_high"], 0.05)
     out.append({"name": "late-joiner-dice3", "verdict": v, "held": None if v is None else v == "held",
                 "value": None if c is None else c["mean_diff"], "ci": None if c is None else [c["ci_low"], c["ci_high"]],
                 "threshold": 0.05, "n": None if c is None else c["n"],
                 "text": "late joiners start at least 5 Dice@3 points above local-online"})
-    ours, full = headline.get(DEFAULT_STRATEGY), headline.get(FULL)
-    c5 = find(comps, DEFAULT_STRATEGY, FULL, "dice5", "shifted")
-    c90 = find(comps, DEFAULT_STRATEGY, FULL, "noc90", "shifted")
+    ours, full = headline.get(DEFAULT_ARM), headline.get(FULL)
+    c5 = find(comps, DEFAULT_ARM, FULL, "dice5", "shifted")
+    c90 = find(comps, DEFAULT_ARM, FULL, "noc90", "shifted")
     v, ratio = None, None
     if ours and full and ours["bytes_per_round"] > 0 and c5 and c90:
         ratio = full["bytes_per_round"] / ours["bytes_per_round"]
@@ -269,7 +269,7 @@ def timings_markdown(images: list[dict], rounds: list[dict], strategies: Sequenc
     return markdown_table(header, rows)
 
 
-def noc90_by_site_markdown(images: list[dict], strategy: str = DEFAULT_STRATEGY, reference: str = REFERENCE) -> str:
+def noc90_by_site_markdown(images: list[dict], strategy: str = DEFAULT_ARM, reference: str = REFERENCE) -> str:
     """Where the NoC@90 target holds or fails: each site's NoC@90 under the reference and the
     strategy, and the reduction."""
     rows = []
@@ -291,13 +291,14 @@ def noc90_by_site_markdown(images: list[dict], strategy: str = DEFAULT_STRATEGY,
     return markdown_table(header, rows)
 
 
-def _default_lr(kind: str):
+def _lr(lr: float | None, kind: str):
+    """The rate an experiment used: `lr` given, else the kind's default (`AdapterKind.lr_for`)."""
     from fedpoint.shared.adapter_kinds import adapter_kind
 
     try:
-        return adapter_kind(kind).lr
+        return adapter_kind(kind).lr_for(lr)
     except ValueError:
-        return "?"
+        return lr or "?"
 
 
 def _ci(t: dict, scale: float, unit: str) -> str:
@@ -362,8 +363,8 @@ def write_report(results: dict, path, plots: Sequence[str] = ()) -> str:
         f"{len(exp['sites'])} sites ({', '.join(results['data']['modalities'])}), {exp['rounds']} rounds of "
         f"{exp['images_per_round']} image{'s' if exp['images_per_round'] != 1 else ''} per site, {exp['clicks']} simulated clicks per image, "
         + _samples_phrase(exp, results["data"])
-        + f", adapter `{exp['adapter']}` (lr {exp.get('lr') or _default_lr(exp['adapter'])}"
-        f"; every-weight arms lr {exp.get('full_lr') or _default_lr('full')}), seeds {exp['seeds']}. "
+        + f", adapter `{exp['adapter']}` (lr {_lr(exp.get('lr'), exp['adapter'])}"
+        f"; every-weight arms lr {_lr(exp.get('full_lr'), 'full')}), seeds {exp['seeds']}. "
         f"Means over {'shifted sites' if scope == 'shifted' else 'all sites (none is shifted)'} present from the first round"
         + (" and seeds, ± sd over seeds." if len(exp["seeds"]) > 1 else " (one seed: no sd)."),
         "",
@@ -470,7 +471,7 @@ def federated_evaluation_markdown(federation: list[dict]) -> str:
 
 
 def strategies_markdown(strategies: Sequence[str]) -> str:
-    return "\n".join(f"- `{n}` ({STRATEGIES[n].kind}, mode `{STRATEGIES[n].mode}`): {STRATEGIES[n].summary}."
+    return "\n".join(f"- `{n}` ({ARMS[n].kind}, mode `{ARMS[n].mode}`): {ARMS[n].summary}."
                      for n in strategies)
 
 

@@ -1,10 +1,10 @@
-"""Run an experiment: every strategy, every seed, the same streams; then results.json, plots, report.md.
+"""Run an experiment: every arm, every seed, the same streams; then results.json, plots, report.md.
 
 Output folder:
     results.json        everything measured (docs/results-schema.md)
     report.md           headline table, targets, plots, per-site tables, data, timings
     *.png               the plots
-    work/seed-<s>/<strategy>/...   site stores, bank stores and Flower records of each run
+    work/seed-<s>/<arm>/...   site stores, bank stores and Flower records of each run
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ from typing import Callable, Iterator
 from fedpoint.simulations.experiment import ExperimentConfig, ExperimentError
 from fedpoint.simulations.plots import write_plots
 from fedpoint.simulations.report import compute_headline, evaluate_targets, write_report
-from fedpoint.simulations.arms import STRATEGIES, run_federated, run_local
+from fedpoint.simulations.arms import ARMS, run_federated, run_local
 
 SCHEMA = "fedpoint.results/2"  # /2: learning curves (`curves`), image `task`
 
 
 def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool = True,
                    data_dir: str | Path | None = None, full: bool = False) -> dict:
-    """Run all strategies of `config` on all seeds; write results.json, the plots and report.md into
-    `out_dir` and return the results dict. The records are in (seed, strategy) order whatever the
+    """Run all arms of `config` on all seeds; write results.json, the plots and report.md into
+    `out_dir` and return the results dict. The records are in (seed, arm) order whatever the
     lanes (`config.lanes`) ran at once. Then each companion scenario (`config.companions`, loaded
     with the same `full`) runs into `out_dir/<its name>/`, and the main report shows its curves."""
     import torch
@@ -60,17 +60,17 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool
     with _progress(progress, config) as (on_image, timing):
         def run_job(job: tuple[int, str]) -> tuple[dict, float]:
             seed, name = job
-            strategy = STRATEGIES[name]
+            arm = ARMS[name]
             work = fresh_folder(out_dir / "work" / f"seed-{seed}" / name)
-            run = run_federated if strategy.federated else run_local
+            run = run_federated if arm.federated else run_local
             t0 = time.perf_counter()
             with timing(name, seed):
-                part = run(strategy, config, seed, sites_of(seed), work, on_image=on_image)
+                part = run(arm, config, seed, sites_of(seed), work, on_image=on_image)
             return part, time.perf_counter() - t0
 
         from fedpoint.simulations.flower_sim import stop_simulations
 
-        done = run_in_lanes(jobs, run_job, lane_of=lambda job: int(STRATEGIES[job[1]].federated) if config.lanes > 1 else 0,
+        done = run_in_lanes(jobs, run_job, lane_of=lambda job: int(ARMS[job[1]].federated) if config.lanes > 1 else 0,
                             on_interrupt=stop_simulations)
     images: list[dict] = []
     rounds: list[dict] = []
@@ -310,8 +310,8 @@ def environment(config: ExperimentConfig) -> dict:
 # ------------------------------------------------------------------------------------ progress
 @contextmanager
 def _progress(enabled: bool, config: ExperimentConfig) -> Iterator[tuple[Callable[[dict], None], Callable]]:
-    """Yields (on_image, timing): one bar per strategy with its running Dice@3 and the time spent
-    in it; `with timing(name, seed):` around each run of a strategy (runs of different strategies
+    """Yields (on_image, timing): one bar per arm with its running Dice@3 and the time spent
+    in it; `with timing(name, seed):` around each run of an arm (runs of different arms
     may overlap: the lanes)."""
     if not enabled:
         yield (lambda rec: None), (lambda name, seed: nullcontext())
@@ -327,7 +327,7 @@ def _progress(enabled: bool, config: ExperimentConfig) -> Iterator[tuple[Callabl
                  for n in config.strategies}
         dice3: dict[str, list[float]] = defaultdict(list)
         spent: dict[str, float] = defaultdict(float)
-        running: dict[str, float] = {}  # strategy -> when its current run started
+        running: dict[str, float] = {}  # arm -> when its current run started
 
         def show_time(name: str) -> None:
             since = running.get(name)

@@ -133,7 +133,7 @@ def sweep_box(images: int, seed: int = 0, base: str | None = None) -> dict:
     from fedpoint.client.engine import SiteEngine
     from fedpoint.shared.clicks import Click
     from fedpoint.shared.config import AdaptationConfig
-    from fedpoint.shared.focus import box_window, enforce_clicks
+    from fedpoint.shared.focus import enforce_clicks
     from fedpoint.shared.metrics import dice
     from fedpoint.shared.simulated_user import tight_box
     from fedpoint.simulations.evaluation import load_stream
@@ -149,10 +149,10 @@ def sweep_box(images: int, seed: int = 0, base: str | None = None) -> dict:
             rows["channel+window"].append(dice(engine.open(sample.image).box(box.lo, box.hi), sample.mask))
         centre = Click(tuple((l + h - 1) // 2 for l, h in zip(box.lo, box.hi)), True)
         shape = sample.mask.shape
-        window = box_window(box, None, [], shape, model.model_cfg, model.focus.expand, model.focus.min_size)
-        image_t = model.image_tensor(sample.image)
+        view = model.focus.window([], None, shape, box=box).cut(model.image_tensor(sample.image), [centre])
         with torch.no_grad():
-            mask = enforce_clicks(model.predict(image_t, [centre], None, window)[0, 0].bool().numpy(), [centre])
+            pred = view.paste(model.logits_in(view) > 0)
+        mask = enforce_clicks(pred[0, 0].numpy(), [centre])
         rows["window+click"].append(dice(mask, sample.mask))
     out = {k: {"dice_box": float(np.mean(v)), "n": len(v)} for k, v in rows.items() if v}
     for k, v in out.items():

@@ -73,7 +73,7 @@ def test_regression_guard_rejects_a_worse_adapter(tiny_base_2d, tmp_path, blob):
     before = engine.adapter.state()
     assert engine.offer(bad, "bank:test").accepted is False
     assert all(torch.equal(before[n], engine.adapter.state()[n]) for n in before)
-    assert engine.guard.history[-1]["accepted"] is False
+    assert engine.regression_guard.history[-1]["accepted"] is False
     assert engine.offer(engine.adapter.state(), "bank:same").accepted is True  # as good as the current one
     assert [e for e in engine.store.read_log() if e["event"] == "guard"][0]["source"] == "bank:test"
 

@@ -332,7 +332,7 @@ def test_concurrent_accepts_on_one_site_are_whole_trials(tiny_base_2d, blob, mon
 
 
 def test_a_snapshot_holds_copies_that_later_steps_do_not_touch(tiny_base_2d, blob):
-    from fedpoint.client.online_guard import restore, snapshot
+    from fedpoint.client.guards import restore, snapshot
 
     engine = _engine(tiny_base_2d, "mid+post", lr=1e-2)
     run_stream(engine, _samples(blob, 1), clicks=3)  # Adam has moments to copy

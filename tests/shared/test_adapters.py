@@ -101,3 +101,12 @@ def test_3d_adapters(tiny_base_3d):
         adapter = make_adapter(net, kind)
         _step(adapter, (16, 16, 16))
         assert adapter.num_trainable() > 0
+
+
+@pytest.mark.parametrize("kind", ["norm", "full"])
+def test_one_schema_rule_for_adapters_and_arrays(kind, tiny_base_2d):
+    """`Adapter.schema()` and the schema of its state as sent (numpy) are the same rule's answers."""
+    from fedpoint.shared.payload import state_schema, to_numpy
+
+    adapter = make_adapter(load_base(tiny_base_2d)[0], kind)
+    assert adapter.schema() == state_schema(to_numpy(adapter.state())) == state_schema(adapter.state())

@@ -164,3 +164,34 @@ def test_click_rule_sets_positive_and_clears_negative_voxels(dims):
     # a later click on the same voxel wins
     again = enforce_clicks(np.zeros(shape, bool), [pos, Click(pos.point, False)])
     assert not again.any()
+
+
+def test_a_window_view_is_the_window_cut_and_pasted_back():
+    """`FocusWindow.cut` gives exactly what crop/clicks/box give one by one, and the view pastes back."""
+    from fedpoint.shared.clicks import Box
+
+    shape = (300, 260)
+    image = torch.rand((1, 1, *shape))
+    prev = torch.as_tensor(_ball(shape, (150, 130), 40))[None, None]
+    clicks, box = [Click((150, 130), True), Click((100, 90), False)], Box((100, 80), (200, 190))
+    window = zoom_window(prev[0, 0], clicks, shape, CFG2)
+    view = window.cut(image, clicks, prev.float(), box)
+    assert torch.equal(view.image, crop(image, window))
+    assert torch.equal(view.prev, crop(prev, window, mask=True).float())
+    assert view.clicks == window.clicks(clicks) and view.box == window.box(box) and view.image_shape == shape
+    assert torch.equal(view.paste(view.prev > 0), paste(view.prev > 0, window, shape))
+
+
+def test_the_focus_rule_picks_the_sessions_windows():
+    from fedpoint.shared.clicks import Box
+    from fedpoint.shared.focus import Focus, box_window
+
+    focus, shape = Focus.of(None, DEEP), (512, 512)
+    click = Click((200, 300), True)
+    assert focus.window([click], None, shape) == first_click_window(click.point, shape, 96, DEEP)
+    mask = _ball(shape, (200, 300), 30)
+    assert focus.window([click], mask, shape) == zoom_window(mask, [click], shape, DEEP)
+    box = Box((150, 250), (260, 360))
+    assert focus.window([], None, shape, box=box) == box_window(box, None, [], shape, DEEP)
+    sides = [w.size[0] for w in focus.first_click_windows(click.point, shape)]
+    assert sides == sorted(sides) and len(sides) == len(set(sides)) >= 2

@@ -69,3 +69,25 @@ def test_a_packaged_base_is_found_from_a_flower_app_bundle(tmp_path):
     module_file, found = out.stdout.split()
     assert module_file.startswith(str(bundle))  # the bundle's copy was imported...
     assert Path(found + ".safetensors").is_file()  # ...and still found the weights
+
+
+def test_one_id_rule_for_site_ids_and_store_ids():
+    from fedpoint.client.site_store import check_id
+
+    for good in ("site-a", "Site_1.b", "x" * 128):
+        assert P.check_site_id(good) == good and check_id(good) == good
+    for bad in ("site-a\n", "-a", "a/b", "a..b", "x" * 129, "", None):  # a trailing newline passed `$` before
+        with pytest.raises(ValueError):
+            P.check_site_id(bad)
+        with pytest.raises(ValueError):
+            check_id(bad)
+
+
+def test_an_instruction_that_leaves_fields_out_gets_the_models_defaults():
+    adapter = AdapterConfig(kind="norm")
+    minimal = {P.SERVER_ROUND: 1, P.BANK: "general", P.BANK_VERSION: 0, P.BASE_FINGERPRINT: "ab" * 16,
+               P.ADAPTER_CONFIG: __import__("json").dumps(adapter.model_dump(mode="json"))}
+    got = P.RoundInstruction.from_config(minimal)
+    fields = P.RoundInstruction.model_fields
+    for name in ("images", "local_epochs", "clicks", "mode", "lr", "size", "seed", "clipping_norm"):
+        assert getattr(got, name) == fields[name].default, name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedpoint.simulations.experiment import ExperimentError, experiment_from_dict, load_experiment
-from fedpoint.simulations.arms import ABLATIONS, DEFAULT_STRATEGIES
+from fedpoint.simulations.arms import ABLATIONS, DEFAULT_ARMS
 
 SITES = [
     {"name": "a", "dataset": "stardist-nuclei", "shift": "noise", "box": [[0, 256], [0, 512]]},
@@ -21,7 +21,7 @@ def config(**fields):
 @pytest.mark.parametrize("name, full", [("demo", True), ("tiny", False)])
 def test_packaged_configs_load_with_all_strategies_and_late_joiners(name, full):
     exp = load_experiment(name, full=full)
-    assert exp.strategies == list(DEFAULT_STRATEGIES)
+    assert exp.strategies == list(DEFAULT_ARMS)
     assert exp.late_sites, "every packaged experiment measures cold start"
     assert len({s.modality or s.dataset for s in exp.sites}) >= 2
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fedpoint.simulations.arms import DEFAULT_STRATEGIES, IMAGE_KEYS, ROUND_KEYS
+from fedpoint.simulations.arms import DEFAULT_ARMS, IMAGE_KEYS, ROUND_KEYS
 
-STRATEGY_NAMES = DEFAULT_STRATEGIES
+ARM_NAMES = DEFAULT_ARMS
 
 FEDPOINT = [str(Path(sys.executable).with_name("fedpoint"))]
 HEADLINE_KEYS = ("noc85", "noc90", "dice3", "dice5", "dice_auc", "bytes_per_round", "late_dice3")
@@ -37,9 +37,9 @@ def test_every_strategy_produces_numbers(tiny_run):
     out, stdout = tiny_run
     results = json.loads((out / "results.json").read_text())
     assert results["schema"] == "fedpoint.results/2"
-    assert list(results["headline"]) == list(STRATEGY_NAMES)
+    assert list(results["headline"]) == list(ARM_NAMES)
     sites = {s["name"] for s in results["data"]["sites"]}
-    for name in STRATEGY_NAMES:
+    for name in ARM_NAMES:
         mine = [r for r in results["images"] if r["strategy"] == name]
         # 2 regular sites x 2 rounds x 2 images + the late joiner's 1 round x 2 images
         assert len(mine) == 10, name

@@ -25,7 +25,6 @@ import torch
 from fedpoint.client.site_model import SiteModel
 from fedpoint.client.service.images import ImageError
 from fedpoint.shared.clicks import Click
-from fedpoint.shared.focus import paste
 
 if TYPE_CHECKING:
     from fedpoint.client.service.desk import AnnotationDesk
@@ -59,11 +58,10 @@ def flip_uncertainty(model: SiteModel, image: np.ndarray) -> float:
 def _focused_probability(model: SiteModel, image_t: torch.Tensor, click: Click) -> torch.Tensor:
     """Foreground probability of a first click, predicted in its focus window like a session does;
     zero outside the window."""
-    spatial = tuple(image_t.shape[2:])
-    window = model.window_for([click], None, spatial)
+    view = model.look(image_t, [click])
     with model.lock, torch.no_grad():
-        p = torch.sigmoid(model.logits(image_t, [click], window=window))
-    return paste(p, window, spatial, fill=0.0)
+        p = torch.sigmoid(model.logits_in(view))
+    return view.paste(p, fill=0.0)
 
 
 def choose(name: str, unlabelled: list[str], params: dict, score: Callable[[str], float | None],

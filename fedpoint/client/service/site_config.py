@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedpoint.client.site_store import check_id
 from fedpoint.shared.config import AdaptationConfig, AdapterConfig
+from fedpoint.shared.device import DEFAULT_DEVICE
 from fedpoint.shared.validation_errors import validation_problems
 
 MIN_TOKEN_LENGTH = 16
@@ -53,7 +54,7 @@ class SiteServiceConfig(BaseModel):
                                                                 "named user's); default: only while no users file exists")
     tls_cert: Path | None = Field(None, description="PEM certificate: serve HTTPS directly (with tls_key)")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
-    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N or auto (CUDA when torch sees one)")
+    device: str = Field(DEFAULT_DEVICE, description="torch device: cpu, cuda, cuda:N or auto (CUDA when torch sees one)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads")
     label: str = Field("object", description="name of the structure annotated, shown to MONAI Label clients")
     labels: list[str] | None = Field(None, description='several structures per image, e.g. ["liver", "lesion"] (replaces label)')

@@ -102,39 +102,8 @@ class ServiceState:
 
 
 def _create_engine(config: SiteServiceConfig) -> SiteEngine:
-    """The engine on the store's current adapter, as `SiteEngine.create` builds it, except that a
-    version that does not load is skipped (logged, naming its file) and the previous valid one is
-    used; with none left, a fresh adapter of the configured kind."""
-    from fedpoint.shared.adapters import load_adapter, make_adapter
-    from fedpoint.shared.model import load_base
-
-    from fedpoint.client.site_model import SiteModel
-
-    store = SiteStore(config.store)
-    net, model_cfg, _card = load_base(config.base, config.device)
-
-    def task_model(_task: str, task_store: SiteStore) -> SiteModel:  # each structure (task) opens its own the same way
-        tried: list[int] = []
-        adapter = None
-        while adapter is None:
-            resume = task_store.usable_adapter(skip=tuple(tried))
-            if resume is None:
-                if tried or task_store.adapter_versions():
-                    log.warning("no adapter version in the store loads; starting from a fresh %s adapter",
-                                config.adapter.kind)
-                adapter = make_adapter(net, config.adapter)
-                break
-            try:
-                adapter = load_adapter(net, resume)
-            except Exception as err:  # noqa: BLE001 - passed the file checks but does not load (shapes, kind...)
-                version = int(resume.name[1:])
-                task_store.log("adapter-skipped", version=version, reason=f"adapters/{resume.name}: {type(err).__name__}: {err}")
-                log.warning("adapter version %d (adapters/%s) does not load (%s); trying the previous one", version,
-                            resume.name, err)
-                tried.append(version)
-        model = SiteModel(adapter, model_cfg, config.adaptation_config(), config.device, None)
-        model.load_optimizer_state(task_store.latest_optimizer_state(adapter.kind))
-        return model
-
-    return SiteEngine(task_model("default", store), store, config.campaign_size, True, factory=task_model)
+    """The engine on the store's newest adapter version that loads (`SiteModelFactory`: a damaged
+    one is logged, naming its file, and skipped); with none left, a fresh adapter of the configured kind."""
+    return SiteEngine.create(config.base, config.adapter, config.adaptation_config(), SiteStore(config.store),
+                             config.device, config.campaign_size, True)
 

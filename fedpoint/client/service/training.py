@@ -25,7 +25,7 @@ class Training:
         self.engine = engine
         # Modes without episodes still train on request: a scheduler of its own, never automatic.
         self.automatic = engine.scheduler is not None
-        self.scheduler = engine.scheduler or EpisodeScheduler(engine.model, engine.store, None, True, engine.guard)
+        self.scheduler = engine.scheduler or EpisodeScheduler(engine.model, engine.store, None, True, engine.regression_guard)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._requested = 0

@@ -1,21 +1,25 @@
-"""The online guard: a mid- or post-interaction update is kept only when it does not hurt.
+"""The site's two guards: what keeps an adapter change only when it does not hurt.
 
-Every update is a trial: the adapter weights and the optimizer state are snapshotted, the step is
-taken, and a cheap check decides whether it stays or is rolled back (weights and Adam moments both,
-so a rejected step leaves no trace).
+- `OnlineGuard` (one per `SiteModel`): every mid- or post-interaction update is a trial. The
+  adapter weights and the optimizer state are snapshotted, the step is taken, and a cheap check
+  decides whether it stays or is rolled back (weights and Adam moments both, so a rejected step
+  leaves no trace).
+  - Mid-interaction (one forward, per click): the updated model, given the same clicks, the same
+    previous mask and the same window, must still give the mask the person was just shown (Dice at
+    least `guard_consistency`) and keep every click on its side. An update that makes the model
+    contradict what it showed a moment ago has moved too far; this is what catches a learning rate
+    that collapses the model.
+  - Post-interaction (on accept): the one-click Dice of the last `guard_replay` accepted cases, each
+    in the window its first click was predicted in, must not fall by more than `guard_tolerance`;
+    and on the accepted image itself, the mask for the person's clicks must not get worse. The
+    replay cases live in memory only (the store keeps the cache).
+  Each decision is counted (`counts`) and each rejection keeps its reason (`events`); sessions put
+  them in `record()`, the service in its activity log, experiments in results.json.
+- `RegressionGuard` (one per task slot of the engine): a whole candidate adapter (an episode's
+  result, a federation bank) is swapped in only if its simulated-user Dice-AUC on held-out cached
+  cases is not worse than the live adapter's; each verdict is a `GuardReview`, logged as "guard".
 
-- Mid-interaction (one forward, per click): the updated model, given the same clicks, the same
-  previous mask and the same window, must still give the mask the person was just shown (Dice at
-  least `guard_consistency`) and keep every click on its side. An update that makes the model
-  contradict what it showed a moment ago has moved too far; this is what catches a learning rate
-  that collapses the model.
-- Post-interaction (on accept): the one-click Dice of the last `guard_replay` accepted cases, each
-  in the window its first click was predicted in, must not fall by more than `guard_tolerance`;
-  and on the accepted image itself, the mask for the person's clicks must not get worse. The
-  replay cases live in memory only (the store keeps the cache).
-
-Each decision is counted (`counts`) and each rejection keeps its reason (`events`); sessions put
-them in `record()`, the service in its activity log, experiments in results.json.
+(The service's bearer-token check is a third thing, `fedpoint.client.service.security.TokenGuard`.)
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ from __future__ import annotations
 import copy
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from fedpoint.shared.clicks import Click
+from fedpoint.shared.metrics import dice_auc
 
 
 @dataclass
@@ -221,3 +226,76 @@ class OnlineGuard:
         if self.replay:
             self.cases.append(ReplayCase(image_c.detach(), target_c.detach().reshape(1, 1, *image_c.shape[2:]).float(),
                                          click_c, box))
+
+
+# ------------------------------------------------------------------------------ the regression guard
+def simulated_dice_auc(model, samples: list[tuple[np.ndarray, np.ndarray]], clicks: int) -> float:
+    """Mean over samples of the Dice-AUC of a deterministic simulated user, no updates."""
+    if not samples:
+        return float("nan")
+    scores = [dice_auc(model.replay(image, mask, clicks)) for image, mask in samples]
+    return float(np.mean(scores))
+
+
+@dataclass(frozen=True)
+class GuardReview:
+    """The regression guard's verdict on one candidate adapter (what it logs as a "guard" event).
+    `candidate` and `current` are None when nothing could be judged (`unvalidated`)."""
+
+    source: str
+    accepted: bool
+    unvalidated: bool
+    val_cases: int
+    reason: str
+    candidate: float | None = None
+    current: float | None = None
+
+    def as_dict(self) -> dict:
+        """The logged entry: an unvalidated review names no scores."""
+        if self.unvalidated:
+            return {"source": self.source, "accepted": self.accepted, "unvalidated": True, "val_cases": self.val_cases,
+                    "reason": self.reason}
+        return {"source": self.source, "accepted": self.accepted, "unvalidated": False, "candidate": self.candidate,
+                "current": self.current, "val_cases": self.val_cases, "reason": self.reason}
+
+
+@dataclass
+class RegressionGuard:
+    """Rejects an adapter that scores worse than the current one on held-out cached cases.
+
+    With fewer than `require_cases` cases nothing can be judged: the review says so
+    (`unvalidated`) and passes or refuses by `unvalidated_pass` (banks: pass, so a new site starts
+    from the federation; episodes: refuse, since nothing checked what they learned)."""
+
+    clicks: int = 5
+    tolerance: float = 0.0
+    min_cases: int = 1
+    history: list[dict] = field(default_factory=list)
+
+    def review(self, model, candidate: Mapping[str, torch.Tensor], val: list[tuple[np.ndarray, np.ndarray]], source: str,
+               store=None, candidate_score: float | None = None,
+               require_cases: int = 0, unvalidated_pass: bool = False) -> GuardReview:
+        if len(val) < max(require_cases, 1):
+            return self._record(GuardReview(
+                source, unvalidated_pass, True, len(val), f"{len(val)} held-out case(s), {max(require_cases, 1)} needed: "
+                + ("passed unvalidated" if unvalidated_pass else "refused unvalidated")), store)
+        bad = [k for k, v in candidate.items() if not torch.isfinite(torch.as_tensor(v)).all()]
+        current = simulated_dice_auc(model, val, self.clicks)
+        if bad:
+            candidate_score = float("nan")
+            ok, reason = False, f"non-finite values in {bad[0]}"
+        else:
+            if candidate_score is None:
+                trial = model.copy()
+                trial.adapter.load_state(candidate)
+                candidate_score = simulated_dice_auc(trial, val, self.clicks)
+            ok = candidate_score >= current - self.tolerance
+            reason = "" if ok else f"Dice-AUC {candidate_score:.4f} < current {current:.4f} on {len(val)} held-out case(s)"
+        return self._record(GuardReview(source, ok, False, len(val), reason, candidate_score, current), store)
+
+    def _record(self, review: GuardReview, store) -> GuardReview:
+        entry = review.as_dict()
+        self.history.append(entry)
+        if store is not None:
+            store.log("guard", **entry)
+        return review
