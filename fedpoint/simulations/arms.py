@@ -241,7 +241,7 @@ def federation_run_config(arm: Arm, experiment, seed: int, sites_toml, work) -> 
         "size": experiment.size,
         "base": experiment.base or "",
         "bank-store": str(work / "banks"),
-        "bank-strategy": arm.routing,
+        "bank-routing": arm.routing,
         "output-dir": str(work),
         "seed": seed,
     }
