@@ -1,4 +1,5 @@
-"""The annotation desk: the site's open sessions, their geometry, accept-to-cache and the cache index.
+"""The annotation desk: the one owner of the annotation operations the routes call, with the
+sessions' geometry, accept-to-cache and the cache index.
 
 Sessions are per (image, user, slice, structure): a 3D volume on a 2D model is annotated slice by
 slice (a click's z picks the slice, and an accepted slice becomes one 2D case in the cache, which

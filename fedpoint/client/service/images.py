@@ -1,4 +1,4 @@
-"""The folder of images a site annotates: ids, decoding, normalisation for the model, label files.
+"""The folder of images a site annotates: ids, decoding, normalisation for the model, label files written for clients.
 
 An image's id is its file name without the suffix (`chest-01.nii.gz` -> `chest-01`). Ids are
 looked up in a listing of the folder, never joined into a path from what a client sent, so no id
