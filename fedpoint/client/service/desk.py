@@ -317,8 +317,9 @@ class AnnotationDesk:
         return view
 
     def discard(self, image_id: str, user: str, slice_index: int | None, structure: str | None = None) -> None:
-        z = self.page_slice(self.load(image_id), slice_index)
-        entry = self.sessions.get(self.key(image_id, user, z, structure))
+        loaded = self.load(image_id)
+        z = self.page_slice(loaded, slice_index)
+        entry = self.sessions.get(self.key(loaded.id, user, z, structure))
         if entry is not None:
             self.sessions.close(entry)
             self.audit.record(user, "discard", image_id, slice=z, structure=entry.structure)
