@@ -1,10 +1,16 @@
-"""The annotation desk: the site's open sessions, their geometry, accept-to-cache and the cache index.
+"""The annotation desk: the one owner of the annotation operations the routes call, with the
+sessions' geometry, accept-to-cache and the cache index.
 
 Sessions are per (image, user, slice, structure): a 3D volume on a 2D model is annotated slice by
 slice (a click's z picks the slice, and an accepted slice becomes one 2D case in the cache, which
 is what a 2D model trains on); a 3D model annotates the whole volume. Sessions open and accept
 through the engine (`SiteEngine.open` / `SiteEngine.accept`), like everywhere else; the desk
 writes the accepted cases itself, so a multi-slice save lands all at once (`journal`).
+
+The desk is the one owner of the operations the routes call: each takes what a request says
+(image id, user, the page's slice, structure, typed points) and returns everything its reply needs
+(`SessionView`), so a route neither loads the image nor looks the session up again. The session key
+is built in one place (`AnnotationDesk.key`).
 
 Accepts from several people at once all land: each runs its post-interaction update under the
 model's lock, then `SiteStore.add_case` writes under the store's file lock and never overwrites
@@ -24,18 +30,18 @@ import numpy as np
 
 from fedpoint.client.engine import SiteEngine
 from fedpoint.client.service.compute import FairCompute
+from fedpoint.client.service.datastore import Datastore, LabelSink
 from fedpoint.client.service.site_config import SiteServiceConfig
 from fedpoint.client.service.images import ImageError, LoadedImage
 from fedpoint.client.service.journal import write_cases
-from fedpoint.client.service.sessions import OpenSession, SessionRegistry
+from fedpoint.client.service.sessions import OpenSession, SessionKey, SessionRegistry
 from fedpoint.client.service.training import Training
 from fedpoint.client.service.users import AuditLog
 from fedpoint.client.session import InputError
 from fedpoint.client.site_store import SiteStore
-from fedpoint.shared.clicks import check_box, check_point
+from fedpoint.shared.clicks import Box, Click, check_box, check_point
 
 log = logging.getLogger("fedpoint.service")
-MAX_COORDINATE = 2**31 - 1
 SAVE_WAIT_S = 60.0
 
 
@@ -44,18 +50,40 @@ class Conflict(RuntimeError):
 
 
 @dataclass
-class ClickResult:
-    mask: np.ndarray  # the session's mask (2D, or 3D for a 3D model)
-    slice: int | None
-    clicks: int
-    seconds: float
-    predict_ms: float
-    update_ms: float
-    problems: list[str] | None = None  # what failed after the click took effect (the audit line)
+class SessionView:
+    """A session as a reply shows it, read under the session's lock by the operation that changed it."""
+    structure: str
+    slice: int | None  # the session's slice of a volume annotated slice by slice; None: the whole image
+    shown: int  # the slice the page shows
+    mask: np.ndarray  # the session's mask (2D, or 3D for a 3D model); a 2D zero mask without a session
+    clicks: list[Click]
+    box: Box | None  # the drawn box, `hi` exclusive
+    steps: int = 0  # the box and the clicks
+    seconds: float = 0.0  # the click or box on the model's thread, as the client waited for it
+    predict_ms: float = 0.0
+    update_ms: float = 0.0
+    problems: list[str] | None = None  # what failed after the request took effect (the audit line)
+
+    @property
+    def plane(self) -> np.ndarray:
+        """The 2D mask of the shown slice."""
+        return self.mask if self.mask.ndim == 2 else self.mask[..., self.shown]
+
+    @property
+    def mask_slices(self) -> list[int] | None:
+        """For a 3D session mask: the slices (last axis) it holds voxels on; None for 2D."""
+        if self.mask.ndim != 3:
+            return None
+        return [int(z) for z in np.flatnonzero(self.mask.any(axis=(0, 1)))]
+
+
+def request_key(image_id: str, user: str, request_id: str) -> str:
+    """The idempotency key of a save: a retry with the same request id by the same user on the same image."""
+    return f"{image_id}|{user}|{request_id}"
 
 
 class AnnotationDesk:
-    def __init__(self, config: SiteServiceConfig, engine: SiteEngine, images, pacs, sessions: SessionRegistry,
+    def __init__(self, config: SiteServiceConfig, engine: SiteEngine, images: Datastore, pacs, sessions: SessionRegistry,
                  audit: AuditLog, training: Training):
         self.config, self.engine, self.images, self.pacs = config, engine, images, pacs
         self.sessions, self.audit, self.training = sessions, audit, training
@@ -130,10 +158,10 @@ class AnnotationDesk:
         return loaded
 
     def locate(self, loaded: LoadedImage, point, slice_index: int | None = None) -> tuple[int | None, tuple[int, ...]]:
-        """(slice or None, the point in the session's image), refusing points outside the image."""
+        """(slice or None, the point in the session's image), refusing a point outside the image. The
+        point's form (2 or 3 finite numbers in range) was checked once at the edge (`validation.Point`);
+        here it meets the image."""
         point = list(point)
-        if not all(isinstance(p, (int, float)) and not isinstance(p, bool) and abs(p) <= MAX_COORDINATE for p in point):
-            raise InputError(f"point {str(point)[:80]} must hold finite numbers within +-{MAX_COORDINATE} (image index space)")
         if loaded.ndim == 2 and len(point) == 3:
             # MONAI Label's client and 3D Slicer send [x, y, 0] for a 2D image
             if point[2] != 0:
@@ -177,6 +205,10 @@ class AnnotationDesk:
             raise InputError(f"{err} (corners are [x, y] or [x, y, z] in image index space)") from None
         return (slice_index if sliced else None), box.lo, box.hi
 
+    def page_slice(self, loaded: LoadedImage, slice_index: int | None) -> int | None:
+        """The session's slice for the slice a page shows: it only counts on a volume annotated slice by slice."""
+        return slice_index if self.sliced(loaded) else None
+
     def session_image(self, loaded: LoadedImage, slice_index: int | None) -> np.ndarray:
         if slice_index is None:
             return loaded.model_input
@@ -197,37 +229,54 @@ class AnnotationDesk:
             raise InputError(f"unknown structure {name!r}; this site labels {', '.join(names)}")
         return name
 
+    def key(self, image_id: str, user: str, slice_index: int | None, structure: str | None) -> SessionKey:
+        """The one place a session's key is made (the structure resolved: None is the first)."""
+        return SessionKey(image_id, user, slice_index, self.structure(structure))
+
     def session(self, loaded: LoadedImage, user: str, slice_index: int | None, structure: str | None = None) -> OpenSession:
-        structure = self.structure(structure)
-        key = (loaded.id, user, slice_index, structure)
+        """The user's session of this image, slice and structure, opened on first use."""
+        key = self.key(loaded.id, user, slice_index, structure)
         case = loaded.id if slice_index is None else f"{loaded.id}.z{slice_index:04d}"
         if len(self.config.structures) > 1:  # one cache entry per structure
-            case = f"{case}.{structure}"
+            case = f"{case}.{key.structure}"
         # A 3D model measures its focus window in mm; slices on a 2D model stay in pixels.
         spacing = loaded.spacing if self.model_cfg.spatial_dims == 3 and loaded.ndim == 3 else None
         return self.sessions.get_or_open(
             key, lambda: self.engine.open(self.session_image(loaded, slice_index), case,
-                                          seed=zlib.crc32(repr(key).encode()), spacing=spacing, into_cache=False,
-                                          task=self.task_of(structure)))
+                                          seed=zlib.crc32(repr(tuple(key)).encode()), spacing=spacing,
+                                          into_cache=False, task=self.task_of(key.structure)))
 
     def task_of(self, structure: str) -> str | None:
         """The adapter a structure's sessions adapt: its own with `labels`, else the site's one."""
         return structure if self.config.labels else None
 
+    def view(self, image_id: str, user: str, slice_index: int | None, structure: str | None = None) -> SessionView:
+        """The user's session as the page shows it on `slice_index` (an empty one where none is open)."""
+        loaded = self.load(image_id)
+        z, shown = self.page_slice(loaded, slice_index), slice_index or 0
+        key = self.key(loaded.id, user, z, structure)
+        entry = self.sessions.get(key)
+        if entry is None:
+            return SessionView(key.structure, z, shown, np.zeros(loaded.shape[:2], dtype=bool), [], None)
+        return _view(entry, entry.session.mask, shown)  # read as it stands: a click under way is not waited for
+
     def click(self, image_id: str, user: str, point, positive: bool, slice_index: int | None = None,
-              structure: str | None = None) -> ClickResult:
+              structure: str | None = None) -> SessionView:
+        """A click (a typed point, image index space) on the user's session, opened on first use."""
+        structure = self.structure(structure)
         loaded = self.load(image_id)
         z, local = self.locate(loaded, point, slice_index)
         entry = self.session(loaded, user, z, structure)
+        shown = z if z is not None else (local[2] if len(local) == 3 else 0)  # a 3D model: the click's own slice
         with entry.lock:
             if len(entry.session.steps) >= self.config.max_points:
                 raise InputError(f"a session takes at most {self.config.max_points} clicks; accept or undo")
-            result = self._interact(entry, user, z, entry.session.click, local, positive)
-        result.problems = self.audit.record(user, "click", image_id, slice=z, structure=entry.structure, point=list(map(int, local)),
-                          positive=bool(positive), clicks=result.clicks)
-        return result
+            view = self._interact(entry, user, shown, entry.session.click, local, positive)
+        view.problems = self.audit.record(user, "click", image_id, slice=z, structure=entry.structure,
+                                          point=list(map(int, local)), positive=bool(positive), clicks=view.steps)
+        return view
 
-    def _interact(self, entry: OpenSession, user: str, z: int | None, action, *args) -> ClickResult:
+    def _interact(self, entry: OpenSession, user: str, shown: int, action, *args) -> SessionView:
         """One click or box of a session (the caller holds `entry.lock`), timed, on the model's thread:
         torch's OpenMP pool belongs to the calling thread, and the web server's worker threads change
         from request to request (a new pool each time doubled the click latency over HTTP)."""
@@ -236,40 +285,44 @@ class AnnotationDesk:
         seconds = time.perf_counter() - t0
         step = entry.session.steps[-1]
         self.last_click_ms = seconds * 1e3
-        return ClickResult(mask, z, len(entry.session.steps), seconds, step.predict_ms, step.update_ms)
+        return _view(entry, mask, shown, seconds=seconds, predict_ms=step.predict_ms, update_ms=step.update_ms)
 
     def box(self, image_id: str, user: str, lo, hi, slice_index: int | None = None, structure: str | None = None,
-            field: str = "box") -> ClickResult:
+            field: str = "box") -> SessionView:
         """Start (or redraw) a session's box; `lo` and `hi` are its first and last voxel."""
+        structure = self.structure(structure)
         loaded = self.load(image_id)
         z, lo_i, hi_i = self.locate_box(loaded, lo, hi, slice_index, field)
         entry = self.session(loaded, user, z, structure)
         with entry.lock:
-            result = self._interact(entry, user, z, entry.session.box, lo_i, hi_i)
-        result.problems = self.audit.record(user, "box", image_id, slice=z, structure=entry.structure, lo=list(lo_i),
-                                            hi=[int(h) - 1 for h in hi_i])
-        return result
+            view = self._interact(entry, user, z if z is not None else 0, entry.session.box, lo_i, hi_i)
+        view.problems = self.audit.record(user, "box", image_id, slice=z, structure=entry.structure, lo=list(lo_i),
+                                          hi=[int(h) - 1 for h in hi_i])
+        return view
 
-    def existing(self, image_id: str, user: str, slice_index: int | None, structure: str | None = None) -> OpenSession:
-        entry = self.sessions.get((image_id, user, slice_index, self.structure(structure)))
+    def existing(self, loaded: LoadedImage, user: str, slice_index: int | None, structure: str | None = None) -> OpenSession:
+        """The user's open session (`slice_index` the page's: it counts on a volume annotated slice by slice)."""
+        z = self.page_slice(loaded, slice_index)
+        entry = self.sessions.get(self.key(loaded.id, user, z, structure))
         if entry is None:
-            raise LookupError(f"no open annotation of {image_id}" + (f" slice {slice_index}" if slice_index is not None else "")
+            raise LookupError(f"no open annotation of {loaded.id}" + (f" slice {z}" if z is not None else "")
                               + f" by {user!r}: click first")
         return entry
 
-    def undo(self, image_id: str, user: str, slice_index: int | None, structure: str | None = None) -> tuple[np.ndarray, int]:
-        entry = self.existing(image_id, user, slice_index, structure)
+    def undo(self, image_id: str, user: str, slice_index: int | None, structure: str | None = None) -> SessionView:
+        entry = self.existing(self.load(image_id), user, slice_index, structure)
         with entry.lock:
-            mask = entry.session.undo()
-            left = len(entry.session.steps)
-        self.audit.record(user, "undo", image_id, slice=slice_index, structure=entry.structure, clicks=left)
-        return mask, left
+            view = _view(entry, entry.session.undo(), slice_index or 0)
+        self.audit.record(user, "undo", image_id, slice=entry.slice, structure=entry.structure, clicks=view.steps)
+        return view
 
     def discard(self, image_id: str, user: str, slice_index: int | None, structure: str | None = None) -> None:
-        entry = self.sessions.get((image_id, user, slice_index, self.structure(structure)))
+        loaded = self.load(image_id)
+        z = self.page_slice(loaded, slice_index)
+        entry = self.sessions.get(self.key(loaded.id, user, z, structure))
         if entry is not None:
             self.sessions.close(entry)
-            self.audit.record(user, "discard", image_id, slice=slice_index, structure=entry.structure)
+            self.audit.record(user, "discard", image_id, slice=z, structure=entry.structure)
 
     # ---------------------------------------------------------------------------------- accept
     def finish(self, entry: OpenSession, mask: np.ndarray | None, taken: str) -> np.ndarray:
@@ -296,14 +349,16 @@ class AnnotationDesk:
 
     def accept_current(self, image_id: str, user: str, slice_index: int | None, request_id: str | None = None,
                        structure: str | None = None) -> dict:
+        """Accept the user's open session (`slice_index` the page's); a retried request id answers its first reply's case."""
+        loaded = self.load(image_id)
         structure = self.structure(structure)
-        key = None if request_id is None else f"{image_id}|{user}|{request_id}"
+        key = None if request_id is None else request_key(image_id, user, request_id)
         with self.saving(image_id, user):
             if key is not None and key in self.requests:
                 names = self.requests[key]
-                return {"case": names[0], "image": image_id, "slice": slice_index, "duplicate": True,
-                        "cache_size": self.cache_size()}
-            return self.accept(self.existing(image_id, user, slice_index, structure), request=key)
+                return {"case": names[0], "image": image_id, "slice": self.page_slice(loaded, slice_index),
+                        "duplicate": True, "cache_size": self.cache_size()}
+            return self.accept(self.existing(loaded, user, slice_index, structure), request=key)
 
     def saving(self, image_id: str, user: str):
         """One save (or accept) at a time per (image, user): a second waits, then sees the first's result;
@@ -348,7 +403,7 @@ class AnnotationDesk:
             before, self.accepts = self.accepts, self.accepts + len(names)
             save = bool(every) and before // every != self.accepts // every
         steps = []
-        if self.pacs is not None:  # a DICOM-SEG back to the PACS, in the background: a failure is logged, the case kept
+        if isinstance(self.images, LabelSink):  # a DICOM-SEG back to the PACS, in the background: a failure is logged
             steps.append(("the DICOM-SEG to the PACS",
                           lambda: self.images.write_back([entry.image_id for entry, _ in parts], self.stored_label)))
         if save:  # the version carries its Adam state, so a restart continues the same optimizer
@@ -357,6 +412,13 @@ class AnnotationDesk:
                               lambda task=task: self.engine.save_version({"source": "online", "case": names[-1]}, task=task)))
         steps.append(("the episode scheduler", self.training.after_accept))
         return names, [problem for what, step in steps if (problem := _after_effect(what, step, names))]
+
+
+def _view(entry: OpenSession, mask: np.ndarray, shown: int, **timing) -> SessionView:
+    """The session as it stands (the caller holds `entry.lock`), `mask` its current mask."""
+    session = entry.session
+    return SessionView(entry.structure, entry.slice, shown, mask, session.clicks, session.drawn_box, len(session.steps),
+                       **timing)
 
 
 def _after_effect(what: str, step, names: list[str]) -> str | None:

@@ -1,8 +1,8 @@
 """A PACS as the site's datastore over DICOMweb: QIDO-RS lists series, WADO-RS fetches one when it
 is first opened, STOW-RS takes each accepted label back as a DICOM-SEG.
 
-The PACS's series are served beside the images folder (`SiteImages`, with `ImageFolder`'s
-interface). Their ids are `pacs-` and a short hash of the SeriesInstanceUID: nothing about the
+The PACS's series are served beside the images folder (`SiteImages`); the folder, the PACS and
+both are each a `datastore.Datastore`, and the PACS (so both) a `datastore.LabelSink`. Their ids are `pacs-` and a short hash of the SeriesInstanceUID: nothing about the
 patient appears in an id, a URL or the annotation cache, and every id passes `check_id`.
 
 A PACS that cannot be reached never stops the service: the failure is logged, shown in the status
@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from fedpoint.client.service.datastore import Datastore, LabelOf
 from fedpoint.client.service.site_config import ServiceConfigError, SiteServiceConfig
 from fedpoint.client.service.images import ImageError, ImageFolder, LoadedImage, open_image
 from fedpoint.client.site_store import check_id
@@ -87,7 +88,7 @@ def why(err: Exception) -> str:
     return f"failed ({type(err).__name__}: {err})"[:300]
 
 
-def open_site_images(config: SiteServiceConfig, model_channels: int):
+def open_site_images(config: SiteServiceConfig, model_channels: int) -> tuple[Datastore, PacsImages | None]:
     """(the images the service serves, the PACS source or None): the folder alone without `dicomweb`."""
     folder = None if config.images is None else ImageFolder(config.images, config.modality, model_channels,
                                                             config.ct_window, config.image_cache, config.max_decoded_bytes)
@@ -304,6 +305,9 @@ class PacsImages:
         down = [(f"PACS {self.shown}", self.error)] if self.error else []
         return down + list(self.unreadable().items())
 
+    def skipped_list(self) -> list[dict]:
+        return [{"file": f, "reason": r} for f, r in self.skipped]
+
     # ------------------------------------------------------------------------------- images
     def load(self, image_id: str) -> LoadedImage:
         ref = self._ref(image_id)
@@ -385,14 +389,14 @@ class PacsImages:
         return datasets
 
     # ------------------------------------------------------------------------------- SEG back
-    def write_back(self, image_ids: list[str], label_of) -> None:
+    def write_back(self, image_ids: list[str], label_of: LabelOf) -> None:
         """Queue a DICOM-SEG of each image's accepted label (`label_of(loaded)`); never raises."""
         for image_id in dict.fromkeys(image_ids):
             with self._lock:
                 self.written["pending"] += 1
             self._writer.submit(self._write_seg, image_id, label_of)
 
-    def _write_seg(self, image_id: str, label_of) -> None:
+    def _write_seg(self, image_id: str, label_of: LabelOf) -> None:
         import fedpoint
         from fedpoint.data.dicom import build_seg
 
@@ -431,7 +435,7 @@ class PacsImages:
 
 # ------------------------------------------------------------------------------------ both
 class SiteImages:
-    """The images folder and the PACS side by side, with `ImageFolder`'s interface; a folder's id wins."""
+    """The images folder and the PACS side by side, one `Datastore`; a folder's id wins."""
 
     def __init__(self, folder: ImageFolder | None, pacs: PacsImages):
         self.folder, self.pacs = folder, pacs
@@ -444,7 +448,7 @@ class SiteImages:
         taken = set(local)
         return local + [i for i in self.pacs.ids() if i not in taken]
 
-    def _source(self, image_id: str):
+    def _source(self, image_id: str) -> Datastore:
         return self.folder if image_id in self._local() else self.pacs
 
     def path(self, image_id: str) -> Path:
@@ -466,8 +470,8 @@ class SiteImages:
 
     def skipped_list(self) -> list[dict]:
         local = self.folder.skipped_list() if self.folder is not None else []
-        return [*local, *({"file": f, "reason": r} for f, r in self.pacs.skipped)]
+        return [*local, *self.pacs.skipped_list()]
 
-    def write_back(self, image_ids: list[str], label_of) -> None:
+    def write_back(self, image_ids: list[str], label_of: LabelOf) -> None:
         """A SEG to the PACS for the images served from it (a folder's images stay on the site's disk)."""
         self.pacs.write_back([i for i in image_ids if self._source(i) is self.pacs], label_of)

@@ -1,4 +1,4 @@
-"""The folder of images a site annotates: ids, decoding, normalisation for the model, label files.
+"""The folder of images a site annotates: ids, decoding, normalisation for the model, label files written for clients.
 
 An image's id is its file name without the suffix (`chest-01.nii.gz` -> `chest-01`). Ids are
 looked up in a listing of the folder, never joined into a path from what a client sent, so no id
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from fedpoint.client.site_store import check_id
-from fedpoint.data.formats import (LABEL_FILE_SUFFIXES, MEDICAL, NUMPY, PICTURES, RESULT_SUFFIXES, SITE_IMAGE_SUFFIXES,
+from fedpoint.data.formats import (MEDICAL, NUMPY, PICTURES, RESULT_SUFFIXES, SITE_IMAGE_SUFFIXES,
                                    has_suffix, split_suffix)
 from fedpoint.data.normalize import (CT_WINDOW_DEFAULT, CT_WINDOWS, PERCENTILES, PERCENTILES_OTHER, canonical_modality, ct_window,
                                      normalize)
@@ -100,53 +100,6 @@ def _channel_first_npy(array: np.ndarray, name: str) -> np.ndarray:
     if array.ndim not in (3, 4):
         raise ImageError(f"{name}: shape {array.shape} is neither 2D nor 3D")
     return array.astype(np.float32)
-
-
-AFFINE_TOL_MM = 1e-2
-
-
-def read_label(data: bytes, filename: str, shape: tuple[int, ...], max_bytes: int = 1 << 30,
-               affine: np.ndarray | None = None) -> np.ndarray:
-    """An uploaded label file as an integer array of the image's spatial `shape`.
-
-    Its header is read first: a declared shape that does not fit the image, or that would decode
-    to more than `max_bytes`, is refused before any voxel is decoded (see `uploads`). A NIfTI label
-    that gives a geometry of its own (an affine other than the identity) must give the image's
-    `affine`: the same shape on another grid is another place in the body."""
-    from fedpoint.client.service.uploads import decode_label, nifti_affine
-
-    parts = split_suffix(filename or "label.nii.gz", LABEL_FILE_SUFFIXES)
-    if parts is None:
-        raise ImageError(f"label file {filename!r}: use one of {', '.join(LABEL_FILE_SUFFIXES)}")
-    name = Path(filename or "label.nii.gz").name
-    label = decode_label(data, name, parts[1], tuple(shape), max_bytes)
-    own = nifti_affine(data) if parts[1] in (".nii", ".nii.gz") else None
-    _check_label_grid(name, own, affine)
-    if label.dtype != np.bool_ and not np.issubdtype(label.dtype, np.number):  # RGB NIfTI, records, text
-        raise ImageError(f"label file {name!r}: holds {label.dtype} values, not label numbers (an RGB image?)")
-    while label.ndim > len(shape) and label.shape[0] == 1:  # a channel axis of 1
-        label = label[0]
-    while label.ndim > len(shape) and label.shape[-1] == 1:  # a 2D label saved with a z of 1
-        label = label[..., 0]
-    if tuple(label.shape) != tuple(shape):
-        raise ImageError(f"label shape {tuple(label.shape)} does not match the image's spatial shape {tuple(shape)}")
-    if label.dtype == np.bool_:
-        label = label.astype(np.uint8)
-    if not np.all(np.isfinite(label)) or np.any(label < 0) or np.any(label != np.round(label)) or np.any(label > 2**31 - 1):
-        raise ImageError("label values must be non-negative integers")
-    return label.astype(np.int32)
-
-
-def _check_label_grid(name: str, own: np.ndarray | None, image: np.ndarray | None) -> None:
-    if own is None or image is None or own.shape != (4, 4):
-        return
-    image = np.asarray(image, dtype=float)
-    if np.allclose(own, np.eye(4)) or np.allclose(image, np.eye(4)):
-        return  # one side gives no geometry: nothing to compare
-    if not np.allclose(own, image, atol=AFFINE_TOL_MM, rtol=1e-4):
-        raise ImageError(f"label file {name!r}: its affine (voxel to mm) differs from the image's; it was saved on "
-                         f"another grid (label origin {np.round(own[:3, 3], 2).tolist()}, image origin "
-                         f"{np.round(image[:3, 3], 2).tolist()})")
 
 
 def nifti_bytes(mask: np.ndarray, affine: np.ndarray, dtype: str = "uint8") -> bytes:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import FileResponse, Response
+from fedpoint.client.service.desk import AnnotationDesk, SessionView
 from fedpoint.client.service.security import shared_name, valid_id
 from fedpoint.client.service.state import ServiceState
 from fedpoint.client.service.validation import BoxBody, ClickBody, SliceBody
@@ -58,33 +59,39 @@ def page_router() -> APIRouter:
     return router
 
 
+def clicks_payload(view: SessionView) -> list[dict]:
+    """The session's clicks as the page draws them, [x, y(, z)] (z: the session's slice, where it has one)."""
+    extra = [view.slice] if view.slice is not None else []
+    return [{"point": [*click.point, *extra], "positive": click.positive} for click in view.clicks]
+
+
+def box_payload(view: SessionView) -> dict | None:
+    """The session's box as the page draws it: first and last pixel, [x, y(, z)]."""
+    if view.box is None:
+        return None
+    extra = [view.slice] if view.slice is not None else []
+    return {"lo": [*view.box.lo, *extra], "hi": [*(h - 1 for h in view.box.hi), *extra]}
+
+
+def session_payload(view: SessionView) -> dict:
+    """What every session reply carries: the shown slice's mask, the clicks, the box, the slices holding the mask."""
+    return {"mask": mask_payload(view.plane), "clicks": clicks_payload(view), "box": box_payload(view),
+            "mask_slices": view.mask_slices}
+
+
+def prompt_payload(view: SessionView) -> dict:
+    """The reply to a click or a box: the session, the shown slice, and how long the model took."""
+    return {**session_payload(view), "slice": view.shown, "structure": view.structure,
+            "server_ms": round(view.seconds * 1e3, 2), "predict_ms": round(view.predict_ms, 2),
+            "update_ms": round(view.update_ms, 2), **({"after_effects": view.problems} if view.problems else {})}
+
+
 def api_router(state: ServiceState, require) -> APIRouter:
+    """`/api/...`: the site's images and each user's sessions; every operation is one call on the desk."""
     router = APIRouter(prefix="/api", dependencies=[Depends(require)])
     user_of = user_dependency(require, getattr(state, "guard", None))
-    desk = state.desk
-
-    def clicks_of(entry, z) -> list[dict]:
-        if entry is None:
-            return []
-        out = []
-        for click in entry.session.clicks:
-            point = list(click.point) + ([z] if z is not None else [])
-            out.append({"point": point, "positive": click.positive})
-        return out
-
-    def box_of(entry, z) -> dict | None:
-        """The session's box as the page draws it: first and last pixel, [x, y(, z)]."""
-        box = None if entry is None else entry.session.drawn_box
-        if box is None:
-            return None
-        extra = [z] if z is not None else []
-        return {"lo": [*box.lo, *extra], "hi": [*(h - 1 for h in box.hi), *extra]}
-
-    def mask_slices(mask: np.ndarray) -> list[int] | None:
-        """For a 3D session mask: the slices (last axis) it holds voxels on; None for 2D."""
-        if mask.ndim != 3:
-            return None
-        return [int(z) for z in np.flatnonzero(mask.any(axis=(0, 1)))]
+    _image_routes(router, state)
+    _session_routes(router, state.desk, user_of)
 
     @router.get("/status")
     def status() -> dict:
@@ -95,10 +102,20 @@ def api_router(state: ServiceState, require) -> APIRouter:
         """Who the page is annotating as: a named user (from the token) cannot be renamed."""
         return {"user": user, "named": named is not None}
 
+    @router.post("/banks/check")
+    def check_banks() -> dict:
+        """Look for a delivered bank now instead of at the next poll."""
+        return {"review": state.banks.check(), "last": state.banks.last}
+
+    return router
+
+
+def _image_routes(router: APIRouter, state: ServiceState) -> None:
+    desk = state.desk
+
     @router.get("/images")
     def images() -> dict:
-        ids = state.images.ids()
-        return {"images": [{"id": i, "labelled": i in desk.cases_by_image} for i in ids],
+        return {"images": [{"id": i, "labelled": i in desk.cases_by_image} for i in state.images.ids()],
                 "skipped": [{"file": f, "reason": r} for f, r in state.images.skipped]}
 
     @router.get("/images/{image_id}")
@@ -122,72 +139,32 @@ def api_router(state: ServiceState, require) -> APIRouter:
         later = [i for i in todo if after is None or i > after]
         return {"id": (later or todo or [None])[0], "remaining": len(todo)}
 
+
+def _session_routes(router: APIRouter, desk: AnnotationDesk, user_of) -> None:
     @router.get("/sessions/{image_id}")
     def session_view(image_id: str, slice: int = Query(0), structure: str | None = Query(None, max_length=128),
                      user: str = Depends(user_of)) -> dict:
-        loaded = desk.load(valid_id(image_id))
-        z = slice if desk.sliced(loaded) else None
-        structure = desk.structure(structure)
-        entry = desk.sessions.get((loaded.id, user, z, structure))
-        if entry is None:
-            mask, held = np.zeros(loaded.shape[:2], dtype=bool), None
-        else:
-            mask, held = desk.slice_of(entry.session.mask, slice), mask_slices(entry.session.mask)
-        return {"mask": mask_payload(mask), "clicks": clicks_of(entry, z), "box": box_of(entry, z), "slice": slice,
-                "mask_slices": held, "structure": structure}
+        view = desk.view(valid_id(image_id), user, slice, structure)
+        return {**session_payload(view), "slice": slice, "structure": view.structure}
 
     @router.post("/sessions/{image_id}/click")
     def click(image_id: str, body: ClickBody, user: str = Depends(user_of)) -> dict:
-        structure = desk.structure(body.structure)
-        result = desk.click(valid_id(image_id), user, body.point, body.positive, structure=structure)
-        loaded = desk.load(image_id)
-        shown = result.slice if result.slice is not None else (int(round(body.point[2])) if loaded.ndim == 3 else 0)
-        entry = desk.sessions.get((image_id, user, result.slice, structure))
-        return {"mask": mask_payload(desk.slice_of(result.mask, shown)), "slice": shown, "structure": structure,
-                "mask_slices": mask_slices(result.mask),
-                "clicks": clicks_of(entry, result.slice), "box": box_of(entry, result.slice),
-                "server_ms": round(result.seconds * 1e3, 2),
-                "predict_ms": round(result.predict_ms, 2), "update_ms": round(result.update_ms, 2),
-                **({"after_effects": result.problems} if result.problems else {})}
+        return prompt_payload(desk.click(valid_id(image_id), user, body.point, body.positive, structure=body.structure))
 
     @router.post("/sessions/{image_id}/box")
     def box(image_id: str, body: BoxBody, user: str = Depends(user_of)) -> dict:
         """Start the annotation with a box (a base trained with box prompts); clicks then refine it."""
-        structure = desk.structure(body.structure)
-        result = desk.box(valid_id(image_id), user, body.lo, body.hi, body.slice, structure=structure)
-        shown = result.slice if result.slice is not None else 0
-        entry = desk.sessions.get((image_id, user, result.slice, structure))
-        return {"mask": mask_payload(desk.slice_of(result.mask, shown)), "slice": shown, "structure": structure,
-                "mask_slices": mask_slices(result.mask), "clicks": clicks_of(entry, result.slice),
-                "box": box_of(entry, result.slice), "server_ms": round(result.seconds * 1e3, 2),
-                "predict_ms": round(result.predict_ms, 2), "update_ms": 0.0,
-                **({"after_effects": result.problems} if result.problems else {})}
+        return prompt_payload(desk.box(valid_id(image_id), user, body.lo, body.hi, body.slice, structure=body.structure))
 
     @router.post("/sessions/{image_id}/undo")
     def undo(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:
-        loaded = desk.load(valid_id(image_id))
-        z = body.slice if desk.sliced(loaded) else None
-        structure = desk.structure(body.structure)
-        mask, _ = desk.undo(image_id, user, z, structure)
-        entry = desk.sessions.get((image_id, user, z, structure))
-        return {"mask": mask_payload(desk.slice_of(mask, body.slice or 0)), "clicks": clicks_of(entry, z),
-                "box": box_of(entry, z), "mask_slices": mask_slices(mask)}
+        return session_payload(desk.undo(valid_id(image_id), user, body.slice, body.structure))
 
     @router.post("/sessions/{image_id}/accept")
     def accept(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:
-        loaded = desk.load(valid_id(image_id))
-        return desk.accept_current(image_id, user, body.slice if desk.sliced(loaded) else None, body.request_id,
-                                   body.structure)
+        return desk.accept_current(valid_id(image_id), user, body.slice, body.request_id, body.structure)
 
     @router.post("/sessions/{image_id}/discard")
     def discard(image_id: str, body: SliceBody, user: str = Depends(user_of)) -> dict:
-        loaded = desk.load(valid_id(image_id))
-        desk.discard(image_id, user, body.slice if desk.sliced(loaded) else None, body.structure)
+        desk.discard(valid_id(image_id), user, body.slice, body.structure)
         return {"discarded": True}
-
-    @router.post("/banks/check")
-    def check_banks() -> dict:
-        """Look for a delivered bank now instead of at the next poll."""
-        return {"review": state.banks.check(), "last": state.banks.last}
-
-    return router

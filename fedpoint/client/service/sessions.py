@@ -13,11 +13,17 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from fedpoint.client.session import AnnotationSession
 
-SessionKey = tuple[str, str, int | None, str]  # (image id, user, slice or None, structure)
+
+class SessionKey(NamedTuple):
+    """Which session: built by `AnnotationDesk.key` alone (it resolves the slice and the structure)."""
+    image_id: str
+    user: str
+    slice: int | None  # None: the whole image (a 2D image, or a volume on a 3D model)
+    structure: str
 
 
 @dataclass
@@ -29,19 +35,19 @@ class OpenSession:
 
     @property
     def image_id(self) -> str:
-        return self.key[0]
+        return self.key.image_id
 
     @property
     def user(self) -> str:
-        return self.key[1]
+        return self.key.user
 
     @property
     def slice(self) -> int | None:
-        return self.key[2]
+        return self.key.slice
 
     @property
     def structure(self) -> str:
-        return self.key[3]
+        return self.key.structure
 
 
 class SessionRegistry:
@@ -57,10 +63,10 @@ class SessionRegistry:
         for key in [k for k, s in self._open.items() if now - s.touched > self.ttl_s]:
             del self._open[key]
         while len(self._open) > self.max_sessions:
-            held = Counter(k[1] for k in self._open)
+            held = Counter(k.user for k in self._open)
             most = max(held.values())
             heavy = {user for user, n in held.items() if n == most}
-            del self._open[min((k for k in self._open if k[1] in heavy), key=lambda k: self._open[k].touched)]
+            del self._open[min((k for k in self._open if k.user in heavy), key=lambda k: self._open[k].touched)]
 
     def get(self, key: SessionKey) -> OpenSession | None:
         with self._lock:
@@ -90,7 +96,7 @@ class SessionRegistry:
         with self._lock:
             self._expire()
             return [s for k, s in self._open.items()
-                    if k[0] == image_id and k[1] == user and (structure is None or k[3] == structure)]
+                    if k.image_id == image_id and k.user == user and (structure is None or k.structure == structure)]
 
     def __len__(self) -> int:
         with self._lock:

@@ -4,11 +4,12 @@ One `SiteEngine` (base + adapter + optimizer, its store, episode scheduler and r
 serves every clinician. The owners the routers call:
 
 - `desk` (`desk.AnnotationDesk`): open sessions, their slice geometry, accept-to-cache, the cache index;
-- `labels` (`monailabel.LabelOperations`): MONAI Label's infer and label saves, on the desk;
+- `labels` (`labels.LabelOperations`): MONAI Label's infer and label saves, on the desk;
 - `volumes` (`volumes.VolumeOperations`): a whole volume by a route (propagation, 3D), its progress;
 - `next_image` (`next_image.NextImageChoice`): which image to annotate next;
 - `training`, `banks`, `images`/`pacs`, `sessions`, `audit`: episodes, bank deliveries, the image
-  sources, the session registry and the audit log.
+  sources (`images` a `datastore.Datastore`: the folder, the PACS or both; `pacs` the PACS or None),
+  the session registry and the audit log.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fedpoint.client.service.site_config import SiteServiceConfig
 from fedpoint.client.service.desk import AnnotationDesk
 from fedpoint.client.service.dicomweb import open_site_images
 from fedpoint.client.service.journal import recover
-from fedpoint.client.service.monailabel import LabelOperations
+from fedpoint.client.service.labels import LabelOperations
 from fedpoint.client.service.next_image import NextImageChoice
 from fedpoint.client.service.sessions import SessionRegistry
 from fedpoint.client.service.training import Training

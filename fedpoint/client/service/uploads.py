@@ -1,4 +1,5 @@
-"""Bounded decoding of uploaded label files: the header is read before the data.
+"""An uploaded label file as a label map on its image (`read_label`; a DICOM-SEG: `seg_label`), decoded
+within bounds: the header is read before the data.
 
 A compressed upload is small on the wire, but what it decodes to is what takes memory: a 1 MB
 `.nii.gz` may declare 1024^3 voxels. So every format is decoded in two steps:
@@ -20,10 +21,13 @@ import io
 import math
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 
 from fedpoint.client.service.images import ImageError
+from fedpoint.client.session import InputError
+from fedpoint.data.formats import LABEL_FILE_SUFFIXES, split_suffix
 from fedpoint.data.headers import (MAX_HEADER, NRRD_ALIASES, HeaderError, inflated_prefix, nifti_declared,
                                     nrrd_fields)
 
@@ -207,3 +211,87 @@ READERS = {".npy": read_npy, ".nii": read_nifti, ".nii.gz": read_nifti, ".nrrd":
 def decode_label(data: bytes, name: str, suffix: str, shape: tuple[int, ...], max_bytes: int) -> np.ndarray:
     """The label's array as its file holds it (not yet squeezed or checked for values)."""
     return READERS[suffix](data, name, tuple(shape), max_bytes)
+
+
+# ------------------------------------------------------------------------------------ a label upload
+AFFINE_TOL_MM = 1e-2
+
+
+def read_label(data: bytes, filename: str, shape: tuple[int, ...], max_bytes: int = 1 << 30,
+               affine: np.ndarray | None = None) -> np.ndarray:
+    """An uploaded label file as an integer array of the image's spatial `shape`.
+
+    Its header is read first: a declared shape that does not fit the image, or that would decode
+    to more than `max_bytes`, is refused before any voxel is decoded. A NIfTI label
+    that gives a geometry of its own (an affine other than the identity) must give the image's
+    `affine`: the same shape on another grid is another place in the body."""
+    parts = split_suffix(filename or "label.nii.gz", LABEL_FILE_SUFFIXES)
+    if parts is None:
+        raise UploadError(f"label file {filename!r}: use one of {', '.join(LABEL_FILE_SUFFIXES)}")
+    name = Path(filename or "label.nii.gz").name
+    label = decode_label(data, name, parts[1], tuple(shape), max_bytes)
+    own = nifti_affine(data) if parts[1] in (".nii", ".nii.gz") else None
+    _check_label_grid(name, own, affine)
+    if label.dtype != np.bool_ and not np.issubdtype(label.dtype, np.number):  # RGB NIfTI, records, text
+        raise UploadError(f"label file {name!r}: holds {label.dtype} values, not label numbers (an RGB image?)")
+    while label.ndim > len(shape) and label.shape[0] == 1:  # a channel axis of 1
+        label = label[0]
+    while label.ndim > len(shape) and label.shape[-1] == 1:  # a 2D label saved with a z of 1
+        label = label[..., 0]
+    if tuple(label.shape) != tuple(shape):
+        raise UploadError(f"label shape {tuple(label.shape)} does not match the image's spatial shape {tuple(shape)}")
+    if label.dtype == np.bool_:
+        label = label.astype(np.uint8)
+    if not np.all(np.isfinite(label)) or np.any(label < 0) or np.any(label != np.round(label)) or np.any(label > 2**31 - 1):
+        raise UploadError("label values must be non-negative integers")
+    return label.astype(np.int32)
+
+
+def _check_label_grid(name: str, own: np.ndarray | None, image: np.ndarray | None) -> None:
+    if own is None or image is None or own.shape != (4, 4):
+        return
+    image = np.asarray(image, dtype=float)
+    if np.allclose(own, np.eye(4)) or np.allclose(image, np.eye(4)):
+        return  # one side gives no geometry: nothing to compare
+    if not np.allclose(own, image, atol=AFFINE_TOL_MM, rtol=1e-4):
+        raise UploadError(f"label file {name!r}: its affine (voxel to mm) differs from the image's; it was saved on "
+                          f"another grid (label origin {np.round(own[:3, 3], 2).tolist()}, image origin "
+                          f"{np.round(image[:3, 3], 2).tolist()})")
+
+
+def is_dicom(data: bytes, filename: str | None) -> bool:
+    return data[128:132] == b"DICM" or (filename or "").lower().endswith(".dcm")
+
+
+def seg_label(data: bytes, loaded, structures: dict[str, int], max_bytes: int = 1 << 30) -> tuple[np.ndarray, dict[str, int]]:
+    """A DICOM-SEG upload as a label map on a DICOM image: each segment whose label names one of
+    the site's structures (a lone segment, for a one-structure site) takes that structure's value.
+    A SEG made on another series, or on an image that is not DICOM, is refused. Its frames are
+    checked against the image (size, count) before any is decoded."""
+    from pydicom.errors import InvalidDicomError
+
+    from fedpoint.data.dicom import HEADER_ERRORS, DicomError, check_seg_frames, read_dataset, read_seg
+
+    if loaded.dicom is None:
+        raise InputError(f"{loaded.id} is not a DICOM series: send a NIfTI, NRRD, PNG or NPY label, not a DICOM-SEG")
+    try:
+        dataset = read_dataset(data, "the uploaded DICOM-SEG", max_bytes)
+        segments = {int(item.SegmentNumber): str(item.SegmentLabel) for item in dataset.SegmentSequence}
+        check_seg_frames(dataset, loaded.dicom, len(segments), max_bytes)
+    except DicomError as err:
+        raise InputError(str(err)) from None
+    except (InvalidDicomError, *HEADER_ERRORS, EOFError, OSError) as err:  # not DICOM, or not a SEG
+        raise InputError(f"the uploaded DICOM is not a readable DICOM-SEG ({type(err).__name__})") from None
+    chosen = {n: name for n, name in segments.items() if name in structures}
+    if not chosen and len(structures) == 1 and len(segments) == 1:
+        chosen = {next(iter(segments)): next(iter(structures))}
+    if not chosen:
+        raise InputError(f"the SEG's segments ({', '.join(segments.values())}) name none of this site's structures "
+                         f"({', '.join(structures)})")
+    label = np.zeros(loaded.shape, np.uint8)
+    try:
+        for number, name in chosen.items():
+            label[read_seg(dataset, loaded.dicom, segment=number).reshape(loaded.shape) > 0] = structures[name]
+    except DicomError as err:
+        raise InputError(f"{loaded.id}: {err}") from None
+    return label, {name: structures[name] for name in chosen.values()}

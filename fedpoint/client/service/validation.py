@@ -9,6 +9,8 @@
   `params.foreground.0.1: ...`.
 - Unknown fields in MONAI Label's `params` are ignored (clients send more than we use); the web
   API's bodies forbid them.
+- A point (`Point`, `Coordinate`) is checked here once; the desk takes the typed value and only
+  places it in the image (inside its shape, which slice), which needs the image.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ def peak_mib() -> float:
 
 def main() -> None:
     from fedpoint.client.service.images import ImageError, ImageFolder
-    from fedpoint.client.service.monailabel import seg_label
+    from fedpoint.client.service.uploads import seg_label
     from fedpoint.client.session import InputError
 
     folder, series_id, seg_file, *bombs = sys.argv[1:]

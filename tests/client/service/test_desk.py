@@ -52,8 +52,6 @@ def test_geometry_of_a_2d_model(tmp_path):
     assert desk.locate(volume, [1, 2], slice_index=1) == (1, (1, 2))
     with pytest.raises(InputError, match="image index space"):
         desk.locate(volume, [6, 0, 0])
-    with pytest.raises(InputError, match="finite numbers"):
-        desk.locate(image, [True, 1])
     assert desk.session_image(volume, 3).shape == (1, 6, 5)
     assert desk.slice_of(np.zeros((6, 5, 4), bool), 2).shape == (6, 5)
     desk.close()
@@ -67,4 +65,21 @@ def test_geometry_of_a_3d_model_and_structures(tmp_path):
     assert desk.structure(None) == "liver" and desk.structure("lesion") == "lesion"
     with pytest.raises(InputError, match="unknown structure"):
         desk.structure("spleen")
+    desk.close()
+
+
+def test_one_call_answers_a_route_and_the_key_is_built_once(tmp_path):
+    """The desk resolves the page's slice and the structure itself: a route passes what the request says."""
+    desk = _desk(tmp_path, structures=("liver", "lesion"))
+    assert desk.key("vol", "ana", 2, None) == ("vol", "ana", 2, "liver")
+    view = desk.view("vol", "ana", 2)  # nothing open: an empty mask of the slice, no clicks, no box
+    assert (view.slice, view.shown, view.structure, view.mask.shape) == (2, 2, "liver", (6, 5))
+    assert view.clicks == [] and view.box is None and view.mask_slices is None and not view.plane.any()
+    assert desk.view("img0", "ana", 3).slice is None  # a 2D image has no slices: the page's slice is ignored
+    with pytest.raises(LookupError, match="no open annotation of vol slice 1 by 'ana'"):
+        desk.undo("vol", "ana", 1, "lesion")
+    with pytest.raises(InputError, match="unknown structure"):
+        desk.undo("vol", "ana", 1, "spleen")
+    desk.discard("vol", "ana", 1)  # nothing open: nothing to do
+    assert len(desk.sessions) == 0
     desk.close()

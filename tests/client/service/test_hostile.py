@@ -249,7 +249,7 @@ def test_monai_label_2d_points_with_z_0(live):
 
 # --------------------------------------------------------------------------------------- bombs
 def test_upload_bombs_are_refused_from_their_header_with_bounded_memory(live):
-    from fedpoint.client.service.images import read_label
+    from fedpoint.client.service.uploads import read_label
 
     shape = (48, 48)
     bombs = {"nii.gz declares 1024^3": ("l.nii.gz", nifti_bomb()),

@@ -55,7 +55,8 @@ def nifti_bomb(shape) -> bytes:
 # ------------------------------------------------------------------------------ 1. data outside the file
 def test_detached_nrrd_data_is_refused_by_the_shared_header_check(make_config, site):
     """Root cause: the images folder decoded NRRD files with a reader that follows `data file:`."""
-    from fedpoint.client.service.images import ImageError, ImageFolder, read_label
+    from fedpoint.client.service.images import ImageError, ImageFolder
+    from fedpoint.client.service.uploads import read_label
     from fedpoint.data.readers import read_image
     from fedpoint.data.types import DataError
 

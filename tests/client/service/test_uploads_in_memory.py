@@ -11,7 +11,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from fedpoint.client.service.images import read_label
+from fedpoint.client.service.uploads import read_label
 
 SHAPE = (24, 20, 6)
 

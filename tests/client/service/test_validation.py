@@ -1,11 +1,16 @@
-"""fedpoint.client.service.validation on its own: a client's JSON and fields become typed values, and
-every refusal is an InputError (422) that names the field."""
+"""fedpoint.client.service.validation on its own: a client's JSON and fields become typed values, every
+refusal is an InputError (422) that names the field, and a point's form is checked here, once."""
 
 from __future__ import annotations
 
-import pytest
+import inspect
 
-from fedpoint.client.service.validation import ClickBody, InferParams, SaveParams, check, parse_json
+import pytest
+from pydantic import ValidationError
+
+from fedpoint.client.service import desk, validation
+from fedpoint.client.service.validation import (MAX_COORDINATE, BoxBody, ClickBody, InferParams, SaveParams, check,
+                                                parse_json)
 from fedpoint.client.session import InputError
 
 
@@ -42,3 +47,32 @@ def test_monai_label_params_may_carry_more_but_the_web_bodies_may_not():
     assert check(InferParams, {"foreground": [[1, 2]], "model_extra": 1}, "params").foreground == [[1, 2]]
     with pytest.raises(InputError, match=r"body\.zzz: Extra inputs are not permitted"):
         check(ClickBody, {"point": [1, 2], "zzz": 1}, "body")
+
+
+
+@pytest.mark.parametrize("point", [[True, 1], ["3", 4], [1], [1, 2, 3, 4], [MAX_COORDINATE + 1, 0], [-(2**40), 0]])
+def test_a_point_of_the_wrong_form_is_refused_by_the_request_model(point):
+    with pytest.raises(ValidationError, match="point"):
+        ClickBody(point=point)
+    with pytest.raises(ValidationError, match="lo"):
+        BoxBody(lo=point, hi=[1, 1])
+
+
+def test_a_point_of_the_right_form_passes_typed():
+    assert ClickBody(point=[3, 4.5]).point == [3, 4.5]
+    assert ClickBody(point=[0, 0, MAX_COORDINATE]).point[2] == MAX_COORDINATE
+
+
+def test_monai_label_points_are_checked_and_named_by_field():
+    with pytest.raises(InputError, match=r"params\.foreground\.0\.1"):
+        check(InferParams, {"foreground": [[1, float("inf")]]}, "params")
+    with pytest.raises(InputError, match=r"params\.background\.0"):
+        check(InferParams, {"background": [[1, 2, 3, 4]]}, "params")
+    assert check(InferParams, {"foreground": [[1, 2.0]], "extra": 1}, "params").foreground == [[1, 2.0]]
+
+
+def test_the_coordinate_bound_lives_here_alone():
+    """The desk trusts the typed point: it keeps no bound or type check of its own."""
+    assert not hasattr(desk, "MAX_COORDINATE")
+    assert "MAX_COORDINATE" not in inspect.getsource(desk) and "isinstance(p" not in inspect.getsource(desk)
+    assert validation.MAX_COORDINATE == 2**31 - 1
