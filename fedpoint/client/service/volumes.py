@@ -35,7 +35,7 @@ import numpy as np
 from fedpoint.client.propagation import PropagationSession, VolumeInputError
 from fedpoint.client.service.desk import Conflict
 from fedpoint.client.service.images import LoadedImage
-from fedpoint.client.service.sessions import OpenSession, SessionRegistry
+from fedpoint.client.service.sessions import OpenSession, SessionKey, SessionRegistry
 from fedpoint.client.session import InputError
 from fedpoint.shared.clicks import Click
 
@@ -138,8 +138,8 @@ class VolumeOperations:
         return loaded, self.route_for(loaded, route, field, (PROPAGATE, THREE_D))
 
     # ---------------------------------------------------------------------------------- sessions
-    def _key(self, image_id: str, user: str, structure: str) -> tuple:
-        return (image_id, user, None, structure)
+    def _key(self, image_id: str, user: str, structure: str) -> SessionKey:
+        return self.desk.key(image_id, user, None, structure)
 
     def _open(self, loaded: LoadedImage, user: str, structure: str) -> OpenSession:
         desk = self.desk
@@ -156,7 +156,7 @@ class VolumeOperations:
 
         return self.sessions.get_or_open(key, make)
 
-    def progress_of(self, key: tuple) -> Progress:
+    def progress_of(self, key: SessionKey) -> Progress:
         with self._lock:
             return self._progress.setdefault(key, Progress())
 
@@ -187,7 +187,7 @@ class VolumeOperations:
         loaded, route = self.volume(image_id, route)
         structure = self.desk.structure(structure)
         if route == THREE_D:
-            entry = self.desk.sessions.get((loaded.id, user, None, structure))
+            entry = self.desk.sessions.get(self._key(loaded.id, user, structure))
             return self._view_3d(loaded, entry)
         entry = self.sessions.get(self._key(loaded.id, user, structure))
         if entry is None:
@@ -220,7 +220,7 @@ class VolumeOperations:
         structure = self.desk.structure(structure)
         if route == THREE_D:
             result = self.desk.click(image_id, user, point, positive, None, structure)
-            view = self._view_3d(loaded, self.desk.sessions.get((loaded.id, user, None, structure)), result.seconds)
+            view = self._view_3d(loaded, self.desk.sessions.get(self._key(loaded.id, user, structure)), result.seconds)
             view.problems = result.problems
             return view
         z, local = self.desk.locate(loaded, point)
@@ -241,7 +241,7 @@ class VolumeOperations:
         structure = self.desk.structure(structure)
         if route == THREE_D:
             result = self.desk.box(image_id, user, lo, hi, slice_index, structure, field)
-            view = self._view_3d(loaded, self.desk.sessions.get((loaded.id, user, None, structure)), result.seconds)
+            view = self._view_3d(loaded, self.desk.sessions.get(self._key(loaded.id, user, structure)), result.seconds)
             view.problems = result.problems
             return view
         z, lo_i, hi_i = self.desk.locate_box(loaded, lo, hi, slice_index, field)
@@ -274,7 +274,7 @@ class VolumeOperations:
         structure = self.desk.structure(structure)
         if route == THREE_D:
             self.desk.undo(image_id, user, None, structure)
-            return self._view_3d(loaded, self.desk.sessions.get((loaded.id, user, None, structure)))
+            return self._view_3d(loaded, self.desk.sessions.get(self._key(loaded.id, user, structure)))
         entry = self._existing(loaded.id, user, structure)
         with entry.lock:
             _volume_call(entry.session.undo)
@@ -334,7 +334,7 @@ class VolumeOperations:
             case = session.slice_sessions.get(z) or SliceCase(name, session.slice_image(z))
             case.case_id = name
             post_ms += case.post_ms
-            parts.append((OpenSession((loaded.id, entry.user, z, entry.structure), case), final[..., z]))
+            parts.append((OpenSession(self.desk.key(loaded.id, entry.user, z, entry.structure), case), final[..., z]))
         names, problems = desk.store_cases(parts, key)
         return names, problems, slices, post_ms
 
