@@ -1,7 +1,7 @@
 """The closed vocabularies the CLI offers as choices, without importing what defines them.
 
 `fedpoint --help` must not import torch, monai or numpy, so the names are repeated here; a test
-(tests/cli/test_cli_guides.py) keeps them equal to the registries they mirror. The adapter kinds'
+(tests/cli/test_cli.py) keeps them equal to the registries they mirror. The adapter kinds'
 registry needs only the standard library, so its names are read from it.
 """
 

@@ -86,7 +86,7 @@ def test_the_user_comes_from_the_token_not_the_header(named, site):
     audit = AuditLog(site["store"] / "audit.jsonl").read()
     assert [(e["user"], e["action"], e["image"]) for e in audit] == [("alice", "click", "img0"), ("alice", "accept", "img0")]
     assert audit[1]["case"] == r.json()["case"] and audit[1]["voxels"] > 0
-    # with named users, the site token is off unless allow_shared_token = true (test_hostile_roots)
+    # with named users, the site token is off unless allow_shared_token = true (test_hostile_service_roots)
     assert live.client.get("/api/me", headers={"X-Fedpoint-User": "carol"}).status_code == 401
 
 
