@@ -44,6 +44,17 @@ def test_unknown_or_incomplete_roles_are_refused():
         _cfg(("image", "pos", "neg"))
 
 
+def _fed_to_the_net(site, image, box):
+    """What the site's network receives for one prediction (32 px: no padding)."""
+    seen = []
+    hook = site.net.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    try:
+        site.logits(image, [], None, box=box)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
 def test_pretraining_and_the_site_build_the_same_inputs(tiny_box_base_2d, monkeypatch):
     """Both sides go through `build_inputs`: a changed channel order changes what both feed the net."""
     from fedpoint.client.site_model import SiteModel
@@ -55,7 +66,7 @@ def test_pretraining_and_the_site_build_the_same_inputs(tiny_box_base_2d, monkey
     site = SiteModel(make_adapter(net, "norm", card["fingerprint"]), cfg)
     image = torch.rand(1, 1, 32, 32)
     box = Box((4, 4), (20, 24))
-    at_site = site._inputs(image, [], None, None, box)  # the box alone: the first prediction of validate(prompt="box")
+    at_site = _fed_to_the_net(site, image, box)  # the box alone: the first prediction of validate(prompt="box")
     seen = {}
 
     class Net(torch.nn.Module):
@@ -71,7 +82,7 @@ def test_pretraining_and_the_site_build_the_same_inputs(tiny_box_base_2d, monkey
     site.model_cfg = reordered
     pretrain.validate(Net(), [obj], reordered, clicks=1, prompt="box")
     assert torch.equal(seen["x"][0, 1], at_site[0, 4]), "pre-training follows the new order"
-    assert torch.equal(site._inputs(image, [], None, None, box)[0, 1], at_site[0, 4]), "so does the site"
+    assert torch.equal(_fed_to_the_net(site, image, box)[0, 1], at_site[0, 4]), "so does the site"
 
 
 def test_box_checks_name_the_field():

@@ -90,7 +90,7 @@ def _dicom_bombs(images: Path) -> tuple[str, Path]:
     SEG upload declaring 4096 frames of 4096 x 4096; returns (the real series' id, the SEG's file)."""
     import pydicom
     from pydicom.uid import DeflatedExplicitVRLittleEndian
-    from test_dicom import AXIAL, ct_volume, write_ct_series
+    from test_dicomweb import AXIAL, ct_volume, write_ct_series
 
     from fedpoint.data.dicom import build_seg, read_dicom_folder
 
@@ -238,7 +238,7 @@ def test_site_check_reads_every_file_the_service_reads_and_the_service_still_sta
     from fedpoint.cli import app
     from fedpoint.client.site_store import SiteStore
     from fedpoint.client.service.users import TOKEN_PREFIX
-    from test_dicom import AXIAL, ct_volume, write_ct_series
+    from test_dicomweb import AXIAL, ct_volume, write_ct_series
 
     store_root = site["store"]
     SiteStore(store_root).log("bank-review", path="banks/b/v0001")
@@ -323,7 +323,7 @@ def test_failures_after_a_side_effect_answer_what_happened_and_retries_are_idemp
 def test_inputs_that_gave_500s_get_a_clear_4xx(make_config, site):
     """Root causes: images too small for the model, the `uncertain` choice failing for everyone on one
     such image, an RGB NIfTI label, and DICOM-SEGs with frames of the wrong size or no pixel data."""
-    from test_dicom import AXIAL, ct_volume, write_ct_series
+    from test_dicomweb import AXIAL, ct_volume, write_ct_series
 
     from fedpoint.data.dicom import build_seg, read_dicom_folder
 
@@ -498,7 +498,7 @@ def test_a_misbehaving_pacs_is_bounded_and_never_holds_the_request_workers(make_
     import time
 
     import httpx
-    from test_dicom import AXIAL, ct_volume, write_ct_series
+    from test_dicomweb import AXIAL, ct_volume, write_ct_series
 
     from fedpoint.client.service.dicomweb import series_id
 
