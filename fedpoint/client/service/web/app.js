@@ -14,6 +14,7 @@ const S = {
   user: "web",
   images: [],
   meta: null,          // the open image: id, shape, slices, window, range, presets, flip_y, per_slice
+  views: 0,            // view fetches and edits sent so far: a view older than an edit is not shown
   slice: 0,
   pixels: new Map(),   // slice -> Float32Array (rows top first)
   mask: null,          // Uint8Array, width * height
@@ -280,10 +281,11 @@ async function showSlice(z) {
     S.pixels.set(z, new Float32Array(await res.arrayBuffer()));
   }
   const which = S.structure ? `&structure=${encodeURIComponent(S.structure)}` : "";
+  const ticket = ++S.views;  // a click sent meanwhile makes this view stale: its reply is newer
   const session = propagating()
     ? await api(`${volumePath()}?slice=${z}&route=${S.route}${which}`)
     : await api(`/api/sessions/${encodeURIComponent(S.meta.id)}?slice=${z}${which}`);
-  applySession(session);
+  if (ticket === S.views) applySession(session);
   drawImageLayer();
   render();
 }
@@ -476,6 +478,7 @@ function clickAt(point, positive) {
   const full = S.meta.shape.length === 3 ? [...point, S.slice] : point;
   return enqueue(async () => {
     const done = propagating() ? watchProgress(id) : () => {};
+    S.views++;
     let r;
     try {
       r = propagating()
@@ -500,6 +503,7 @@ function boxAt(a, b) {
   const z = S.meta.shape.length === 3 ? [S.slice] : [];
   return enqueue(async () => {
     const done = propagating() ? watchProgress(id) : () => {};
+    S.views++;
     let r;
     try {
       r = propagating()
@@ -567,6 +571,7 @@ function undo() {
   if (!S.meta) return;
   const id = S.meta.id;
   enqueue(async () => {
+    S.views++;
     const r = propagating()
       ? await api(`${volumePath("undo")}?slice=${S.slice}`, { method: "POST", json: volumeBody() })
       : await api(`/api/sessions/${encodeURIComponent(id)}/undo`, { method: "POST", json: sliceBody() });
@@ -721,6 +726,7 @@ function stepSlice(delta) {
   scheduleSlice(z);
 }
 function scheduleSlice(z) {
+  S.slice = z;  // a click before the debounced fetch lands on the slice the label names
   $("slice-value").textContent = `${z + 1} / ${S.meta.slices}`;
   drawSliceMarks(z);
   clearTimeout(sliceTimer);
