@@ -473,50 +473,37 @@ function enqueue(task) {
 }
 
 function clickAt(point, positive) {
-  const t0 = performance.now();
-  const id = S.meta.id;
   const full = S.meta.shape.length === 3 ? [...point, S.slice] : point;
-  return enqueue(async () => {
-    const done = propagating() ? watchProgress(id) : () => {};
-    S.views++;
-    let r;
-    try {
-      r = propagating()
-        ? await api(`${volumePath("click")}`, { method: "POST", json: volumeBody({ point: full, positive }) })
-        : await api(`/api/sessions/${encodeURIComponent(id)}/click`,
-          { method: "POST", json: { point: full, positive, structure: S.structure } });
-    } finally { done(); }
-    if (!S.meta || S.meta.id !== id) return;
-    if (propagating() && r.slice !== S.slice) r = await reshow();
-    applySession(r);
-    render();
-    const total = performance.now() - t0;
-    $("hud-latency").innerHTML = `click → mask <b>${total.toFixed(0)} ms</b> · model ${r.server_ms.toFixed(0)} ms`;
-    viewer.dataset.latencyMs = total.toFixed(1);
-  });
+  return interact("click", { point: full, positive });
 }
 
 function boxAt(a, b) {
-  const t0 = performance.now();
-  const id = S.meta.id;
   const lo = [Math.min(a[0], b[0]), Math.min(a[1], b[1])], hi = [Math.max(a[0], b[0]), Math.max(a[1], b[1])];
   const z = S.meta.shape.length === 3 ? [S.slice] : [];
+  return interact("box", { lo: [...lo, ...z], hi: [...hi, ...z] });
+}
+
+// One click or box, in turn with the others: to the volume route while it propagates (with its
+// progress shown), else to the session; then the mask of the slice shown, and the latency.
+function interact(kind, body) {
+  const t0 = performance.now();
+  const id = S.meta.id;
   return enqueue(async () => {
     const done = propagating() ? watchProgress(id) : () => {};
-    S.views++;
+    S.views++;  // a slice view fetched before this edit must not be shown over its reply
     let r;
     try {
       r = propagating()
-        ? await api(`${volumePath("box")}`, { method: "POST", json: volumeBody({ lo: [...lo, ...z], hi: [...hi, ...z] }) })
-        : await api(`/api/sessions/${encodeURIComponent(id)}/box`,
-          { method: "POST", json: { lo: [...lo, ...z], hi: [...hi, ...z], structure: S.structure } });
+        ? await api(volumePath(kind), { method: "POST", json: volumeBody(body) })
+        : await api(`/api/sessions/${encodeURIComponent(id)}/${kind}`,
+          { method: "POST", json: { ...body, structure: S.structure } });
     } finally { done(); }
     if (!S.meta || S.meta.id !== id) return;
     if (propagating() && r.slice !== S.slice) r = await reshow();
     applySession(r);
     render();
     const total = performance.now() - t0;
-    $("hud-latency").innerHTML = `box → mask <b>${total.toFixed(0)} ms</b> · model ${r.server_ms.toFixed(0)} ms`;
+    $("hud-latency").innerHTML = `${kind} → mask <b>${total.toFixed(0)} ms</b> · model ${r.server_ms.toFixed(0)} ms`;
     viewer.dataset.latencyMs = total.toFixed(1);
   });
 }
