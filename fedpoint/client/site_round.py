@@ -76,7 +76,7 @@ def identify(node_config: Mapping, fed: SiteRoundConfig) -> SiteIdentity:
         return SiteIdentity(site_id, str(node_config[P.NODE_MODALITY]), store, task=_task(node_config.get(P.NODE_TASK)))
     if P.PARTITION_ID in node_config:
         partition = int(node_config[P.PARTITION_ID])
-        site = simulated_site(fed.sites_config, partition, fed.size, base_dims(fed.base), fed.site_streams)
+        site = simulated_site(fed.sites_config, partition, fed.size, fed.sample_dims(base_dims(fed.base)), fed.site_streams)
         return SiteIdentity(site.name, site.modality, fed.simulated_site_store(site.name), partition, _task(site.spec.task))
     raise ValueError(f"node config needs {P.NODE_SITE_ID!r}, {P.NODE_MODALITY!r} and {P.NODE_SITE_STORE!r} "
                      f"(deployment) or Flower's {P.PARTITION_ID!r} (simulation); got {sorted(node_config)}")
@@ -238,12 +238,12 @@ def annotate_next(model, store: SiteStore, site: SiteIdentity, instruction: P.Ro
     from fedpoint.client.engine import SiteEngine
     from fedpoint.client.stream import run_stream
 
-    stream = simulated_site(fed.sites_config, site.partition, instruction.size, model.model_cfg.spatial_dims,
-                            fed.site_streams).samples
+    stream = simulated_site(fed.sites_config, site.partition, instruction.size,
+                            fed.sample_dims(model.model_cfg.spatial_dims), fed.site_streams).samples
     start = stream_position(store)
     samples = [stream[(start + i) % len(stream)] for i in range(instruction.images)]
     engine = SiteEngine(model, SiteStore(site.store), background_episodes=False, task=site.task)
-    records = run_stream(engine, samples, instruction.clicks)
+    records = run_stream(engine, samples, instruction.clicks, route=fed.volume_route or None)
     for i, record in enumerate(records):
         record["index"] = start + i  # position in the whole stream, across rounds
     write_json_atomic(store.root / STREAM_FILE, {"site": site.site_id, "next": start + len(samples)}, indent=2)

@@ -113,6 +113,7 @@ def annotate_volume(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, route
         "predict_ms": float(np.mean(ms)),
         "update_ms": 0.0,
         "post_ms": round((time.perf_counter() - t0) * 1e3, 3),
+        "seconds": round(time.perf_counter() - t0 + sum(ms) / 1e3, 3),
         "accepted": bool(final.any()),
         "clicks_at": [list(s.click.point) for s in steps],
         "slices_predicted": session.record().get("slices_predicted", [1] * len(steps)),

@@ -65,6 +65,13 @@ class SiteRoundConfig(_Shared):
 
     site_streams: str = Field("", description="simulation: a folder of built site streams (<site>.stream.npz, "
                               "written by the experiment runner); empty: each worker builds its sites")
+    volume_route: Literal["", "3d", "propagate"] = Field(
+        "", description="simulation: each sample is a whole volume annotated by this route ('propagate': the 2D "
+        "base carried through the slices; '3d': the 3D base); empty: samples as the base's dimensions say")
+
+    def sample_dims(self, base_dims: int) -> int:
+        """The dimensions of a simulated site's samples: whole volumes on a volume route, else the base's."""
+        return 3 if self.volume_route else base_dims
 
     def simulated_site_store(self, site: str) -> Path:
         if self.output_path is None:

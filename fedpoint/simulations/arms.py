@@ -160,7 +160,8 @@ def annotate_site(arm: Arm, experiment, seed: int, site, store_dir, on_image=Non
         if on_image is not None:
             on_image(rec)
 
-    run_stream(engine, site.samples, experiment.clicks, on_image=tick, accept_truth=arm.accept_truth)
+    run_stream(engine, site.samples, experiment.clicks, on_image=tick, accept_truth=arm.accept_truth,
+               route=experiment.route)
     return records, engine
 
 
@@ -240,6 +241,7 @@ def federation_run_config(arm: Arm, experiment, seed: int, sites_toml, work) -> 
         "sites-config": str(sites_toml),
         "size": experiment.size,
         "base": experiment.base or "",
+        "volume-route": experiment.route or "",
         "bank-store": str(work / "banks"),
         "bank-routing": arm.routing,
         "output-dir": str(work),

@@ -62,7 +62,11 @@ class ExperimentConfig(BaseModel):
     size: int = Field(96, ge=16, le=1024, description="side of the 2D object crops, in pixels (3D: whole volumes)")
     whole_slices: bool = Field(False, description="2D: every site annotates whole slices (whole images, its box) "
                                "at native resolution through the focus crop, not object crops of `size`")
-    spatial_dims: Literal[2, 3] = Field(2, description="3: whole volumes with a 3D base (default base3d)")
+    spatial_dims: Literal[2, 3] = Field(2, description="3: whole volumes (with a 3D base, base3d, unless `route` "
+                                        "says 'propagate')")
+    route: Literal["3d", "propagate"] | None = Field(
+        None, description="volumes (spatial_dims = 3): '3d' (the 3D base, the 3D simulated user) or 'propagate' "
+        "(the 2D base, its mask carried through the slices; default base: the packaged 2D one); none: the 3D base")
     adapter: str = Field("norm", description="adapter kind of the local and banked strategies (fed-full is always full)")
     lr: float | None = Field(None, gt=0, le=1.0, description="learning rate of the online updates; "
                              "default: the adapter kind's (shared.adapter_kinds, AdapterKind.lr)")
@@ -87,7 +91,8 @@ class ExperimentConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _base_of_the_dims(cls, table):
-        if isinstance(table, dict) and table.get("spatial_dims") == 3 and not table.get("base"):
+        if (isinstance(table, dict) and table.get("spatial_dims") == 3 and not table.get("base")
+                and table.get("route") != "propagate"):
             table = {**table, "base": "base3d"}
         return table
 
@@ -135,6 +140,19 @@ class ExperimentConfig(BaseModel):
         except ValidationError as err:
             raise ValueError(describe_validation_error(err)) from None
         return fields
+
+    @model_validator(mode="after")
+    def _route_of_volumes(self) -> "ExperimentConfig":
+        if self.route is not None and self.spatial_dims != 3:
+            raise ValueError(f"route = {self.route!r} annotates whole volumes: set spatial_dims = 3")
+        if self.route == "propagate" and self.whole_slices:
+            raise ValueError("route = 'propagate' annotates whole volumes; whole_slices is for 2D images")
+        return self
+
+    @property
+    def base_dims(self) -> int:
+        """2 or 3: the base the sites annotate with (the propagation route carries a 2D base through volumes)."""
+        return 2 if self.route == "propagate" else self.spatial_dims
 
     @model_validator(mode="after")
     def _sites_fit_the_rounds(self) -> "ExperimentConfig":

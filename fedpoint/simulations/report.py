@@ -344,6 +344,8 @@ PLOT_CAPTIONS = {
 def _samples_phrase(exp: dict, data: dict) -> str:
     """What the sites annotate: whole volumes, whole slices at their native sizes, or object crops."""
     if exp.get("spatial_dims") == 3:
+        if exp.get("route") == "propagate":
+            return "whole volumes with the 2D base, each mask propagated through the slices"
         return "whole volumes with a 3D base"
     if exp.get("whole_slices"):
         shapes = sorted({tuple(s) for site in data["sites"] for s in site.get("image_shapes", [])}, reverse=True)

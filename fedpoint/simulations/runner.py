@@ -232,16 +232,18 @@ def build_experiment_sites(config: ExperimentConfig, seed: int, data_dir=None,
 
 
 def _check_base_dims(config: ExperimentConfig) -> None:
-    """The base must annotate what the sites hold: a 2D base slices, a 3D base whole volumes."""
+    """The base must annotate what the sites hold: a 2D base images, slices and (by propagation)
+    volumes, a 3D base whole volumes."""
     from fedpoint.shared.bases import base_config
 
     try:
         dims = base_config(config.base).spatial_dims
     except FileNotFoundError as err:
         raise ExperimentError(f"{config.name}: {err}") from None
-    if dims != config.spatial_dims:
-        raise ExperimentError(f"{config.name}: spatial_dims = {config.spatial_dims} but base {config.base or 'base2d'!r} "
-                              f"is {dims}D; use a {config.spatial_dims}D base (base{config.spatial_dims}d)")
+    if dims != config.base_dims:
+        what = "route = 'propagate'" if config.route == "propagate" else f"spatial_dims = {config.spatial_dims}"
+        raise ExperimentError(f"{config.name}: {what} but base {config.base or 'base2d'!r} "
+                              f"is {dims}D; use a {config.base_dims}D base (base{config.base_dims}d)")
 
 
 def describe_data(sites: list, datasets: dict, data_dir=None) -> dict:

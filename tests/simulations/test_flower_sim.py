@@ -164,3 +164,29 @@ def test_a_3d_federation_of_two_sites_runs_a_round_with_3d_adapters(fast_run_con
     assert manifest["base_fingerprint"] == base_fingerprint(net)  # a 3D bank: never mixed with a 2D one
     records = json.loads((tmp_path / "federation" / "records" / "mr3d" / "round-0001.json").read_text())["records"]
     assert len(records[0]["windows"][0]["size"]) == 3  # whole volumes, 3D focus windows
+
+
+@pytest.mark.slow
+def test_a_federation_on_the_propagation_route_banks_the_2d_adapters_of_volume_sites(
+        fast_run_config, tiny_base_2d, blob, tmp_path, write_sites_config):
+    """`volume-route = "propagate"`: the sites annotate whole volumes with the 2D base, the 3D
+    simulated user counts interactions on the 3D mask, and what they learn (their 2D adapters, from
+    the slices a person worked on) is what the banks hold."""
+    from fedpoint.shared.model import base_fingerprint, load_base
+
+    sites = write_sites_config(tmp_path / "sites-vol.toml", [
+        ("mr-vol", str(_blob_volumes(blob, tmp_path / "mr-vol", "MR", 0))),
+        ("ct-vol", str(_blob_volumes(blob, tmp_path / "ct-vol", "CT", 10))),
+    ])
+    config = {**fast_run_config, "num-server-rounds": 1, "base": str(tiny_base_2d), "sites-config": str(sites),
+              "images-per-round": 1, "clicks": 2, "volume-route": "propagate", "mode": "post"}
+    summary = run_federation(config, num_sites=2, timeout=480)
+    assert summary["status"][0] == {"mr-vol": "accepted", "ct-vol": "accepted"}
+    net, _, _ = load_base(tiny_base_2d)
+    assert BankStore(summary["bank_store"]).latest("general").manifest["base_fingerprint"] == base_fingerprint(net)
+    output = tmp_path / "federation"
+    record = json.loads((output / "records" / "mr-vol" / "round-0001.json").read_text())["records"][0]
+    assert record["route"] == "propagate" and len(record["dices"]) <= 2
+    assert len(record["clicks_at"][0]) == 3  # a voxel of the volume
+    cached = [p.name for p in (output / "sites" / "mr-vol" / "cache").iterdir()]
+    assert cached and all(".z" in name for name in cached)  # the user slices, as 2D cases
