@@ -7,7 +7,8 @@ base, through the same 3D simulated user on the same volumes.
 Prints, per dataset and object type, 3D Dice@1/@3/@5, NoC@85/90 (interactions; the budget when
 never reached), Dice-AUC and the p50/p95 time per interaction (propagation included) for each
 route; `--stops band:max_growth,...` compares the propagation route's stop rules
-(`PropagationConfig`: the intensity gate and the growth limit, "none" = off). Choose on `dev-split-3d` only; the pyradiomics volumes are evaluation data.
+(`PropagationConfig`: the intensity gate and the growth limit, "none" = off), and `slice` adds
+slice-by-slice annotation with the same 2D base (no propagation: one slice per interaction). Choose on `dev-split-3d` only; the pyradiomics volumes are evaluation data.
 """
 
 from __future__ import annotations
@@ -63,13 +64,15 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--stops", default="0:none", help="propagation route: stop rules to compare, comma-separated "
-                        "band:max_growth ('none': off), e.g. 0:none,0:1.2")
+                        "band:max_growth ('none': off), e.g. 0:none,0:1.2; 'slice': slice by slice (no propagation)")
     parser.add_argument("--skip-objects", default="", help="object types to leave out, comma-separated (e.g. body)")
     parser.add_argument("--base2d", default=None)
     parser.add_argument("--base3d", default=None)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     def setting(text: str) -> PropagationConfig:
+        if text == "slice":  # each interaction annotates its own slice: what a volume costs without propagation
+            return PropagationConfig(max_slices=0)
         band, growth = (None if v == "none" else float(v) for v in text.split(":"))
         return PropagationConfig(band=band, max_growth=growth)
 

@@ -72,12 +72,15 @@ class PropagationConfig:
     """When propagation stops: a prediction of fewer than `min_voxels` voxels has vanished; one
     whose share of voxels inside the neighbour's mask is below `min_overlap` has stopped
     overlapping it (0: any shared voxel continues); with `max_growth`, one more than that many
-    times the neighbour's size has leaked (None: no limit)."""
+    times the neighbour's size has leaked (None: no limit). `max_slices` bounds how far one
+    interaction carries a mask on each side (0: slice by slice, the clicked slice only, the way a
+    volume is annotated without propagation; None: until the stop rule)."""
 
     min_voxels: int = 1
     min_overlap: float = 0.0
     band: float | None = 0.0  # intensity gate: keep voxels within the neighbour's object band, widened this much
     max_growth: float | None = 1.2  # chosen on dev-split-3d (docs/engine.md)
+    max_slices: int | None = None
 
     def __post_init__(self) -> None:
         if self.min_voxels < 1:
@@ -88,6 +91,8 @@ class PropagationConfig:
             raise ValueError(f"max_growth must be >= 1 (or None: no limit), got {self.max_growth}")
         if self.band is not None and not self.band >= 0:
             raise ValueError(f"band must be >= 0 (or None: no intensity gate), got {self.band}")
+        if self.max_slices is not None and self.max_slices < 0:
+            raise ValueError(f"max_slices must be >= 0 (or None: no limit), got {self.max_slices}")
 
     def gate(self, pred: np.ndarray, image: np.ndarray, neighbour: np.ndarray, neighbour_image: np.ndarray) -> np.ndarray:
         """With `band`: the prediction's voxels whose intensity (first channel) lies within the
@@ -305,6 +310,9 @@ class PropagationSession:
         ahead = next((u for u in (sorted(self.user_clicks, reverse=direction < 0))
                       if (u - z) * direction > 0), None)
         end = n if direction > 0 and ahead is None else (-1 if ahead is None else ahead)
+        if self.config.max_slices is not None:  # never past the reach, nor past the volume or the next user slice
+            reach = z + direction * (self.config.max_slices + 1)
+            end = min(end, reach) if direction > 0 else max(end, reach)
         neighbour, s = self._mask[z], z + direction
         while s != end:
             prompt = self.prompt(neighbour)

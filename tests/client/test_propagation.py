@@ -42,6 +42,21 @@ def test_one_click_propagates_through_the_object_and_stops_at_its_end(engine):
     assert session.record()["slices_predicted"][0] < truth.shape[2], "it stopped before the volume's edge"
 
 
+def test_the_reach_bounds_each_interaction_and_zero_is_slice_by_slice(engine):
+    """`max_slices`: how far one interaction carries a mask each way; 0 annotates the clicked slice only."""
+    image, truth = _ellipsoid()
+    by_slice = open_volume(engine, image, "vol", spacing=(1.0, 1.0, 2.0), config=PropagationConfig(max_slices=0))
+    by_slice.click((32, 32, 12))
+    assert by_slice.slices_reached() == [12] and by_slice.record()["slices_predicted"] == [1]
+    by_slice.click((32, 32, 9))  # a second slice: a second interaction, the first one's slice kept
+    assert by_slice.slices_reached() == [9, 12]
+    near = open_volume(engine, image, "vol", spacing=(1.0, 1.0, 2.0), config=PropagationConfig(max_slices=2))
+    near.click((32, 32, 12))
+    assert near.slices_reached() == [10, 11, 12, 13, 14]
+    with pytest.raises(ValueError, match="max_slices"):
+        PropagationConfig(max_slices=-1)
+
+
 def test_without_the_intensity_gate_the_2d_base_copies_its_mask_past_the_end(engine):
     """Why the gate exists: the base trusts its previous-mask input, so the bare click prompt never stops."""
     image, truth = _ellipsoid()
