@@ -81,6 +81,23 @@ def test_a_node_config_declares_several_tasks(fast_run_config, tmp_path):
         identify(node | {P.NODE_TASKS: "liver,../x"}, fed)
 
 
+def test_declared_tasks_are_normalised_bounded_and_checked_in_a_sites_config(tmp_path):
+    from fedpoint.data import load_site_specs
+    from fedpoint.data.types import DataError
+    from fedpoint.shared.tasks import MAX_TASKS, normalise_tasks
+
+    assert normalise_tasks("liver, Lesion core,") == ["liver", "lesion-core"]
+    assert normalise_tasks(["liver", "Liver", "default"]) == ["liver", "default"]
+    for bad, why in (([f"t{i}" for i in range(MAX_TASKS + 1)], "at most"), ([], "no task"), ("", "no task"),
+                     (["liver", "../x"], "invalid task")):
+        with pytest.raises(ValueError, match=why):
+            normalise_tasks(bad)
+    sites = tmp_path / "sites.toml"
+    sites.write_text('[[sites]]\nname = "a"\ndataset = "x"\ntasks = ["liver", "../x"]\n')
+    with pytest.raises(DataError, match=r"sites\[0\]\.tasks"):
+        load_site_specs(sites)
+
+
 def test_a_two_task_site_trains_the_task_each_instruction_names(organ_config, task_identity):
     fed = parse_run_config(organ_config)
     app = build_client_app(organ_config)
