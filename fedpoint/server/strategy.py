@@ -209,17 +209,17 @@ class BankStrategy(FedAvg):
             return None, ""
         return task_in_turn(info.tasks, self.ledger.rounds_sent(info.site_id) if len(info.tasks) > 1 else 0)
 
-    def route_for(self, node_id: int, task: str | None = None) -> tuple[str, str]:
+    def route_for(self, node_id: int, task: str | None) -> tuple[str, str]:
         """(bank, why) for one node working on `task`: that task's bank, its modality bank or the
         general one (`routing.route`)."""
         info = self.sites.get(node_id)
         return route(info.modality if info else None, self.policy.routing, self.reads.banks(), task)
 
     def instruct(self, node_id: int, server_round: int, config: Mapping | None = None,
-                 message_type: str = MessageType.TRAIN, task: tuple[str | None, str] | None = None) -> Message:
+                 message_type: str = MessageType.TRAIN, choice: tuple[str | None, str] | None = None) -> Message:
         """The train (or evaluate) message for one node: its bank's latest version and the round
-        instruction. `task`: (task, why) to send it (None: `task_for`, the task in turn)."""
-        state = self.assign(node_id, task)
+        instruction. `choice`: (task, why) to send it (None: `task_for`, the task in turn)."""
+        state = self.assign(node_id, choice)
         sent = self.sent[node_id]
         info = self.sites.get(node_id)
         named = {"task": sent.task or DEFAULT_TASK} if info is not None and len(info.tasks) > 1 else {}
@@ -232,10 +232,10 @@ class BankStrategy(FedAvg):
         })
         return Message(content, dst_node_id=node_id, message_type=message_type)
 
-    def assign(self, node_id: int, task: tuple[str | None, str] | None = None) -> dict[str, np.ndarray]:
+    def assign(self, node_id: int, choice: tuple[str | None, str] | None = None) -> dict[str, np.ndarray]:
         """Note what one node is sent this round (for its task, the task's bank's latest version) and
-        return that state. `task`: (task, why), None: the task in turn (`task_for`)."""
-        task, task_why = task if task is not None else self.task_for(node_id)
+        return that state. `choice`: (task, why), None: the task in turn (`task_for`)."""
+        task, task_why = choice if choice is not None else self.task_for(node_id)
         bank, why = self.route_for(node_id, task)
         latest = self.reads.latest(bank)
         state = {name: latest.state[name] for name in self.schema}
