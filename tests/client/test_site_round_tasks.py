@@ -178,3 +178,19 @@ def test_a_federation_with_a_two_task_site_takes_its_tasks_in_turn(organ_config,
     assert [r["evaluation"]["sites"]["organ"]["bank"] for r in rounds] == ["task-liver", "task-lesion", "task-liver"]
     site = SiteStore(fed.simulated_site_store("organ"))
     assert len(site.for_task("liver").case_ids()) == 4 and len(site.for_task("lesion").case_ids()) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.flower
+@pytest.mark.timeout(900)
+def test_a_two_task_site_on_flowers_simulation_engine(organ_config):
+    """The same federation on Flower's simulation engine (Ray): the identity's list of tasks and the
+    instruction's task cross Flower's serialisation, and the turn holds over rounds."""
+    from fedpoint.simulations.flower_sim import run_federation
+
+    summary = run_federation({**organ_config, "num-server-rounds": 2}, num_sites=2, timeout=840)
+    assert [s["organ"] for s in summary["status"]] == ["accepted", "accepted"]
+    rounds = json.loads((parse_run_config(organ_config).output_path / "federation.json").read_text())["rounds"]
+    assert [(r["sites"]["organ"]["task"], r["sites"]["organ"]["tasks"]) for r in rounds] == [
+        ("liver", ["liver", "lesion"]), ("lesion", ["liver", "lesion"])]
+    assert summary["banks"]["task-lesion"] == [1] and summary["banks"]["task-liver"] == [1, 2]
