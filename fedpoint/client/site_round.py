@@ -279,9 +279,10 @@ def annotate_next(model, store: SiteStore, site: SiteIdentity, instruction: P.Ro
     from fedpoint.client.engine import SiteEngine
     from fedpoint.client.stream import run_stream
 
-    stream = task_samples(simulated_site(fed.sites_config, site.partition, instruction.size, model.model_cfg.spatial_dims,
-                                         fed.site_streams).samples, site)
+    stream = simulated_site(fed.sites_config, site.partition, instruction.size, model.model_cfg.spatial_dims,
+                            fed.site_streams).samples
     start = stream_position(store)
+    stream = task_samples(stream, site)  # a site of several tasks: its round's task's part (issue 25)
     samples = [stream[(start + i) % len(stream)] for i in range(instruction.images)]
     engine = SiteEngine(model, SiteStore(site.store), background_episodes=False, task=site.task)
     records = run_stream(engine, samples, instruction.clicks)
