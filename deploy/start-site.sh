@@ -6,7 +6,8 @@
 # The SuperNode connects to the SuperLink over TLS (the consortium CA), authenticates with the
 # site's private key, and gives every ClientApp it starts the node config
 #   site-id, modality, site-store
-#   and, when the site file sets it, device (cpu, cuda, cuda:N or auto)
+#   and, when the site file sets them, device (cpu, cuda, cuda:N or auto), task (the structure it
+#   labels) or tasks (several: a list, given to the ClientApp comma-separated)
 # The site store is the one the site's annotation service writes (`fedpoint site serve`): the
 # ClientApp trains on its annotation cache and leaves each received bank there. A device this
 # machine does not have (cuda without a GPU that torch sees) stops the script here, before the
@@ -39,6 +40,17 @@ if "device" in site:  # checked now: a missing GPU fails the start, not every ro
     except ValueError as err:
         sys.exit(f"{path}: device: {err}")
     node_config += f' device="{site["device"]}"'
+for key in ("task", "tasks"):  # the structures it labels (one name; a list), checked now: a bad name fails the start
+    if key in site:
+        from fedpoint.shared.tasks import normalise_tasks
+        names = [site[key]] if key == "task" else site[key]
+        try:
+            if not isinstance(names, list):
+                raise ValueError('a list of structure names, e.g. ["liver", "lesion"]')
+            normalise_tasks(names)
+        except ValueError as err:
+            sys.exit(f"{path}: {key}: {err}")
+        node_config += f' {key}="{",".join(names)}"'
 values = {
     "SUPERLINK": site["superlink"], "ROOT_CERTS": local("root-certificates"), "PRIVATE_KEY": local("private-key"),
     "NODE_CONFIG": node_config, "RUNTIME_PORT": str(site.get("port", 9094)), "SITE_STORE": local("site-store"),

@@ -3,7 +3,7 @@ and in-process simulations (whose run config is empty, so the defaults are given
 
 Handlers:
 - train: one federation round of the site (`fedpoint.client.site_round.train_round`);
-- query: who the site is (site id and modality), so the coordinator routes it to its bank;
+- query: who the site is (site id, modality, its task or tasks), so the coordinator routes it to its bank;
 - evaluate: the federated evaluation round: the new bank version scored on the site's held-out
   cached cases (`fedpoint.client.site_round.evaluate_bank`); only the scores go back.
 
@@ -44,8 +44,8 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
         if P.PARTITION_ID in context.node_config:
             torch.set_num_threads(1)  # simulated sites share the machine's cores
         fed = parse_run_config(context.run_config, defaults, SiteRoundConfig)
-        site = identify(context.node_config, fed)
         instruction = P.RoundInstruction.from_config(msg.content[P.CONFIG])
+        site = round_site(identify(context.node_config, fed), instruction)
         bank = decode_arrays(msg.content[P.ARRAYS])
         reply = train_round(bank, instruction, site, fed, device=device)
         content = RecordDict({
@@ -62,8 +62,8 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
         from fedpoint.client.site_round import evaluate_bank, identify
 
         fed = parse_run_config(context.run_config, defaults, SiteRoundConfig)
-        site = identify(context.node_config, fed)
         instruction = P.RoundInstruction.from_config(msg.content[P.CONFIG])
+        site = round_site(identify(context.node_config, fed), instruction)
         bank = decode_arrays(msg.content[P.ARRAYS])
         metrics = evaluate_bank(bank, instruction, site, fed, node_device(context.node_config))
         config = {P.SITE_ID: site.site_id, P.BANK: instruction.bank, P.BANK_VERSION: instruction.bank_version}
@@ -75,8 +75,7 @@ def build_client_app(defaults: Mapping | None = None) -> ClientApp:
 
         fed = parse_run_config(context.run_config, defaults, SiteRoundConfig)
         site = identify(context.node_config, fed)
-        who = {P.SITE_ID: site.site_id, P.MODALITY: site.modality} | ({P.TASK: site.task} if site.task else {})
-        return Message(RecordDict({P.CONFIG: ConfigRecord(who)}), reply_to=msg)
+        return Message(RecordDict({P.CONFIG: ConfigRecord(site.answer())}), reply_to=msg)
 
     return app
 
@@ -124,6 +123,15 @@ def error_code_mod(msg: Message, context: Context, call_next) -> Message:
 
 class InstructionError(ValueError):
     """The coordinator's message holds something a site does not accept."""
+
+
+def round_site(site, instruction: P.RoundInstruction):
+    """The site working on the instruction's task (`SiteIdentity.on_task`); InstructionError for a
+    task the site does not declare, before anything is loaded or trained."""
+    try:
+        return site.on_task(instruction.task)
+    except ValueError as err:
+        raise InstructionError(str(err)) from None
 
 
 def instruction_mod(msg: Message, context: Context, call_next) -> Message:

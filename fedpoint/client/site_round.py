@@ -21,7 +21,7 @@ import functools
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from fedpoint.shared.device import DEFAULT_DEVICE
 from fedpoint.shared.fileio import write_json_atomic
 from fedpoint.shared.payload import from_numpy, to_numpy
 from fedpoint.shared.run_config import SiteRoundConfig
+from fedpoint.shared.tasks import DEFAULT_TASK
 
 STREAM_FILE = "federation-stream.json"
 
@@ -44,7 +45,29 @@ class SiteIdentity:
     modality: str
     store: Path
     partition: int | None = None  # simulation only
-    task: str | None = None  # the structure it labels (normalised); None: the default task
+    task: str | None = None  # the structure it labels or works on this round (normalised); None: the default task
+    tasks: tuple[str | None, ...] = ()  # a site of several tasks: all it declares, its primary first
+
+    @property
+    def declared(self) -> tuple[str | None, ...]:
+        """Every task the site declares, its primary first."""
+        return self.tasks or (self.task,)
+
+    def on_task(self, task: str | None) -> "SiteIdentity":
+        """The site working on `task`, an instruction's (None: its primary task); ValueError for a
+        task it does not declare."""
+        name = self.declared[0] if task is None else _task(task)
+        if name not in self.declared:
+            raise ValueError(f"site {self.site_id} was asked for task {task!r}, which it does not declare "
+                             f"({', '.join(t or 'default' for t in self.declared)})")
+        return replace(self, task=name)
+
+    def answer(self) -> dict:
+        """Who the site is, as its identity answer says it: id, modality, its primary task (when
+        not the default) and, for a site of several, every task it declares."""
+        primary = self.declared[0]
+        return ({P.SITE_ID: self.site_id, P.MODALITY: self.modality} | ({P.TASK: primary} if primary else {})
+                | ({P.TASKS: [t or DEFAULT_TASK for t in self.declared]} if len(self.declared) > 1 else {}))
 
     @property
     def task_store(self) -> SiteStore:
@@ -73,20 +96,34 @@ def identify(node_config: Mapping, fed: SiteRoundConfig) -> SiteIdentity:
             raise ValueError(f"node config of site {node_config[P.NODE_SITE_ID]!r} lacks {', '.join(missing)}")
         site_id = check_id(str(node_config[P.NODE_SITE_ID]), "site id")
         store = Path(str(node_config[P.NODE_SITE_STORE])).expanduser()
-        return SiteIdentity(site_id, str(node_config[P.NODE_MODALITY]), store, task=_task(node_config.get(P.NODE_TASK)))
+        return SiteIdentity(site_id, str(node_config[P.NODE_MODALITY]), store,
+                            **declared_tasks(node_config.get(P.NODE_TASK), node_config.get(P.NODE_TASKS)))
     if P.PARTITION_ID in node_config:
         partition = int(node_config[P.PARTITION_ID])
         site = simulated_site(fed.sites_config, partition, fed.size, fed.sample_dims(base_dims(fed.base)), fed.site_streams)
-        return SiteIdentity(site.name, site.modality, fed.simulated_site_store(site.name), partition, _task(site.spec.task))
+        return SiteIdentity(site.name, site.modality, fed.simulated_site_store(site.name), partition,
+                            **declared_tasks(site.spec.task, site.spec.tasks))
     raise ValueError(f"node config needs {P.NODE_SITE_ID!r}, {P.NODE_MODALITY!r} and {P.NODE_SITE_STORE!r} "
                      f"(deployment) or Flower's {P.PARTITION_ID!r} (simulation); got {sorted(node_config)}")
 
 
 def _task(name) -> str | None:
-    from fedpoint.shared.tasks import DEFAULT_TASK, normalise_task
+    from fedpoint.shared.tasks import normalise_task
 
     task = normalise_task(None if name is None else str(name))
     return None if task == DEFAULT_TASK else task
+
+
+def declared_tasks(task, tasks) -> dict:
+    """SiteIdentity's task fields from a declaration: `task` alone (one task), or `tasks` (a list,
+    or comma-separated names) with `task`, when given, as the primary; ValueError for a bad name."""
+    from fedpoint.shared.tasks import normalise_tasks
+
+    if tasks is None or (isinstance(tasks, str) and not tasks.strip()):
+        return {"task": _task(task)}
+    named = [_task(t) for t in normalise_tasks(tasks)]
+    every = tuple(dict.fromkeys([_task(task) if task is not None else named[0], *named]))
+    return {"task": every[0], "tasks": every if len(every) > 1 else ()}
 
 
 def base_dims(spec: str | Path) -> int:
@@ -165,8 +202,10 @@ def bank_adapter(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInst
 def train_round(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundInstruction, site: SiteIdentity,
                 fed: SiteRoundConfig, device: str = DEFAULT_DEVICE) -> SiteReply:
     """Start from the bank, train on `device` (a resolved torch device: the ClientApp gives the
-    node config's), and return the reply (the ClientApp's egress mod checks it)."""
+    node config's), and return the reply (the ClientApp's egress mod checks it). A site of several
+    tasks trains the one the instruction names, in that task's store; its reply claims that task."""
     t0 = time.perf_counter()
+    site = site.on_task(instruction.task)
     adapter, factory, bank_state = bank_adapter(bank_arrays, instruction, site, fed, "train on", device)
     store = site.task_store
     store.receive_bank(instruction.bank, instruction.bank_version, adapter, {"round": instruction.server_round})
@@ -201,10 +240,12 @@ def evaluate_bank(bank_arrays: Mapping[str, np.ndarray], instruction: P.RoundIns
     """Score a bank version as sent (no training) on the site's held-out cached cases: the mean
     Dice-AUC of the simulated user over `protocol.EVAL_CLICKS` clicks. The held-out cases are the store's
     validation and judgement splits (new cases are assigned first, under the store's lock), so no
-    episode has trained on them. Nothing is written but the splits; only the two numbers leave."""
+    episode has trained on them. Nothing is written but the splits; only the two numbers leave. A site
+    of several tasks scores on the cases of the task the instruction names."""
     from fedpoint.client.episodes import load_cases
     from fedpoint.client.guards import simulated_dice_auc
 
+    site = site.on_task(instruction.task)
     adapter, factory, _ = bank_adapter(bank_arrays, instruction, site, fed, "score", device)
     store = site.task_store
     rng = np.random.default_rng(instruction.seed)
@@ -241,6 +282,7 @@ def annotate_next(model, store: SiteStore, site: SiteIdentity, instruction: P.Ro
     stream = simulated_site(fed.sites_config, site.partition, instruction.size,
                             fed.sample_dims(model.model_cfg.spatial_dims), fed.site_streams).samples
     start = stream_position(store)
+    stream = task_samples(stream, site)  # a site of several tasks: its round's task's part (issue 25)
     samples = [stream[(start + i) % len(stream)] for i in range(instruction.images)]
     engine = SiteEngine(model, SiteStore(site.store), background_episodes=False, task=site.task)
     records = run_stream(engine, samples, instruction.clicks, route=fed.volume_route or None)
@@ -253,6 +295,29 @@ def annotate_next(model, store: SiteStore, site: SiteIdentity, instruction: P.Ro
                            "bank": instruction.bank, "bank_version": instruction.bank_version, "records": records},
                           indent=2)
     return sum(bool(r["accepted"]) for r in records), stream_metrics(records)
+
+
+def task_samples(samples: list, site: SiteIdentity) -> list:
+    """The part of a simulated site's stream its round's task annotates: the whole stream for a
+    site of one task; for a site of several, the samples whose object's structure (`structure_of`)
+    is that task, the default task taking those of no declared task. Each task's store keeps its
+    own position in its part (`stream_position`)."""
+    if len(site.declared) == 1:
+        return samples
+    own = [s for s in samples if _sample_task(s, site.declared) == site.task]
+    if not own:
+        raise ValueError(f"site {site.site_id}: no sample of its stream is of task {site.task or DEFAULT_TASK!r}")
+    return own
+
+
+def _sample_task(sample, declared: tuple[str | None, ...]) -> str | None:
+    from fedpoint.shared.tasks import structure_of
+
+    try:
+        task = _task(structure_of(getattr(sample, "object_name", "")))
+    except ValueError:  # an object name that is no structure name: the default task's
+        return None
+    return task if task in declared else None
 
 
 def stream_position(store: SiteStore) -> int:

@@ -13,6 +13,8 @@ too; they are ignored here):
     slices = [0, 30]                 # optional: only slices 0..29 on the slicing axis (3D cases)
     box = [[0, 256], [0, 256]]       # optional: only this pixel box (x0..x1-1, y0..y1-1) of each case
     whole_slices = true              # optional: annotate whole slices at native resolution, not crops
+    tasks = ["lesion", "default"]    # optional: the structures it labels, one adapter and task bank each
+                                     # (a sample is its object's structure's; "default" takes the rest)
 
 Regions keep sites apart: two sites that draw the same case must take slice ranges at least
 `MIN_SLICE_GAP` slices apart or disjoint pixel boxes (`check_disjoint`, which experiments run).
@@ -62,6 +64,7 @@ class SiteSpec(BaseModel):
     box: tuple[tuple[int, int], ...] | None = None  # [[x0, x1], [y0, y1]): a pixel box on the other axes
     whole_slices: bool = False  # 2D: whole slices (or the whole image / box) at native resolution, not object crops
     task: str | None = None  # the structure the site labels, as it declares it: its adapter and its task bank
+    tasks: list[str] | None = None  # several structures (one adapter and task bank each); `task`, if given, is the primary
     label_margin: int = Field(0, ge=0, le=16, description="the site's label protocol: masks dilated by this many "
                               "pixels (e.g. 'lesion with margin' against 'lesion core')")
 
@@ -72,6 +75,15 @@ class SiteSpec(BaseModel):
 
         if value is not None:
             normalise_task(value)
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_names(cls, value: list[str] | None) -> list[str] | None:
+        from fedpoint.shared.tasks import normalise_tasks
+
+        if value is not None:
+            normalise_tasks(value)
         return value
 
     @field_validator("slices")

@@ -32,6 +32,21 @@ def declared_task(value) -> str | None:
     return None if task == DEFAULT_TASK else task
 
 
+def declared_tasks(task, tasks) -> tuple[str | None, ...]:
+    """Every task a site declares, its primary first (normalised; None: the default task): `tasks`
+    (a list of names, at most `tasks.MAX_TASKS`) with `task`, when given, as the primary; ValueError
+    for a bad list or name."""
+    from fedpoint.shared.tasks import MAX_TASKS
+
+    if tasks is None:
+        return (declared_task(task),)
+    if not isinstance(tasks, list) or not 1 <= len(tasks) <= MAX_TASKS or not all(isinstance(t, str) for t in tasks):
+        raise ValueError(f"{P.TASKS!r} must be a list of 1 to {MAX_TASKS} structure names")
+    named = [declared_task(t) for t in tasks]
+    primary = declared_task(task) if task is not None else named[0]
+    return tuple(dict.fromkeys([primary, *named]))
+
+
 def error_text(error) -> str:
     """A site's error as the coordinator records it: the code and its fixed name only. The reason
     text is not kept (Flower would carry exception text there; fedpoint sites send a fixed one)."""
@@ -49,20 +64,20 @@ def read_identity(node: int, msg: Message, sites: Mapping[int, SiteInfo], regist
     if unknown:
         raise ValueError(f"the answer holds records {printable(', '.join(unknown))} besides {P.CONFIG!r}")
     config = msg.content.config_records.get(P.CONFIG, {})
-    extra = sorted(set(config) - {P.SITE_ID, P.MODALITY, P.TASK})
+    extra = sorted(set(config) - {P.SITE_ID, P.MODALITY, P.TASK, P.TASKS})
     if extra:
-        raise ValueError(f"the answer holds fields {printable(', '.join(extra))} besides site id, modality and task")
+        raise ValueError(f"the answer holds fields {printable(', '.join(extra))} besides site id, modality and tasks")
     site_id = P.check_site_id(config.get(P.SITE_ID))
     modality = P.check_modality(config.get(P.MODALITY))
-    task = declared_task(config.get(P.TASK))
+    tasks = declared_tasks(config.get(P.TASK), config.get(P.TASKS))
     modality_bank(modality)  # a modality that gives no bank name is refused here, not mid-round
     if registry is not None:
         entry = registry.resolve(node, site_id, modality)
-        return SiteInfo(entry.site_id, entry.modality if entry.modality is not None else modality, task)
+        return SiteInfo(entry.site_id, entry.modality if entry.modality is not None else modality, tasks=tasks)
     holder = next((n for n, i in sites.items() if i.site_id == site_id and n != node), None)
     if holder is not None:
         raise ValueError(f"node {node} claims site {site_id!r}, which is node {holder}")
-    return SiteInfo(site_id, modality, task)
+    return SiteInfo(site_id, modality, tasks=tasks)
 
 
 def read_replies(messages: Iterable[Message], sent: Mapping[int, Sent],
@@ -99,7 +114,7 @@ def read_reply(msg: Message, sent: Sent | None, site: SiteInfo | None) -> Reply:
     _check_claims(node, config, site, sent)
     return Reply(site_id=site.site_id, bank=sent.bank, bank_version=sent.version,
                  delta=decode_arrays(arrays), weight=metrics.pop(P.NUM_EXAMPLES, 0),
-                 fingerprint=str(config.get(P.BASE_FINGERPRINT, "")), metrics=metrics)
+                 fingerprint=str(config.get(P.BASE_FINGERPRINT, "")), metrics=metrics, task=sent.task)
 
 
 def _check_reply_records(msg: Message, arrays, config: Mapping) -> None:
@@ -124,9 +139,13 @@ def _check_claims(node: int, config: Mapping, site: SiteInfo, sent: Sent) -> Non
     modality = config.get(P.MODALITY, "")
     if modality and modality != site.modality:
         raise ValueError(f"reply claims modality {modality!r}, but site {site.site_id!r} is {site.modality!r}")
+    if P.TASKS in config:
+        raise ValueError(f"a reply claims one task ({P.TASK!r}); {P.TASKS!r} belongs to the identity")
     task = declared_task(config.get(P.TASK))
-    if task != site.task:
-        raise ValueError(f"reply claims task {task!r}, but site {site.site_id!r} declared {site.task!r}")
+    if task != sent.task:
+        declared = ", ".join(repr(t) for t in site.tasks)
+        raise ValueError(f"reply claims task {task!r}, but site {site.site_id!r} was sent task {sent.task!r} this "
+                         f"round (declared: {declared})")
     for key, expected in ((P.BANK, sent.bank), (P.BANK_VERSION, sent.version)):
         if key in config and config[key] != expected:
             raise ValueError(f"reply says it trained from {key} {config[key]!r}, but {expected!r} was sent")

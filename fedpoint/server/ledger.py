@@ -39,6 +39,8 @@ class SiteRound(BaseModel):
     status: str
     reason: str | None = None
     metrics: dict[str, Any] | None = None  # Any: an int metric stays an int in the file
+    # also, when they apply: task (the task sent), tasks (a site of several: all it declares),
+    # route (why this bank, and why this task), note (what the screens did)
 
 
 class RoundRecord(BaseModel):
@@ -95,6 +97,11 @@ class RoundLedger:
         """Add a round (replacing an earlier entry of the same round number) and save."""
         self.rounds = [r for r in self.rounds if r.round != entry.round] + [entry]
         self.save()
+
+    def rounds_sent(self, site_id: str) -> int:
+        """How many rounds sent `site_id` a bank to work on (its own round count: a site of several
+        tasks takes them in turn by it, `routing.task_in_turn`)."""
+        return sum(1 for r in self.rounds if (row := r.sites.get(site_id)) is not None and row.bank is not None)
 
     def add_evaluation(self, fed_round: int, banks: Mapping, sites: Mapping) -> None:
         """The federated evaluation round's scores, into the entry of the round they follow; saved."""

@@ -23,7 +23,8 @@ class Reply:
     """One site's answer for one round.
 
     `bank` is the bank the site received and `delta` is relative to (its trained adapter state
-    minus that bank's state); `weight` is the number of accepted cases it trained on.
+    minus that bank's state); `weight` is the number of accepted cases it trained on; `task` the
+    task it was sent and trained (normalised; None: the default task), whose banks it may update.
     """
 
     site_id: str
@@ -33,6 +34,7 @@ class Reply:
     fingerprint: str
     metrics: dict = field(default_factory=dict)
     bank_version: int | None = None
+    task: str | None = None
     _measured: tuple | None = field(default=None, repr=False, compare=False)  # (the delta measured, its norm)
 
     @property
@@ -53,11 +55,20 @@ Rejection = tuple[Reply, str]
 
 @dataclass(frozen=True)
 class SiteInfo:
-    """Who a node is: its site id, modality and declared task (normalised; None: the default task)."""
+    """Who a node is: its site id, modality and declared tasks (normalised; None: the default task).
+    `tasks` lists every task the site declares, its primary one (`task`) first; a site of one task
+    may give `task` alone, and `tasks` is then (task,)."""
 
     site_id: str
     modality: str
     task: str | None = None
+    tasks: tuple[str | None, ...] = ()
+
+    def __post_init__(self):
+        # `task` given: it is the primary, first (each task once); else the first of `tasks` is
+        tasks = self.tasks if self.task is None and self.tasks else tuple(dict.fromkeys((self.task, *self.tasks)))
+        object.__setattr__(self, "tasks", tasks)
+        object.__setattr__(self, "task", tasks[0])
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,8 @@ class Sent:
     bank: str
     version: int
     nbytes: int
-    route: str = ""  # why this bank (routing.route)
+    route: str = ""  # why this bank (routing.route), and for a site of several tasks why this task
+    task: str | None = None  # the task the site is to work on (normalised; None: the default task)
 
 
 @dataclass(frozen=True)

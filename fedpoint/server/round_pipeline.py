@@ -30,6 +30,7 @@ from fedpoint.server.records import BankUpdate, Outcome, Reply, RoundPlan, Sent,
 from fedpoint.server.routing import GENERAL, banks_to_update, modality_bank, task_bank
 from fedpoint.shared import protocol as P
 from fedpoint.shared.payload import Schema, adapter_arrays_problem, payload_nbytes
+from fedpoint.shared.tasks import DEFAULT_TASK
 
 
 # ------------------------------------------------------------------------ who is whom
@@ -39,19 +40,20 @@ def site_of(site_id: str, sites: Mapping[int, SiteInfo]) -> SiteInfo | None:
 
 
 def targets(reply: Reply, sites: Mapping[int, SiteInfo], routing: str) -> list[str]:
-    """The banks a reply updates: the general one, and its site's modality and task banks under "banks"."""
+    """The banks a reply updates: the general one, and under "banks" its site's modality bank and
+    the bank of the task the reply was sent and trained (`Reply.task`), never another task's."""
     info = site_of(reply.site_id, sites)
-    return banks_to_update(info.modality if info else "", routing, info.task if info else None)
+    return banks_to_update(info.modality if info else "", routing, reply.task)
 
 
 def peer_group(reply: Reply, sites: Mapping[int, SiteInfo]) -> str:
-    """Whom a reply is compared with: the sites of its task (named by their task bank), else of
+    """Whom a reply is compared with: the replies of its task (named by their task bank), else of
     its modality (named by their modality bank). Within a round they all trained from the same bank,
     and a lone modality is never judged against another one's majority. The group keeps its name when
     its sites move from the general bank to their own, so its memory carries on."""
+    if task_bank_or_none(reply.task):
+        return task_bank_or_none(reply.task)
     info = site_of(reply.site_id, sites)
-    if info is not None and info.task and task_bank_or_none(info.task):
-        return task_bank_or_none(info.task)
     modality = info.modality if info else ""
     return modality_bank(modality) if modality else reply.bank
 
@@ -245,7 +247,7 @@ def round_entry(fed_round: int, *, sent: Mapping[int, Sent], plan: RoundPlan | N
             bank=what.bank, bank_version=what.version, bytes_down=what.nbytes,
             bytes_up=payload_nbytes(reply.delta) if reply else 0, weight=float(reply.weight) if reply else 0.0,
             status=outcome.status, reason=outcome.reason, metrics=reply.metrics if reply else {},
-            **({"task": info.task} if info is not None and info.task else {}),
+            **_task_fields(what, info),
             **({"route": what.route} if what.route else {}),
             **({"note": outcome.note} if outcome.note else {}),
         )
@@ -255,6 +257,14 @@ def round_entry(fed_round: int, *, sent: Mapping[int, Sent], plan: RoundPlan | N
         rows.setdefault(f"node-{node}", SiteRound(node=node, status="refused", reason=reason))
     return RoundRecord(round=fed_round, time=round(time.time(), 3), sites=rows, versions=dict(versions),
                        dp=dict(dp) if dp else None)
+
+
+def _task_fields(sent: Sent, info: SiteInfo | None) -> dict:
+    """The ledger's task fields of a node's row: the task it was sent (named when not the default,
+    or when it has several), and for a site of several, every task it declares."""
+    several = info is not None and len(info.tasks) > 1
+    fields = {"task": sent.task or DEFAULT_TASK} if sent.task or several else {}
+    return fields | ({"tasks": [t or DEFAULT_TASK for t in info.tasks]} if several else {})
 
 
 def _name(node: int, sites: Mapping[int, SiteInfo]) -> str:

@@ -7,6 +7,10 @@ task. Routing "banks" sends a site the most specific of its banks that exists: i
 its modality bank, else the general one (`route` says which and why); routing "general" is plain
 federated averaging of one shared adapter. A task bank is never updated by another task's reply.
 (The run-config key is `bank-routing`; its old name `bank-strategy` is still accepted.)
+
+A site that labels several structures declares several tasks; it still gets one message a round,
+for one of its tasks, taken in turn by its own round count (`task_in_turn`), and its reply updates
+that task's banks only.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 GENERAL = "general"
 MODALITY_PREFIX = "modality-"
@@ -116,3 +120,16 @@ def banks_to_update(modality: str | None, routing: str, task: str | None = None)
     if own_task is not None:
         banks.append(task_bank(own_task))
     return banks
+
+
+def task_in_turn(tasks: Sequence[str | None], rounds_sent: int) -> tuple[str | None, str]:
+    """(the task a site works on this round, why: words for the ledger, "" for a site of one task).
+    A site of several tasks takes them in turn, by the number of rounds it was sent work before
+    (`rounds_sent`, which the ledger keeps), so a restarted coordinator continues the turn."""
+    if not tasks:
+        raise ValueError("a site declares at least one task")
+    if len(tasks) == 1:
+        return tasks[0], ""
+    index = rounds_sent % len(tasks)
+    names = ", ".join(t or "default" for t in tasks)
+    return tasks[index], f"task {tasks[index] or 'default'!r} in turn ({index + 1} of {len(tasks)}: {names})"

@@ -6,6 +6,8 @@ who went silent, the peer screens' memory, the ledger); the work of a round is e
 1. `configure_train` samples sites as FedAvg does, asks sites it has not met yet who they are
    (a "query" message: `intake.read_identity`), and sends each the latest version of the bank that
    fits it (`routing.route`: its task or modality bank, or the general bank) with a `RoundInstruction`.
+   A site of several tasks is sent one of them a round, in turn (`routing.task_in_turn`, by its
+   round count in the ledger), and the instruction names it.
    A site silent `policy.silent_rounds` times in a row gets only a short probe until it answers.
 2. `aggregate_train` reads each reply (`intake.read_reply`) and runs the round pipeline
    (`fedpoint.server.round_pipeline`): optional clipping, the screens (`screen_round`), then
@@ -53,10 +55,11 @@ from fedpoint.server.policy import CoordinatorPolicy
 from fedpoint.server.privacy_accountant import PrivacyAccountant, round_noise_multiplier
 from fedpoint.server.records import Outcome, Reply, RoundPlan, Sent, SiteInfo
 from fedpoint.server.registry import SiteRegistry
-from fedpoint.server.routing import route
+from fedpoint.server.routing import route, task_in_turn
 from fedpoint.shared import protocol as P
 from fedpoint.shared.payload import decode_arrays, encode_arrays, payload_nbytes
 from fedpoint.shared.protocol import printable
+from fedpoint.shared.tasks import DEFAULT_TASK
 
 BANK_SEPARATOR = "/"  # update keys are "<bank>/<parameter name>"; parameter names never hold "/"
 
@@ -198,31 +201,46 @@ class BankStrategy(FedAvg):
             elif node not in answered:
                 log(WARNING, "node %d did not answer the identity query in %g s", node, self.policy.query_timeout)
 
-    def route_for(self, node_id: int) -> tuple[str, str]:
-        """(bank, why) for one node: its task bank, modality bank or the general one (`routing.route`)."""
+    def task_for(self, node_id: int) -> tuple[str | None, str]:
+        """(task, why) one node works on this round: its only task, or for a site of several the next
+        in turn by its round count in the ledger (`routing.task_in_turn`; why is "" for one task)."""
         info = self.sites.get(node_id)
-        return route(info.modality if info else None, self.policy.routing, self.reads.banks(), info.task if info else None)
+        if info is None:
+            return None, ""
+        return task_in_turn(info.tasks, self.ledger.rounds_sent(info.site_id) if len(info.tasks) > 1 else 0)
+
+    def route_for(self, node_id: int, task: str | None) -> tuple[str, str]:
+        """(bank, why) for one node working on `task`: that task's bank, its modality bank or the
+        general one (`routing.route`)."""
+        info = self.sites.get(node_id)
+        return route(info.modality if info else None, self.policy.routing, self.reads.banks(), task)
 
     def instruct(self, node_id: int, server_round: int, config: Mapping | None = None,
-                 message_type: str = MessageType.TRAIN) -> Message:
-        """The train (or evaluate) message for one node: its bank's latest version and the round instruction."""
-        state = self.assign(node_id)
+                 message_type: str = MessageType.TRAIN, choice: tuple[str | None, str] | None = None) -> Message:
+        """The train (or evaluate) message for one node: its bank's latest version and the round
+        instruction. `choice`: (task, why) to send it (None: `task_for`, the task in turn)."""
+        state = self.assign(node_id, choice)
         sent = self.sent[node_id]
+        info = self.sites.get(node_id)
+        named = {"task": sent.task or DEFAULT_TASK} if info is not None and len(info.tasks) > 1 else {}
         instruction = P.RoundInstruction(server_round=self.federation_round(server_round), bank=sent.bank,
                                          bank_version=sent.version, base_fingerprint=self.fingerprint,
-                                         **self.policy.settings)
+                                         **self.policy.settings, **named)
         content = RecordDict({
             P.ARRAYS: encode_arrays(state),
             P.CONFIG: ConfigRecord({**dict(config or {}), **instruction.to_config()}),
         })
         return Message(content, dst_node_id=node_id, message_type=message_type)
 
-    def assign(self, node_id: int) -> dict[str, np.ndarray]:
-        """Note what one node is sent this round (its bank's latest version) and return that state."""
-        bank, why = self.route_for(node_id)
+    def assign(self, node_id: int, choice: tuple[str | None, str] | None = None) -> dict[str, np.ndarray]:
+        """Note what one node is sent this round (for its task, the task's bank's latest version) and
+        return that state. `choice`: (task, why), None: the task in turn (`task_for`)."""
+        task, task_why = choice if choice is not None else self.task_for(node_id)
+        bank, why = self.route_for(node_id, task)
         latest = self.reads.latest(bank)
         state = {name: latest.state[name] for name in self.schema}
-        self.sent[node_id] = Sent(bank, latest.version, payload_nbytes(state), why)
+        self.sent[node_id] = Sent(bank, latest.version, payload_nbytes(state), f"{task_why}: {why}" if task_why else why,
+                                  task)
         return state
 
     # ------------------------------------------------------------------------ aggregate
@@ -301,14 +319,16 @@ class BankStrategy(FedAvg):
     # ------------------------------------------------------------------------ federated evaluation
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        """After aggregation: each site of this round gets its bank's newest version (the one it
-        will train from next) to score on its held-out cached cases."""
+        """After aggregation: each site of this round gets the newest version of its bank (of the
+        task it trained: the one it will train from next on that task) to score on its held-out
+        cached cases of that task."""
         if self.fraction_evaluate == 0.0:
             return []
         trained, self.evaluating = dict(self.sent), {}
         messages = []
         for node in sorted(n for n in trained if self.silent.get(n, 0) == 0):  # a node silent in training is not asked
-            messages.append(self.instruct(node, server_round, config, MessageType.EVALUATE))
+            # the task it trained: its bank's new version is scored on that task's held-out cases
+            messages.append(self.instruct(node, server_round, config, MessageType.EVALUATE, (trained[node].task, "")))
             self.evaluating[node] = self.sent[node]
         self.sent = trained  # `instruct` notes what it sends; the round's ledger keeps the train sends
         log(INFO, "round %d: asking %d site(s) to score the new bank versions", self.federation_round(server_round),

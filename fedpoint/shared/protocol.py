@@ -15,7 +15,12 @@ A reply (site -> coordinator):
 
 A query (coordinator -> site, once per node and run) asks only who the site is, so the
 coordinator can route it to its task or modality bank; the answer is that "config" record alone
-(site id, modality and, when the site declares one, its task).
+(site id, modality and, when the site declares one, its task; a site that labels several
+structures adds "tasks", the list of them, its primary task first).
+
+A site of several tasks works on one of them a round, the one the instruction's "task" names
+(the coordinator takes them in turn), and its reply claims that task. An instruction without
+"task" means the site's primary task: what a site of one task is always sent.
 
 The run config (`[tool.flwr.app.config]` in pyproject.toml, plus `--run-config` overrides) is
 parsed in `fedpoint.shared.run_config`.
@@ -29,7 +34,7 @@ import unicodedata
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fedpoint.shared.config import AdapterConfig
 
@@ -61,7 +66,8 @@ CLIPPING_NORM = "clipping_norm"  # Flower's key, set by its client-side DP wrapp
 SITE_ID = "site-id"
 MODALITY = "modality"
 TASK = "task"  # the structure the site labels (fedpoint.shared.tasks), for its task bank; absent: none
-REPLY_CONFIG_KEYS = frozenset({SITE_ID, MODALITY, TASK, BANK, BANK_VERSION, BASE_FINGERPRINT})
+TASKS = "tasks"  # identity only: every task a site of several declares (a list of names), its primary first
+REPLY_CONFIG_KEYS = frozenset({SITE_ID, MODALITY, TASK, TASKS, BANK, BANK_VERSION, BASE_FINGERPRINT})
 MAX_REPLY_STRING = 128  # a site id or modality; longer strings have no business leaving a site
 
 # reply metric keys
@@ -72,13 +78,14 @@ NODE_SITE_ID = "site-id"
 NODE_MODALITY = "modality"
 NODE_SITE_STORE = "site-store"
 NODE_TASK = "task"  # optional: the structure this site labels (its adapter in the store, its task bank)
+NODE_TASKS = "tasks"  # optional: several structures, comma-separated ("liver,lesion"); `task`, if also given, is the primary
 NODE_DEVICE = "device"  # optional: cpu, cuda, cuda:N or auto (`fedpoint.shared.device`; default cpu)
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 
 # every key a coordinator's instruction may hold; a site refuses any other
 INSTRUCTION_CONFIG_KEYS = frozenset({SERVER_ROUND, BANK, BANK_VERSION, BASE_FINGERPRINT, ADAPTER_KIND, ADAPTER_CONFIG,
-                                     IMAGES, LOCAL_EPOCHS, CLICKS, MODE, LR, SIZE, SEED, CLIPPING_NORM})
+                                     IMAGES, LOCAL_EPOCHS, CLICKS, MODE, LR, SIZE, SEED, CLIPPING_NORM, TASK})
 INSTRUCTION_RECORDS = frozenset({ARRAYS, CONFIG})
 MAX_INSTRUCTION_STRING = 4096  # the adapter config JSON is the longest honest value
 
@@ -169,6 +176,8 @@ class RoundInstruction(BaseModel):
     size: int = Field(96, ge=16)
     seed: int = 0
     clipping_norm: float | None = None
+    task: str | None = Field(None, description="the task (structure) to work on this round, normalised; None: the "
+                             "site's primary task (a site of one task is never sent one)")
 
     def to_config(self) -> dict:
         return {
@@ -185,7 +194,14 @@ class RoundInstruction(BaseModel):
             LR: self.lr,
             SIZE: self.size,
             SEED: self.seed,
-        }
+        } | ({TASK: self.task} if self.task is not None else {})
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str | None) -> str | None:
+        from fedpoint.shared.tasks import normalise_task
+
+        return None if value is None else normalise_task(value)
 
     @classmethod
     def from_config(cls, config: Mapping) -> "RoundInstruction":
@@ -202,7 +218,7 @@ class RoundInstruction(BaseModel):
 
 # an instruction's fields a coordinator may leave out (the model's defaults apply), by config key
 _OPTIONAL_FIELDS = {"images": IMAGES, "local_epochs": LOCAL_EPOCHS, "clicks": CLICKS, "mode": MODE, "lr": LR,
-                    "size": SIZE, "seed": SEED, "clipping_norm": CLIPPING_NORM}
+                    "size": SIZE, "seed": SEED, "clipping_norm": CLIPPING_NORM, "task": TASK}
 
 
 def instruction_settings(fed: CoordinatorConfig) -> dict:
@@ -212,13 +228,19 @@ def instruction_settings(fed: CoordinatorConfig) -> dict:
 
 
 def check_reply_config(config: Mapping) -> None:
-    """A reply's "config" record may only say who answered: known keys, short strings or ints."""
+    """A reply's "config" record may only say who answered: known keys, short strings or ints
+    (and "tasks": a list of at most `tasks.MAX_TASKS` short strings)."""
     from fedpoint.shared.payload import EgressError, is_number
+    from fedpoint.shared.tasks import MAX_TASKS
 
     for key, value in config.items():
         if key not in REPLY_CONFIG_KEYS:
             raise EgressError(f"reply field {key!r} is not allowed to leave a site")
-        if isinstance(value, str):
+        if key == TASKS:
+            if not isinstance(value, list) or not 1 <= len(value) <= MAX_TASKS or not all(
+                    isinstance(v, str) and len(v) <= MAX_REPLY_STRING for v in value):
+                raise EgressError(f"reply field {key!r} must be a list of 1 to {MAX_TASKS} short strings")
+        elif isinstance(value, str):
             if len(value) > MAX_REPLY_STRING:
                 raise EgressError(f"reply field {key!r} is {len(value)} characters long (at most {MAX_REPLY_STRING})")
         elif not is_number(value):

@@ -44,3 +44,26 @@ def structure_of(object_name: str) -> str:
 
 def is_default(task: str | None) -> bool:
     return normalise_task(task) == DEFAULT_TASK
+
+
+MAX_TASKS = 16  # the most structures one site may declare for the federation (its identity stays small)
+
+
+def normalise_tasks(names) -> list[str]:
+    """A site's declared tasks, normalised, in order, each once: a list of names or one string of
+    comma-separated names ("liver, Lesion core" -> ["liver", "lesion-core"]); "default" is the
+    site's default task. ValueError for a bad name, more than `MAX_TASKS`, or none."""
+    if isinstance(names, str):  # node config: "liver,lesion" (an empty piece is no name, not the default)
+        names = [piece for piece in names.split(",") if piece.strip()]
+    if not isinstance(names, (list, tuple)):
+        raise ValueError(f"tasks must be a list of structure names, got {type(names).__name__}")
+    if len(names) > MAX_TASKS:
+        raise ValueError(f"{len(names)} tasks declared: a site declares at most {MAX_TASKS}")
+    out: list[str] = []
+    for name in names:
+        task = normalise_task(name)
+        if task not in out:
+            out.append(task)
+    if not out:
+        raise ValueError("no task declared")
+    return out
