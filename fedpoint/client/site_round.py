@@ -282,12 +282,15 @@ def annotate_next(model, store: SiteStore, site: SiteIdentity, instruction: P.Ro
     stream = simulated_site(fed.sites_config, site.partition, instruction.size,
                             fed.sample_dims(model.model_cfg.spatial_dims), fed.site_streams).samples
     start = stream_position(store)
-    stream = task_samples(stream, site)  # a site of several tasks: its round's task's part (issue 25)
-    samples = [stream[(start + i) % len(stream)] for i in range(instruction.images)]
+    positions = task_positions(stream, site)  # a site of several tasks: its round's task's part of the stream
+    turns = [start + i for i in range(instruction.images)]  # this task's k-th images, wrapping round its part
+    samples = [stream[positions[k % len(positions)]] for k in turns]
     engine = SiteEngine(model, SiteStore(site.store), background_episodes=False, task=site.task)
     records = run_stream(engine, samples, instruction.clicks, route=fed.volume_route or None)
-    for i, record in enumerate(records):
-        record["index"] = start + i  # position in the whole stream, across rounds
+    for record, k in zip(records, turns):
+        # the sample's place in the site's whole stream (across rounds and tasks): the local arms
+        # annotate the same stream, so each image pairs with theirs
+        record["index"] = positions[k % len(positions)] + len(stream) * (k // len(positions))
     write_json_atomic(store.root / STREAM_FILE, {"site": site.site_id, "next": start + len(samples)}, indent=2)
     if fed.output_path is not None:
         write_json_atomic(fed.output_path / "records" / site.site_id / f"round-{instruction.server_round:04d}.json",
@@ -297,27 +300,24 @@ def annotate_next(model, store: SiteStore, site: SiteIdentity, instruction: P.Ro
     return sum(bool(r["accepted"]) for r in records), stream_metrics(records)
 
 
-def task_samples(samples: list, site: SiteIdentity) -> list:
-    """The part of a simulated site's stream its round's task annotates: the whole stream for a
+def task_positions(samples: list, site: SiteIdentity) -> list[int]:
+    """Where in a simulated site's stream its round's task's samples are: the whole stream for a
     site of one task; for a site of several, the samples whose object's structure (`structure_of`)
     is that task, the default task taking those of no declared task. Each task's store keeps its
     own position in its part (`stream_position`)."""
     if len(site.declared) == 1:
-        return samples
-    own = [s for s in samples if _sample_task(s, site.declared) == site.task]
+        return list(range(len(samples)))
+    own = [i for i, s in enumerate(samples) if sample_task(s, site.declared) == site.task]
     if not own:
         raise ValueError(f"site {site.site_id}: no sample of its stream is of task {site.task or DEFAULT_TASK!r}")
     return own
 
 
-def _sample_task(sample, declared: tuple[str | None, ...]) -> str | None:
-    from fedpoint.shared.tasks import structure_of
+def sample_task(sample, declared: tuple[str | None, ...]) -> str | None:
+    """The declared task a sample's object belongs to (None: the default task's)."""
+    from fedpoint.shared.tasks import declared_structure
 
-    try:
-        task = _task(structure_of(getattr(sample, "object_name", "")))
-    except ValueError:  # an object name that is no structure name: the default task's
-        return None
-    return task if task in declared else None
+    return _task(declared_structure(getattr(sample, "object_name", ""), declared))
 
 
 def stream_position(store: SiteStore) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 from fedpoint.client.engine import SiteEngine
 from fedpoint.shared.metrics import BOX_METRICS, DICE_AUC, SUMMARY_KEYS, box_metrics, click_metrics, dice
 from fedpoint.shared.simulated_user import simulate, tight_box
-from fedpoint.shared.tasks import structure_of
+from fedpoint.shared.tasks import DEFAULT_TASK, declared_structure, structure_of
 from fedpoint.shared.volume_user import INTERACTION_P50, INTERACTION_P95, simulate_volume, volume_metrics
 
 PROMPTS = ("click", "box")  # the first interaction: a click at the object's deepest point, or a tight box
@@ -80,17 +80,18 @@ def annotate(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, clicks: int 
 
 def annotate_volume(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, route: str, clicks: int = 5,
                     case_id: str | None = None, spacing: tuple[float, ...] | None = None,
-                    accept_truth: bool = False, propagation=None) -> dict:
+                    accept_truth: bool = False, propagation=None, task: str | None = None) -> dict:
     """One volume through the 3D simulated user (`fedpoint.shared.volume_user`) by `route`:
     "propagate" (the engine's 2D base, `fedpoint.client.propagation`) or "3d" (its 3D base).
     Interactions, Dice and NoC are counted on the 3D mask; the user accepts the last mask.
-    `propagation` (a `PropagationConfig`) compares stop rules on the dev volumes."""
+    `propagation` (a `PropagationConfig`) compares stop rules on the dev volumes; `task` picks the
+    adapter (None: the engine's primary one)."""
     if route == "propagate":
         from fedpoint.client.propagation import open_volume
 
-        session = open_volume(engine, image, case_id or "volume", spacing, config=propagation)
+        session = open_volume(engine, image, case_id or "volume", spacing, config=propagation, task=task)
     elif route == "3d":
-        session = engine.open(image, case_id, spacing=spacing)
+        session = engine.open(image, case_id, spacing=spacing, task=task)
     else:
         raise ValueError(f"unknown volume route {route!r}; use one of {', '.join(VOLUME_ROUTES)}")
     steps = simulate_volume(lambda click: session.click(click.point, click.positive), gt, clicks, spacing)
@@ -122,18 +123,23 @@ def annotate_volume(engine: SiteEngine, image: np.ndarray, gt: np.ndarray, route
 
 def run_stream(engine: SiteEngine, samples: Sequence, clicks: int = 10,
                on_image: Callable[[int, dict], None] | None = None, accept_truth: bool = False,
-               prompt: str = "click", per_task: bool = False, route: str | None = None) -> list[dict]:
+               prompt: str = "click", per_task: bool = False, route: str | None = None,
+               tasks: Sequence[str | None] | None = None) -> list[dict]:
     """Annotate samples in order (objects with `.image`, `.mask`, `.case_id`, `.object_name`); with
     `per_task` each sample adapts the adapter of its structure (`.object_name` without its
-    instance number), else the engine's primary one; with a `route`, each sample is a volume
-    annotated by that route (`annotate_volume`)."""
+    instance number), with `tasks` (a site's declared tasks) that of its structure when declared,
+    else the default task's; otherwise the engine's primary one. With a `route`, each sample is a
+    volume annotated by that route (`annotate_volume`)."""
     records = []
     for i, sample in enumerate(samples):
         case_id = _case_id(sample, i)
         spacing = getattr(sample, "spacing", None)
-        task = structure_of(getattr(sample, "object_name", "")) if per_task else None
+        name = getattr(sample, "object_name", "")
+        task = (declared_structure(name, [t or DEFAULT_TASK for t in tasks]) if tasks
+                else structure_of(name) if per_task else None)
         if route is not None:
-            record = annotate_volume(engine, sample.image, sample.mask, route, clicks, case_id, spacing, accept_truth)
+            record = annotate_volume(engine, sample.image, sample.mask, route, clicks, case_id, spacing, accept_truth,
+                                     task=task)
         else:
             record = annotate(engine, sample.image, sample.mask, clicks, case_id, spacing, accept_truth, prompt, task)
         record.update(index=i, object=getattr(sample, "object_name", ""), modality=getattr(sample, "modality", ""),

@@ -42,6 +42,17 @@ def structure_of(object_name: str) -> str:
     return normalise_task(_INSTANCE.sub("", object_name or "") or None)
 
 
+def declared_structure(object_name: str, declared) -> str:
+    """The task an object adapts on a site that declares `declared` (normalised names): its
+    structure when the site declares it, else the default task (as is an object whose name is no
+    structure name). The simulations' local and federated arms route a sample by this one rule."""
+    try:
+        task = structure_of(object_name)
+    except ValueError:
+        return DEFAULT_TASK
+    return task if task in {normalise_task(t) for t in declared} else DEFAULT_TASK
+
+
 def is_default(task: str | None) -> bool:
     return normalise_task(task) == DEFAULT_TASK
 

@@ -101,7 +101,7 @@ def image_record(raw: dict, *, arm: str, seed: int, site, round_: int) -> dict:
         "index": int(raw["index"]),
         "case_id": raw.get("case_id", ""),
         "object": raw.get("object", ""),
-        "task": site_task(site),
+        "task": _record_task(raw, site),
         "dices": [float(d) for d in raw["dices"]],
     }
     for key in (*DICE_KEYS, NOF, *TIMING_KEYS, "judge_ms", "seconds"):
@@ -110,6 +110,13 @@ def image_record(raw: dict, *, arm: str, seed: int, site, round_: int) -> dict:
     for key in (*NOC_KEYS, CLICKS):
         record[key] = int(raw[key])
     return record
+
+
+def _record_task(raw: dict, site) -> str:
+    """The task the image adapted (a site of several tasks: its structure's), else the site's."""
+    from fedpoint.shared.tasks import normalise_task
+
+    return normalise_task(raw["task"]) if raw.get("task") else site_task(site)
 
 
 def site_task(site) -> str:
@@ -142,15 +149,17 @@ def run_local(arm: Arm, experiment, seed: int, sites: list, work, on_image: Call
 def annotate_site(arm: Arm, experiment, seed: int, site, store_dir, on_image=None):
     """One site's whole stream through its own `SiteEngine`; returns (image records, engine)."""
     from fedpoint.client.engine import SiteEngine
+    from fedpoint.client.site_round import declared_tasks
     from fedpoint.client.stream import run_stream
 
     kind = arm.adapter_kind(experiment.adapter)
     adaptation = experiment.adaptation_config(arm.mode, seed, kind)
     if arm.adaptation:
         adaptation = adaptation.model_copy(update=dict(arm.adaptation))
+    declared = declared_tasks(site.spec.task, site.spec.tasks)  # as the site's ClientApp reads them
     engine = SiteEngine.create(
         experiment.base, kind, adaptation,
-        store=store_dir, campaign_size=len(site.samples), background_episodes=False, task=site.spec.task)
+        store=store_dir, campaign_size=len(site.samples), background_episodes=False, task=declared["task"])
     records: list[dict] = []
 
     def tick(i: int, raw: dict) -> None:
@@ -160,8 +169,9 @@ def annotate_site(arm: Arm, experiment, seed: int, site, store_dir, on_image=Non
         if on_image is not None:
             on_image(rec)
 
+    # a site of several tasks: each image adapts its structure's adapter, as in its federated rounds
     run_stream(engine, site.samples, experiment.clicks, on_image=tick, accept_truth=arm.accept_truth,
-               route=experiment.route)
+               route=experiment.route, tasks=declared.get("tasks") or None)
     return records, engine
 
 

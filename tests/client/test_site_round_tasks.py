@@ -116,19 +116,21 @@ def test_a_two_task_site_trains_the_task_each_instruction_names(organ_config, ta
 
     out, records = train("liver", 1)
     assert out.content[P.CONFIG][P.TASK] == "liver"
-    assert [(r["object"], r["task"], r["index"]) for r in records] == [("liver", "liver", 0), ("liver", "liver", 1)]
+    # each record's index is the image's place in the site's whole stream (liver, lesion, liver, ...):
+    # the local arms annotate that stream, so each federated image pairs with theirs
+    assert [(r["object"], r["task"], r["index"]) for r in records] == [("liver", "liver", 0), ("liver", "liver", 2)]
     assert len(liver.case_ids()) == 2 and not lesion.case_ids() and not root.case_ids()
     liver_versions = sorted(p.name for p in (liver.root / "adapters").iterdir())
 
     out, records = train("lesion", 2)
     assert out.content[P.CONFIG][P.TASK] == "lesion"
-    assert [(r["object"], r["task"], r["index"]) for r in records] == [("lesion", "lesion", 0), ("lesion", "lesion", 1)]
+    assert [(r["object"], r["task"], r["index"]) for r in records] == [("lesion", "lesion", 1), ("lesion", "lesion", 3)]
     assert len(lesion.case_ids()) == 2 and len(liver.case_ids()) == 2  # the liver's store untouched
     assert sorted(p.name for p in (liver.root / "adapters").iterdir()) == liver_versions
     assert lesion.latest_bank() == lesion.root / "banks" / "general" / "v0001"
 
     _, records = train(None, 3)  # no task named: the primary one, where its stream stopped
-    assert [(r["object"], r["index"]) for r in records] == [("liver", 2), ("liver", 3)]
+    assert [(r["object"], r["index"]) for r in records] == [("liver", 4), ("liver", 6)]
 
     refused = app(instruction_message(fed, "kidney", 4), node)
     assert refused.has_error() and refused.error.code == P.SITE_ERRORS["instruction-refused"]
