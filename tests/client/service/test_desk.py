@@ -7,13 +7,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from service_helpers import desk_config, engine_without_model
 
 from fedpoint.client.service.desk import AnnotationDesk
 from fedpoint.client.service.images import ImageError, LoadedImage
 from fedpoint.client.service.sessions import SessionRegistry
 from fedpoint.client.session import InputError
 from fedpoint.client.site_store import SiteStore
-from fedpoint.shared.tasks import normalise_task
 
 
 def _image(image_id: str, shape: tuple[int, ...]) -> LoadedImage:
@@ -28,27 +28,8 @@ def _desk(tmp_path, dims: int = 2, structures=("object",)) -> AnnotationDesk:
     store.add_case("vol.z0003", np.zeros((1, 4, 4), np.float32), np.eye(4, dtype=bool), {"image": "vol", "slice": 3})
     images = {"img0": _image("img0", (6, 5)), "img1": _image("img1", (6, 5)), "vol": _image("vol", (6, 5, 4))}
     folder = SimpleNamespace(ids=lambda: sorted(images), unreadable=lambda: {"img1"}, load=images.__getitem__)
-    return AnnotationDesk(_config(tmp_path, structures), _engine(store, dims), folder, None, SessionRegistry(), audit=None,
-                          training=None)
-
-
-def _config(tmp_path, structures):
-    from fedpoint.client.service import make_service_config
-
-    many = {"labels": list(structures)} if len(structures) > 1 else {"label": structures[0]}
-    return make_service_config({"site": "t", "store": str(tmp_path / "store"), "images": str(tmp_path / "images"),
-                                "token": "t" * 16, **many})
-
-
-def _engine(store: SiteStore, dims: int) -> SimpleNamespace:
-    """What the desk reads of an engine, without a model: the root store and each task's slot (its store)."""
-    slots = {}
-
-    def slot(task):
-        name = normalise_task(task)
-        return slots.setdefault(name, SimpleNamespace(task=name, store=store.for_task(name)))
-
-    return SimpleNamespace(root_store=store, slot=slot, model=SimpleNamespace(model_cfg=SimpleNamespace(spatial_dims=dims)))
+    return AnnotationDesk(desk_config(tmp_path, structures), engine_without_model(store, dims), folder, None,
+                          SessionRegistry(), audit=None, training=None)
 
 
 def test_the_cache_index_comes_from_the_store(tmp_path):
