@@ -169,7 +169,8 @@ def recover(store: SiteStore) -> list[str]:
                     same = json.loads((folder / "meta.json").read_text()).get("group") == group
                 except (OSError, ValueError, AttributeError):
                     same = False  # fully written before its rename: unreadable means not this group's
-                if same and folder.parent == where and folder.is_dir() and not folder.is_symlink():
+                inside = where.resolve().is_relative_to(store.root.resolve())  # a task folder linked elsewhere: not ours
+                if same and inside and folder.parent == where and folder.is_dir() and not folder.is_symlink():
                     shutil.rmtree(folder)
                     cut.append(case_name(task, name))
             journal.unlink()
