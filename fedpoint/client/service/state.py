@@ -54,7 +54,8 @@ class ServiceState:
         self.sessions = SessionRegistry(config.max_sessions, config.session_ttl_s)
         self.audit = AuditLog(config.audit_path)
         self.training = Training(self.engine, {s: config.task_of(s) for s in config.structures})
-        self.banks = BankWatcher(self.engine, config.bank_poll_s)
+        # each structure's task bank lands in its task store and goes to its adapter only
+        self.banks = BankWatcher(self.engine, config.bank_poll_s, [config.task_of(s) for s in config.structures])
         self.desk = AnnotationDesk(config, self.engine, self.images, self.pacs, self.sessions, self.audit, self.training)
         self.volumes = VolumeOperations(self.desk)  # whole-volume annotations (propagation) and their progress
         self.labels = LabelOperations(self.desk, self.volumes)
