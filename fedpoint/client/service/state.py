@@ -71,14 +71,17 @@ class ServiceState:
         self.desk.close()
 
     # ---------------------------------------------------------------------------------- status
-    def adapter_status(self) -> dict:
-        model = self.engine.model
+    def adapter_status(self, task: str | None = None) -> dict:
+        """The adapter of `task` (None: the site's default one): its kind, saved version, swaps,
+        online steps and its online guard's counts."""
+        slot = self.engine.slot(task)
+        model = slot.model
         try:
-            current = self.store.current_adapter()
+            current = slot.store.current_adapter()
         except (OSError, ValueError, KeyError, TypeError):  # an unreadable current.json (logged at start)
             current = None
-        return {"kind": self.engine.adapter.kind, "saved_version": int(current.name[1:]) if current else 0,
-                "swaps": model.version, "online_steps": model.steps, "parameters": self.engine.adapter.num_trainable(),
+        return {"kind": model.adapter.kind, "saved_version": int(current.name[1:]) if current else 0,
+                "swaps": model.version, "online_steps": model.steps, "parameters": model.adapter.num_trainable(),
                 "guard": dict(model.online_guard.counts),
                 "guard_last_rejections": model.online_guard.events[-5:]}
 
@@ -93,7 +96,10 @@ class ServiceState:
                            for n, v in self.config.label_values.items()],
             "mode": self.config.mode,
             "model": {"spatial_dims": self.model_cfg.spatial_dims, "channels": self.model_cfg.image_channels},
-            "adapter": self.adapter_status(),
+            "adapter": self.adapter_status(self.config.task_of(self.config.structures[0])),
+            # with `labels`, each structure adapts its own adapter: each one's state, by structure name
+            "adapters": ({n: self.adapter_status(self.config.task_of(n)) for n in self.config.structures}
+                         if self.config.labels else None),
             "cache": {"cases": desk.cache_size(), "images_labelled": sum(1 for i in ids if i in desk.cases_by_image)},
             "images": {"total": len(ids), "skipped": self.images.skipped_list()},
             "pacs": None if self.pacs is None else self.pacs.status(),

@@ -94,7 +94,12 @@ def test_a_structures_accepts_and_automatic_episode_stay_in_its_own_task(make_co
         assert _files(store / "tasks" / "lesion" / "cache") == lesion_cache
         assert status["structures"]["lesion"] == {"status": "NONE", "episodes": 0, "result": None}
         assert not (store / "tasks" / "lesion" / "splits.json").exists()
-        assert c.get("/api/status").json()["cache"] == {"cases": 4, "images_labelled": 3}
+        shown = c.get("/api/status").json()
+        assert shown["cache"] == {"cases": 4, "images_labelled": 3}
+        # the status shows each structure's own adapter: the liver's stepped three times, the lesion's once
+        adapters = shown["adapters"]
+        assert adapters["liver"]["online_steps"] > adapters["lesion"]["online_steps"] > 0
+        assert shown["adapter"] == adapters["liver"]  # the first structure's, not the never-adapted default
 
 
 def test_a_client_trains_a_structure_by_name_and_an_unknown_name_is_a_422(make_config, site):
