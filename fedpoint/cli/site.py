@@ -115,7 +115,8 @@ def check(
         typer.echo(f"ERROR   the check stopped: {type(err).__name__}: {err}")
         raise typer.Exit(1) from None
     counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.counts.items())
-    typer.echo(f"checked {counts}; adapter in use: {report.adapter_in_use or 'none saved yet'}")
+    tasks = "".join(f"; {task}: {used or 'none saved yet'}" for task, used in report.task_adapters.items())
+    typer.echo(f"checked {counts}; adapter in use: {report.adapter_in_use or 'none saved yet'}{tasks}")
     for finding in report.findings:
         typer.echo(f"{finding.severity.upper():7s} {finding.file}: {finding.reason}")
     for name, reason in report.quarantined:

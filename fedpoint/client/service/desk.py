@@ -7,6 +7,13 @@ is what a 2D model trains on); a 3D model annotates the whole volume. Sessions o
 through the engine (`SiteEngine.open` / `SiteEngine.accept`), like everywhere else; the desk
 writes the accepted cases itself, so a multi-slice save lands all at once (`journal`).
 
+With `labels` each structure is a task of its own (`SiteServiceConfig.task_of`): its sessions adapt
+its adapter, its accepted cases go into its task store (`SiteStore.for_task`, `tasks/<task>/`) and
+its episode scheduler is told, so its episodes train on its cases only. The cache index and the
+accepted label of an image are read from every store (`case_stores`): each structure's, and the
+root's, which holds the site's cases without `labels` and, on a site that set `labels` before
+structures had stores of their own, the cases accepted then (read and counted, never moved).
+
 The desk is the one owner of the operations the routes call: each takes what a request says
 (image id, user, the page's slice, structure, typed points) and returns everything its reply needs
 (`SessionView`), so a route neither loads the image nor looks the session up again. The session key
@@ -40,6 +47,7 @@ from fedpoint.client.service.users import AuditLog
 from fedpoint.client.session import InputError
 from fedpoint.client.site_store import SiteStore
 from fedpoint.shared.clicks import Box, Click, check_box, check_point
+from fedpoint.shared.tasks import DEFAULT_TASK
 
 log = logging.getLogger("fedpoint.service")
 SAVE_WAIT_S = 60.0
@@ -77,6 +85,23 @@ class SessionView:
         return [int(z) for z in np.flatnonzero(self.mask.any(axis=(0, 1)))]
 
 
+@dataclass(frozen=True)
+class CachedCase:
+    """An accepted case in the desk's index: the task whose store holds it, and its folder name there."""
+    task: str
+    name: str
+
+
+def case_stores(config: SiteServiceConfig, engine: SiteEngine) -> dict[str, SiteStore]:
+    """Every store that holds accepted cases, by task: the root (the default task) and each
+    structure's (the engine's slot, opened here: the same store object its scheduler writes with)."""
+    stores = {DEFAULT_TASK: engine.root_store}
+    for structure in config.structures:
+        slot = engine.slot(config.task_of(structure))
+        stores[slot.task] = slot.store
+    return stores
+
+
 def request_key(image_id: str, user: str, request_id: str) -> str:
     """The idempotency key of a save: a retry with the same request id by the same user on the same image."""
     return f"{image_id}|{user}|{request_id}"
@@ -87,7 +112,8 @@ class AnnotationDesk:
                  audit: AuditLog, training: Training):
         self.config, self.engine, self.images, self.pacs = config, engine, images, pacs
         self.sessions, self.audit, self.training = sessions, audit, training
-        self.store: SiteStore = engine.store
+        self.store: SiteStore = engine.root_store  # the root: the journals of multi-case saves are kept here
+        self.stores = case_stores(config, engine)
         self.model_cfg = engine.model.model_cfg
         self._compute = FairCompute("fedpoint-model")  # one model thread, users served in turn
         self.requests: dict[str, list[str]] = {}  # idempotency key -> the cases its request saved
@@ -101,17 +127,22 @@ class AnnotationDesk:
         self._compute.shutdown(wait=True)
 
     # ---------------------------------------------------------------------------------- cache index
-    def _index_cache(self) -> dict[str, list[str]]:
-        index: dict[str, list[str]] = {}
-        for case_id in self.store.case_ids():
-            try:
-                meta = _read_meta(self.store, case_id)
-            except (OSError, ValueError) as err:
-                self.store.quarantine_case(case_id, f"cache/{case_id}/meta.json: {type(err).__name__}: {err}")
-                continue
-            index.setdefault(str(meta.get("image", case_id)), []).append(case_id)
+    def _index_cache(self) -> dict[str, list[CachedCase]]:
+        """image id -> its cached cases, from every store, in the order they were accepted."""
+        found = []
+        for task, store in self.stores.items():
+            for case_id in store.case_ids():
+                try:
+                    meta = _read_meta(store, case_id)
+                except (OSError, ValueError) as err:
+                    store.quarantine_case(case_id, f"cache/{case_id}/meta.json: {type(err).__name__}: {err}")
+                    continue
+                found.append((float(meta.get("accepted_at", 0.0)), CachedCase(task, case_id), meta))
+        index: dict[str, list[CachedCase]] = {}
+        for _, case, meta in sorted(found, key=lambda item: item[0]):
+            index.setdefault(str(meta.get("image", case.name)), []).append(case)
             if isinstance(meta.get("request"), str):
-                self.requests.setdefault(meta["request"], []).append(case_id)
+                self.requests.setdefault(meta["request"], []).append(case.name)
         return index
 
     def cache_size(self) -> int:
@@ -124,20 +155,20 @@ class AnnotationDesk:
         return [i for i in self.images.ids() if i not in self.cases_by_image and i not in unreadable]
 
     def stored_label(self, loaded: LoadedImage) -> np.ndarray | None:
-        """The accepted label of an image, assembled from its cached cases (latest wins): each
-        structure's voxels hold its value (1, 2, ... in site.toml order)."""
+        """The accepted label of an image, assembled from its cached cases in every store (latest
+        wins): each structure's voxels hold its value (1, 2, ... in site.toml order)."""
         names = self.cases_by_image.get(loaded.id, [])
         if not names:
             return None
         label = np.zeros(loaded.shape, dtype=np.uint8)
-        for name in list(names):
+        for case in list(names):
             try:
-                _, mask, meta = self.store.load_case(name)
+                _, mask, meta = self.stores[case.task].load_case(case.name)
             except KeyError as err:  # unreadable: the store quarantined it; the other cases still count
                 log.warning("%s", err.args[0] if err.args else err)
                 with self._lock:
-                    if name in names:
-                        names.remove(name)
+                    if case in names:
+                        names.remove(case)
                 continue
             # a case from before `labels` was set (no structure in its meta) is the first structure
             value = self.config.label_values.get(meta.get("structure"), 1)
@@ -244,11 +275,11 @@ class AnnotationDesk:
         return self.sessions.get_or_open(
             key, lambda: self.engine.open(self.session_image(loaded, slice_index), case,
                                           seed=zlib.crc32(repr(tuple(key)).encode()), spacing=spacing,
-                                          into_cache=False, task=self.task_of(key.structure)))
+                                          into_cache=False, task=self.config.task_of(key.structure)))
 
-    def task_of(self, structure: str) -> str | None:
-        """The adapter a structure's sessions adapt: its own with `labels`, else the site's one."""
-        return structure if self.config.labels else None
+    def slot(self, structure: str):
+        """The engine's slot (adapter, store, scheduler) a structure's annotations go to."""
+        return self.engine.slot(self.config.task_of(structure))
 
     def view(self, image_id: str, user: str, slice_index: int | None, structure: str | None = None) -> SessionView:
         """The user's session as the page shows it on `slice_index` (an empty one where none is open)."""
@@ -380,23 +411,23 @@ class AnnotationDesk:
         return _Held()
 
     def store_cases(self, parts: list[tuple[OpenSession, np.ndarray]], request: str | None) -> tuple[list[str], list[str]]:
-        """Every part into the cache, all or none (see `journal`); then the index, the SEG to a PACS,
-        the adapter save and the episode scheduler. Returns (case names, problems after the write):
+        """Every part into its structure's cache, all or none (see `journal`); then the index, the SEG
+        to a PACS, the adapter save and the structure's episode scheduler. Returns (case names, problems after the write):
         the cases are in the cache and indexed (so a retry with the same key is a duplicate), and a
         step after them that fails is logged and reported, never turned into an error reply."""
-        cases = []
-        for entry, final in parts:
+        cases, slots = [], [self.slot(entry.structure) for entry, _ in parts]
+        for (entry, final), slot in zip(parts, slots):
             session = entry.session
             meta = {"image": entry.image_id, "slice": entry.slice, "structure": entry.structure, "user": entry.user,
                     "clicks": len(session.steps),
                     "post_ms": round(session.post_ms, 1), "site": self.config.site}
             if request is not None:
                 meta["request"] = request
-            cases.append((session.case_id, session.image, final, meta))
+            cases.append((slot.store, session.case_id, session.image, final, meta))
         names = write_cases(self.store, cases)
         with self._lock:
-            for (entry, _), name in zip(parts, names):
-                self.cases_by_image.setdefault(entry.image_id, []).append(name)
+            for (entry, _), slot, name in zip(parts, slots, names):
+                self.cases_by_image.setdefault(entry.image_id, []).append(CachedCase(slot.task, name))
             if request is not None:
                 self.requests[request] = list(names)
             every = self.config.save_adapter_every
@@ -406,11 +437,13 @@ class AnnotationDesk:
         if isinstance(self.images, LabelSink):  # a DICOM-SEG back to the PACS, in the background: a failure is logged
             steps.append(("the DICOM-SEG to the PACS",
                           lambda: self.images.write_back([entry.image_id for entry, _ in parts], self.stored_label)))
+        structures = list(dict.fromkeys(entry.structure for entry, _ in parts))
         if save:  # the version carries its Adam state, so a restart continues the same optimizer
-            for task in {self.task_of(entry.structure) for entry, _ in parts}:
+            for task in dict.fromkeys(slot.task for slot in slots):
                 steps.append((f"the adapter version ({task})",
                               lambda task=task: self.engine.save_version({"source": "online", "case": names[-1]}, task=task)))
-        steps.append(("the episode scheduler", self.training.after_accept))
+        for structure in structures:
+            steps.append((f"the episode scheduler ({structure})", lambda s=structure: self.training.after_accept(s)))
         return names, [problem for what, step in steps if (problem := _after_effect(what, step, names))]
 
 

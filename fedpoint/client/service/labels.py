@@ -71,7 +71,7 @@ class LabelOperations:
                           box=roi is not None)
         params = {"label_names": {structure: desk.config.label_values[structure]}, "structure": structure,
                   "latencies": {"total": round(time.perf_counter() - t0, 4)},
-                  "slices": [z for z in groups if z is not None], "adapter_version": desk.engine.model.version}
+                  "slices": [z for z in groups if z is not None], "adapter_version": desk.slot(structure).model.version}
         return Inference(label, params, loaded.affine)
 
     def _place(self, loaded: LoadedImage, foreground: list, background: list, roi: list | None,

@@ -4,7 +4,8 @@ Supported: `GET /info/`, `POST /infer/{model}` (points in `params`; reply multip
 label, or `output=image|json`), `GET /datastore/?output=stats|all|train`, `GET /datastore/image`,
 `GET /datastore/label`, `PUT /datastore/label` (a final label: into the cache through the session
 accept, so the post-interaction update runs), `POST /activelearning/{first|random|uncertain}`,
-`POST /train/`, `POST /train/{model}`, `GET /train/` (with `check_if_running`).
+`POST /train/` (body `structure`), `POST /train/{model}` (the model, or a structure's name: that
+structure's episode), `GET /train/` (with `check_if_running`; each structure's episodes under `structures`).
 Not supported (answered with a clear 4xx/501 that names what is missing): uploading or deleting
 images (`PUT`/`DELETE /datastore/`), sessions (`/session/`), model download (`/model/`), scoring
 (`/scoring/`), batch inference (`/batch/`), logs (`/logs/`), `file`/`label` uploads to infer
@@ -26,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 import fedpoint
 from fedpoint.client.service.images import check_result_format, file_response_bytes, label_file_bytes, nifti_bytes
+from fedpoint.client.service.journal import case_name
 from fedpoint.client.service.next_image import CHOICES
 from fedpoint.client.service.security import shared_name, valid_id
 from fedpoint.client.service.validation import InferParams, NextImageParams, SaveParams, TrainParams, check, json_body, parse_json
@@ -84,12 +86,42 @@ def info(state: ServiceState) -> dict:
                            + ("; a volume: params.route propagate (default: the mask carried through the slices) "
                               "or slice (one slice at a time, last axis)" if dims == 2 else ""),
         }},
-        "trainers": {MODEL_NAME: {"description": "a training episode on the site's annotation cache"}},
+        "trainers": trainers(state),
         "strategies": {name: {"description": text} for name, text in CHOICES.items()},
         "scoring": {},
-        "train_stats": {MODEL_NAME: state.training.last_result() or {}},
+        "train_stats": {MODEL_NAME: state.training.last_result() or {},
+                        **{s: state.training.last_result(s) or {} for s in _structure_trainers(state)}},
         "datastore": datastore_stats(state, ids),
     }
+
+
+def _structure_trainers(state: ServiceState) -> list[str]:
+    """The structures a client may train by name (`/train/{structure}`): each of site.toml `labels`."""
+    return list(state.config.labels or [])
+
+
+def trainers(state: ServiceState) -> dict:
+    first = state.config.structures[0]
+    out = {MODEL_NAME: {"description": "a training episode on the site's annotation cache"
+                                       + (f" ({first}'s, the first structure)" if state.config.labels else "")}}
+    for structure in _structure_trainers(state):
+        out[structure] = {"description": f"a training episode of the {structure} adapter on its own accepted cases"}
+    return out
+
+
+def train_structure(state: ServiceState, model: str | None, structure: str | None) -> str | None:
+    """The structure a train request names: `model` (the path's: ours, or a structure's name) and
+    the body's `structure`; None: the first. An unknown name is a 422 naming its field."""
+    names = state.config.structures
+    if model is not None and model != MODEL_NAME:
+        if model not in _structure_trainers(state):
+            raise InputError(f"model: unknown model {model!r}; this site trains {', '.join([MODEL_NAME, *_structure_trainers(state)])}")
+        if structure is not None and structure != model:
+            raise InputError(f"structure: {structure!r} differs from the model named in the path ({model!r})")
+        return model
+    if structure is not None and structure not in names:
+        raise InputError(f"structure: unknown structure {structure!r}; this site labels {', '.join(names)}")
+    return structure
 
 
 def datastore_stats(state: ServiceState, ids: list[str] | None = None) -> dict:
@@ -103,7 +135,8 @@ def datastore_all(state: ServiceState) -> dict:
     for image_id in state.images.ids():
         entry = {"image": {"ext": "".join(state.images.path(image_id).suffixes), "info": {"name": image_id}}, "labels": {}}
         if image_id in state.desk.cases_by_image:
-            entry["labels"]["final"] = {"ext": ".nii.gz", "info": {"cases": state.desk.cases_by_image[image_id]}}
+            cases = [case_name(c.task, c.name) for c in state.desk.cases_by_image[image_id]]
+            entry["labels"]["final"] = {"ext": ".nii.gz", "info": {"cases": cases}}
         objects[image_id] = entry
     return {"name": state.config.site, "description": "fedpoint site images and annotation cache", "objects": objects}
 
@@ -211,14 +244,13 @@ def _training_routes(api: APIRouter, state: ServiceState) -> None:
 
     @api.post("/train/")
     async def train(request: Request) -> dict:
-        await json_body(request, TrainParams)
-        return await run_in_threadpool(state.training.start)
+        params = await json_body(request, TrainParams)
+        return await run_in_threadpool(state.training.start, train_structure(state, None, params.structure))
 
     @api.post("/train/{model}")
     async def train_model(model: str, request: Request) -> dict:
-        _check_model(model)
-        await json_body(request, TrainParams)
-        return await run_in_threadpool(state.training.start)
+        params = await json_body(request, TrainParams)
+        return await run_in_threadpool(state.training.start, train_structure(state, model, params.structure))
 
     @api.get("/train/")
     def train_status(check_if_running: bool = Query(False), all: bool = Query(False)):

@@ -100,7 +100,7 @@ class NextImageChoice:
 
     def uncertainty(self, image_id: str) -> float | None:
         """The `uncertain` score, or None for an image that cannot be read (marked, then skipped)."""
-        model = self.desk.engine.model
+        model = self.desk.slot(self.desk.structure(None)).model  # the first structure's adapter (with `labels`, its own)
         key = (image_id, model.version)
         if key not in self._scores:
             try:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fedpoint.client.site_store import check_id
 from fedpoint.shared.config import AdaptationConfig, AdapterConfig
 from fedpoint.shared.device import DEFAULT_DEVICE
+from fedpoint.shared.tasks import normalise_task
 from fedpoint.shared.validation_errors import validation_problems
 
 MIN_TOKEN_LENGTH = 16
@@ -88,7 +89,13 @@ class SiteServiceConfig(BaseModel):
             raise ValueError(f"give 1 to {MAX_STRUCTURES} structure names")
         if len(set(names)) != len(names):
             raise ValueError(f"structure names repeat: {names}")
-        return [check_id(name, "structure name") for name in names]
+        names = [check_id(name, "structure name") for name in names]
+        tasks = [normalise_task(name) for name in names]  # each structure adapts, and keeps its cases, in its own task
+        for i, task in enumerate(tasks):
+            if task in tasks[:i]:
+                raise ValueError(f"structure names {names[tasks.index(task)]!r} and {names[i]!r} are one task "
+                                 f"({task!r}): give structures names that differ in more than case or separators")
+        return names
 
     @field_validator("device")
     @classmethod
@@ -162,6 +169,11 @@ class SiteServiceConfig(BaseModel):
     def label_values(self) -> dict[str, int]:
         """Each structure's value in a label map: the one rule for label maps in and out."""
         return {name: i + 1 for i, name in enumerate(self.structures)}
+
+    def task_of(self, structure: str) -> str | None:
+        """The task (adapter, store, episodes) a structure's annotations go to: its own with `labels`,
+        else None, the site's one (the default task: the root of the store)."""
+        return structure if self.labels else None
 
     @property
     def max_decoded_bytes(self) -> int:

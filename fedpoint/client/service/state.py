@@ -1,7 +1,8 @@
 """The site service's composition root: builds each owner once and wires them together.
 
-One `SiteEngine` (base + adapter + optimizer, its store, episode scheduler and regression guard)
-serves every clinician. The owners the routers call:
+One `SiteEngine` serves every clinician: per task (each structure of site.toml `labels`, else the
+site's one) an adapter + optimizer, a store, an episode scheduler and a regression guard. The
+owners the routers call:
 
 - `desk` (`desk.AnnotationDesk`): open sessions, their slice geometry, accept-to-cache, the cache index;
 - `labels` (`labels.LabelOperations`): MONAI Label's infer and label saves, on the desk;
@@ -19,9 +20,9 @@ import logging
 from fedpoint.client.engine import SiteEngine, set_threads
 from fedpoint.client.service.bank_watcher import BankWatcher
 from fedpoint.client.service.site_config import SiteServiceConfig
-from fedpoint.client.service.desk import AnnotationDesk
+from fedpoint.client.service.desk import AnnotationDesk, case_stores
 from fedpoint.client.service.dicomweb import open_site_images
-from fedpoint.client.service.journal import recover
+from fedpoint.client.service.journal import case_name, recover
 from fedpoint.client.service.labels import LabelOperations
 from fedpoint.client.service.next_image import NextImageChoice
 from fedpoint.client.service.sessions import SessionRegistry
@@ -42,16 +43,19 @@ class ServiceState:
         self.engine = engine or _create_engine(config)
         if self.engine.store is None:
             raise ValueError("the service needs an engine with a site store")
-        self.store: SiteStore = self.engine.store
-        recover(self.store)  # a multi-slice save a crash cut: none of it stays
-        self.store.wipe_staging()
-        self.quarantined_at_start = self.store.quarantine_corrupt_cases()
+        self.store: SiteStore = self.engine.root_store
+        self.stores = case_stores(config, self.engine)  # the root and each structure's task store
+        recover(self.store)  # a multi-slice save a crash cut: none of it stays, in whichever task's cache
+        self.store.wipe_staging()  # the whole tree, task stores included
+        self.quarantined_at_start = [(case_name(task, case), reason) for task, store in self.stores.items()
+                                     for case, reason in store.quarantine_corrupt_cases()]
         self.model_cfg = self.engine.model.model_cfg
         self.images, self.pacs = open_site_images(config, self.model_cfg.image_channels)  # folder and/or PACS
         self.sessions = SessionRegistry(config.max_sessions, config.session_ttl_s)
         self.audit = AuditLog(config.audit_path)
-        self.training = Training(self.engine)
-        self.banks = BankWatcher(self.engine, config.bank_poll_s)
+        self.training = Training(self.engine, {s: config.task_of(s) for s in config.structures})
+        # each structure's task bank lands in its task store and goes to its adapter only
+        self.banks = BankWatcher(self.engine, config.bank_poll_s, [config.task_of(s) for s in config.structures])
         self.desk = AnnotationDesk(config, self.engine, self.images, self.pacs, self.sessions, self.audit, self.training)
         self.volumes = VolumeOperations(self.desk)  # whole-volume annotations (propagation) and their progress
         self.labels = LabelOperations(self.desk, self.volumes)
@@ -67,14 +71,17 @@ class ServiceState:
         self.desk.close()
 
     # ---------------------------------------------------------------------------------- status
-    def adapter_status(self) -> dict:
-        model = self.engine.model
+    def adapter_status(self, task: str | None = None) -> dict:
+        """The adapter of `task` (None: the site's default one): its kind, saved version, swaps,
+        online steps and its online guard's counts."""
+        slot = self.engine.slot(task)
+        model = slot.model
         try:
-            current = self.store.current_adapter()
+            current = slot.store.current_adapter()
         except (OSError, ValueError, KeyError, TypeError):  # an unreadable current.json (logged at start)
             current = None
-        return {"kind": self.engine.adapter.kind, "saved_version": int(current.name[1:]) if current else 0,
-                "swaps": model.version, "online_steps": model.steps, "parameters": self.engine.adapter.num_trainable(),
+        return {"kind": model.adapter.kind, "saved_version": int(current.name[1:]) if current else 0,
+                "swaps": model.version, "online_steps": model.steps, "parameters": model.adapter.num_trainable(),
                 "guard": dict(model.online_guard.counts),
                 "guard_last_rejections": model.online_guard.events[-5:]}
 
@@ -89,11 +96,15 @@ class ServiceState:
                            for n, v in self.config.label_values.items()],
             "mode": self.config.mode,
             "model": {"spatial_dims": self.model_cfg.spatial_dims, "channels": self.model_cfg.image_channels},
-            "adapter": self.adapter_status(),
+            "adapter": self.adapter_status(self.config.task_of(self.config.structures[0])),
+            # with `labels`, each structure adapts its own adapter: each one's state, by structure name
+            "adapters": ({n: self.adapter_status(self.config.task_of(n)) for n in self.config.structures}
+                         if self.config.labels else None),
             "cache": {"cases": desk.cache_size(), "images_labelled": sum(1 for i in ids if i in desk.cases_by_image)},
             "images": {"total": len(ids), "skipped": self.images.skipped_list()},
             "pacs": None if self.pacs is None else self.pacs.status(),
-            "quarantined": [{"case": c, "reason": r} for c, r in self.store.quarantined()],
+            "quarantined": [{"case": case_name(task, c), "reason": r} for task, store in self.stores.items()
+                            for c, r in store.quarantined()],
             "sessions": len(self.sessions),
             "training": self.training.status(),
             "last_episode": self.training.last_result(),

@@ -83,7 +83,9 @@ class NextImageParams(BaseModel):
 
 
 class TrainParams(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # an episode is configured by the site, not by the request
+    """The body of `POST /train/`: which structure's episode (an episode is configured by the site, not by the request)."""
+    model_config = ConfigDict(extra="ignore")
+    structure: StrictStr | None = Field(None, max_length=128, description="which structure (site.toml labels); default the first")
 
 
 class ClickBody(BaseModel):

@@ -150,7 +150,7 @@ class VolumeOperations:
         def make() -> PropagationSession:
             try:
                 return PropagationSession(desk.engine, loaded.model_input, case, loaded.spacing,
-                                          on_progress=progress.tick, task=desk.task_of(structure))
+                                          on_progress=progress.tick, task=desk.config.task_of(structure))
             except VolumeInputError as err:
                 raise InputError(str(err)) from None
 
@@ -391,7 +391,7 @@ class VolumeOperations:
         params = {"label_names": {structure: desk.config.label_values[structure]}, "structure": structure,
                   "route": PROPAGATE, "latencies": {"total": round(time.perf_counter() - t0, 4)},
                   "slices": reached, "user_slices": session.user_slices, "slices_predicted": predicted,
-                  "adapter_version": desk.engine.model.version}
+                  "adapter_version": desk.slot(structure).model.version}
         return label, params
 
 

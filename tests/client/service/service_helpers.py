@@ -29,6 +29,30 @@ def write_images(folder: Path, blob) -> dict[str, np.ndarray]:
     return masks
 
 
+def desk_config(tmp_path: Path, structures=("object",), **overrides):
+    """A site config for a desk without a model: one structure (`label`) or several (`labels`)."""
+    from fedpoint.client.service import make_service_config
+
+    many = {"labels": list(structures)} if len(structures) > 1 else {"label": structures[0]}
+    return make_service_config({"site": "t", "store": str(tmp_path / "store"), "images": str(tmp_path / "images"),
+                                "token": TOKEN, **many, **overrides})
+
+
+def engine_without_model(store, dims: int = 2):
+    """What the desk reads of an engine, without a model: the root store and each task's slot (its store)."""
+    from types import SimpleNamespace
+
+    from fedpoint.shared.tasks import normalise_task
+
+    slots = {}
+
+    def slot(task):
+        name = normalise_task(task)
+        return slots.setdefault(name, SimpleNamespace(task=name, store=store.for_task(name)))
+
+    return SimpleNamespace(root_store=store, slot=slot, model=SimpleNamespace(model_cfg=SimpleNamespace(spatial_dims=dims)))
+
+
 class LiveServer:
     """The real service (uvicorn) on 127.0.0.1 at a port the OS picks, in a thread of this process."""
 

@@ -75,3 +75,25 @@ def test_the_watcher_thread_picks_a_bank_up_and_stops(tiny_base_2d, tmp_path):
         watcher.stop()
     assert not watcher._thread.is_alive()
 
+
+
+def test_a_task_bank_goes_to_its_own_structures_adapter_only(tiny_base_2d, tmp_path):
+    """A site of two structures: the federation delivers the lesion's task bank into the lesion's
+    task store (one task a round); the watcher offers it to the lesion's adapter, and the liver's
+    adapter and the site default stay bit-identical."""
+    engine = _engine(tiny_base_2d, tmp_path / "store")
+    watcher = BankWatcher(engine, poll_s=60, tasks=["Liver", "lesion"])
+    liver, lesion = engine.slot("liver"), engine.slot("lesion")
+    before = {name: {k: v.clone() for k, v in engine.slot(name).model.adapter.state().items()}
+              for name in ("liver", None)}
+    bank = copy.deepcopy(lesion.model.adapter)
+    bank.load_state({k: v + 0.01 for k, v in bank.state().items()})
+    lesion.store.receive_bank("task-lesion", 2, bank)
+    review = watcher.check()
+    assert review["accepted"] and review["task"] == "lesion" and review["path"] == "tasks/lesion/banks/task-lesion/v0002"
+    assert all(torch.equal(lesion.model.adapter.state()[k], v) for k, v in bank.state().items())
+    for name, state in before.items():
+        assert all(torch.equal(engine.slot(name).model.adapter.state()[k], v) for k, v in state.items())
+    assert review["adapter_version"] in lesion.store.adapter_versions() and not liver.store.adapter_versions()
+    assert watcher.check() is None
+    assert BankWatcher(engine, poll_s=60, tasks=["liver", "lesion"]).check() is None  # the lesion store's log says reviewed

@@ -233,9 +233,9 @@ def test_two_structures_and_a_named_user_in_the_page(make_config, blob, blob_bas
         expect(viewer).to_have_attribute("data-accepted", "2", timeout=60_000)
         expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)
         assert not errors, errors
-    cases = sorted(p.name for p in (store / "cache").iterdir() if p.is_dir())
-    assert cases == ["case-001.lesion", "case-001.liver"]
-    metas = [json.loads((store / "cache" / c / "meta.json").read_text()) for c in cases]
+    cases = sorted(p.relative_to(store).as_posix() for p in store.glob("tasks/*/cache/*") if p.is_dir())
+    assert cases == ["tasks/lesion/cache/case-001.lesion", "tasks/liver/cache/case-001.liver"]  # each in its structure's store
+    metas = [json.loads((store / c / "meta.json").read_text()) for c in cases]
     assert [(m["structure"], m["user"]) for m in metas] == [("lesion", "dr-lee"), ("liver", "dr-lee")]
 
 

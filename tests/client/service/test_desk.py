@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from service_helpers import desk_config, engine_without_model
 
 from fedpoint.client.service.desk import AnnotationDesk
 from fedpoint.client.service.images import ImageError, LoadedImage
@@ -27,14 +28,14 @@ def _desk(tmp_path, dims: int = 2, structures=("object",)) -> AnnotationDesk:
     store.add_case("vol.z0003", np.zeros((1, 4, 4), np.float32), np.eye(4, dtype=bool), {"image": "vol", "slice": 3})
     images = {"img0": _image("img0", (6, 5)), "img1": _image("img1", (6, 5)), "vol": _image("vol", (6, 5, 4))}
     folder = SimpleNamespace(ids=lambda: sorted(images), unreadable=lambda: {"img1"}, load=images.__getitem__)
-    engine = SimpleNamespace(store=store, model=SimpleNamespace(model_cfg=SimpleNamespace(spatial_dims=dims)))
-    config = SimpleNamespace(structures=list(structures))
-    return AnnotationDesk(config, engine, folder, None, SessionRegistry(), audit=None, training=None)
+    return AnnotationDesk(desk_config(tmp_path, structures), engine_without_model(store, dims), folder, None,
+                          SessionRegistry(), audit=None, training=None)
 
 
 def test_the_cache_index_comes_from_the_store(tmp_path):
     desk = _desk(tmp_path)
-    assert desk.cases_by_image == {"img0": ["img0"], "vol": ["vol.z0002", "vol.z0003"]}
+    names = {image: [case.name for case in cases] for image, cases in desk.cases_by_image.items()}
+    assert names == {"img0": ["img0"], "vol": ["vol.z0002", "vol.z0003"]}
     assert desk.requests == {"img0|web|r1": ["img0"]} and desk.cache_size() == 3
     assert desk.unlabelled() == []  # img1 is known unreadable: no next-image choice offers it
     desk.close()

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from service_helpers import desk_config, engine_without_model
 
 from fedpoint.client.service.desk import AnnotationDesk
 from fedpoint.client.service.images import LoadedImage
@@ -24,9 +25,8 @@ def _labels(tmp_path) -> LabelOperations:
     data = np.random.default_rng(0).random((6, 5, 4)).astype(np.float32)
     images = {"vol": LoadedImage("vol", Path("vol.npy"), data, data[None], np.eye(4), (0.0, 1.0), "MR")}
     folder = SimpleNamespace(ids=lambda: sorted(images), unreadable=dict, load=images.__getitem__)
-    engine = SimpleNamespace(store=SiteStore(tmp_path / "store"), model=SimpleNamespace(model_cfg=SimpleNamespace(spatial_dims=2)))
-    config = SimpleNamespace(structures=["liver", "lesion"], max_points=4, label_values={"liver": 1, "lesion": 2},
-                             max_decoded_bytes=1 << 20)
+    engine = engine_without_model(SiteStore(tmp_path / "store"))
+    config = desk_config(tmp_path, ("liver", "lesion"), max_points=4, max_decoded_mb=1.0)
     return LabelOperations(AnnotationDesk(config, engine, folder, None, SessionRegistry(), audit=None, training=None))
 
 

@@ -49,6 +49,12 @@ class _Desk:
     def __init__(self):
         self.engine = SimpleNamespace(model=SimpleNamespace(version=0))
 
+    def structure(self, name):
+        return name or "object"
+
+    def slot(self, structure):  # the structure's adapter: the one model here
+        return self.engine
+
     def unlabelled(self):
         return ["img", "vol", "broken"]
 

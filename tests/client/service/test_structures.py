@@ -34,7 +34,7 @@ def test_each_structure_has_its_own_session_and_cache_entry(two, site):
     first = c.post("/api/sessions/img0/accept", json={"structure": "liver"}).json()
     second = c.post("/api/sessions/img0/accept", json={"structure": "lesion"}).json()
     assert (first["case"], second["case"]) == ("img0.liver", "img0.lesion")
-    meta = json.loads((site["store"] / "cache" / "img0.lesion" / "meta.json").read_text())
+    meta = json.loads((site["store"] / "tasks" / "lesion" / "cache" / "img0.lesion" / "meta.json").read_text())
     assert meta["structure"] == "lesion"
     # the stored label is a multi-label map: liver 1, lesion 2 (lesion painted last where they overlap)
     r = c.get("/datastore/label", params={"label": "img0"})
@@ -43,8 +43,8 @@ def test_each_structure_has_its_own_session_and_cache_entry(two, site):
     import nibabel as nib
 
     label = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(r.content)).dataobj)
-    liver_mask = np.load(site["store"] / "cache" / "img0.liver" / "mask.npy").reshape(label.shape)
-    lesion_mask = np.load(site["store"] / "cache" / "img0.lesion" / "mask.npy").reshape(label.shape)
+    liver_mask = np.load(site["store"] / "tasks" / "liver" / "cache" / "img0.liver" / "mask.npy").reshape(label.shape)
+    lesion_mask = np.load(site["store"] / "tasks" / "lesion" / "cache" / "img0.lesion" / "mask.npy").reshape(label.shape)
     assert np.array_equal(label == 2, lesion_mask)
     assert np.array_equal(label == 1, liver_mask & ~lesion_mask)
     status = c.get("/api/status").json()
@@ -61,7 +61,7 @@ def test_unknown_structures_are_refused_by_name(two):
     r = two.client.put("/datastore/label", params={"image": "img1"}, files={"label": ("l.nii.gz", _nifti(label))},
                        data={"params": json.dumps({"label_info": [{"name": "spleen", "idx": 1}]})})
     assert r.status_code == 422 and "spleen" in r.json()["detail"]
-    assert not list((two.state.store.root / "cache").glob("img1*")), "nothing may be stored"
+    assert not list(two.state.store.root.rglob("img1*")), "nothing may be stored"
 
 
 def test_monai_label_multi_label_save_and_infer(two, site):
@@ -76,7 +76,7 @@ def test_monai_label_multi_label_save_and_infer(two, site):
                        data={"params": json.dumps({"label_info": info_list})})
     assert r.status_code == 200, r.text
     assert sorted(r.json()["cases"]) == ["img2.lesion", "img2.liver"]
-    lesion = np.load(site["store"] / "cache" / "img2.lesion" / "mask.npy").reshape(label.shape)
+    lesion = np.load(site["store"] / "tasks" / "lesion" / "cache" / "img2.lesion" / "mask.npy").reshape(label.shape)
     assert np.array_equal(lesion, label == 3)
     r = two.client.post("/infer/fedpoint", params={"image": "img0", "output": "json"},
                         data={"params": json.dumps({"foreground": [[24, 24]], "label": "lesion"})})
@@ -91,3 +91,5 @@ def test_label_names_are_checked_in_site_toml(make_config):
         make_config(labels=["liver", "liver"])
     with pytest.raises(ServiceConfigError, match="labels"):
         make_config(labels=["../x"])
+    with pytest.raises(ServiceConfigError, match="one task"):  # each structure keeps its own task store
+        make_config(labels=["Liver", "liver"])

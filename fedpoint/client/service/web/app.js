@@ -131,7 +131,7 @@ async function refreshStatus() {
   $("site-name").textContent = st.site;
   $("site-modality").textContent = st.modality;
   document.title = `fedpoint · ${st.site}`;
-  const a = st.adapter;
+  const a = (st.adapters && S.structure && st.adapters[S.structure]) || st.adapter;  // the structure being labelled
   $("st-adapter").textContent = `${a.kind} v${a.saved_version} · ${a.online_steps} step${a.online_steps === 1 ? "" : "s"}`;
   $("st-cache").textContent = `${st.cache.cases} case${st.cache.cases === 1 ? "" : "s"}`;
   const ep = $("st-episode");
