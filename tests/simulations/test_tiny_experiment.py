@@ -21,7 +21,7 @@ FEDPOINT = [str(Path(sys.executable).with_name("fedpoint"))]
 HEADLINE_KEYS = ("noc85", "noc90", "dice3", "dice5", "dice_auc", "bytes_per_round", "late_dice3")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: two minutes of Flower, never torn down between its tests
 def tiny_run(tiny_base_2d, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-experiment")
     env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0"}
