@@ -94,6 +94,7 @@ def pytest_configure(config):
 FIRST_GROUPS = ("flower-simulation", "deploy-consortium", "tests/packaging/test_fresh_install.py")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
     """With `--dist loadgroup` (make test): a test file stays on one worker (its module fixtures are
     built once), and every simulated (Ray) Flower federation shares one group, so two never compete for
