@@ -64,7 +64,8 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--stops", default="0:none", help="propagation route: stop rules to compare, comma-separated "
-                        "band:max_growth ('none': off), e.g. 0:none,0:1.2; 'slice': slice by slice (no propagation)")
+                        "band:max_growth[:cut] ('none': off; 'cut': a neighbour cut by its focus window may grow past the limit), "
+                        "e.g. 0:none,0:1.2,0:1.2:cut; 'slice': slice by slice (no propagation)")
     parser.add_argument("--skip-objects", default="", help="object types to leave out, comma-separated (e.g. body)")
     parser.add_argument("--base2d", default=None)
     parser.add_argument("--base3d", default=None)
@@ -73,8 +74,9 @@ def main(argv=None) -> None:
     def setting(text: str) -> PropagationConfig:
         if text == "slice":  # each interaction annotates its own slice: what a volume costs without propagation
             return PropagationConfig(max_slices=0)
-        band, growth = (None if v == "none" else float(v) for v in text.split(":"))
-        return PropagationConfig(band=band, max_growth=growth)
+        band, growth, *cut = text.split(":")  # a third field "cut": a window-cut neighbour may grow
+        return PropagationConfig(band=None if band == "none" else float(band),
+                                 max_growth=None if growth == "none" else float(growth), cut_grows=cut == ["cut"])
 
     stops = [(t, setting(t)) for t in args.stops.split(",")]
     arms = [(r, t, c) for r in args.routes.split(",") for t, c in (stops if r == "propagate" else [("", None)])]

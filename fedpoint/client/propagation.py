@@ -81,6 +81,7 @@ class PropagationConfig:
     band: float | None = 0.0  # intensity gate: keep voxels within the neighbour's object band, widened this much
     max_growth: float | None = 1.2  # chosen on dev-split-3d (docs/engine.md)
     max_slices: int | None = None
+    cut_grows: bool = True  # a neighbour its focus window cut short may grow past max_growth (dev-split-3d)
 
     def __post_init__(self) -> None:
         if self.min_voxels < 1:
@@ -106,11 +107,15 @@ class PropagationConfig:
         plane = image[0]
         return pred & (plane >= lo - pad) & (plane <= hi + pad)
 
-    def continues(self, pred: np.ndarray, neighbour: np.ndarray) -> bool:
+    def continues(self, pred: np.ndarray, neighbour: np.ndarray, neighbour_cut: bool = False) -> bool:
+        """Whether propagation goes on past `pred`. With `cut_grows`, the growth limit does not hold
+        when the neighbour's mask was cut by its focus window (`neighbour_cut`): a large object's
+        first mask is a window's worth of it, and the next slice's larger window shows more."""
         size = int(pred.sum())
         if size < self.min_voxels:
             return False
-        if self.max_growth is not None and size > self.max_growth * int(neighbour.sum()):
+        exempt = self.cut_grows and neighbour_cut
+        if self.max_growth is not None and not exempt and size > self.max_growth * int(neighbour.sum()):
             return False
         shared = int((pred & neighbour).sum())
         return shared > 0 and shared >= self.min_overlap * size
@@ -165,6 +170,7 @@ class PropagationSession:
         self._slices = np.ascontiguousarray(np.moveaxis(volume.astype(np.float32, copy=False), -1, 0))
         self._mask = np.zeros((self.spatial_shape[-1], *self.spatial_shape[:-1]), dtype=bool)
         self.source = np.full(self.spatial_shape[-1], NO_SOURCE, dtype=np.int64)
+        self.cut = np.zeros(self.spatial_shape[-1], dtype=bool)  # a slice's mask reaches an inner edge of its window
         self.user_clicks: dict[int, list[Click]] = {}  # every user slice (a box's slice too) -> its clicks
         self.user_boxes: dict[int, Box] = {}
         self.interactions: list[Interaction] = []
@@ -209,11 +215,11 @@ class PropagationSession:
                            box_before=self.user_boxes.get(z))
         clicks = [*self.user_clicks.get(z, []), click]
         current = self._mask[z]
-        pred = self._predict(z, clicks, current if current.any() else None, self.user_boxes.get(z))
+        pred, cut = self._predict(z, clicks, current if current.any() else None, self.user_boxes.get(z))
         for c in clicks:  # the click rule on the clicked slice
             pred[c.point] = c.positive
         self.user_clicks[z] = clicks
-        return self._run(step, z, pred, t0)
+        return self._run(step, z, pred, t0, cut)
 
     def box(self, lo: Sequence[float], hi: Sequence[float], z: int) -> np.ndarray:
         """A box on slice `z` from corner `lo` to corner `hi` (exclusive; [x, y]): that slice's
@@ -233,13 +239,13 @@ class PropagationSession:
         z = int(z)
         step = Interaction(None, 0, 0.0, clicks_before=self.user_clicks.get(z), z=z, box=box,
                            box_before=self.user_boxes.get(z))
-        pred = self._predict(z, [], None, box)
+        pred, cut = self._predict(z, [], None, box)
         self.user_clicks[z], self.user_boxes[z] = [], box
-        return self._run(step, z, pred, t0)
+        return self._run(step, z, pred, t0, cut)
 
-    def _run(self, step: Interaction, z: int, pred: np.ndarray, t0: float) -> np.ndarray:
+    def _run(self, step: Interaction, z: int, pred: np.ndarray, t0: float, cut: bool = False) -> np.ndarray:
         """Write the user slice's new mask, propagate from it both ways, record the interaction."""
-        self._write(step, z, pred, z)
+        self._write(step, z, pred, z, cut)
         step.predicted = 1
         for direction in (1, -1):
             step.predicted += self._propagate(step, z, direction)
@@ -254,8 +260,8 @@ class PropagationSession:
         if not self.interactions:
             raise VolumeInputError("there is no click to undo")
         step = self.interactions.pop()
-        for z, (old, src) in step.changed.items():
-            self._mask[z], self.source[z] = old, src
+        for z, (old, src, cut) in step.changed.items():
+            self._mask[z], self.source[z], self.cut[z] = old, src, cut
         z = step.z
         if step.clicks_before is None:
             self.user_clicks.pop(z, None)
@@ -313,35 +319,39 @@ class PropagationSession:
         if self.config.max_slices is not None:  # never past the reach, nor past the volume or the next user slice
             reach = z + direction * (self.config.max_slices + 1)
             end = min(end, reach) if direction > 0 else max(end, reach)
-        neighbour, s = self._mask[z], z + direction
+        neighbour, neighbour_cut, s = self._mask[z], bool(self.cut[z]), z + direction
         while s != end:
             prompt = self.prompt(neighbour)
             if prompt is None:
                 break
-            pred = self._predict(s, list(prompt.clicks), prompt.prev if prompt.prev is not None and prompt.prev.any() else None)
+            pred, cut = self._predict(s, list(prompt.clicks),
+                                          prompt.prev if prompt.prev is not None and prompt.prev.any() else None)
             pred = self.config.gate(pred, self._slices[s], neighbour, self._slices[s - direction])
             predicted += 1
             if self.on_progress is not None:
                 self.on_progress(s)
-            if not self.config.continues(pred, neighbour):
+            if not self.config.continues(pred, neighbour, neighbour_cut):
                 break
-            self._write(step, s, pred, z)
-            neighbour, s = pred, s + direction
+            self._write(step, s, pred, z, cut)
+            neighbour, neighbour_cut, s = pred, cut, s + direction
         for rest in range(s, end, direction):  # beyond the stop: what came from this side goes
             src = int(self.source[rest])
             if src != NO_SOURCE and (src - z) * direction <= 0:
                 self._write(step, rest, np.zeros_like(neighbour), NO_SOURCE)
         return predicted
 
-    def _write(self, step: Interaction, z: int, mask: np.ndarray, source: int) -> None:
-        step.changed.setdefault(z, (self._mask[z].copy(), int(self.source[z])))
+    def _write(self, step: Interaction, z: int, mask: np.ndarray, source: int, cut: bool = False) -> None:
+        step.changed.setdefault(z, (self._mask[z].copy(), int(self.source[z]), bool(self.cut[z])))
         self._mask[z] = mask
         self.source[z] = source if mask.any() else NO_SOURCE
+        self.cut[z] = cut and mask.any()
 
-    def _predict(self, z: int, clicks: list[Click], prev: np.ndarray | None, box: Box | None = None) -> np.ndarray:
+    def _predict(self, z: int, clicks: list[Click], prev: np.ndarray | None,
+                 box: Box | None = None) -> tuple[np.ndarray, bool]:
         """The 2D base on slice z through the focus crop: the window `SiteModel.look` picks for these
         clicks, this previous mask and the slice's box, the prediction pasted back (bool, the slice's
-        shape)."""
+        shape), and whether it reaches an edge of that window lying inside the slice (the object may
+        go on beyond what the window showed)."""
         model = self.model
         shape = self._mask.shape[1:]
         spacing = None if self.spacing is None else self.spacing[:-1]
@@ -349,7 +359,18 @@ class PropagationSession:
         view = model.look(model.image_tensor(self._slices[z]), clicks, prev_t, box=box, spacing=spacing)
         with model.lock, torch.no_grad():
             out = view.paste(model.logits_in(view) > 0)
-        return out[0, 0].cpu().numpy()
+        pred = out[0, 0].cpu().numpy()
+        return pred, reaches_inner_edge(pred, view.window)
+
+
+def reaches_inner_edge(mask: np.ndarray, window) -> bool:
+    """Whether `mask` holds a pixel on an edge of `window` (a `FocusWindow`) that lies inside the
+    image: the window cut the object short there."""
+    for axis, (start, stop, n) in enumerate(zip(window.start, window.stop, mask.shape)):
+        for edge, inside in ((start, start > 0), (stop - 1, stop < n)):
+            if inside and 0 <= edge < n and np.take(mask, edge, axis=axis).any():
+                return True
+    return False
 
 
 def open_volume(engine: "SiteEngine", volume: np.ndarray, case_id: str = "volume",

@@ -159,6 +159,24 @@ def test_the_stop_rule_and_the_gate():
     assert np.array_equal(PropagationConfig(band=None).gate(grown, image, neighbour, image), grown)
     with pytest.raises(ValueError, match="max_growth"):
         PropagationConfig(max_growth=0.5)
+    # a neighbour its window cut short may grow (a large object's first mask is a window's worth of it)
+    assert rule.continues(grown, neighbour, neighbour_cut=True)
+    assert not PropagationConfig(max_growth=2.0, cut_grows=False).continues(grown, neighbour, neighbour_cut=True)
+
+
+def test_a_mask_on_an_inner_edge_of_its_window_was_cut_short():
+    from fedpoint.client.propagation import reaches_inner_edge
+    from fedpoint.shared.focus import FocusWindow
+
+    window = FocusWindow(start=(4, 0), size=(8, 12), out_size=(8, 12))  # rows 4..11 of a 16 x 12 slice
+    mask = np.zeros((16, 12), bool)
+    mask[6:9, 3:6] = True
+    assert not reaches_inner_edge(mask, window)
+    mask[4, 4] = True                                 # the window's first row, inside the slice
+    assert reaches_inner_edge(mask, window)
+    mask[4, 4] = False
+    mask[7, 0] = True                                 # the slice's own edge: nothing was cut there
+    assert not reaches_inner_edge(mask, window)
 
 
 def test_a_box_on_one_slice_propagates_and_undo_takes_it_back(engine):
