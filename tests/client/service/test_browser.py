@@ -62,7 +62,7 @@ def test_click_overlay_accept_in_a_real_browser(make_config, blob, blob_base_2d,
             viewer = page.locator("#viewer")
             # The page's CSP forbids eval, so waits go through locator assertions, not wait_for_function.
             expect(viewer).to_have_attribute("data-image", "case-001", timeout=60_000)
-            expect(viewer).to_have_attribute("data-busy", "0")
+            expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)  # a loaded CI machine
             assert viewer.get_attribute("data-mask-area") == "0"
             assert "token" not in page.url  # the token left the address bar
 
@@ -184,7 +184,7 @@ def test_a_3d_base_shows_which_slices_hold_the_mask(make_config, tiny_base_3d, t
     with opened_page(config) as (_live, page, errors):
         viewer = page.locator("#viewer")
         expect(viewer).to_have_attribute("data-image", "vol", timeout=60_000)
-        expect(viewer).to_have_attribute("data-busy", "0")
+        expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)  # a loaded CI machine
         box = page.locator("#canvas").bounding_box()
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         expect(viewer).to_have_attribute("data-clicks", "1", timeout=60_000)
@@ -253,7 +253,7 @@ def test_a_box_dragged_in_the_page_gives_a_mask_and_undo_removes_it(make_config,
     with opened_page(config, viewport=(1000, 800)) as (live, page, errors):
         viewer = page.locator("#viewer")
         expect(viewer).to_have_attribute("data-image", "case-001", timeout=60_000)
-        expect(viewer).to_have_attribute("data-busy", "0")
+        expect(viewer).to_have_attribute("data-busy", "0", timeout=60_000)  # a loaded CI machine
         canvas = page.locator("#canvas").bounding_box()
         xs, ys = np.nonzero(mask)  # the page shows x to the right and y down
         scale = min(canvas["width"] / 128, canvas["height"] / 128) * 0.94
