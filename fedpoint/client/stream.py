@@ -17,7 +17,7 @@ import numpy as np
 from fedpoint.client.engine import SiteEngine
 from fedpoint.shared.metrics import BOX_METRICS, DICE_AUC, SUMMARY_KEYS, box_metrics, click_metrics, dice
 from fedpoint.shared.simulated_user import simulate, tight_box
-from fedpoint.shared.tasks import DEFAULT_TASK, declared_structure, structure_of
+from fedpoint.shared.tasks import declared_structure, structure_of
 from fedpoint.shared.volume_user import INTERACTION_P50, INTERACTION_P95, simulate_volume, volume_metrics
 
 PROMPTS = ("click", "box")  # the first interaction: a click at the object's deepest point, or a tight box
@@ -135,7 +135,7 @@ def run_stream(engine: SiteEngine, samples: Sequence, clicks: int = 10,
         case_id = _case_id(sample, i)
         spacing = getattr(sample, "spacing", None)
         name = getattr(sample, "object_name", "")
-        task = (declared_structure(name, [t or DEFAULT_TASK for t in tasks]) if tasks
+        task = (declared_structure(name, tasks) if tasks
                 else structure_of(name) if per_task else None)
         if route is not None:
             record = annotate_volume(engine, sample.image, sample.mask, route, clicks, case_id, spacing, accept_truth,
