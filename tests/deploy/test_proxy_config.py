@@ -132,8 +132,13 @@ def test_a_route_not_listed_is_refused_even_to_the_operator(proxy, path):
 
 def test_the_access_log_counts_each_requests_bytes(proxy):
     request(proxy, "/v1/fleet/push-messages")
-    line = (proxy["state"] / "proxy-access.log").read_text().splitlines()[-1]
-    assert '"POST /v1/fleet/push-messages" 200 route=fleet operator=no' in line and " in=" in line and " out=" in line
+    log = proxy["state"] / "proxy-access.log"
+    wanted = '"POST /v1/fleet/push-messages" 200 route=fleet operator=no'
+    deadline = time.monotonic() + 10  # nginx writes the log line after it has answered: it may lag the reply
+    while time.monotonic() < deadline and wanted not in log.read_text().splitlines()[-1]:
+        time.sleep(0.05)
+    line = log.read_text().splitlines()[-1]
+    assert wanted in line and " in=" in line and " out=" in line
 
 
 def test_the_superlink_must_sit_on_loopback(tmp_path, proxy):
